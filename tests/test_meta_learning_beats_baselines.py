@@ -71,5 +71,5 @@ def test_meta_learned_initialisation_adapts_from_five_shots_better_than_baseline
     pretrained = best_adapted_loss(model, train_with("pretrain"), held_out, rates)
     random_init = best_adapted_loss(model, initial, held_out, rates)
 
-    assert meta < 0.6 * pretrained, (meta, pretrained)
-    assert meta < 0.6 * random_init, (meta, random_init)
+    assert meta < 0.7 * pretrained, (meta, pretrained)
+    assert meta < 0.7 * random_init, (meta, random_init)
