@@ -1,0 +1,111 @@
+"""What a federated round exchanges, independent of Flower.
+
+The server's global state is one flat dict of tensors, the *meta-parameters*: the model
+weights plus, for Meta-SGD, the learned inner learning rates under ``inner_lr/<name>``.
+Factories receive it with a round's `RoundSettings`, meta-train locally and reply with
+``local - global`` over the same names, so the server validates, averages and applies
+deltas without knowing which algorithm produced them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from torch import Tensor
+
+from common.algorithms import MetaConfig
+
+__all__ = [
+    "FEDERATED_ALGORITHMS",
+    "INNER_LR_PREFIX",
+    "RoundSettings",
+    "local_algorithm",
+    "pack_meta_parameters",
+    "unpack_meta_parameters",
+]
+
+INNER_LR_PREFIX = "inner_lr/"
+
+# What a user picks; "fedavg" is the baseline whose local work is plain training.
+FEDERATED_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "fedavg")
+
+
+def local_algorithm(algorithm: str) -> str:
+    """The `common.algorithms` name a factory runs for a federated algorithm."""
+    if algorithm not in FEDERATED_ALGORITHMS:
+        raise ValueError(
+            f"unknown algorithm {algorithm!r}; valid choices: {', '.join(FEDERATED_ALGORITHMS)}"
+        )
+    return "pretrain" if algorithm == "fedavg" else algorithm
+
+
+def pack_meta_parameters(
+    weights: Mapping[str, Tensor], inner_lrs: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """Weights and Meta-SGD learning rates as one flat dict of tensors."""
+    return {**weights, **{INNER_LR_PREFIX + n: lr for n, lr in inner_lrs.items()}}
+
+
+def unpack_meta_parameters(
+    params: Mapping[str, Tensor],
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Split the flat dict back into (weights, inner learning rates)."""
+    weights = {n: t for n, t in params.items() if not n.startswith(INNER_LR_PREFIX)}
+    lrs = {
+        n.removeprefix(INNER_LR_PREFIX): t
+        for n, t in params.items()
+        if n.startswith(INNER_LR_PREFIX)
+    }
+    return weights, lrs
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """Hyper-parameters the server sends with every round (a Flower ConfigRecord's keys).
+
+    Keys use dashes on the wire (``inner-steps``) as Flower configs do.
+    """
+
+    algorithm: str = "maml"
+    inner_steps: int = 5
+    inner_lr: float = 0.05
+    local_steps: int = 5
+    local_lr: float = 0.001
+    meta_batch_size: int = 4
+    shots: int = 5
+    query_size: int = 15
+    seed: int = 0
+    server_round: int = 0
+
+    def __post_init__(self) -> None:
+        local_algorithm(self.algorithm)
+        for name in ("shots", "query_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def meta_config(self, task_kind: str) -> MetaConfig:
+        """The local meta-training a factory runs this round (validated there)."""
+        return MetaConfig(
+            algorithm=local_algorithm(self.algorithm),
+            task_kind=task_kind,
+            inner_steps=self.inner_steps,
+            inner_lr=self.inner_lr,
+            outer_lr=self.local_lr,
+            outer_optimizer="adam",
+            meta_batch_size=self.meta_batch_size,
+            local_steps=self.local_steps,
+        )
+
+    def to_config(self) -> dict[str, int | float | str]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> RoundSettings:
+        """Parse a received config; unknown keys are an error, not silently ignored."""
+        known = {f.name.replace("_", "-"): f.name for f in fields(cls)}
+        unknown = sorted(set(config) - set(known))
+        if unknown:
+            raise ValueError(f"unknown round settings {unknown}; allowed: {sorted(known)}")
+        return cls(**{known[key]: value for key, value in config.items()})
