@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 from torch import Tensor
 
@@ -19,6 +20,7 @@ from common.algorithms import MetaConfig
 __all__ = [
     "FEDERATED_ALGORITHMS",
     "INNER_LR_PREFIX",
+    "EvaluationSettings",
     "RoundSettings",
     "local_algorithm",
     "pack_meta_parameters",
@@ -26,6 +28,7 @@ __all__ = [
 ]
 
 INNER_LR_PREFIX = "inner_lr/"
+_Settings = TypeVar("_Settings")
 
 # What a user picks; "fedavg" is the baseline whose local work is plain training.
 FEDERATED_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "fedavg")
@@ -58,6 +61,21 @@ def unpack_meta_parameters(
         if n.startswith(INNER_LR_PREFIX)
     }
     return weights, lrs
+
+
+def _to_wire(settings: object) -> dict[str, object]:
+    """Dataclass fields as a config dict; keys use dashes as Flower configs do."""
+    values = {f.name.replace("_", "-"): getattr(settings, f.name) for f in fields(settings)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _from_wire(cls: type[_Settings], config: Mapping[str, object]) -> _Settings:
+    """Parse a received config; unknown keys are an error, not silently ignored."""
+    known = {f.name.replace("_", "-"): f.name for f in fields(cls)}
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; allowed: {sorted(known)}")
+    return cls(**{known[key]: value for key, value in config.items()})
 
 
 @dataclass(frozen=True)
@@ -98,14 +116,43 @@ class RoundSettings:
             local_steps=self.local_steps,
         )
 
-    def to_config(self) -> dict[str, int | float | str]:
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+    def to_config(self) -> dict[str, object]:
+        return _to_wire(self)
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> RoundSettings:
-        """Parse a received config; unknown keys are an error, not silently ignored."""
-        known = {f.name.replace("_", "-"): f.name for f in fields(cls)}
-        unknown = sorted(set(config) - set(known))
-        if unknown:
-            raise ValueError(f"unknown round settings {unknown}; allowed: {sorted(known)}")
-        return cls(**{known[key]: value for key, value in config.items()})
+        return _from_wire(cls, config)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What the server asks an evaluating factory to measure (ConfigRecord keys use dashes).
+
+    ``shots`` lists the K values; each is scored on ``tasks`` tasks of K support and
+    ``query_size`` query rows after ``steps`` adaptation steps of size ``lr`` (Meta-SGD
+    uses its learned rates, ANIL adapts its head). With ``local_only_steps`` > 0 a
+    model trained from scratch on the same K rows is scored too (the local-only baseline).
+    """
+
+    algorithm: str = "maml"
+    shots: tuple[int, ...] = (1, 5, 10, 20)
+    steps: int = 10
+    lr: float = 0.05
+    tasks: int = 10
+    query_size: int = 10
+    seed: int = 0
+    local_only_steps: int = 0
+    local_only_lr: float = 0.05
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shots", tuple(int(k) for k in self.shots))
+        local_algorithm(self.algorithm)
+        if not self.shots or min(self.shots) < 1:
+            raise ValueError(f"shots must list positive K values, got {self.shots}")
+
+    def to_config(self) -> dict[str, object]:
+        return _to_wire(self)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> EvaluationSettings:
+        return _from_wire(cls, config)

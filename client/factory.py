@@ -1,0 +1,57 @@
+"""This node's factory: its private rows, its role, its device and its task sampler."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from common.data_sources import SyntheticSource, source_from_config
+from common.device import resolve_device
+from common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskSampler
+
+__all__ = ["LoadedFactory", "load_factory", "node_device", "sampler_for"]
+
+
+@dataclass(frozen=True)
+class LoadedFactory:
+    data: FactoryData
+    role: str
+    source: SyntheticSource
+
+
+def load_factory(node_config: Mapping[str, object], run_config: Mapping[str, object]) -> LoadedFactory:
+    """The factory ``partition-id`` (from ``node_config``) names in the run's data source."""
+    if "partition-id" not in node_config:
+        raise ValueError("node_config has no 'partition-id': start the node with --node-config 'partition-id=N'")
+    source = source_from_config(run_config)
+    assignment = source.factory(int(node_config["partition-id"]))
+    return LoadedFactory(assignment.data, assignment.role, source)
+
+
+def node_device(node_config: Mapping[str, object], run_config: Mapping[str, object]) -> torch.device:
+    """The node's own ``device`` setting wins over the run's; default: its best accelerator."""
+    return resolve_device(str(node_config.get("device", run_config.get("device", "auto"))))
+
+
+def _seed(*parts: object) -> int:
+    """A stable seed per (run seed, round, factory, purpose): no two draws coincide."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def sampler_for(factory: LoadedFactory, shots: int, query_size: int, *, seed: int, stream: object) -> TaskSampler:
+    """K-shot tasks from this factory; for classification K shots per class, fixed labels.
+
+    Labels keep their meaning (``shuffle_labels=False``) because fault classes are the
+    same in every factory; ``query_size`` is split evenly over the classes.
+    """
+    task_seed = _seed(seed, stream, factory.data.name)
+    if factory.source.task_kind == "regression":
+        return RegressionTaskSampler([factory.data], shots, query_size, seed=task_seed)
+    ways = factory.source.model_config.output_dim
+    return ClassificationTaskSampler(
+        [factory.data], ways, shots, max(1, query_size // ways), seed=task_seed, shuffle_labels=False
+    )

@@ -1,0 +1,114 @@
+"""The round loop: train, aggregate, log metrics, checkpoint, evaluate; resumable.
+
+Flower's `Strategy.start` always begins at round 1, so the loop lives here and calls
+the strategy's hooks itself. Each round appends its metrics first and then writes an
+atomic checkpoint; on resume, metrics of rounds after the last checkpoint are dropped,
+so a resumed run ends exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from torch import Tensor
+
+from common.algorithms import init_inner_lrs
+from common.data_sources import SyntheticSource
+from common.federation import pack_meta_parameters
+from common.models import build_model
+from common.outer_optimizer import OuterOptimizer
+from server.checkpoint import CheckpointError, RunDirectory
+from server.settings import ServerSettings
+from server.strategy import FedMetaStrategy
+
+__all__ = ["ProgressFn", "initial_meta_parameters", "run_experiment"]
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[Mapping[str, object]], None]
+
+
+def initial_meta_parameters(source: SyntheticSource, algorithm: str, inner_lr: float, seed: int) -> dict[str, Tensor]:
+    """The first global model, seeded so every run and every method starts alike."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(source.model_config)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return pack_meta_parameters(weights, init_inner_lrs(weights, inner_lr) if algorithm == "metasgd" else {})
+
+
+def _finite_or_text(metrics: Mapping[str, float]) -> dict[str, object]:
+    """JSON lines cannot hold NaN: a diverged metric is kept, spelled as text."""
+    return {k: float(v) if math.isfinite(float(v)) else str(float(v)) for k, v in metrics.items()}
+
+
+def _start_state(run_dir: RunDirectory, settings: ServerSettings, source: SyntheticSource, algorithm: str):
+    """Fresh parameters, or the last checkpoint's when resuming; never overwrite a run."""
+    config = {"algorithm": algorithm, **json.loads(json.dumps(dataclasses.asdict(settings), default=list))}
+    latest = run_dir.latest_round()
+    if latest is not None and not settings.resume:
+        raise CheckpointError(run_dir.path, "already holds checkpoints; resume it or choose a new run folder")
+    if latest is None:
+        params = initial_meta_parameters(source, algorithm, settings.round.inner_lr, settings.round.seed)
+        run_dir.write_config(config, overwrite=settings.resume)
+        return OuterOptimizer(params, settings.outer), 1
+    checkpoint = run_dir.load_checkpoint(latest)
+    optimizer = OuterOptimizer(checkpoint.params, settings.outer)
+    optimizer.load_state_dict(checkpoint.optimizer_tensors, checkpoint.metadata)
+    run_dir.truncate_metrics_after(latest)
+    log.info("resuming %s from round %d", run_dir.path, latest)
+    return optimizer, latest + 1
+
+
+def run_experiment(
+    grid: Grid,
+    settings: ServerSettings,
+    source: SyntheticSource,
+    algorithm: str,
+    run_path: Path,
+    progress: ProgressFn | None = None,
+) -> None:
+    """Federated meta-training of ``algorithm`` for ``settings.num_rounds`` rounds."""
+    run_dir = RunDirectory(run_path)
+    optimizer, first_round = _start_state(run_dir, settings, source, algorithm)
+    strategy = FedMetaStrategy(optimizer, settings.sampling)
+    strategy.discover_nodes(grid, settings.timeout)
+    round_config = dataclasses.replace(settings.round, algorithm=algorithm)
+    eval_config = ConfigRecord(dataclasses.replace(settings.evaluation, algorithm=algorithm).to_config())
+    for server_round in range(first_round, settings.num_rounds + 1):
+        started = time.perf_counter()
+        arrays = ArrayRecord(torch_state_dict=optimizer.params)
+        train_config = ConfigRecord(dataclasses.replace(round_config, server_round=server_round).to_config())
+        replies = grid.send_and_receive(
+            strategy.configure_train(server_round, arrays, train_config, grid), timeout=settings.timeout
+        )
+        _, train_metrics = strategy.aggregate_train(server_round, replies)
+        record: dict[str, object] = {"round": server_round, "algorithm": algorithm}
+        record.update({f"train/{k}": v for k, v in _finite_or_text(train_metrics or {}).items()})
+        last = server_round == settings.num_rounds
+        if last or (settings.eval_every and server_round % settings.eval_every == 0):
+            arrays = ArrayRecord(torch_state_dict=optimizer.params)
+            replies = grid.send_and_receive(
+                strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=settings.timeout
+            )
+            eval_metrics = strategy.aggregate_evaluate(server_round, replies)
+            record.update({f"eval/{k}": v for k, v in _finite_or_text(eval_metrics or {}).items()})
+        record["seconds"] = time.perf_counter() - started
+        run_dir.append_metrics(record)
+        run_dir.save_checkpoint(
+            server_round,
+            optimizer.params,
+            optimizer.state_dict(),
+            {**optimizer.metadata(), "algorithm": algorithm},
+        )
+        if progress is not None:
+            progress(record)
