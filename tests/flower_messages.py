@@ -1,0 +1,32 @@
+"""Build Flower messages in-process, as the SuperLink would deliver them.
+
+Lets tests call a real `ClientApp` and feed real replies to the strategy without
+starting a simulation.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import Error, Message, Metadata, RecordDict
+
+
+def delivered(content: RecordDict, message_type: str, dst_node_id: int, message_id: str = "m") -> Message:
+    """A message from the server (node 0) as it arrives at ``dst_node_id``."""
+    metadata = Metadata(
+        run_id=1,
+        message_id=message_id,
+        src_node_id=0,
+        dst_node_id=dst_node_id,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=message_type,
+    )
+    return Message(content, metadata=metadata)
+
+
+def reply_from(node_id: int, content: RecordDict | Error, message_type: str = "train") -> Message:
+    """A reply from ``node_id`` carrying ``content`` or an error."""
+    return Message(content, reply_to=delivered(RecordDict(), message_type, node_id))
