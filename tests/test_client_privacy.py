@@ -44,16 +44,17 @@ def _send(app, partition, message_type, **records):
     return app(delivered(RecordDict(records), message_type, 10 + partition), _context(partition))
 
 
+def _round_records(params, settings) -> dict:
+    return {"meta-parameters": ArrayRecord(torch_state_dict=params), "config": ConfigRecord(settings.to_config())}
+
+
 def _only_numbers(record: MetricRecord) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in record.values())
 
 
 def test_train_reply_holds_exactly_the_delta_and_numeric_metrics(client_app, global_params):
     settings = RoundSettings(algorithm="maml", local_steps=3, server_round=4, seed=7)
-    reply = _send(
-        client_app, 1, MessageType.TRAIN,
-        **{"meta-parameters": ArrayRecord(torch_state_dict=global_params), "config": ConfigRecord(settings.to_config())},
-    )
+    reply = _send(client_app, 1, MessageType.TRAIN, **_round_records(global_params, settings))
     assert not reply.has_error()
     assert set(reply.content.keys()) == {"delta", "metrics"}
     assert isinstance(reply.content["delta"], ArrayRecord)
@@ -78,10 +79,7 @@ def test_train_reply_holds_exactly_the_delta_and_numeric_metrics(client_app, glo
 
 def test_evaluate_reply_holds_only_k_shot_metrics(client_app, global_params):
     settings = EvaluationSettings(shots=(1, 5), tasks=3, local_only_steps=5)
-    reply = _send(
-        client_app, 3, MessageType.EVALUATE,
-        **{"meta-parameters": ArrayRecord(torch_state_dict=global_params), "config": ConfigRecord(settings.to_config())},
-    )
+    reply = _send(client_app, 3, MessageType.EVALUATE, **_round_records(global_params, settings))
     assert not reply.has_error()
     assert set(reply.content.keys()) == {"metrics"}
     metrics = reply.content["metrics"]
@@ -98,7 +96,6 @@ def test_query_reply_holds_only_role_and_factory_key(client_app):
 
 
 def test_held_out_factory_refuses_to_train(client_app, global_params):
-    records = {"meta-parameters": ArrayRecord(torch_state_dict=global_params),
-               "config": ConfigRecord(RoundSettings().to_config())}
+    records = _round_records(global_params, RoundSettings())
     with pytest.raises(ValueError, match="'quality-held-out-00' is held out"):  # Flower turns it into an error reply
         _send(client_app, 3, MessageType.TRAIN, **records)
