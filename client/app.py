@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from torch import Tensor
 
 from client.evaluation import evaluate_factory
@@ -56,10 +57,10 @@ def train_reply(factory: LoadedFactory, msg: Message, device: object) -> RecordD
     return RecordDict({"delta": ArrayRecord(torch_state_dict=delta), "metrics": MetricRecord(metrics)})
 
 
-def make_client_app(run_config: Mapping[str, object] | None = None) -> ClientApp:
+def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[Mod] | None = None) -> ClientApp:
     """A ClientApp; ``run_config`` overrides the run's config (for in-process simulations)."""
     overrides = dict(run_config or {})
-    app = ClientApp()
+    app = ClientApp(mods=mods)
 
     def factory_of(context: Context) -> tuple[LoadedFactory, object]:
         config = {**context.run_config, **overrides}

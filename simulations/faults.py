@@ -1,0 +1,55 @@
+"""Unreliable factories on demand: a client mod that makes chosen factories misbehave.
+
+Researchers use it to check that a federation survives crashed clients and corrupt
+updates; the tests use it to prove the server does. The spec maps partition ids to a
+fault, e.g. ``"0:crash,1:nan,2:shape"``:
+
+- ``crash``: the client raises during training (Flower sends an error reply);
+- ``nan``: the client's delta is all NaN;
+- ``shape``: the client's delta has every tensor transposed/reshaped wrongly.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
+
+__all__ = ["FAULTS", "fault_injection_mod", "parse_fault_spec"]
+
+FAULTS = ("crash", "nan", "shape")
+
+
+def parse_fault_spec(spec: str) -> dict[int, str]:
+    """``"0:crash,1:nan"`` -> ``{0: "crash", 1: "nan"}``, with a clear error for typos."""
+    faults: dict[int, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        partition, _, fault = item.partition(":")
+        if not partition.isdigit() or fault not in FAULTS:
+            raise ValueError(f"bad fault {item!r}: expected PARTITION:FAULT with FAULT one of {', '.join(FAULTS)}")
+        faults[int(partition)] = fault
+    return faults
+
+
+def _corrupt(delta: ArrayRecord, fault: str) -> ArrayRecord:
+    tensors = delta.to_torch_state_dict()
+    if fault == "nan":
+        return ArrayRecord(torch_state_dict={n: torch.full_like(t, float("nan")) for n, t in tensors.items()})
+    return ArrayRecord(torch_state_dict={n: torch.zeros(t.numel() + 1) for n, t in tensors.items()})
+
+
+def fault_injection_mod(spec: str):
+    """A Flower client mod applying ``spec`` to training replies of the named partitions."""
+    faults = parse_fault_spec(spec)
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        fault = faults.get(int(context.node_config.get("partition-id", -1)))
+        if fault is None or msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        if fault == "crash":
+            raise RuntimeError(f"injected crash on partition {context.node_config['partition-id']}")
+        reply = call_next(msg, context)
+        reply.content["delta"] = _corrupt(reply.content["delta"], fault)
+        return reply
+
+    return mod

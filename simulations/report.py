@@ -1,0 +1,58 @@
+"""The held-out factories' K-shot results of a run, method beside method.
+
+Reads the last evaluation each algorithm's run folder logged. Rows: the meta-learned
+model adapted on K samples, FedAvg without and with fine-tuning on the same K samples,
+and local-only training from scratch on those K samples; all measured in the same run
+on the same held-out tasks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.checkpoint import RunDirectory
+
+__all__ = ["ComparisonRow", "comparison_rows", "final_evaluation"]
+
+_LOSS_KEY = re.compile(r"eval/(local-)?(loss|accuracy)-k(\d+)")
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    method: str
+    metric: str  # "loss" or "accuracy"
+    by_shots: dict[int, float]
+
+
+def final_evaluation(run_dir: Path) -> dict[str, object]:
+    """The last metrics record that holds held-out evaluation results."""
+    records = [r for r in RunDirectory(run_dir).read_metrics() if any(k.startswith("eval/") for k in r)]
+    if not records:
+        raise ValueError(f"{run_dir} has no evaluation results yet")
+    return records[-1]
+
+
+def _rows_of(record: dict[str, object], method: str, local: bool, with_k0: bool) -> list[ComparisonRow]:
+    by_metric: dict[str, dict[int, float]] = {}
+    for key, value in record.items():
+        match = _LOSS_KEY.fullmatch(key)
+        if match is None or bool(match.group(1)) != local:
+            continue
+        shots = int(match.group(3))
+        if shots == 0 and not with_k0:
+            continue
+        by_metric.setdefault(match.group(2), {})[shots] = float(value)
+    return [ComparisonRow(method, metric, dict(sorted(v.items()))) for metric, v in sorted(by_metric.items())]
+
+
+def comparison_rows(run_root: Path, algorithm: str, baselines: tuple[str, ...]) -> list[ComparisonRow]:
+    """Rows for the meta-learned ``algorithm``, each baseline, and local-only training."""
+    main = final_evaluation(run_root / algorithm)
+    rows = _rows_of(main, f"{algorithm} (meta-learned, adapted)", local=False, with_k0=True)
+    for baseline in baselines:
+        label = "fedavg + fine-tune" if baseline == "fedavg" else f"{baseline} (adapted)"
+        rows += _rows_of(final_evaluation(run_root / baseline), label, local=False, with_k0=True)
+    rows += _rows_of(main, "local only (from scratch)", local=True, with_k0=False)
+    return rows
