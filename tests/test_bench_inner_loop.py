@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from simulations.benchmarks import inner_loop
@@ -66,6 +67,17 @@ def test_torchopt_rows_and_targets(mlp_result):
         ("maml", "torchopt-2nd"),
         ("fomaml", "torchopt-1st"),
     ]
+
+
+def test_without_torchopt_its_rows_are_skipped_with_a_note(monkeypatch):
+    monkeypatch.setattr(inner_loop, "_torchopt_version", lambda: None)
+    result = inner_loop.run_inner_loop_benchmark(device=CPU, models=["mlp"], repeats=1, memory=False)
+    (model,) = result.models
+    assert not any("torchopt" in name for name in [*model.variants, *model.ratios, *model.gradient_errors])
+    assert [t.denominator for t in model.targets] == ["hand-written-2nd", "hand-written-1st"]
+    console = Console(record=True, width=200)
+    inner_loop.render(result, console)
+    assert "torchopt not installed, its rows skipped (pip install -e '.[bench]')" in console.export_text()
 
 
 def _maml_gradient() -> dict[str, torch.Tensor]:

@@ -1,0 +1,61 @@
+"""The ``fedmeta`` command line."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from simulations.simulate_cli import simulate
+
+app = typer.Typer(help="FedMeta Factory: federated meta-learning for manufacturing.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("inner-loop")
+def bench_inner_loop(
+    device: Annotated[
+        str, typer.Option(click_type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run.")
+    ] = "auto",
+    repeats: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Timed meta-steps per variant, interleaved round-robin (default: as many as fit "
+            "in a per-model time budget, keeping the command under 90 s on 2 CPU cores).",
+            show_default=False,
+        ),
+    ] = None,
+    models: Annotated[str, typer.Option(help="Comma-separated models to benchmark.")] = "mlp,cnn1d",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Time one meta-step of every algorithm against a hand-written loop, torchopt and vmap."""
+    # Imported here so that the package never loads benchmark code (or torchopt) otherwise.
+    from rich.console import Console
+    from rich.markup import escape
+
+    from simulations.benchmarks import inner_loop
+
+    console, start = Console(), time.perf_counter()
+    try:
+        result = inner_loop.run_inner_loop_benchmark(
+            device=inner_loop.bench_device(device),
+            models=[m.strip() for m in models.split(",") if m.strip()],
+            repeats=repeats,
+            log=lambda message: console.print(f"[dim]{time.perf_counter() - start:5.1f} s  {message}[/dim]"),
+        )
+    except (ValueError, inner_loop.GradientMismatchError) as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(1) from error
+    inner_loop.render(result, console)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_dict(), indent=2))
+        console.print(f"results written to {json_path}")
+
+
+app.command("simulate")(simulate)
