@@ -29,6 +29,7 @@ from common.device import resolve_device
 from common.inner_loop import Params, adapt, expand_for_tasks, predict
 from common.losses import TASK_KINDS, task_accuracy, task_losses
 from common.tasks import TaskBatch, TaskSampler
+from common.validation import check_choice, check_positive_int
 
 __all__ = [
     "ALGORITHMS",
@@ -65,13 +66,11 @@ class MetaConfig:
     local_steps: int = 1
 
     def __post_init__(self) -> None:
-        _check_choice("algorithm", self.algorithm, ALGORITHMS)
-        _check_choice("task_kind", self.task_kind, TASK_KINDS)
-        _check_choice("outer_optimizer", self.outer_optimizer, OUTER_OPTIMIZERS)
+        check_choice("algorithm", self.algorithm, ALGORITHMS)
+        check_choice("task_kind", self.task_kind, TASK_KINDS)
+        check_choice("outer_optimizer", self.outer_optimizer, OUTER_OPTIMIZERS)
         for name in ("inner_steps", "meta_batch_size", "local_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         for name in ("inner_lr", "outer_lr"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
@@ -94,11 +93,6 @@ class StepLosses:
     support: Tensor  # mean support loss before each inner step, shape [inner steps]
     query: Tensor  # mean query loss after adaptation, scalar
     query_accuracy: Tensor | None = None
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(choices)}")
 
 
 def adapted_names(model: nn.Module, algorithm: str) -> list[str]:

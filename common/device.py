@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from common.validation import check_choice
+
 __all__ = ["DEVICE_CHOICES", "resolve_device"]
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
@@ -21,9 +23,7 @@ def resolve_device(preference: str | torch.device | None = "auto") -> torch.devi
     choice = "auto" if preference is None else preference.lower()
     base = choice.split(":", 1)[0]
     if base not in DEVICE_CHOICES:
-        raise ValueError(
-            f"unknown device {preference!r}; valid choices: {', '.join(DEVICE_CHOICES)}"
-        )
+        check_choice("device", preference, DEVICE_CHOICES)
     if base == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

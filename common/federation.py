@@ -16,6 +16,7 @@ from typing import TypeVar
 from torch import Tensor
 
 from common.algorithms import MetaConfig
+from common.validation import check_choice, check_positive_int
 
 __all__ = [
     "FEDERATED_ALGORITHMS",
@@ -36,10 +37,7 @@ FEDERATED_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "fedavg"
 
 def local_algorithm(algorithm: str) -> str:
     """The `common.algorithms` name a factory runs for a federated algorithm."""
-    if algorithm not in FEDERATED_ALGORITHMS:
-        raise ValueError(
-            f"unknown algorithm {algorithm!r}; valid choices: {', '.join(FEDERATED_ALGORITHMS)}"
-        )
+    check_choice("algorithm", algorithm, FEDERATED_ALGORITHMS)
     return "pretrain" if algorithm == "fedavg" else algorithm
 
 
@@ -99,9 +97,7 @@ class RoundSettings:
     def __post_init__(self) -> None:
         local_algorithm(self.algorithm)
         for name in ("shots", "query_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, getattr(self, name))
 
     def meta_config(self, task_kind: str) -> MetaConfig:
         """The local meta-training a factory runs this round (validated there)."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.layers import TaskConv1d, TaskLinear
+from common.validation import check_positive_int
 
 __all__ = [
     "MLP",
@@ -64,8 +65,7 @@ class ModelConfig:
             **{f"input_shape[{i}]": size for i, size in enumerate(self.input_shape)},
         }
         for field, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be a positive integer, got {value!r}")
+            check_positive_int(field, value)
         layout = _INPUT_LAYOUT[self.name]
         if len(self.input_shape) != len(layout):
             raise ValueError(

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from common.deltas import validate_delta
+from common.validation import check_choice
 
 __all__ = ["OUTER_OPTIMIZERS", "OuterOptimizer", "OuterOptimizerConfig"]
 
@@ -43,11 +44,7 @@ class OuterOptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # used by "adam"
 
     def __post_init__(self) -> None:
-        if self.kind not in OUTER_OPTIMIZERS:
-            raise ValueError(
-                f"unknown outer optimizer {self.kind!r}; valid choices: "
-                f"{', '.join(OUTER_OPTIMIZERS)}"
-            )
+        check_choice("outer optimizer", self.kind, OUTER_OPTIMIZERS)
         if not (_is_real(self.lr) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
         if not (_is_real(self.momentum) and 0 <= self.momentum < 1):
