@@ -9,11 +9,18 @@ Handlers:
   replies with ``local - global`` and metrics. Never raw data, never full weights.
 - ``evaluate``: adapts the received model to this factory's tasks from K labelled
   samples, for several K, and reports query metrics.
+
+A node serving several factories (``factories-per-node`` > 1, see
+`common.data_sources`) lists them all in its query reply; the server's messages name
+the factories to work on, and the reply carries each one's own delta and metrics under
+``delta/<factory>`` and ``metrics/<factory>``. One factory failing leaves out only its
+own records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -21,26 +28,33 @@ from flwr.clientapp.typing import Mod
 from torch import Tensor
 
 from client.evaluation import evaluate_factory
-from client.factory import LoadedFactory, load_factory, node_device, sampler_for
+from client.factory import LoadedFactory, load_factories, node_device, sampler_for
 from common.algorithms import meta_train
+from common.data_sources import FACTORIES_RECORD, factory_key
 from common.deltas import subtract
 from common.federation import EvaluationSettings, RoundSettings, pack_meta_parameters, unpack_meta_parameters
 from common.models import build_model
 
-__all__ = ["app", "make_client_app", "train_reply"]
+__all__ = ["app", "local_update", "make_client_app", "train_replies", "train_reply"]
+
+log = logging.getLogger(__name__)
 
 
 def _received_parameters(msg: Message) -> dict[str, Tensor]:
     return dict(msg.content["meta-parameters"].to_torch_state_dict())
 
 
-def train_reply(factory: LoadedFactory, msg: Message, device: object) -> RecordDict:
-    """Local meta-training from the global meta-parameters: the delta and metrics."""
+def local_update(
+    factory: LoadedFactory, global_params: Mapping[str, Tensor], settings: RoundSettings, device: object
+) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Local meta-training from the global meta-parameters: ``local - global`` and metrics.
+
+    Free of Flower so that every reply format (and the scaling benchmark's plain loop)
+    runs exactly this work.
+    """
     if factory.role != "train":
         raise ValueError(f"factory {factory.data.name!r} is held out (role {factory.role!r}) and never trains")
-    settings = RoundSettings.from_config(msg.content["config"])
     source = factory.source
-    global_params = _received_parameters(msg)
     weights, inner_lrs = unpack_meta_parameters(global_params)
     result = meta_train(
         build_model(source.model_config),
@@ -54,7 +68,68 @@ def train_reply(factory: LoadedFactory, msg: Message, device: object) -> RecordD
     metrics = {name.replace("_", "-"): value for name, value in result.metrics.items()}
     # Weighted by the factory's data size, as FedAvg does, not by the examples sampled.
     metrics["num-examples"] = factory.data.num_samples
+    return delta, metrics
+
+
+def train_reply(factory: LoadedFactory, msg: Message, device: object) -> RecordDict:
+    """Local meta-training from the global meta-parameters: the delta and metrics."""
+    settings = RoundSettings.from_config(msg.content["config"])
+    delta, metrics = local_update(factory, _received_parameters(msg), settings, device)
     return RecordDict({"delta": ArrayRecord(torch_state_dict=delta), "metrics": MetricRecord(metrics)})
+
+
+def _named_factories(factories: Sequence[LoadedFactory], msg: Message) -> list[LoadedFactory]:
+    """The factories of this node that the server's message names, in its order."""
+    served = {factory.data.name: factory for factory in factories}
+    names = list(msg.content[FACTORIES_RECORD]["names"])
+    unknown = [name for name in names if name not in served]
+    if unknown:
+        raise ValueError(f"this node does not serve factories {unknown}; it serves {sorted(served)}")
+    return [served[name] for name in names]
+
+
+def _per_factory(
+    factories: Sequence[LoadedFactory], work: Callable[[LoadedFactory], Mapping[str, object]]
+) -> RecordDict:
+    """``work``'s records for each factory under ``<record>/<factory>``.
+
+    A factory whose work raises is logged and left out, alone: the server counts it as
+    failed, as it would a node of its own that crashed.
+    """
+    content = RecordDict()
+    for factory in factories:
+        try:
+            records = work(factory)
+        except Exception as error:  # what Flower would turn into an error reply from a node of its own
+            log.warning("factory %s failed: %s", factory.data.name, error)
+            continue
+        for record, value in records.items():
+            content[factory_key(record, factory.data.name)] = value
+    return content
+
+
+def train_replies(factories: Sequence[LoadedFactory], msg: Message, device: object) -> RecordDict:
+    """`train_reply` for each factory the message names, each under its own keys."""
+    settings = RoundSettings.from_config(msg.content["config"])
+    global_params = _received_parameters(msg)
+
+    def train(factory: LoadedFactory) -> dict[str, object]:
+        delta, metrics = local_update(factory, global_params, settings, device)
+        return {"delta": ArrayRecord(torch_state_dict=delta), "metrics": MetricRecord(metrics)}
+
+    return _per_factory(_named_factories(factories, msg), train)
+
+
+def _evaluate_reply(factory: LoadedFactory, msg: Message, device: object) -> dict[str, MetricRecord]:
+    """K-shot adaptation on the factory's tasks for each K the server asks for."""
+    settings = EvaluationSettings.from_config(msg.content["config"])
+    return {"metrics": MetricRecord(evaluate_factory(factory, _received_parameters(msg), settings, device=device))}
+
+
+def _only(factories: Sequence[LoadedFactory]) -> LoadedFactory:
+    if len(factories) != 1:
+        raise ValueError(f"this node serves {len(factories)} factories: the message must name them")
+    return factories[0]
 
 
 def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[Mod] | None = None) -> ClientApp:
@@ -62,29 +137,35 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
     overrides = dict(run_config or {})
     app = ClientApp(mods=mods)
 
-    def factory_of(context: Context) -> tuple[LoadedFactory, object]:
+    def factories_of(context: Context) -> tuple[list[LoadedFactory], object]:
         config = {**context.run_config, **overrides}
-        return load_factory(context.node_config, config), node_device(context.node_config, config)
+        return load_factories(context.node_config, config), node_device(context.node_config, config)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        """Report this node's role and factory key; nothing about its data."""
-        factory, _ = factory_of(context)
-        record = ConfigRecord({"role": factory.role, "factory": factory.data.name})
-        return Message(RecordDict({"role": record}), reply_to=msg)
+        """Report this node's roles and factory keys; nothing about their data."""
+        factories, _ = factories_of(context)
+        if factories[0].source.factories_per_node == 1:
+            record = ConfigRecord({"role": factories[0].role, "factory": factories[0].data.name})
+            return Message(RecordDict({"role": record}), reply_to=msg)
+        names, roles = [f.data.name for f in factories], [f.role for f in factories]
+        return Message(RecordDict({FACTORIES_RECORD: ConfigRecord({"names": names, "roles": roles})}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        factory, device = factory_of(context)
-        return Message(train_reply(factory, msg, device), reply_to=msg)
+        factories, device = factories_of(context)
+        if FACTORIES_RECORD in msg.content:
+            return Message(train_replies(factories, msg, device), reply_to=msg)
+        return Message(train_reply(_only(factories), msg, device), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        """K-shot adaptation on this factory's tasks for each K the server asks for."""
-        factory, device = factory_of(context)
-        settings = EvaluationSettings.from_config(msg.content["config"])
-        metrics = evaluate_factory(factory, _received_parameters(msg), settings, device=device)
-        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        """K-shot adaptation on this node's factories' tasks for each K the server asks for."""
+        factories, device = factories_of(context)
+        if FACTORIES_RECORD in msg.content:
+            content = _per_factory(_named_factories(factories, msg), lambda f: _evaluate_reply(f, msg, device))
+            return Message(content, reply_to=msg)
+        return Message(RecordDict(_evaluate_reply(_only(factories), msg, device)), reply_to=msg)
 
     return app
 

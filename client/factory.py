@@ -1,4 +1,4 @@
-"""This node's factory: its private rows, its role, its device and its task sampler."""
+"""This node's factories: their private rows and roles, the node's device, task samplers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from common.data_sources import SyntheticSource, source_from_config
 from common.device import resolve_device
 from common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskSampler
 
-__all__ = ["LoadedFactory", "load_factory", "node_device", "sampler_for"]
+__all__ = ["LoadedFactory", "load_factories", "load_factory", "node_device", "sampler_for"]
 
 
 @dataclass(frozen=True)
@@ -22,13 +22,22 @@ class LoadedFactory:
     source: SyntheticSource
 
 
-def load_factory(node_config: Mapping[str, object], run_config: Mapping[str, object]) -> LoadedFactory:
-    """The factory ``partition-id`` (from ``node_config``) names in the run's data source."""
+def load_factories(node_config: Mapping[str, object], run_config: Mapping[str, object]) -> list[LoadedFactory]:
+    """The factories node ``partition-id`` (from ``node_config``) serves: one unless the run
+    sets ``factories-per-node`` (see `common.data_sources`)."""
     if "partition-id" not in node_config:
         raise ValueError("node_config has no 'partition-id': start the node with --node-config 'partition-id=N'")
     source = source_from_config(run_config)
-    assignment = source.factory(int(node_config["partition-id"]))
-    return LoadedFactory(assignment.data, assignment.role, source)
+    assignments = map(source.factory, source.node_partitions(int(node_config["partition-id"])))
+    return [LoadedFactory(assignment.data, assignment.role, source) for assignment in assignments]
+
+
+def load_factory(node_config: Mapping[str, object], run_config: Mapping[str, object]) -> LoadedFactory:
+    """The one factory node ``partition-id`` serves (the default, one factory per node)."""
+    factories = load_factories(node_config, run_config)
+    if len(factories) != 1:
+        raise ValueError(f"this node serves {len(factories)} factories, not one (factories-per-node > 1)")
+    return factories[0]
 
 
 def node_device(node_config: Mapping[str, object], run_config: Mapping[str, object]) -> torch.device:

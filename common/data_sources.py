@@ -1,12 +1,19 @@
-"""Which factory a node is, and what model fits its data, from a run's settings.
+"""Which factories a node serves, and what model fits their data, from a run's settings.
 
 The server needs the model architecture (to create the first global parameters) but
 never the data; a client needs its own factory's rows. Both resolve the same run
 settings here, so they always agree on the model.
+
+By default a node is one factory: ``partition-id`` N is factory N. With
+``factories-per-node`` F > 1 (for simulating thousands of factories on a few cores)
+node N serves the contiguous block of factories ``N*F .. N*F+F-1``; each factory still
+trains on its own rows and sends its own delta, under the record keys `factory_key`
+gives, so the server validates and averages every factory separately.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cache
@@ -15,9 +22,12 @@ from common.models import ModelConfig
 from common.synthetic import FactoryFamily, FamilyConfig, make_family
 from common.tasks import FactoryData
 
-__all__ = ["FactoryAssignment", "SyntheticSource", "source_from_config"]
+__all__ = ["FACTORIES_RECORD", "FactoryAssignment", "SyntheticSource", "factory_key", "source_from_config"]
 
 ROLES = ("train", "evaluate")
+
+# The record that lists factories in messages to and from a node serving several.
+FACTORIES_RECORD = "factories"
 
 # Run-config key (dashes, as in Flower configs) -> FamilyConfig field.
 _FAMILY_KEYS = {
@@ -44,11 +54,25 @@ def _family(config: FamilyConfig) -> FactoryFamily:
     return make_family(config)
 
 
+def factory_key(record: str, factory: str) -> str:
+    """Where a node serving several factories puts one factory's record (``delta/<factory>``)."""
+    return f"{record}/{factory}"
+
+
 @dataclass(frozen=True)
 class SyntheticSource:
-    """A synthetic factory family: partitions 0..N-1 train, the next ones are held out."""
+    """A synthetic factory family: partitions 0..N-1 train, the next ones are held out.
+
+    ``factories_per_node`` is how many consecutive factories one node serves.
+    """
 
     family: FamilyConfig
+    factories_per_node: int = 1
+
+    def __post_init__(self) -> None:
+        value = self.factories_per_node
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"factories-per-node must be a positive integer, got {value!r}")
 
     @property
     def model_config(self) -> ModelConfig:
@@ -60,7 +84,23 @@ class SyntheticSource:
 
     @property
     def num_partitions(self) -> int:
+        """Factories, training and held out."""
         return self.family.num_factories + self.family.num_held_out
+
+    @property
+    def num_nodes(self) -> int:
+        """Nodes needed to serve every factory, ``factories_per_node`` each (the last maybe fewer)."""
+        return math.ceil(self.num_partitions / self.factories_per_node)
+
+    def node_partitions(self, node: int) -> range:
+        """The factories (partition ids) that node ``node`` (its ``partition-id``) serves."""
+        if not 0 <= node < self.num_nodes:
+            raise ValueError(
+                f"partition-id {node} is out of range: {self.num_partitions} factories, "
+                f"{self.factories_per_node} per node, need {self.num_nodes} nodes"
+            )
+        first = node * self.factories_per_node
+        return range(first, min(first + self.factories_per_node, self.num_partitions))
 
     def factory(self, partition_id: int) -> FactoryAssignment:
         family = _family(self.family)
@@ -75,10 +115,11 @@ class SyntheticSource:
 
 
 def source_from_config(run_config: Mapping[str, object]) -> SyntheticSource:
-    """Build the data source a run's config describes (keys as in `_FAMILY_KEYS`)."""
+    """Build the data source a run's config describes (keys as in `_FAMILY_KEYS`, plus
+    ``factories-per-node``)."""
     defaults = {f.name: f.default for f in fields(FamilyConfig) if f.name != "kind"}
     values = {"kind": "quality", **defaults}
     for key, field_name in _FAMILY_KEYS.items():
         if key in run_config:
             values[field_name] = run_config[key]
-    return SyntheticSource(FamilyConfig(**values))
+    return SyntheticSource(FamilyConfig(**values), int(run_config.get("factories-per-node", 1)))

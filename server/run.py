@@ -3,7 +3,8 @@
 Flower's `Strategy.start` always begins at round 1, so the loop lives here and calls
 the strategy's hooks itself. Each round appends its metrics first and then writes an
 atomic checkpoint; on resume, metrics of rounds after the last checkpoint are dropped,
-so a resumed run ends exactly where an uninterrupted one does.
+so a resumed run ends exactly where an uninterrupted one does. Messages go through
+`server.strategy.exchange`, which looks for replies every 10 ms rather than Flower's 0.1 s.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from common.models import build_model
 from common.outer_optimizer import OuterOptimizer
 from server.checkpoint import CheckpointError, RunDirectory
 from server.settings import ServerSettings
-from server.strategy import FedMetaStrategy
+from server.strategy import FedMetaStrategy, exchange
 
 __all__ = ["ProgressFn", "initial_meta_parameters", "run_experiment"]
 
@@ -81,15 +82,15 @@ def run_experiment(
     run_dir = RunDirectory(run_path)
     optimizer, first_round = _start_state(run_dir, settings, source, algorithm)
     strategy = FedMetaStrategy(optimizer, settings.sampling)
-    strategy.discover_nodes(grid, settings.timeout)
     round_config = dataclasses.replace(settings.round, algorithm=algorithm)
     eval_config = ConfigRecord(dataclasses.replace(settings.evaluation, algorithm=algorithm).to_config())
     for server_round in range(first_round, settings.num_rounds + 1):
+        strategy.discover_nodes(grid, settings.timeout)  # asks only nodes not met yet: late ones join
         started = time.perf_counter()
         arrays = ArrayRecord(torch_state_dict=optimizer.params)
         train_config = ConfigRecord(dataclasses.replace(round_config, server_round=server_round).to_config())
-        replies = grid.send_and_receive(
-            strategy.configure_train(server_round, arrays, train_config, grid), timeout=settings.timeout
+        replies = exchange(
+            grid, strategy.configure_train(server_round, arrays, train_config, grid), timeout=settings.timeout
         )
         _, train_metrics = strategy.aggregate_train(server_round, replies)
         record: dict[str, object] = {"round": server_round, "algorithm": algorithm}
@@ -97,8 +98,8 @@ def run_experiment(
         last = server_round == settings.num_rounds
         if last or (settings.eval_every and server_round % settings.eval_every == 0):
             arrays = ArrayRecord(torch_state_dict=optimizer.params)
-            replies = grid.send_and_receive(
-                strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=settings.timeout
+            replies = exchange(
+                grid, strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=settings.timeout
             )
             eval_metrics = strategy.aggregate_evaluate(server_round, replies)
             record.update({f"eval/{k}": v for k, v in _finite_or_text(eval_metrics or {}).items()})

@@ -7,6 +7,11 @@ data sizes, and apply the pseudo-gradient ``-mean(delta)`` with the server's out
 optimizer, whose state persists across rounds. A bad delta or a failed factory is
 logged and left out; the round goes on while at least ``min_train_nodes`` deltas remain.
 Evaluation goes to the factories that only evaluate (held out, never trained).
+
+A node may serve several factories (``factories-per-node``, see `common.data_sources`):
+the strategy then samples factories, not nodes, sends each node one message naming its
+sampled factories, and takes each factory's delta from the reply separately, so a bad
+one is left out alone and the average is the same as with one node per factory.
 """
 
 from __future__ import annotations
@@ -14,18 +19,29 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
+from common.data_sources import FACTORIES_RECORD, factory_key
 from common.deltas import DeltaRejected, validate_delta, weighted_average
 from common.outer_optimizer import OuterOptimizer
 
-__all__ = ["FedMetaStrategy", "NodeInfo", "SamplingSettings", "weighted_metrics"]
+__all__ = [
+    "PULL_COST_FACTOR",
+    "PULL_INTERVAL_S",
+    "FedMetaStrategy",
+    "NodeInfo",
+    "SamplingSettings",
+    "Seat",
+    "exchange",
+    "weighted_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +52,32 @@ class NodeInfo:
 
     role: str
     factory: str
+
+
+@dataclass(frozen=True)
+class Seat:
+    """One factory and the node serving it.
+
+    ``shared``: the node serves several factories, so messages to it name the factory
+    and its reply keys the factory's records by name (``delta/<factory>``).
+    """
+
+    node: int
+    info: NodeInfo
+    shared: bool = False
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One factory's share of a reply: its records, or why it has none."""
+
+    node: int
+    factory: str
+    records: Mapping[str, object] = field(default_factory=dict)
+    error: str | None = None
+
+
+Accepted = tuple[dict[str, Tensor], Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -67,38 +109,108 @@ def weighted_metrics(records: list[Mapping[str, float]], weight_key: str = "num-
     return {**merged, weight_key: total, "replies": float(len(records))}
 
 
+# Flower's InMemoryGrid.send_and_receive sleeps 0.1 s between pulls: in a simulation every
+# exchange then waits 50 ms on average after the last reply arrived. A pull costs time
+# in proportion to the replies still pending, so the wait after a pull is at least
+# PULL_COST_FACTOR times what the pull took: polling then costs under a tenth of a core.
+PULL_INTERVAL_S = 0.01
+PULL_COST_FACTOR = 10.0
+
+
+def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float | None) -> list[Message]:
+    """`Grid.send_and_receive`, polling every `PULL_INTERVAL_S` (or `PULL_COST_FACTOR` pulls'
+    worth) instead of every 0.1 s; replies that arrived by ``timeout`` seconds."""
+    pending = set(grid.push_messages(messages))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending:
+        started = time.monotonic()
+        arrived = list(grid.pull_messages(pending))
+        cost = time.monotonic() - started
+        replies.extend(arrived)
+        pending.difference_update(reply.metadata.reply_to_message_id for reply in arrived)
+        if not pending or (deadline is not None and time.monotonic() >= deadline):
+            break
+        time.sleep(max(PULL_INTERVAL_S, PULL_COST_FACTOR * cost))
+    return replies
+
+
 class FedMetaStrategy(Strategy):
     """Meta-updates from deltas with a persistent server-side outer optimizer."""
 
     def __init__(self, optimizer: OuterOptimizer, sampling: SamplingSettings) -> None:
         self.optimizer = optimizer
         self.sampling = sampling
-        self.nodes: dict[int, NodeInfo] = {}
+        self.nodes: dict[int, NodeInfo] = {}  # nodes serving one factory (the default)
+        self.shared_nodes: dict[int, tuple[NodeInfo, ...]] = {}  # nodes serving several
+        # Per message type: the factories each shared node was last asked to work on.
+        self._requested: dict[str, dict[int, tuple[str, ...]]] = {}
 
     # --- node discovery ----------------------------------------------------------
     def discover_nodes(self, grid: Grid, timeout: float) -> None:
-        """Ask nodes the server has not met yet for their role (one query each)."""
-        unknown = [node for node in grid.get_node_ids() if node not in self.nodes]
+        """Ask nodes the server has not met yet for their factories (one query each)."""
+        known = self.nodes.keys() | self.shared_nodes.keys()
+        unknown = [node for node in grid.get_node_ids() if node not in known]
         if not unknown:
             return
         queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in unknown]
-        for reply in grid.send_and_receive(queries, timeout=timeout):
+        for reply in exchange(grid, queries, timeout=timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 log.warning("node %d did not say its role: %s", node, reply.error.reason)
-                continue
-            record = reply.content["role"]
-            self.nodes[node] = NodeInfo(str(record["role"]), str(record["factory"]))
+            elif FACTORIES_RECORD in reply.content:
+                record = reply.content[FACTORIES_RECORD]
+                pairs = zip(record["roles"], record["names"], strict=True)
+                self.shared_nodes[node] = tuple(NodeInfo(str(role), str(name)) for role, name in pairs)
+            else:
+                record = reply.content["role"]
+                self.nodes[node] = NodeInfo(str(record["role"]), str(record["factory"]))
 
-    def nodes_with_role(self, role: str) -> list[int]:
-        """Node ids of one role, ordered by factory key so sampling is reproducible."""
-        return sorted((n for n, info in self.nodes.items() if info.role == role), key=lambda n: self.nodes[n].factory)
+    def seats_with_role(self, role: str) -> list[Seat]:
+        """Factories of one role and their nodes, ordered by factory key so sampling is reproducible."""
+        seats = [Seat(node, info) for node, info in self.nodes.items()]
+        seats += [Seat(node, info, shared=True) for node, infos in self.shared_nodes.items() for info in infos]
+        return sorted((seat for seat in seats if seat.info.role == role), key=lambda seat: seat.info.factory)
+
+    def _messages(self, seats: Sequence[Seat], record: RecordDict, message_type: str) -> list[Message]:
+        """One message per node; one to a shared node names the factories it is to work on."""
+        singles = [seat.node for seat in seats if not seat.shared]
+        requested: dict[int, list[str]] = {}
+        for seat in seats:
+            if seat.shared:
+                requested.setdefault(seat.node, []).append(seat.info.factory)
+        self._requested[message_type] = {node: tuple(sorted(names)) for node, names in requested.items()}
+        messages = [Message(record, dst_node_id=node, message_type=message_type) for node in singles]
+        for node, names in self._requested[message_type].items():
+            content = RecordDict({**record, FACTORIES_RECORD: ConfigRecord({"names": list(names)})})
+            messages.append(Message(content, dst_node_id=node, message_type=message_type))
+        return messages
+
+    def _parts(self, reply: Message, message_type: str, records: Sequence[str]) -> list[_Part]:
+        """Split a reply into one part per factory: a shared node's reply holds several."""
+        node = reply.metadata.src_node_id
+        error = reply.error.reason if reply.has_error() else None
+        names = self._requested.get(message_type, {}).get(node)
+        if names is None:  # a node serving one factory: the reply's records are that factory's
+            factory = self.nodes.get(node, NodeInfo("", "")).factory
+            return [_Part(node, factory, {} if error else reply.content, error)]
+        if error is not None:
+            return [_Part(node, name, error=error) for name in names]
+        return [self._part_of(reply.content, node, name, records) for name in names]
+
+    @staticmethod
+    def _part_of(content: RecordDict, node: int, name: str, records: Sequence[str]) -> _Part:
+        keys = {record: factory_key(record, name) for record in records}
+        missing = [key for key in keys.values() if key not in content]
+        if missing:
+            return _Part(node, name, error=f"the reply has no {', '.join(missing)} (the factory failed)")
+        return _Part(node, name, {record: content[key] for record, key in keys.items()})
 
     # --- training ----------------------------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        candidates = self.nodes_with_role("train")
+        candidates = self.seats_with_role("train")
         if len(candidates) < self.sampling.min_train_nodes:
             raise RuntimeError(
                 f"only {len(candidates)} training factories are connected; "
@@ -108,30 +220,37 @@ class FedMetaStrategy(Strategy):
         chosen = random.Random(f"{self.sampling.seed}/{server_round}").sample(candidates, size)
         log.info("round %d: training on %d of %d factories", server_round, size, len(candidates))
         record = RecordDict({"meta-parameters": arrays, "config": config})
-        return [Message(record, dst_node_id=node, message_type=MessageType.TRAIN) for node in chosen]
+        return self._messages(chosen, record, MessageType.TRAIN)
 
-    def _accepted_delta(self, reply: Message) -> tuple[dict[str, Tensor], Mapping[str, float]] | None:
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            log.warning("factory on node %d failed this round: %s", node, reply.error.reason)
+    def check_delta(self, delta: Mapping[str, Tensor], metrics: Mapping[str, float]) -> None:
+        """Raise `DeltaRejected` unless the delta fits the global model and the weight is positive."""
+        weight = float(metrics.get("num-examples", math.nan))
+        if not (math.isfinite(weight) and weight > 0):
+            raise DeltaRejected(f"num-examples must be a positive number, got {metrics.get('num-examples')!r}")
+        validate_delta(delta, self.optimizer.params, max_norm=self.sampling.max_delta_norm)
+
+    def _accepted_delta(self, part: _Part) -> Accepted | None:
+        if part.error is not None:
+            log.warning("factory %s on node %d failed this round: %s", part.factory, part.node, part.error)
             return None
         try:
-            delta = dict(reply.content["delta"].to_torch_state_dict())
-            metrics = dict(reply.content["metrics"])
-            weight = float(metrics.get("num-examples", math.nan))
-            if not (math.isfinite(weight) and weight > 0):
-                raise DeltaRejected(f"num-examples must be a positive number, got {metrics.get('num-examples')!r}")
-            validate_delta(delta, self.optimizer.params, max_norm=self.sampling.max_delta_norm)
-        except (KeyError, TypeError, ValueError) as error:  # DeltaRejected is a ValueError
-            log.warning("delta from node %d left out: %s", node, error)
+            delta = dict(part.records["delta"].to_torch_state_dict())
+            metrics = dict(part.records["metrics"])
+            self.check_delta(delta, metrics)
+        except (AttributeError, KeyError, TypeError, ValueError) as error:  # DeltaRejected is a ValueError
+            log.warning("delta of factory %s from node %d left out: %s", part.factory, part.node, error)
             return None
         return delta, metrics
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        ordered = sorted(replies, key=lambda r: self.nodes.get(r.metadata.src_node_id, NodeInfo("", "")).factory)
-        accepted = [item for item in map(self._accepted_delta, ordered) if item is not None]
+    def apply_deltas(
+        self, server_round: int, accepted: Sequence[Accepted], offered: int
+    ) -> tuple[dict[str, Tensor] | None, dict[str, float] | None]:
+        """Average the accepted deltas by ``num-examples`` and step the outer optimizer.
+
+        ``offered`` counts every factory that answered, so the metrics say how many were
+        rejected. Returns the new parameters and the round's metrics, or ``(None, None)``
+        (model unchanged) when fewer than ``min_train_nodes`` deltas were accepted.
+        """
         if len(accepted) < self.sampling.min_train_nodes:
             log.warning(
                 "round %d: %d valid deltas, fewer than min_train_nodes=%d; global model unchanged",
@@ -139,10 +258,20 @@ class FedMetaStrategy(Strategy):
             )
             return None, None
         deltas, metrics = zip(*accepted, strict=True)
-        mean_delta = weighted_average(deltas, [m["num-examples"] for m in metrics])
-        params = self.optimizer.step(mean_delta)
+        params = self.optimizer.step(weighted_average(deltas, [m["num-examples"] for m in metrics]))
         summary = weighted_metrics(list(metrics))
-        summary["rejected"] = float(len(ordered) - len(accepted))
+        summary["rejected"] = float(offered - len(accepted))
+        return params, summary
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        parts = [part for reply in replies for part in self._parts(reply, MessageType.TRAIN, ("delta", "metrics"))]
+        parts.sort(key=lambda part: part.factory)  # the same summation order however factories are placed
+        accepted = [item for item in map(self._accepted_delta, parts) if item is not None]
+        params, summary = self.apply_deltas(server_round, accepted, offered=len(parts))
+        if params is None or summary is None:
+            return None, None
         return ArrayRecord(torch_state_dict=params), MetricRecord(summary)
 
     # --- evaluation --------------------------------------------------------------
@@ -150,16 +279,16 @@ class FedMetaStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         record = RecordDict({"meta-parameters": arrays, "config": config})
-        targets = self.nodes_with_role("evaluate")
-        return [Message(record, dst_node_id=node, message_type=MessageType.EVALUATE) for node in targets]
+        return self._messages(self.seats_with_role("evaluate"), record, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         records = []
         for reply in replies:
-            if reply.has_error():
-                log.warning("evaluation on node %d failed: %s", reply.metadata.src_node_id, reply.error.reason)
-            else:
-                records.append(dict(reply.content["metrics"]))
+            for part in self._parts(reply, MessageType.EVALUATE, ("metrics",)):
+                if part.error is not None:
+                    log.warning("evaluation of factory %s on node %d failed: %s", part.factory, part.node, part.error)
+                else:
+                    records.append(dict(part.records["metrics"]))
         return MetricRecord(weighted_metrics(records)) if records else None
 
     def summary(self) -> None:

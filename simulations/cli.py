@@ -58,4 +58,56 @@ def bench_inner_loop(
         console.print(f"results written to {json_path}")
 
 
+def _sizes(text: str) -> list[int]:
+    """``"10,100,1000"`` -> ``[10, 100, 1000]``; ValueError names the bad part."""
+    parts = [part.strip().replace("_", "") for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(f"--factories must be comma-separated positive integers, got {text!r}")
+    return [int(part) for part in parts]
+
+
+@bench_app.command("scaling")
+def bench_scaling(
+    factories: Annotated[str, typer.Option(help="Comma-separated federation sizes (factories).")] = "10,100,1000",
+    rounds: Annotated[int, typer.Option(min=1, help="Timed rounds per size, after one warm-up round.")] = 5,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Simulated nodes per size, each serving an equal block of factories (default: one per Ray "
+            "actor; as many as factories gives Flower's usual one node per factory).",
+            show_default=False,
+        ),
+    ] = None,
+    client_cpus: Annotated[
+        float, typer.Option(min=0.01, help="CPUs per Ray actor: the simulation runs CPUs / this actors.")
+    ] = 1.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Round time and peak memory on Flower's simulation engine beside a plain loop, per federation size."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from simulations.benchmarks import scaling  # imports torch and the apps: only when benchmarking
+
+    console, start = Console(), time.perf_counter()
+    if not console.is_terminal:  # a file or a pipe: wide enough that the table is not cut
+        console = Console(width=130)
+    try:
+        result = scaling.run_scaling_benchmark(
+            _sizes(factories),
+            rounds=rounds,
+            nodes=nodes,
+            client_cpus=client_cpus,
+            log=lambda message: console.print(f"[dim]{time.perf_counter() - start:5.1f} s  {message}[/dim]"),
+        )
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(1) from error
+    scaling.render(result, console)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_dict(), indent=2))
+        console.print(f"results written to {json_path}")
+
+
 app.command("simulate")(simulate)

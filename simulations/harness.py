@@ -1,8 +1,9 @@
 """Emulate many factories on one machine with Flower's simulation engine.
 
-Each synthetic factory is one simulated SuperNode running the real `ClientApp`; the
-real `ServerApp` coordinates them. Clients can share a GPU through fractional
-``client_gpus``.
+Each synthetic factory is one simulated SuperNode running the real `ClientApp`, or with
+``factories-per-node`` F > 1 each simulated SuperNode serves F factories (still one
+delta per factory); the real `ServerApp` coordinates them. Clients can share a GPU
+through fractional ``client_gpus``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def run_federated_simulation(
 ) -> Path:
     """Run the federation ``run_config`` describes; return its run folder.
 
-    One simulated node per factory (training and held-out). ``inject-faults`` (see
+    One simulated node per factory (training and held-out), or per ``factories-per-node``
+    factories. ``client_cpus`` sets how many Ray actors run clients at once (the machine's
+    CPUs divided by it); each costs its own Python process with torch. ``inject-faults`` (see
     `simulations.faults`) makes chosen factories crash or send corrupt deltas. Errors
     raised by the server app propagate (the engine re-raises them).
     """
@@ -42,7 +45,7 @@ def run_federated_simulation(
     run_simulation(
         server_app=make_server_app(run_config, progress),
         client_app=make_client_app(run_config, mods=mods),
-        num_supernodes=source.num_partitions,
+        num_supernodes=source.num_nodes,
         backend_config={
             "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
             "init_args": {"num_cpus": os.cpu_count() or 1, "log_to_driver": False},

@@ -76,3 +76,19 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name])
     assert [r["round"] for r in RunDirectory(split / "maml").read_metrics()] == [1, 2, 3, 4]
+
+
+def test_nodes_serving_several_factories_end_where_one_node_per_factory_ends(tmp_path):
+    """Three factories per node (the second node mixes training and held-out ones): same model, same metrics."""
+    config = {**SMALL, "num-server-rounds": 2, "algorithm": "fomaml"}
+    run_federated_simulation({**config, "run-dir": str(tmp_path / "single")})
+    run_federated_simulation({**config, "run-dir": str(tmp_path / "shared"), "factories-per-node": 3})
+
+    single, shared = _params_after(tmp_path / "single" / "fomaml", 2), _params_after(tmp_path / "shared" / "fomaml", 2)
+    for name in single:
+        torch.testing.assert_close(shared[name], single[name], rtol=0, atol=0)
+    records = {run: RunDirectory(tmp_path / run / "fomaml").read_metrics() for run in ("single", "shared")}
+    assert all(r["train/replies"] == 4 and r["train/rejected"] == 0 for r in records["shared"])
+    assert records["shared"][-1]["eval/replies"] == 1
+    for key in ("train/query-loss", "eval/loss-k5"):
+        assert records["shared"][-1][key] == records["single"][-1][key]
