@@ -11,6 +11,7 @@ import click
 import typer
 
 from simulations.simulate_cli import simulate
+from simulations.validate_data_cli import validate_data
 
 app = typer.Typer(help="FedMeta Factory: federated meta-learning for manufacturing.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
@@ -111,3 +112,4 @@ def bench_scaling(
 
 
 app.command("simulate")(simulate)
+app.command("validate-data")(validate_data)
