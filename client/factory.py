@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.data_sources import SyntheticSource, source_from_config
+from common.data_sources import DataSource, source_from_config
 from common.device import resolve_device
 from common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskSampler
 
@@ -19,17 +19,14 @@ __all__ = ["LoadedFactory", "load_factories", "load_factory", "node_device", "sa
 class LoadedFactory:
     data: FactoryData
     role: str
-    source: SyntheticSource
+    source: DataSource
 
 
 def load_factories(node_config: Mapping[str, object], run_config: Mapping[str, object]) -> list[LoadedFactory]:
-    """The factories node ``partition-id`` (from ``node_config``) serves: one unless the run
-    sets ``factories-per-node`` (see `common.data_sources`)."""
-    if "partition-id" not in node_config:
-        raise ValueError("node_config has no 'partition-id': start the node with --node-config 'partition-id=N'")
+    """The factories this node serves (see `common.data_sources`): a synthetic family's
+    ``partition-id`` block, or the node's own table named by ``data-path``."""
     source = source_from_config(run_config)
-    assignments = map(source.factory, source.node_partitions(int(node_config["partition-id"])))
-    return [LoadedFactory(assignment.data, assignment.role, source) for assignment in assignments]
+    return [LoadedFactory(a.data, a.role, source) for a in source.node_factories(node_config)]
 
 
 def load_factory(node_config: Mapping[str, object], run_config: Mapping[str, object]) -> LoadedFactory:

@@ -17,12 +17,24 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cache
+from pathlib import Path
+from typing import Protocol
 
+from common.connector import DataSchema, load_factory_table
 from common.models import ModelConfig
 from common.synthetic import FactoryFamily, FamilyConfig, make_family
 from common.tasks import FactoryData
+from common.validation import check_choice
 
-__all__ = ["FACTORIES_RECORD", "FactoryAssignment", "SyntheticSource", "factory_key", "source_from_config"]
+__all__ = [
+    "FACTORIES_RECORD",
+    "DataSource",
+    "FactoryAssignment",
+    "SyntheticSource",
+    "TableSource",
+    "factory_key",
+    "source_from_config",
+]
 
 ROLES = ("train", "evaluate")
 
@@ -46,6 +58,22 @@ class FactoryAssignment:
 
     data: FactoryData
     role: str
+
+
+class DataSource(Protocol):
+    """Where a run's factories come from: enough for the server to build the model,
+    and for a node to load the factories it serves."""
+
+    @property
+    def model_config(self) -> ModelConfig: ...
+
+    @property
+    def task_kind(self) -> str: ...
+
+    @property
+    def factories_per_node(self) -> int: ...
+
+    def node_factories(self, node_config: Mapping[str, object]) -> list[FactoryAssignment]: ...
 
 
 @cache
@@ -102,6 +130,12 @@ class SyntheticSource:
         first = node * self.factories_per_node
         return range(first, min(first + self.factories_per_node, self.num_partitions))
 
+    def node_factories(self, node_config: Mapping[str, object]) -> list[FactoryAssignment]:
+        """The factories the node with this ``partition-id`` serves."""
+        if "partition-id" not in node_config:
+            raise ValueError("node_config has no 'partition-id': start the node with --node-config 'partition-id=N'")
+        return [self.factory(p) for p in self.node_partitions(int(node_config["partition-id"]))]
+
     def factory(self, partition_id: int) -> FactoryAssignment:
         family = _family(self.family)
         if not 0 <= partition_id < self.num_partitions:
@@ -114,9 +148,51 @@ class SyntheticSource:
         return FactoryAssignment(family.held_out[partition_id - len(family.train)], "evaluate")
 
 
-def source_from_config(run_config: Mapping[str, object]) -> SyntheticSource:
-    """Build the data source a run's config describes (keys as in `_FAMILY_KEYS`, plus
+@dataclass(frozen=True)
+class TableSource:
+    """Each factory's own table, read through `common.connector` (deployment and real data).
+
+    The run names the shared schema (column names and, for classification, the class
+    order every factory must map labels to); each node names its private file with
+    ``node_config`` ``data-path`` and its ``role`` (``train``, default, or ``evaluate``).
+    The file path never leaves the node.
+    """
+
+    schema: DataSchema
+    factories_per_node: int = 1
+
+    def __post_init__(self) -> None:
+        if self.schema.task == "classification" and not self.schema.classes:
+            raise ValueError(
+                "a federated classification schema must list 'classes', so that every factory "
+                "numbers its labels the same way"
+            )
+
+    @property
+    def task_kind(self) -> str:
+        return self.schema.task
+
+    @property
+    def model_config(self) -> ModelConfig:
+        outputs = 1 if self.schema.task == "regression" else len(self.schema.classes or ())
+        return ModelConfig("mlp", (len(self.schema.features),), outputs)
+
+    def node_factories(self, node_config: Mapping[str, object]) -> list[FactoryAssignment]:
+        if "data-path" not in node_config:
+            raise ValueError("node_config has no 'data-path': start the node with --node-config 'data-path=FILE'")
+        role = str(node_config.get("role", "train"))
+        check_choice("role", role, ROLES)
+        path = Path(str(node_config["data-path"]))
+        name = str(node_config.get("factory", path.stem))
+        return [FactoryAssignment(load_factory_table(path, self.schema, name=name), role)]
+
+
+def source_from_config(run_config: Mapping[str, object]) -> SyntheticSource | TableSource:
+    """Build the data source a run's config describes: factory tables when it names a
+    ``schema`` file, else a synthetic family (keys as in `_FAMILY_KEYS`, plus
     ``factories-per-node``)."""
+    if run_config.get("schema"):
+        return TableSource(DataSchema.from_json(Path(str(run_config["schema"]))))
     defaults = {f.name: f.default for f in fields(FamilyConfig) if f.name != "kind"}
     values = {"kind": "quality", **defaults}
     for key, field_name in _FAMILY_KEYS.items():

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from torch import Tensor
 
 from common.algorithms import init_inner_lrs
-from common.data_sources import SyntheticSource
+from common.data_sources import DataSource
 from common.federation import pack_meta_parameters
 from common.models import build_model
 from common.outer_optimizer import OuterOptimizer
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[Mapping[str, object]], None]
 
 
-def initial_meta_parameters(source: SyntheticSource, algorithm: str, inner_lr: float, seed: int) -> dict[str, Tensor]:
+def initial_meta_parameters(source: DataSource, algorithm: str, inner_lr: float, seed: int) -> dict[str, Tensor]:
     """The first global model, seeded so every run and every method starts alike."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -52,7 +52,7 @@ def _finite_or_text(metrics: Mapping[str, float]) -> dict[str, object]:
     return {k: float(v) if math.isfinite(float(v)) else str(float(v)) for k, v in metrics.items()}
 
 
-def _start_state(run_dir: RunDirectory, settings: ServerSettings, source: SyntheticSource, algorithm: str):
+def _start_state(run_dir: RunDirectory, settings: ServerSettings, source: DataSource, algorithm: str):
     """Fresh parameters, or the last checkpoint's when resuming; never overwrite a run."""
     config = {"algorithm": algorithm, **json.loads(json.dumps(dataclasses.asdict(settings), default=list))}
     latest = run_dir.latest_round()
@@ -73,7 +73,7 @@ def _start_state(run_dir: RunDirectory, settings: ServerSettings, source: Synthe
 def run_experiment(
     grid: Grid,
     settings: ServerSettings,
-    source: SyntheticSource,
+    source: DataSource,
     algorithm: str,
     run_path: Path,
     progress: ProgressFn | None = None,
