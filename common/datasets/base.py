@@ -1,0 +1,30 @@
+"""What a real data-set loader returns: factories to train on and factories to adapt to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.models import ModelConfig
+from common.tasks import FactoryData
+
+__all__ = ["FactorySplit"]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: holds tensors
+class FactorySplit:
+    """A real data set split into factories the way the field does.
+
+    ``train`` factories take part in federated training; ``held_out`` factories never
+    train and adapt from K labelled samples. ``test`` holds an official test split of
+    the held-out factories where the data set has one. ``notes`` says, in words, the
+    choices a user must know (how K shots are counted, rare or absent classes).
+    """
+
+    name: str
+    train: tuple[FactoryData, ...]
+    held_out: tuple[FactoryData, ...]
+    task_kind: str
+    model_config: ModelConfig
+    num_classes: int | None
+    notes: str
+    test: tuple[FactoryData, ...] = ()
