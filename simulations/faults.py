@@ -1,8 +1,9 @@
-"""Unreliable factories on demand: a client mod that makes chosen factories misbehave.
+"""Unreliable factories on demand: a client mod that makes chosen nodes misbehave.
 
 Researchers use it to check that a federation survives crashed clients and corrupt
 updates; the tests use it to prove the server does. The spec maps partition ids to a
-fault, e.g. ``"0:crash,1:nan,2:shape"``:
+fault, e.g. ``"0:crash,1:nan,2:shape"``; a node serving several factories
+(``factories-per-node``) applies it to each of them:
 
 - ``crash``: the client raises during training (Flower sends an error reply);
 - ``nan``: the client's delta is all NaN;
@@ -49,7 +50,8 @@ def fault_injection_mod(spec: str):
         if fault == "crash":
             raise RuntimeError(f"injected crash on partition {context.node_config['partition-id']}")
         reply = call_next(msg, context)
-        reply.content["delta"] = _corrupt(reply.content["delta"], fault)
+        for key in [k for k in reply.content if k == "delta" or k.startswith("delta/")]:
+            reply.content[key] = _corrupt(reply.content[key], fault)  # every factory this node serves
         return reply
 
     return mod
