@@ -10,6 +10,7 @@ from typing import Annotated
 import click
 import typer
 
+from simulations.certs_cli import certs
 from simulations.simulate_cli import simulate
 from simulations.validate_data_cli import validate_data
 
@@ -113,3 +114,4 @@ def bench_scaling(
 
 app.command("simulate")(simulate)
 app.command("validate-data")(validate_data)
+app.command("certs")(certs)
