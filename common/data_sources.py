@@ -21,15 +21,21 @@ from pathlib import Path
 from typing import Protocol
 
 from common.connector import DataSchema, load_factory_table
+from common.datasets.ai4i import load_ai4i
+from common.datasets.base import FactorySplit
+from common.datasets.cmapss import load_cmapss_transfer
+from common.datasets.cwru import load_cwru
 from common.models import ModelConfig
 from common.synthetic import FactoryFamily, FamilyConfig, make_family
 from common.tasks import FactoryData
 from common.validation import check_choice
 
 __all__ = [
+    "DATASETS",
     "FACTORIES_RECORD",
     "DataSource",
     "FactoryAssignment",
+    "SplitSource",
     "SyntheticSource",
     "TableSource",
     "factory_key",
@@ -187,12 +193,70 @@ class TableSource:
         return [FactoryAssignment(load_factory_table(path, self.schema, name=name), role)]
 
 
-def source_from_config(run_config: Mapping[str, object]) -> SyntheticSource | TableSource:
+def _load_split(dataset: str, seed: int) -> FactorySplit:
+    """The shared real data sets, split into factories with each loader's defaults."""
+    if dataset == "ai4i":
+        return load_ai4i()
+    if dataset == "cmapss":
+        return load_cmapss_transfer(seed=seed)
+    return load_cwru(seed=seed)
+
+
+DATASETS = ("synthetic", "ai4i", "cmapss", "cwru")
+
+
+@cache
+def _split(dataset: str, seed: int) -> FactorySplit:
+    """Loaded once per process: every simulated node of a worker shares it."""
+    return _load_split(dataset, seed)
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """A shared real data set (`common.datasets`): its training factories are partitions
+    0..N-1, its held-out factories the next ones (one factory per node)."""
+
+    dataset: str
+    seed: int = 0
+    factories_per_node: int = 1
+
+    @property
+    def split(self) -> FactorySplit:
+        return _split(self.dataset, self.seed)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.split.model_config
+
+    @property
+    def task_kind(self) -> str:
+        return self.split.task_kind
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.split.train) + len(self.split.held_out)
+
+    def node_factories(self, node_config: Mapping[str, object]) -> list[FactoryAssignment]:
+        if "partition-id" not in node_config:
+            raise ValueError("node_config has no 'partition-id': start the node with --node-config 'partition-id=N'")
+        partition, split = int(node_config["partition-id"]), self.split
+        if not 0 <= partition < self.num_nodes:
+            raise ValueError(f"partition-id {partition} is out of range: {self.dataset} has {self.num_nodes} factories")
+        if partition < len(split.train):
+            return [FactoryAssignment(split.train[partition], "train")]
+        return [FactoryAssignment(split.held_out[partition - len(split.train)], "evaluate")]
+
+
+def source_from_config(run_config: Mapping[str, object]) -> SyntheticSource | TableSource | SplitSource:
     """Build the data source a run's config describes: factory tables when it names a
-    ``schema`` file, else a synthetic family (keys as in `_FAMILY_KEYS`, plus
-    ``factories-per-node``)."""
+    ``schema`` file, a shared real data set when ``dataset`` names one, else a synthetic
+    family (keys as in `_FAMILY_KEYS`, plus ``factories-per-node``)."""
     if run_config.get("schema"):
         return TableSource(DataSchema.from_json(Path(str(run_config["schema"]))))
+    dataset = str(run_config.get("dataset", "synthetic"))
+    check_choice("dataset", dataset, DATASETS)
+    if dataset != "synthetic":
+        return SplitSource(dataset, int(run_config.get("seed", 0)))
     defaults = {f.name: f.default for f in fields(FamilyConfig) if f.name != "kind"}
     values = {"kind": "quality", **defaults}
     for key, field_name in _FAMILY_KEYS.items():

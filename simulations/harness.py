@@ -15,7 +15,7 @@ from pathlib import Path
 from flwr.simulation import run_simulation
 
 from client.app import make_client_app
-from common.data_sources import SyntheticSource, source_from_config
+from common.data_sources import SplitSource, SyntheticSource, source_from_config
 from server.app import make_server_app
 from server.run import ProgressFn
 from simulations.faults import fault_injection_mod
@@ -40,8 +40,8 @@ def run_federated_simulation(
     """
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     source = source_from_config(run_config)
-    if not isinstance(source, SyntheticSource):
-        raise ValueError("the simulation engine runs synthetic families; factory tables run as real nodes")
+    if not isinstance(source, SyntheticSource | SplitSource):
+        raise ValueError("the simulation engine runs synthetic families and shared data sets; tables run as real nodes")
     spec = str(run_config.get("inject-faults", ""))
     mods = [fault_injection_mod(spec)] if spec else None
     run_simulation(
