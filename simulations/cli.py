@@ -112,6 +112,50 @@ def bench_scaling(
         console.print(f"results written to {json_path}")
 
 
+@app.command("benchmark")
+def benchmark(
+    dataset: Annotated[
+        str, typer.Option(click_type=click.Choice(["synthetic", "ai4i", "cmapss", "cwru"]), help="Data set.")
+    ] = "synthetic",
+    quick: Annotated[bool, typer.Option("--quick", help="A tiny run: 1 seed, few rounds and tasks.")] = False,
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="Seeds 0..N-1 (default 3; 1 with --quick).", show_default=False)
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Federated rounds (default 20; 5 with --quick).", show_default=False)
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for results.json and results.md (default runs/benchmark-<dataset>-<time>).",
+                     show_default=False),
+    ] = None,
+) -> None:
+    """Few-shot quality of local-only, FedAvg(+FT), federated MAML/FOMAML/Reptile/Meta-SGD, centralized MAML
+    and an oracle on the held-out factories, per K; mean and std over seeds."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from simulations.benchmarks import fewshot  # imports torch and the data sets: only when benchmarking
+
+    console = Console() if Console().is_terminal else Console(width=160)
+    out = out if out is not None else Path("runs") / f"benchmark-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        fewshot.check_out_dir(out)
+        plan = fewshot.plan_for(dataset, quick=quick, seeds=seeds, rounds=rounds)
+        with Progress(TextColumn("[bold]benchmark[/bold] " + dataset), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("steps", total=None)
+            results = fewshot.run_benchmark(plan, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                           total=total))
+        fewshot.write_results(results, out)
+    except (ValueError, FileNotFoundError, FileExistsError, fewshot.BenchmarkError) as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(1) from error
+    fewshot.render(results, console)
+    console.print(f"results written to {out / 'results.json'} and {out / 'results.md'}")
+
+
 app.command("simulate")(simulate)
 app.command("validate-data")(validate_data)
 app.command("certs")(certs)

@@ -1,0 +1,559 @@
+"""``fedmeta benchmark``: few-shot accuracy of every method on a data set's held-out factories.
+
+For each seed and each K of the evaluation shots, on the held-out factories (never trained on):
+
+- ``local-only``: a model trained from scratch on the K support rows only
+  (`EvaluationSettings.local_only_steps`, scored by `client.evaluation.evaluate_factory`).
+- ``fedavg``: federated averaging without adaptation (the K=0 column), and ``fedavg+ft``:
+  the same model fine-tuned on the K rows.
+- ``maml``, ``fomaml``, ``reptile``, ``metasgd``: federated meta-learning, adapted on K rows.
+- ``centralized-maml``: MAML meta-trained on the pooled training factories' data (one task
+  sampler over all of them), with as many sampled tasks as the federated runs; the upper bound.
+- ``oracle``: a model trained from scratch on the held-out factory's own rows except every
+  row of the evaluation query sets, scored on those query sets without adaptation.
+
+Federated methods run the in-process loop of the scaling benchmark (`scaling.PlainLoop`):
+every training factory each round, the client's own `client.app.local_update`, the
+strategy's delta validation, weighted averaging and server outer optimizer. After every
+round the held-out factories are scored at the target K (5), so the rounds a method needs
+to reach FedAvg+FT's final K=5 score can be reported.
+
+This module is imported only by the CLI command, never by the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+
+from client.evaluation import evaluate_factory
+from client.factory import LoadedFactory, load_factories, sampler_for
+from common.algorithms import MetaConfig, evaluate_adaptation, meta_train
+from common.data_sources import DATASETS, source_from_config
+from common.federation import EvaluationSettings, pack_meta_parameters
+from common.models import build_model
+from common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskBatch
+from server.run import initial_meta_parameters
+from server.settings import ServerSettings
+from server.strategy import weighted_metrics
+from simulations.benchmarks.scaling import PlainLoop
+
+__all__ = [
+    "FEDERATED_METHODS",
+    "METHODS",
+    "RESULTS_FILES",
+    "TARGET_K",
+    "BenchmarkError",
+    "BenchmarkPlan",
+    "available_shots",
+    "plan_for",
+    "render",
+    "run_benchmark",
+    "write_results",
+]
+
+META_METHODS = ("maml", "fomaml", "reptile", "metasgd")
+FEDERATED_METHODS = ("fedavg", *META_METHODS)
+METHODS = ("local-only", "fedavg", "fedavg+ft", *META_METHODS, "centralized-maml", "oracle")
+RESULTS_FILES = ("results.json", "results.md")
+TARGET_K = 5
+DEFAULT_SHOTS = (1, 5, 10, 20)
+DATASET_SHOTS = {"ai4i": (1, 5, 10)}
+# C-MAPSS targets are RUL cycles (up to 125): MSE gradients are ~1e4 times the synthetic ones.
+DATASET_SETTINGS: dict[str, dict[str, object]] = {"cmapss": {"inner-lr": 1e-4, "eval-lr": 1e-4, "local-only-lr": 1e-4}}
+NOT_YET = (
+    "gradient-boosting baseline (e.g. a GBDT on the held-out K rows or pooled data)",
+    "plots (learning curves, K-shot curves)",
+    "F1 / AUROC for ai4i and RMSE / NASA score for cmapss (only loss and accuracy are reported)",
+    "ANIL and sampling a fraction of the factories per round",
+)
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark cannot run as asked (an existing results file, a data set too small)."""
+
+
+@dataclass(frozen=True)
+class BenchmarkPlan:
+    """How big the benchmark is: rounds, seeds and the per-round work."""
+
+    dataset: str
+    seeds: tuple[int, ...]
+    rounds: int
+    quick: bool
+    local_steps: int
+    meta_batch_size: int
+    inner_steps: int
+    eval_tasks: int
+    eval_steps: int
+    local_only_steps: int
+    oracle_steps: int
+    family: dict[str, object] = field(default_factory=dict)
+
+    def run_config(self, seed: int, algorithm: str = "maml") -> dict[str, object]:
+        """The Flower-style run config of one seed and federated algorithm."""
+        return {
+            "dataset": self.dataset,
+            **self.family,
+            "family-seed": seed,
+            "seed": seed,
+            "algorithm": algorithm,
+            "num-server-rounds": self.rounds,
+            "local-steps": self.local_steps,
+            "meta-batch-size": self.meta_batch_size,
+            "inner-steps": self.inner_steps,
+            "eval-tasks": self.eval_tasks,
+            "eval-steps": self.eval_steps,
+            "local-only-steps": self.local_only_steps,
+            "min-train-nodes": 1,
+            "fraction-train": 1.0,
+            "device": "cpu",
+            **DATASET_SETTINGS.get(self.dataset, {}),
+        }
+
+
+def plan_for(dataset: str, *, quick: bool, seeds: int | None = None, rounds: int | None = None) -> BenchmarkPlan:
+    """The default plan of a data set; ``quick`` is a tiny smoke-sized run."""
+    if dataset not in DATASETS:
+        raise BenchmarkError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
+    family: dict[str, object] = {}
+    if dataset == "synthetic":
+        family = {"family": "quality"}
+        if quick:
+            family.update({"num-factories": 4, "num-held-out": 2, "max-samples": 200})
+    sizes = (
+        dict(rounds=5, local_steps=2, meta_batch_size=2, inner_steps=2, eval_tasks=5, eval_steps=5,
+             local_only_steps=20, oracle_steps=60)
+        if quick
+        else dict(rounds=20, local_steps=5, meta_batch_size=4, inner_steps=5, eval_tasks=10, eval_steps=10,
+                  local_only_steps=100, oracle_steps=500)
+    )
+    if rounds is not None:
+        sizes["rounds"] = rounds
+    count = seeds if seeds is not None else (1 if quick else 3)
+    if count < 1 or sizes["rounds"] < 1:
+        raise BenchmarkError(f"seeds and rounds must be >= 1, got {count} and {sizes['rounds']}")
+    return BenchmarkPlan(dataset=dataset, seeds=tuple(range(count)), quick=quick, family=family, **sizes)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _factories(config: Mapping[str, object], role: str) -> list[LoadedFactory]:
+    source = source_from_config(config)
+    return [
+        factory
+        for node in range(source.num_nodes)
+        for factory in load_factories({"partition-id": node}, config)
+        if factory.role == role
+    ]
+
+
+def _eval_query_size(factory: LoadedFactory, settings: EvaluationSettings) -> int:
+    """Rows of one class (classification) or of the task (regression) a K-shot query takes."""
+    if factory.source.task_kind == "regression":
+        return settings.query_size
+    return max(1, settings.query_size // factory.source.model_config.output_dim)
+
+
+def available_shots(factories: Sequence[LoadedFactory], settings: EvaluationSettings, wanted: Sequence[int]) -> tuple[
+    int, ...
+]:
+    """The K values every held-out factory can supply (support + query rows; per class for classification)."""
+    usable = []
+    for k in wanted:
+        ok = True
+        for factory in factories:
+            query = _eval_query_size(factory, settings)
+            if factory.source.task_kind == "regression":
+                ok &= factory.data.num_samples >= k + query
+            else:
+                counts = torch.bincount(factory.data.y, minlength=factory.source.model_config.output_dim)
+                ok &= int(counts.min()) >= k + query
+        if ok:
+            usable.append(int(k))
+    return tuple(usable)
+
+
+def _evaluate(
+    factories: Sequence[LoadedFactory], params: Mapping[str, Tensor], settings: EvaluationSettings
+) -> dict[str, float]:
+    """`evaluate_factory` on every held-out factory, averaged as the strategy does (by query rows)."""
+    device = torch.device("cpu")
+    return weighted_metrics([evaluate_factory(f, params, settings, device=device) for f in factories])
+
+
+def _primary(task_kind: str) -> tuple[str, bool]:
+    """The metric the tables show and whether higher is better."""
+    return ("accuracy", True) if task_kind == "classification" else ("loss", False)
+
+
+def _scores(metrics: Mapping[str, float], suffix: str, prefix: str = "") -> dict[str, float]:
+    return {
+        name: float(metrics[f"{prefix}{name}-{suffix}"])
+        for name in ("loss", "accuracy")
+        if f"{prefix}{name}-{suffix}" in metrics
+    }
+
+
+def _bytes_per_reply(params: Mapping[str, Tensor]) -> int:
+    """A reply's delta: one float32 tensor per global parameter (the strategy checks names and shapes)."""
+    return sum(t.numel() * 4 for t in params.values())
+
+
+@dataclass
+class FederatedRun:
+    final: dict[str, float]
+    curve: list[float]
+    bytes_sent: int
+
+
+def _federated(
+    plan: BenchmarkPlan,
+    config: Mapping[str, object],
+    held_out: Sequence[LoadedFactory],
+    evaluation: EvaluationSettings,
+    target_k: int,
+    advance: Callable[[], None],
+) -> FederatedRun:
+    """R rounds of the plain loop, scoring the held-out factories at ``target_k`` after each."""
+    loop = PlainLoop(config)
+    per_round = dataclasses.replace(evaluation, shots=(target_k,), local_only_steps=0)
+    metric, _ = _primary(held_out[0].source.task_kind)
+    curve, sent = [], 0
+    for _ in range(plan.rounds):
+        sent += len(loop.factories) * _bytes_per_reply(loop.strategy.optimizer.params)
+        loop.run_round()
+        curve.append(_evaluate(held_out, loop.strategy.optimizer.params, per_round)[f"{metric}-k{target_k}"])
+        advance()
+    final = _evaluate(held_out, loop.strategy.optimizer.params, evaluation)
+    return FederatedRun(final, curve, sent)
+
+
+def _centralized_maml(
+    plan: BenchmarkPlan, config: Mapping[str, object], held_out: Sequence[LoadedFactory],
+    evaluation: EvaluationSettings,
+) -> dict[str, float]:
+    """MAML on one task sampler over every training factory's rows, as many tasks as a federated run."""
+    settings = ServerSettings.from_run_config(config)
+    train = _factories(config, "train")
+    source = train[0].source
+    rs = settings.round
+    data = [f.data for f in train]
+    if source.task_kind == "regression":
+        sampler = RegressionTaskSampler(data, rs.shots, rs.query_size, seed=rs.seed)
+    else:
+        ways = source.model_config.output_dim
+        sampler = ClassificationTaskSampler(
+            data, ways, rs.shots, max(1, rs.query_size // ways), seed=rs.seed, shuffle_labels=False
+        )
+    meta = dataclasses.replace(
+        rs.meta_config(source.task_kind),
+        local_steps=plan.rounds * rs.local_steps,
+        meta_batch_size=rs.meta_batch_size * len(train),
+    )
+    params = initial_meta_parameters(source, "maml", rs.inner_lr, rs.seed)
+    result = meta_train(build_model(source.model_config), params, sampler, meta, device="cpu")
+    maml_eval = dataclasses.replace(evaluation, algorithm="maml")
+    return _evaluate(held_out, pack_meta_parameters(result.weights, {}), maml_eval)
+
+
+def _query_rows(data: FactoryData, batch: TaskBatch) -> Tensor:
+    """Which of the factory's rows appear in any query set of ``batch`` (a bool mask)."""
+    rows = data.x.reshape(data.num_samples, -1)
+    query = batch.query_x.reshape(-1, rows.shape[1])
+    matches = torch.cdist(query.double(), rows.double(), compute_mode="donot_use_mm_for_euclid_dist") == 0
+    if not bool(matches.any(dim=1).all()):
+        raise BenchmarkError(f"factory {data.name!r}: an evaluation query row was not found among its rows")
+    return matches.any(dim=0)
+
+
+def _oracle_sampler(data: FactoryData, factory: LoadedFactory, seed: int):
+    if factory.source.task_kind == "regression":
+        shots = max(1, min(16, data.num_samples // 2))
+        return RegressionTaskSampler([data], shots, max(1, min(16, data.num_samples - shots)), seed=seed)
+    ways = factory.source.model_config.output_dim
+    rarest = int(torch.bincount(data.y, minlength=ways).min())
+    if rarest < 2:
+        raise BenchmarkError(f"factory {factory.data.name!r}: a class has < 2 rows outside the query sets")
+    shots = max(1, min(8, rarest - 1))
+    return ClassificationTaskSampler([data], ways, shots, max(1, min(8, rarest - shots)), seed=seed,
+                                     shuffle_labels=False)
+
+
+def _oracle(plan: BenchmarkPlan, held_out: Sequence[LoadedFactory], evaluation: EvaluationSettings,
+            seed: int) -> dict[int, dict[str, float]]:
+    """Per K: a model trained on each held-out factory's rows except the K-shot query rows, scored on them."""
+    out: dict[int, dict[str, float]] = {}
+    for k in evaluation.shots:
+        records = []
+        for factory in held_out:
+            source = factory.source
+            # The very batch evaluate_factory scores at this K (same sampler, seed and stream).
+            batch = sampler_for(factory, k, evaluation.query_size, seed=evaluation.seed, stream=f"eval-k{k}").sample(
+                evaluation.tasks
+            )
+            keep = ~_query_rows(factory.data, batch)
+            data = FactoryData(f"{factory.data.name}-oracle", factory.data.x[keep], factory.data.y[keep])
+            config = MetaConfig(algorithm="pretrain", task_kind=source.task_kind, outer_lr=1e-3,
+                                local_steps=plan.oracle_steps, meta_batch_size=4)
+            params = initial_meta_parameters(source, "maml", 0.05, seed)
+            model = build_model(source.model_config)
+            result = meta_train(model, params, _oracle_sampler(data, factory, seed), config, device="cpu")
+            scores = evaluate_adaptation(model, result.weights, batch, kind=source.task_kind, steps=0, lr=0.0)
+            records.append({name.removeprefix("query_"): v for name, v in scores.items()}
+                           | {"num-examples": batch.query_y.numel()})
+        merged = weighted_metrics(records)
+        out[k] = {name: merged[name] for name in ("loss", "accuracy") if name in merged}
+    return out
+
+
+def _rounds_to(curve: Sequence[float], target: float, higher_better: bool) -> int | None:
+    for index, value in enumerate(curve, start=1):
+        if (value >= target) if higher_better else (value <= target):
+            return index
+    return None
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _one_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> dict[str, object]:
+    config = plan.run_config(seed)
+    held_out = _factories(config, "evaluate")
+    if not held_out:
+        raise BenchmarkError(f"data set {plan.dataset!r} has no held-out factories")
+    task_kind = held_out[0].source.task_kind
+    base = ServerSettings.from_run_config(config).evaluation
+    wanted = DATASET_SHOTS.get(plan.dataset, DEFAULT_SHOTS)
+    shots = available_shots(held_out, base, wanted)
+    if TARGET_K not in shots:
+        raise BenchmarkError(f"the held-out factories of {plan.dataset!r} cannot supply K={TARGET_K} shots")
+    evaluation = dataclasses.replace(base, shots=shots)
+    metric, higher_better = _primary(task_kind)
+    scores: dict[str, dict[int, dict[str, float]]] = {}
+    federated: dict[str, dict[str, object]] = {}
+    for method in FEDERATED_METHODS:
+        run_eval = dataclasses.replace(evaluation, algorithm=method,
+                                       local_only_steps=evaluation.local_only_steps if method == "fedavg" else 0)
+        run = _federated(plan, plan.run_config(seed, method), held_out, run_eval, TARGET_K, advance)
+        federated[method] = {"bytes_sent": run.bytes_sent, "curve": run.curve}
+        if method == "fedavg":
+            scores["fedavg"] = {0: _scores(run.final, "k0")}
+            scores["fedavg+ft"] = {k: _scores(run.final, f"k{k}") for k in shots}
+            scores["local-only"] = {k: _scores(run.final, f"k{k}", "local-") for k in shots}
+        else:
+            scores[method] = {k: _scores(run.final, f"k{k}") for k in shots}
+    target = scores["fedavg+ft"][TARGET_K][metric]
+    for method in META_METHODS:
+        federated[method]["rounds_to_target"] = _rounds_to(federated[method]["curve"], target, higher_better)
+    federated["fedavg"]["rounds_to_target"] = None
+    central = _centralized_maml(plan, config, held_out, evaluation)
+    scores["centralized-maml"] = {k: _scores(central, f"k{k}") for k in shots}
+    advance()
+    scores["oracle"] = _oracle(plan, held_out, evaluation, seed)
+    advance()
+    return {"seed": seed, "task_kind": task_kind, "shots": list(shots), "target": target, "scores": scores,
+            "federated": federated, "held_out": [f.data.name for f in held_out],
+            "train_factories": len(_factories(config, "train"))}
+
+
+def _summary(values: Sequence[float]) -> dict[str, object]:
+    values = [float(v) for v in values]
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "values": values}
+
+
+def run_benchmark(plan: BenchmarkPlan, *, progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
+    """Every method for every seed; results with mean and std over seeds (see the module docstring)."""
+    total = len(plan.seeds) * (len(FEDERATED_METHODS) * plan.rounds + 2)
+    done = 0
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    started = time.perf_counter()
+    runs = [_one_seed(plan, seed, advance) for seed in plan.seeds]
+    first = runs[0]
+    task_kind = str(first["task_kind"])
+    metric, higher_better = _primary(task_kind)
+    shots = list(first["shots"])
+    results: dict[str, dict[str, dict[str, object]]] = {}
+    for method in METHODS:
+        columns = [0] if method == "fedavg" else shots
+        results[method] = {}
+        for k in columns:
+            per_metric = {}
+            for name in first["scores"][method][k]:
+                per_metric[name] = _summary([run["scores"][method][k][name] for run in runs])
+            results[method][str(k)] = per_metric
+    federated = {}
+    for method in FEDERATED_METHODS:
+        reached = [run["federated"][method]["rounds_to_target"] for run in runs]
+        federated[method] = {
+            "bytes_sent": _summary([run["federated"][method]["bytes_sent"] for run in runs]),
+            "rounds_to_target": reached if method != "fedavg" else None,
+            f"{metric}_k{TARGET_K}_per_round": [run["federated"][method]["curve"] for run in runs],
+        }
+    return {
+        "dataset": plan.dataset,
+        "task_kind": task_kind,
+        "metric": metric,
+        "higher_is_better": higher_better,
+        "shots": shots,
+        "target_k": TARGET_K,
+        "target": _summary([run["target"] for run in runs]),
+        "seeds": list(plan.seeds),
+        "rounds": plan.rounds,
+        "quick": plan.quick,
+        "plan": dataclasses.asdict(plan),
+        "held_out": first["held_out"],
+        "train_factories": first["train_factories"],
+        "results": results,
+        "federated": federated,
+        "seconds": time.perf_counter() - started,
+        "notes": notes(plan, task_kind),
+    }
+
+
+def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
+    metric, higher = _primary(task_kind)
+    return [
+        f"metric: query {metric} on the held-out factories ({'higher' if higher else 'lower'} is better), averaged "
+        "over held-out factories weighted by query rows; mean +- sample std over seeds (std 0 with one seed).",
+        f"each K: {plan.eval_tasks} tasks of K support rows (per class for classification) drawn from each held-out "
+        f"factory, adapted with {plan.eval_steps} steps at eval-lr; K=0 is the global model without adaptation.",
+        f"federated: {plan.rounds} rounds, every training factory each round, {plan.local_steps} local meta-steps of "
+        f"{plan.meta_batch_size} tasks, {plan.inner_steps} inner steps; server: weighted delta average + SGD lr 1 "
+        "(FedAvg); the same local_update, check_delta and apply_deltas as the Flower strategy.",
+        "bytes: sum over rounds and replies of the delta's float32 tensor sizes (Meta-SGD also sends its inner rates).",
+        f"rounds-to-target: first round whose held-out K={TARGET_K} {metric} reaches FedAvg+FT's final K={TARGET_K} "
+        "value of the same seed (None / 'not reached' otherwise).",
+        f"local-only: from scratch (seeded init) on the K support rows, {plan.local_only_steps} SGD steps at "
+        "local-only-lr.",
+        "centralized-maml: MAML on one task sampler over all training factories' pooled rows, rounds x local-steps "
+        "meta-steps of meta-batch x training-factories tasks (as many tasks as a federated run), then adapted on K.",
+        f"oracle: per K and held-out factory, the exact evaluation batch is redrawn; every row appearing in any of "
+        f"its query sets is removed from the factory, a model is trained from the same seeded init on all remaining "
+        f"rows (support rows included; {plan.oracle_steps} Adam steps, lr 1e-3, each on the pooled rows "
+        "of 4 sampled tasks of up to 32 rows (regression) or up to 16 rows per class (classification, "
+        "class-balanced)) and scored on those query sets without adaptation.",
+        "nan: the method's loss diverged at the shared hyper-parameters (e.g. Meta-SGD's learned step sizes on "
+        "cmapss' RUL scale); nothing is tuned per method in this version.",
+        "seed s: run seed, synthetic family seed and the cmapss/cwru split seed (ai4i's split is fixed).",
+        "not yet: " + "; ".join(NOT_YET) + ".",
+    ]
+
+
+# --------------------------------------------------------------------------- output
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output folder that already holds a results file."""
+    existing = [name for name in RESULTS_FILES if (out / name).exists()]
+    if existing:
+        raise BenchmarkError(f"{out} already holds {', '.join(existing)}; choose another --out (never overwritten)")
+
+
+def _cell(entry: Mapping[str, object] | None, metric: str) -> str:
+    if not entry or metric not in entry:
+        return "-"
+    value = entry[metric]
+    return f"{value['mean']:.3f} ± {value['std']:.3f}"
+
+
+def _rounds_cell(reached: Sequence[int | None] | None) -> str:
+    if reached is None:
+        return "-"
+    return ", ".join("not reached" if r is None else str(r) for r in reached)
+
+
+def table_rows(results: Mapping[str, object]) -> tuple[list[str], list[list[str]]]:
+    metric, shots = results["metric"], results["shots"]
+    header = ["method", "K=0", *(f"K={k}" for k in shots), "MB sent", f"rounds to FedAvg+FT K={TARGET_K}"]
+    rows = []
+    for method in METHODS:
+        columns = results["results"][method]
+        fed = results["federated"].get("fedavg" if method == "fedavg+ft" else method)
+        sent = f"{fed['bytes_sent']['mean'] / 1e6:.3f}" if fed else "-"
+        reached = _rounds_cell(fed["rounds_to_target"]) if fed and method in META_METHODS else "-"
+        rows.append([method, _cell(columns.get("0"), metric), *(_cell(columns.get(str(k)), metric) for k in shots),
+                     sent, reached])
+    return header, rows
+
+
+def markdown(results: Mapping[str, object]) -> str:
+    header, rows = table_rows(results)
+    lines = [
+        f"# Few-shot benchmark: {results['dataset']}",
+        "",
+        f"Query {results['metric']} on held-out factories {', '.join(results['held_out'])} "
+        f"({'higher' if results['higher_is_better'] else 'lower'} is better); mean ± std over seeds "
+        f"{results['seeds']}; {results['rounds']} rounds, {results['train_factories']} training factories.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+        "Notes:",
+        "",
+        *(f"- {note}" for note in results["notes"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_results(results: Mapping[str, object], out: Path) -> None:
+    """``results.json`` and ``results.md`` in ``out``; never overwrites either."""
+    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
+    with (out / "results.json").open("x", encoding="utf-8") as handle:
+        json.dump(_strict_json(results), handle, indent=2, allow_nan=False)
+    with (out / "results.md").open("x", encoding="utf-8") as handle:
+        handle.write(markdown(results))
+
+
+def _strict_json(value: object) -> object:
+    """Standard JSON has no NaN: a diverged metric is written as ``null``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(item) for item in value]
+    return value
+
+
+def render(results: Mapping[str, object], console: Console) -> None:
+    header, rows = table_rows(results)
+    table = Table(box=box.SIMPLE_HEAD, title=f"few-shot benchmark: {results['dataset']} — query {results['metric']} "
+                  f"({'higher' if results['higher_is_better'] else 'lower'} is better), mean ± std over "
+                  f"{len(results['seeds'])} seed(s)", title_justify="left")
+    for index, column in enumerate(header):
+        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index < len(header) - 1)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for note in results["notes"]:
+        console.print(f"- {note}", highlight=False)
+    console.print(f"finished in {results['seconds']:.1f} s")
+
+
+def is_finite_summary(entry: Mapping[str, object]) -> bool:
+    return math.isfinite(entry["mean"]) and math.isfinite(entry["std"])

@@ -1,0 +1,84 @@
+"""``fedmeta benchmark``: the quick synthetic run end to end through the CLI, its files and guards."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from simulations.benchmarks import fewshot
+from simulations.cli import app
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "quick"
+    result = CliRunner().invoke(app, ["benchmark", "--dataset", "synthetic", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def _finite(entry):
+    return math.isfinite(entry["mean"]) and math.isfinite(entry["std"])
+
+
+def test_quick_synthetic_results_json(quick_run):
+    out, _ = quick_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"] == "synthetic" and results["metric"] == "loss"
+    assert results["shots"] == [1, 5, 10, 20]
+    assert set(results["results"]) == set(fewshot.METHODS)
+    for method in fewshot.METHODS:
+        columns = ["0"] if method == "fedavg" else [str(k) for k in results["shots"]]
+        assert sorted(results["results"][method], key=int) == columns, method
+        for k in columns:
+            assert _finite(results["results"][method][k]["loss"]), (method, k)
+    for method in fewshot.FEDERATED_METHODS:
+        federated = results["federated"][method]
+        assert federated["bytes_sent"]["mean"] > 0
+        assert "rounds_to_target" in federated
+        curves = federated[f"loss_k{fewshot.TARGET_K}_per_round"]
+        assert len(curves) == 1 and len(curves[0]) == results["rounds"]
+    for method in fewshot.META_METHODS:
+        reached = results["federated"][method]["rounds_to_target"]
+        assert len(reached) == 1 and (reached[0] is None or 1 <= reached[0] <= results["rounds"])
+    # Meta-SGD sends its learned inner rates too: twice the bytes of MAML.
+    sent = {method: results["federated"][method]["bytes_sent"]["mean"] for method in ("maml", "metasgd")}
+    assert sent["metasgd"] == 2 * sent["maml"]
+
+
+def test_quick_synthetic_results_md_and_table(quick_run):
+    out, output = quick_run
+    markdown = (out / "results.md").read_text()
+    for method in fewshot.METHODS:
+        assert f"| {method} |" in markdown
+        assert method in output
+    assert "not yet" in markdown and "oracle" in output
+
+
+def test_refuses_to_overwrite(quick_run):
+    out, _ = quick_run
+    before = (out / "results.json").read_text()
+    result = CliRunner().invoke(app, ["benchmark", "--dataset", "synthetic", "--quick", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "never overwritten" in result.output
+    assert (out / "results.json").read_text() == before
+    with pytest.raises(fewshot.BenchmarkError):
+        fewshot.write_results(json.loads(before), out)
+
+
+def test_bad_dataset_exits_2(tmp_path):
+    result = CliRunner().invoke(app, ["benchmark", "--dataset", "mnist", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_oracle_query_rows_are_found():
+    plan = fewshot.plan_for("synthetic", quick=True)
+    config = plan.run_config(0)
+    factory = fewshot._factories(config, "evaluate")[0]
+    batch = fewshot.sampler_for(factory, 5, 10, seed=0, stream="eval-k5").sample(3)
+    mask = fewshot._query_rows(factory.data, batch)
+    assert 1 <= int(mask.sum()) <= 30 and mask.numel() == factory.data.num_samples
