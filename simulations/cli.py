@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import click
 import typer
+from rich.console import Console
 
 from simulations.certs_cli import certs
 from simulations.simulate_cli import simulate
@@ -17,6 +19,18 @@ from simulations.validate_data_cli import validate_data
 app = typer.Typer(help="FedMeta Factory: federated meta-learning for manufacturing.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+
+
+def _elapsed_log(console: Console) -> Callable[[str], None]:
+    """Progress lines stamped with the seconds since the command started."""
+    start = time.perf_counter()
+    return lambda message: console.print(f"[dim]{time.perf_counter() - start:5.1f} s  {message}[/dim]")
+
+
+def _write_json(result: dict, path: Path | None, console: Console) -> None:
+    if path is not None:
+        path.write_text(json.dumps(result, indent=2))
+        console.print(f"results written to {path}")
 
 
 @bench_app.command("inner-loop")
@@ -38,26 +52,23 @@ def bench_inner_loop(
 ) -> None:
     """Time one meta-step of every algorithm against a hand-written loop, torchopt and vmap."""
     # Imported here so that the package never loads benchmark code (or torchopt) otherwise.
-    from rich.console import Console
     from rich.markup import escape
 
     from simulations.benchmarks import inner_loop
 
-    console, start = Console(), time.perf_counter()
+    console = Console()
     try:
         result = inner_loop.run_inner_loop_benchmark(
             device=inner_loop.bench_device(device),
             models=[m.strip() for m in models.split(",") if m.strip()],
             repeats=repeats,
-            log=lambda message: console.print(f"[dim]{time.perf_counter() - start:5.1f} s  {message}[/dim]"),
+            log=_elapsed_log(console),
         )
     except (ValueError, inner_loop.GradientMismatchError) as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from error
     inner_loop.render(result, console)
-    if json_path is not None:
-        json_path.write_text(json.dumps(result.to_dict(), indent=2))
-        console.print(f"results written to {json_path}")
+    _write_json(result.to_dict(), json_path, console)
 
 
 def _sizes(text: str) -> list[int]:
@@ -87,12 +98,11 @@ def bench_scaling(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
 ) -> None:
     """Round time and peak memory on Flower's simulation engine beside a plain loop, per federation size."""
-    from rich.console import Console
     from rich.markup import escape
 
     from simulations.benchmarks import scaling  # imports torch and the apps: only when benchmarking
 
-    console, start = Console(), time.perf_counter()
+    console = Console()
     if not console.is_terminal:  # a file or a pipe: wide enough that the table is not cut
         console = Console(width=130)
     try:
@@ -101,15 +111,13 @@ def bench_scaling(
             rounds=rounds,
             nodes=nodes,
             client_cpus=client_cpus,
-            log=lambda message: console.print(f"[dim]{time.perf_counter() - start:5.1f} s  {message}[/dim]"),
+            log=_elapsed_log(console),
         )
     except ValueError as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from error
     scaling.render(result, console)
-    if json_path is not None:
-        json_path.write_text(json.dumps(result.to_dict(), indent=2))
-        console.print(f"results written to {json_path}")
+    _write_json(result.to_dict(), json_path, console)
 
 
 @app.command("benchmark")
@@ -132,7 +140,6 @@ def benchmark(
 ) -> None:
     """Few-shot quality of local-only, FedAvg(+FT), federated MAML/FOMAML/Reptile/Meta-SGD, centralized MAML
     and an oracle on the held-out factories, per K; mean and std over seeds."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
