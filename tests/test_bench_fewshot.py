@@ -8,6 +8,9 @@ import math
 import pytest
 from typer.testing import CliRunner
 
+from client.factory import sampler_for
+from common.datasets.paths import dataset_dir
+from common.federation import EvaluationSettings
 from simulations.benchmarks import fewshot
 from simulations.cli import app
 
@@ -82,3 +85,19 @@ def test_oracle_query_rows_are_found():
     batch = fewshot.sampler_for(factory, 5, 10, seed=0, stream="eval-k5").sample(3)
     mask = fewshot._query_rows(factory.data, batch)
     assert 1 <= int(mask.sum()) <= 30 and mask.numel() == factory.data.num_samples
+
+
+def test_oracle_trains_one_model_per_task_when_query_sets_use_up_a_rare_class():
+    """AI4I's variant H has 21 failures: ten 5-shot tasks' query sets together take them all."""
+    try:
+        dataset_dir("ai4i2020")
+    except FileNotFoundError:
+        pytest.skip("shared data sets not found")
+    plan = fewshot.plan_for("ai4i", quick=True)
+    held_out = fewshot._factories(plan.run_config(0), "evaluate")
+    batch = sampler_for(held_out[0], 5, 10, seed=0, stream="eval-k5").sample(10)
+    left = held_out[0].data.y[~fewshot._query_rows(held_out[0].data, batch)]
+    assert int((left == 1).sum()) < 2  # the case the per-task fallback exists for
+    settings = EvaluationSettings(shots=(5,), tasks=10, query_size=10, seed=0)
+    scores = fewshot._oracle(plan, held_out, settings, seed=0)
+    assert 0.0 <= scores[5]["accuracy"] <= 1.0

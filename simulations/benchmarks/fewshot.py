@@ -293,28 +293,47 @@ def _oracle_sampler(data: FactoryData, factory: LoadedFactory, seed: int):
                                      shuffle_labels=False)
 
 
+def _enough_rows(factory: LoadedFactory, y: Tensor) -> bool:
+    """Can an oracle sampler draw tasks from these rows (two of every class for classification)?"""
+    if factory.source.task_kind == "regression":
+        return y.numel() >= 2
+    return int(torch.bincount(y, minlength=factory.source.model_config.output_dim).min()) >= 2
+
+
+def _train_and_score(plan: BenchmarkPlan, factory: LoadedFactory, batch: TaskBatch, seed: int) -> dict[str, float]:
+    """A model trained from scratch on the factory's rows outside ``batch``'s query sets, scored on them."""
+    source = factory.source
+    keep = ~_query_rows(factory.data, batch)
+    data = FactoryData(f"{factory.data.name}-oracle", factory.data.x[keep], factory.data.y[keep])
+    config = MetaConfig(algorithm="pretrain", task_kind=source.task_kind, outer_lr=1e-3,
+                        local_steps=plan.oracle_steps, meta_batch_size=4)
+    params = initial_meta_parameters(source, "maml", 0.05, seed)
+    model = build_model(source.model_config)
+    result = meta_train(model, params, _oracle_sampler(data, factory, seed), config, device="cpu")
+    scores = evaluate_adaptation(model, result.weights, batch, kind=source.task_kind, steps=0, lr=0.0)
+    return {name.removeprefix("query_"): v for name, v in scores.items()} | {"num-examples": batch.query_y.numel()}
+
+
 def _oracle(plan: BenchmarkPlan, held_out: Sequence[LoadedFactory], evaluation: EvaluationSettings,
             seed: int) -> dict[int, dict[str, float]]:
-    """Per K: a model trained on each held-out factory's rows except the K-shot query rows, scored on them."""
+    """Per K: a model trained on each held-out factory's rows except the K-shot query rows, scored on them.
+
+    Where the query sets of all tasks together use up a rare class (AI4I's variant H has
+    21 failures), one oracle per task is trained instead, each without only that task's
+    query rows.
+    """
     out: dict[int, dict[str, float]] = {}
     for k in evaluation.shots:
         records = []
         for factory in held_out:
-            source = factory.source
             # The very batch evaluate_factory scores at this K (same sampler, seed and stream).
             batch = sampler_for(factory, k, evaluation.query_size, seed=evaluation.seed, stream=f"eval-k{k}").sample(
                 evaluation.tasks
             )
-            keep = ~_query_rows(factory.data, batch)
-            data = FactoryData(f"{factory.data.name}-oracle", factory.data.x[keep], factory.data.y[keep])
-            config = MetaConfig(algorithm="pretrain", task_kind=source.task_kind, outer_lr=1e-3,
-                                local_steps=plan.oracle_steps, meta_batch_size=4)
-            params = initial_meta_parameters(source, "maml", 0.05, seed)
-            model = build_model(source.model_config)
-            result = meta_train(model, params, _oracle_sampler(data, factory, seed), config, device="cpu")
-            scores = evaluate_adaptation(model, result.weights, batch, kind=source.task_kind, steps=0, lr=0.0)
-            records.append({name.removeprefix("query_"): v for name, v in scores.items()}
-                           | {"num-examples": batch.query_y.numel()})
+            if _enough_rows(factory, factory.data.y[~_query_rows(factory.data, batch)]):
+                records.append(_train_and_score(plan, factory, batch, seed))
+            else:
+                records += [_train_and_score(plan, factory, batch.task(t), seed) for t in range(batch.num_tasks)]
         merged = weighted_metrics(records)
         out[k] = {name: merged[name] for name in ("loss", "accuracy") if name in merged}
     return out
@@ -449,7 +468,8 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         "local-only-lr.",
         "centralized-maml: MAML on one task sampler over all training factories' pooled rows, rounds x local-steps "
         "meta-steps of meta-batch x training-factories tasks (as many tasks as a federated run), then adapted on K.",
-        f"oracle: per K and held-out factory, the exact evaluation batch is redrawn; every row appearing in any of "
+        f"oracle: per K and held-out factory, the exact evaluation batch is redrawn (one oracle per task where the "
+        f"query sets together use up a rare class); every row appearing in any of "
         f"its query sets is removed from the factory, a model is trained from the same seeded init on all remaining "
         f"rows (support rows included; {plan.oracle_steps} Adam steps, lr 1e-3, each on the pooled rows "
         "of 4 sampled tasks of up to 32 rows (regression) or up to 16 rows per class (classification, "
