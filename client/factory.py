@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +12,7 @@ from common.data_sources import DataSource, source_from_config
 from common.device import resolve_device
 from common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskSampler
 
-__all__ = ["LoadedFactory", "load_factories", "load_factory", "node_device", "sampler_for"]
+__all__ = ["LoadedFactory", "load_factories", "load_factory", "node_device", "sampler_for", "task_sampler"]
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,22 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def sampler_for(factory: LoadedFactory, shots: int, query_size: int, *, seed: int, stream: object) -> TaskSampler:
-    """K-shot tasks from this factory; for classification K shots per class, fixed labels.
+def task_sampler(
+    factories: Sequence[LoadedFactory], shots: int, query_size: int, *, seed: int
+) -> TaskSampler:
+    """K-shot tasks drawn from ``factories``; for classification K shots per class, fixed labels.
 
     Labels keep their meaning (``shuffle_labels=False``) because fault classes are the
     same in every factory; ``query_size`` is split evenly over the classes.
     """
-    task_seed = _seed(seed, stream, factory.data.name)
-    if factory.source.task_kind == "regression":
-        return RegressionTaskSampler([factory.data], shots, query_size, seed=task_seed)
-    ways = factory.source.model_config.output_dim
-    return ClassificationTaskSampler(
-        [factory.data], ways, shots, max(1, query_size // ways), seed=task_seed, shuffle_labels=False
-    )
+    source = factories[0].source
+    data = [factory.data for factory in factories]
+    if source.task_kind == "regression":
+        return RegressionTaskSampler(data, shots, query_size, seed=seed)
+    ways = source.model_config.output_dim
+    return ClassificationTaskSampler(data, ways, shots, max(1, query_size // ways), seed=seed, shuffle_labels=False)
+
+
+def sampler_for(factory: LoadedFactory, shots: int, query_size: int, *, seed: int, stream: object) -> TaskSampler:
+    """This factory's tasks, seeded per (run seed, ``stream``, factory) so no two draws coincide."""
+    return task_sampler([factory], shots, query_size, seed=_seed(seed, stream, factory.data.name))

@@ -39,7 +39,7 @@ from rich.table import Table
 from torch import Tensor
 
 from client.evaluation import evaluate_factory
-from client.factory import LoadedFactory, load_factories, sampler_for
+from client.factory import LoadedFactory, load_factories, sampler_for, task_sampler
 from common.algorithms import MetaConfig, evaluate_adaptation, meta_train
 from common.data_sources import DATASETS, source_from_config
 from common.federation import EvaluationSettings, pack_meta_parameters
@@ -251,14 +251,7 @@ def _centralized_maml(
     train = _factories(config, "train")
     source = train[0].source
     rs = settings.round
-    data = [f.data for f in train]
-    if source.task_kind == "regression":
-        sampler = RegressionTaskSampler(data, rs.shots, rs.query_size, seed=rs.seed)
-    else:
-        ways = source.model_config.output_dim
-        sampler = ClassificationTaskSampler(
-            data, ways, rs.shots, max(1, rs.query_size // ways), seed=rs.seed, shuffle_labels=False
-        )
+    sampler = task_sampler(train, rs.shots, rs.query_size, seed=rs.seed)
     meta = dataclasses.replace(
         rs.meta_config(source.task_kind),
         local_steps=plan.rounds * rs.local_steps,
