@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from functools import cache
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -33,15 +34,38 @@ from common.algorithms import meta_train
 from common.data_sources import FACTORIES_RECORD, factory_key
 from common.deltas import subtract
 from common.federation import EvaluationSettings, RoundSettings, pack_meta_parameters, unpack_meta_parameters
-from common.models import build_model
+from common.models import ModelConfig, build_model
 
-__all__ = ["app", "local_update", "make_client_app", "train_replies", "train_reply"]
+__all__ = ["app", "check_model_fits", "local_update", "make_client_app", "train_replies", "train_reply"]
 
 log = logging.getLogger(__name__)
 
 
 def _received_parameters(msg: Message) -> dict[str, Tensor]:
     return dict(msg.content["meta-parameters"].to_torch_state_dict())
+
+
+def check_model_fits(factory: LoadedFactory, global_params: Mapping[str, Tensor]) -> None:
+    """The server's model must be the one this factory's data gives (same schema: features and outputs).
+
+    A factory with its own schema file can disagree with the server's; say so instead of
+    failing deep inside a matrix product.
+    """
+    weights, _ = unpack_meta_parameters(global_params)
+    for name, shape in _parameter_shapes(factory.source.model_config).items():
+        received = weights.get(name)
+        if received is None or tuple(received.shape) != shape:
+            got = "nothing" if received is None else f"shape {tuple(received.shape)}"
+            raise ValueError(
+                f"factory {factory.data.name!r}: the server's model does not fit this factory's schema "
+                f"(parameter {name!r}: the schema gives shape {shape}, the server sent {got}); "
+                "use the federation's schema"
+            )
+
+
+@cache
+def _parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(p.shape) for name, p in build_model(config).named_parameters()}
 
 
 def local_update(
@@ -55,6 +79,7 @@ def local_update(
     if factory.role != "train":
         raise ValueError(f"factory {factory.data.name!r} is held out (role {factory.role!r}) and never trains")
     source = factory.source
+    check_model_fits(factory, global_params)
     weights, inner_lrs = unpack_meta_parameters(global_params)
     result = meta_train(
         build_model(source.model_config),
@@ -123,7 +148,9 @@ def train_replies(factories: Sequence[LoadedFactory], msg: Message, device: obje
 def _evaluate_reply(factory: LoadedFactory, msg: Message, device: object) -> dict[str, MetricRecord]:
     """K-shot adaptation on the factory's tasks for each K the server asks for."""
     settings = EvaluationSettings.from_config(msg.content["config"])
-    return {"metrics": MetricRecord(evaluate_factory(factory, _received_parameters(msg), settings, device=device))}
+    global_params = _received_parameters(msg)
+    check_model_fits(factory, global_params)
+    return {"metrics": MetricRecord(evaluate_factory(factory, global_params, settings, device=device))}
 
 
 def _only(factories: Sequence[LoadedFactory]) -> LoadedFactory:

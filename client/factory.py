@@ -24,8 +24,9 @@ class LoadedFactory:
 
 def load_factories(node_config: Mapping[str, object], run_config: Mapping[str, object]) -> list[LoadedFactory]:
     """The factories this node serves (see `common.data_sources`): a synthetic family's
-    ``partition-id`` block, or the node's own table named by ``data-path``."""
-    source = source_from_config(run_config)
+    ``partition-id`` block, or the node's own table named by ``data-path`` (read with the
+    node's own ``schema`` when it names one)."""
+    source = source_from_config(run_config, node_config)
     return [LoadedFactory(a.data, a.role, source) for a in source.node_factories(node_config)]
 
 

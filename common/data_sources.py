@@ -158,10 +158,12 @@ class SyntheticSource:
 class TableSource:
     """Each factory's own table, read through `common.connector` (deployment and real data).
 
-    The run names the shared schema (column names and, for classification, the class
-    order every factory must map labels to); each node names its private file with
+    The schema names the columns and, for classification, the class order every factory
+    must map labels to. The server reads it from the run config (to build the model); a
+    factory reads its own copy when its node config names one (``schema``), so no file
+    has to exist at a path chosen by the server. Each node names its private file with
     ``node_config`` ``data-path`` and its ``role`` (``train``, default, or ``evaluate``).
-    The file path never leaves the node.
+    The file paths never leave the node.
     """
 
     schema: DataSchema
@@ -247,12 +249,15 @@ class SplitSource:
         return [FactoryAssignment(split.held_out[partition - len(split.train)], "evaluate")]
 
 
-def source_from_config(run_config: Mapping[str, object]) -> SyntheticSource | TableSource | SplitSource:
-    """Build the data source a run's config describes: factory tables when it names a
-    ``schema`` file, a shared real data set when ``dataset`` names one, else a synthetic
-    family (keys as in `_FAMILY_KEYS`, plus ``factories-per-node``)."""
-    if run_config.get("schema"):
-        return TableSource(DataSchema.from_json(Path(str(run_config["schema"]))))
+def source_from_config(
+    run_config: Mapping[str, object], node_config: Mapping[str, object] | None = None
+) -> SyntheticSource | TableSource | SplitSource:
+    """Build the data source a run's config describes: factory tables when it (or the
+    node's own config) names a ``schema`` file, a shared real data set when ``dataset``
+    names one, else a synthetic family (keys as in `_FAMILY_KEYS`, plus ``factories-per-node``)."""
+    schema = (node_config or {}).get("schema") or run_config.get("schema")
+    if schema:
+        return TableSource(DataSchema.from_json(Path(str(schema))))
     dataset = str(run_config.get("dataset", "synthetic"))
     check_choice("dataset", dataset, DATASETS)
     if dataset != "synthetic":

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[Mapping[str, object]], None]
 
+FACTORY_POLL_S = 1.0  # how often to look for factories while too few are connected
+
 
 def initial_meta_parameters(source: DataSource, algorithm: str, inner_lr: float, seed: int) -> dict[str, Tensor]:
     """The first global model, seeded so every run and every method starts alike."""
@@ -70,6 +72,19 @@ def _start_state(run_dir: RunDirectory, settings: ServerSettings, source: DataSo
     return optimizer, latest + 1
 
 
+def _await_factories(grid: Grid, strategy: FedMetaStrategy, settings: ServerSettings) -> None:
+    """Discover the connected factories (asking only nodes not met yet: late ones join).
+
+    In a deployment factories connect when they are ready, so wait up to the run's
+    ``timeout`` for ``min-train-nodes`` training factories; a simulation has all at once.
+    """
+    deadline = time.monotonic() + settings.timeout
+    strategy.discover_nodes(grid, settings.timeout)
+    while len(strategy.seats_with_role("train")) < settings.sampling.min_train_nodes and time.monotonic() < deadline:
+        time.sleep(FACTORY_POLL_S)
+        strategy.discover_nodes(grid, settings.timeout)
+
+
 def run_experiment(
     grid: Grid,
     settings: ServerSettings,
@@ -85,7 +100,7 @@ def run_experiment(
     round_config = dataclasses.replace(settings.round, algorithm=algorithm)
     eval_config = ConfigRecord(dataclasses.replace(settings.evaluation, algorithm=algorithm).to_config())
     for server_round in range(first_round, settings.num_rounds + 1):
-        strategy.discover_nodes(grid, settings.timeout)  # asks only nodes not met yet: late ones join
+        _await_factories(grid, strategy, settings)
         started = time.perf_counter()
         arrays = ArrayRecord(torch_state_dict=optimizer.params)
         train_config = ConfigRecord(dataclasses.replace(round_config, server_round=server_round).to_config())

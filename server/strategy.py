@@ -143,14 +143,17 @@ class FedMetaStrategy(Strategy):
         self.sampling = sampling
         self.nodes: dict[int, NodeInfo] = {}  # nodes serving one factory (the default)
         self.shared_nodes: dict[int, tuple[NodeInfo, ...]] = {}  # nodes serving several
+        # Nodes the grid listed at the last discovery (None before it): a deployment's factories come and go.
+        self.connected: set[int] | None = None
         # Per message type: the factories each shared node was last asked to work on.
         self._requested: dict[str, dict[int, tuple[str, ...]]] = {}
 
     # --- node discovery ----------------------------------------------------------
     def discover_nodes(self, grid: Grid, timeout: float) -> None:
-        """Ask nodes the server has not met yet for their factories (one query each)."""
+        """Note which nodes are connected; ask those the server has not met yet for their factories."""
         known = self.nodes.keys() | self.shared_nodes.keys()
-        unknown = [node for node in grid.get_node_ids() if node not in known]
+        self.connected = set(grid.get_node_ids())
+        unknown = sorted(node for node in self.connected if node not in known)
         if not unknown:
             return
         queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in unknown]
@@ -167,10 +170,18 @@ class FedMetaStrategy(Strategy):
                 self.nodes[node] = NodeInfo(str(record["role"]), str(record["factory"]))
 
     def seats_with_role(self, role: str) -> list[Seat]:
-        """Factories of one role and their nodes, ordered by factory key so sampling is reproducible."""
+        """Connected factories of one role and their nodes, ordered by factory key so sampling is reproducible.
+
+        A node that left (a factory that crashed or stopped) is not sent work until it reconnects.
+        """
         seats = [Seat(node, info) for node, info in self.nodes.items()]
         seats += [Seat(node, info, shared=True) for node, infos in self.shared_nodes.items() for info in infos]
-        return sorted((seat for seat in seats if seat.info.role == role), key=lambda seat: seat.info.factory)
+        chosen = (
+            seat
+            for seat in seats
+            if seat.info.role == role and (self.connected is None or seat.node in self.connected)
+        )
+        return sorted(chosen, key=lambda seat: seat.info.factory)
 
     def _messages(self, seats: Sequence[Seat], record: RecordDict, message_type: str) -> list[Message]:
         """One message per node; one to a shared node names the factories it is to work on."""

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from simulations.certs_cli import certs
+from simulations.server_cli import server
 from simulations.simulate_cli import simulate
 from simulations.validate_data_cli import validate_data
 
@@ -166,3 +167,4 @@ def benchmark(
 app.command("simulate")(simulate)
 app.command("validate-data")(validate_data)
 app.command("certs")(certs)
+app.command("server")(server)

@@ -1,0 +1,133 @@
+"""Reading the federation's certificates and factory keys, with errors that name the file.
+
+Flower reports a bad certificate or key only once a process is up and trying to connect,
+often as a generic connection failure. The server and factory commands check their
+files first with these loaders, so a wrong path or a swapped file is reported before
+anything starts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+__all__ = [
+    "CredentialError",
+    "certificate_names",
+    "check_server_certificate",
+    "load_certificate",
+    "load_factory_private_key",
+    "load_factory_public_key",
+]
+
+_HINT = "`fedmeta certs` writes it"
+
+
+class CredentialError(ValueError):
+    """A certificate or key file that is missing, unreadable or of the wrong kind."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CredentialError(f"{what} {path} does not exist ({_HINT})") from None
+    except IsADirectoryError:
+        raise CredentialError(f"{what} {path} is a folder, not a file") from None
+    except OSError as error:
+        raise CredentialError(f"{what} {path} cannot be read: {error.strerror}") from None
+
+
+def load_certificate(path: Path, what: str = "certificate") -> x509.Certificate:
+    """A PEM X.509 certificate that is valid now."""
+    try:
+        certificate = x509.load_pem_x509_certificate(_read(path, what))
+    except ValueError:
+        raise CredentialError(f"{what} {path} is not a PEM certificate") from None
+    now = datetime.datetime.now(datetime.UTC)
+    if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+        raise CredentialError(
+            f"{what} {path} is valid only from {certificate.not_valid_before_utc:%Y-%m-%d} "
+            f"to {certificate.not_valid_after_utc:%Y-%m-%d}"
+        )
+    return certificate
+
+
+def certificate_names(certificate: x509.Certificate) -> list[str]:
+    """The host names and IP addresses a server certificate is valid for."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress))]
+
+
+def _covers(names: list[str], host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower() in (name.lower() for name in names)
+    return any(name == str(address) for name in names)
+
+
+def check_server_certificate(ca_path: Path, cert_path: Path, key_path: Path, host: str) -> None:
+    """The server certificate is issued by the CA, matches its key and is valid for ``host``."""
+    authority = load_certificate(ca_path, "CA certificate")
+    certificate = load_certificate(cert_path, "server certificate")
+    try:
+        key = serialization.load_pem_private_key(_read(key_path, "server key"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CredentialError(f"server key {key_path} is not an unencrypted PEM private key") from None
+    if key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ):
+        raise CredentialError(f"server key {key_path} does not belong to the server certificate {cert_path}")
+    try:
+        certificate.verify_directly_issued_by(authority)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise CredentialError(f"server certificate {cert_path} was not issued by the CA {ca_path} ({error})") from None
+    names = certificate_names(certificate)
+    if not _covers(names, host):
+        raise CredentialError(
+            f"server certificate {cert_path} is valid for {', '.join(names) or 'no host'}, not for {host}; "
+            f"create it with `fedmeta certs --host {host} ...`"
+        )
+
+
+def _check_curve(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey, path: Path, what: str) -> None:
+    if not isinstance(key.curve, ec.SECP256R1 | ec.SECP384R1 | ec.SECP521R1):
+        raise CredentialError(f"{what} {path} uses curve {key.curve.name}; Flower accepts NIST P-256, P-384, P-521")
+
+
+def load_factory_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """A factory's OpenSSH elliptic-curve private key (what Flower's node authentication signs with)."""
+    try:
+        key = serialization.load_ssh_private_key(_read(path, "factory key"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CredentialError(
+            f"factory key {path} is not an unencrypted OpenSSH private key ({_HINT} with --factory NAME)"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CredentialError(f"factory key {path} is not an elliptic-curve key; Flower needs one")
+    _check_curve(key, path, "factory key")
+    return key
+
+
+def load_factory_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    """A factory's OpenSSH elliptic-curve public key (``<factory>.pub``), as the server registers it."""
+    try:
+        key = serialization.load_ssh_public_key(_read(path, "factory public key"))
+    except (ValueError, UnsupportedAlgorithm):
+        raise CredentialError(f"factory public key {path} is not an OpenSSH public key ({_HINT})") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise CredentialError(f"factory public key {path} is not an elliptic-curve key; Flower needs one")
+    _check_curve(key, path, "factory public key")
+    return key

@@ -1,0 +1,222 @@
+"""Child processes that are always stopped, with everything they started.
+
+Flower's SuperLink and SuperNode each start helpers (a SuperExec, then one app process
+per run or message). Each child here leads its own process group, so stopping it sends
+SIGTERM to the whole group, waits, then SIGKILLs whatever is left: no orphan survives a
+Ctrl-C. Output goes to a log file, or to a pipe the caller reads line by line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+__all__ = [
+    "ChildProcess",
+    "ProcessError",
+    "flower_env",
+    "port_in_use",
+    "sigterm_as_interrupt",
+    "wait_until_listening",
+]
+
+STOP_TIMEOUT_S = 15.0
+
+
+class ProcessError(RuntimeError):
+    """A child process could not start or stopped early; the message says which and why."""
+
+
+class ChildProcess:
+    """One command in its own process group; output to ``log`` (a file) or, without one, to a pipe."""
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        *,
+        log: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.command = list(command)
+        self.log = log
+        self._env = None if env is None else dict(env)
+        self._cwd = cwd
+        self._process: subprocess.Popen[str] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._started().pid
+
+    def start(self) -> ChildProcess:
+        """Start the command; a missing executable is a `ProcessError` naming it."""
+        if self.log is not None:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            output = self.log.open("a", encoding="utf-8")
+        else:
+            output = subprocess.PIPE
+        try:
+            self._process = subprocess.Popen(
+                self.command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env,
+                cwd=self._cwd,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+            )
+        except FileNotFoundError as error:
+            raise ProcessError(f"cannot start the {self.name}: {self.command[0]} was not found ({error})") from error
+        finally:
+            if self.log is not None:
+                output.close()
+        return self
+
+    def _started(self) -> subprocess.Popen[str]:
+        if self._process is None:
+            raise ProcessError(f"the {self.name} was not started")
+        return self._process
+
+    def poll(self) -> int | None:
+        """The exit code, or None while it runs."""
+        return self._started().poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the exit code; `subprocess.TimeoutExpired` after ``timeout`` seconds."""
+        return self._started().wait(timeout)
+
+    def lines(self) -> Iterator[str]:
+        """Output lines as they come (pipe mode), until the process closes its output."""
+        stream = self._started().stdout
+        if stream is None:
+            raise ProcessError(f"the {self.name} writes to {self.log}, not to a pipe")
+        for line in stream:
+            yield line.rstrip("\n")
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the log file (empty in pipe mode or before any output)."""
+        if self.log is None or not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+    def signal_group(self, signum: int) -> bool:
+        """Send ``signum`` to the process group; False when no process of it is left."""
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM the whole group, then SIGKILL it after ``timeout`` s; the leader's exit code."""
+        if self._process is None:
+            return None
+        self.signal_group(signal.SIGTERM)
+        try:
+            code = self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            code = self._process.wait()
+        # Helpers that outlive the leader (they watch its pid, and notice late) go too.
+        deadline = time.monotonic() + timeout
+        while _group_alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.signal_group(signal.SIGKILL)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+        return code
+
+    def __enter__(self) -> ChildProcess:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """The environment for Flower's command-line tools: a private ``FLWR_HOME``, no run-time
+    dependency installs, and this installation's scripts first on ``PATH`` (Flower starts
+    its helpers by name)."""
+    return {
+        **os.environ,
+        "PATH": os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")]),
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``docker stop``, ``kill``) unwinds like Ctrl-C, so ``finally`` blocks stop the children."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of ``group`` still runs; zombies (exited, not yet reaped) do not count.
+
+    Linux: read from ``/proc``; elsewhere signal 0, which counts zombies too.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            state, _, process_group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while being read
+        if int(process_group) == group and state != "Z":
+            return True
+    return False
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding ``host:port`` fails because something already listens there."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_until_listening(child: ChildProcess, host: str, port: int, timeout: float) -> None:
+    """Block until ``host:port`` accepts connections; `ProcessError` if ``child`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = child.poll()
+        if code is not None:
+            tail = child.log_tail()
+            ending = f"; its log ends with:\n{tail}" if tail else ""
+            raise ProcessError(f"the {child.name} exited with code {code} before listening on {host}:{port}{ending}")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise ProcessError(f"the {child.name} did not listen on {host}:{port} within {timeout:.0f} s")

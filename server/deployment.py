@@ -1,0 +1,315 @@
+"""The aggregation server as real processes: a SuperLink, the factories' keys, one run.
+
+`serve` starts ``flower-superlink`` (TLS and node authentication unless told otherwise)
+in its own process group, waits until it listens, registers each factory's public key
+with ``flwr supernode register``, submits the run with ``flwr run --stream`` and reports
+every round from the run folder's ``metrics.jsonl`` as it is written. When the run ends,
+or on Ctrl-C / SIGTERM, the whole process tree is stopped.
+
+Everything Flower writes goes under the state folder: ``flwr/`` is the private
+``FLWR_HOME`` (the CLI's connection file; ``~/.flwr`` is never touched), ``superlink.db``
+the SuperLink's database (registered keys survive a restart), ``superlink.log`` its log,
+``app/`` the staged app (`server.bundle`) and, by default, ``run/`` the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from flwr.common.config import parse_config_args
+
+from common.credentials import check_server_certificate, load_factory_public_key
+from common.data_sources import source_from_config
+from common.processes import ChildProcess, ProcessError, flower_env, port_in_use, wait_until_listening
+from server.bundle import stage_app
+from server.checkpoint import RunDirectory
+from server.settings import ServerSettings
+
+__all__ = [
+    "CONNECTION",
+    "DEFAULT_PORT",
+    "DeploymentError",
+    "ServerPlan",
+    "build_run_config",
+    "local_host",
+    "plan_server",
+    "serve",
+    "superlink_command",
+]
+
+DEFAULT_PORT = 8000  # flower-superlink's own default
+CONNECTION = "fedmeta"  # the SuperLink connection's name in the private FLWR_HOME
+START_TIMEOUT_S = 60.0
+CLI_TIMEOUT_S = 120.0
+_RUN_STARTED = re.compile(r"Successfully started run (\d+)")
+
+Report = Callable[[str], None]
+
+
+class DeploymentError(RuntimeError):
+    """The server cannot start or its run failed; the message says what to fix."""
+
+
+def local_host(host: str) -> str:
+    """The address this machine's own processes reach a server bound to ``host`` at."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def build_run_config(text: str | None, *, state: Path, schema: Path | None, resume: bool) -> dict[str, object]:
+    """The run's config: ``--run-config`` (parsed as `flwr run` parses it) plus the server's own keys.
+
+    Paths become absolute (the ServerApp runs in another process). Bad values, an unreadable
+    schema, or a run folder that already holds checkpoints without ``resume`` are errors now,
+    before anything starts.
+    """
+    try:
+        config: dict[str, object] = parse_config_args([text]) if text else {}
+    except (click.ClickException, OSError, ValueError) as error:
+        message = error.format_message() if isinstance(error, click.ClickException) else str(error)
+        raise DeploymentError(f"--run-config: {message}") from None
+    config["run-dir"] = str(Path(str(config.get("run-dir", state / "run"))).resolve())
+    if schema is not None:
+        config["schema"] = str(schema)
+    if config.get("schema"):
+        config["schema"] = str(Path(str(config["schema"])).resolve())
+    if resume:
+        config["resume"] = True
+    try:
+        settings = ServerSettings.from_run_config(config)
+        source_from_config(config)
+    except (TypeError, ValueError) as error:
+        raise DeploymentError(f"run config: {error}") from None
+    if not settings.resume:
+        for algorithm in (settings.round.algorithm, *settings.compare_with):
+            latest = RunDirectory(Path(settings.run_dir) / algorithm).latest_round()
+            if latest is not None:
+                raise DeploymentError(
+                    f"run folder {settings.run_dir} already holds {algorithm} checkpoints up to round {latest}: "
+                    "pass --resume to continue that run, or choose another run-dir"
+                )
+    return config
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """What `serve` starts, checked: state folder, TLS files, factory keys, address, run config."""
+
+    state: Path
+    host: str
+    port: int
+    run_config: Mapping[str, object]
+    certs: Path | None  # None: no TLS (--insecure)
+    factory_keys: tuple[Path, ...] = ()  # public keys to register; empty without node authentication
+    node_auth: bool = True
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.state / "flwr"
+
+    @property
+    def log(self) -> Path:
+        return self.state / "superlink.log"
+
+    @property
+    def local_address(self) -> str:
+        return _address(local_host(self.host), self.port)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(str(self.run_config["run-dir"]))
+
+
+def plan_server(
+    *,
+    state: Path,
+    certs: Path | None,
+    factory_keys: Path | None,
+    host: str,
+    port: int,
+    run_config: Mapping[str, object],
+    node_auth: bool = True,
+) -> ServerPlan:
+    """Check the TLS files and factory keys; ``certs=None`` runs without TLS (and so without node auth)."""
+    if not 0 < port < 65536:
+        raise DeploymentError(f"--port must be between 1 and 65535, got {port}")
+    if certs is None and node_auth:
+        raise DeploymentError("node authentication needs TLS: drop --insecure, or add --no-node-auth")
+    keys: tuple[Path, ...] = ()
+    if certs is not None:
+        certs = certs.resolve()
+        check_server_certificate(certs / "ca.crt", certs / "server.crt", certs / "server.key", local_host(host))
+    if node_auth:
+        if factory_keys is None:
+            raise DeploymentError("node authentication needs --factory-keys: a folder of the factories' *.pub files")
+        if not factory_keys.is_dir():
+            raise DeploymentError(f"--factory-keys {factory_keys} is not a folder")
+        keys = tuple(sorted(factory_keys.resolve().glob("*.pub")))
+        if not keys:
+            raise DeploymentError(
+                f"--factory-keys {factory_keys} holds no *.pub file; `fedmeta certs --factory NAME` writes them"
+            )
+        for key in keys:
+            load_factory_public_key(key)
+    return ServerPlan(state.resolve(), host, port, dict(run_config), certs, keys, node_auth)
+
+
+def superlink_command(plan: ServerPlan) -> list[str]:
+    """``flower-superlink`` with TLS files, node authentication and a database in the state folder."""
+    command = ["flower-superlink", "--host", plan.host, "--port", str(plan.port)]
+    command += ["--database", str(plan.state / "superlink.db"), "--disable-runtime-dependency-installation"]
+    if plan.certs is None:
+        command.append("--insecure")
+    else:
+        command += ["--ssl-ca-certfile", str(plan.certs / "ca.crt")]
+        command += ["--ssl-certfile", str(plan.certs / "server.crt"), "--ssl-keyfile", str(plan.certs / "server.key")]
+    if plan.node_auth:
+        command.append("--enable-supernode-auth")
+    return command
+
+
+def _write_connection(plan: ServerPlan) -> None:
+    """The ``flwr`` CLI's connection to this SuperLink, in the private FLWR_HOME."""
+    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]"]
+    lines.append(f"address = {json.dumps(plan.local_address)}")
+    if plan.certs is None:
+        lines.append("insecure = true")
+    else:
+        lines.append(f"root-certificates = {json.dumps(str(plan.certs / 'ca.crt'))}")
+    plan.flwr_home.mkdir(parents=True, exist_ok=True)
+    (plan.flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _flwr_json(plan: ServerPlan, *args: str) -> dict[str, object]:
+    """Run a ``flwr`` command with ``--format json`` and return its JSON answer."""
+    command = ["flwr", *args, "--format", "json"]
+    try:
+        done = subprocess.run(
+            command, env=flower_env(plan.flwr_home), capture_output=True, text=True, timeout=CLI_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        raise DeploymentError(f"`{' '.join(command)}` did not answer within {CLI_TIMEOUT_S:.0f} s") from None
+    try:
+        answer = json.loads(done.stdout[done.stdout.index("{") :])
+    except ValueError:
+        output = (done.stdout + done.stderr).strip()
+        raise DeploymentError(f"`{' '.join(command)}` failed (exit code {done.returncode}): {output}") from None
+    return answer
+
+
+def register_factory(plan: ServerPlan, key: Path) -> str:
+    """Register one factory's public key; a key the SuperLink's database already holds is fine."""
+    answer = _flwr_json(plan, "supernode", "register", str(key), CONNECTION)
+    if answer.get("success"):
+        return f"registered factory {key.stem} (node {answer['node-id']})"
+    message = str(answer.get("error-message", answer))
+    if "already in use" in message:
+        return f"factory {key.stem} was registered before"
+    raise DeploymentError(f"cannot register factory key {key}: {message.strip()}")
+
+
+def run_status(plan: ServerPlan, run_id: str) -> tuple[str, str]:
+    """The run's status (``finished:completed``, ``finished:failed``, ...) and its details."""
+    answer = _flwr_json(plan, "ls", CONNECTION, "--run-id", run_id)
+    runs = answer.get("runs") or []
+    if not answer.get("success") or not runs:
+        raise DeploymentError(f"cannot read the status of run {run_id}: {answer}")
+    return str(runs[0]["status"]), str(runs[0].get("status-details", ""))
+
+
+class _MetricsFollower:
+    """Reports each new line of the run's ``metrics.jsonl`` files (one per algorithm) as it is written."""
+
+    def __init__(self, run_dir: Path, rounds: int, report: Report) -> None:
+        self._run_dir, self._rounds, self._report = run_dir, rounds, report
+        self._seen: dict[Path, int] = {
+            path: len(path.read_text(encoding="utf-8").splitlines()) for path in run_dir.glob("*/metrics.jsonl")
+        }
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="metrics-follower", daemon=True)
+
+    def _poll(self) -> None:
+        for path in sorted(self._run_dir.glob("*/metrics.jsonl")):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            complete = [line for line in lines[self._seen.get(path, 0) :] if line.endswith("}")]
+            for line in complete:
+                record = json.loads(line)
+                loss = record.get("train/query-loss", "-")
+                replies = int(float(record.get("train/replies", 0)))
+                text = (
+                    f"{record.get('algorithm', path.parent.name)} round {record['round']}/{self._rounds}: "
+                    f"query loss {loss}, {replies} factories, {float(record.get('seconds', 0)):.1f} s"
+                )
+                self._report(text)
+            self._seen[path] = self._seen.get(path, 0) + len(complete)
+
+    def _follow(self) -> None:
+        while not self._stop.wait(0.5):
+            self._poll()
+
+    def __enter__(self) -> _MetricsFollower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+
+
+def _submit(plan: ServerPlan, report: Report) -> str:
+    """Submit the staged app and stream its logs until the run ends; the run id."""
+    app = stage_app(plan.state / "app", plan.run_config)
+    run_id = None
+    with ChildProcess(
+        "run submission", ["flwr", "run", str(app), CONNECTION, "--stream"], env=flower_env(plan.flwr_home)
+    ) as submission:
+        for line in submission.lines():
+            if run_id is None and (match := _RUN_STARTED.search(line)):
+                run_id = match.group(1)
+                report(f"run {run_id} started; run folder {plan.run_dir}")
+            elif line.strip() and run_id is None:
+                report(line)
+        code = submission.wait()
+    if run_id is None:
+        raise DeploymentError(f"the SuperLink did not start the run (flwr run exited with code {code})")
+    return run_id
+
+
+def serve(plan: ServerPlan, report: Report) -> None:
+    """Start the SuperLink, register the factories, run the federation to its end, stop everything.
+
+    Raises `DeploymentError` (or `ProcessError`) naming the problem; a failed run is one too.
+    """
+    if port_in_use(plan.host, plan.port):
+        raise DeploymentError(
+            f"port {plan.port} on {plan.host or 'all interfaces'} is in use (another server?); choose --port"
+        )
+    plan.state.mkdir(parents=True, exist_ok=True)
+    _write_connection(plan)
+    superlink = ChildProcess("SuperLink", superlink_command(plan), log=plan.log, env=flower_env(plan.flwr_home))
+    with superlink:
+        wait_until_listening(superlink, local_host(plan.host), plan.port, START_TIMEOUT_S)
+        secured = "TLS" if plan.certs is not None else "NO TLS"
+        report(f"SuperLink listening on {_address(plan.host, plan.port)} ({secured}); log {plan.log}")
+        for key in plan.factory_keys:
+            report(register_factory(plan, key))
+        settings = ServerSettings.from_run_config(plan.run_config)
+        with _MetricsFollower(plan.run_dir, settings.num_rounds, report):
+            run_id = _submit(plan, report)
+        if superlink.poll() is not None:
+            raise ProcessError(f"the SuperLink stopped during the run; its log ends with:\n{superlink.log_tail()}")
+        status, details = run_status(plan, run_id)
+    if status != "finished:completed":
+        raise DeploymentError(f"run {run_id} ended as {status}: {details}; SuperLink log: {plan.log}")
+    report(f"run {run_id} completed; results in {plan.run_dir}")
