@@ -51,6 +51,9 @@ class ModelConfig:
     hidden: int = 64
     depth: int = 2
     kernel_size: int = 5
+    # cnn1d only: stride of the first convolution, whose kernel is then 4x as wide (as in
+    # WDCNN for raw vibration) so a long raw window is shortened cheaply without aliasing.
+    stem_stride: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in _INPUT_LAYOUT:
@@ -62,6 +65,7 @@ class ModelConfig:
             "hidden": self.hidden,
             "depth": self.depth,
             "kernel_size": self.kernel_size,
+            "stem_stride": self.stem_stride,
             **{f"input_shape[{i}]": size for i, size in enumerate(self.input_shape)},
         }
         for field, value in sizes.items():
@@ -72,10 +76,12 @@ class ModelConfig:
                 f"{self.name} expects input_shape of length {len(layout)} "
                 f"({', '.join(layout)}), got {self.input_shape}"
             )
-        if self.name == "cnn1d" and self.input_shape[1] < 2**self.depth:
+        if self.stem_stride != 1 and self.name != "cnn1d":
+            raise ValueError(f"stem_stride applies to cnn1d only, got {self.stem_stride} for {self.name}")
+        if self.name == "cnn1d" and self.input_shape[1] < self.stem_stride * 2**self.depth:
             raise ValueError(
-                f"cnn1d halves the length {self.depth} times (depth) and needs length "
-                f">= {2**self.depth}, got {self.input_shape[1]}"
+                f"cnn1d divides the length by stem_stride ({self.stem_stride}) and halves it {self.depth} times "
+                f"(depth), so it needs length >= {self.stem_stride * 2**self.depth}, got {self.input_shape[1]}"
             )
 
     @classmethod
@@ -135,11 +141,14 @@ class MLP(MetaModel):
 
 
 class _ConvBlock(nn.Module):
-    """Same-padded convolution, ReLU and max-pool by 2."""
+    """Convolution (same-padded unless strided), ReLU and max-pool by 2."""
 
-    def __init__(self, channels_in: int, channels_out: int, kernel_size: int) -> None:
+    def __init__(self, channels_in: int, channels_out: int, kernel_size: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv = TaskConv1d(channels_in, channels_out, kernel_size, padding="same")
+        if stride == 1:
+            self.conv = TaskConv1d(channels_in, channels_out, kernel_size, padding="same")
+        else:  # PyTorch has no "same" padding for strided convolutions
+            self.conv = TaskConv1d(channels_in, channels_out, kernel_size, stride=stride, padding=kernel_size // 2)
 
     def forward(self, x: Tensor) -> Tensor:
         return _per_sequence(lambda y: F.max_pool1d(y, 2), torch.relu(self.conv(x)))
@@ -150,9 +159,12 @@ class CNN1d(MetaModel):
 
     def __init__(self, config: ModelConfig) -> None:
         channels = [config.input_shape[0]] + [config.hidden] * config.depth
+        stride = config.stem_stride
         blocks = [
             _ConvBlock(channels_in, channels_out, config.kernel_size)
-            for channels_in, channels_out in pairwise(channels)
+            if index or stride == 1
+            else _ConvBlock(channels_in, channels_out, max(config.kernel_size, 4 * stride), stride)
+            for index, (channels_in, channels_out) in enumerate(pairwise(channels))
         ]
         super().__init__(config, nn.Sequential(*blocks), channels[-1])
 

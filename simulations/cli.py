@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from simulations.certs_cli import certs
+from simulations.client_cli import client
 from simulations.server_cli import server
 from simulations.simulate_cli import simulate
 from simulations.validate_data_cli import validate_data
@@ -139,32 +140,34 @@ def benchmark(
                      show_default=False),
     ] = None,
 ) -> None:
-    """Few-shot quality of local-only, FedAvg(+FT), federated MAML/FOMAML/Reptile/Meta-SGD, centralized MAML
-    and an oracle on the held-out factories, per K; mean and std over seeds."""
+    """Few-shot quality of local-only, FedAvg(+FT), federated MAML/FOMAML/Reptile/Meta-SGD, centralized MAML,
+    gradient boosting and full-data oracles on the held-out factories, per K; mean and std over seeds."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from simulations.benchmarks import fewshot  # imports torch and the data sets: only when benchmarking
+    # Imports torch, scikit-learn and the data sets: only when benchmarking.
+    from simulations.benchmarks import fewshot, fewshot_report
 
     console = Console() if Console().is_terminal else Console(width=160)
     out = out if out is not None else Path("runs") / f"benchmark-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        fewshot.check_out_dir(out)
+        fewshot_report.check_out_dir(out)
         plan = fewshot.plan_for(dataset, quick=quick, seeds=seeds, rounds=rounds)
         with Progress(TextColumn("[bold]benchmark[/bold] " + dataset), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task("steps", total=None)
             results = fewshot.run_benchmark(plan, progress=lambda done, total: bar.update(task, completed=done,
                                                                                            total=total))
-        fewshot.write_results(results, out)
+        fewshot_report.write_results(results, out)
     except (ValueError, FileNotFoundError, FileExistsError, fewshot.BenchmarkError) as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from error
-    fewshot.render(results, console)
-    console.print(f"results written to {out / 'results.json'} and {out / 'results.md'}")
+    fewshot_report.render(results, console)
+    console.print(f"results written to {out} ({', '.join(fewshot_report.RESULTS_FILES)})")
 
 
 app.command("simulate")(simulate)
 app.command("validate-data")(validate_data)
 app.command("certs")(certs)
 app.command("server")(server)
+app.command("client")(client)

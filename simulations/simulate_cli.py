@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.data_sources import DATASETS
+from common.data_sources import DATASETS, default_lr
 from common.federation import FEDERATED_ALGORITHMS
 from common.outer_optimizer import OUTER_OPTIMIZERS
 from common.synthetic import FAMILY_KINDS
@@ -81,7 +81,11 @@ def simulate(
     shots: Annotated[int, typer.Option(min=1, help="Support samples per training task (per class).")] = 5,
     query_size: Annotated[int, typer.Option(min=1, help="Query samples per training task.")] = 15,
     inner_steps: Annotated[int, typer.Option(min=1, help="Inner-loop adaptation steps.")] = 5,
-    inner_lr: Annotated[float, typer.Option(min=0.0, help="Inner-loop step size.")] = 0.05,
+    inner_lr: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Inner-loop and fine-tuning step size [default: 0.05 synthetic, 0.01 real data].",
+                     show_default=False),
+    ] = None,
     local_steps: Annotated[int, typer.Option(min=1, help="Local meta-steps per round.")] = 5,
     local_lr: Annotated[float, typer.Option(min=0.0, help="Clients' local outer (Adam) step size.")] = 0.005,
     meta_batch_size: Annotated[int, typer.Option(min=1, help="Tasks per local meta-step.")] = 4,
@@ -122,7 +126,8 @@ def simulate(
         "shots": shots,
         "query-size": query_size,
         "inner-steps": inner_steps,
-        "inner-lr": inner_lr,
+        "inner-lr": inner_lr if inner_lr is not None else default_lr(dataset),
+        "local-only-lr": inner_lr if inner_lr is not None else default_lr(dataset),
         "local-steps": local_steps,
         "local-lr": local_lr,
         "meta-batch-size": meta_batch_size,

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from client.factory import sampler_for
 from common.datasets.paths import dataset_dir
 from common.federation import EvaluationSettings
-from simulations.benchmarks import fewshot
+from simulations.benchmarks import fewshot, fewshot_report
 from simulations.cli import app
 
 
@@ -69,7 +69,7 @@ def test_refuses_to_overwrite(quick_run):
     assert "never overwritten" in result.output
     assert (out / "results.json").read_text() == before
     with pytest.raises(fewshot.BenchmarkError):
-        fewshot.write_results(json.loads(before), out)
+        fewshot_report.write_results(json.loads(before), out)
 
 
 def test_bad_dataset_exits_2(tmp_path):

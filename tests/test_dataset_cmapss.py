@@ -133,7 +133,8 @@ def test_transfer_split_shapes_and_engines(fd001_split: FactorySplit) -> None:
     assert len(split.train) == 4 and len(split.held_out) == 1 and len(split.test) == 1
     for f in (*split.train, *split.held_out, *split.test):
         assert f.x.shape[1:] == (14, WINDOW) and f.x.dtype == torch.float32 and f.y.dtype == torch.float32
-        assert float(f.y.max()) <= 125 and float(f.y.min()) >= 0
+        assert float(f.y.max()) <= 1 and float(f.y.min()) >= 0  # RUL / cap
+    assert split.target_scale == 125
     train_engines = [set(f.name.split(" ")[1].split(",")) for f in split.train]
     assert all(f.name.startswith("FD001/engines ") for f in split.train)
     assert sum(len(e) for e in train_engines) == 100 and len(set().union(*train_engines)) == 100
@@ -152,7 +153,14 @@ def test_test_split_one_window_per_engine(fd001_split: FactorySplit) -> None:
     test = fd001_split.test[0]
     assert test.name == "FD003/test" and test.num_samples == 100
     true = read_rul("FD003").to_numpy()
-    np.testing.assert_array_equal(test.y.numpy(), np.minimum(true, 125))
+    np.testing.assert_allclose(test.y.numpy() * fd001_split.target_scale, np.minimum(true, 125), rtol=1e-6)
+
+
+@needs_data
+def test_unscaled_target_is_rul_in_cycles() -> None:
+    split = load_cmapss_transfer("FD001", "FD003", window=10, stride=50, scale_target=False)
+    assert split.target_scale == 1.0
+    assert float(split.train[0].y.max()) == 125 and "y = RUL /" not in split.notes
 
 
 @needs_data

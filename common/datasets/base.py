@@ -18,6 +18,8 @@ class FactorySplit:
     train and adapt from K labelled samples. ``test`` holds an official test split of
     the held-out factories where the data set has one. ``notes`` says, in words, the
     choices a user must know (how K shots are counted, rare or absent classes).
+    ``target_scale`` is what regression targets were divided by: multiply predictions by
+    it to report errors in the data set's own unit (C-MAPSS: cycles).
     """
 
     name: str
@@ -28,3 +30,4 @@ class FactorySplit:
     num_classes: int | None
     notes: str
     test: tuple[FactoryData, ...] = ()
+    target_scale: float = 1.0

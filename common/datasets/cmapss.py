@@ -12,7 +12,10 @@ Preprocessing, the way the RUL literature does it:
 * operating condition = the exact cluster of the rounded settings (altitude to an integer,
   Mach to 2 decimals, throttle angle to an integer): 6 conditions in FD002/FD004, 1 in
   FD001/FD003; no k-means;
-* z-normalisation per operating condition with statistics of the source training engines only;
+* z-normalisation per operating condition: training factories with statistics of the source
+  training engines, the held-out factory and its test split with the held-out engines' own
+  (a new factory's unlabelled sensor readings; a new fault mode moves some sensors 15-20
+  source standard deviations, which breaks any model fed source-normalised inputs);
 * piecewise-linear RUL target: ``min(cycles to failure, rul_cap)``;
 * sliding windows ``[n, channels, window]`` (channels first, for the TCN) labelled with the RUL
   at the window's last cycle; windows are aligned to end at each engine's last cycle.
@@ -213,9 +216,11 @@ def make_windows(
     return np.ascontiguousarray(np.concatenate(xs), dtype=np.float32), np.concatenate(ys).astype(np.float32)
 
 
-def _factory(name: str, frame: pd.DataFrame, norm: ConditionNormaliser, window: int, stride: int, **kw) -> FactoryData:
+def _factory(
+    name: str, frame: pd.DataFrame, norm: ConditionNormaliser, window: int, stride: int, scale: float, **kw
+) -> FactoryData:
     x, y = make_windows(norm.transform(frame), frame["unit"].to_numpy(), frame["rul"].to_numpy(), window, stride, **kw)
-    return FactoryData(name, torch.from_numpy(x), torch.from_numpy(y))
+    return FactoryData(name, torch.from_numpy(x), torch.from_numpy(y / np.float32(scale)))
 
 
 def _engines_name(subset: str, units: Sequence[int]) -> str:
@@ -237,6 +242,8 @@ def load_cmapss_transfer(
     engines_per_factory: int = 10,
     target_engines: int = 5,
     stride: int = 5,
+    scale_target: bool = True,
+    own_statistics: bool = True,
     root: str | os.PathLike[str] | None = None,
     seed: int = 0,
 ) -> FactorySplit:
@@ -252,7 +259,12 @@ def load_cmapss_transfer(
       last cycle, labelled with the true RUL of ``RUL_FD00x`` capped at ``rul_cap``.
 
     Sensors are normalised per operating condition with statistics of the training-factory
-    engines only. Factory names list their engine ids (``"FD001/engines 3,17,..."``).
+    engines; with ``own_statistics`` the held-out factory and the test split use the held-out
+    engines' own statistics instead (sensor readings only, never labels). With ``scale_target``
+    the target is RUL / ``rul_cap`` (in [0, 1], so the learning rates of the other data sets
+    apply; ``target_scale`` of the result turns predictions back into cycles for `rmse` and
+    `nasa_score`), otherwise RUL in cycles. Factory names list their engine ids
+    (``"FD001/engines 3,17,..."``).
     """
     source, target = _check_subset(source), _check_subset(target)
     _check_positive(
@@ -278,17 +290,25 @@ def load_cmapss_transfer(
     src = src[src["unit"].isin(src_units)]
     norm = ConditionNormaliser.fit(src)
 
-    train = tuple(_factory(_engines_name(source, g), src[src["unit"].isin(g)], norm, window, stride) for g in groups)
-    held_out = (_factory(_engines_name(target, held_units), tgt[tgt["unit"].isin(held_units)], norm, window, stride),)
+    scale = float(rul_cap) if scale_target else 1.0
+    held_frame = tgt[tgt["unit"].isin(held_units)]
+    held_norm = ConditionNormaliser.fit(held_frame) if own_statistics else norm
+    train = tuple(
+        _factory(_engines_name(source, g), src[src["unit"].isin(g)], norm, window, stride, scale) for g in groups
+    )
+    held_out = (
+        _factory(_engines_name(target, held_units), held_frame, held_norm, window, stride, scale),
+    )
 
     test_frame = read_cmapss(target, "test", root)
     true_rul = read_rul(target, root)
     if len(true_rul) != test_frame["unit"].nunique():
         raise ValueError(f"RUL_{target} has {len(true_rul)} values for {test_frame['unit'].nunique()} test engines")
     test_frame = add_rul(add_operating_condition(test_frame), rul_cap, final_rul=true_rul)
-    test = (_factory(f"{target}/test", test_frame, norm, window, 1, last_only=True),)
+    test = (_factory(f"{target}/test", test_frame, held_norm, window, 1, scale, last_only=True),)
     short = int((test_frame.groupby("unit").size() < window).sum())
 
+    scaled = f"; y = RUL / {rul_cap} (multiply by target_scale for cycles)" if scale_target else ""
     notes = (
         f"C-MAPSS {source} -> {target}: {len(train)} training factories of up to {engines_per_factory} {source} "
         f"training engines each ({len(src_units)} engines); held-out factory = K = {target_engines} engines "
@@ -296,9 +316,13 @@ def load_cmapss_transfer(
         f"engines {held_units.tolist()}), run to failure. Inputs [n, {len(USED_SENSORS)}, {window}]: "
         f"sensors {list(USED_SENSORS)} (dropped {list(DROPPED_SENSORS)}, constant or two-valued in FD001), "
         f"z-normalised per operating condition (rounded settings; {len(norm.conditions)} in {source}) with "
-        f"statistics of the training-factory engines only; settings are not inputs. Target: piecewise-linear "
+        f"statistics of the training-factory engines"
+        + (f" (the held-out factory and the test split: with the held-out {target} engines' own sensor statistics, "
+           "no labels; source statistics put a new fault mode's sensors 15-20 standard deviations out)"
+           if own_statistics else ", for every factory and the test split")
+        + f"; settings are not inputs. Target: piecewise-linear "
         f"RUL capped at {rul_cap} at the window's last cycle; train/held-out windows every {stride} cycles, "
-        f"aligned to end at each engine's failure. Test: official {target} test split, one window per test "
+        f"aligned to end at each engine's failure{scaled}. Test: official {target} test split, one window per test "
         f"engine ({test[0].num_samples}) ending at its last cycle, y = true RUL from RUL_{target} capped at "
         f"{rul_cap}; {short} test engines shorter than {window} cycles are padded on the left by repeating "
         f"their first row. Score with rmse and nasa_score."
@@ -312,6 +336,7 @@ def load_cmapss_transfer(
         num_classes=None,
         notes=notes,
         test=test,
+        target_scale=scale,
     )
 
 

@@ -205,7 +205,7 @@ def load_cwru(
         train=tuple(train),
         held_out=tuple(held_out),
         task_kind="classification",
-        model_config=ModelConfig("cnn1d", (1, window), num_classes, hidden=32, depth=3),
+        model_config=ModelConfig("cnn1d", (1, window), num_classes, hidden=32, depth=3, stem_stride=8),
         num_classes=num_classes,
         notes=notes,
     )

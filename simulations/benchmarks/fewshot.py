@@ -24,59 +24,49 @@ This module is imported only by the CLI command, never by the package.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from rich import box
-from rich.console import Console
-from rich.table import Table
 from torch import Tensor
 
 from client.evaluation import evaluate_factory
 from client.factory import LoadedFactory, load_factories, sampler_for, task_sampler
 from common.algorithms import MetaConfig, evaluate_adaptation, meta_train
-from common.data_sources import DATASETS, source_from_config
+from common.data_sources import DATASETS, default_lr, source_from_config
 from common.federation import EvaluationSettings, pack_meta_parameters
 from common.models import build_model
 from common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskBatch
 from server.run import initial_meta_parameters
 from server.settings import ServerSettings
 from server.strategy import weighted_metrics
+from simulations.benchmarks.gradient_boosting import WINDOW_STATISTICS, gradient_boosting_scores
 from simulations.benchmarks.scaling import PlainLoop
 
 __all__ = [
     "FEDERATED_METHODS",
     "METHODS",
-    "RESULTS_FILES",
     "TARGET_K",
     "BenchmarkError",
     "BenchmarkPlan",
     "available_shots",
     "plan_for",
-    "render",
     "run_benchmark",
-    "write_results",
 ]
 
 META_METHODS = ("maml", "fomaml", "reptile", "metasgd")
 FEDERATED_METHODS = ("fedavg", *META_METHODS)
-METHODS = ("local-only", "fedavg", "fedavg+ft", *META_METHODS, "centralized-maml", "oracle")
-RESULTS_FILES = ("results.json", "results.md")
+REFERENCES = ("gradient-boosting", "oracle", "pooled-oracle")
+METHODS = ("local-only", "fedavg", "fedavg+ft", *META_METHODS, "centralized-maml", *REFERENCES)
 TARGET_K = 5
 DEFAULT_SHOTS = (1, 5, 10, 20)
 DATASET_SHOTS = {"ai4i": (1, 5, 10)}
-# C-MAPSS targets are RUL cycles (up to 125): MSE gradients are ~1e4 times the synthetic ones.
-DATASET_SETTINGS: dict[str, dict[str, object]] = {"cmapss": {"inner-lr": 1e-4, "eval-lr": 1e-4, "local-only-lr": 1e-4}}
 NOT_YET = (
-    "gradient-boosting baseline (e.g. a GBDT on the held-out K rows or pooled data)",
-    "plots (learning curves, K-shot curves)",
-    "F1 / AUROC for ai4i and RMSE / NASA score for cmapss (only loss and accuracy are reported)",
+    "F1 / AUROC for ai4i and RMSE / NASA score on the official test split for cmapss (query loss and accuracy "
+    "only)",
+    "C-MAPSS with K counted in target engines (K = windows of the held-out engines here)",
     "ANIL and sampling a fraction of the factories per round",
 )
 
@@ -120,7 +110,8 @@ class BenchmarkPlan:
             "min-train-nodes": 1,
             "fraction-train": 1.0,
             "device": "cpu",
-            **DATASET_SETTINGS.get(self.dataset, {}),
+            "inner-lr": default_lr(self.dataset),
+            "local-only-lr": default_lr(self.dataset),
         }
 
 
@@ -293,11 +284,18 @@ def _enough_rows(factory: LoadedFactory, y: Tensor) -> bool:
     return int(torch.bincount(y, minlength=factory.source.model_config.output_dim).min()) >= 2
 
 
-def _train_and_score(plan: BenchmarkPlan, factory: LoadedFactory, batch: TaskBatch, seed: int) -> dict[str, float]:
-    """A model trained from scratch on the factory's rows outside ``batch``'s query sets, scored on them."""
+def _train_and_score(
+    plan: BenchmarkPlan, factory: LoadedFactory, batch: TaskBatch, seed: int, pooled: Sequence[FactoryData] = ()
+) -> dict[str, float]:
+    """A model trained from scratch on the factory's rows outside ``batch``'s query sets (plus the
+    ``pooled`` factories' rows), scored on those query sets."""
     source = factory.source
     keep = ~_query_rows(factory.data, batch)
-    data = FactoryData(f"{factory.data.name}-oracle", factory.data.x[keep], factory.data.y[keep])
+    data = FactoryData(
+        f"{factory.data.name}-oracle",
+        torch.cat([factory.data.x[keep], *(f.x for f in pooled)]),
+        torch.cat([factory.data.y[keep], *(f.y for f in pooled)]),
+    )
     config = MetaConfig(algorithm="pretrain", task_kind=source.task_kind, outer_lr=1e-3,
                         local_steps=plan.oracle_steps, meta_batch_size=4)
     params = initial_meta_parameters(source, "maml", 0.05, seed)
@@ -307,29 +305,52 @@ def _train_and_score(plan: BenchmarkPlan, factory: LoadedFactory, batch: TaskBat
     return {name.removeprefix("query_"): v for name, v in scores.items()} | {"num-examples": batch.query_y.numel()}
 
 
+def _eval_batch(factory: LoadedFactory, evaluation: EvaluationSettings, k: int) -> TaskBatch:
+    """The very batch `evaluate_factory` scores at this K (same sampler, seed and stream)."""
+    sampler = sampler_for(factory, k, evaluation.query_size, seed=evaluation.seed, stream=f"eval-k{k}")
+    return sampler.sample(evaluation.tasks)
+
+
+def _per_k(
+    held_out: Sequence[LoadedFactory], evaluation: EvaluationSettings,
+    score: Callable[[LoadedFactory, TaskBatch], list[dict[str, float]]],
+) -> dict[int, dict[str, float]]:
+    """``score`` of every held-out factory's evaluation batch per K, averaged by query rows."""
+    out: dict[int, dict[str, float]] = {}
+    for k in evaluation.shots:
+        merged = weighted_metrics([record for f in held_out for record in score(f, _eval_batch(f, evaluation, k))])
+        out[k] = {name: merged[name] for name in ("loss", "accuracy") if name in merged}
+    return out
+
+
 def _oracle(plan: BenchmarkPlan, held_out: Sequence[LoadedFactory], evaluation: EvaluationSettings,
-            seed: int) -> dict[int, dict[str, float]]:
-    """Per K: a model trained on each held-out factory's rows except the K-shot query rows, scored on them.
+            seed: int, pooled: Sequence[FactoryData] = ()) -> dict[int, dict[str, float]]:
+    """Per K: a model trained on each held-out factory's rows except the K-shot query rows (plus the
+    ``pooled`` training factories' rows), scored on those query rows.
 
     Where the query sets of all tasks together use up a rare class (AI4I's variant H has
     21 failures), one oracle per task is trained instead, each without only that task's
     query rows.
     """
-    out: dict[int, dict[str, float]] = {}
-    for k in evaluation.shots:
-        records = []
-        for factory in held_out:
-            # The very batch evaluate_factory scores at this K (same sampler, seed and stream).
-            batch = sampler_for(factory, k, evaluation.query_size, seed=evaluation.seed, stream=f"eval-k{k}").sample(
-                evaluation.tasks
-            )
-            if _enough_rows(factory, factory.data.y[~_query_rows(factory.data, batch)]):
-                records.append(_train_and_score(plan, factory, batch, seed))
-            else:
-                records += [_train_and_score(plan, factory, batch.task(t), seed) for t in range(batch.num_tasks)]
-        merged = weighted_metrics(records)
-        out[k] = {name: merged[name] for name in ("loss", "accuracy") if name in merged}
-    return out
+
+    def score(factory: LoadedFactory, batch: TaskBatch) -> list[dict[str, float]]:
+        if _enough_rows(factory, factory.data.y[~_query_rows(factory.data, batch)]):
+            return [_train_and_score(plan, factory, batch, seed, pooled)]
+        return [_train_and_score(plan, factory, batch.task(t), seed, pooled) for t in range(batch.num_tasks)]
+
+    return _per_k(held_out, evaluation, score)
+
+
+def _gradient_boosting(
+    held_out: Sequence[LoadedFactory], train: Sequence[FactoryData], evaluation: EvaluationSettings, seed: int
+) -> dict[int, dict[str, float]]:
+    source = held_out[0].source
+
+    def score(factory: LoadedFactory, batch: TaskBatch) -> list[dict[str, float]]:
+        classes = source.model_config.output_dim if source.task_kind == "classification" else None
+        return [gradient_boosting_scores(train, batch, task_kind=source.task_kind, num_classes=classes, seed=seed)]
+
+    return _per_k(held_out, evaluation, score)
 
 
 def _rounds_to(curve: Sequence[float], target: float, higher_better: bool) -> int | None:
@@ -375,11 +396,16 @@ def _one_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> di
     central = _centralized_maml(plan, config, held_out, evaluation)
     scores["centralized-maml"] = {k: _scores(central, f"k{k}") for k in shots}
     advance()
+    train = [factory.data for factory in _factories(config, "train")]
+    scores["gradient-boosting"] = _gradient_boosting(held_out, train, evaluation, seed)
+    advance()
     scores["oracle"] = _oracle(plan, held_out, evaluation, seed)
+    advance()
+    scores["pooled-oracle"] = _oracle(plan, held_out, evaluation, seed, pooled=train)
     advance()
     return {"seed": seed, "task_kind": task_kind, "shots": list(shots), "target": target, "scores": scores,
             "federated": federated, "held_out": [f.data.name for f in held_out],
-            "train_factories": len(_factories(config, "train"))}
+            "train_factories": len(train)}
 
 
 def _summary(values: Sequence[float]) -> dict[str, object]:
@@ -391,7 +417,7 @@ def _summary(values: Sequence[float]) -> dict[str, object]:
 
 def run_benchmark(plan: BenchmarkPlan, *, progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
     """Every method for every seed; results with mean and std over seeds (see the module docstring)."""
-    total = len(plan.seeds) * (len(FEDERATED_METHODS) * plan.rounds + 2)
+    total = len(plan.seeds) * (len(FEDERATED_METHODS) * plan.rounds + 1 + len(REFERENCES))
     done = 0
 
     def advance() -> None:
@@ -467,106 +493,15 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         f"rows (support rows included; {plan.oracle_steps} Adam steps, lr 1e-3, each on the pooled rows "
         "of 4 sampled tasks of up to 32 rows (regression) or up to 16 rows per class (classification, "
         "class-balanced)) and scored on those query sets without adaptation.",
+        "gradient-boosting: scikit-learn HistGradientBoosting (200 iterations, no early stopping; classes "
+        "weighted to balance, as the query sets are) per task on the training factories' pooled rows plus the "
+        "task's K support rows, scored on the same query rows; windows become per-channel statistics ("
+        + ", ".join(WINDOW_STATISTICS) + "), table rows are used as they are.",
+        "pooled-oracle: as oracle, but trained on the training factories' pooled rows too (the stronger "
+        "full-data reference where the held-out factory has few rows of a class).",
         "nan: the method's loss diverged at the shared hyper-parameters (e.g. Meta-SGD's learned step sizes on "
-        "cmapss' RUL scale); nothing is tuned per method in this version.",
+        "C-MAPSS); nothing is tuned per method; step sizes: inner, fine-tuning and local-only "
+        f"lr {default_lr(plan.dataset)} (common.data_sources.default_lr).",
         "seed s: run seed, synthetic family seed and the cmapss/cwru split seed (ai4i's split is fixed).",
         "not yet: " + "; ".join(NOT_YET) + ".",
     ]
-
-
-# --------------------------------------------------------------------------- output
-
-
-def check_out_dir(out: Path) -> None:
-    """Refuse an output folder that already holds a results file."""
-    existing = [name for name in RESULTS_FILES if (out / name).exists()]
-    if existing:
-        raise BenchmarkError(f"{out} already holds {', '.join(existing)}; choose another --out (never overwritten)")
-
-
-def _cell(entry: Mapping[str, object] | None, metric: str) -> str:
-    if not entry or metric not in entry:
-        return "-"
-    value = entry[metric]
-    return f"{value['mean']:.3f} ± {value['std']:.3f}"
-
-
-def _rounds_cell(reached: Sequence[int | None] | None) -> str:
-    if reached is None:
-        return "-"
-    return ", ".join("not reached" if r is None else str(r) for r in reached)
-
-
-def table_rows(results: Mapping[str, object]) -> tuple[list[str], list[list[str]]]:
-    metric, shots = results["metric"], results["shots"]
-    header = ["method", "K=0", *(f"K={k}" for k in shots), "MB sent", f"rounds to FedAvg+FT K={TARGET_K}"]
-    rows = []
-    for method in METHODS:
-        columns = results["results"][method]
-        fed = results["federated"].get("fedavg" if method == "fedavg+ft" else method)
-        sent = f"{fed['bytes_sent']['mean'] / 1e6:.3f}" if fed else "-"
-        reached = _rounds_cell(fed["rounds_to_target"]) if fed and method in META_METHODS else "-"
-        rows.append([method, _cell(columns.get("0"), metric), *(_cell(columns.get(str(k)), metric) for k in shots),
-                     sent, reached])
-    return header, rows
-
-
-def markdown(results: Mapping[str, object]) -> str:
-    header, rows = table_rows(results)
-    lines = [
-        f"# Few-shot benchmark: {results['dataset']}",
-        "",
-        f"Query {results['metric']} on held-out factories {', '.join(results['held_out'])} "
-        f"({'higher' if results['higher_is_better'] else 'lower'} is better); mean ± std over seeds "
-        f"{results['seeds']}; {results['rounds']} rounds, {results['train_factories']} training factories.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(row) + " |" for row in rows),
-        "",
-        "Notes:",
-        "",
-        *(f"- {note}" for note in results["notes"]),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def write_results(results: Mapping[str, object], out: Path) -> None:
-    """``results.json`` and ``results.md`` in ``out``; never overwrites either."""
-    out.mkdir(parents=True, exist_ok=True)
-    check_out_dir(out)
-    with (out / "results.json").open("x", encoding="utf-8") as handle:
-        json.dump(_strict_json(results), handle, indent=2, allow_nan=False)
-    with (out / "results.md").open("x", encoding="utf-8") as handle:
-        handle.write(markdown(results))
-
-
-def _strict_json(value: object) -> object:
-    """Standard JSON has no NaN: a diverged metric is written as ``null``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {key: _strict_json(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict_json(item) for item in value]
-    return value
-
-
-def render(results: Mapping[str, object], console: Console) -> None:
-    header, rows = table_rows(results)
-    table = Table(box=box.SIMPLE_HEAD, title=f"few-shot benchmark: {results['dataset']} — query {results['metric']} "
-                  f"({'higher' if results['higher_is_better'] else 'lower'} is better), mean ± std over "
-                  f"{len(results['seeds'])} seed(s)", title_justify="left")
-    for index, column in enumerate(header):
-        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index < len(header) - 1)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    for note in results["notes"]:
-        console.print(f"- {note}", highlight=False)
-    console.print(f"finished in {results['seconds']:.1f} s")
-
-
-def is_finite_summary(entry: Mapping[str, object]) -> bool:
-    return math.isfinite(entry["mean"]) and math.isfinite(entry["std"])

@@ -1,0 +1,85 @@
+"""The non-neural reference of ``fedmeta benchmark``: gradient boosting on table or window features.
+
+Per evaluation task it is trained on the training factories' pooled rows plus that task's K
+support rows (what a central team could do if the factories shared their data), then scored
+on the task's query rows, exactly the rows the neural methods are scored on.
+
+Features: a table row is used as it is; a window ``[channels, length]`` (sensor sequence or
+vibration segment) becomes ten classic statistics per channel (`window_features`), the
+hand-made features gradient boosting is usually given in RUL and bearing-fault work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from torch import Tensor
+
+from common.tasks import FactoryData, TaskBatch
+
+__all__ = ["WINDOW_STATISTICS", "gradient_boosting_scores", "window_features"]
+
+WINDOW_STATISTICS = (
+    "mean", "std", "min", "max", "last", "slope", "skewness", "kurtosis", "crest factor", "mean |x|"
+)
+_EPS = 1e-8
+
+
+def window_features(x: Tensor) -> np.ndarray:
+    """``[n, features]`` rows as they are; ``[n, channels, length]`` windows -> `WINDOW_STATISTICS` per channel."""
+    values = x.detach().cpu().double().numpy()
+    if values.ndim == 2:
+        return values
+    if values.ndim != 3:
+        raise ValueError(f"expected [n, features] or [n, channels, length] inputs, got shape {tuple(values.shape)}")
+    mean = values.mean(axis=-1)
+    centred = values - mean[..., None]
+    std = values.std(axis=-1)
+    time = np.arange(values.shape[-1]) - (values.shape[-1] - 1) / 2
+    slope = (centred * time).sum(axis=-1) / (time**2).sum()
+    scale = std + _EPS
+    skewness = (centred**3).mean(axis=-1) / scale**3
+    kurtosis = (centred**4).mean(axis=-1) / scale**4
+    rms = np.sqrt((values**2).mean(axis=-1))
+    crest = np.abs(values).max(axis=-1) / (rms + _EPS)
+    stats = [mean, std, values.min(axis=-1), values.max(axis=-1), values[..., -1], slope, skewness, kurtosis, crest,
+             np.abs(values).mean(axis=-1)]
+    return np.concatenate(stats, axis=-1)
+
+
+def _model(task_kind: str, seed: int) -> HistGradientBoostingClassifier | HistGradientBoostingRegressor:
+    # Fixed iterations and no early stopping: deterministic given the seed, no validation split.
+    if task_kind == "classification":
+        # The K-shot query sets are class-balanced, so the classes are weighted to match.
+        return HistGradientBoostingClassifier(max_iter=200, early_stopping=False, class_weight="balanced",
+                                              random_state=seed)
+    return HistGradientBoostingRegressor(max_iter=200, early_stopping=False, random_state=seed)
+
+
+def gradient_boosting_scores(
+    train: Sequence[FactoryData], batch: TaskBatch, *, task_kind: str, num_classes: int | None, seed: int
+) -> dict[str, float]:
+    """Mean query ``loss`` (MSE, or cross-entropy) and ``accuracy`` over the batch's tasks, plus ``num-examples``."""
+    pooled_x = window_features(torch.cat([f.x for f in train]))
+    pooled_y = torch.cat([f.y for f in train]).numpy()
+    losses, accuracies = [], []
+    for t in range(batch.num_tasks):
+        x = np.concatenate([pooled_x, window_features(batch.support_x[t])])
+        y = np.concatenate([pooled_y, batch.support_y[t].numpy()])
+        model = _model(task_kind, seed).fit(x, y)
+        query_x, query_y = window_features(batch.query_x[t]), batch.query_y[t].numpy()
+        if task_kind == "regression":
+            losses.append(float(np.mean((model.predict(query_x) - query_y) ** 2)))
+            continue
+        probabilities = np.zeros((len(query_y), num_classes))
+        probabilities[:, model.classes_] = model.predict_proba(query_x)
+        picked = np.clip(probabilities[np.arange(len(query_y)), query_y], _EPS, 1.0)
+        losses.append(float(-np.log(picked).mean()))
+        accuracies.append(float((probabilities.argmax(axis=1) == query_y).mean()))
+    scores = {"loss": float(np.mean(losses)), "num-examples": batch.query_y.numel()}
+    if accuracies:
+        scores["accuracy"] = float(np.mean(accuracies))
+    return scores
