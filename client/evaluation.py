@@ -3,25 +3,61 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from client.factory import LoadedFactory, sampler_for
-from common.algorithms import adapted_names, evaluate_adaptation
+from common.algorithms import adapt_to_support, adapted_names, evaluate_adaptation
 from common.federation import EvaluationSettings, local_algorithm, unpack_meta_parameters
-from common.models import build_model
+from common.models import MetaModel, build_model
+from common.tasks import TaskBatch
 
-__all__ = ["evaluate_factory"]
+__all__ = ["Adaptation", "evaluate_factory", "initial_weights", "prepare_adaptation"]
 
 
-def _initial_weights(model: torch.nn.Module, seed: int) -> dict[str, Tensor]:
+def initial_weights(model: torch.nn.Module, seed: int) -> dict[str, Tensor]:
+    """A freshly initialised model's weights, seeded: the local-only baseline's start."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for module in model.modules():
             if module is not model and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
     return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """How a factory adapts a global model: which weights, step sizes and parameters."""
+
+    model: MetaModel
+    kind: str
+    weights: dict[str, Tensor]
+    lr: float | dict[str, Tensor]
+    names: list[str]
+
+    def adapt(self, batch: TaskBatch, steps: int) -> dict[str, Tensor]:
+        """Each task's parameters after ``steps`` steps on its support set (task-batched)."""
+        return adapt_to_support(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
+                                adapt_names=self.names)
+
+    def score(self, batch: TaskBatch, steps: int) -> dict[str, float]:
+        return evaluate_adaptation(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
+                                   adapt_names=self.names)
+
+
+def prepare_adaptation(
+    factory: LoadedFactory, params: Mapping[str, Tensor], settings: EvaluationSettings, *, device: torch.device
+) -> Adaptation:
+    """The adaptation `evaluate_factory` runs: the global weights (Meta-SGD: its learned rates)."""
+    source = factory.source
+    model = build_model(source.model_config)
+    weights, inner_lrs = unpack_meta_parameters(params)
+    weights = {n: w.to(device) for n, w in weights.items()}
+    lr = {n: t.to(device) for n, t in inner_lrs.items()} if inner_lrs else settings.lr
+    names = adapted_names(model, local_algorithm(settings.algorithm))
+    return Adaptation(model, source.task_kind, weights, lr, names)
 
 
 def evaluate_factory(
@@ -31,26 +67,19 @@ def evaluate_factory(
 
     ``k0`` is the global model without adaptation.
     """
-    source = factory.source
-    model = build_model(source.model_config)
-    weights, inner_lrs = unpack_meta_parameters(params)
-    weights = {n: w.to(device) for n, w in weights.items()}
-    lr = {n: t.to(device) for n, t in inner_lrs.items()} if inner_lrs else settings.lr
-    names = adapted_names(model, local_algorithm(settings.algorithm))
-    scratch = _initial_weights(model, settings.seed) if settings.local_only_steps else None
+    adaptation = prepare_adaptation(factory, params, settings, device=device)
+    model, kind = adaptation.model, adaptation.kind
+    scratch = initial_weights(model, settings.seed) if settings.local_only_steps else None
     metrics: dict[str, float] = {"num-examples": 0}
     for k in settings.shots:
         sampler = sampler_for(factory, k, settings.query_size, seed=settings.seed, stream=f"eval-k{k}")
         batch = sampler.sample(settings.tasks).to(device)
         if k == settings.shots[0]:
-            _record(metrics, "k0", evaluate_adaptation(model, weights, batch, kind=source.task_kind, steps=0, lr=lr))
-        scores = evaluate_adaptation(
-            model, weights, batch, kind=source.task_kind, steps=settings.steps, lr=lr, adapt_names=names
-        )
-        _record(metrics, f"k{k}", scores)
+            _record(metrics, "k0", adaptation.score(batch, steps=0))
+        _record(metrics, f"k{k}", adaptation.score(batch, steps=settings.steps))
         if scratch is not None:
             local = evaluate_adaptation(
-                model, scratch, batch, kind=source.task_kind, steps=settings.local_only_steps, lr=settings.local_only_lr
+                model, scratch, batch, kind=kind, steps=settings.local_only_steps, lr=settings.local_only_lr
             )
             _record(metrics, f"k{k}", local, prefix="local-")
         metrics["num-examples"] += batch.query_y.numel()

@@ -37,6 +37,7 @@ __all__ = [
     "MetaConfig",
     "MetaTrainResult",
     "NonFiniteLossError",
+    "adapt_to_support",
     "adapted_names",
     "evaluate_adaptation",
     "init_inner_lrs",
@@ -310,6 +311,38 @@ def _accumulate(totals: dict[str, float], losses: StepLosses) -> None:
         totals[name] = totals.get(name, 0.0) + float(value)
 
 
+def adapt_to_support(
+    model: nn.Module,
+    weights: Mapping[str, Tensor],
+    batch: TaskBatch,
+    *,
+    kind: str,
+    steps: int,
+    lr: float | Mapping[str, Tensor],
+    adapt_names: Collection[str] | None = None,
+) -> Params:
+    """Each task's parameters after ``steps`` steps on its support set (task-batched).
+
+    Shared by `evaluate_adaptation` and anything that scores adapted models on other rows
+    (a benchmark's test split). Arguments as in `evaluate_adaptation`.
+    """
+    names = list(weights) if adapt_names is None else list(adapt_names)
+    params = _detached_task_copies(dict(weights), batch.num_tasks)
+    if steps > 0:
+        params, _ = adapt(
+            model,
+            params,
+            batch.support_x,
+            batch.support_y,
+            kind=kind,
+            steps=steps,
+            lr=lr,
+            adapt_names=names,
+            create_graph=False,
+        )
+    return params
+
+
 def evaluate_adaptation(
     model: nn.Module,
     weights: Mapping[str, Tensor],
@@ -326,20 +359,7 @@ def evaluate_adaptation(
     Meta-SGD's learned rates; ``adapt_names`` defaults to every parameter (ANIL passes
     the head). ``steps = 0`` scores the shared model without adaptation.
     """
-    names = list(weights) if adapt_names is None else list(adapt_names)
-    params = _detached_task_copies(dict(weights), batch.num_tasks)
-    if steps > 0:
-        params, _ = adapt(
-            model,
-            params,
-            batch.support_x,
-            batch.support_y,
-            kind=kind,
-            steps=steps,
-            lr=lr,
-            adapt_names=names,
-            create_graph=False,
-        )
+    params = adapt_to_support(model, weights, batch, kind=kind, steps=steps, lr=lr, adapt_names=adapt_names)
     with torch.no_grad():
         query, accuracy = _query_metrics(model, params, batch, kind)
     metrics = {"query_loss": float(query.mean())}

@@ -52,6 +52,24 @@ def test_quick_synthetic_results_json(quick_run):
     assert sent["metasgd"] == 2 * sent["maml"]
 
 
+def test_quick_synthetic_writes_plots_and_the_aims_check(quick_run):
+    out, output = quick_run
+    for name in ("kshot.png", "learning.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    results = json.loads((out / "results.json").read_text())
+    aims = results["aims"]
+    assert sorted(aims["per_k"], key=int) == ["1", "5", "10"] and aims["largest_k"] == 20
+    for k, verdict in aims["per_k"].items():
+        best = results["results"][verdict["best_meta"]][k]["loss"]["mean"]
+        rivals = [results["results"][m][k]["loss"]["mean"] for m in ("fedavg+ft", "gradient-boosting")]
+        assert verdict["beats_both"] == all(best < r for r in rivals)
+    refs = [results["results"][m]["20"]["loss"]["mean"] for m in ("oracle", "pooled-oracle")]
+    best_meta = min(results["results"][m]["20"]["loss"]["mean"] for m in fewshot.META_METHODS)
+    assert aims["share_of_best_full_data_reference"] == pytest.approx(min(refs) / best_meta)
+    assert results["field"] == {} and results["field_metrics"] == []
+    assert "aim: K=5" in output
+
+
 def test_quick_synthetic_results_md_and_table(quick_run):
     out, output = quick_run
     markdown = (out / "results.md").read_text()
@@ -99,5 +117,23 @@ def test_oracle_trains_one_model_per_task_when_query_sets_use_up_a_rare_class():
     left = held_out[0].data.y[~fewshot._query_rows(held_out[0].data, batch)]
     assert int((left == 1).sum()) < 2  # the case the per-task fallback exists for
     settings = EvaluationSettings(shots=(5,), tasks=10, query_size=10, seed=0)
-    scores = fewshot._oracle(plan, held_out, settings, seed=0)
-    assert 0.0 <= scores[5]["accuracy"] <= 1.0
+    scored = fewshot._oracle(plan, fewshot.HeldOut("ai4i", held_out, settings), seed=0)
+    assert 0.0 <= scored.query[5]["accuracy"] <= 1.0
+    assert scored.field == {}  # trained on the field rows: not scored there
+
+
+def test_quick_ai4i_reports_f1_and_auroc_for_every_method():
+    try:
+        dataset_dir("ai4i2020")
+    except FileNotFoundError:
+        pytest.skip("shared data sets not found")
+    results = fewshot.run_benchmark(fewshot.plan_for("ai4i", quick=True, rounds=2))
+    assert results["field_metrics"] == ["f1", "auroc"]
+    # The oracles trained on the field rows (the held-out factory's own), so they have no field metrics.
+    assert set(results["field"]) == set(fewshot.METHODS) - {"oracle", "pooled-oracle"}
+    assert list(results["field"]["fedavg"]) == ["0"]
+    for method, columns in results["field"].items():
+        for k, scores in columns.items():
+            assert 0.0 <= scores["f1"]["mean"] <= 1.0 and 0.0 <= scores["auroc"]["mean"] <= 1.0, (method, k)
+    markdown = fewshot_report.markdown(results)
+    assert "F1 of the failure class" in markdown and "Published reference: AI4I 2020" in markdown

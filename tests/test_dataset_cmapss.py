@@ -211,3 +211,14 @@ def test_missing_files(tmp_path) -> None:
         read_cmapss("FD002", "train", root=tmp_path)
     with pytest.raises(FileNotFoundError, match="RUL_FD001"):
         read_rul("FD001", root=tmp_path)
+
+
+@needs_data
+def test_held_out_engines_are_normalised_with_their_own_statistics() -> None:
+    """FD003's fan fault moves some sensors 15-20 FD001 standard deviations; its own statistics keep them near 0."""
+    own = load_cmapss_transfer("FD001", "FD003", window=10, stride=10)
+    source = load_cmapss_transfer("FD001", "FD003", window=10, stride=10, own_statistics=False)
+    assert float(source.held_out[0].x.abs().max()) > 10
+    assert float(own.held_out[0].x.abs().max()) < 8 and float(own.test[0].x.abs().max()) < 8
+    torch.testing.assert_close(own.train[0].x, source.train[0].x)  # training factories: source statistics
+    assert "own sensor statistics" in own.notes and "own sensor statistics" not in source.notes

@@ -154,6 +154,14 @@ def test_build_model_from_a_mapping_with_list_input_shape() -> None:
             {"name": "cnn1d", "input_shape": [3, 4], "output_dim": 1, "depth": 3},
             r"cnn1d .* needs length >= 8, got 4",
         ),
+        (
+            {"name": "cnn1d", "input_shape": [1, 32], "output_dim": 1, "depth": 3, "stem_stride": 8},
+            r"cnn1d divides the length by stem_stride \(8\) .* needs length >= 64, got 32",
+        ),
+        (
+            {"name": "tcn", "input_shape": [3, 12], "output_dim": 1, "stem_stride": 2},
+            r"stem_stride applies to cnn1d only",
+        ),
     ],
     ids=[
         "unknown-name",
@@ -163,6 +171,8 @@ def test_build_model_from_a_mapping_with_list_input_shape() -> None:
         "short-input-shape",
         "long-input-shape",
         "too-short-for-pooling",
+        "too-short-for-stem-stride",
+        "stem-stride-not-cnn1d",
     ],
 )
 def test_invalid_config_raises_value_error_naming_the_problem(
@@ -170,3 +180,16 @@ def test_invalid_config_raises_value_error_naming_the_problem(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         build_model(mapping)
+
+
+def test_strided_stem_shortens_the_window_and_batches_over_tasks() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("cnn1d", (1, 256), 4, hidden=8, depth=2, stem_stride=8))
+    stem = model.body[0].conv
+    assert stem.stride == (8,) and stem.kernel_size == (32,)
+    assert model.body(torch.randn(BATCH, 1, 256)).shape == (BATCH, 8, 256 // 8 // 2 // 2)
+    params = perturbed_copies(dict(model.named_parameters()))
+    x = torch.randn(TASKS, BATCH, 1, 256)
+    torch.testing.assert_close(
+        functional_call(model, params, (x,)), loop_over_tasks(model, params, list(params), x), atol=1e-5, rtol=1e-5
+    )

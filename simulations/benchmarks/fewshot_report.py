@@ -153,6 +153,40 @@ def table_rows(results: Mapping[str, object]) -> tuple[list[str], list[list[str]
     return header, rows
 
 
+def field_table_rows(results: Mapping[str, object], name: str) -> tuple[list[str], list[list[str]]]:
+    """One field metric (``f1``, ``rmse``, ...) per method and K, for the methods that have it."""
+    shots = results["shots"]
+    header = ["method", "K=0", *(f"K={k}" for k in shots)]
+    rows = [
+        [method, *(_cell(results["field"][method].get(str(k)), name) for k in (0, *shots))]
+        for method in METHODS
+        if method in results["field"]
+    ]
+    return header, rows
+
+
+FIELD_TITLES = {
+    "f1": "F1 of the failure class, held-out rows at their natural failure rate minus the support rows (higher "
+    "is better)",
+    "auroc": "AUROC, same rows (higher is better)",
+    "rmse": "RMSE in cycles on the official test split, one window per engine (lower is better)",
+    "nasa": "NASA (PHM08) score on the official test split (lower is better; late predictions cost more)",
+}
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def _field_markdown(results: Mapping[str, object]) -> list[str]:
+    lines = []
+    for name in results.get("field_metrics", []):
+        lines += [f"Field metric: {FIELD_TITLES[name]}; mean ± std over seeds.", "",
+                  *_markdown_table(*field_table_rows(results, name)), ""]
+    return lines
+
+
 def _title(results: Mapping[str, object]) -> str:
     return (f"few-shot benchmark: {results['dataset']} — query {results['metric']} "
             f"({'higher' if results['higher_is_better'] else 'lower'} is better), mean ± std over "
@@ -169,10 +203,9 @@ def markdown(results: Mapping[str, object]) -> str:
         f"({'higher' if results['higher_is_better'] else 'lower'} is better); mean ± std over seeds "
         f"{results['seeds']}; {results['rounds']} rounds, {results['train_factories']} training factories.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(row) + " |" for row in rows),
+        *_markdown_table(header, rows),
         "",
+        *_field_markdown(results),
         "Aims (best federated meta-learner of maml/fomaml/reptile/metasgd, by mean over seeds):",
         "",
         *(f"- {line}" for line in _aims_lines(results)),
@@ -196,6 +229,14 @@ def render(results: Mapping[str, object], console: Console) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    for name in results.get("field_metrics", []):
+        field_header, field_rows = field_table_rows(results, name)
+        field = Table(box=box.SIMPLE_HEAD, title=FIELD_TITLES[name], title_justify="left")
+        for index, column in enumerate(field_header):
+            field.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
+        for row in field_rows:
+            field.add_row(*row)
+        console.print(field)
     for line in _aims_lines(results):
         console.print(f"aim: {line}", highlight=False)
     if results["dataset"] in PUBLISHED:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from common.tasks import FactoryData, TaskBatch
 
-__all__ = ["WINDOW_STATISTICS", "gradient_boosting_scores", "window_features"]
+__all__ = ["WINDOW_STATISTICS", "GradientBoostingReference", "window_features"]
 
 WINDOW_STATISTICS = (
     "mean", "std", "min", "max", "last", "slope", "skewness", "kurtosis", "crest factor", "mean |x|"
@@ -59,27 +59,45 @@ def _model(task_kind: str, seed: int) -> HistGradientBoostingClassifier | HistGr
     return HistGradientBoostingRegressor(max_iter=200, early_stopping=False, random_state=seed)
 
 
-def gradient_boosting_scores(
-    train: Sequence[FactoryData], batch: TaskBatch, *, task_kind: str, num_classes: int | None, seed: int
-) -> dict[str, float]:
-    """Mean query ``loss`` (MSE, or cross-entropy) and ``accuracy`` over the batch's tasks, plus ``num-examples``."""
-    pooled_x = window_features(torch.cat([f.x for f in train]))
-    pooled_y = torch.cat([f.y for f in train]).numpy()
-    losses, accuracies = [], []
-    for t in range(batch.num_tasks):
-        x = np.concatenate([pooled_x, window_features(batch.support_x[t])])
-        y = np.concatenate([pooled_y, batch.support_y[t].numpy()])
-        model = _model(task_kind, seed).fit(x, y)
-        query_x, query_y = window_features(batch.query_x[t]), batch.query_y[t].numpy()
-        if task_kind == "regression":
-            losses.append(float(np.mean((model.predict(query_x) - query_y) ** 2)))
-            continue
-        probabilities = np.zeros((len(query_y), num_classes))
-        probabilities[:, model.classes_] = model.predict_proba(query_x)
-        picked = np.clip(probabilities[np.arange(len(query_y)), query_y], _EPS, 1.0)
-        losses.append(float(-np.log(picked).mean()))
-        accuracies.append(float((probabilities.argmax(axis=1) == query_y).mean()))
-    scores = {"loss": float(np.mean(losses)), "num-examples": batch.query_y.numel()}
-    if accuracies:
-        scores["accuracy"] = float(np.mean(accuracies))
-    return scores
+class GradientBoostingReference:
+    """One model per evaluation task, fitted on the pooled training rows plus the task's support rows."""
+
+    def __init__(self, train: Sequence[FactoryData], *, task_kind: str, num_classes: int | None, seed: int) -> None:
+        self.pooled_x = window_features(torch.cat([f.x for f in train]))
+        self.pooled_y = torch.cat([f.y for f in train]).numpy()
+        self.task_kind, self.num_classes, self.seed = task_kind, num_classes, seed
+
+    def fit(self, batch: TaskBatch) -> list[HistGradientBoostingClassifier | HistGradientBoostingRegressor]:
+        return [
+            _model(self.task_kind, self.seed).fit(
+                np.concatenate([self.pooled_x, window_features(batch.support_x[t])]),
+                np.concatenate([self.pooled_y, batch.support_y[t].numpy()]),
+            )
+            for t in range(batch.num_tasks)
+        ]
+
+    def predict(self, models: Sequence[object], x: Tensor | Sequence[Tensor]) -> Tensor:
+        """``[T, n, outputs]``: log-probabilities of every class (classification) or values (regression);
+        ``x`` is one set of rows for every task or one per task."""
+        outputs = []
+        for t, model in enumerate(models):
+            features = window_features(x[t] if isinstance(x, Sequence) else x)
+            if self.task_kind == "regression":
+                outputs.append(model.predict(features)[:, None])
+                continue
+            probabilities = np.zeros((len(features), self.num_classes))
+            probabilities[:, model.classes_] = model.predict_proba(features)
+            outputs.append(np.log(np.clip(probabilities, _EPS, 1.0)))
+        return torch.from_numpy(np.stack(outputs)).float()
+
+    def query_scores(self, models: Sequence[object], batch: TaskBatch) -> dict[str, float]:
+        """Mean query ``loss`` (MSE, or cross-entropy) and ``accuracy`` over the tasks, plus ``num-examples``."""
+        out = self.predict(models, list(batch.query_x)).double()
+        y = batch.query_y
+        scores: dict[str, float] = {"num-examples": y.numel()}
+        if self.task_kind == "regression":
+            scores["loss"] = float(((out[..., 0] - y) ** 2).mean())
+        else:
+            scores["loss"] = float(-out.gather(-1, y[..., None]).mean())
+            scores["accuracy"] = float((out.argmax(dim=-1) == y).double().mean())
+        return scores
