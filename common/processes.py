@@ -3,16 +3,21 @@
 Flower's SuperLink and SuperNode each start helpers (a SuperExec, then one app process
 per run or message). Each child here leads its own process group, so stopping it sends
 SIGTERM to the whole group, waits, then SIGKILLs whatever is left: no orphan survives a
-Ctrl-C. Output goes to a log file, or to a pipe the caller reads line by line.
+Ctrl-C. Output goes to a log file, or to a pipe the caller reads line by line. Start
+children from the thread that outlives them (the main thread): on Linux a child is
+stopped when its starting thread ends.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,12 +28,21 @@ __all__ = [
     "ChildProcess",
     "ProcessError",
     "flower_env",
+    "free_port",
     "port_in_use",
     "sigterm_as_interrupt",
     "wait_until_listening",
 ]
 
 STOP_TIMEOUT_S = 15.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _end_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the thread that started it dies, even by SIGKILL,
+    so a killed ``fedmeta`` command leaves no SuperLink or SuperNode behind."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ProcessError(RuntimeError):
@@ -76,6 +90,7 @@ class ChildProcess:
                 text=True,
                 bufsize=1,
                 start_new_session=True,
+                preexec_fn=_end_with_parent,
             )
         except FileNotFoundError as error:
             raise ProcessError(f"cannot start the {self.name}: {self.command[0]} was not found ({error})") from error
@@ -98,12 +113,21 @@ class ChildProcess:
         return self._started().wait(timeout)
 
     def lines(self) -> Iterator[str]:
-        """Output lines as they come (pipe mode), until the process closes its output."""
-        stream = self._started().stdout
-        if stream is None:
+        """Output lines as they come (pipe mode), until the process exits.
+
+        Helpers it started share the pipe and may outlive it (retrying to reach it), which
+        would keep the pipe open: once the process itself exits, they are stopped too.
+        """
+        process = self._started()
+        if process.stdout is None:
             raise ProcessError(f"the {self.name} writes to {self.log}, not to a pipe")
-        for line in stream:
+        threading.Thread(target=self._end_group_after_leader, name=f"{self.name} reaper", daemon=True).start()
+        for line in process.stdout:
             yield line.rstrip("\n")
+
+    def _end_group_after_leader(self) -> None:
+        self._started().wait()
+        self._end_group(STOP_TIMEOUT_S)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the log file (empty in pipe mode or before any output)."""
@@ -129,17 +153,22 @@ class ChildProcess:
         except subprocess.TimeoutExpired:
             self.signal_group(signal.SIGKILL)
             code = self._process.wait()
-        # Helpers that outlive the leader (they watch its pid, and notice late) go too.
-        deadline = time.monotonic() + timeout
-        while _group_alive(self.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.signal_group(signal.SIGKILL)
+        self._end_group(timeout)
         if self._process.stdout is not None:
             self._process.stdout.close()
         return code
 
+    def _end_group(self, timeout: float) -> None:
+        """Stop what outlived the leader (helpers watch its pid, and notice late): SIGTERM, then SIGKILL."""
+        self.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _group_alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.signal_group(signal.SIGKILL)
+
     def __enter__(self) -> ChildProcess:
-        return self.start()
+        """Start (unless started already); leaving the block stops the group."""
+        return self if self._process is not None else self.start()
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
@@ -195,9 +224,20 @@ def _group_alive(group: int) -> bool:
     return False
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """Whether binding ``host:port`` fails because something already listens there."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` that nothing listens on now (the OS picks it)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding ``host:port`` fails because something already listens there.
+
+    ``SO_REUSEADDR``, as servers set it: connections of a stopped server that linger in
+    TIME_WAIT do not count."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

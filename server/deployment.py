@@ -19,7 +19,7 @@ import re
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
@@ -27,7 +27,7 @@ from flwr.common.config import parse_config_args
 
 from common.credentials import check_server_certificate, load_factory_public_key
 from common.data_sources import source_from_config
-from common.processes import ChildProcess, ProcessError, flower_env, port_in_use, wait_until_listening
+from common.processes import ChildProcess, ProcessError, flower_env, free_port, port_in_use, wait_until_listening
 from server.bundle import stage_app
 from server.checkpoint import RunDirectory
 from server.settings import ServerSettings
@@ -286,6 +286,27 @@ def _submit(plan: ServerPlan, report: Report) -> str:
     return run_id
 
 
+def _start_superlink(plan: ServerPlan, name: str) -> ChildProcess:
+    _write_connection(plan)
+    superlink = ChildProcess(name, superlink_command(plan), log=plan.log, env=flower_env(plan.flwr_home)).start()
+    try:
+        wait_until_listening(superlink, local_host(plan.host), plan.port, START_TIMEOUT_S)
+    except BaseException:
+        superlink.stop()
+        raise
+    return superlink
+
+
+def _register_factories(plan: ServerPlan, report: Report) -> None:
+    """Register the keys on a SuperLink listening on a private port first (they persist in its
+    database): a factory that connects the moment the real port opens never meets a SuperLink
+    that does not know its key yet, which would refuse it for good."""
+    registration = replace(plan, port=free_port(local_host(plan.host)))
+    with _start_superlink(registration, "SuperLink (registering keys)"):
+        for key in plan.factory_keys:
+            report(register_factory(registration, key))
+
+
 def serve(plan: ServerPlan, report: Report) -> None:
     """Start the SuperLink, register the factories, run the federation to its end, stop everything.
 
@@ -296,15 +317,16 @@ def serve(plan: ServerPlan, report: Report) -> None:
             f"port {plan.port} on {plan.host or 'all interfaces'} is in use (another server?); choose --port"
         )
     plan.state.mkdir(parents=True, exist_ok=True)
-    _write_connection(plan)
-    superlink = ChildProcess("SuperLink", superlink_command(plan), log=plan.log, env=flower_env(plan.flwr_home))
-    with superlink:
-        wait_until_listening(superlink, local_host(plan.host), plan.port, START_TIMEOUT_S)
-        secured = "TLS" if plan.certs is not None else "NO TLS"
+    if plan.factory_keys:
+        _register_factories(plan, report)
+    with _start_superlink(plan, "SuperLink") as superlink:
+        secured = ("TLS, node authentication" if plan.node_auth else "TLS") if plan.certs is not None else "NO TLS"
         report(f"SuperLink listening on {_address(plan.host, plan.port)} ({secured}); log {plan.log}")
-        for key in plan.factory_keys:
-            report(register_factory(plan, key))
         settings = ServerSettings.from_run_config(plan.run_config)
+        for algorithm in (settings.round.algorithm, *settings.compare_with):
+            latest = RunDirectory(plan.run_dir / algorithm).latest_round()
+            if latest is not None:
+                report(f"resuming {algorithm} after round {latest} (its last checkpoint)")
         with _MetricsFollower(plan.run_dir, settings.num_rounds, report):
             run_id = _submit(plan, report)
         if superlink.poll() is not None:

@@ -72,15 +72,15 @@ def _start_state(run_dir: RunDirectory, settings: ServerSettings, source: DataSo
     return optimizer, latest + 1
 
 
-def _await_factories(grid: Grid, strategy: FedMetaStrategy, settings: ServerSettings) -> None:
+def _await_factories(grid: Grid, strategy: FedMetaStrategy, settings: ServerSettings, wanted: int) -> None:
     """Discover the connected factories (asking only nodes not met yet: late ones join).
 
     In a deployment factories connect when they are ready, so wait up to the run's
-    ``timeout`` for ``min-train-nodes`` training factories; a simulation has all at once.
+    ``timeout`` for ``wanted`` training factories; a simulation has all at once.
     """
     deadline = time.monotonic() + settings.timeout
     strategy.discover_nodes(grid, settings.timeout)
-    while len(strategy.seats_with_role("train")) < settings.sampling.min_train_nodes and time.monotonic() < deadline:
+    while len(strategy.seats_with_role("train")) < wanted and time.monotonic() < deadline:
         time.sleep(FACTORY_POLL_S)
         strategy.discover_nodes(grid, settings.timeout)
 
@@ -100,7 +100,10 @@ def run_experiment(
     round_config = dataclasses.replace(settings.round, algorithm=algorithm)
     eval_config = ConfigRecord(dataclasses.replace(settings.evaluation, algorithm=algorithm).to_config())
     for server_round in range(first_round, settings.num_rounds + 1):
-        _await_factories(grid, strategy, settings)
+        wanted = settings.sampling.min_train_nodes
+        if server_round == first_round:  # a deployment's factories connect one by one: start with them all
+            wanted = max(wanted, settings.wait_for_factories)
+        _await_factories(grid, strategy, settings, wanted)
         started = time.perf_counter()
         arrays = ArrayRecord(torch_state_dict=optimizer.params)
         train_config = ConfigRecord(dataclasses.replace(round_config, server_round=server_round).to_config())

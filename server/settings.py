@@ -33,6 +33,7 @@ class ServerSettings:
     compare_with: tuple[str, ...]
     eval_every: int
     timeout: float
+    wait_for_factories: int
     round: RoundSettings
     evaluation: EvaluationSettings
     outer: OuterOptimizerConfig
@@ -55,6 +56,7 @@ class ServerSettings:
             compare_with=tuple(a.strip() for a in compare),
             eval_every=int(get("eval-every", 0)),
             timeout=float(get("timeout", 600.0)),
+            wait_for_factories=int(get("wait-for-factories", 0)),
             round=RoundSettings(
                 algorithm=algorithm,
                 inner_steps=int(get("inner-steps", 5)),
@@ -87,6 +89,8 @@ class ServerSettings:
         )
         if settings.num_rounds < 1:
             raise ValueError(f"num-server-rounds must be >= 1, got {settings.num_rounds}")
+        if settings.wait_for_factories < 0:
+            raise ValueError(f"wait-for-factories must be >= 0, got {settings.wait_for_factories}")
         if settings.eval_every < 0:
             raise ValueError(f"eval-every must be >= 0 (0: only after the last round), got {settings.eval_every}")
         return settings

@@ -35,6 +35,7 @@ from common.outer_optimizer import OuterOptimizer
 __all__ = [
     "PULL_COST_FACTOR",
     "PULL_INTERVAL_S",
+    "PULL_MAX_INTERVAL_S",
     "FedMetaStrategy",
     "NodeInfo",
     "SamplingSettings",
@@ -113,13 +114,17 @@ def weighted_metrics(records: list[Mapping[str, float]], weight_key: str = "num-
 # exchange then waits 50 ms on average after the last reply arrived. A pull costs time
 # in proportion to the replies still pending, so the wait after a pull is at least
 # PULL_COST_FACTOR times what the pull took: polling then costs under a tenth of a core.
+# In a deployment a pull also waits for a reply's upload to finish (Flower backs off 1 s,
+# then 2 s, ...), which is no polling cost: the wait is capped at PULL_MAX_INTERVAL_S.
 PULL_INTERVAL_S = 0.01
 PULL_COST_FACTOR = 10.0
+PULL_MAX_INTERVAL_S = 0.5
 
 
 def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float | None) -> list[Message]:
     """`Grid.send_and_receive`, polling every `PULL_INTERVAL_S` (or `PULL_COST_FACTOR` pulls'
-    worth) instead of every 0.1 s; replies that arrived by ``timeout`` seconds."""
+    worth, at most `PULL_MAX_INTERVAL_S`) instead of every 0.1 s; replies that arrived by
+    ``timeout`` seconds."""
     pending = set(grid.push_messages(messages))
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
@@ -131,7 +136,7 @@ def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float | None) 
         pending.difference_update(reply.metadata.reply_to_message_id for reply in arrived)
         if not pending or (deadline is not None and time.monotonic() >= deadline):
             break
-        time.sleep(max(PULL_INTERVAL_S, PULL_COST_FACTOR * cost))
+        time.sleep(min(PULL_MAX_INTERVAL_S, max(PULL_INTERVAL_S, PULL_COST_FACTOR * cost)))
     return replies
 
 
