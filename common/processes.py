@@ -1,11 +1,16 @@
 """Child processes that are always stopped, with everything they started.
 
-Flower's SuperLink and SuperNode each start helpers (a SuperExec, then one app process
-per run or message). Each child here leads its own process group, so stopping it sends
-SIGTERM to the whole group, waits, then SIGKILLs whatever is left: no orphan survives a
-Ctrl-C. Output goes to a log file, or to a pipe the caller reads line by line. Start
-children from the thread that outlives them (the main thread): on Linux a child is
-stopped when its starting thread ends.
+Flower's SuperLink and SuperNode start helpers (a SuperExec, which starts one app process
+per run or message), and the SuperLink detaches its SuperExec into a session of its own,
+so a process group does not hold them all. A `ChildProcess` therefore leads its own group
+*and* keeps track of every process descended from it (read from ``/proc`` on Linux).
+Stopping it sends SIGTERM to the group and waits, then ends every tracked descendant
+(SIGTERM, then SIGKILL): no orphan survives a Ctrl-C. When the child exits by itself,
+its helpers are ended too (they would only keep retrying to reach it).
+
+Output goes to a log file, or to a pipe the caller reads line by line. Start children
+from the thread that outlives them (the main thread): on Linux a child gets SIGTERM when
+its starting thread ends, so a ``fedmeta`` command killed outright leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -19,14 +24,15 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 
 __all__ = [
     "ChildProcess",
     "ProcessError",
+    "descendants",
     "flower_env",
     "free_port",
     "port_in_use",
@@ -35,14 +41,66 @@ __all__ = [
 ]
 
 STOP_TIMEOUT_S = 15.0
+WATCH_INTERVAL_S = 0.5
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PROC = Path("/proc")
 
 
 def _end_with_parent() -> None:
-    """Linux: the child gets SIGTERM when the thread that started it dies, even by SIGKILL,
-    so a killed ``fedmeta`` command leaves no SuperLink or SuperNode behind."""
+    """Linux: the child gets SIGTERM when the thread that started it dies, even by SIGKILL."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _process_table() -> dict[int, tuple[str, int, int]]:
+    """pid -> (state, parent pid, process group) of every process; empty without ``/proc``."""
+    table = {}
+    for stat in _PROC.glob("[0-9]*/stat"):
+        try:
+            state, parent, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while being read
+        table[int(stat.parent.name)] = (state, int(parent), int(group))
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process descended from ``pid`` now (children, their children, ...); Linux only."""
+    table, found, frontier = _process_table(), set(), {pid}
+    while frontier:
+        frontier = {child for child, (_, parent, _) in table.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _running(pids: Iterable[int], group: int) -> set[int]:
+    """Those of ``pids``, and members of ``group``, that run (zombies, exited but not reaped, do not)."""
+    if not _PROC.is_dir():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return set()
+        return {group}
+    wanted = set(pids)
+    table = _process_table()
+    return {pid for pid, (state, _, pgrp) in table.items() if (pid in wanted or pgrp == group) and state != "Z"}
+
+
+def _signal(pids: Iterable[int], group: int, signum: int) -> None:
+    for send, target in [(os.killpg, group), *((os.kill, pid) for pid in pids)]:
+        # Already gone (and a reused pid that is not ours is not ours to signal).
+        with suppress(ProcessLookupError, PermissionError):
+            send(target, signum)
+
+
+def _end(pids: set[int], group: int, timeout: float) -> None:
+    """SIGTERM ``pids`` and ``group``; SIGKILL whatever still runs after ``timeout`` s."""
+    _signal(pids, group, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while (left := _running(pids, group)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if left:
+        _signal(left, group, signal.SIGKILL)
 
 
 class ProcessError(RuntimeError):
@@ -67,6 +125,7 @@ class ChildProcess:
         self._env = None if env is None else dict(env)
         self._cwd = cwd
         self._process: subprocess.Popen[str] | None = None
+        self._tree: set[int] = set()  # every descendant seen so far
 
     @property
     def pid(self) -> int:
@@ -97,12 +156,21 @@ class ChildProcess:
         finally:
             if self.log is not None:
                 output.close()
+        threading.Thread(target=self._watch, name=f"{self.name} watcher", daemon=True).start()
         return self
 
     def _started(self) -> subprocess.Popen[str]:
         if self._process is None:
             raise ProcessError(f"the {self.name} was not started")
         return self._process
+
+    def _watch(self) -> None:
+        """Track descendants while the process runs; once it exits, end them (they outlive it otherwise)."""
+        process = self._started()
+        while process.poll() is None:
+            self._tree |= descendants(process.pid)
+            time.sleep(WATCH_INTERVAL_S)
+        _end(self._tree, process.pid, STOP_TIMEOUT_S)
 
     def poll(self) -> int | None:
         """The exit code, or None while it runs."""
@@ -113,21 +181,12 @@ class ChildProcess:
         return self._started().wait(timeout)
 
     def lines(self) -> Iterator[str]:
-        """Output lines as they come (pipe mode), until the process exits.
-
-        Helpers it started share the pipe and may outlive it (retrying to reach it), which
-        would keep the pipe open: once the process itself exits, they are stopped too.
-        """
-        process = self._started()
-        if process.stdout is None:
+        """Output lines as they come (pipe mode), until the process and its helpers are gone."""
+        stream = self._started().stdout
+        if stream is None:
             raise ProcessError(f"the {self.name} writes to {self.log}, not to a pipe")
-        threading.Thread(target=self._end_group_after_leader, name=f"{self.name} reaper", daemon=True).start()
-        for line in process.stdout:
+        for line in stream:
             yield line.rstrip("\n")
-
-    def _end_group_after_leader(self) -> None:
-        self._started().wait()
-        self._end_group(STOP_TIMEOUT_S)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the log file (empty in pipe mode or before any output)."""
@@ -135,39 +194,28 @@ class ChildProcess:
             return ""
         return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
-    def signal_group(self, signum: int) -> bool:
-        """Send ``signum`` to the process group; False when no process of it is left."""
-        try:
-            os.killpg(self.pid, signum)
-        except ProcessLookupError:
-            return False
-        return True
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the process group (nothing happens when none of it is left)."""
+        _signal((), self.pid, signum)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM the whole group, then SIGKILL it after ``timeout`` s; the leader's exit code."""
+        """SIGTERM the group, SIGKILL it after ``timeout`` s, then end every descendant; the exit code."""
         if self._process is None:
             return None
+        self._tree |= descendants(self._process.pid)
         self.signal_group(signal.SIGTERM)
         try:
             code = self._process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.signal_group(signal.SIGKILL)
             code = self._process.wait()
-        self._end_group(timeout)
+        _end(self._tree, self._process.pid, timeout)
         if self._process.stdout is not None:
             self._process.stdout.close()
         return code
 
-    def _end_group(self, timeout: float) -> None:
-        """Stop what outlived the leader (helpers watch its pid, and notice late): SIGTERM, then SIGKILL."""
-        self.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _group_alive(self.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.signal_group(signal.SIGKILL)
-
     def __enter__(self) -> ChildProcess:
-        """Start (unless started already); leaving the block stops the group."""
+        """Start (unless started already); leaving the block stops the process and its descendants."""
         return self if self._process is not None else self.start()
 
     def __exit__(
@@ -200,28 +248,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _group_alive(group: int) -> bool:
-    """Whether a process of ``group`` still runs; zombies (exited, not yet reaped) do not count.
-
-    Linux: read from ``/proc``; elsewhere signal 0, which counts zombies too.
-    """
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            state, _, process_group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while being read
-        if int(process_group) == group and state != "Z":
-            return True
-    return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:

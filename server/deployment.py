@@ -41,6 +41,7 @@ __all__ = [
     "local_host",
     "plan_server",
     "serve",
+    "stop_stale_runs",
     "superlink_command",
 ]
 
@@ -297,14 +298,30 @@ def _start_superlink(plan: ServerPlan, name: str) -> ChildProcess:
     return superlink
 
 
-def _register_factories(plan: ServerPlan, report: Report) -> None:
-    """Register the keys on a SuperLink listening on a private port first (they persist in its
-    database): a factory that connects the moment the real port opens never meets a SuperLink
-    that does not know its key yet, which would refuse it for good."""
-    registration = replace(plan, port=free_port(local_host(plan.host)))
-    with _start_superlink(registration, "SuperLink (registering keys)"):
+def stop_stale_runs(plan: ServerPlan, report: Report) -> None:
+    """Stop runs an earlier start left unfinished in the database (it was stopped or killed
+    mid-run): factories would otherwise pick up that run's pending messages first."""
+    answer = _flwr_json(plan, "ls", CONNECTION)
+    if not answer.get("success"):
+        raise DeploymentError(f"cannot list the runs in {plan.state / 'superlink.db'}: {answer}")
+    for run in answer.get("runs") or []:
+        if not str(run["status"]).startswith("finished"):
+            stopped = _flwr_json(plan, "stop", str(run["run-id"]), CONNECTION)
+            if not stopped.get("success"):
+                raise DeploymentError(f"cannot stop run {run['run-id']} left from an earlier start: {stopped}")
+            report(f"stopped run {run['run-id']}, left {run['status']} by an earlier start")
+
+
+def _prepare(plan: ServerPlan, report: Report) -> None:
+    """Register the keys and stop stale runs on a SuperLink listening on a private port first
+    (both persist in its database): a factory that connects the moment the real port opens
+    never meets a SuperLink that does not know its key yet (it would refuse it for good) or
+    that still hands out an old run's messages."""
+    private = replace(plan, port=free_port(local_host(plan.host)))
+    with _start_superlink(private, "SuperLink (preparing)"):
         for key in plan.factory_keys:
-            report(register_factory(registration, key))
+            report(register_factory(private, key))
+        stop_stale_runs(private, report)
 
 
 def serve(plan: ServerPlan, report: Report) -> None:
@@ -317,8 +334,8 @@ def serve(plan: ServerPlan, report: Report) -> None:
             f"port {plan.port} on {plan.host or 'all interfaces'} is in use (another server?); choose --port"
         )
     plan.state.mkdir(parents=True, exist_ok=True)
-    if plan.factory_keys:
-        _register_factories(plan, report)
+    if plan.factory_keys or (plan.state / "superlink.db").exists():
+        _prepare(plan, report)
     with _start_superlink(plan, "SuperLink") as superlink:
         secured = ("TLS, node authentication" if plan.node_auth else "TLS") if plan.certs is not None else "NO TLS"
         report(f"SuperLink listening on {_address(plan.host, plan.port)} ({secured}); log {plan.log}")
