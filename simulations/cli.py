@@ -14,6 +14,7 @@ from rich.console import Console
 
 from simulations.certs_cli import certs
 from simulations.client_cli import client
+from simulations.deployment_bench_cli import bench_deployment
 from simulations.server_cli import server
 from simulations.simulate_cli import simulate
 from simulations.validate_data_cli import validate_data
@@ -171,3 +172,4 @@ app.command("validate-data")(validate_data)
 app.command("certs")(certs)
 app.command("server")(server)
 app.command("client")(client)
+bench_app.command("deployment")(bench_deployment)

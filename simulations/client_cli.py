@@ -48,6 +48,14 @@ def client(
         typer.Option(help="Give up after the server was unreachable this many seconds (default: never).",
                      show_default=False),
     ] = None,
+    isolation: Annotated[
+        str,
+        typer.Option(
+            click_type=click.Choice(["subprocess", "process"]),
+            help="Flower's isolation: the SuperNode starts its SuperExec (subprocess), or a long-running SuperExec "
+            "runs beside it (process); either starts one app process per message.",
+        ),
+    ] = "subprocess",
     insecure: Annotated[
         bool, typer.Option("--insecure", help="No TLS and no key: for a trusted test network only.")
     ] = False,
@@ -81,6 +89,7 @@ def client(
             runtime_port=runtime_port,
             device=device,
             max_wait_s=max_wait_time,
+            isolation=isolation,
         )
         report(f"{plan.data.name}: table valid against {plan.schema.name}; log {plan.log}")
         with sigterm_as_interrupt():

@@ -1,0 +1,244 @@
+"""``fedmeta bench deployment``: a federated round as real processes beside the simulation engine.
+
+The same federation runs three ways in one command, one after the other:
+
+- **simulation**: the real `ServerApp` and `ClientApp` on Flower's simulation engine
+  (`simulations.harness.run_federated_simulation`), synthetic factories in memory;
+- **deployment, subprocess isolation**: ``fedmeta server`` (a SuperLink with TLS and node
+  authentication) and one ``fedmeta client`` per factory (a SuperNode whose own SuperExec
+  starts a ``flwr-clientapp`` process per message), all on loopback;
+- **deployment, process isolation**: the same, with a long-running ``flower-superexec``
+  beside each SuperNode (``--isolation process``).
+
+The work is identical, to the bit: the synthetic factories are written to CSV tables
+(float32 values printed exactly) and the deployed factories carry the synthetic names, so
+model, data, task sampling and aggregation match; the first round's query loss is
+compared to prove it. The client work is the scaling benchmark's (`scaling.WORK`:
+first-order MAML, one local meta-step over 2 tasks, one inner step, the quality MLP).
+
+A round's cost is the ``seconds`` the server's round loop records (sending the work,
+the factories' replies, aggregation), the median over the rounds after the first
+(which also discovers the factories); the ratio divides it by the simulation's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from common.processes import ChildProcess, free_port
+from common.synthetic import FactoryFamily, FamilyConfig, make_family
+from server.bundle import toml_value
+from server.certificates import create_certificate_authority, create_factory_keys, create_server_certificate
+from simulations.benchmarks.scaling import RAY_EXIT_TIMEOUT_S, WORK, wait_for_descendants
+
+__all__ = [
+    "ISOLATIONS",
+    "DeploymentBenchResult",
+    "ModeResult",
+    "deployment_rounds",
+    "export_tables",
+    "render",
+    "run_deployment_benchmark",
+    "simulation_rounds",
+]
+
+ISOLATIONS = ("subprocess", "process")
+RUN_TIMEOUT_S = 600.0
+LOSS_TOLERANCE = 1e-5
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    """One way of running the federation: its rounds' seconds and first-round query loss."""
+
+    mode: str
+    round_seconds: list[float]
+    first_round_loss: float
+
+    @property
+    def median_s(self) -> float:
+        """Median round time after the first round."""
+        return statistics.median(self.round_seconds[1:])
+
+
+@dataclass(frozen=True)
+class DeploymentBenchResult:
+    factories: int
+    rounds: int
+    modes: list[ModeResult]
+    cpu_count: int
+    load_average: float  # 1-minute load average at the start: timings on a busy machine are slower
+
+    def ratio(self, mode: ModeResult) -> float:
+        """``mode``'s median round time over the simulation's."""
+        return mode.median_s / self.modes[0].median_s
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "factories": self.factories,
+            "rounds": self.rounds,
+            "cpu_count": self.cpu_count,
+            "load_average": self.load_average,
+            "modes": [
+                {**asdict(mode), "median_s": mode.median_s, "ratio_to_simulation": self.ratio(mode)}
+                for mode in self.modes
+            ],
+        }
+
+
+def _config(factories: int, rounds: int, run_dir: Path) -> dict[str, object]:
+    return {
+        **WORK,
+        "num-factories": factories,
+        "num-server-rounds": rounds,
+        "min-train-nodes": factories,
+        "wait-for-factories": factories,
+        "run-dir": str(run_dir),
+    }
+
+
+def export_tables(family: FactoryFamily, folder: Path) -> Path:
+    """The family's training factories as ``<name>.csv`` tables plus ``schema.json``; returns the schema.
+
+    Values are printed with 9 significant digits, which read back as the same float32.
+    """
+    features = [f"x{i}" for i in range(family.model_config.input_shape[0])]
+    schema = folder / "schema.json"
+    schema.write_text(json.dumps({"features": features, "target": "y", "task": family.task_kind}))
+    for factory in family.train:
+        rows = np.column_stack([factory.x.numpy(), factory.y.numpy()])
+        header = ",".join([*features, "y"])
+        np.savetxt(folder / f"{factory.name}.csv", rows, fmt="%.9g", delimiter=",", header=header, comments="")
+    return schema
+
+
+def _mode_result(mode: str, records: Sequence[Mapping[str, object]], factories: int) -> ModeResult:
+    """Check every round had every factory's accepted delta: a ratio is only meaningful over the same work."""
+    for record in records:
+        if record.get("train/replies") != float(factories) or record.get("train/rejected") != 0.0:
+            raise RuntimeError(
+                f"{mode}, round {record['round']}: {record.get('train/replies')} of {factories} factories' "
+                f"deltas, {record.get('train/rejected')} rejected"
+            )
+    return ModeResult(mode, [float(r["seconds"]) for r in records], float(records[0]["train/query-loss"]))
+
+
+def simulation_rounds(factories: int, rounds: int, folder: Path) -> ModeResult:
+    """The federation on Flower's simulation engine (in this process, with Ray)."""
+    from simulations.harness import run_federated_simulation  # starts Ray: only when needed
+
+    records: list[Mapping[str, object]] = []
+    run_federated_simulation(_config(factories, rounds, folder / "run"), progress=records.append)
+    return _mode_result("simulation", records, factories)
+
+
+def deployment_rounds(family: FactoryFamily, rounds: int, folder: Path, isolation: str, log: Log) -> ModeResult:
+    """The federation as ``fedmeta server`` and one ``fedmeta client`` per factory, TLS and node auth on."""
+    certs = folder / "certs"
+    create_server_certificate(certs, create_certificate_authority(certs), ["127.0.0.1"])
+    for factory in family.train:
+        create_factory_keys(certs, factory.name)
+    schema = export_tables(family, folder)
+    config = _config(len(family.train), rounds, folder / "run")
+    run_config = " ".join(f"{key}={toml_value(value)}" for key, value in config.items())
+    port = free_port()
+    fedmeta = Path(sysconfig.get_path("scripts")) / "fedmeta"
+    server = ChildProcess(
+        "server",
+        [str(fedmeta), "server", "--certs", str(certs), "--state", str(folder / "server"), "--port", str(port),
+         "--schema", str(schema), "--run-config", run_config],
+        log=folder / "server.log",
+    )
+    clients = [
+        ChildProcess(
+            f"factory {factory.name}",
+            [str(fedmeta), "client", "--server", f"127.0.0.1:{port}", "--data", str(folder / f"{factory.name}.csv"),
+             "--schema", str(schema), "--key", str(certs / factory.name), "--ca", str(certs / "ca.crt"),
+             "--factory", factory.name, "--device", "cpu", "--isolation", isolation,
+             "--runtime-port", str(free_port()), "--state", str(folder / factory.name)],
+            log=folder / f"{factory.name}.log",
+        )
+        for factory in family.train
+    ]
+    started = time.perf_counter()
+    with server:
+        for client in clients:
+            client.start()
+        try:
+            code = server.wait(RUN_TIMEOUT_S)
+        finally:
+            for client in clients:
+                client.stop()
+    if code != 0:
+        raise RuntimeError(f"deployment ({isolation}) failed with exit code {code}:\n{server.log_tail()}")
+    log(f"deployment with {isolation} isolation took {time.perf_counter() - started:.0f} s in all")
+    lines = (folder / "run" / str(WORK["algorithm"]) / "metrics.jsonl").read_text().splitlines()
+    return _mode_result(f"deployment, {isolation} isolation", [json.loads(line) for line in lines], len(family.train))
+
+
+def run_deployment_benchmark(
+    factories: int = 3,
+    rounds: int = 4,
+    *,
+    isolations: Sequence[str] = ISOLATIONS,
+    log: Log = lambda message: None,
+) -> DeploymentBenchResult:
+    """Run the simulation, then each deployment, on the same work; raise if the work differed."""
+    if factories < 2 or rounds < 2:
+        raise ValueError(f"need at least 2 factories and 2 rounds (one timed), got {factories} and {rounds}")
+    unknown = sorted(set(isolations) - set(ISOLATIONS))
+    if unknown or not isolations:
+        raise ValueError(f"isolations must be among {list(ISOLATIONS)}, got {list(isolations)}")
+    family = make_family(FamilyConfig(str(WORK["family"]), num_factories=factories, num_held_out=0))
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="fedmeta-bench-deployment-") as temp:
+        root = Path(temp)
+        log("simulation")
+        modes = [simulation_rounds(factories, rounds, root / "simulation")]
+        wait_for_descendants(RAY_EXIT_TIMEOUT_S)  # Ray ends its processes lazily: not during the deployments
+        for isolation in isolations:
+            log(f"deployment, {isolation} isolation")
+            (root / isolation).mkdir()
+            modes.append(deployment_rounds(family, rounds, root / isolation, isolation, log))
+    for mode in modes[1:]:
+        if abs(mode.first_round_loss - modes[0].first_round_loss) > LOSS_TOLERANCE:
+            raise RuntimeError(
+                f"{mode.mode} computed query loss {mode.first_round_loss} in round 1, the simulation "
+                f"{modes[0].first_round_loss}: not the same work"
+            )
+    return DeploymentBenchResult(factories, rounds, modes, os.cpu_count() or 1, load)
+
+
+def render(result: DeploymentBenchResult, console: Console) -> None:
+    """One row per way of running: median round time and its ratio to the simulation's."""
+    title = (
+        f"{result.factories} factories, median of rounds 2-{result.rounds}; {result.cpu_count} CPUs, "
+        f"load average {result.load_average:.1f} at the start"
+    )
+    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
+    for column in ("mode", "round s", "ratio", "first round s"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for mode in result.modes:
+        table.add_row(mode.mode, f"{mode.median_s:.2f}", f"{result.ratio(mode):.1f}x", f"{mode.round_seconds[0]:.2f}")
+    console.print(table)
+    console.print(
+        "Same work in every mode (first-round query loss identical). round s: the server loop's time from "
+        "sending the work to aggregating the replies. Deployment adds per message: the SuperNode's poll for "
+        "work (every 3 s when idle), its SuperExec's poll for tasks, a new flwr-clientapp process that imports "
+        "torch and the app, and Flower's upload and pull of the reply."
+    )
