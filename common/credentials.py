@@ -46,8 +46,9 @@ def _read(path: Path, what: str) -> bytes:
 
 def load_certificate(path: Path, what: str = "certificate") -> x509.Certificate:
     """A PEM X.509 certificate that is valid now."""
+    content = _read(path, what)
     try:
-        certificate = x509.load_pem_x509_certificate(_read(path, what))
+        certificate = x509.load_pem_x509_certificate(content)
     except ValueError:
         raise CredentialError(f"{what} {path} is not a PEM certificate") from None
     now = datetime.datetime.now(datetime.UTC)
@@ -80,8 +81,9 @@ def check_server_certificate(ca_path: Path, cert_path: Path, key_path: Path, hos
     """The server certificate is issued by the CA, matches its key and is valid for ``host``."""
     authority = load_certificate(ca_path, "CA certificate")
     certificate = load_certificate(cert_path, "server certificate")
+    content = _read(key_path, "server key")
     try:
-        key = serialization.load_pem_private_key(_read(key_path, "server key"), password=None)
+        key = serialization.load_pem_private_key(content, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise CredentialError(f"server key {key_path} is not an unencrypted PEM private key") from None
     if key.public_key().public_bytes(
@@ -109,8 +111,9 @@ def _check_curve(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey, pa
 
 def load_factory_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """A factory's OpenSSH elliptic-curve private key (what Flower's node authentication signs with)."""
+    content = _read(path, "factory key")
     try:
-        key = serialization.load_ssh_private_key(_read(path, "factory key"), password=None)
+        key = serialization.load_ssh_private_key(content, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise CredentialError(
             f"factory key {path} is not an unencrypted OpenSSH private key ({_HINT} with --factory NAME)"
@@ -123,8 +126,9 @@ def load_factory_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 def load_factory_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     """A factory's OpenSSH elliptic-curve public key (``<factory>.pub``), as the server registers it."""
+    content = _read(path, "factory public key")
     try:
-        key = serialization.load_ssh_public_key(_read(path, "factory public key"))
+        key = serialization.load_ssh_public_key(content)
     except (ValueError, UnsupportedAlgorithm):
         raise CredentialError(f"factory public key {path} is not an OpenSSH public key ({_HINT})") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
