@@ -240,7 +240,7 @@ def _failure(code: int, plan: FactoryPlan, events: _Events) -> FactoryError:
     if events.tls:
         return FactoryError(f"TLS handshake with {plan.server} failed: check --ca {plan.ca} and the server address")
     if events.retrying:
-        return FactoryError(f"the server {plan.server} stayed unreachable (--max-wait-time {plan.max_wait_s} s)")
+        return FactoryError(f"the server {plan.server} stayed unreachable for {plan.max_wait_s:g} s (--max-wait-time)")
     return FactoryError(f"the SuperNode stopped with exit code {code}; its log: {plan.log}")
 
 

@@ -317,7 +317,7 @@ def _prepare(plan: ServerPlan, report: Report) -> None:
     (both persist in its database): a factory that connects the moment the real port opens
     never meets a SuperLink that does not know its key yet (it would refuse it for good) or
     that still hands out an old run's messages."""
-    private = replace(plan, port=free_port(local_host(plan.host)))
+    private = replace(plan, host=local_host(plan.host), port=free_port(local_host(plan.host)))
     with _start_superlink(private, "SuperLink (preparing)"):
         for key in plan.factory_keys:
             report(register_factory(private, key))

@@ -37,7 +37,9 @@ def server(
     schema: Annotated[
         Path | None, typer.Option(help="The federation's table schema (JSON), when factories train on tables.")
     ] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on: every interface, or 127.0.0.1 to stay on this machine.")
+    ] = "0.0.0.0",
     port: Annotated[int, typer.Option(help="Port for factories and the run (Flower's default).")] = DEFAULT_PORT,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in run-dir from its last checkpoint.")

@@ -218,3 +218,19 @@ def test_restarted_server_resumes_without_losing_rounds(federation):
     for name, content in federation.checkpoints_before_restart.items():
         assert (checkpoints / name).read_bytes() == content
     assert (checkpoints / "round-000003.safetensors").exists()
+
+
+def test_factory_gives_up_on_an_unreachable_server_after_max_wait_time(tmp_path):
+    certs = tmp_path / "certs"
+    subprocess.run([FEDMETA, "certs", "--out", str(certs), "--factory", "plant-a"], check=True, timeout=60)
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"features": FEATURES, "target": "quality", "task": "regression"}))
+    write_table(tmp_path / "plant-a.csv", gain=1.0, seed=0)
+    command = [FEDMETA, "client", "--server", f"127.0.0.1:{free_port()}", "--data", str(tmp_path / "plant-a.csv")]
+    command += ["--schema", str(schema), "--key", str(certs / "plant-a"), "--ca", str(certs / "ca.crt")]
+    command += ["--runtime-port", str(free_port()), "--state", str(tmp_path / "state"), "--max-wait-time", "3"]
+    with ChildProcess("factory", command, log=tmp_path / "factory.log", env=ENV) as factory:
+        assert factory.wait(60) == 1
+    output = (tmp_path / "factory.log").read_text()
+    assert "is not reachable yet; the factory keeps trying" in output
+    assert "stayed unreachable for 3 s (--max-wait-time)" in output

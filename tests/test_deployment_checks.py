@@ -103,7 +103,7 @@ def test_server_reports_a_port_in_use(pki, tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         code, output = run("server", "--certs", str(pki), "--state", str(tmp_path / "s"), "--port", str(port))
-    assert code == 1 and f"port {port} on 127.0.0.1 is in use" in output
+    assert code == 1 and f"port {port} on 0.0.0.0 is in use (another server?)" in output
 
 
 def test_server_refuses_bad_run_settings_and_an_existing_run_without_resume(pki, tmp_path):
