@@ -83,8 +83,8 @@ def simulate(
     inner_steps: Annotated[int, typer.Option(min=1, help="Inner-loop adaptation steps.")] = 5,
     inner_lr: Annotated[
         float | None,
-        typer.Option(min=0.0, help="Inner-loop and fine-tuning step size [default: 0.05 synthetic, 0.01 real data].",
-                     show_default=False),
+        typer.Option(min=0.0, show_default=False, help="Inner-loop and fine-tuning step size [default: per data set, "
+                     "0.05 synthetic, 0.01 ai4i/cwru, 0.003 cmapss]."),
     ] = None,
     local_steps: Annotated[int, typer.Option(min=1, help="Local meta-steps per round.")] = 5,
     local_lr: Annotated[float, typer.Option(min=0.0, help="Clients' local outer (Adam) step size.")] = 0.005,

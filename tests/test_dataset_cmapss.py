@@ -222,3 +222,11 @@ def test_held_out_engines_are_normalised_with_their_own_statistics() -> None:
     assert float(own.held_out[0].x.abs().max()) < 8 and float(own.test[0].x.abs().max()) < 8
     torch.testing.assert_close(own.train[0].x, source.train[0].x)  # training factories: source statistics
     assert "own sensor statistics" in own.notes and "own sensor statistics" not in source.notes
+
+
+@needs_data
+def test_more_target_engines_keep_the_training_factories_and_nest() -> None:
+    one, five = (load_cmapss_transfer("FD001", "FD003", window=10, stride=20, target_engines=k) for k in (1, 5))
+    assert [f.name for f in one.train] == [f.name for f in five.train]
+    held = [set(s.held_out[0].name.split(" ")[1].split(",")) for s in (one, five)]
+    assert len(held[0]) == 1 and held[0] <= held[1]

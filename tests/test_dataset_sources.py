@@ -7,7 +7,7 @@ from flower_messages import delivered
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
 
 from client.app import make_client_app
-from common.data_sources import SplitSource, source_from_config
+from common.data_sources import SplitSource, default_lr, source_from_config
 from common.datasets.paths import DATASETS_ENV, dataset_dir
 from common.federation import RoundSettings
 from server.run import initial_meta_parameters
@@ -46,3 +46,9 @@ def test_a_factory_of_a_real_data_set_trains_and_replies_with_a_delta():
 def test_unknown_data_set_lists_the_choices():
     with pytest.raises(ValueError, match="unknown dataset 'mnist'; valid choices: synthetic, ai4i, cmapss, cwru"):
         source_from_config({"dataset": "mnist"})
+
+
+def test_default_lr_per_data_set_and_unknown_names_rejected():
+    assert default_lr("synthetic") == 0.05 and default_lr("cwru") == 0.01 and default_lr("cmapss") == 0.003
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        default_lr("mnist")

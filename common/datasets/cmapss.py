@@ -272,7 +272,6 @@ def load_cmapss_transfer(
     )
     if rul_cap <= 0:
         raise ValueError(f"rul_cap must be > 0, got {rul_cap}")
-    rng = np.random.default_rng(seed)
 
     src = add_rul(add_operating_condition(read_cmapss(source, "train", root)), rul_cap)
     tgt = src if target == source else add_rul(add_operating_condition(read_cmapss(target, "train", root)), rul_cap)
@@ -280,12 +279,14 @@ def load_cmapss_transfer(
     pool = len(tgt_units) - (1 if target == source else 0)
     if target_engines > pool:
         raise ValueError(f"target_engines={target_engines} but {target} has {len(tgt_units)} training engines")
-    held_units = np.sort(rng.choice(tgt_units, size=target_engines, replace=False))
+    # Separate streams, so K = 1, 5, 10 target engines (nested: the first K of one shuffle)
+    # leave the training factories unchanged for a seed.
+    held_units = np.sort(np.random.default_rng([seed, 1]).permutation(tgt_units)[:target_engines])
 
     src_units = np.unique(src["unit"].to_numpy())
     if target == source:
         src_units = np.setdiff1d(src_units, held_units)
-    src_units = rng.permutation(src_units)
+    src_units = np.random.default_rng([seed, 2]).permutation(src_units)
     groups = [np.sort(src_units[i : i + engines_per_factory]) for i in range(0, len(src_units), engines_per_factory)]
     src = src[src["unit"].isin(src_units)]
     norm = ConditionNormaliser.fit(src)

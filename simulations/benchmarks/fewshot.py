@@ -34,17 +34,19 @@ from torch import Tensor
 
 from client.evaluation import Adaptation, evaluate_factory, initial_weights, prepare_adaptation
 from client.factory import LoadedFactory, load_factories, sampler_for, task_sampler
-from common.algorithms import MetaConfig, evaluate_adaptation, meta_train
-from common.data_sources import DATASETS, SplitSource, default_lr, source_from_config
+from common.algorithms import evaluate_adaptation, meta_train
+from common.data_sources import DATASETS, DataSource, SplitSource, default_lr, source_from_config
 from common.federation import EvaluationSettings, pack_meta_parameters
 from common.inner_loop import expand_for_tasks, predict
 from common.models import MetaModel, build_model
-from common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskBatch
+from common.tasks import FactoryData, TaskBatch
 from server.run import initial_meta_parameters
 from server.settings import ServerSettings
 from server.strategy import weighted_metrics
+from simulations.benchmarks.engine_shots import EngineShots
 from simulations.benchmarks.field_metrics import FIELD_METRICS, FieldRows, field_rows, rows_in, score_field
 from simulations.benchmarks.gradient_boosting import WINDOW_STATISTICS, GradientBoostingReference
+from simulations.benchmarks.reference_models import TrainedModel, train_from_scratch
 from simulations.benchmarks.scaling import PlainLoop
 
 __all__ = [
@@ -66,7 +68,6 @@ TARGET_K = 5
 DEFAULT_SHOTS = (1, 5, 10, 20)
 DATASET_SHOTS = {"ai4i": (1, 5, 10)}
 NOT_YET = (
-    "C-MAPSS with K counted in target engines (K = windows of the 5 held-out engines here)",
     "ANIL and sampling a fraction of the factories per round",
 )
 
@@ -264,19 +265,6 @@ def _query_rows(data: FactoryData, batch: TaskBatch) -> Tensor:
     return found
 
 
-def _oracle_sampler(data: FactoryData, factory: LoadedFactory, seed: int):
-    if factory.source.task_kind == "regression":
-        shots = max(1, min(16, data.num_samples // 2))
-        return RegressionTaskSampler([data], shots, max(1, min(16, data.num_samples - shots)), seed=seed)
-    ways = factory.source.model_config.output_dim
-    rarest = int(torch.bincount(data.y, minlength=ways).min())
-    if rarest < 2:
-        raise BenchmarkError(f"factory {factory.data.name!r}: a class has < 2 rows outside the query sets")
-    shots = max(1, min(8, rarest - 1))
-    return ClassificationTaskSampler([data], ways, shots, max(1, min(8, rarest - shots)), seed=seed,
-                                     shuffle_labels=False)
-
-
 def _enough_rows(factory: LoadedFactory, y: Tensor) -> bool:
     """Can an oracle sampler draw tasks from these rows (two of every class for classification)?"""
     if factory.source.task_kind == "regression":
@@ -286,11 +274,10 @@ def _enough_rows(factory: LoadedFactory, y: Tensor) -> bool:
 
 @dataclass(frozen=True)
 class Trained:
-    """A full-data reference model: scores on the query rows, and the model to score field rows with."""
+    """A full-data reference model and its scores on the query rows."""
 
     scores: dict[str, float]
-    model: MetaModel
-    weights: dict[str, Tensor]
+    reference: TrainedModel
 
 
 def _train_and_score(
@@ -298,21 +285,17 @@ def _train_and_score(
 ) -> Trained:
     """A model trained from scratch on the factory's rows outside ``batch``'s query sets (plus the
     ``pooled`` factories' rows), scored on those query sets."""
-    source = factory.source
     keep = ~_query_rows(factory.data, batch)
     data = FactoryData(
         f"{factory.data.name}-oracle",
         torch.cat([factory.data.x[keep], *(f.x for f in pooled)]),
         torch.cat([factory.data.y[keep], *(f.y for f in pooled)]),
     )
-    config = MetaConfig(algorithm="pretrain", task_kind=source.task_kind, outer_lr=1e-3,
-                        local_steps=plan.oracle_steps, meta_batch_size=4)
-    params = initial_meta_parameters(source, "maml", 0.05, seed)
-    model = build_model(source.model_config)
-    result = meta_train(model, params, _oracle_sampler(data, factory, seed), config, device="cpu")
-    scores = evaluate_adaptation(model, result.weights, batch, kind=source.task_kind, steps=0, lr=0.0)
+    reference = train_from_scratch(factory.source, data, steps=plan.oracle_steps, seed=seed)
+    scores = evaluate_adaptation(reference.model, reference.weights, batch, kind=factory.source.task_kind, steps=0,
+                                 lr=0.0)
     scores = {name.removeprefix("query_"): v for name, v in scores.items()} | {"num-examples": batch.query_y.numel()}
-    return Trained(scores, model, result.weights)
+    return Trained(scores, reference)
 
 
 Outputs = Callable[[LoadedFactory, TaskBatch, Tensor], Tensor]
@@ -421,9 +404,9 @@ def _oracle(plan: BenchmarkPlan, held: HeldOut, seed: int, pooled: Sequence[Fact
         return [_train_and_score(plan, factory, batch.task(t), seed, pooled).scores for t in range(batch.num_tasks)]
 
     def outputs(factory: LoadedFactory, batch: TaskBatch, x: Tensor) -> Tensor:
-        model = trained[factory.data.name, batch.support_x.shape[1]]
-        params = expand_for_tasks(model.weights, list(model.weights), batch.num_tasks)
-        return _task_outputs(model.model, params, x, batch.num_tasks)
+        reference = trained[factory.data.name, batch.support_x.shape[1]].reference
+        params = expand_for_tasks(reference.weights, list(reference.weights), batch.num_tasks)
+        return _task_outputs(reference.model, params, x, batch.num_tasks)
 
     query = held.query(score)
     return Scored(query, {} if held.field_rows_are_own else held.field(outputs))
@@ -474,11 +457,13 @@ def _one_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> di
     scores: dict[str, dict[int, dict[str, float]]] = {}
     field: dict[str, dict[int, dict[str, float]]] = {}
     federated: dict[str, dict[str, object]] = {}
+    final_params: dict[str, dict[str, Tensor]] = {}
     for method in FEDERATED_METHODS:
         run_eval = dataclasses.replace(evaluation, algorithm=method,
                                        local_only_steps=evaluation.local_only_steps if method == "fedavg" else 0)
         run = _federated(plan, plan.run_config(seed, method), held_out, run_eval, TARGET_K, advance)
         federated[method] = {"bytes_sent": run.bytes_sent, "curve": run.curve}
+        final_params[method] = run.params
         adapted = held.field(_adapted_outputs(run.params, run_eval, evaluation.steps))
         if method == "fedavg":
             scores["fedavg"] = {0: _scores(run.final, "k0")}
@@ -511,9 +496,34 @@ def _one_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> di
         scored = reference()
         scores[name], field[name] = scored.query, scored.field
         advance()
+    final_params["centralized-maml"] = central_params
+    engines = {}
+    if plan.dataset == "cmapss":
+        engines = _engine_shots(plan, held_out[0].source, seed, evaluation, final_params)
     return {"seed": seed, "task_kind": task_kind, "shots": list(shots), "target": target, "scores": scores,
-            "field": field, "federated": federated, "held_out": [f.data.name for f in held_out],
-            "train_factories": len(train)}
+            "field": field, "engine_shots": engines, "federated": federated,
+            "held_out": [f.data.name for f in held_out], "train_factories": len(train)}
+
+
+def _engine_shots(
+    plan: BenchmarkPlan, source: DataSource, seed: int, evaluation: EvaluationSettings,
+    final_params: Mapping[str, Mapping[str, Tensor]],
+) -> dict[str, dict[int, dict[str, float]]]:
+    """C-MAPSS adapted on K whole target engines (`engine_shots`), every method."""
+    engines = EngineShots(source, seed)
+
+    def adapted(method: str, steps: int) -> dict[int, dict[str, float]]:
+        algorithm = "maml" if method == "centralized-maml" else method
+        settings = dataclasses.replace(evaluation, algorithm=algorithm)
+        return engines.score(engines.adapted(final_params[method], settings, steps))
+
+    out = {"fedavg": adapted("fedavg", 0), "fedavg+ft": adapted("fedavg", evaluation.steps),
+           "local-only": engines.score(engines.local_only(evaluation))}
+    out |= {method: adapted(method, evaluation.steps) for method in (*META_METHODS, "centralized-maml")}
+    out["gradient-boosting"] = engines.score(engines.gradient_boosting(seed))
+    out["oracle"] = engines.full_data(steps=plan.oracle_steps, seed=seed)
+    out["pooled-oracle"] = engines.full_data(steps=plan.oracle_steps, seed=seed, pooled=engines.train)
+    return out
 
 
 def _summary(values: Sequence[float]) -> dict[str, object]:
@@ -557,6 +567,13 @@ def run_benchmark(plan: BenchmarkPlan, *, progress: Callable[[int, int], None] |
         for method in METHODS
         if first["field"].get(method)
     }
+    engine_shots = {
+        method: {
+            str(k): {name: _summary([run["engine_shots"][method][k][name] for run in runs]) for name in values}
+            for k, values in columns.items()
+        }
+        for method, columns in first["engine_shots"].items()
+    }
     federated = {}
     for method in FEDERATED_METHODS:
         reached = [run["federated"][method]["rounds_to_target"] for run in runs]
@@ -582,6 +599,7 @@ def run_benchmark(plan: BenchmarkPlan, *, progress: Callable[[int, int], None] |
         "results": results,
         "field_metrics": list(FIELD_METRICS.get(plan.dataset, ())),
         "field": field,
+        "engine_shots": engine_shots,
         "federated": federated,
         "seconds": time.perf_counter() - started,
         "notes": notes(plan, task_kind),
@@ -625,6 +643,10 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         "nan: the method's loss diverged at the shared hyper-parameters (e.g. Meta-SGD's learned step sizes on "
         "C-MAPSS); nothing is tuned per method; step sizes: inner, fine-tuning and local-only "
         f"lr {default_lr(plan.dataset)} (common.data_sources.default_lr).",
+        *(["cmapss K-shot columns count windows of the 5 held-out FD003 engines (scored on windows of the same "
+           "engines); the engine tables count whole FD003 engines (K = 1, 5, 10, every window of each, one full-batch "
+           f"adaptation of {plan.eval_steps} steps) and score the official FD003 test split "
+           "(simulations/benchmarks/engine_shots.py)."] if plan.dataset == "cmapss" else []),
         "seed s: run seed, synthetic family seed and the cmapss/cwru split seed (ai4i's split is fixed).",
         "not yet: " + "; ".join(NOT_YET) + ".",
     ]

@@ -15,6 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from simulations.benchmarks.engine_shots import ENGINE_SHOTS
 from simulations.benchmarks.fewshot import META_METHODS, METHODS, TARGET_K, BenchmarkError
 
 __all__ = [
@@ -56,11 +57,11 @@ def check_out_dir(out: Path) -> None:
 # --------------------------------------------------------------------------- aims
 
 
-def _mean(results: Mapping[str, object], method: str, k: int) -> float | None:
-    entry = results["results"][method].get(str(k))
-    if not entry or results["metric"] not in entry:
+def _mean(table: Mapping[str, Mapping[str, object]], method: str, k: int, metric: str) -> float | None:
+    entry = table.get(method, {}).get(str(k))
+    if not entry or metric not in entry:
         return None
-    value = entry[results["metric"]]["mean"]
+    value = entry[metric]["mean"]
     return value if value is not None and math.isfinite(value) else None
 
 
@@ -68,15 +69,15 @@ def _better(a: float, b: float, higher: bool) -> bool:
     return a > b if higher else a < b
 
 
-def aims(results: Mapping[str, object]) -> dict[str, object]:
-    """Issue 5's aims, measured: the best federated meta-learner against FedAvg+FT and gradient
-    boosting at every K <= 10, and its share of the best full-data reference at the largest K."""
-    higher = bool(results["higher_is_better"])
+def aims_of(table: Mapping[str, Mapping[str, object]], metric: str, higher: bool, shots: Sequence[int]) -> dict:
+    """Issue 5's aims on one score table (method -> K -> metric -> mean/std): the best federated
+    meta-learner against FedAvg+FT and gradient boosting at every K <= 10, and its share of the
+    best full-data reference at the largest K."""
     pick = max if higher else min
     per_k = {}
-    for k in (k for k in results["shots"] if k <= 10):
-        meta = {m: v for m in META_METHODS if (v := _mean(results, m, k)) is not None}
-        rivals = {m: _mean(results, m, k) for m in ("fedavg+ft", "gradient-boosting")}
+    for k in (k for k in shots if k <= 10):
+        meta = {m: v for m in META_METHODS if (v := _mean(table, m, k, metric)) is not None}
+        rivals = {m: _mean(table, m, k, metric) for m in ("fedavg+ft", "gradient-boosting")}
         best = pick(meta, key=meta.get) if meta else None
         per_k[str(k)] = {
             "best_meta": best,
@@ -85,15 +86,16 @@ def aims(results: Mapping[str, object]) -> dict[str, object]:
             "beats_both": best is not None and all(v is not None and _better(meta[best], v, higher)
                                                    for v in rivals.values()),
         }
-    top_k = max(results["shots"])
-    meta = {m: v for m in META_METHODS if (v := _mean(results, m, top_k)) is not None}
-    refs = {m: v for m in FULL_DATA_REFERENCES if (v := _mean(results, m, top_k)) is not None}
+    top_k = max(shots)
+    meta = {m: v for m in META_METHODS if (v := _mean(table, m, top_k, metric)) is not None}
+    refs = {m: v for m in FULL_DATA_REFERENCES if (v := _mean(table, m, top_k, metric)) is not None}
     share = None
     if meta and refs:
         best_meta, best_ref = pick(meta.values()), pick(refs.values())
-        # A share of the reference's quality: accuracy ratio, or reference loss over our loss.
+        # A share of the reference's quality: accuracy ratio, or reference error over our error.
         share = best_meta / best_ref if higher else best_ref / best_meta
     return {
+        "metric": metric,
         "beats_fedavg_ft_and_gb_at_k_le_10": bool(per_k) and all(v["beats_both"] for v in per_k.values()),
         "per_k": per_k,
         "largest_k": top_k,
@@ -102,18 +104,37 @@ def aims(results: Mapping[str, object]) -> dict[str, object]:
     }
 
 
-def _aims_lines(results: Mapping[str, object]) -> list[str]:
-    a = aims(results)
+def aims(results: Mapping[str, object]) -> dict[str, object]:
+    """`aims_of` the K-shot query scores."""
+    return aims_of(results["results"], results["metric"], bool(results["higher_is_better"]), results["shots"])
+
+
+def engine_shot_aims(results: Mapping[str, object]) -> dict[str, object] | None:
+    """`aims_of` C-MAPSS's RMSE after adapting on K whole target engines (None for other data sets)."""
+    if not results.get("engine_shots"):
+        return None
+    return aims_of(results["engine_shots"], "rmse", False, ENGINE_SHOTS)
+
+
+def _aims_lines(verdicts: Mapping[str, object], what: str = "") -> list[str]:
     lines = []
-    for k, v in a["per_k"].items():
+    for k, v in verdicts["per_k"].items():
         verdict = "beats" if v["beats_both"] else "does NOT beat"
-        lines.append(f"K={k}: best federated meta-learner {v['best_meta']} ({_fmt(v['best_meta_value'])}) {verdict} "
-                     f"FedAvg+FT ({_fmt(v['fedavg+ft_value'])}) and gradient boosting "
+        lines.append(f"{what}K={k}: best federated meta-learner {v['best_meta']} ({_fmt(v['best_meta_value'])}) "
+                     f"{verdict} FedAvg+FT ({_fmt(v['fedavg+ft_value'])}) and gradient boosting "
                      f"({_fmt(v['gradient-boosting_value'])})")
-    share = a["share_of_best_full_data_reference"]
-    lines.append(f"K={a['largest_k']}: best meta-learner reaches {_fmt(None if share is None else 100 * share, 1)}% "
-                 f"of the best full-data reference (oracle / pooled-oracle); aim 95%: "
-                 f"{'met' if a['reaches_95_percent'] else 'NOT met'}")
+    share = verdicts["share_of_best_full_data_reference"]
+    lines.append(f"{what}K={verdicts['largest_k']}: best meta-learner reaches "
+                 f"{_fmt(None if share is None else 100 * share, 1)}% of the best full-data reference (oracle / "
+                 f"pooled-oracle); aim 95%: {'met' if verdicts['reaches_95_percent'] else 'NOT met'}")
+    return lines
+
+
+def _all_aims_lines(results: Mapping[str, object]) -> list[str]:
+    lines = _aims_lines(aims(results))
+    engines = engine_shot_aims(results)
+    if engines is not None:
+        lines += _aims_lines(engines, "test RMSE after K whole target engines, ")
     return lines
 
 
@@ -130,6 +151,8 @@ def _cell(entry: Mapping[str, object] | None, metric: str) -> str:
     value = entry[metric]
     if value["mean"] is None or value["std"] is None:
         return "nan"
+    if max(abs(value["mean"]), abs(value["std"])) >= 1e4:  # NASA scores of far-off predictions
+        return f"{value['mean']:.3g} ± {value['std']:.2g}"
     return f"{value['mean']:.3f} ± {value['std']:.3f}"
 
 
@@ -153,16 +176,29 @@ def table_rows(results: Mapping[str, object]) -> tuple[list[str], list[list[str]
     return header, rows
 
 
-def field_table_rows(results: Mapping[str, object], name: str) -> tuple[list[str], list[list[str]]]:
-    """One field metric (``f1``, ``rmse``, ...) per method and K, for the methods that have it."""
-    shots = results["shots"]
-    header = ["method", "K=0", *(f"K={k}" for k in shots)]
+def field_table_rows(
+    results: Mapping[str, object], name: str, table: str = "field"
+) -> tuple[list[str], list[list[str]]]:
+    """One field metric (``f1``, ``rmse``, ...) per method and K, for the methods that have it;
+    ``table="engine_shots"``: C-MAPSS after K whole target engines."""
+    shots = ENGINE_SHOTS if table == "engine_shots" else (0, *results["shots"])
+    header = ["method", *(f"K={k}" for k in shots)]
     rows = [
-        [method, *(_cell(results["field"][method].get(str(k)), name) for k in (0, *shots))]
+        [method, *(_cell(results[table][method].get(str(k)), name) for k in shots)]
         for method in METHODS
-        if method in results["field"]
+        if method in results[table]
     ]
     return header, rows
+
+
+def _tables(results: Mapping[str, object]) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
+    """The field-metric tables of a run, each with its title."""
+    tables = [(FIELD_TITLES[name], field_table_rows(results, name)) for name in results.get("field_metrics", [])]
+    if results.get("engine_shots"):
+        tables += [(f"{ENGINE_TITLES[name]}, after adapting on every window of K FD003 training engines (K = "
+                    "engines; fedavg: not adapted; oracles: all 100 engines, same value at every K)",
+                    field_table_rows(results, name, "engine_shots")) for name in ("rmse", "nasa")]
+    return tables
 
 
 FIELD_TITLES = {
@@ -174,6 +210,10 @@ FIELD_TITLES = {
 }
 
 
+ENGINE_TITLES = {"rmse": "C-MAPSS FD001 -> FD003 test RMSE in cycles (lower is better)",
+                 "nasa": "C-MAPSS FD001 -> FD003 test NASA score (lower is better)"}
+
+
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
             *("| " + " | ".join(row) + " |" for row in rows)]
@@ -181,9 +221,8 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> lis
 
 def _field_markdown(results: Mapping[str, object]) -> list[str]:
     lines = []
-    for name in results.get("field_metrics", []):
-        lines += [f"Field metric: {FIELD_TITLES[name]}; mean ± std over seeds.", "",
-                  *_markdown_table(*field_table_rows(results, name)), ""]
+    for title, table in _tables(results):
+        lines += [f"Field metric: {title}; mean ± std over seeds.", "", *_markdown_table(*table), ""]
     return lines
 
 
@@ -208,7 +247,7 @@ def markdown(results: Mapping[str, object]) -> str:
         *_field_markdown(results),
         "Aims (best federated meta-learner of maml/fomaml/reptile/metasgd, by mean over seeds):",
         "",
-        *(f"- {line}" for line in _aims_lines(results)),
+        *(f"- {line}" for line in _all_aims_lines(results)),
         "",
         *([f"Published reference: {published}", ""] if published else []),
         "Plots: `kshot.png` (score against K per method), `learning.png` (held-out K=5 score per round).",
@@ -229,15 +268,14 @@ def render(results: Mapping[str, object], console: Console) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    for name in results.get("field_metrics", []):
-        field_header, field_rows = field_table_rows(results, name)
-        field = Table(box=box.SIMPLE_HEAD, title=FIELD_TITLES[name], title_justify="left")
+    for title, (field_header, field_rows) in _tables(results):
+        field = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
         for index, column in enumerate(field_header):
             field.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
         for row in field_rows:
             field.add_row(*row)
         console.print(field)
-    for line in _aims_lines(results):
+    for line in _all_aims_lines(results):
         console.print(f"aim: {line}", highlight=False)
     if results["dataset"] in PUBLISHED:
         console.print(f"published reference: {PUBLISHED[results['dataset']]}", highlight=False)
@@ -264,7 +302,8 @@ def write_results(results: Mapping[str, object], out: Path) -> None:
     """``results.json`` (with the aims), ``results.md`` and the plots in ``out``; never overwrites any."""
     out.mkdir(parents=True, exist_ok=True)
     check_out_dir(out)
-    results = _strict_json({**results, "aims": aims(_strict_json(results))})
+    strict = _strict_json(results)
+    results = _strict_json({**results, "aims": aims(strict), "engine_shot_aims": engine_shot_aims(strict)})
     with (out / "results.json").open("x", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2, allow_nan=False)
     with (out / "results.md").open("x", encoding="utf-8") as handle:

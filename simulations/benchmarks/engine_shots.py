@@ -1,0 +1,117 @@
+"""C-MAPSS with K counted in target engines: FD001 -> FD003 adapted on every window of K engines.
+
+The K-shot table of the benchmark counts windows; a maintenance team counts engines run to
+failure. For K = 1, 5, 10 FD003 training engines (nested, the training factories unchanged),
+each method adapts once on all of those engines' windows (one task, `eval-steps` full-batch
+steps; gradient boosting refits on the pooled source windows plus them) and is scored on the
+official FD003 test split in cycles. Each K's held-out engines and test split are normalised
+with those engines' own sensor statistics, as in `load_cmapss_transfer`.
+
+Full-data references: ``oracle`` trains on all 100 FD003 training engines, ``pooled-oracle``
+on those plus the source engines; both need no adaptation and score the same test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from client.evaluation import Adaptation, initial_weights, prepare_adaptation
+from client.factory import LoadedFactory
+from common.data_sources import DataSource
+from common.datasets.cmapss import load_cmapss_transfer, nasa_score, rmse
+from common.federation import EvaluationSettings
+from common.inner_loop import predict
+from common.models import build_model
+from common.tasks import FactoryData, TaskBatch
+from simulations.benchmarks.gradient_boosting import GradientBoostingReference
+from simulations.benchmarks.reference_models import train_from_scratch
+
+__all__ = ["ENGINE_SHOTS", "TARGET_TRAINING_ENGINES", "EngineShots"]
+
+ENGINE_SHOTS = (1, 5, 10)
+TARGET_TRAINING_ENGINES = 100  # FD003's training file
+
+Predictor = Callable[[FactoryData, Tensor], Tensor]
+"""A model adapted on one K's target windows, predicting ``[n, 1]`` for test windows ``x``."""
+
+
+def _one_task(data: FactoryData) -> TaskBatch:
+    """All of ``data`` as the support set of one task (the query half is unused)."""
+    x, y = data.x[None], data.y[None]
+    return TaskBatch(x, y, x[:, :1], y[:, :1])
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: holds tensors
+class _Target:
+    engines: FactoryData  # every window of the K target engines
+    test: FactoryData
+
+
+class EngineShots:
+    """One seed's FD001 -> FD003 splits for K = 1, 5, 10 target engines and for all of them."""
+
+    def __init__(self, source: DataSource, seed: int, *, stride: int = 5) -> None:
+        """``stride``: cycles between training windows (the benchmark's split uses 5)."""
+        self.source = source
+        splits = {k: load_cmapss_transfer("FD001", "FD003", target_engines=k, stride=stride, seed=seed)
+                  for k in ENGINE_SHOTS}
+        full = load_cmapss_transfer("FD001", "FD003", target_engines=TARGET_TRAINING_ENGINES, stride=stride,
+                                    seed=seed)
+        self.targets = {k: _Target(s.held_out[0], s.test[0]) for k, s in splits.items()}
+        self.full = _Target(full.held_out[0], full.test[0])
+        self.train = full.train
+        self.scale = full.target_scale
+
+    def _scores(self, pred: Tensor, test: FactoryData) -> dict[str, float]:
+        pred, true = pred[:, 0].float() * self.scale, test.y * self.scale
+        if not bool(torch.isfinite(pred).all()):
+            return {"rmse": float("nan"), "nasa": float("nan")}
+        return {"rmse": rmse(pred, true), "nasa": nasa_score(pred, true)}
+
+    def score(self, predictor: Predictor) -> dict[int, dict[str, float]]:
+        """RMSE and NASA score in cycles on the test split, per K target engines."""
+        return {k: self._scores(predictor(t.engines, t.test.x), t.test) for k, t in self.targets.items()}
+
+    # ----------------------------------------------------------------- predictors
+
+    def _adapt(self, adaptation: Adaptation, steps: int) -> Predictor:
+        def run(engines: FactoryData, x: Tensor) -> Tensor:
+            params = adaptation.adapt(_one_task(engines), steps)
+            with torch.no_grad():
+                return predict(adaptation.model, params, x[None])[0]
+
+        return run
+
+    def adapted(self, params: Mapping[str, Tensor], settings: EvaluationSettings, steps: int) -> Predictor:
+        """A global model adapted as `evaluate_factory` adapts it (``steps = 0``: not at all)."""
+        factory = LoadedFactory(self.targets[ENGINE_SHOTS[0]].engines, "evaluate", self.source)
+        return self._adapt(prepare_adaptation(factory, params, settings, device=torch.device("cpu")), steps)
+
+    def local_only(self, settings: EvaluationSettings) -> Predictor:
+        model = build_model(self.source.model_config)
+        weights = initial_weights(model, settings.seed)
+        return self._adapt(Adaptation(model, "regression", weights, settings.local_only_lr, list(weights)),
+                           settings.local_only_steps)
+
+    def gradient_boosting(self, seed: int) -> Predictor:
+        reference = GradientBoostingReference(self.train, task_kind="regression", num_classes=None, seed=seed)
+
+        def run(engines: FactoryData, x: Tensor) -> Tensor:
+            return reference.predict(reference.fit(_one_task(engines)), x)[0]
+
+        return run
+
+    def full_data(self, *, steps: int, seed: int, pooled: Sequence[FactoryData] = ()) -> dict[int, dict[str, float]]:
+        """A model trained on every FD003 training engine (plus ``pooled``), scored on its test split;
+        the same value is reported at every K (it needs no target samples)."""
+        engines = self.full.engines
+        data = FactoryData("FD003/all engines", torch.cat([engines.x, *(f.x for f in pooled)]),
+                           torch.cat([engines.y, *(f.y for f in pooled)]))
+        trained = train_from_scratch(self.source, data, steps=steps, seed=seed)
+        with torch.no_grad():
+            scores = self._scores(predict(trained.model, trained.weights, self.full.test.x), self.full.test)
+        return dict.fromkeys(ENGINE_SHOTS, scores)
