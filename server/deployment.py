@@ -229,30 +229,38 @@ def run_status(plan: ServerPlan, run_id: str) -> tuple[str, str]:
 
 
 class _MetricsFollower:
-    """Reports each new line of the run's ``metrics.jsonl`` files (one per algorithm) as it is written."""
+    """Reports each new line of the run's ``metrics.jsonl`` files (one per algorithm) as it is written.
+
+    Lines are told apart by content (each holds its round's timing), so a file that a resumed
+    run first cuts back to its last checkpoint is followed correctly too.
+    """
 
     def __init__(self, run_dir: Path, rounds: int, report: Report) -> None:
         self._run_dir, self._rounds, self._report = run_dir, rounds, report
-        self._seen: dict[Path, int] = {
-            path: len(path.read_text(encoding="utf-8").splitlines()) for path in run_dir.glob("*/metrics.jsonl")
-        }
+        self._seen = {line for _, line in self._lines()}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="metrics-follower", daemon=True)
 
+    def _lines(self) -> list[tuple[Path, str]]:
+        """Complete lines (a line still being written has no newline yet) of every metrics file."""
+        return [
+            (path, line)
+            for path in sorted(self._run_dir.glob("*/metrics.jsonl"))
+            for line in path.read_text(encoding="utf-8").split("\n")[:-1]
+        ]
+
     def _poll(self) -> None:
-        for path in sorted(self._run_dir.glob("*/metrics.jsonl")):
-            lines = path.read_text(encoding="utf-8").splitlines()
-            complete = [line for line in lines[self._seen.get(path, 0) :] if line.endswith("}")]
-            for line in complete:
-                record = json.loads(line)
-                loss = record.get("train/query-loss", "-")
-                replies = int(float(record.get("train/replies", 0)))
-                text = (
-                    f"{record.get('algorithm', path.parent.name)} round {record['round']}/{self._rounds}: "
-                    f"query loss {loss}, {replies} factories, {float(record.get('seconds', 0)):.1f} s"
-                )
-                self._report(text)
-            self._seen[path] = self._seen.get(path, 0) + len(complete)
+        for path, line in self._lines():
+            if line in self._seen:
+                continue
+            self._seen.add(line)
+            record = json.loads(line)
+            loss = record.get("train/query-loss", "-")
+            replies = int(float(record.get("train/replies", 0)))
+            self._report(
+                f"{record.get('algorithm', path.parent.name)} round {record['round']}/{self._rounds}: "
+                f"query loss {loss}, {replies} factories, {float(record.get('seconds', 0)):.1f} s"
+            )
 
     def _follow(self) -> None:
         while not self._stop.wait(0.5):
