@@ -235,11 +235,11 @@ def _failure(code: int, plan: FactoryPlan, events: _Events) -> FactoryError:
     if events.refused:
         return FactoryError(
             f"the server {plan.server} refused factory {plan.factory}: its key {plan.key} is not registered "
-            f"there (the server registers {plan.key.name if plan.key else 'the'}.pub from its --factory-keys)"
+            "there (the server registers the *.pub files in its --factory-keys folder)"
         )
     if events.tls:
         return FactoryError(f"TLS handshake with {plan.server} failed: check --ca {plan.ca} and the server address")
-    if events.retrying:
+    if events.retrying and plan.max_wait_s is not None:
         return FactoryError(f"the server {plan.server} stayed unreachable for {plan.max_wait_s:g} s (--max-wait-time)")
     return FactoryError(f"the SuperNode stopped with exit code {code}; its log: {plan.log}")
 

@@ -1,15 +1,17 @@
 """The aggregation server as real processes: a SuperLink, the factories' keys, one run.
 
-`serve` starts ``flower-superlink`` (TLS and node authentication unless told otherwise)
-in its own process group, waits until it listens, registers each factory's public key
-with ``flwr supernode register``, submits the run with ``flwr run --stream`` and reports
-every round from the run folder's ``metrics.jsonl`` as it is written. When the run ends,
-or on Ctrl-C / SIGTERM, the whole process tree is stopped.
+`serve` first starts ``flower-superlink`` on a private loopback port to register each
+factory's public key (``flwr supernode register``) and to stop runs a killed earlier start
+left unfinished, then starts it on the real address (TLS and node authentication unless
+told otherwise), submits the run with ``flwr run --stream`` and reports every round from
+the run folder's ``metrics.jsonl`` as it is written. When the run ends, or on Ctrl-C /
+SIGTERM, the SuperLink and everything it started are stopped (`common.processes`).
 
 Everything Flower writes goes under the state folder: ``flwr/`` is the private
 ``FLWR_HOME`` (the CLI's connection file; ``~/.flwr`` is never touched), ``superlink.db``
 the SuperLink's database (registered keys survive a restart), ``superlink.log`` its log,
-``app/`` the staged app (`server.bundle`) and, by default, ``run/`` the run folder.
+``run.log`` the run's streamed log, ``app/`` the staged app (`server.bundle`) and, by
+default, ``run/`` the run folder.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ __all__ = [
     "build_run_config",
     "local_host",
     "plan_server",
+    "register_factory",
+    "run_status",
     "serve",
     "stop_stale_runs",
     "superlink_command",
@@ -280,13 +284,15 @@ def _submit(plan: ServerPlan, report: Report) -> str:
     """Submit the staged app and stream its logs until the run ends; the run id."""
     app = stage_app(plan.state / "app", plan.run_config)
     run_id = None
-    with ChildProcess(
-        "run submission", ["flwr", "run", str(app), CONNECTION, "--stream"], env=flower_env(plan.flwr_home)
-    ) as submission:
+    command = ["flwr", "run", str(app), CONNECTION, "--stream"]
+    with ChildProcess("run submission", command, env=flower_env(plan.flwr_home)) as submission, (
+        plan.state / "run.log"
+    ).open("a", encoding="utf-8") as log:
         for line in submission.lines():
+            log.write(line + "\n")
             if run_id is None and (match := _RUN_STARTED.search(line)):
                 run_id = match.group(1)
-                report(f"run {run_id} started; run folder {plan.run_dir}")
+                report(f"run {run_id} started; run folder {plan.run_dir}; its log {log.name}")
             elif line.strip() and run_id is None:
                 report(line)
         code = submission.wait()
