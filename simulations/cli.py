@@ -12,6 +12,7 @@ import click
 import typer
 from rich.console import Console
 
+from common.data_sources import DATASETS
 from simulations.certs_cli import certs
 from simulations.client_cli import client
 from simulations.deployment_bench_cli import bench_deployment
@@ -126,7 +127,8 @@ def bench_scaling(
 @app.command("benchmark")
 def benchmark(
     dataset: Annotated[
-        str, typer.Option(click_type=click.Choice(["synthetic", "ai4i", "cmapss", "cwru"]), help="Data set.")
+        str, typer.Option(click_type=click.Choice(list(DATASETS)),
+                          help="Data set (cwru-fe: the held-out load read by the fan-end sensor).")
     ] = "synthetic",
     quick: Annotated[bool, typer.Option("--quick", help="A tiny run: 1 seed, few rounds and tasks.")] = False,
     seeds: Annotated[

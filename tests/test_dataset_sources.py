@@ -20,7 +20,7 @@ except FileNotFoundError:
 
 @pytest.mark.parametrize(
     ("dataset", "model", "outputs", "nodes"),
-    [("ai4i", "mlp", 2, 3), ("cmapss", "tcn", 1, 11), ("cwru", "cnn1d", 9, 4)],
+    [("ai4i", "mlp", 2, 3), ("cmapss", "tcn", 1, 11), ("cwru", "cnn1d", 9, 4), ("cwru-fe", "cnn1d", 9, 4)],
 )
 def test_each_data_set_names_its_model_and_factories(dataset, model, outputs, nodes):
     source = source_from_config({"dataset": dataset})
@@ -52,3 +52,9 @@ def test_default_lr_per_data_set_and_unknown_names_rejected():
     assert default_lr("synthetic") == 0.05 and default_lr("cwru") == 0.01 and default_lr("cmapss") == 0.003
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         default_lr("mnist")
+
+
+def test_cwru_fe_reads_the_held_out_load_by_the_fan_end_sensor():
+    source = source_from_config({"dataset": "cwru-fe"})
+    names = [source.node_factories({"partition-id": p})[0].data.name for p in range(source.num_nodes)]
+    assert names == ["load0_DE", "load1_DE", "load2_DE", "load3_FE"]

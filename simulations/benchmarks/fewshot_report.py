@@ -41,6 +41,9 @@ PUBLISHED: dict[str, str] = {
     "usually 10 classes including healthy and often on spectral features; here 9 fault classes on raw windows, "
     "healthy excluded (see the loader notes). A linear model on log-spectrum features already exceeds 99% "
     "across loads without adaptation (`common.datasets.cwru.linear_probe_accuracy`).",
+    "cwru-fe": "CWRU drive end -> fan end: the few-shot literature reports cross-sensor accuracy well below "
+    "cross-load; a linear model on log-spectrum features that exceeds 99% across loads drops to about 27% here "
+    "(`linear_probe_accuracy`), which is why adaptation is needed.",
     "ai4i": "AI4I 2020 binary machine failure: F1 about 0.90 with gradient boosting trained on a random split "
     "of the whole table (all variants, ~3% failures). Here variant H never trains and scores are accuracies on "
     "class-balanced K-shot query sets, so the numbers are not comparable one to one.",
