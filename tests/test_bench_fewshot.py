@@ -44,9 +44,14 @@ def test_quick_synthetic_results_json(quick_run):
         assert "rounds_to_target" in federated
         curves = federated[f"loss_k{fewshot.TARGET_K}_per_round"]
         assert len(curves) == 1 and len(curves[0]) == results["rounds"]
-    for method in fewshot.META_METHODS:
-        reached = results["federated"][method]["rounds_to_target"]
+    for method in fewshot.FEDERATED_METHODS:
+        federated = results["federated"][method]
+        reached = federated["rounds_to_target"]
         assert len(reached) == 1 and (reached[0] is None or 1 <= reached[0] <= results["rounds"])
+        per_round = federated["bytes_sent"]["mean"] / results["rounds"]
+        assert federated["bytes_to_target"] == [None if r is None else r * per_round for r in reached]
+    # FedAvg+FT always reaches its own final K=5 score, at the latest in the last round.
+    assert results["federated"]["fedavg"]["rounds_to_target"][0] is not None
     # Meta-SGD sends its learned inner rates too: twice the bytes of MAML.
     sent = {method: results["federated"][method]["bytes_sent"]["mean"] for method in ("maml", "metasgd")}
     assert sent["metasgd"] == 2 * sent["maml"]

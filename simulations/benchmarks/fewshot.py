@@ -477,9 +477,9 @@ def _one_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> di
             scores[method] = {k: _scores(run.final, f"k{k}") for k in shots}
             field[method] = adapted
     target = scores["fedavg+ft"][TARGET_K][metric]
-    for method in META_METHODS:
+    # FedAvg's curve is FedAvg+FT's K=5 score per round: its own round to reach its final value too.
+    for method in FEDERATED_METHODS:
         federated[method]["rounds_to_target"] = _rounds_to(federated[method]["curve"], target, higher_better)
-    federated["fedavg"]["rounds_to_target"] = None
     central, central_params = _centralized_maml(plan, config, held_out, evaluation)
     scores["centralized-maml"] = {k: _scores(central, f"k{k}") for k in shots}
     field["centralized-maml"] = held.field(
@@ -577,9 +577,11 @@ def run_benchmark(plan: BenchmarkPlan, *, progress: Callable[[int, int], None] |
     federated = {}
     for method in FEDERATED_METHODS:
         reached = [run["federated"][method]["rounds_to_target"] for run in runs]
+        per_round = [run["federated"][method]["bytes_sent"] / plan.rounds for run in runs]
         federated[method] = {
             "bytes_sent": _summary([run["federated"][method]["bytes_sent"] for run in runs]),
-            "rounds_to_target": reached if method != "fedavg" else None,
+            "rounds_to_target": reached,
+            "bytes_to_target": [None if r is None else r * b for r, b in zip(reached, per_round, strict=True)],
             f"{metric}_k{TARGET_K}_per_round": [run["federated"][method]["curve"] for run in runs],
         }
     return {
@@ -618,7 +620,8 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         "(FedAvg); the same local_update, check_delta and apply_deltas as the Flower strategy.",
         "bytes: sum over rounds and replies of the delta's float32 tensor sizes (Meta-SGD also sends its inner rates).",
         f"rounds-to-target: first round whose held-out K={TARGET_K} {metric} reaches FedAvg+FT's final K={TARGET_K} "
-        "value of the same seed (None / 'not reached' otherwise).",
+        "value of the same seed (None / 'not reached' otherwise; for fedavg+ft the round it first reaches its own "
+        "final value); MB to target: those rounds' bytes, per seed.",
         f"local-only: from scratch (seeded init) on the K support rows, {plan.local_only_steps} SGD steps at "
         "local-only-lr.",
         "centralized-maml: MAML on one task sampler over all training factories' pooled rows, rounds x local-steps "

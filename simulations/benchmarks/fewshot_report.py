@@ -159,23 +159,27 @@ def _cell(entry: Mapping[str, object] | None, metric: str) -> str:
     return f"{value['mean']:.3f} ± {value['std']:.3f}"
 
 
-def _rounds_cell(reached: Sequence[int | None] | None) -> str:
-    if reached is None:
+def _per_seed_cell(values: Sequence[float | None] | None, scale: float = 1.0, digits: int = 0) -> str:
+    if values is None:
         return "-"
-    return ", ".join("not reached" if r is None else str(r) for r in reached)
+    return ", ".join("not reached" if v is None else f"{v / scale:.{digits}f}" for v in values)
 
 
 def table_rows(results: Mapping[str, object]) -> tuple[list[str], list[list[str]]]:
     metric, shots = results["metric"], results["shots"]
-    header = ["method", "K=0", *(f"K={k}" for k in shots), "MB sent", f"rounds to FedAvg+FT K={TARGET_K}"]
+    header = ["method", "K=0", *(f"K={k}" for k in shots), "MB sent",
+              f"rounds to FedAvg+FT K={TARGET_K}", "MB to target"]
     rows = []
     for method in METHODS:
         columns = results["results"][method]
         fed = results["federated"].get("fedavg" if method == "fedavg+ft" else method)
-        sent = f"{fed['bytes_sent']['mean'] / 1e6:.3f}" if fed else "-"
-        reached = _rounds_cell(fed["rounds_to_target"]) if fed and method in META_METHODS else "-"
-        rows.append([method, _cell(columns.get("0"), metric), *(_cell(columns.get(str(k)), metric) for k in shots),
-                     sent, reached])
+        has_target = fed is not None and method != "fedavg"
+        rows.append([
+            method, _cell(columns.get("0"), metric), *(_cell(columns.get(str(k)), metric) for k in shots),
+            f"{fed['bytes_sent']['mean'] / 1e6:.3f}" if fed else "-",
+            _per_seed_cell(fed["rounds_to_target"]) if has_target else "-",
+            _per_seed_cell(fed.get("bytes_to_target"), 1e6, 2) if has_target else "-",
+        ])
     return header, rows
 
 
