@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +15,7 @@ from common.data_sources import DATASETS
 from simulations.certs_cli import certs
 from simulations.client_cli import client
 from simulations.deployment_bench_cli import bench_deployment
+from simulations.elapsed_log import elapsed_log
 from simulations.server_cli import server
 from simulations.simulate_cli import simulate
 from simulations.validate_data_cli import validate_data
@@ -23,12 +23,6 @@ from simulations.validate_data_cli import validate_data
 app = typer.Typer(help="FedMeta Factory: federated meta-learning for manufacturing.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-
-
-def _elapsed_log(console: Console) -> Callable[[str], None]:
-    """Progress lines stamped with the seconds since the command started."""
-    start = time.perf_counter()
-    return lambda message: console.print(f"[dim]{time.perf_counter() - start:5.1f} s  {message}[/dim]")
 
 
 def _write_json(result: dict, path: Path | None, console: Console) -> None:
@@ -66,7 +60,7 @@ def bench_inner_loop(
             device=inner_loop.bench_device(device),
             models=[m.strip() for m in models.split(",") if m.strip()],
             repeats=repeats,
-            log=_elapsed_log(console),
+            log=elapsed_log(console),
         )
     except (ValueError, inner_loop.GradientMismatchError) as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
@@ -115,7 +109,7 @@ def bench_scaling(
             rounds=rounds,
             nodes=nodes,
             client_cpus=client_cpus,
-            log=_elapsed_log(console),
+            log=elapsed_log(console),
         )
     except ValueError as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from rich.markup import escape
 from client.deployment import DEFAULT_RUNTIME_PORT, FactoryError, plan_factory, run_factory
 from common.data_sources import ROLES
 from common.processes import ProcessError, sigterm_as_interrupt
+from simulations.elapsed_log import elapsed_log
 
 __all__ = ["client"]
 
@@ -62,10 +62,7 @@ def client(
 ) -> None:
     """Start this factory: check its table, key and CA, then serve the server's runs until stopped."""
     console = Console()
-    started = time.perf_counter()
-
-    def report(message: str) -> None:
-        console.print(f"[dim]{time.perf_counter() - started:6.1f} s[/dim]  {escape(message)}")
+    report = elapsed_log(console)
 
     if insecure:
         console.print(

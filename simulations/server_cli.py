@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +12,7 @@ from rich.markup import escape
 from common.credentials import CredentialError
 from common.processes import ProcessError, sigterm_as_interrupt
 from server.deployment import DEFAULT_PORT, DeploymentError, build_run_config, plan_server, serve
+from simulations.elapsed_log import elapsed_log
 
 __all__ = ["server"]
 
@@ -53,10 +53,7 @@ def server(
 ) -> None:
     """Start the aggregation server, register the factories' keys and run the federation to its end."""
     console = Console()
-    started = time.perf_counter()
-
-    def report(message: str) -> None:
-        console.print(f"[dim]{time.perf_counter() - started:6.1f} s[/dim]  {escape(message)}")
+    report = elapsed_log(console)
 
     if insecure:
         console.print(

@@ -1,0 +1,17 @@
+"""Progress lines stamped with the seconds since a command started, shared by the CLI commands."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.markup import escape
+
+__all__ = ["elapsed_log"]
+
+
+def elapsed_log(console: Console) -> Callable[[str], None]:
+    """A ``log(message)`` that prints ``<seconds> s  message``; the message is never read as markup."""
+    started = time.perf_counter()
+    return lambda message: console.print(f"[dim]{time.perf_counter() - started:6.1f} s[/dim]  {escape(message)}")
