@@ -10,11 +10,12 @@ from torch import Tensor
 
 from client.factory import LoadedFactory, sampler_for
 from common.algorithms import adapt_to_support, adapted_names, evaluate_adaptation
+from common.data_sources import DataSource
 from common.federation import EvaluationSettings, local_algorithm, unpack_meta_parameters
 from common.models import MetaModel, build_model
 from common.tasks import TaskBatch
 
-__all__ = ["Adaptation", "evaluate_factory", "initial_weights", "prepare_adaptation"]
+__all__ = ["Adaptation", "evaluate_factory", "initial_weights", "local_only_adaptation", "prepare_adaptation"]
 
 
 def initial_weights(model: torch.nn.Module, seed: int) -> dict[str, Tensor]:
@@ -60,6 +61,13 @@ def prepare_adaptation(
     return Adaptation(model, source.task_kind, weights, lr, names)
 
 
+def local_only_adaptation(source: DataSource, settings: EvaluationSettings) -> Adaptation:
+    """The local-only baseline: a seeded fresh model trained on the support rows at ``local-only-lr``."""
+    model = build_model(source.model_config)
+    weights = initial_weights(model, settings.seed)
+    return Adaptation(model, source.task_kind, weights, settings.local_only_lr, list(weights))
+
+
 def evaluate_factory(
     factory: LoadedFactory, params: Mapping[str, Tensor], settings: EvaluationSettings, *, device: torch.device
 ) -> dict[str, float]:
@@ -68,8 +76,7 @@ def evaluate_factory(
     ``k0`` is the global model without adaptation.
     """
     adaptation = prepare_adaptation(factory, params, settings, device=device)
-    model, kind = adaptation.model, adaptation.kind
-    scratch = initial_weights(model, settings.seed) if settings.local_only_steps else None
+    local_only = local_only_adaptation(factory.source, settings) if settings.local_only_steps else None
     metrics: dict[str, float] = {"num-examples": 0}
     for k in settings.shots:
         sampler = sampler_for(factory, k, settings.query_size, seed=settings.seed, stream=f"eval-k{k}")
@@ -77,11 +84,8 @@ def evaluate_factory(
         if k == settings.shots[0]:
             _record(metrics, "k0", adaptation.score(batch, steps=0))
         _record(metrics, f"k{k}", adaptation.score(batch, steps=settings.steps))
-        if scratch is not None:
-            local = evaluate_adaptation(
-                model, scratch, batch, kind=kind, steps=settings.local_only_steps, lr=settings.local_only_lr
-            )
-            _record(metrics, f"k{k}", local, prefix="local-")
+        if local_only is not None:
+            _record(metrics, f"k{k}", local_only.score(batch, settings.local_only_steps), prefix="local-")
         metrics["num-examples"] += batch.query_y.numel()
     return metrics
 

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from client.evaluation import Adaptation, initial_weights, prepare_adaptation
+from client.evaluation import Adaptation, local_only_adaptation, prepare_adaptation
 from client.factory import LoadedFactory
 from common.data_sources import DataSource
 from common.datasets.cmapss import load_cmapss_transfer, nasa_score, rmse
 from common.federation import EvaluationSettings
 from common.inner_loop import predict
-from common.models import build_model
 from common.tasks import FactoryData, TaskBatch
 from simulations.benchmarks.gradient_boosting import GradientBoostingReference
 from simulations.benchmarks.reference_models import train_from_scratch
@@ -92,10 +91,7 @@ class EngineShots:
         return self._adapt(prepare_adaptation(factory, params, settings, device=torch.device("cpu")), steps)
 
     def local_only(self, settings: EvaluationSettings) -> Predictor:
-        model = build_model(self.source.model_config)
-        weights = initial_weights(model, settings.seed)
-        return self._adapt(Adaptation(model, "regression", weights, settings.local_only_lr, list(weights)),
-                           settings.local_only_steps)
+        return self._adapt(local_only_adaptation(self.source, settings), settings.local_only_steps)
 
     def gradient_boosting(self, seed: int) -> Predictor:
         reference = GradientBoostingReference(self.train, task_kind="regression", num_classes=None, seed=seed)

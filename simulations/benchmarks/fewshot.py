@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from client.evaluation import Adaptation, evaluate_factory, initial_weights, prepare_adaptation
+from client.evaluation import evaluate_factory, local_only_adaptation, prepare_adaptation
 from client.factory import LoadedFactory, load_factories, sampler_for, task_sampler
 from common.algorithms import evaluate_adaptation, meta_train
 from common.data_sources import DATASETS, DataSource, SplitSource, default_lr, source_from_config
@@ -44,7 +44,7 @@ from server.run import initial_meta_parameters
 from server.settings import ServerSettings
 from server.strategy import weighted_metrics
 from simulations.benchmarks.engine_shots import EngineShots
-from simulations.benchmarks.field_metrics import FIELD_METRICS, FieldRows, field_rows, rows_in, score_field
+from simulations.benchmarks.field_metrics import FIELD_METRICS, FieldRows, field_rows, row_matches, score_field
 from simulations.benchmarks.gradient_boosting import WINDOW_STATISTICS, GradientBoostingReference
 from simulations.benchmarks.reference_models import TrainedModel, train_from_scratch
 from simulations.benchmarks.scaling import PlainLoop
@@ -259,10 +259,10 @@ def _centralized_maml(
 
 def _query_rows(data: FactoryData, batch: TaskBatch) -> Tensor:
     """Which of the factory's rows appear in any query set of ``batch`` (a bool mask)."""
-    found = rows_in(data.x, batch.query_x)
-    if int(rows_in(batch.query_x.flatten(0, 1), data.x).sum()) != batch.query_x.shape[0] * batch.query_x.shape[1]:
+    matches = row_matches(data.x, batch.query_x)
+    if not bool(matches.any(dim=1).all()):
         raise BenchmarkError(f"factory {data.name!r}: an evaluation query row was not found among its rows")
-    return found
+    return matches.any(dim=0)
 
 
 def _enough_rows(factory: LoadedFactory, y: Tensor) -> bool:
@@ -321,10 +321,8 @@ def _local_only_outputs(settings: EvaluationSettings) -> Outputs:
     """The local-only baseline of `evaluate_factory`: from a seeded fresh model, trained on the support rows."""
 
     def outputs(factory: LoadedFactory, batch: TaskBatch, x: Tensor) -> Tensor:
-        model = build_model(factory.source.model_config)
-        weights = initial_weights(model, settings.seed)
-        adaptation = Adaptation(model, factory.source.task_kind, weights, settings.local_only_lr, list(weights))
-        return _task_outputs(model, adaptation.adapt(batch, settings.local_only_steps), x, batch.num_tasks)
+        adaptation = local_only_adaptation(factory.source, settings)
+        return _task_outputs(adaptation.model, adaptation.adapt(batch, settings.local_only_steps), x, batch.num_tasks)
 
     return outputs
 

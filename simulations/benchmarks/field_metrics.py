@@ -24,16 +24,21 @@ from common.datasets.ai4i import f1_auroc
 from common.datasets.cmapss import nasa_score, rmse
 from common.tasks import FactoryData, TaskBatch
 
-__all__ = ["FIELD_METRICS", "FieldRows", "field_rows", "rows_in", "score_field"]
+__all__ = ["FIELD_METRICS", "FieldRows", "field_rows", "row_matches", "rows_in", "score_field"]
 
 FIELD_METRICS: dict[str, tuple[str, ...]] = {"ai4i": ("f1", "auroc"), "cmapss": ("rmse", "nasa")}
 
 
-def rows_in(rows: Tensor, some: Tensor) -> Tensor:
-    """A bool mask over ``rows [n, ...]``: which of them appear (exactly) among ``some [m, ...]``."""
+def row_matches(rows: Tensor, some: Tensor) -> Tensor:
+    """``[m, n]`` bool: which of ``rows [n, ...]`` each of ``some [..., *row_shape]`` equals exactly."""
     flat = rows.reshape(rows.shape[0], -1).double()
     wanted = some.reshape(-1, flat.shape[1]).double()
-    return (torch.cdist(wanted, flat, compute_mode="donot_use_mm_for_euclid_dist") == 0).any(dim=0)
+    return torch.cdist(wanted, flat, compute_mode="donot_use_mm_for_euclid_dist") == 0
+
+
+def rows_in(rows: Tensor, some: Tensor) -> Tensor:
+    """A bool mask over ``rows [n, ...]``: which of them appear (exactly) among ``some``."""
+    return row_matches(rows, some).any(dim=0)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds tensors
