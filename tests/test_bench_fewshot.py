@@ -6,10 +6,10 @@ import json
 import math
 
 import pytest
+from shared_data import needs_dataset
 from typer.testing import CliRunner
 
 from client.factory import sampler_for
-from common.datasets.paths import dataset_dir
 from common.federation import EvaluationSettings
 from simulations.benchmarks import fewshot, fewshot_report
 from simulations.cli import app
@@ -110,12 +110,9 @@ def test_oracle_query_rows_are_found():
     assert 1 <= int(mask.sum()) <= 30 and mask.numel() == factory.data.num_samples
 
 
+@needs_dataset("ai4i2020")
 def test_oracle_trains_one_model_per_task_when_query_sets_use_up_a_rare_class():
     """AI4I's variant H has 21 failures: ten 5-shot tasks' query sets together take them all."""
-    try:
-        dataset_dir("ai4i2020")
-    except FileNotFoundError:
-        pytest.skip("shared data sets not found")
     plan = fewshot.plan_for("ai4i", quick=True)
     held_out = fewshot._factories(plan.run_config(0), "evaluate")
     batch = sampler_for(held_out[0], 5, 10, seed=0, stream="eval-k5").sample(10)
@@ -127,11 +124,8 @@ def test_oracle_trains_one_model_per_task_when_query_sets_use_up_a_rare_class():
     assert scored.field == {}  # trained on the field rows: not scored there
 
 
+@needs_dataset("ai4i2020")
 def test_quick_ai4i_reports_f1_and_auroc_for_every_method():
-    try:
-        dataset_dir("ai4i2020")
-    except FileNotFoundError:
-        pytest.skip("shared data sets not found")
     results = fewshot.run_benchmark(fewshot.plan_for("ai4i", quick=True, rounds=2))
     assert results["field_metrics"] == ["f1", "auroc"]
     # The oracles trained on the field rows (the held-out factory's own), so they have no field metrics.

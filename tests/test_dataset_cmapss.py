@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from shared_data import needs_dataset
 
 from common.datasets.base import FactorySplit
 from common.datasets.cmapss import (
@@ -24,16 +25,9 @@ from common.datasets.cmapss import (
     read_rul,
     rmse,
 )
-from common.datasets.paths import dataset_dir
 from common.models import build_model
 
-try:
-    dataset_dir("cmapss")
-    HAVE_DATA = True
-except FileNotFoundError:
-    HAVE_DATA = False
-
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason="C-MAPSS files not available")
+needs_data = needs_dataset("cmapss")
 
 WINDOW, STRIDE = 20, 10
 

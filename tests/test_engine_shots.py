@@ -6,21 +6,16 @@ import math
 
 import pytest
 import torch
+from shared_data import needs_dataset
 
 from client.evaluation import initial_weights
 from common.data_sources import SplitSource
 from common.datasets.cmapss import rmse
-from common.datasets.paths import dataset_dir
 from common.federation import EvaluationSettings, pack_meta_parameters
 from common.models import build_model
 from simulations.benchmarks.engine_shots import ENGINE_SHOTS, EngineShots
 
-try:
-    dataset_dir("cmapss")
-    HAVE_DATA = True
-except FileNotFoundError:
-    HAVE_DATA = False
-pytestmark = pytest.mark.skipif(not HAVE_DATA, reason="shared C-MAPSS files not found")
+pytestmark = needs_dataset("cmapss")
 
 
 @pytest.fixture(scope="module")
