@@ -28,13 +28,13 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from torch import Tensor
 
-from client.evaluation import evaluate_factory
-from client.factory import LoadedFactory, load_factories, node_device, sampler_for
-from common.algorithms import meta_train
-from common.data_sources import FACTORIES_RECORD, factory_key
-from common.deltas import subtract
-from common.federation import EvaluationSettings, RoundSettings, pack_meta_parameters, unpack_meta_parameters
-from common.models import ModelConfig, build_model
+from fedmeta.client.evaluation import evaluate_factory
+from fedmeta.client.factory import LoadedFactory, load_factories, node_device, sampler_for
+from fedmeta.common.algorithms import meta_train
+from fedmeta.common.data_sources import FACTORIES_RECORD, factory_key
+from fedmeta.common.deltas import subtract
+from fedmeta.common.federation import EvaluationSettings, RoundSettings, pack_meta_parameters, unpack_meta_parameters
+from fedmeta.common.models import ModelConfig, build_model
 
 __all__ = ["app", "check_model_fits", "local_update", "make_client_app", "train_replies", "train_reply"]
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from common.connector import DataSchema, validate_table
-from common.credentials import load_certificate, load_factory_private_key
-from common.data_sources import ROLES
-from common.processes import ChildProcess, flower_env, port_in_use
-from common.validation import check_choice
+from fedmeta.common.connector import DataSchema, validate_table
+from fedmeta.common.credentials import load_certificate, load_factory_private_key
+from fedmeta.common.data_sources import ROLES
+from fedmeta.common.processes import ChildProcess, flower_env, port_in_use
+from fedmeta.common.validation import check_choice
 
 __all__ = [
     "DEFAULT_RUNTIME_PORT",

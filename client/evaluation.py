@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from client.factory import LoadedFactory, sampler_for
-from common.algorithms import adapt_to_support, adapted_names, evaluate_adaptation
-from common.data_sources import DataSource
-from common.federation import EvaluationSettings, local_algorithm, unpack_meta_parameters
-from common.models import MetaModel, build_model
-from common.tasks import TaskBatch
+from fedmeta.client.factory import LoadedFactory, sampler_for
+from fedmeta.common.algorithms import adapt_to_support, adapted_names, evaluate_adaptation
+from fedmeta.common.data_sources import DataSource
+from fedmeta.common.federation import EvaluationSettings, local_algorithm, unpack_meta_parameters
+from fedmeta.common.models import MetaModel, build_model
+from fedmeta.common.tasks import TaskBatch
 
 __all__ = ["Adaptation", "evaluate_factory", "initial_weights", "local_only_adaptation", "prepare_adaptation"]
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from common.data_sources import DataSource, source_from_config
-from common.device import resolve_device
-from common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskSampler
+from fedmeta.common.data_sources import DataSource, source_from_config
+from fedmeta.common.device import resolve_device
+from fedmeta.common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskSampler
 
 __all__ = ["LoadedFactory", "load_factories", "load_factory", "node_device", "sampler_for", "task_sampler"]
 

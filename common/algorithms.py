@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from common.device import resolve_device
-from common.inner_loop import Params, adapt, expand_for_tasks, predict
-from common.losses import TASK_KINDS, task_accuracy, task_losses
-from common.tasks import TaskBatch, TaskSampler
-from common.validation import check_choice, check_positive_int
+from fedmeta.common.device import resolve_device
+from fedmeta.common.inner_loop import Params, adapt, expand_for_tasks, predict
+from fedmeta.common.losses import TASK_KINDS, task_accuracy, task_losses
+from fedmeta.common.tasks import TaskBatch, TaskSampler
+from fedmeta.common.validation import check_choice, check_positive_int
 
 __all__ = [
     "ALGORITHMS",

@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.tasks import FactoryData
-from common.validation import check_positive_int
+from fedmeta.common.tasks import FactoryData
+from fedmeta.common.validation import check_positive_int
 
 __all__ = [
     "ColumnStats",

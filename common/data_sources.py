@@ -20,15 +20,15 @@ from functools import cache
 from pathlib import Path
 from typing import Protocol
 
-from common.connector import DataSchema, load_factory_table
-from common.datasets.ai4i import load_ai4i
-from common.datasets.base import FactorySplit
-from common.datasets.cmapss import load_cmapss_transfer
-from common.datasets.cwru import load_cwru
-from common.models import ModelConfig
-from common.synthetic import FactoryFamily, FamilyConfig, make_family
-from common.tasks import FactoryData
-from common.validation import check_choice
+from fedmeta.common.connector import DataSchema, load_factory_table
+from fedmeta.common.datasets.ai4i import load_ai4i
+from fedmeta.common.datasets.base import FactorySplit
+from fedmeta.common.datasets.cmapss import load_cmapss_transfer
+from fedmeta.common.datasets.cwru import load_cwru
+from fedmeta.common.models import ModelConfig
+from fedmeta.common.synthetic import FactoryFamily, FamilyConfig, make_family
+from fedmeta.common.tasks import FactoryData
+from fedmeta.common.validation import check_choice
 
 __all__ = [
     "DATASETS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from common.validation import check_choice
+from fedmeta.common.validation import check_choice
 
 __all__ = ["DEVICE_CHOICES", "resolve_device"]
 

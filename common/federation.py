@@ -15,8 +15,8 @@ from typing import TypeVar
 
 from torch import Tensor
 
-from common.algorithms import MetaConfig
-from common.validation import check_choice, check_positive_int
+from fedmeta.common.algorithms import MetaConfig
+from fedmeta.common.validation import check_choice, check_positive_int
 
 __all__ = [
     "FEDERATED_ALGORITHMS",

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from common.losses import task_losses
+from fedmeta.common.losses import task_losses
 
 __all__ = ["Params", "adapt", "expand_for_tasks", "predict"]
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.layers import TaskConv1d, TaskLinear
-from common.validation import check_positive_int
+from fedmeta.common.layers import TaskConv1d, TaskLinear
+from fedmeta.common.validation import check_positive_int
 
 __all__ = [
     "MLP",

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from common.deltas import validate_delta
-from common.validation import check_choice
+from fedmeta.common.deltas import validate_delta
+from fedmeta.common.validation import check_choice
 
 __all__ = ["OUTER_OPTIMIZERS", "OuterOptimizer", "OuterOptimizerConfig"]
 

@@ -45,8 +45,8 @@ from types import MappingProxyType
 import torch
 from torch import Tensor
 
-from common.models import ModelConfig
-from common.tasks import FactoryData
+from fedmeta.common.models import ModelConfig
+from fedmeta.common.tasks import FactoryData
 
 __all__ = [
     "FAMILY_KINDS",

@@ -13,9 +13,9 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.data_sources import source_from_config
-from server.run import ProgressFn, run_experiment
-from server.settings import ServerSettings
+from fedmeta.common.data_sources import source_from_config
+from fedmeta.server.run import ProgressFn, run_experiment
+from fedmeta.server.settings import ServerSettings
 
 __all__ = ["app", "make_server_app"]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 __all__ = ["APP_PACKAGES", "DISTRIBUTION", "stage_app", "toml_value"]
 
-# What `server.app:app` and `client.app:app` import.
-APP_PACKAGES = ("common", "client", "server")
+# What `fedmeta.server.app:app` and `fedmeta.client.app:app` import.
+APP_PACKAGES = ("fedmeta.common", "fedmeta.client", "fedmeta.server")
 DISTRIBUTION = "fedmeta-factory"
 
 
@@ -44,7 +44,7 @@ def _pyproject(run_config: Mapping[str, object]) -> str:
         f'[project]\nname = "{DISTRIBUTION}"\nversion = "{version}"\n'
         'description = "FedMeta Factory run submitted by fedmeta server"\nlicense = "Apache-2.0"\n\n'
         f'[tool.flwr.app]\npublisher = "{DISTRIBUTION}"\n\n'
-        '[tool.flwr.app.components]\nserverapp = "server.app:app"\nclientapp = "client.app:app"\n\n'
+        '[tool.flwr.app.components]\nserverapp = "fedmeta.server.app:app"\nclientapp = "fedmeta.client.app:app"\n\n'
         f"[tool.flwr.app.config]\n{config}\n"
     )
 
@@ -63,7 +63,9 @@ def stage_app(folder: Path, run_config: Mapping[str, object]) -> Path:
     folder.mkdir(parents=True)
     for name in APP_PACKAGES:
         shutil.copytree(
-            _package_folder(name), folder / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            _package_folder(name),
+            folder.joinpath(*name.split(".")),
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         )
     (folder / "pyproject.toml").write_text(_pyproject(run_config), encoding="utf-8")
     return folder

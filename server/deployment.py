@@ -27,12 +27,19 @@ from pathlib import Path
 import click
 from flwr.common.config import parse_config_args
 
-from common.credentials import check_server_certificate, load_factory_public_key
-from common.data_sources import source_from_config
-from common.processes import ChildProcess, ProcessError, flower_env, free_port, port_in_use, wait_until_listening
-from server.bundle import stage_app
-from server.checkpoint import RunDirectory
-from server.settings import ServerSettings
+from fedmeta.common.credentials import check_server_certificate, load_factory_public_key
+from fedmeta.common.data_sources import source_from_config
+from fedmeta.common.processes import (
+    ChildProcess,
+    ProcessError,
+    flower_env,
+    free_port,
+    port_in_use,
+    wait_until_listening,
+)
+from fedmeta.server.bundle import stage_app
+from fedmeta.server.checkpoint import RunDirectory
+from fedmeta.server.settings import ServerSettings
 
 __all__ = [
     "CONNECTION",

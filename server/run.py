@@ -22,14 +22,14 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from torch import Tensor
 
-from common.algorithms import init_inner_lrs
-from common.data_sources import DataSource
-from common.federation import pack_meta_parameters
-from common.models import build_model
-from common.outer_optimizer import OuterOptimizer
-from server.checkpoint import CheckpointError, RunDirectory
-from server.settings import ServerSettings
-from server.strategy import FedMetaStrategy, exchange
+from fedmeta.common.algorithms import init_inner_lrs
+from fedmeta.common.data_sources import DataSource
+from fedmeta.common.federation import pack_meta_parameters
+from fedmeta.common.models import build_model
+from fedmeta.common.outer_optimizer import OuterOptimizer
+from fedmeta.server.checkpoint import CheckpointError, RunDirectory
+from fedmeta.server.settings import ServerSettings
+from fedmeta.server.strategy import FedMetaStrategy, exchange
 
 __all__ = ["ProgressFn", "initial_meta_parameters", "run_experiment"]
 

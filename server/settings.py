@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.federation import EvaluationSettings, RoundSettings, local_algorithm
-from common.outer_optimizer import OuterOptimizerConfig
-from server.strategy import SamplingSettings
+from fedmeta.common.federation import EvaluationSettings, RoundSettings, local_algorithm
+from fedmeta.common.outer_optimizer import OuterOptimizerConfig
+from fedmeta.server.strategy import SamplingSettings
 
 __all__ = ["ServerSettings"]
 

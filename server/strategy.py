@@ -28,9 +28,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
-from common.data_sources import FACTORIES_RECORD, factory_key
-from common.deltas import DeltaRejected, validate_delta, weighted_average
-from common.outer_optimizer import OuterOptimizer
+from fedmeta.common.data_sources import FACTORIES_RECORD, factory_key
+from fedmeta.common.deltas import DeltaRejected, validate_delta, weighted_average
+from fedmeta.common.outer_optimizer import OuterOptimizer
 
 __all__ = [
     "PULL_COST_FACTOR",

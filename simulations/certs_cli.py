@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from server.certificates import (
+from fedmeta.server.certificates import (
     create_certificate_authority,
     create_factory_keys,
     create_server_certificate,

@@ -11,14 +11,14 @@ import click
 import typer
 from rich.console import Console
 
-from common.data_sources import DATASETS
-from simulations.certs_cli import certs
-from simulations.client_cli import client
-from simulations.deployment_bench_cli import bench_deployment
-from simulations.elapsed_log import elapsed_log
-from simulations.server_cli import server
-from simulations.simulate_cli import simulate
-from simulations.validate_data_cli import validate_data
+from fedmeta.common.data_sources import DATASETS
+from fedmeta.simulations.certs_cli import certs
+from fedmeta.simulations.client_cli import client
+from fedmeta.simulations.deployment_bench_cli import bench_deployment
+from fedmeta.simulations.elapsed_log import elapsed_log
+from fedmeta.simulations.server_cli import server
+from fedmeta.simulations.simulate_cli import simulate
+from fedmeta.simulations.validate_data_cli import validate_data
 
 app = typer.Typer(help="FedMeta Factory: federated meta-learning for manufacturing.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
@@ -52,7 +52,7 @@ def bench_inner_loop(
     # Imported here so that the package never loads benchmark code (or torchopt) otherwise.
     from rich.markup import escape
 
-    from simulations.benchmarks import inner_loop
+    from fedmeta.simulations.benchmarks import inner_loop
 
     console = Console()
     try:
@@ -98,7 +98,7 @@ def bench_scaling(
     """Round time and peak memory on Flower's simulation engine beside a plain loop, per federation size."""
     from rich.markup import escape
 
-    from simulations.benchmarks import scaling  # imports torch and the apps: only when benchmarking
+    from fedmeta.simulations.benchmarks import scaling  # imports torch and the apps: only when benchmarking
 
     console = Console()
     if not console.is_terminal:  # a file or a pipe: wide enough that the table is not cut
@@ -143,7 +143,7 @@ def benchmark(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     # Imports torch, scikit-learn and the data sets: only when benchmarking.
-    from simulations.benchmarks import fewshot, fewshot_report
+    from fedmeta.simulations.benchmarks import fewshot, fewshot_report
 
     console = Console() if Console().is_terminal else Console(width=160)
     out = out if out is not None else Path("runs") / f"benchmark-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"

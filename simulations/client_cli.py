@@ -10,10 +10,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from client.deployment import DEFAULT_RUNTIME_PORT, FactoryError, plan_factory, run_factory
-from common.data_sources import ROLES
-from common.processes import ProcessError, sigterm_as_interrupt
-from simulations.elapsed_log import elapsed_log
+from fedmeta.client.deployment import DEFAULT_RUNTIME_PORT, FactoryError, plan_factory, run_factory
+from fedmeta.common.data_sources import ROLES
+from fedmeta.common.processes import ProcessError, sigterm_as_interrupt
+from fedmeta.simulations.elapsed_log import elapsed_log
 
 __all__ = ["client"]
 

@@ -25,7 +25,7 @@ def bench_deployment(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
 ) -> None:
     """Round time of the same federation on the simulation engine and as real processes (TLS, node auth)."""
-    from simulations.benchmarks import deployment  # imports torch and Ray: only when benchmarking
+    from fedmeta.simulations.benchmarks import deployment  # imports torch and Ray: only when benchmarking
 
     console = Console()
     started = time.perf_counter()

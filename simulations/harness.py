@@ -14,11 +14,11 @@ from pathlib import Path
 
 from flwr.simulation import run_simulation
 
-from client.app import make_client_app
-from common.data_sources import SplitSource, SyntheticSource, source_from_config
-from server.app import make_server_app
-from server.run import ProgressFn
-from simulations.faults import fault_injection_mod
+from fedmeta.client.app import make_client_app
+from fedmeta.common.data_sources import SplitSource, SyntheticSource, source_from_config
+from fedmeta.server.app import make_server_app
+from fedmeta.server.run import ProgressFn
+from fedmeta.simulations.faults import fault_injection_mod
 
 __all__ = ["run_federated_simulation"]
 

@@ -9,10 +9,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from common.credentials import CredentialError
-from common.processes import ProcessError, sigterm_as_interrupt
-from server.deployment import DEFAULT_PORT, DeploymentError, build_run_config, plan_server, serve
-from simulations.elapsed_log import elapsed_log
+from fedmeta.common.credentials import CredentialError
+from fedmeta.common.processes import ProcessError, sigterm_as_interrupt
+from fedmeta.server.deployment import DEFAULT_PORT, DeploymentError, build_run_config, plan_server, serve
+from fedmeta.simulations.elapsed_log import elapsed_log
 
 __all__ = ["server"]
 

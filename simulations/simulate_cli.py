@@ -16,11 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.data_sources import DATASETS, default_lr
-from common.federation import FEDERATED_ALGORITHMS
-from common.outer_optimizer import OUTER_OPTIMIZERS
-from common.synthetic import FAMILY_KINDS
-from simulations.report import comparison_rows
+from fedmeta.common.data_sources import DATASETS, default_lr
+from fedmeta.common.federation import FEDERATED_ALGORITHMS
+from fedmeta.common.outer_optimizer import OUTER_OPTIMIZERS
+from fedmeta.common.synthetic import FAMILY_KINDS
+from fedmeta.simulations.report import comparison_rows
 
 __all__ = ["simulate"]
 
@@ -141,7 +141,7 @@ def simulate(
         "resume": resume,
         "device": device,
     }
-    from simulations.harness import run_federated_simulation  # starts Ray: only when simulating
+    from fedmeta.simulations.harness import run_federated_simulation  # starts Ray: only when simulating
 
     console = Console()
     what = f"{factories} + {held_out} held-out {family}" if dataset == "synthetic" else f"the {dataset}"

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from common.connector import DataSchema, SchemaError, ValidationReport, validate_table
+from fedmeta.common.connector import DataSchema, SchemaError, ValidationReport, validate_table
 
 __all__ = ["validate_data"]
 

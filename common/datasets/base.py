@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.models import ModelConfig
-from common.tasks import FactoryData
+from fedmeta.common.models import ModelConfig
+from fedmeta.common.tasks import FactoryData
 
 __all__ = ["FactorySplit"]
 

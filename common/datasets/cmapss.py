@@ -37,10 +37,10 @@ import pandas as pd
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from common.datasets.base import FactorySplit
-from common.datasets.paths import dataset_dir
-from common.models import ModelConfig
-from common.tasks import FactoryData
+from fedmeta.common.datasets.base import FactorySplit
+from fedmeta.common.datasets.paths import dataset_dir
+from fedmeta.common.models import ModelConfig
+from fedmeta.common.tasks import FactoryData
 
 __all__ = [
     "COLUMNS",

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.datasets.base import FactorySplit
-from common.datasets.paths import dataset_dir
-from common.models import ModelConfig
-from common.tasks import FactoryData
+from fedmeta.common.datasets.base import FactorySplit
+from fedmeta.common.datasets.paths import dataset_dir
+from fedmeta.common.models import ModelConfig
+from fedmeta.common.tasks import FactoryData
 
 __all__ = [
     "CWRU_FAULT_CLASSES",

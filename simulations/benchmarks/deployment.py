@@ -38,11 +38,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from common.processes import ChildProcess, free_port
-from common.synthetic import FactoryFamily, FamilyConfig, make_family
-from server.bundle import toml_value
-from server.certificates import create_certificate_authority, create_factory_keys, create_server_certificate
-from simulations.benchmarks.scaling import RAY_EXIT_TIMEOUT_S, WORK, wait_for_descendants
+from fedmeta.common.processes import ChildProcess, free_port
+from fedmeta.common.synthetic import FactoryFamily, FamilyConfig, make_family
+from fedmeta.server.bundle import toml_value
+from fedmeta.server.certificates import create_certificate_authority, create_factory_keys, create_server_certificate
+from fedmeta.simulations.benchmarks.scaling import RAY_EXIT_TIMEOUT_S, WORK, wait_for_descendants
 
 __all__ = [
     "ISOLATIONS",
@@ -140,7 +140,7 @@ def _mode_result(mode: str, records: Sequence[Mapping[str, object]], factories: 
 
 def simulation_rounds(factories: int, rounds: int, folder: Path) -> ModeResult:
     """The federation on Flower's simulation engine (in this process, with Ray)."""
-    from simulations.harness import run_federated_simulation  # starts Ray: only when needed
+    from fedmeta.simulations.harness import run_federated_simulation  # starts Ray: only when needed
 
     records: list[Mapping[str, object]] = []
     run_federated_simulation(_config(factories, rounds, folder / "run"), progress=records.append)

@@ -19,15 +19,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from client.evaluation import Adaptation, local_only_adaptation, prepare_adaptation
-from client.factory import LoadedFactory
-from common.data_sources import DataSource
-from common.datasets.cmapss import load_cmapss_transfer, nasa_score, rmse
-from common.federation import EvaluationSettings
-from common.inner_loop import predict
-from common.tasks import FactoryData, TaskBatch
-from simulations.benchmarks.gradient_boosting import GradientBoostingReference
-from simulations.benchmarks.reference_models import train_from_scratch
+from fedmeta.client.evaluation import Adaptation, local_only_adaptation, prepare_adaptation
+from fedmeta.client.factory import LoadedFactory
+from fedmeta.common.data_sources import DataSource
+from fedmeta.common.datasets.cmapss import load_cmapss_transfer, nasa_score, rmse
+from fedmeta.common.federation import EvaluationSettings
+from fedmeta.common.inner_loop import predict
+from fedmeta.common.tasks import FactoryData, TaskBatch
+from fedmeta.simulations.benchmarks.gradient_boosting import GradientBoostingReference
+from fedmeta.simulations.benchmarks.reference_models import train_from_scratch
 
 __all__ = ["ENGINE_SHOTS", "TARGET_TRAINING_ENGINES", "EngineShots"]
 

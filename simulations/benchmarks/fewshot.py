@@ -32,22 +32,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from client.evaluation import evaluate_factory, local_only_adaptation, prepare_adaptation
-from client.factory import LoadedFactory, load_factories, sampler_for, task_sampler
-from common.algorithms import evaluate_adaptation, meta_train
-from common.data_sources import DATASETS, DataSource, SplitSource, default_lr, source_from_config
-from common.federation import EvaluationSettings, pack_meta_parameters
-from common.inner_loop import expand_for_tasks, predict
-from common.models import MetaModel, build_model
-from common.tasks import FactoryData, TaskBatch
-from server.run import initial_meta_parameters
-from server.settings import ServerSettings
-from server.strategy import weighted_metrics
-from simulations.benchmarks.engine_shots import EngineShots
-from simulations.benchmarks.field_metrics import FIELD_METRICS, FieldRows, field_rows, row_matches, score_field
-from simulations.benchmarks.gradient_boosting import WINDOW_STATISTICS, GradientBoostingReference
-from simulations.benchmarks.reference_models import TrainedModel, train_from_scratch
-from simulations.benchmarks.scaling import PlainLoop
+from fedmeta.client.evaluation import evaluate_factory, local_only_adaptation, prepare_adaptation
+from fedmeta.client.factory import LoadedFactory, load_factories, sampler_for, task_sampler
+from fedmeta.common.algorithms import evaluate_adaptation, meta_train
+from fedmeta.common.data_sources import DATASETS, DataSource, SplitSource, default_lr, source_from_config
+from fedmeta.common.federation import EvaluationSettings, pack_meta_parameters
+from fedmeta.common.inner_loop import expand_for_tasks, predict
+from fedmeta.common.models import MetaModel, build_model
+from fedmeta.common.tasks import FactoryData, TaskBatch
+from fedmeta.server.run import initial_meta_parameters
+from fedmeta.server.settings import ServerSettings
+from fedmeta.server.strategy import weighted_metrics
+from fedmeta.simulations.benchmarks.engine_shots import EngineShots
+from fedmeta.simulations.benchmarks.field_metrics import FIELD_METRICS, FieldRows, field_rows, row_matches, score_field
+from fedmeta.simulations.benchmarks.gradient_boosting import WINDOW_STATISTICS, GradientBoostingReference
+from fedmeta.simulations.benchmarks.reference_models import TrainedModel, train_from_scratch
+from fedmeta.simulations.benchmarks.scaling import PlainLoop
 
 __all__ = [
     "FEDERATED_METHODS",

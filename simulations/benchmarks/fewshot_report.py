@@ -15,8 +15,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from simulations.benchmarks.engine_shots import ENGINE_SHOTS
-from simulations.benchmarks.fewshot import META_METHODS, METHODS, TARGET_K, BenchmarkError
+from fedmeta.simulations.benchmarks.engine_shots import ENGINE_SHOTS
+from fedmeta.simulations.benchmarks.fewshot import META_METHODS, METHODS, TARGET_K, BenchmarkError
 
 __all__ = [
     "PUBLISHED",

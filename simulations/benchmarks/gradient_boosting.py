@@ -18,7 +18,7 @@ import torch
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from torch import Tensor
 
-from common.tasks import FactoryData, TaskBatch
+from fedmeta.common.tasks import FactoryData, TaskBatch
 
 __all__ = ["WINDOW_STATISTICS", "GradientBoostingReference", "window_features"]
 

@@ -38,12 +38,12 @@ from rich.table import Table
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from common.algorithms import MetaConfig, init_inner_lrs, meta_step
-from common.device import resolve_device
-from common.losses import task_losses
-from common.models import ModelConfig, build_model
-from common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskBatch
-from simulations.benchmarks.memory import peak_bytes, run_in_fresh_processes
+from fedmeta.common.algorithms import MetaConfig, init_inner_lrs, meta_step
+from fedmeta.common.device import resolve_device
+from fedmeta.common.losses import task_losses
+from fedmeta.common.models import ModelConfig, build_model
+from fedmeta.common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskBatch
+from fedmeta.simulations.benchmarks.memory import peak_bytes, run_in_fresh_processes
 
 if TYPE_CHECKING:
     import torchopt

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from common.algorithms import MetaConfig, meta_train
-from common.data_sources import DataSource
-from common.models import MetaModel, build_model
-from common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskSampler
-from server.run import initial_meta_parameters
+from fedmeta.common.algorithms import MetaConfig, meta_train
+from fedmeta.common.data_sources import DataSource
+from fedmeta.common.models import MetaModel, build_model
+from fedmeta.common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskSampler
+from fedmeta.server.run import initial_meta_parameters
 
 __all__ = ["TrainedModel", "train_from_scratch"]
 

@@ -52,13 +52,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from client.app import local_update
-from client.factory import LoadedFactory, load_factories, node_device
-from common.data_sources import source_from_config
-from common.outer_optimizer import OuterOptimizer
-from server.run import initial_meta_parameters
-from server.settings import ServerSettings
-from server.strategy import FedMetaStrategy
+from fedmeta.client.app import local_update
+from fedmeta.client.factory import LoadedFactory, load_factories, node_device
+from fedmeta.common.data_sources import source_from_config
+from fedmeta.common.outer_optimizer import OuterOptimizer
+from fedmeta.server.run import initial_meta_parameters
+from fedmeta.server.settings import ServerSettings
+from fedmeta.server.strategy import FedMetaStrategy
 
 __all__ = [
     "DEFAULT_FACTORIES",
@@ -261,7 +261,7 @@ def flower_round_times(config: Mapping[str, object], *, client_cpus: float) -> l
     Raises `RuntimeError` unless every factory's delta was accepted in every round: a
     ratio is only meaningful over the same work.
     """
-    from simulations.harness import run_federated_simulation  # starts Ray: only when needed
+    from fedmeta.simulations.harness import run_federated_simulation  # starts Ray: only when needed
 
     stamps: list[float] = []
     expected = float(config["num-factories"])

@@ -1,0 +1,101 @@
+"""What a factory client sends: deltas and metrics only, never raw data or full weights.
+
+The real `ClientApp` is called in-process with messages as the SuperLink delivers them,
+and every reply is inspected record by record.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricRecord, RecordDict
+
+from fedmeta.client.app import make_client_app
+from fedmeta.client.factory import load_factory, sampler_for
+from fedmeta.common.algorithms import meta_train
+from fedmeta.common.federation import EvaluationSettings, RoundSettings
+from fedmeta.common.models import build_model
+from fedmeta.server.run import initial_meta_parameters
+from tests.support.flower_messages import delivered
+
+RUN_CONFIG = {"family": "quality", "num-factories": 3, "num-held-out": 1, "device": "cpu"}
+TRAIN_METRICS = {"num-examples", "support-loss", "query-loss", "meta-steps", "seconds"}
+
+
+def _context(partition: int) -> Context:
+    node_config = {"partition-id": partition, "num-partitions": 4}
+    return Context(run_id=1, node_id=10 + partition, node_config=node_config, state=RecordDict(), run_config={})
+
+
+@pytest.fixture(scope="module")
+def client_app():
+    return make_client_app(RUN_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def global_params():
+    factory = load_factory({"partition-id": 0}, RUN_CONFIG)
+    return initial_meta_parameters(factory.source, "maml", 0.05, seed=0)
+
+
+def _send(app, partition, message_type, **records):
+    return app(delivered(RecordDict(records), message_type, 10 + partition), _context(partition))
+
+
+def _round_records(params, settings) -> dict:
+    return {"meta-parameters": ArrayRecord(torch_state_dict=params), "config": ConfigRecord(settings.to_config())}
+
+
+def _only_numbers(record: MetricRecord) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in record.values())
+
+
+def test_train_reply_holds_exactly_the_delta_and_numeric_metrics(client_app, global_params):
+    settings = RoundSettings(algorithm="maml", local_steps=3, server_round=4, seed=7)
+    reply = _send(client_app, 1, MessageType.TRAIN, **_round_records(global_params, settings))
+    assert not reply.has_error()
+    assert set(reply.content.keys()) == {"delta", "metrics"}
+    assert isinstance(reply.content["delta"], ArrayRecord)
+    assert isinstance(reply.content["metrics"], MetricRecord)
+    assert set(reply.content["metrics"].keys()) == TRAIN_METRICS and _only_numbers(reply.content["metrics"])
+
+    delta = reply.content["delta"].to_torch_state_dict()
+    assert list(delta) == list(global_params)  # parameter names only: nothing else rides along
+    # The values are exactly local - global: redo the factory's local training here.
+    factory = load_factory({"partition-id": 1}, RUN_CONFIG)
+    local = meta_train(
+        build_model(factory.source.model_config), global_params,
+        sampler_for(factory, settings.shots, settings.query_size, seed=7, stream=4),
+        settings.meta_config("regression"), device="cpu",
+    ).weights
+    for name, value in delta.items():
+        torch.testing.assert_close(value, local[name] - global_params[name])
+        assert not torch.allclose(value, local[name])  # not the full weights
+    rows = factory.data.num_samples
+    assert all(t.shape[0] != rows for t in delta.values())  # no tensor shaped like the data
+
+
+def test_evaluate_reply_holds_only_k_shot_metrics(client_app, global_params):
+    settings = EvaluationSettings(shots=(1, 5), tasks=3, local_only_steps=5)
+    reply = _send(client_app, 3, MessageType.EVALUATE, **_round_records(global_params, settings))
+    assert not reply.has_error()
+    assert set(reply.content.keys()) == {"metrics"}
+    metrics = reply.content["metrics"]
+    assert _only_numbers(metrics)
+    pattern = re.compile(r"(local-)?loss-k\d+|num-examples")
+    assert all(pattern.fullmatch(key) for key in metrics), sorted(metrics)
+    assert {"loss-k0", "loss-k1", "loss-k5", "local-loss-k5"} <= set(metrics)
+
+
+def test_query_reply_holds_only_role_and_factory_key(client_app):
+    reply = _send(client_app, 3, MessageType.QUERY)
+    assert set(reply.content.keys()) == {"role"}
+    assert dict(reply.content["role"]) == {"role": "evaluate", "factory": "quality-held-out-00"}
+
+
+def test_held_out_factory_refuses_to_train(client_app, global_params):
+    records = _round_records(global_params, RoundSettings())
+    with pytest.raises(ValueError, match="'quality-held-out-00' is held out"):  # Flower turns it into an error reply
+        _send(client_app, 3, MessageType.TRAIN, **records)

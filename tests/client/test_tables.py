@@ -1,0 +1,94 @@
+"""A factory client trains and evaluates on its own table, read through the connector."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
+
+from fedmeta.client.app import make_client_app
+from fedmeta.common.connector import DataValidationError
+from fedmeta.common.data_sources import TableSource, source_from_config
+from fedmeta.common.federation import EvaluationSettings, RoundSettings
+from fedmeta.server.run import initial_meta_parameters
+from tests.support.flower_messages import delivered
+
+FEATURES = ["temperature", "pressure", "speed"]
+
+
+def _write_factory(path, rows: int, gain: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame(rng.normal(size=(rows, 3)), columns=FEATURES)
+    table["quality"] = gain * table["temperature"] - table["pressure"] + 0.1 * rng.normal(size=rows)
+    table.to_csv(path, index=False)
+
+
+@pytest.fixture()
+def federation(tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"features": FEATURES, "target": "quality", "task": "regression"}))
+    for name, gain, seed in (("plant-a", 1.0, 0), ("plant-new", -1.0, 1)):
+        _write_factory(tmp_path / f"{name}.csv", rows=60, gain=gain, seed=seed)
+    return tmp_path, {"schema": str(schema), "device": "cpu"}
+
+
+def _call(app, node_config, message_type, records):
+    context = Context(run_id=1, node_id=3, node_config=node_config, state=RecordDict(), run_config={})
+    return app(delivered(RecordDict(records), message_type, 3), context)
+
+
+def _records(params, settings):
+    return {"meta-parameters": ArrayRecord(torch_state_dict=params), "config": ConfigRecord(settings.to_config())}
+
+
+def test_server_and_client_agree_on_the_model_from_the_shared_schema(federation):
+    _, run_config = federation
+    source = source_from_config(run_config)
+    assert isinstance(source, TableSource)
+    assert source.model_config.input_shape == (3,) and source.model_config.output_dim == 1
+
+
+def test_factory_table_trains_and_a_new_factory_table_evaluates(federation):
+    folder, run_config = federation
+    app = make_client_app(run_config)
+    params = initial_meta_parameters(source_from_config(run_config), "maml", 0.05, seed=0)
+
+    query = _call(app, {"data-path": str(folder / "plant-a.csv")}, MessageType.QUERY, {})
+    assert dict(query.content["role"]) == {"role": "train", "factory": "plant-a"}
+
+    train = _call(app, {"data-path": str(folder / "plant-a.csv")}, MessageType.TRAIN,
+                  _records(params, RoundSettings(local_steps=2, server_round=1)))
+    assert set(train.content.keys()) == {"delta", "metrics"}
+    assert list(train.content["delta"].to_torch_state_dict()) == list(params)
+    assert train.content["metrics"]["num-examples"] == 60
+
+    node = {"data-path": str(folder / "plant-new.csv"), "role": "evaluate"}
+    evaluate = _call(app, node, MessageType.EVALUATE, _records(params, EvaluationSettings(shots=(5,), tasks=3)))
+    assert {"loss-k0", "loss-k5"} <= set(evaluate.content["metrics"].keys())
+
+
+def test_broken_factory_table_stops_the_client_naming_the_problem(federation):
+    folder, run_config = federation
+    broken = folder / "broken.csv"
+    pd.read_csv(folder / "plant-a.csv").drop(columns=["pressure"]).to_csv(broken, index=False)
+    with pytest.raises(DataValidationError, match="pressure"):
+        _call(make_client_app(run_config), {"data-path": str(broken)}, MessageType.QUERY, {})
+
+
+def test_node_without_data_path_or_with_a_bad_role_is_refused(federation):
+    folder, run_config = federation
+    app = make_client_app(run_config)
+    with pytest.raises(ValueError, match="no 'data-path'"):
+        _call(app, {}, MessageType.QUERY, {})
+    with pytest.raises(ValueError, match="unknown role 'teach'"):
+        _call(app, {"data-path": str(folder / "plant-a.csv"), "role": "teach"}, MessageType.QUERY, {})
+
+
+def test_classification_schema_must_fix_the_class_order(tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"features": FEATURES, "target": "fault", "task": "classification"}))
+    with pytest.raises(ValueError, match="must list 'classes'"):
+        source_from_config({"schema": str(schema)})

@@ -1,0 +1,236 @@
+"""A real deployment on loopback: `fedmeta certs`, `fedmeta server` and `fedmeta client` as processes.
+
+One federation runs once for the whole module (about a minute and a half on 2 cores) and
+the tests below check what it recorded: three registered factories train over TLS with
+node authentication, a factory with an unregistered key is refused, a factory that
+crashes mid-run does not stop the rounds while two remain, and a server stopped after
+round 2 and started again with --resume finishes round 3 without losing rounds 1 and 2.
+Every process is started in its own process group and stopped by the fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sysconfig
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedmeta.common.processes import ChildProcess, descendants, free_port, port_in_use
+from fedmeta.server.certificates import create_factory_keys
+
+FEATURES = ["temperature", "pressure", "speed"]
+FACTORIES = ("plant-a", "plant-b", "plant-c")
+ROUNDS = 3
+ROUND_TIMEOUT_S = 20  # a round waits this long for a crashed factory's reply
+WORK = (
+    "algorithm='fomaml' local-steps=1 inner-steps=1 meta-batch-size=2 shots=5 query-size=10 "
+    f"min-train-nodes=2 timeout={ROUND_TIMEOUT_S} device='cpu' num-server-rounds={ROUNDS}"
+)
+FEDMETA = str(Path(sysconfig.get_path("scripts")) / "fedmeta")
+ENV = {**os.environ, "COLUMNS": "200"}  # one log line per message, unwrapped
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, logs: list[Path]) -> object:
+    """``condition()`` once truthy; after ``timeout`` s fail, showing the processes' logs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    shown = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs if log.exists())
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{shown}")
+
+
+def write_table(path: Path, gain: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(40, 3))
+    y = gain * x[:, 0] - x[:, 1] + 0.1 * rng.normal(size=40)
+    rows = [",".join([*FEATURES, "quality"])]
+    rows += [",".join(f"{v:.5f}" for v in (*r, t)) for r, t in zip(x, y, strict=True)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def metrics(run: Path) -> list[dict]:
+    path = run / "fomaml" / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def processes() -> dict[int, tuple[str, str, int, int]]:
+    """pid -> (name, state, parent pid, process group) of every process, from /proc."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # it ended meanwhile
+        state, parent, group = text.rsplit(")", 1)[1].split()[:3]
+        table[int(stat.parent.name)] = (text[text.index("(") + 1 : text.rindex(")")], state, int(parent), int(group))
+    return table
+
+
+def alive(pids: set[int]) -> list[int]:
+    """Those of ``pids`` still running (zombies, exited but not yet reaped, do not count)."""
+    table = processes()
+    return sorted(pid for pid in pids if pid in table and table[pid][1] != "Z")
+
+
+def supernode_group(client_pid: int) -> int | None:
+    """The process group of the SuperNode a `fedmeta client` started (its child, leading its own group)."""
+    for name, _, parent, group in processes().values():
+        if parent == client_pid and name.startswith("flower-supern"):
+            return group
+    return None
+
+
+@dataclass
+class Federation:
+    """What the deployment did, for the tests to check."""
+
+    root: Path
+    run: Path
+    port: int
+    rogue_code: int | None = None
+    rogue_output: str = ""
+    metrics_before_restart: list[dict] = field(default_factory=list)
+    checkpoints_before_restart: dict[str, bytes] = field(default_factory=dict)
+    first_server_code: int | None = None
+    first_server_leftovers: list[int] = field(default_factory=list)
+    port_free_after_stop: bool = False
+    second_server_code: int | None = None
+    second_server_output: str = ""
+    killed_factory_code: int | None = None
+    leftovers: list[int] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Iterator[Federation]:
+    root = tmp_path_factory.mktemp("deployment")
+    certs = root / "certs"
+    factories = [f"--factory={name}" for name in FACTORIES]
+    subprocess.run([FEDMETA, "certs", "--out", str(certs), "--host", "127.0.0.1", *factories], check=True, timeout=60)
+    create_factory_keys(root / "outsider", "rogue")  # a key pair the server never registers
+    schema = root / "schema.json"
+    schema.write_text(json.dumps({"features": FEATURES, "target": "quality", "task": "regression"}))
+    for seed, name in enumerate((*FACTORIES, "rogue")):
+        write_table(root / f"{name}.csv", gain=1.0 + 0.2 * seed, seed=seed)
+    port = free_port()
+    state, run = root / "server", root / "server" / "run"
+    result = Federation(root, run, port)
+
+    def server(extra: str, *flags: str) -> ChildProcess:
+        command = [FEDMETA, "server", "--certs", str(certs), "--state", str(state), "--port", str(port), *flags]
+        command += ["--schema", str(schema), "--run-config", f"{WORK} {extra}"]
+        return ChildProcess("server", command, log=root / f"server-{time.monotonic_ns()}.log", env=ENV)
+
+    def client(name: str, key: Path) -> ChildProcess:
+        command = [FEDMETA, "client", "--server", f"127.0.0.1:{port}", "--data", str(root / f"{name}.csv")]
+        command += ["--schema", str(schema), "--key", str(key), "--ca", str(certs / "ca.crt"), "--device", "cpu"]
+        command += ["--runtime-port", str(free_port()), "--state", str(root / f"state-{name}")]
+        return ChildProcess(f"factory {name}", command, log=root / f"{name}.log", env=ENV)
+
+    first = server("wait-for-factories=3")
+    clients = {name: client(name, certs / name) for name in FACTORIES}
+    rogue = client("rogue", root / "outsider" / "rogue")
+    started: list[ChildProcess] = []
+    logs = [root / f"{name}.log" for name in (*FACTORIES, "rogue")]
+    try:
+        for process in (first, *clients.values(), rogue):
+            started.append(process.start())
+        logs.append(first.log)
+        wait_for(lambda: rogue.poll() is not None, 90, "the rogue factory to stop", logs)
+        result.rogue_code = rogue.poll()
+        result.rogue_output = rogue.log.read_text()
+        wait_for(lambda: len(metrics(run)) >= 1, 120, "round 1", logs)
+        crashed = wait_for(lambda: supernode_group(clients["plant-c"].pid), 10, "plant-c's SuperNode", logs)
+        os.killpg(crashed, signal.SIGKILL)  # a crash: no goodbye to the server
+        result.killed_factory_code = clients["plant-c"].wait(30)
+        wait_for(lambda: len(metrics(run)) >= 2, 120, "round 2 without plant-c", logs)
+        result.metrics_before_restart = metrics(run)
+        checkpoints = sorted((run / "fomaml" / "checkpoints").glob("*.safetensors"))
+        result.checkpoints_before_restart = {path.name: path.read_bytes() for path in checkpoints}
+        superlink = descendants(first.pid)
+        first.signal_group(signal.SIGTERM)
+        result.first_server_code = first.wait(60)
+        result.first_server_leftovers = alive(superlink)
+        result.port_free_after_stop = not port_in_use("127.0.0.1", port)
+        second = server("wait-for-factories=2", "--resume")
+        started.append(second.start())
+        logs.append(second.log)
+        wait_for(lambda: second.poll() is not None, 150, "the resumed run", logs)
+        result.second_server_code = second.poll()
+        result.second_server_output = second.log.read_text()
+    finally:
+        tree = {pid for process in started for pid in (process.pid, *descendants(process.pid))}
+        for process in reversed(started):
+            process.stop()
+    result.leftovers = alive(tree)
+    yield result
+
+
+def test_unregistered_factory_is_refused(federation):
+    assert federation.rogue_code == 1
+    assert "refused factory rogue" in federation.rogue_output
+    assert "is not registered" in federation.rogue_output
+
+
+def test_three_registered_factories_train_over_tls(federation):
+    first_round = federation.metrics_before_restart[0]
+    assert first_round["round"] == 1
+    assert first_round["train/replies"] == 3.0
+    assert first_round["train/rejected"] == 0.0
+    assert {"round-000001.safetensors", "round-000002.safetensors"} <= set(federation.checkpoints_before_restart)
+
+
+def test_a_crashed_factory_does_not_stop_the_round(federation):
+    assert federation.killed_factory_code == 1  # `fedmeta client` reports that its SuperNode died
+    second_round = federation.metrics_before_restart[1]
+    assert second_round["round"] == 2
+    assert second_round["train/replies"] == 2.0  # plant-a and plant-b; plant-c never answered
+    assert second_round["seconds"] >= ROUND_TIMEOUT_S - 1  # the round waited for plant-c, then went on
+
+
+def test_stopped_server_stops_its_processes(federation):
+    assert federation.first_server_code == 130
+    assert federation.first_server_leftovers == []  # SuperLink, SuperExec, ServerApp
+    assert federation.port_free_after_stop
+
+
+def test_every_process_is_stopped(federation):
+    assert federation.leftovers == []
+
+
+def test_restarted_server_resumes_without_losing_rounds(federation):
+    assert federation.second_server_code == 0, federation.second_server_output
+    assert "resuming fomaml after round 2" in federation.second_server_output
+    rounds = metrics(federation.run)
+    assert [record["round"] for record in rounds] == [1, 2, 3]
+    assert rounds[:2] == federation.metrics_before_restart
+    assert rounds[2]["train/replies"] == 2.0
+    checkpoints = federation.run / "fomaml" / "checkpoints"
+    for name, content in federation.checkpoints_before_restart.items():
+        assert (checkpoints / name).read_bytes() == content
+    assert (checkpoints / "round-000003.safetensors").exists()
+
+
+def test_factory_gives_up_on_an_unreachable_server_after_max_wait_time(tmp_path):
+    certs = tmp_path / "certs"
+    subprocess.run([FEDMETA, "certs", "--out", str(certs), "--factory", "plant-a"], check=True, timeout=60)
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"features": FEATURES, "target": "quality", "task": "regression"}))
+    write_table(tmp_path / "plant-a.csv", gain=1.0, seed=0)
+    command = [FEDMETA, "client", "--server", f"127.0.0.1:{free_port()}", "--data", str(tmp_path / "plant-a.csv")]
+    command += ["--schema", str(schema), "--key", str(certs / "plant-a"), "--ca", str(certs / "ca.crt")]
+    command += ["--runtime-port", str(free_port()), "--state", str(tmp_path / "state"), "--max-wait-time", "3"]
+    with ChildProcess("factory", command, log=tmp_path / "factory.log", env=ENV) as factory:
+        assert factory.wait(60) == 1
+    output = (tmp_path / "factory.log").read_text()
+    assert "is not reachable yet; the factory keeps trying" in output
+    assert "stayed unreachable for 3 s (--max-wait-time)" in output

@@ -1,0 +1,132 @@
+"""What `fedmeta server` checks before it starts anything, the staged app, and the round's exchange.
+
+Fast: no SuperLink is started here (tests/end_to_end/test_loopback_deployment.py runs one).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import tomllib
+
+import pytest
+import torch
+from flwr.app import Message, RecordDict
+from flwr.cli.config_utils import load_and_validate
+
+from fedmeta.common.credentials import CredentialError, check_server_certificate
+from fedmeta.server.bundle import APP_PACKAGES, stage_app
+from fedmeta.server.certificates import create_certificate_authority, create_server_certificate
+from fedmeta.server.checkpoint import RunDirectory
+from fedmeta.server.strategy import FedMetaStrategy, NodeInfo, SamplingSettings, exchange
+from tests.support.cli import run_fedmeta as run
+from tests.support.flower_messages import delivered
+
+
+def test_server_names_a_missing_certificate_file(tmp_path):
+    code, output = run("server", "--certs", str(tmp_path / "nowhere"), "--state", str(tmp_path / "state"))
+    assert code == 1
+    assert "CA certificate" in output and "does not exist" in output
+
+
+def test_server_refuses_a_certificate_not_valid_for_its_address(tmp_path):
+    certs = tmp_path / "certs"
+    create_server_certificate(certs, create_certificate_authority(certs), ["server.plant.example"])
+    code, output = run("server", "--certs", str(certs), "--state", str(tmp_path / "state"))
+    assert code == 1
+    assert "not for 127.0.0.1" in output and "fedmeta certs --host 127.0.0.1" in output
+
+
+def test_server_certificate_must_match_its_key_and_ca(pki, tmp_path):
+    other = tmp_path / "other"
+    create_server_certificate(other, create_certificate_authority(other), ["127.0.0.1"])
+    with pytest.raises(CredentialError, match="does not belong to the server certificate"):
+        check_server_certificate(pki / "ca.crt", pki / "server.crt", other / "server.key", "127.0.0.1")
+    with pytest.raises(CredentialError, match="was not issued by the CA"):
+        check_server_certificate(pki / "ca.crt", other / "server.crt", other / "server.key", "127.0.0.1")
+
+
+def test_server_needs_factory_keys_for_node_authentication(pki, tmp_path):
+    empty = tmp_path / "no-keys"
+    empty.mkdir()
+    code, output = run("server", "--certs", str(pki), "--factory-keys", str(empty), "--state", str(tmp_path / "s"))
+    assert code == 1 and "holds no *.pub file" in output
+    (empty / "plant-x.pub").write_text("ssh-rsa AAAA not a key\n")
+    code, output = run("server", "--certs", str(pki), "--factory-keys", str(empty), "--state", str(tmp_path / "s"))
+    assert code == 1 and "plant-x.pub is not an OpenSSH public key" in output
+
+
+def test_server_reports_a_port_in_use(pki, tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code, output = run("server", "--certs", str(pki), "--state", str(tmp_path / "s"), "--port", str(port))
+    assert code == 1 and f"port {port} on 0.0.0.0 is in use (another server?)" in output
+
+
+def test_server_refuses_bad_run_settings_and_an_existing_run_without_resume(pki, tmp_path):
+    state = tmp_path / "state"
+    code, output = run("server", "--certs", str(pki), "--state", str(state), "--run-config", "num-server-rounds=0")
+    assert code == 1 and "num-server-rounds must be >= 1" in output
+    RunDirectory(state / "run" / "maml").save_checkpoint(1, {"w": torch.zeros(2)}, {}, {})
+    code, output = run("server", "--certs", str(pki), "--state", str(state))
+    assert code == 1 and "already holds maml checkpoints up to round 1: pass --resume" in output
+
+
+def test_insecure_server_warns(tmp_path):
+    code, output = run("server", "--insecure", "--state", str(tmp_path / "s"), "--run-config", "eval-every=-1")
+    assert code == 1
+    assert "WARNING: --insecure: no TLS and no node authentication" in output
+
+
+def test_staged_app_is_a_flower_app_whose_config_is_the_run_config(tmp_path):
+    config = {"num-server-rounds": 3, "schema": "/srv/schema.json", "timeout": 20.5, "resume": True, "note": 'a "b"'}
+    folder = stage_app(tmp_path / "app", config)
+    pyproject, warnings = load_and_validate(folder / "pyproject.toml")
+    assert pyproject is not None, warnings
+    assert tomllib.loads((folder / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"] == config
+    for package in APP_PACKAGES:
+        staged = folder.joinpath(*package.split("."))
+        assert (staged / "__init__.py").is_file()
+        assert not list(staged.rglob("__pycache__"))
+
+
+
+
+class _UploadingGrid:
+    """The reply shows up on the second pull; the first pull waits like Flower's 1 s upload backoff."""
+
+    def __init__(self) -> None:
+        self.pulls = 0
+
+    def push_messages(self, messages):
+        return ["0"]
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        if self.pulls == 1:
+            time.sleep(0.3)
+            return []
+        return [Message(RecordDict(), reply_to=delivered(RecordDict(), "train", 1, message_id="0"))]
+
+
+def test_a_slow_pull_does_not_delay_the_next_one_for_long():
+    started = time.monotonic()
+    assert len(exchange(_UploadingGrid(), [None], timeout=30)) == 1
+    assert time.monotonic() - started < 1.2  # 0.3 s pull + at most 0.5 s wait (not 10 x 0.3 s)
+
+
+class _Nodes:
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return self.nodes
+
+
+def test_only_connected_factories_get_work():
+    strategy = FedMetaStrategy(None, SamplingSettings(min_train_nodes=1))
+    strategy.nodes = {1: NodeInfo("train", "plant-a"), 2: NodeInfo("train", "plant-b")}
+    strategy.discover_nodes(_Nodes([1, 2]), timeout=1)
+    assert [seat.info.factory for seat in strategy.seats_with_role("train")] == ["plant-a", "plant-b"]
+    strategy.discover_nodes(_Nodes([2]), timeout=1)  # plant-a's node left
+    assert [seat.info.factory for seat in strategy.seats_with_role("train")] == ["plant-b"]

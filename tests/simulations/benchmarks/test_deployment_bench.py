@@ -1,0 +1,42 @@
+"""`fedmeta bench deployment`: the same federation simulated and deployed, compared per round."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from rich.console import Console
+
+from fedmeta.common.connector import DataSchema, load_factory_table
+from fedmeta.common.synthetic import FamilyConfig, make_family
+from fedmeta.simulations.benchmarks.deployment import export_tables, render, run_deployment_benchmark
+
+
+def test_exported_tables_read_back_as_the_same_factories(tmp_path):
+    family = make_family(FamilyConfig("quality", num_factories=2, num_held_out=0))
+    schema = DataSchema.from_json(export_tables(family, tmp_path))
+    for factory in family.train:
+        table = load_factory_table(tmp_path / f"{factory.name}.csv", schema)
+        assert torch.equal(table.x, factory.x)
+        assert torch.equal(table.y, factory.y)
+
+
+@pytest.mark.parametrize(("factories", "rounds", "isolations"), [(1, 2, ("process",)), (2, 1, ("process",)),
+                                                                  (2, 2, ("thread",)), (2, 2, ())])
+def test_bad_settings_are_refused_before_anything_runs(factories, rounds, isolations):
+    with pytest.raises(ValueError):
+        run_deployment_benchmark(factories, rounds, isolations=isolations)
+
+
+def test_tiny_benchmark_deploys_the_simulated_work():
+    result = run_deployment_benchmark(2, 2, isolations=("process",))
+    simulation, deployed = result.modes
+    assert (simulation.mode, deployed.mode) == ("simulation", "deployment, process isolation")
+    assert deployed.first_round_loss == pytest.approx(simulation.first_round_loss, abs=1e-5)
+    assert len(deployed.round_seconds) == len(simulation.round_seconds) == 2
+    assert result.ratio(deployed) > 1  # a process per message costs more than an in-memory call
+    console = Console(record=True, width=150)
+    render(result, console)
+    assert "deployment, process isolation" in console.export_text()
+    assert json.loads(json.dumps(result.to_dict()))["modes"][1]["ratio_to_simulation"] == result.ratio(deployed)

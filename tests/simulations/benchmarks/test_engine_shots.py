@@ -1,0 +1,52 @@
+"""C-MAPSS with K counted in whole target engines (`simulations.benchmarks.engine_shots`), on the real files."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fedmeta.client.evaluation import initial_weights
+from fedmeta.common.data_sources import SplitSource
+from fedmeta.common.datasets.cmapss import rmse
+from fedmeta.common.federation import EvaluationSettings, pack_meta_parameters
+from fedmeta.common.models import build_model
+from fedmeta.simulations.benchmarks.engine_shots import ENGINE_SHOTS, EngineShots
+from tests.support.shared_data import needs_dataset
+
+pytestmark = needs_dataset("cmapss")
+
+
+@pytest.fixture(scope="module")
+def engines() -> EngineShots:
+    return EngineShots(SplitSource("cmapss", 0), seed=0, stride=40)  # few windows: fast gradient boosting
+
+
+def test_target_engines_nest_and_score_the_whole_test_split(engines: EngineShots) -> None:
+    names = [set(engines.targets[k].engines.name.split(" ")[1].split(",")) for k in ENGINE_SHOTS]
+    assert [len(n) for n in names] == list(ENGINE_SHOTS) and names[0] <= names[1] <= names[2]
+    assert all(t.test.num_samples == 100 for t in engines.targets.values())
+    assert engines.full.engines.name.count(",") == 99 and engines.scale == 125
+
+
+def test_unadapted_model_scores_equal_its_direct_rmse_in_cycles(engines: EngineShots) -> None:
+    model = build_model(engines.source.model_config)
+    params = pack_meta_parameters(initial_weights(model, 0), {})
+    settings = EvaluationSettings(algorithm="fedavg", lr=0.003)
+    scores = engines.score(engines.adapted(params, settings, steps=0))
+    for k in ENGINE_SHOTS:
+        test = engines.targets[k].test
+        with torch.no_grad():
+            direct = rmse(torch.func.functional_call(model, initial_weights(model, 0), (test.x,))[:, 0] * 125,
+                          test.y * 125)
+        assert scores[k]["rmse"] == pytest.approx(direct, rel=1e-5)
+    adapted = engines.score(engines.adapted(params, settings, steps=5))
+    assert all(adapted[k]["rmse"] != scores[k]["rmse"] for k in ENGINE_SHOTS)
+
+
+def test_references_are_finite_and_the_full_data_model_is_one_value(engines: EngineShots) -> None:
+    boosted = engines.score(engines.gradient_boosting(seed=0))
+    assert all(math.isfinite(boosted[k]["rmse"]) and boosted[k]["nasa"] > 0 for k in ENGINE_SHOTS)
+    full = engines.full_data(steps=5, seed=0)
+    assert list(full) == list(ENGINE_SHOTS) and len({full[k]["rmse"] for k in ENGINE_SHOTS}) == 1

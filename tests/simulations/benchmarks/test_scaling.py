@@ -1,0 +1,91 @@
+"""``fedmeta bench scaling``: memory of a process tree, targets, output, and one tiny real run via the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from fedmeta.simulations.benchmarks import scaling
+from fedmeta.simulations.cli import app
+
+MiB = 2**20
+
+
+def test_tree_memory_counts_child_processes():
+    child = "import time; block = bytearray(200 * 2**20); block[::4096] = b'x' * len(block[::4096]); time.sleep(30)"
+    process = subprocess.Popen([sys.executable, "-c", child])
+    try:
+        deadline = time.monotonic() + 30
+        with scaling.TreeMemorySampler(interval=0.05) as sampler:
+            while (alone := scaling.tree_rss_bytes(process.pid)[0]) < 200 * MiB:  # until the child has touched it
+                assert time.monotonic() < deadline, "the child never held its block"
+                time.sleep(0.05)
+            sampler.sample()
+    finally:
+        process.kill()
+        process.wait()
+    assert sampler.processes_at_peak >= 2
+    assert sampler.peak_bytes >= alone + 50 * MiB  # the child's block on top of this process's own
+
+
+def _size(factories: int, plain: float, flower: float, peak_gb: float) -> scaling.SizeResult:
+    return scaling.SizeResult(factories, 2, math.ceil(factories / 2), 2, [plain] * 3, [flower] * 3,
+                              int(0.5 * scaling.GB), int(peak_gb * scaling.GB), 10)
+
+
+def test_targets_apply_to_the_sizes_the_issue_names():
+    assert _size(10, 0.01, 0.05, 2.0).targets == []
+    (ratio,) = _size(100, 0.2, 0.27, 2.0).targets
+    assert ratio.value == pytest.approx(1.35) and not ratio.passed
+    ratio, memory = _size(1000, 2.0, 2.9, 2.4).targets
+    assert ratio.passed and memory.passed and memory.unit == "GB"
+    assert not _size(1000, 2.0, 2.9, 2.6).targets[1].passed
+
+
+def test_render_shows_every_size_and_verdict():
+    result = scaling.ScalingResult(5, 1.0, 2, 1, 0.5, dict(scaling.WORK),
+                                   [_size(100, 0.2, 0.22, 2.0), _size(1000, 2.0, 3.2, 2.1)])
+    console = Console(record=True, width=200)
+    scaling.render(result, console)
+    text = console.export_text()
+    for expected in ("scaling benchmark", "1,000", "2 x 500", "1.10x", "1.60x", "PASS", "FAIL", "2.10"):
+        assert expected in text
+    json.dumps(result.to_dict())
+
+
+def test_cli_runs_tiny_federations_and_writes_json(tmp_path):
+    path = tmp_path / "scaling.json"
+    result = CliRunner().invoke(app, ["bench", "scaling", "--factories", "4,8", "--rounds", "1", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "round wall time and peak memory" in result.output
+    data = json.loads(path.read_text())
+    assert [size["factories"] for size in data["sizes"]] == [4, 8]
+    for size in data["sizes"]:
+        assert size["nodes"] == 2 and size["factories_per_node"] == size["factories"] // 2
+        assert len(size["plain_round_s"]) == 1 and len(size["flower_round_s"]) == 1
+        assert math.isfinite(size["ratio"]) and size["ratio"] > 0
+        assert size["flower_peak_bytes"] > size["plain_peak_bytes"] > 0  # Ray's processes count
+        assert size["flower_processes"] > 2
+        assert size["targets"] == []  # no targets at these sizes
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [(["--factories", "10,x"], "comma-separated positive integers"), (["--rounds", "0"], "rounds")],
+)
+def test_cli_rejects_bad_options(arguments, message):
+    result = CliRunner().invoke(app, ["bench", "scaling", *arguments])
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+def test_package_does_not_import_the_benchmark():
+    code = "import sys, fedmeta.simulations.cli; assert 'fedmeta.simulations.benchmarks.scaling' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

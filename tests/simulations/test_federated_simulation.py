@@ -1,0 +1,94 @@
+"""Real Flower simulations (Ray) with the real ClientApp and ServerApp.
+
+Kept to four short runs: each start of the simulation engine costs seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedmeta.server.checkpoint import CheckpointError, RunDirectory
+from fedmeta.simulations.harness import run_federated_simulation
+from fedmeta.simulations.report import final_evaluation
+
+SMALL = {
+    "family": "quality",
+    "num-factories": 4,
+    "num-held-out": 1,
+    "eval-shots": "5",
+    "eval-tasks": 4,
+    "local-steps": 2,
+    "device": "cpu",
+}
+
+
+def _params_after(run_dir, round_: int) -> dict[str, torch.Tensor]:
+    return RunDirectory(run_dir).load_checkpoint(round_).params
+
+
+def test_meta_learning_beats_fedavg_fine_tuning_on_held_out_factories(tmp_path):
+    config = {
+        "family": "quality", "num-factories": 12, "num-held-out": 4, "num-server-rounds": 40,
+        "algorithm": "maml", "compare-with": "fedavg", "local-lr": 0.005, "eval-shots": "5",
+        "eval-tasks": 25, "device": "cpu", "run-dir": str(tmp_path),
+    }
+    rounds_seen = []
+    run_federated_simulation(config, progress=lambda record: rounds_seen.append(record["round"]))
+
+    assert rounds_seen == [*range(1, 41)] * 2  # maml, then fedavg, each round reported
+    for algorithm in ("maml", "fedavg"):
+        run_dir = RunDirectory(tmp_path / algorithm)
+        assert run_dir.latest_round() == 40
+        assert [r["round"] for r in run_dir.read_metrics()] == list(range(1, 41))
+        assert all(r["train/replies"] == 12 and r["train/rejected"] == 0 for r in run_dir.read_metrics())
+    meta = final_evaluation(tmp_path / "maml")
+    fedavg = final_evaluation(tmp_path / "fedavg")
+    assert meta["eval/replies"] == 4  # every held-out factory evaluated, none trained
+    assert meta["eval/loss-k5"] < 0.85 * fedavg["eval/loss-k5"], (meta["eval/loss-k5"], fedavg["eval/loss-k5"])
+
+
+def test_crashed_and_corrupt_factories_are_left_out_and_the_run_completes(tmp_path):
+    config = {**SMALL, "num-server-rounds": 2, "run-dir": str(tmp_path), "inject-faults": "0:crash,1:nan,2:shape",
+              "min-train-nodes": 1}
+    run_federated_simulation(config)
+    records = RunDirectory(tmp_path / "maml").read_metrics()
+    assert [r["round"] for r in records] == [1, 2]
+    assert all(r["train/replies"] == 1 and r["train/rejected"] == 3 for r in records)
+    assert "eval/loss-k5" in records[-1]
+    # Only factory 3's update was applied: the model moved, and stayed finite.
+    after = _params_after(tmp_path / "maml", 2)
+    assert all(torch.isfinite(t).all() for t in after.values())
+
+
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    run_federated_simulation({**SMALL, "num-server-rounds": 4, "run-dir": str(whole), "outer-optimizer": "adam",
+                              "outer-lr": 0.01})
+    run_federated_simulation({**SMALL, "num-server-rounds": 2, "run-dir": str(split), "outer-optimizer": "adam",
+                              "outer-lr": 0.01})
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):  # never overwrite a run silently
+        run_federated_simulation({**SMALL, "num-server-rounds": 4, "run-dir": str(split)})
+    run_federated_simulation({**SMALL, "num-server-rounds": 4, "run-dir": str(split), "resume": True,
+                              "outer-optimizer": "adam", "outer-lr": 0.01})
+
+    expected, resumed = _params_after(whole / "maml", 4), _params_after(split / "maml", 4)
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name])
+    assert [r["round"] for r in RunDirectory(split / "maml").read_metrics()] == [1, 2, 3, 4]
+
+
+def test_nodes_serving_several_factories_end_where_one_node_per_factory_ends(tmp_path):
+    """Three factories per node (the second node mixes training and held-out ones): same model, same metrics."""
+    config = {**SMALL, "num-server-rounds": 2, "algorithm": "fomaml"}
+    run_federated_simulation({**config, "run-dir": str(tmp_path / "single")})
+    run_federated_simulation({**config, "run-dir": str(tmp_path / "shared"), "factories-per-node": 3})
+
+    single, shared = _params_after(tmp_path / "single" / "fomaml", 2), _params_after(tmp_path / "shared" / "fomaml", 2)
+    for name in single:
+        torch.testing.assert_close(shared[name], single[name], rtol=0, atol=0)
+    records = {run: RunDirectory(tmp_path / run / "fomaml").read_metrics() for run in ("single", "shared")}
+    assert all(r["train/replies"] == 4 and r["train/rejected"] == 0 for r in records["shared"])
+    assert records["shared"][-1]["eval/replies"] == 1
+    for key in ("train/query-loss", "eval/loss-k5"):
+        assert records["shared"][-1][key] == records["single"][-1][key]

@@ -1,0 +1,33 @@
+"""``fedmeta simulate`` from the command line: bad flags fail clearly, a small run reports."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from fedmeta.server.checkpoint import RunDirectory
+from fedmeta.simulations.cli import app
+
+runner = CliRunner()
+
+
+def test_unknown_algorithm_flag_lists_valid_choices():
+    result = runner.invoke(app, ["simulate", "--algorithm", "mamll"])
+    assert result.exit_code == 2
+    assert "mamll" in result.output and "maml" in result.output and "fedavg" in result.output
+
+
+def test_resume_without_output_folder_is_refused():
+    result = runner.invoke(app, ["simulate", "--resume"])
+    assert result.exit_code == 2
+    assert "--output" in result.output
+
+
+def test_small_fault_diagnosis_simulation_prints_the_comparison_table(tmp_path):
+    args = ["simulate", "--family", "fault", "--factories", "3", "--held-out", "1", "--rounds", "2",
+            "--local-steps", "1", "--output", str(tmp_path), "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for expected in ("round   2/2", "fedavg + fine-tune", "local only", "accuracy", "K=5"):
+        assert expected in result.output
+    assert RunDirectory(tmp_path / "maml").latest_round() == 2
+    assert RunDirectory(tmp_path / "fedavg").latest_round() == 2
