@@ -30,8 +30,8 @@ from torch import Tensor
 
 from fedmeta.client.evaluation import evaluate_factory
 from fedmeta.client.factory import LoadedFactory, load_factories, node_device, sampler_for
+from fedmeta.common import protocol
 from fedmeta.common.algorithms import meta_train
-from fedmeta.common.data_sources import FACTORIES_RECORD, factory_key
 from fedmeta.common.deltas import subtract
 from fedmeta.common.federation import EvaluationSettings, RoundSettings, pack_meta_parameters, unpack_meta_parameters
 from fedmeta.common.models import ModelConfig, build_model
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 def _received_parameters(msg: Message) -> dict[str, Tensor]:
-    return dict(msg.content["meta-parameters"].to_torch_state_dict())
+    return dict(msg.content[protocol.META_PARAMETERS].to_torch_state_dict())
 
 
 def check_model_fits(factory: LoadedFactory, global_params: Mapping[str, Tensor]) -> None:
@@ -92,21 +92,28 @@ def local_update(
     delta = subtract(pack_meta_parameters(result.weights, result.inner_lrs), global_params)
     metrics = {name.replace("_", "-"): value for name, value in result.metrics.items()}
     # Weighted by the factory's data size, as FedAvg does, not by the examples sampled.
-    metrics["num-examples"] = factory.data.num_samples
+    metrics[protocol.NUM_EXAMPLES] = factory.data.num_samples
     return delta, metrics
+
+
+def _train_records(
+    factory: LoadedFactory, global_params: Mapping[str, Tensor], settings: RoundSettings, device: object
+) -> dict[str, ArrayRecord | MetricRecord]:
+    """`local_update` as the records a reply carries: the delta and the metrics, nothing else."""
+    delta, metrics = local_update(factory, global_params, settings, device)
+    return {protocol.DELTA: ArrayRecord(torch_state_dict=delta), protocol.METRICS: MetricRecord(metrics)}
 
 
 def train_reply(factory: LoadedFactory, msg: Message, device: object) -> RecordDict:
     """Local meta-training from the global meta-parameters: the delta and metrics."""
-    settings = RoundSettings.from_config(msg.content["config"])
-    delta, metrics = local_update(factory, _received_parameters(msg), settings, device)
-    return RecordDict({"delta": ArrayRecord(torch_state_dict=delta), "metrics": MetricRecord(metrics)})
+    settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
+    return RecordDict(_train_records(factory, _received_parameters(msg), settings, device))
 
 
 def _named_factories(factories: Sequence[LoadedFactory], msg: Message) -> list[LoadedFactory]:
     """The factories of this node that the server's message names, in its order."""
     served = {factory.data.name: factory for factory in factories}
-    names = list(msg.content[FACTORIES_RECORD]["names"])
+    names = list(msg.content[protocol.FACTORIES][protocol.NAMES])
     unknown = [name for name in names if name not in served]
     if unknown:
         raise ValueError(f"this node does not serve factories {unknown}; it serves {sorted(served)}")
@@ -129,28 +136,26 @@ def _per_factory(
             log.warning("factory %s failed: %s", factory.data.name, error)
             continue
         for record, value in records.items():
-            content[factory_key(record, factory.data.name)] = value
+            content[protocol.factory_key(record, factory.data.name)] = value
     return content
 
 
 def train_replies(factories: Sequence[LoadedFactory], msg: Message, device: object) -> RecordDict:
     """`train_reply` for each factory the message names, each under its own keys."""
-    settings = RoundSettings.from_config(msg.content["config"])
+    settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
     global_params = _received_parameters(msg)
 
-    def train(factory: LoadedFactory) -> dict[str, object]:
-        delta, metrics = local_update(factory, global_params, settings, device)
-        return {"delta": ArrayRecord(torch_state_dict=delta), "metrics": MetricRecord(metrics)}
-
-    return _per_factory(_named_factories(factories, msg), train)
+    return _per_factory(
+        _named_factories(factories, msg), lambda factory: _train_records(factory, global_params, settings, device)
+    )
 
 
 def _evaluate_reply(factory: LoadedFactory, msg: Message, device: object) -> dict[str, MetricRecord]:
     """K-shot adaptation on the factory's tasks for each K the server asks for."""
-    settings = EvaluationSettings.from_config(msg.content["config"])
+    settings = EvaluationSettings.from_config(msg.content[protocol.CONFIG])
     global_params = _received_parameters(msg)
     check_model_fits(factory, global_params)
-    return {"metrics": MetricRecord(evaluate_factory(factory, global_params, settings, device=device))}
+    return {protocol.METRICS: MetricRecord(evaluate_factory(factory, global_params, settings, device=device))}
 
 
 def _only(factories: Sequence[LoadedFactory]) -> LoadedFactory:
@@ -173,15 +178,16 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
         """Report this node's roles and factory keys; nothing about their data."""
         factories, _ = factories_of(context)
         if factories[0].source.factories_per_node == 1:
-            record = ConfigRecord({"role": factories[0].role, "factory": factories[0].data.name})
-            return Message(RecordDict({"role": record}), reply_to=msg)
+            record = ConfigRecord({protocol.ROLE: factories[0].role, protocol.FACTORY: factories[0].data.name})
+            return Message(RecordDict({protocol.ROLE: record}), reply_to=msg)
         names, roles = [f.data.name for f in factories], [f.role for f in factories]
-        return Message(RecordDict({FACTORIES_RECORD: ConfigRecord({"names": names, "roles": roles})}), reply_to=msg)
+        record = ConfigRecord({protocol.NAMES: names, protocol.ROLES_FIELD: roles})
+        return Message(RecordDict({protocol.FACTORIES: record}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         factories, device = factories_of(context)
-        if FACTORIES_RECORD in msg.content:
+        if protocol.FACTORIES in msg.content:
             return Message(train_replies(factories, msg, device), reply_to=msg)
         return Message(train_reply(_only(factories), msg, device), reply_to=msg)
 
@@ -189,7 +195,7 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
     def evaluate(msg: Message, context: Context) -> Message:
         """K-shot adaptation on this node's factories' tasks for each K the server asks for."""
         factories, device = factories_of(context)
-        if FACTORIES_RECORD in msg.content:
+        if protocol.FACTORIES in msg.content:
             content = _per_factory(_named_factories(factories, msg), lambda f: _evaluate_reply(f, msg, device))
             return Message(content, reply_to=msg)
         return Message(RecordDict(_evaluate_reply(_only(factories), msg, device)), reply_to=msg)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,8 +21,9 @@ from pathlib import Path
 
 from fedmeta.common.connector import DataSchema, validate_table
 from fedmeta.common.credentials import load_certificate, load_factory_private_key
-from fedmeta.common.data_sources import ROLES
+from fedmeta.common.elapsed_log import Report
 from fedmeta.common.processes import ChildProcess, flower_env, port_in_use
+from fedmeta.common.protocol import ROLES
 from fedmeta.common.validation import check_choice
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
 DEFAULT_RUNTIME_PORT = 9094  # flower-supernode's own default for its local app API
 PROBE_TIMEOUT_S = 5.0
 
-Report = Callable[[str], None]
 
 
 class FactoryError(RuntimeError):

@@ -13,6 +13,7 @@ from fedmeta.common.algorithms import adapt_to_support, adapted_names, evaluate_
 from fedmeta.common.data_sources import DataSource
 from fedmeta.common.federation import EvaluationSettings, local_algorithm, unpack_meta_parameters
 from fedmeta.common.models import MetaModel, build_model
+from fedmeta.common.protocol import NUM_EXAMPLES
 from fedmeta.common.tasks import TaskBatch
 
 __all__ = ["Adaptation", "evaluate_factory", "initial_weights", "local_only_adaptation", "prepare_adaptation"]
@@ -77,7 +78,7 @@ def evaluate_factory(
     """
     adaptation = prepare_adaptation(factory, params, settings, device=device)
     local_only = local_only_adaptation(factory.source, settings) if settings.local_only_steps else None
-    metrics: dict[str, float] = {"num-examples": 0}
+    metrics: dict[str, float] = {NUM_EXAMPLES: 0}
     for k in settings.shots:
         sampler = sampler_for(factory, k, settings.query_size, seed=settings.seed, stream=f"eval-k{k}")
         batch = sampler.sample(settings.tasks).to(device)
@@ -86,7 +87,7 @@ def evaluate_factory(
         _record(metrics, f"k{k}", adaptation.score(batch, steps=settings.steps))
         if local_only is not None:
             _record(metrics, f"k{k}", local_only.score(batch, settings.local_only_steps), prefix="local-")
-        metrics["num-examples"] += batch.query_y.numel()
+        metrics[NUM_EXAMPLES] += batch.query_y.numel()
     return metrics
 
 

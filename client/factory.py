@@ -10,6 +10,7 @@ import torch
 
 from fedmeta.common.data_sources import DataSource, source_from_config
 from fedmeta.common.device import resolve_device
+from fedmeta.common.run_settings import resolve_run_config
 from fedmeta.common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskSampler
 
 __all__ = ["LoadedFactory", "load_factories", "load_factory", "node_device", "sampler_for", "task_sampler"]
@@ -40,7 +41,7 @@ def load_factory(node_config: Mapping[str, object], run_config: Mapping[str, obj
 
 def node_device(node_config: Mapping[str, object], run_config: Mapping[str, object]) -> torch.device:
     """The node's own ``device`` setting wins over the run's; default: its best accelerator."""
-    return resolve_device(str(node_config.get("device", run_config.get("device", "auto"))))
+    return resolve_device(str(node_config.get("device", resolve_run_config(run_config)["device"])))
 
 
 def _seed(*parts: object) -> int:

@@ -33,7 +33,7 @@ from fedmeta.common.validation import check_choice, check_positive_int
 
 __all__ = [
     "ALGORITHMS",
-    "OUTER_OPTIMIZERS",
+    "META_OPTIMIZERS",
     "MetaConfig",
     "MetaTrainResult",
     "NonFiniteLossError",
@@ -46,7 +46,9 @@ __all__ = [
 ]
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "pretrain")
-OUTER_OPTIMIZERS = ("adam", "sgd")
+# The optimizer of a factory's own meta-update (`MetaConfig.outer_optimizer`); the server's, which
+# applies the averaged deltas, are `fedmeta.common.outer_optimizer.OUTER_OPTIMIZERS`.
+META_OPTIMIZERS = ("adam", "sgd")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -69,7 +71,7 @@ class MetaConfig:
     def __post_init__(self) -> None:
         check_choice("algorithm", self.algorithm, ALGORITHMS)
         check_choice("task_kind", self.task_kind, TASK_KINDS)
-        check_choice("outer_optimizer", self.outer_optimizer, OUTER_OPTIMIZERS)
+        check_choice("outer_optimizer", self.outer_optimizer, META_OPTIMIZERS)
         for name in ("inner_steps", "meta_batch_size", "local_steps"):
             check_positive_int(name, getattr(self, name))
         for name in ("inner_lr", "outer_lr"):

@@ -7,15 +7,15 @@ settings here, so they always agree on the model.
 By default a node is one factory: ``partition-id`` N is factory N. With
 ``factories-per-node`` F > 1 (for simulating thousands of factories on a few cores)
 node N serves the contiguous block of factories ``N*F .. N*F+F-1``; each factory still
-trains on its own rows and sends its own delta, under the record keys `factory_key`
-gives, so the server validates and averages every factory separately.
+trains on its own rows and sends its own delta, under the record keys
+`fedmeta.common.protocol.factory_key` gives, so the server validates and averages every factory separately.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Protocol
@@ -26,26 +26,20 @@ from fedmeta.common.datasets.base import FactorySplit
 from fedmeta.common.datasets.cmapss import load_cmapss_transfer
 from fedmeta.common.datasets.cwru import load_cwru
 from fedmeta.common.models import ModelConfig
+from fedmeta.common.protocol import ROLES
+from fedmeta.common.run_settings import DATASETS, resolve_run_config
 from fedmeta.common.synthetic import FactoryFamily, FamilyConfig, make_family
 from fedmeta.common.tasks import FactoryData
 from fedmeta.common.validation import check_choice
 
 __all__ = [
-    "DATASETS",
-    "FACTORIES_RECORD",
     "DataSource",
     "FactoryAssignment",
     "SplitSource",
     "SyntheticSource",
     "TableSource",
-    "factory_key",
     "source_from_config",
 ]
-
-ROLES = ("train", "evaluate")
-
-# The record that lists factories in messages to and from a node serving several.
-FACTORIES_RECORD = "factories"
 
 # Run-config key (dashes, as in Flower configs) -> FamilyConfig field.
 _FAMILY_KEYS = {
@@ -86,11 +80,6 @@ class DataSource(Protocol):
 def _family(config: FamilyConfig) -> FactoryFamily:
     """Generated once per process: every simulated node of a worker shares it."""
     return make_family(config)
-
-
-def factory_key(record: str, factory: str) -> str:
-    """Where a node serving several factories puts one factory's record (``delta/<factory>``)."""
-    return f"{record}/{factory}"
 
 
 @dataclass(frozen=True)
@@ -205,20 +194,6 @@ def _load_split(dataset: str, seed: int) -> FactorySplit:
     return load_cwru(seed=seed, held_out_sensor="FE" if dataset == "cwru-fe" else None)
 
 
-DATASETS = ("synthetic", "ai4i", "cmapss", "cwru", "cwru-fe")
-# Step sizes that keep the real data sets' models stable: on CWRU's raw windows first-order
-# MAML at 0.05 collapses to chance after ~150 meta-steps while 0.01 reaches ~98% (5-shot,
-# held-out load); C-MAPSS' residual TCN diverges in its first inner loop at 0.05 and when
-# fine-tuned on a single window at 0.01, not at 0.003.
-DATASET_LR = {"synthetic": 0.05, "ai4i": 0.01, "cwru": 0.01, "cwru-fe": 0.01, "cmapss": 0.003}
-
-
-def default_lr(dataset: str) -> float:
-    """The inner-loop (and fine-tuning) step size a data set runs at unless one is given."""
-    check_choice("dataset", dataset, DATASETS)
-    return DATASET_LR[dataset]
-
-
 @cache
 def _split(dataset: str, seed: int) -> FactorySplit:
     """Loaded once per process: every simulated node of a worker shares it."""
@@ -267,16 +242,13 @@ def source_from_config(
     """Build the data source a run's config describes: factory tables when it (or the
     node's own config) names a ``schema`` file, a shared real data set when ``dataset``
     names one, else a synthetic family (keys as in `_FAMILY_KEYS`, plus ``factories-per-node``)."""
-    schema = (node_config or {}).get("schema") or run_config.get("schema")
+    settings = resolve_run_config(run_config)
+    schema = (node_config or {}).get("schema") or settings["schema"]
     if schema:
         return TableSource(DataSchema.from_json(Path(str(schema))))
-    dataset = str(run_config.get("dataset", "synthetic"))
+    dataset = str(settings["dataset"])
     check_choice("dataset", dataset, DATASETS)
     if dataset != "synthetic":
-        return SplitSource(dataset, int(run_config.get("seed", 0)))
-    defaults = {f.name: f.default for f in fields(FamilyConfig) if f.name != "kind"}
-    values = {"kind": "quality", **defaults}
-    for key, field_name in _FAMILY_KEYS.items():
-        if key in run_config:
-            values[field_name] = run_config[key]
-    return SyntheticSource(FamilyConfig(**values), int(run_config.get("factories-per-node", 1)))
+        return SplitSource(dataset, int(settings["seed"]))
+    family = FamilyConfig(**{field_name: settings[key] for key, field_name in _FAMILY_KEYS.items()})
+    return SyntheticSource(family, int(settings["factories-per-node"]))

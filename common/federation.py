@@ -16,6 +16,7 @@ from typing import TypeVar
 from torch import Tensor
 
 from fedmeta.common.algorithms import MetaConfig
+from fedmeta.common.run_settings import parse_shots, resolve_run_config
 from fedmeta.common.validation import check_choice, check_positive_int
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
 
 INNER_LR_PREFIX = "inner_lr/"
 _Settings = TypeVar("_Settings")
+# The run settings' defaults (automatic ones resolved for the default data): the dataclasses
+# below take theirs from here, so they cannot drift from the table.
+_DEFAULT = resolve_run_config({})
 
 # What a user picks; "fedavg" is the baseline whose local work is plain training.
 FEDERATED_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "fedavg")
@@ -83,15 +87,15 @@ class RoundSettings:
     Keys use dashes on the wire (``inner-steps``) as Flower configs do.
     """
 
-    algorithm: str = "maml"
-    inner_steps: int = 5
-    inner_lr: float = 0.05
-    local_steps: int = 5
-    local_lr: float = 0.001
-    meta_batch_size: int = 4
-    shots: int = 5
-    query_size: int = 15
-    seed: int = 0
+    algorithm: str = _DEFAULT["algorithm"]
+    inner_steps: int = _DEFAULT["inner-steps"]
+    inner_lr: float = _DEFAULT["inner-lr"]
+    local_steps: int = _DEFAULT["local-steps"]
+    local_lr: float = _DEFAULT["local-lr"]
+    meta_batch_size: int = _DEFAULT["meta-batch-size"]
+    shots: int = _DEFAULT["shots"]
+    query_size: int = _DEFAULT["query-size"]
+    seed: int = _DEFAULT["seed"]
     server_round: int = 0
 
     def __post_init__(self) -> None:
@@ -130,15 +134,15 @@ class EvaluationSettings:
     model trained from scratch on the same K rows is scored too (the local-only baseline).
     """
 
-    algorithm: str = "maml"
-    shots: tuple[int, ...] = (1, 5, 10, 20)
-    steps: int = 10
-    lr: float = 0.05
-    tasks: int = 10
-    query_size: int = 10
-    seed: int = 0
-    local_only_steps: int = 0
-    local_only_lr: float = 0.05
+    algorithm: str = _DEFAULT["algorithm"]
+    shots: tuple[int, ...] = parse_shots(str(_DEFAULT["eval-shots"]))
+    steps: int = _DEFAULT["eval-steps"]
+    lr: float = _DEFAULT["eval-lr"]
+    tasks: int = _DEFAULT["eval-tasks"]
+    query_size: int = _DEFAULT["eval-query-size"]
+    seed: int = _DEFAULT["seed"]
+    local_only_steps: int = _DEFAULT["local-only-steps"]
+    local_only_lr: float = _DEFAULT["local-only-lr"]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shots", tuple(int(k) for k in self.shots))

@@ -45,5 +45,5 @@ WORKDIR /app
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 9094), timeout=3).close()"]
 
-ENTRYPOINT ["fedmeta", "client"]
+ENTRYPOINT ["fedmeta-client"]
 CMD ["--help"]

@@ -43,5 +43,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 8000), timeout=3).close()"]
 
-ENTRYPOINT ["fedmeta", "server"]
+ENTRYPOINT ["fedmeta-server"]
 CMD ["--help"]

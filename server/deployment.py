@@ -20,7 +20,7 @@ import json
 import re
 import subprocess
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from flwr.common.config import parse_config_args
 
 from fedmeta.common.credentials import check_server_certificate, load_factory_public_key
 from fedmeta.common.data_sources import source_from_config
+from fedmeta.common.elapsed_log import Report
 from fedmeta.common.processes import (
     ChildProcess,
     ProcessError,
@@ -37,6 +38,7 @@ from fedmeta.common.processes import (
     port_in_use,
     wait_until_listening,
 )
+from fedmeta.common.run_settings import check_run_config
 from fedmeta.server.bundle import stage_app
 from fedmeta.server.checkpoint import RunDirectory
 from fedmeta.server.settings import ServerSettings
@@ -62,7 +64,6 @@ START_TIMEOUT_S = 60.0
 CLI_TIMEOUT_S = 120.0
 _RUN_STARTED = re.compile(r"Successfully started run (\d+)")
 
-Report = Callable[[str], None]
 
 
 class DeploymentError(RuntimeError):
@@ -98,6 +99,7 @@ def build_run_config(text: str | None, *, state: Path, schema: Path | None, resu
     if resume:
         config["resume"] = True
     try:
+        check_run_config(config, app=True)
         settings = ServerSettings.from_run_config(config)
         source_from_config(config)
     except (TypeError, ValueError) as error:

@@ -1,7 +1,8 @@
 """The aggregation server's settings, read from a Flower run config.
 
-Keys are those of ``[tool.flwr.app.config]`` in pyproject.toml (dashes), overridable
-with ``flwr run . --run-config "key=value"`` or the ``fedmeta simulate`` flags.
+Keys and defaults are those of `fedmeta.common.run_settings` (``[tool.flwr.app.config]`` in
+pyproject.toml lists the same), overridable with ``flwr run . --run-config "key=value"``,
+``fedmeta server --run-config`` or the ``fedmeta simulate`` flags.
 """
 
 from __future__ import annotations
@@ -11,18 +12,10 @@ from dataclasses import dataclass
 
 from fedmeta.common.federation import EvaluationSettings, RoundSettings, local_algorithm
 from fedmeta.common.outer_optimizer import OuterOptimizerConfig
+from fedmeta.common.run_settings import parse_shots, resolve_run_config
 from fedmeta.server.strategy import SamplingSettings
 
 __all__ = ["ServerSettings"]
-
-
-def _shots(value: object) -> tuple[int, ...]:
-    """``"1,5,10"`` (Flower run configs hold no lists) or a sequence of ints."""
-    parts = value.split(",") if isinstance(value, str) else value
-    try:
-        return tuple(int(p) for p in parts)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"eval-shots must be comma-separated integers, got {value!r}") from error
 
 
 @dataclass(frozen=True)
@@ -41,49 +34,47 @@ class ServerSettings:
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, object]) -> ServerSettings:
-        def get(key: str, default: object) -> object:
-            return config.get(key, default)
-
-        algorithm = str(get("algorithm", "maml"))
-        seed = int(get("seed", 0))
-        compare = tuple(a for a in str(get("compare-with", "")).split(",") if a.strip())
+        """Settings from a run config: unknown keys and wrong types are errors, defaults from the table."""
+        get = resolve_run_config(config)
+        algorithm, seed = str(get["algorithm"]), int(get["seed"])
+        compare = tuple(a.strip() for a in str(get["compare-with"]).split(",") if a.strip())
         for name in (algorithm, *compare):
             local_algorithm(name)
         settings = cls(
-            num_rounds=int(get("num-server-rounds", 10)),
-            run_dir=str(get("run-dir", "runs/latest")),
-            resume=bool(get("resume", False)),
-            compare_with=tuple(a.strip() for a in compare),
-            eval_every=int(get("eval-every", 0)),
-            timeout=float(get("timeout", 600.0)),
-            wait_for_factories=int(get("wait-for-factories", 0)),
+            num_rounds=int(get["num-server-rounds"]),
+            run_dir=str(get["run-dir"]),
+            resume=bool(get["resume"]),
+            compare_with=compare,
+            eval_every=int(get["eval-every"]),
+            timeout=float(get["timeout"]),
+            wait_for_factories=int(get["wait-for-factories"]),
             round=RoundSettings(
                 algorithm=algorithm,
-                inner_steps=int(get("inner-steps", 5)),
-                inner_lr=float(get("inner-lr", 0.05)),
-                local_steps=int(get("local-steps", 5)),
-                local_lr=float(get("local-lr", 0.001)),
-                meta_batch_size=int(get("meta-batch-size", 4)),
-                shots=int(get("shots", 5)),
-                query_size=int(get("query-size", 15)),
+                inner_steps=int(get["inner-steps"]),
+                inner_lr=float(get["inner-lr"]),
+                local_steps=int(get["local-steps"]),
+                local_lr=float(get["local-lr"]),
+                meta_batch_size=int(get["meta-batch-size"]),
+                shots=int(get["shots"]),
+                query_size=int(get["query-size"]),
                 seed=seed,
             ),
             evaluation=EvaluationSettings(
                 algorithm=algorithm,
-                shots=_shots(get("eval-shots", "1,5,10,20")),
-                steps=int(get("eval-steps", 10)),
-                lr=float(get("eval-lr", get("inner-lr", 0.05))),
-                tasks=int(get("eval-tasks", 10)),
-                query_size=int(get("eval-query-size", 10)),
+                shots=parse_shots(str(get["eval-shots"])),
+                steps=int(get["eval-steps"]),
+                lr=float(get["eval-lr"]),
+                tasks=int(get["eval-tasks"]),
+                query_size=int(get["eval-query-size"]),
                 seed=seed,
-                local_only_steps=int(get("local-only-steps", 0)),
-                local_only_lr=float(get("local-only-lr", 0.05)),
+                local_only_steps=int(get["local-only-steps"]),
+                local_only_lr=float(get["local-only-lr"]),
             ),
-            outer=OuterOptimizerConfig(kind=str(get("outer-optimizer", "sgd")), lr=float(get("outer-lr", 1.0))),
+            outer=OuterOptimizerConfig(kind=str(get["outer-optimizer"]), lr=float(get["outer-lr"])),
             sampling=SamplingSettings(
-                fraction_train=float(get("fraction-train", 1.0)),
-                min_train_nodes=int(get("min-train-nodes", 2)),
-                max_delta_norm=float(get("max-delta-norm", 100.0)),
+                fraction_train=float(get["fraction-train"]),
+                min_train_nodes=int(get["min-train-nodes"]),
+                max_delta_norm=float(get["max-delta-norm"]),
                 seed=seed,
             ),
         )

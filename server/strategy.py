@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
-from fedmeta.common.data_sources import FACTORIES_RECORD, factory_key
+from fedmeta.common import protocol
 from fedmeta.common.deltas import DeltaRejected, validate_delta, weighted_average
 from fedmeta.common.outer_optimizer import OuterOptimizer
 
@@ -97,7 +97,7 @@ class SamplingSettings:
             raise ValueError(f"max_delta_norm must be positive, got {self.max_delta_norm}")
 
 
-def weighted_metrics(records: list[Mapping[str, float]], weight_key: str = "num-examples") -> dict[str, float]:
+def weighted_metrics(records: list[Mapping[str, float]], weight_key: str = protocol.NUM_EXAMPLES) -> dict[str, float]:
     """Average every metric over replies, weighted by ``weight_key``; the weights are summed."""
     weights = [float(r[weight_key]) for r in records]
     total = sum(weights)
@@ -166,13 +166,13 @@ class FedMetaStrategy(Strategy):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 log.warning("node %d did not say its role: %s", node, reply.error.reason)
-            elif FACTORIES_RECORD in reply.content:
-                record = reply.content[FACTORIES_RECORD]
-                pairs = zip(record["roles"], record["names"], strict=True)
+            elif protocol.FACTORIES in reply.content:
+                record = reply.content[protocol.FACTORIES]
+                pairs = zip(record[protocol.ROLES_FIELD], record[protocol.NAMES], strict=True)
                 self.shared_nodes[node] = tuple(NodeInfo(str(role), str(name)) for role, name in pairs)
             else:
-                record = reply.content["role"]
-                self.nodes[node] = NodeInfo(str(record["role"]), str(record["factory"]))
+                record = reply.content[protocol.ROLE]
+                self.nodes[node] = NodeInfo(str(record[protocol.ROLE]), str(record[protocol.FACTORY]))
 
     def seats_with_role(self, role: str) -> list[Seat]:
         """Connected factories of one role and their nodes, ordered by factory key so sampling is reproducible.
@@ -198,7 +198,7 @@ class FedMetaStrategy(Strategy):
         self._requested[message_type] = {node: tuple(sorted(names)) for node, names in requested.items()}
         messages = [Message(record, dst_node_id=node, message_type=message_type) for node in singles]
         for node, names in self._requested[message_type].items():
-            content = RecordDict({**record, FACTORIES_RECORD: ConfigRecord({"names": list(names)})})
+            content = RecordDict({**record, protocol.FACTORIES: ConfigRecord({protocol.NAMES: list(names)})})
             messages.append(Message(content, dst_node_id=node, message_type=message_type))
         return messages
 
@@ -216,7 +216,7 @@ class FedMetaStrategy(Strategy):
 
     @staticmethod
     def _part_of(content: RecordDict, node: int, name: str, records: Sequence[str]) -> _Part:
-        keys = {record: factory_key(record, name) for record in records}
+        keys = {record: protocol.factory_key(record, name) for record in records}
         missing = [key for key in keys.values() if key not in content]
         if missing:
             return _Part(node, name, error=f"the reply has no {', '.join(missing)} (the factory failed)")
@@ -235,14 +235,15 @@ class FedMetaStrategy(Strategy):
         size = max(self.sampling.min_train_nodes, math.ceil(self.sampling.fraction_train * len(candidates)))
         chosen = random.Random(f"{self.sampling.seed}/{server_round}").sample(candidates, size)
         log.info("round %d: training on %d of %d factories", server_round, size, len(candidates))
-        record = RecordDict({"meta-parameters": arrays, "config": config})
+        record = RecordDict({protocol.META_PARAMETERS: arrays, protocol.CONFIG: config})
         return self._messages(chosen, record, MessageType.TRAIN)
 
     def check_delta(self, delta: Mapping[str, Tensor], metrics: Mapping[str, float]) -> None:
         """Raise `DeltaRejected` unless the delta fits the global model and the weight is positive."""
-        weight = float(metrics.get("num-examples", math.nan))
+        weight = float(metrics.get(protocol.NUM_EXAMPLES, math.nan))
         if not (math.isfinite(weight) and weight > 0):
-            raise DeltaRejected(f"num-examples must be a positive number, got {metrics.get('num-examples')!r}")
+            claimed = metrics.get(protocol.NUM_EXAMPLES)
+            raise DeltaRejected(f"{protocol.NUM_EXAMPLES} must be a positive number, got {claimed!r}")
         validate_delta(delta, self.optimizer.params, max_norm=self.sampling.max_delta_norm)
 
     def _accepted_delta(self, part: _Part) -> Accepted | None:
@@ -250,8 +251,8 @@ class FedMetaStrategy(Strategy):
             log.warning("factory %s on node %d failed this round: %s", part.factory, part.node, part.error)
             return None
         try:
-            delta = dict(part.records["delta"].to_torch_state_dict())
-            metrics = dict(part.records["metrics"])
+            delta = dict(part.records[protocol.DELTA].to_torch_state_dict())
+            metrics = dict(part.records[protocol.METRICS])
             self.check_delta(delta, metrics)
         except (AttributeError, KeyError, TypeError, ValueError) as error:  # DeltaRejected is a ValueError
             log.warning("delta of factory %s from node %d left out: %s", part.factory, part.node, error)
@@ -274,7 +275,7 @@ class FedMetaStrategy(Strategy):
             )
             return None, None
         deltas, metrics = zip(*accepted, strict=True)
-        params = self.optimizer.step(weighted_average(deltas, [m["num-examples"] for m in metrics]))
+        params = self.optimizer.step(weighted_average(deltas, [m[protocol.NUM_EXAMPLES] for m in metrics]))
         summary = weighted_metrics(list(metrics))
         summary["rejected"] = float(offered - len(accepted))
         return params, summary
@@ -282,7 +283,8 @@ class FedMetaStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        parts = [part for reply in replies for part in self._parts(reply, MessageType.TRAIN, ("delta", "metrics"))]
+        records = (protocol.DELTA, protocol.METRICS)
+        parts = [part for reply in replies for part in self._parts(reply, MessageType.TRAIN, records)]
         parts.sort(key=lambda part: part.factory)  # the same summation order however factories are placed
         accepted = [item for item in map(self._accepted_delta, parts) if item is not None]
         params, summary = self.apply_deltas(server_round, accepted, offered=len(parts))
@@ -294,17 +296,17 @@ class FedMetaStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        record = RecordDict({"meta-parameters": arrays, "config": config})
+        record = RecordDict({protocol.META_PARAMETERS: arrays, protocol.CONFIG: config})
         return self._messages(self.seats_with_role("evaluate"), record, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         records = []
         for reply in replies:
-            for part in self._parts(reply, MessageType.EVALUATE, ("metrics",)):
+            for part in self._parts(reply, MessageType.EVALUATE, (protocol.METRICS,)):
                 if part.error is not None:
                     log.warning("evaluation of factory %s on node %d failed: %s", part.factory, part.node, part.error)
                 else:
-                    records.append(dict(part.records["metrics"]))
+                    records.append(dict(part.records[protocol.METRICS]))
         return MetricRecord(weighted_metrics(records)) if records else None
 
     def summary(self) -> None:

@@ -16,6 +16,8 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedmeta.common.protocol import is_delta_key
+
 __all__ = ["FAULTS", "fault_injection_mod", "parse_fault_spec"]
 
 FAULTS = ("crash", "nan", "shape")
@@ -50,7 +52,7 @@ def fault_injection_mod(spec: str):
         if fault == "crash":
             raise RuntimeError(f"injected crash on partition {context.node_config['partition-id']}")
         reply = call_next(msg, context)
-        for key in [k for k in reply.content if k == "delta" or k.startswith("delta/")]:
+        for key in [k for k in reply.content if is_delta_key(k)]:
             reply.content[key] = _corrupt(reply.content[key], fault)  # every factory this node serves
         return reply
 

@@ -16,17 +16,55 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedmeta.common.data_sources import DATASETS, default_lr
 from fedmeta.common.federation import FEDERATED_ALGORITHMS
 from fedmeta.common.outer_optimizer import OUTER_OPTIMIZERS
+from fedmeta.common.run_settings import DATASETS, RUN_SETTINGS, SettingValue
 from fedmeta.common.synthetic import FAMILY_KINDS
 from fedmeta.simulations.report import comparison_rows
 
-__all__ = ["simulate"]
+__all__ = ["FLAG_SETTINGS", "SIMULATE_DEFAULTS", "simulate"]
 
-# K values every held-out factory can supply: fault factories hold >= 10 windows per
-# class; AI4I's variant H has only 21 failures.
-_DEFAULT_EVAL_SHOTS = {"fault": "1,5", "ai4i": "1,5,10"}
+# Where `fedmeta simulate` deliberately differs from the Flower app's defaults (the run-settings
+# table, `fedmeta.common.run_settings`), and why. Every other flag defaults as the app does.
+SIMULATE_DEFAULTS: dict[str, SettingValue] = {
+    "num-server-rounds": 40,  # enough for the comparison to settle, about a minute on 2 CPU cores
+    "local-lr": 0.005,  # the local outer step the default comparison (and its tests) run with
+    "eval-tasks": 25,  # more held-out tasks per K: steadier figures from a single run
+    "local-only-steps": 100,  # the local-only baseline is part of the comparison table
+    "compare-with": "fedavg",  # FedAvg + fine-tuning trains beside the meta-learner (--no-baseline: not)
+}
+
+# The run setting behind each flag (parameter name -> key); the others are the engine's own.
+FLAG_SETTINGS = {
+    "algorithm": "algorithm",
+    "family": "family",
+    "dataset": "dataset",
+    "factories": "num-factories",
+    "held_out": "num-held-out",
+    "rounds": "num-server-rounds",
+    "fraction": "fraction-train",
+    "shots": "shots",
+    "query_size": "query-size",
+    "inner_steps": "inner-steps",
+    "inner_lr": "inner-lr",
+    "local_steps": "local-steps",
+    "local_lr": "local-lr",
+    "meta_batch_size": "meta-batch-size",
+    "outer_optimizer": "outer-optimizer",
+    "outer_lr": "outer-lr",
+    "eval_shots": "eval-shots",
+    "seed": "seed",
+    "resume": "resume",
+    "device": "device",
+}
+
+
+def _default(key: str) -> SettingValue:
+    return SIMULATE_DEFAULTS.get(key, RUN_SETTINGS[key].default)
+
+
+def _help(key: str) -> str:
+    return RUN_SETTINGS[key].help
 
 
 def _choice(values: tuple[str, ...]) -> click.Choice:
@@ -66,43 +104,35 @@ def _results_table(run_dir: Path, algorithm: str, baselines: tuple[str, ...]) ->
 
 def simulate(
     algorithm: Annotated[
-        str, typer.Option(click_type=_choice(FEDERATED_ALGORITHMS), help="Meta-learning algorithm.")
-    ] = "maml",
-    family: Annotated[
-        str, typer.Option(click_type=_choice(FAMILY_KINDS), help="Synthetic factory family.")
-    ] = "quality",
-    dataset: Annotated[
-        str, typer.Option(click_type=_choice(DATASETS), help="Synthetic factories, or a shared real data set.")
-    ] = "synthetic",
-    factories: Annotated[int, typer.Option(min=1, help="Training factories.")] = 12,
-    held_out: Annotated[int, typer.Option(min=1, help="Factories that never train; they evaluate.")] = 4,
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 40,
-    fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction of factories per round.")] = 1.0,
-    shots: Annotated[int, typer.Option(min=1, help="Support samples per training task (per class).")] = 5,
-    query_size: Annotated[int, typer.Option(min=1, help="Query samples per training task.")] = 15,
-    inner_steps: Annotated[int, typer.Option(min=1, help="Inner-loop adaptation steps.")] = 5,
-    inner_lr: Annotated[
-        float | None,
-        typer.Option(min=0.0, show_default=False, help="Inner-loop and fine-tuning step size [default: per data set, "
-                     "0.05 synthetic, 0.01 ai4i/cwru, 0.003 cmapss]."),
-    ] = None,
-    local_steps: Annotated[int, typer.Option(min=1, help="Local meta-steps per round.")] = 5,
-    local_lr: Annotated[float, typer.Option(min=0.0, help="Clients' local outer (Adam) step size.")] = 0.005,
-    meta_batch_size: Annotated[int, typer.Option(min=1, help="Tasks per local meta-step.")] = 4,
+        str, typer.Option(click_type=_choice(FEDERATED_ALGORITHMS), help=_help("algorithm"))
+    ] = _default("algorithm"),
+    family: Annotated[str, typer.Option(click_type=_choice(FAMILY_KINDS), help=_help("family"))] = _default("family"),
+    dataset: Annotated[str, typer.Option(click_type=_choice(DATASETS), help=_help("dataset"))] = _default("dataset"),
+    factories: Annotated[int, typer.Option(min=1, help=_help("num-factories"))] = _default("num-factories"),
+    held_out: Annotated[int, typer.Option(min=1, help=_help("num-held-out"))] = _default("num-held-out"),
+    rounds: Annotated[int, typer.Option(min=1, help=_help("num-server-rounds"))] = _default("num-server-rounds"),
+    fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help=_help("fraction-train"))
+    ] = _default("fraction-train"),
+    shots: Annotated[int, typer.Option(min=1, help=_help("shots"))] = _default("shots"),
+    query_size: Annotated[int, typer.Option(min=1, help=_help("query-size"))] = _default("query-size"),
+    inner_steps: Annotated[int, typer.Option(min=1, help=_help("inner-steps"))] = _default("inner-steps"),
+    inner_lr: Annotated[float, typer.Option(min=0.0, help=_help("inner-lr"))] = _default("inner-lr"),
+    local_steps: Annotated[int, typer.Option(min=1, help=_help("local-steps"))] = _default("local-steps"),
+    local_lr: Annotated[float, typer.Option(min=0.0, help=_help("local-lr"))] = _default("local-lr"),
+    meta_batch_size: Annotated[int, typer.Option(min=1, help=_help("meta-batch-size"))] = _default("meta-batch-size"),
     outer_optimizer: Annotated[
-        str, typer.Option(click_type=_choice(OUTER_OPTIMIZERS), help="Server optimizer.")
-    ] = "sgd",
-    outer_lr: Annotated[float, typer.Option(min=0.0, help="Server step size (sgd 1.0 = plain averaging).")] = 1.0,
-    eval_shots: Annotated[
-        str | None, typer.Option(help="K values for held-out evaluation [default: 1,5,10,20; fault: 1,5].")
-    ] = None,
+        str, typer.Option(click_type=_choice(OUTER_OPTIMIZERS), help=_help("outer-optimizer"))
+    ] = _default("outer-optimizer"),
+    outer_lr: Annotated[float, typer.Option(min=0.0, help=_help("outer-lr"))] = _default("outer-lr"),
+    eval_shots: Annotated[str, typer.Option(help=_help("eval-shots"))] = _default("eval-shots"),
     baseline: Annotated[bool, typer.Option(help="Also train FedAvg in the same run for comparison.")] = True,
-    seed: Annotated[int, typer.Option(help="Seed for the factories, the model and sampling.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the factories, the model and sampling.")] = _default("seed"),
     output: Annotated[Path | None, typer.Option(help="Run folder (default: runs/simulate-<time>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --output from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(help=_help("resume"))] = _default("resume"),
     device: Annotated[
-        str, typer.Option(click_type=_choice(("auto", "cpu", "cuda", "mps")), help="Client device.")
-    ] = "auto",
+        str, typer.Option(click_type=_choice(("auto", "cpu", "cuda", "mps")), help=_help("device"))
+    ] = _default("device"),
     client_cpus: Annotated[float, typer.Option(min=0.0, help="CPUs reserved per simulated factory.")] = 1.0,
     client_gpus: Annotated[
         float, typer.Option(min=0.0, help="GPU share per simulated factory (0.25: 4 share one).")
@@ -112,34 +142,15 @@ def simulate(
     if resume and output is None:
         raise typer.BadParameter("--resume needs the --output folder of the run to continue", param_hint="--resume")
     run_dir = output or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")
-    baselines = ("fedavg",) if baseline and algorithm != "fedavg" else ()
-    run_config = {
-        "algorithm": algorithm,
+    flags = locals()
+    run_config = {key: flags[name] for name, key in FLAG_SETTINGS.items()}
+    baselines = (str(_default("compare-with")),) if baseline and algorithm != "fedavg" else ()
+    run_config |= {
         "compare-with": ",".join(baselines),
-        "family": family,
-        "num-factories": factories,
-        "num-held-out": held_out,
         "family-seed": seed,
-        "seed": seed,
-        "num-server-rounds": rounds,
-        "fraction-train": fraction,
-        "shots": shots,
-        "query-size": query_size,
-        "inner-steps": inner_steps,
-        "inner-lr": inner_lr if inner_lr is not None else default_lr(dataset),
-        "local-only-lr": inner_lr if inner_lr is not None else default_lr(dataset),
-        "local-steps": local_steps,
-        "local-lr": local_lr,
-        "meta-batch-size": meta_batch_size,
-        "outer-optimizer": outer_optimizer,
-        "outer-lr": outer_lr,
-        "eval-shots": eval_shots or _DEFAULT_EVAL_SHOTS.get(dataset if dataset != "synthetic" else family, "1,5,10,20"),
-        "dataset": dataset,
-        "eval-tasks": 25,
-        "local-only-steps": 100,
+        "eval-tasks": _default("eval-tasks"),
+        "local-only-steps": _default("local-only-steps"),
         "run-dir": str(run_dir),
-        "resume": resume,
-        "device": device,
     }
     from fedmeta.simulations.harness import run_federated_simulation  # starts Ray: only when simulating
 

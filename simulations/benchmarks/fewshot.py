@@ -35,10 +35,12 @@ from torch import Tensor
 from fedmeta.client.evaluation import evaluate_factory, local_only_adaptation, prepare_adaptation
 from fedmeta.client.factory import LoadedFactory, load_factories, sampler_for, task_sampler
 from fedmeta.common.algorithms import evaluate_adaptation, meta_train
-from fedmeta.common.data_sources import DATASETS, DataSource, SplitSource, default_lr, source_from_config
+from fedmeta.common.data_sources import DataSource, SplitSource, source_from_config
 from fedmeta.common.federation import EvaluationSettings, pack_meta_parameters
 from fedmeta.common.inner_loop import expand_for_tasks, predict
 from fedmeta.common.models import MetaModel, build_model
+from fedmeta.common.protocol import NUM_EXAMPLES
+from fedmeta.common.run_settings import DATASETS, default_lr
 from fedmeta.common.tasks import FactoryData, TaskBatch
 from fedmeta.server.run import initial_meta_parameters
 from fedmeta.server.settings import ServerSettings
@@ -294,7 +296,7 @@ def _train_and_score(
     reference = train_from_scratch(factory.source, data, steps=plan.oracle_steps, seed=seed)
     scores = evaluate_adaptation(reference.model, reference.weights, batch, kind=factory.source.task_kind, steps=0,
                                  lr=0.0)
-    scores = {name.removeprefix("query_"): v for name, v in scores.items()} | {"num-examples": batch.query_y.numel()}
+    scores = {name.removeprefix("query_"): v for name, v in scores.items()} | {NUM_EXAMPLES: batch.query_y.numel()}
     return Trained(scores, reference)
 
 
@@ -643,7 +645,7 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         "full-data reference where the held-out factory has few rows of a class).",
         "nan: the method's loss diverged at the shared hyper-parameters (e.g. Meta-SGD's learned step sizes on "
         "C-MAPSS); nothing is tuned per method; step sizes: inner, fine-tuning and local-only "
-        f"lr {default_lr(plan.dataset)} (common.data_sources.default_lr).",
+        f"lr {default_lr(plan.dataset)} (fedmeta.common.run_settings.default_lr).",
         *(["cmapss K-shot columns count windows of the 5 held-out FD003 engines (scored on windows of the same "
            "engines); the engine tables count whole FD003 engines (K = 1, 5, 10, every window of each, one full-batch "
            f"adaptation of {plan.eval_steps} steps) and score the official FD003 test split "

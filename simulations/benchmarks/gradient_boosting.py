@@ -18,6 +18,7 @@ import torch
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from torch import Tensor
 
+from fedmeta.common.protocol import NUM_EXAMPLES
 from fedmeta.common.tasks import FactoryData, TaskBatch
 
 __all__ = ["WINDOW_STATISTICS", "GradientBoostingReference", "window_features"]
@@ -94,7 +95,7 @@ class GradientBoostingReference:
         """Mean query ``loss`` (MSE, or cross-entropy) and ``accuracy`` over the tasks, plus ``num-examples``."""
         out = self.predict(models, list(batch.query_x)).double()
         y = batch.query_y
-        scores: dict[str, float] = {"num-examples": y.numel()}
+        scores: dict[str, float] = {NUM_EXAMPLES: y.numel()}
         if self.task_kind == "regression":
             scores["loss"] = float(((out[..., 0] - y) ** 2).mean())
         else:

@@ -8,8 +8,6 @@ import sys
 
 import pytest
 import torch
-import typer
-from typer.testing import CliRunner
 
 from fedmeta.common.connector import (
     DataSchema,
@@ -18,7 +16,6 @@ from fedmeta.common.connector import (
     load_factory_table,
     validate_table,
 )
-from fedmeta.simulations.validate_data_cli import validate_data
 
 REGRESSION = DataSchema(features=("temp", "pressure"), target="quality", task="regression")
 CLASSIFICATION = DataSchema(
@@ -349,50 +346,3 @@ def test_unreadable_schema_file_is_refused(tmp_path, text, expected):
         path.write_text(text)
     with pytest.raises(SchemaError, match=expected):
         DataSchema.from_json(path)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def cli() -> typer.Typer:
-    app = typer.Typer()
-    app.command("validate-data")(validate_data)
-    app.command("unused")(lambda: None)  # a second command keeps "validate-data" as a subcommand
-    return app
-
-
-def write_schema(tmp_path, schema: dict) -> str:
-    path = tmp_path / "schema.json"
-    path.write_text(json.dumps(schema))
-    return str(path)
-
-
-def test_cli_prints_a_summary_and_exits_0_for_a_good_table(tmp_path):
-    schema = write_schema(tmp_path, {"features": ["vibration", "current"], "target": "fault", "task": "classification"})
-    labels = ["ok"] * 3 + ["belt"] * 3
-    data = write(tmp_path, "vibration,current,fault\n" + "".join(f"{i},2,{lab}\n" for i, lab in enumerate(labels)))
-    result = CliRunner().invoke(cli(), ["validate-data", str(data), "--schema", schema, "--shots", "2", "--ways", "2"])
-    assert result.exit_code == 0, result.output
-    assert "OK" in result.output and "6 rows" in result.output
-    for expected in ("vibration", "feature", "2.5", "belt", "ok"):
-        assert expected in result.output
-
-
-def test_cli_lists_problems_and_exits_1_for_a_bad_table(tmp_path):
-    schema = write_schema(tmp_path, {"features": ["temp", "pressure"], "target": "quality", "task": "regression"})
-    data = write(tmp_path, "temp,presure,quality\nhot,1,0.1\n")
-    result = CliRunner().invoke(cli(), ["validate-data", str(data), "--schema", schema])
-    assert result.exit_code == 1, result.output
-    assert "3 problems" in result.output
-    assert "column the schema does not name: 'presure'" in result.output
-    assert "feature column 'pressure' is missing (did you mean 'presure'?)" in result.output
-    assert "feature column 'temp' has 1 non-numeric value: row 1 (line 2) 'hot'" in result.output
-    assert "Traceback" not in result.output
-
-
-def test_cli_exits_2_for_a_bad_schema_file(tmp_path):
-    schema = write_schema(tmp_path, {"features": ["temp"], "target": "quality", "task": "regresion"})
-    data = write(tmp_path, "temp,quality\n1,2\n")
-    result = CliRunner().invoke(cli(), ["validate-data", str(data), "--schema", schema])
-    assert result.exit_code == 2, result.output
-    assert "schema error" in result.output and "'regresion'" in result.output

@@ -6,9 +6,10 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
 
 from fedmeta.client.app import make_client_app
-from fedmeta.common.data_sources import SplitSource, default_lr, source_from_config
+from fedmeta.common.data_sources import SplitSource, source_from_config
 from fedmeta.common.datasets.paths import DATASETS_ENV, dataset_dir
 from fedmeta.common.federation import RoundSettings
+from fedmeta.common.run_settings import default_lr
 from fedmeta.server.run import initial_meta_parameters
 from tests.support.flower_messages import delivered
 

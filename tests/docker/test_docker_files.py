@@ -30,12 +30,8 @@ COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILES = sorted(DOCKER.rglob("*Dockerfile*"))
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
-# The flags of `fedmeta server` / `fedmeta client` as agreed while those commands are being
-# written; once they exist, their --help is the reference instead (see _subcommand_flags).
-AGREED_FLAGS = {
-    "server": {"--certs", "--state", "--factory-keys", "--run-config", "--insecure", "--resume"},
-    "client": {"--server", "--data", "--schema", "--key", "--ca", "--role", "--factory", "--insecure"},
-}
+# Each image's entry point is one console script running one command.
+ENTRY_SCRIPTS = {"fedmeta-server": "server", "fedmeta-client": "client"}
 REQUIRED_FLAGS = {
     "server": {"--certs", "--state", "--factory-keys", "--run-config"},
     "client": {"--server", "--data", "--schema", "--key", "--ca"},
@@ -73,36 +69,34 @@ def _entrypoint(dockerfile: Path) -> list[str]:
     return _exec_form(entrypoints[-1])
 
 
-def _fedmeta() -> Path:
-    """The `fedmeta` console script of this interpreter's environment, as the images put it on PATH."""
-    script = Path(sys.executable).parent / "fedmeta"
+def _script(name: str) -> Path:
+    """A console script of this interpreter's environment, as the images put it on PATH."""
+    script = Path(sys.executable).parent / name
     assert script.is_file(), f"{script} is missing: install the project (pip install -e '.[dev]')"
     return script
 
 
 @functools.cache
 def _help_outputs() -> dict[tuple[str, ...], subprocess.CompletedProcess]:
-    """`fedmeta ... --help` for the top level, certs, server and client, run side by side."""
-    commands = [(), ("certs",), ("server",), ("client",)]
+    """``--help`` of `fedmeta`, `fedmeta certs|server|client` and the images' scripts, run side by side."""
+    commands = [("fedmeta",), *(("fedmeta", name) for name in ("certs", "server", "client"))]
+    commands += [(script,) for script in ENTRY_SCRIPTS]
     env = {**os.environ, "COLUMNS": "240", "NO_COLOR": "1", "TERM": "dumb"}
 
     def run(args: tuple[str, ...]) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(_fedmeta()), *args, "--help"], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
+            [str(_script(args[0])), *args[1:], "--help"], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
         )
 
     with ThreadPoolExecutor(len(commands)) as pool:
         return dict(zip(commands, pool.map(run, commands), strict=True))
 
 
-def _subcommand_flags(subcommand: str) -> set[str]:
-    """Flags from `fedmeta <subcommand> --help`, or the agreed list while the command does not exist yet."""
-    done = _help_outputs()[(subcommand,)]
-    output = done.stdout + done.stderr
-    if done.returncode == 2 and "No such command" in output:
-        return AGREED_FLAGS[subcommand]
-    assert done.returncode == 0, output
-    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", output))
+def _flags(*command: str) -> set[str]:
+    """The flags ``command --help`` lists."""
+    done = _help_outputs()[command]
+    assert done.returncode == 0, done.stdout + done.stderr
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", done.stdout))
 
 
 def _compose() -> dict:
@@ -114,10 +108,13 @@ def _service_dockerfile(service: dict) -> Path:
     return (COMPOSE.parent / build["context"]).resolve() / build.get("dockerfile", "Dockerfile")
 
 
-def _service_command(service: dict) -> list[str]:
-    """Entry point of the service's image followed by the service's command."""
+def _service_command(service: dict) -> tuple[str, dict[str, str | None]]:
+    """The command the service's image runs (server or client) and the flags it gets."""
+    entrypoint = _entrypoint(_service_dockerfile(service))
     command = service.get("command", [])
-    return _entrypoint(_service_dockerfile(service)) + (shlex.split(command) if isinstance(command, str) else command)
+    arguments = entrypoint[1:] + (shlex.split(command) if isinstance(command, str) else command)
+    assert entrypoint[0] in ENTRY_SCRIPTS, f"entry point {entrypoint} is not one of {sorted(ENTRY_SCRIPTS)}"
+    return ENTRY_SCRIPTS[entrypoint[0]], _flag_values(arguments)
 
 
 def _flag_values(arguments: list[str]) -> dict[str, str | None]:
@@ -199,9 +196,9 @@ def _pin(requirement: str) -> tuple[str, str]:
 def test_client_and_server_images_exist():
     names = {path.name for path in DOCKERFILES}
     assert {"client.Dockerfile", "server.Dockerfile"} <= names, names
-    assert [_entrypoint(DOCKER / f"{role}.Dockerfile")[:2] for role in ("client", "server")] == [
-        ["fedmeta", "client"],
-        ["fedmeta", "server"],
+    assert [_entrypoint(DOCKER / f"{role}.Dockerfile") for role in ("client", "server")] == [
+        ["fedmeta-client"],
+        ["fedmeta-server"],
     ]
 
 
@@ -259,11 +256,16 @@ def test_images_install_nothing_at_run_time_and_report_health(dockerfile: Path):
     assert any(keyword == "HEALTHCHECK" for keyword, _ in instructions)
 
 
-def test_every_runtime_requirement_has_an_exact_pin_within_its_range():
+def _runtime_requirements() -> list[Requirement]:
+    """What the images install: docker/runtime_requirements.py run on pyproject.toml."""
     spec = importlib.util.spec_from_file_location("runtime_requirements", DOCKER / "runtime_requirements.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    requirements = [Requirement(r) for r in module.runtime_requirements(ROOT / "pyproject.toml")]
+    return [Requirement(r) for r in module.runtime_requirements(ROOT / "pyproject.toml")]
+
+
+def test_every_runtime_requirement_has_an_exact_pin_within_its_range():
+    requirements = _runtime_requirements()
     assert [r.name for r in requirements] == [Requirement(r).name for r in PYPROJECT["project"]["dependencies"]]
     flwr = next(r for r in requirements if r.name == "flwr")
     assert not flwr.extras, "flwr[simulation] would install Ray into the images"
@@ -336,22 +338,20 @@ def test_compose_services_build_existing_dockerfiles_with_pinned_tags():
 
 def test_compose_has_three_factories_that_wait_for_the_server():
     services = _compose()["services"]
-    factories = {n: s for n, s in services.items() if _service_command(s)[1] == "client"}
+    factories = {n: s for n, s in services.items() if _service_command(s)[0] == "client"}
     assert len(factories) >= 3, sorted(services)
     for name, service in factories.items():
         assert service["depends_on"]["server"]["condition"] == "service_healthy", name
-        host, _, port = _flag_values(_service_command(service)[2:])["--server"].rpartition(":")
+        host, _, port = _service_command(service)[1]["--server"].rpartition(":")
         assert host == "server", f"{name} must dial the server service (the host name in its certificate)"
         assert f"{port}:{port}" in services["server"]["ports"], f"{name}: port {port} is not published"
 
 
 @pytest.mark.parametrize("name", sorted(yaml.safe_load(COMPOSE.read_text())["services"]))
 def test_compose_commands_are_real_fedmeta_subcommands_and_flags(name: str):
-    command = _service_command(_compose()["services"][name])
-    assert command[0] == "fedmeta" and command[1] in AGREED_FLAGS, command
-    subcommand, values = command[1], _flag_values(command[2:])
-    unknown = set(values) - _subcommand_flags(subcommand)
-    assert not unknown, f"{name}: fedmeta {subcommand} has no {sorted(unknown)}"
+    subcommand, values = _service_command(_compose()["services"][name])
+    unknown = set(values) - _flags(f"fedmeta-{subcommand}")
+    assert not unknown, f"{name}: fedmeta-{subcommand} has no {sorted(unknown)}"
     assert REQUIRED_FLAGS[subcommand] <= set(values), f"{name}: missing {REQUIRED_FLAGS[subcommand] - set(values)}"
     assert "--insecure" not in values, f"{name}: the deployment runs with TLS and node authentication"
     if subcommand == "client":
@@ -368,14 +368,13 @@ def test_compose_mounts_are_read_only_and_paths_exist_in_the_container(name: str
         assert read_only or not is_bind, f"{name}: {source} must be mounted :ro"
         if not is_bind:
             assert source in (compose.get("volumes") or {}), f"{name}: undeclared volume {source}"
-    command = _service_command(service)
-    values = _flag_values(command[2:])
+    subcommand, values = _service_command(service)
     for flag in ("--certs", "--state", "--factory-keys", "--data", "--schema", "--key", "--ca"):
         if flag in values:
             # A path inside a mount, or a folder assembled from file mounts (--certs, --factory-keys).
             targets = [target for _, target, _, _ in mounts]
             assert any(_inside(values[flag], t) or _inside(t, values[flag]) for t in targets), f"{name}: {flag}"
-    if command[1] == "server":
+    if subcommand == "server":
         state = [m for m in mounts if m[1] == values["--state"]]
         assert state and not state[0][3] and not state[0][2], "the server's state must be a writable named volume"
 
@@ -383,14 +382,14 @@ def test_compose_mounts_are_read_only_and_paths_exist_in_the_container(name: str
 def test_the_run_config_schema_is_mounted_at_the_same_path_everywhere():
     # The run config travels to every node unchanged, so its schema path must resolve in each container.
     services = _compose()["services"]
-    run_config = _flag_values(_service_command(services["server"])[2:])["--run-config"]
+    run_config = _service_command(services["server"])[1]["--run-config"]
     schema = parse_config_args([run_config]).get("schema")  # Flower's own parser of --run-config
     assert schema, "a federation of factory tables names its schema in the run config"
     for name, service in services.items():
         assert schema in {target for _, target, _, _ in _mounts(service)}, f"{name} does not mount {schema}"
-        command = _service_command(service)
-        if command[1] == "client":
-            assert _flag_values(command[2:])["--schema"] == schema, name
+        subcommand, values = _service_command(service)
+        if subcommand == "client":
+            assert values["--schema"] == schema, name
 
 
 def _certificate_files(service: dict) -> set[str]:
@@ -402,9 +401,9 @@ def test_each_container_sees_only_its_own_keys():
     services = _compose()["services"]
     factory_keys = set()
     for name, service in services.items():
-        command = _service_command(service)
-        if command[1] == "client":
-            key = PurePosixPath(_flag_values(command[2:])["--key"]).name
+        subcommand, values = _service_command(service)
+        if subcommand == "client":
+            key = PurePosixPath(values["--key"]).name
             factory_keys.add(key)
             assert _certificate_files(service) == {"ca.crt", key}, f"{name}: only ca.crt and its own private key"
     server = _certificate_files(services["server"])
@@ -416,17 +415,59 @@ def test_each_container_sees_only_its_own_keys():
 
 
 def test_the_entry_point_commands_run_as_plain_processes():
-    assert PYPROJECT["project"]["scripts"]["fedmeta"] == "fedmeta.simulations.cli:app"
+    scripts = PYPROJECT["project"]["scripts"]
+    assert scripts == {
+        "fedmeta": "fedmeta.simulations.cli:app",
+        "fedmeta-server": "fedmeta.server.cli:cli",
+        "fedmeta-client": "fedmeta.client.cli:cli",
+    }
     outputs = _help_outputs()
-    for args in [(), ("certs",)]:
-        done = outputs[args]
-        assert done.returncode == 0, f"fedmeta {' '.join(args)} --help: {done.stdout}{done.stderr}"
-        assert "Usage: fedmeta" in done.stdout
-    assert {"--out", "--host", "--factory"} <= set(re.findall(r"--[a-z-]+", outputs[("certs",)].stdout))
-    for dockerfile in DOCKERFILES:
-        subcommand = _entrypoint(dockerfile)[1]
-        done = outputs[(subcommand,)]
-        # Until `fedmeta server/client` land, the CLI must at least refuse them cleanly.
-        assert done.returncode == 0 or (done.returncode == 2 and "No such command" in done.stdout + done.stderr), (
-            done.stdout + done.stderr
-        )
+    for command, done in outputs.items():
+        assert done.returncode == 0, f"{' '.join(command)} --help: {done.stdout}{done.stderr}"
+    assert "Usage: fedmeta" in outputs[("fedmeta",)].stdout
+    assert {"--out", "--host", "--factory"} <= _flags("fedmeta", "certs")
+
+
+@pytest.mark.parametrize("script", sorted(ENTRY_SCRIPTS))
+def test_an_image_script_is_the_same_command_as_its_fedmeta_subcommand(script: str):
+    assert _flags(script) == _flags("fedmeta", ENTRY_SCRIPTS[script])
+    assert REQUIRED_FLAGS[ENTRY_SCRIPTS[script]] <= _flags(script)
+
+
+# --- what the images install -------------------------------------------------------------------
+
+
+def test_the_images_install_no_benchmark_only_package():
+    bench_only = {Requirement(r).name for r in PYPROJECT["project"]["optional-dependencies"]["bench"]}
+    assert {"torchopt", "scikit-learn", "matplotlib"} <= bench_only
+    assert not bench_only & {r.name for r in _runtime_requirements()}
+    pinned = {line.split("==")[0] for line in (DOCKER / "constraints.txt").read_text().splitlines() if "==" in line}
+    assert not bench_only & pinned
+
+
+# Import names of the packages an image does not have: the bench extra's, and Ray (flwr[simulation]).
+_ABSENT_IN_IMAGES = ("torchopt", "sklearn", "matplotlib", "ray")
+
+
+def test_the_images_commands_and_apps_run_without_benchmark_packages_or_ray():
+    blocker = (
+        "import sys\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {_ABSENT_IN_IMAGES!r}:\n"
+        "            raise ModuleNotFoundError(f'{name} is not in the image')\n"
+        "sys.meta_path.insert(0, Absent())\n"
+    )
+    code = blocker + (
+        "import fedmeta.client.app, fedmeta.server.app\n"
+        "from fedmeta.client.cli import cli as client\n"
+        "from fedmeta.server.cli import cli as server\n"
+        "from fedmeta.simulations.cli import app as fedmeta\n"
+        "for command, args in ((client, []), (server, []), (fedmeta, ['validate-data']), (fedmeta, ['certs'])):\n"
+        "    try:\n"
+        "        command([*args, '--help'])\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code == 0, (args, done.code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]

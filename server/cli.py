@@ -1,4 +1,9 @@
-"""``fedmeta server``: the aggregation server (a Flower SuperLink and one run), TLS and node auth on."""
+"""The server package's commands: ``fedmeta server`` (a Flower SuperLink and one run, TLS and node
+authentication on) and ``fedmeta certs`` (the federation's CA, server certificate and factory keys).
+
+``cli`` is the ``fedmeta-server`` console script, the server image's entry point: the
+``server`` command alone.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedmeta.common.credentials import CredentialError
+from fedmeta.common.elapsed_log import elapsed_log
 from fedmeta.common.processes import ProcessError, sigterm_as_interrupt
+from fedmeta.server.certificates import (
+    create_certificate_authority,
+    create_factory_keys,
+    create_server_certificate,
+    load_certificate_authority,
+)
 from fedmeta.server.deployment import DEFAULT_PORT, DeploymentError, build_run_config, plan_server, serve
-from fedmeta.simulations.elapsed_log import elapsed_log
 
-__all__ = ["server"]
+__all__ = ["certs", "cli", "server"]
 
 
 def server(
@@ -79,3 +90,32 @@ def server(
     except KeyboardInterrupt:
         console.print("stopped: the SuperLink and the run were shut down")
         raise typer.Exit(130) from None
+
+
+def certs(
+    out: Annotated[Path, typer.Option(help="Folder for the files.")] = Path("certs"),
+    host: Annotated[list[str] | None, typer.Option(help="Host name or IP the server is reached at (repeat).")] = None,
+    factory: Annotated[list[str] | None, typer.Option(help="Factory to create a key pair for (repeat).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace files that exist (otherwise an error).")] = False,
+) -> None:
+    """Create a CA (or reuse the one in --out), a server certificate and factory key pairs."""
+    console = Console()
+    try:
+        if (out / "ca.crt").exists() and not overwrite:
+            authority = load_certificate_authority(out)
+            console.print(f"using the existing CA in {out}")
+        else:
+            authority = create_certificate_authority(out, overwrite=overwrite)
+            console.print(f"created {out / 'ca.crt'} and {out / 'ca.key'} (keep ca.key offline)")
+        if host:
+            console.print(f"created {create_server_certificate(out, authority, host, overwrite=overwrite)}")
+        for name in factory or []:
+            private, public = create_factory_keys(out, name, overwrite=overwrite)
+            console.print(f"created {private} (give to {name} only) and {public} (register on the server)")
+    except (FileExistsError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+
+
+cli = typer.Typer(help="FedMeta Factory aggregation server.", add_completion=False)
+cli.command()(server)

@@ -1,0 +1,31 @@
+"""Wording shared by the connector's messages: counts, short listings and "did you mean" hints."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+# Offending rows (or lines, labels) listed per problem; the rest are counted.
+MAX_LISTED = 5
+_MAX_LISTED_COLUMNS = 20
+
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``"1 row"``, ``"3 rows"``; ``many`` for nouns whose plural is not ``noun + "s"``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {many or noun + 's'}"
+
+
+def listing(items: Sequence[str], limit: int = _MAX_LISTED_COLUMNS) -> str:
+    """The first ``limit`` items joined by commas, with the total when some are left out."""
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def suggest(name: str, candidates: Sequence[str], cutoff: float = 0.6) -> str | None:
+    """The candidate ``name`` was most likely meant as: same name in another case, else the closest."""
+    for candidate in candidates:
+        if candidate.lower() == name.lower():
+            return candidate
+    lowered = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=cutoff)
+    return lowered[close[0]] if close else None

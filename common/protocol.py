@@ -1,0 +1,59 @@
+"""The names a round's messages use, on both sides: record keys, their fields, factory roles.
+
+The server (`fedmeta.server.strategy`) writes what the factories (`fedmeta.client.app`)
+read and the other way round; both take the names from here, so a renamed key cannot
+leave one side behind. Flower itself is not imported: these are plain strings.
+
+- to a factory: ``meta-parameters`` (an ArrayRecord: weights and Meta-SGD rates) and
+  ``config`` (a ConfigRecord: the round's or the evaluation's settings);
+- from a factory: ``delta`` (``local - global``, an ArrayRecord) and ``metrics`` (a
+  MetricRecord with ``num-examples``, the weight of its delta);
+- a ``query`` reply: ``role`` (``role`` and ``factory``), or, from a node serving several
+  factories, ``factories`` (``names`` and ``roles``); messages to such a node carry
+  ``factories`` (``names``) and the replies hold each factory's records under
+  ``<record>/<factory>`` (`factory_key`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CONFIG",
+    "DELTA",
+    "FACTORIES",
+    "FACTORY",
+    "META_PARAMETERS",
+    "METRICS",
+    "NAMES",
+    "NUM_EXAMPLES",
+    "ROLE",
+    "ROLES",
+    "ROLES_FIELD",
+    "factory_key",
+    "is_delta_key",
+]
+
+META_PARAMETERS = "meta-parameters"
+CONFIG = "config"
+DELTA = "delta"
+METRICS = "metrics"
+NUM_EXAMPLES = "num-examples"
+
+# The query reply and the records of a node serving several factories.
+ROLE = "role"
+FACTORY = "factory"
+FACTORIES = "factories"
+NAMES = "names"
+ROLES_FIELD = "roles"
+
+# What a factory does in a federation: trains, or only adapts and evaluates (held out, or new).
+ROLES = ("train", "evaluate")
+
+
+def factory_key(record: str, factory: str) -> str:
+    """Where a node serving several factories puts one factory's record (``delta/<factory>``)."""
+    return f"{record}/{factory}"
+
+
+def is_delta_key(key: str) -> bool:
+    """Whether a reply's record ``key`` holds a delta: one factory's, or one of several a node serves."""
+    return key == DELTA or key.startswith(factory_key(DELTA, ""))

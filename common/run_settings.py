@@ -1,0 +1,197 @@
+"""Every run setting, declared once: name, type, default, help and which component reads it.
+
+A run's settings travel as a Flower run config (``[tool.flwr.app.config]`` in
+pyproject.toml, ``flwr run . --run-config``, ``fedmeta server --run-config`` and the
+``fedmeta simulate`` flags all fill the same keys). This table is the only place that
+gives them defaults: the server's, the round's and the evaluation's settings are built
+from `resolve_run_config`, pyproject.toml's table is checked against it by a test, and
+the simulate flags take their defaults and help from it.
+
+A few defaults depend on the data (``0`` or ``""`` means *automatic*): the inner step
+size comes from the data set (`DATASET_LR`), the evaluation and local-only step sizes
+follow the inner one, and the evaluation shots are those every held-out factory of the
+data can supply (`DATA_EVAL_SHOTS`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fedmeta.common.validation import check_choice
+
+__all__ = [
+    "DATASETS",
+    "DATASET_LR",
+    "DATA_EVAL_SHOTS",
+    "READERS",
+    "RUN_SETTINGS",
+    "Setting",
+    "UnknownSettingError",
+    "app_config_defaults",
+    "check_run_config",
+    "default_lr",
+    "parse_shots",
+    "resolve_run_config",
+]
+
+SettingValue = bool | int | float | str
+
+# Who reads a setting: the ServerApp, the ClientApp, or only the in-process simulation harness.
+READERS = ("server", "client", "simulation")
+
+DATASETS = ("synthetic", "ai4i", "cmapss", "cwru", "cwru-fe")
+# Step sizes that keep the real data sets' models stable: on CWRU's raw windows first-order
+# MAML at 0.05 collapses to chance after ~150 meta-steps while 0.01 reaches ~98% (5-shot,
+# held-out load); C-MAPSS' residual TCN diverges in its first inner loop at 0.05 and when
+# fine-tuned on a single window at 0.01, not at 0.003.
+DATASET_LR = {"synthetic": 0.05, "ai4i": 0.01, "cwru": 0.01, "cwru-fe": 0.01, "cmapss": 0.003}
+# K values every held-out factory can supply, where fewer than 1,5,10,20: synthetic fault
+# factories hold >= 10 windows per class; AI4I's variant H has only 21 failures.
+DATA_EVAL_SHOTS = {"fault": "1,5", "ai4i": "1,5,10"}
+_EVAL_SHOTS = "1,5,10,20"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One run-config key (dashes, as Flower spells them)."""
+
+    name: str
+    default: SettingValue
+    help: str
+    readers: tuple[str, ...]
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    @property
+    def in_app(self) -> bool:
+        """Read by the Flower apps, so `flwr run .` must accept it (pyproject.toml lists it)."""
+        return "server" in self.readers or "client" in self.readers
+
+
+_SERVER, _CLIENT, _BOTH, _SIM = ("server",), ("client",), ("server", "client"), ("simulation",)
+
+_TABLE = (
+    # The run
+    Setting("algorithm", "maml", "Meta-learning algorithm: maml, fomaml, reptile, metasgd, anil, or fedavg.", _SERVER),
+    Setting("compare-with", "", "Baselines trained in the same run on the same factories (comma-separated).", _SERVER),
+    Setting("num-server-rounds", 10, "Federated rounds.", _SERVER),
+    Setting("run-dir", "runs/latest", "Run folder: config, metrics per round, checkpoints.", _SERVER),
+    Setting("resume", False, "Continue the run in run-dir from its last checkpoint.", _SERVER),
+    Setting("seed", 0, "Seed for the model, task sampling and factory sampling.", _BOTH),
+    Setting("device", "auto", "Where factories train: auto (CUDA, then MPS, then CPU), cpu, cuda or mps.", _CLIENT),
+    # Where the factories come from
+    Setting("schema", "", "A federation table schema (JSON); empty: each factory's own, or no tables.", _BOTH),
+    Setting("dataset", "synthetic", "Synthetic factories or a shared real data set: " + ", ".join(DATASETS) + ".",
+            _BOTH),
+    Setting("family", "quality", "Synthetic factory family: quality (regression) or fault (classification).", _BOTH),
+    Setting("num-factories", 12, "Synthetic training factories.", _BOTH),
+    Setting("num-held-out", 4, "Synthetic factories that never train; they evaluate.", _BOTH),
+    Setting("min-samples", 40, "Fewest rows of a synthetic factory.", _BOTH),
+    Setting("max-samples", 400, "Most rows of a synthetic factory.", _BOTH),
+    Setting("family-seed", 0, "Seed of the synthetic family.", _BOTH),
+    Setting("factories-per-node", 1, "Factories one simulated node serves (each still sends its own delta).", _BOTH),
+    # A factory's local work each round
+    Setting("inner-steps", 5, "Inner-loop adaptation steps.", _SERVER),
+    Setting("inner-lr", 0.0, "Inner-loop and fine-tuning step size; 0: the data set's ("
+            + ", ".join(f"{name} {lr}" for name, lr in DATASET_LR.items()) + ").", _SERVER),
+    Setting("local-steps", 5, "Local meta-steps per round.", _SERVER),
+    Setting("local-lr", 0.001, "Factories' local outer (Adam) step size.", _SERVER),
+    Setting("meta-batch-size", 4, "Tasks per local meta-step.", _SERVER),
+    Setting("shots", 5, "Support samples per training task (per class for classification).", _SERVER),
+    Setting("query-size", 15, "Query samples per training task.", _SERVER),
+    # The server's aggregation
+    Setting("outer-optimizer", "sgd", "Server optimizer: sgd, momentum or adam.", _SERVER),
+    Setting("outer-lr", 1.0, "Server step size (sgd 1.0 = plain averaging of deltas).", _SERVER),
+    Setting("fraction-train", 1.0, "Fraction of the training factories sampled per round.", _SERVER),
+    Setting("min-train-nodes", 2, "Fewest training factories a round needs.", _SERVER),
+    Setting("max-delta-norm", 100.0, "A delta with a larger L2 norm is rejected.", _SERVER),
+    Setting("timeout", 600.0, "Seconds a round waits for replies.", _SERVER),
+    Setting("wait-for-factories", 0, "Factories round 1 waits for (0: min-train-nodes).", _SERVER),
+    # Evaluation on held-out factories
+    Setting("eval-every", 0, "Evaluate every N rounds (0: only after the last round).", _SERVER),
+    Setting("eval-shots", "", "K values to adapt on (comma-separated); empty: " + _EVAL_SHOTS + ", or what the "
+            "data can supply (" + "; ".join(f"{data} {k}" for data, k in DATA_EVAL_SHOTS.items()) + ").", _SERVER),
+    Setting("eval-steps", 10, "Adaptation steps on the K rows.", _SERVER),
+    Setting("eval-lr", 0.0, "Adaptation step size; 0: inner-lr.", _SERVER),
+    Setting("eval-tasks", 10, "Tasks scored per held-out factory and K.", _SERVER),
+    Setting("eval-query-size", 10, "Query rows per evaluation task.", _SERVER),
+    Setting("local-only-steps", 0, "Steps of the local-only baseline trained from scratch on the K rows (0: off).",
+            _SERVER),
+    Setting("local-only-lr", 0.0, "Step size of the local-only baseline; 0: inner-lr.", _SERVER),
+    # The simulation harness only
+    Setting("inject-faults", "", "Make simulated factories misbehave: PARTITION:crash|nan|shape, comma-separated.",
+            _SIM),
+)
+
+RUN_SETTINGS: Mapping[str, Setting] = {setting.name: setting for setting in _TABLE}
+
+
+class UnknownSettingError(ValueError):
+    """A run-config key that no component reads (a typo, usually)."""
+
+
+def _unknown(key: str) -> UnknownSettingError:
+    close = difflib.get_close_matches(key, list(RUN_SETTINGS), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known settings: {', '.join(RUN_SETTINGS)}"
+    return UnknownSettingError(f"unknown run setting {key!r}{hint}")
+
+
+def _typed(setting: Setting, value: object) -> SettingValue:
+    """``value`` as the setting's type: ints are accepted for floats, nothing else is converted."""
+    kind = setting.kind
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    raise ValueError(f"run setting {setting.name!r} must be {names[kind]}, got {value!r}")
+
+
+def check_run_config(config: Mapping[str, object], *, app: bool = False) -> dict[str, SettingValue]:
+    """The keys of ``config``, each known and of its setting's type; no defaults added.
+
+    ``app``: the run goes to the Flower apps (``fedmeta server``), where settings that only
+    the simulation harness reads would be silently ignored, so they are refused too.
+    """
+    for key in config:
+        if key not in RUN_SETTINGS:
+            raise _unknown(key)
+        if app and not RUN_SETTINGS[key].in_app:
+            raise UnknownSettingError(f"run setting {key!r} applies to `fedmeta simulate` only, not to a deployment")
+    return {key: _typed(RUN_SETTINGS[key], value) for key, value in config.items()}
+
+
+def default_lr(dataset: str) -> float:
+    """The inner-loop (and fine-tuning) step size a data set runs at unless one is given."""
+    check_choice("dataset", dataset, DATASETS)
+    return DATASET_LR[dataset]
+
+
+def parse_shots(value: str) -> tuple[int, ...]:
+    """``eval-shots`` as K values: ``"1,5,10"`` (Flower run configs hold no lists)."""
+    try:
+        return tuple(int(part) for part in value.split(","))
+    except ValueError as error:
+        raise ValueError(f"eval-shots must be comma-separated integers, got {value!r}") from error
+
+
+def resolve_run_config(config: Mapping[str, object]) -> dict[str, SettingValue]:
+    """Every setting: ``config``'s value (checked) or the default, automatic values filled in."""
+    values = {name: setting.default for name, setting in RUN_SETTINGS.items()} | check_run_config(config)
+    if not values["inner-lr"]:
+        values["inner-lr"] = default_lr(str(values["dataset"]))
+    for key in ("eval-lr", "local-only-lr"):
+        values[key] = values[key] or values["inner-lr"]
+    if not values["eval-shots"]:
+        data = values["family"] if values["dataset"] == "synthetic" else values["dataset"]
+        values["eval-shots"] = DATA_EVAL_SHOTS.get(str(data), _EVAL_SHOTS)
+    return values
+
+
+def app_config_defaults() -> dict[str, SettingValue]:
+    """``[tool.flwr.app.config]``: the default of every setting the Flower apps read."""
+    return {name: setting.default for name, setting in RUN_SETTINGS.items() if setting.in_app}

@@ -1,0 +1,190 @@
+"""The simulations package's benchmark commands: ``fedmeta benchmark`` (few-shot quality, method
+beside method) and the ``fedmeta bench`` group (inner loop, scaling, deployment), which print
+ratios measured side by side in one run.
+
+Each command imports its benchmark module only when it runs, so the rest of the package never
+loads benchmark code or the ``bench`` extra's libraries (torchopt, scikit-learn, matplotlib).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fedmeta.common.elapsed_log import elapsed_log
+from fedmeta.common.run_settings import DATASETS
+
+__all__ = ["bench_app", "benchmark"]
+
+bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
+
+
+def _write_json(result: dict, path: Path | None, console: Console) -> None:
+    if path is not None:
+        path.write_text(json.dumps(result, indent=2))
+        console.print(f"results written to {path}")
+
+
+@bench_app.command("inner-loop")
+def bench_inner_loop(
+    device: Annotated[
+        str, typer.Option(click_type=click.Choice(["auto", "cpu", "cuda"]), help="Where to run.")
+    ] = "auto",
+    repeats: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Timed meta-steps per variant, interleaved round-robin (default: as many as fit "
+            "in a per-model time budget, keeping the command under 90 s on 2 CPU cores).",
+            show_default=False,
+        ),
+    ] = None,
+    models: Annotated[str, typer.Option(help="Comma-separated models to benchmark.")] = "mlp,cnn1d",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Time one meta-step of every algorithm against a hand-written loop, torchopt and vmap."""
+    # Imported here so that the package never loads benchmark code (or torchopt) otherwise.
+    from fedmeta.simulations.benchmarks import inner_loop
+
+    console = Console()
+    try:
+        result = inner_loop.run_inner_loop_benchmark(
+            device=inner_loop.bench_device(device),
+            models=[m.strip() for m in models.split(",") if m.strip()],
+            repeats=repeats,
+            log=elapsed_log(console),
+        )
+    except (ValueError, inner_loop.GradientMismatchError) as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(1) from error
+    inner_loop.render(result, console)
+    _write_json(result.to_dict(), json_path, console)
+
+
+def _sizes(text: str) -> list[int]:
+    """``"10,100,1000"`` -> ``[10, 100, 1000]``; ValueError names the bad part."""
+    parts = [part.strip().replace("_", "") for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(f"--factories must be comma-separated positive integers, got {text!r}")
+    return [int(part) for part in parts]
+
+
+@bench_app.command("scaling")
+def bench_scaling(
+    factories: Annotated[str, typer.Option(help="Comma-separated federation sizes (factories).")] = "10,100,1000",
+    rounds: Annotated[int, typer.Option(min=1, help="Timed rounds per size, after one warm-up round.")] = 5,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Simulated nodes per size, each serving an equal block of factories (default: one per Ray "
+            "actor; as many as factories gives Flower's usual one node per factory).",
+            show_default=False,
+        ),
+    ] = None,
+    client_cpus: Annotated[
+        float, typer.Option(min=0.01, help="CPUs per Ray actor: the simulation runs CPUs / this actors.")
+    ] = 1.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Round time and peak memory on Flower's simulation engine beside a plain loop, per federation size."""
+    from fedmeta.simulations.benchmarks import scaling  # imports torch and the apps: only when benchmarking
+
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: wide enough that the table is not cut
+        console = Console(width=130)
+    try:
+        result = scaling.run_scaling_benchmark(
+            _sizes(factories),
+            rounds=rounds,
+            nodes=nodes,
+            client_cpus=client_cpus,
+            log=elapsed_log(console),
+        )
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(1) from error
+    scaling.render(result, console)
+    _write_json(result.to_dict(), json_path, console)
+
+
+def benchmark(
+    dataset: Annotated[
+        str, typer.Option(click_type=click.Choice(list(DATASETS)),
+                          help="Data set (cwru-fe: the held-out load read by the fan-end sensor).")
+    ] = "synthetic",
+    quick: Annotated[bool, typer.Option("--quick", help="A tiny run: 1 seed, few rounds and tasks.")] = False,
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="Seeds 0..N-1 (default 3; 1 with --quick).", show_default=False)
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Federated rounds (default 20; 5 with --quick).", show_default=False)
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for results.json and results.md (default runs/benchmark-<dataset>-<time>).",
+                     show_default=False),
+    ] = None,
+) -> None:
+    """Few-shot quality of local-only, FedAvg(+FT), federated MAML/FOMAML/Reptile/Meta-SGD, centralized MAML,
+    gradient boosting and full-data oracles on the held-out factories, per K; mean and std over seeds."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    # Imports torch, scikit-learn and the data sets: only when benchmarking.
+    from fedmeta.simulations.benchmarks import fewshot, fewshot_report
+
+    console = Console() if Console().is_terminal else Console(width=160)
+    out = out if out is not None else Path("runs") / f"benchmark-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        fewshot_report.check_out_dir(out)
+        plan = fewshot.plan_for(dataset, quick=quick, seeds=seeds, rounds=rounds)
+        with Progress(TextColumn("[bold]benchmark[/bold] " + dataset), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("steps", total=None)
+            results = fewshot.run_benchmark(plan, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                           total=total))
+        fewshot_report.write_results(results, out)
+    except (ValueError, FileNotFoundError, FileExistsError, fewshot.BenchmarkError) as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(1) from error
+    fewshot_report.render(results, console)
+    console.print(f"results written to {out} ({', '.join(fewshot_report.RESULTS_FILES)})")
+
+
+
+
+@bench_app.command("deployment")
+def bench_deployment(
+    factories: Annotated[int, typer.Option(min=2, help="Factories (each a SuperNode in the deployments).")] = 3,
+    rounds: Annotated[int, typer.Option(min=2, help="Rounds; the first is not timed.")] = 4,
+    isolation: Annotated[
+        list[str] | None,
+        typer.Option(help="Deployment isolation modes to run (repeat; default: subprocess and process).",
+                     show_default=False),
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Round time of the same federation on the simulation engine and as real processes (TLS, node auth)."""
+    from fedmeta.simulations.benchmarks import deployment  # imports torch and Ray: only when benchmarking
+
+    console = Console()
+    started = time.perf_counter()
+    try:
+        result = deployment.run_deployment_benchmark(
+            factories,
+            rounds,
+            isolations=isolation or deployment.ISOLATIONS,
+            log=lambda message: console.print(f"[dim]{time.perf_counter() - started:5.1f} s  {message}[/dim]"),
+        )
+    except (ValueError, RuntimeError) as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(1) from error
+    deployment.render(result, console)
+    _write_json(result.to_dict(), json_path, console)
