@@ -3,7 +3,7 @@
 Flower's SuperLink and SuperNode start helpers (a SuperExec, which starts one app process
 per run or message), and the SuperLink detaches its SuperExec into a session of its own,
 so a process group does not hold them all. A `ChildProcess` therefore leads its own group
-*and* keeps track of every process descended from it (read from ``/proc`` on Linux).
+*and* keeps track of every process descended from it (found with psutil, not only on Linux).
 Stopping it sends SIGTERM to the group and waits, then ends every tracked descendant
 (SIGTERM, then SIGKILL): no orphan survives a Ctrl-C. When the child exits by itself,
 its helpers are ended too (they would only keep retrying to reach it).
@@ -29,6 +29,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 
+import psutil
+
 __all__ = [
     "ChildProcess",
     "ProcessError",
@@ -43,7 +45,6 @@ __all__ = [
 STOP_TIMEOUT_S = 15.0
 WATCH_INTERVAL_S = 0.5
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-_PROC = Path("/proc")
 
 
 def _end_with_parent() -> None:
@@ -52,38 +53,22 @@ def _end_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _process_table() -> dict[int, tuple[str, int, int]]:
-    """pid -> (state, parent pid, process group) of every process; empty without ``/proc``."""
-    table = {}
-    for stat in _PROC.glob("[0-9]*/stat"):
-        try:
-            state, parent, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while being read
-        table[int(stat.parent.name)] = (state, int(parent), int(group))
-    return table
-
-
 def descendants(pid: int) -> set[int]:
-    """Every process descended from ``pid`` now (children, their children, ...); Linux only."""
-    table, found, frontier = _process_table(), set(), {pid}
-    while frontier:
-        frontier = {child for child, (_, parent, _) in table.items() if parent in frontier} - found
-        found |= frontier
-    return found
+    """Every process descended from ``pid`` now (children, their children, ...); none once ``pid`` is gone."""
+    try:
+        return {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
 
 
 def _running(pids: Iterable[int], group: int) -> set[int]:
     """Those of ``pids``, and members of ``group``, that run (zombies, exited but not reaped, do not)."""
-    if not _PROC.is_dir():
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return set()
-        return {group}
-    wanted = set(pids)
-    table = _process_table()
-    return {pid for pid, (state, _, pgrp) in table.items() if (pid in wanted or pgrp == group) and state != "Z"}
+    wanted, found = set(pids), set()
+    for pid in psutil.pids():
+        with suppress(psutil.Error, OSError):  # it ended while being read (or is not ours to read)
+            if (pid in wanted or os.getpgid(pid) == group) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.add(pid)
+    return found
 
 
 def _signal(pids: Iterable[int], group: int, signum: int) -> None:

@@ -16,6 +16,7 @@ from flwr.simulation import run_simulation
 
 from fedmeta.client.app import make_client_app
 from fedmeta.common.data_sources import SplitSource, SyntheticSource, source_from_config
+from fedmeta.common.run_settings import resolve_run_config
 from fedmeta.server.app import make_server_app
 from fedmeta.server.run import ProgressFn
 from fedmeta.simulations.faults import fault_injection_mod
@@ -39,10 +40,11 @@ def run_federated_simulation(
     raised by the server app propagate (the engine re-raises them).
     """
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    settings = resolve_run_config(run_config)
     source = source_from_config(run_config)
     if not isinstance(source, SyntheticSource | SplitSource):
         raise ValueError("the simulation engine runs synthetic families and shared data sets; tables run as real nodes")
-    spec = str(run_config.get("inject-faults", ""))
+    spec = str(settings["inject-faults"])
     mods = [fault_injection_mod(spec)] if spec else None
     run_simulation(
         server_app=make_server_app(run_config, progress),
@@ -50,7 +52,15 @@ def run_federated_simulation(
         num_supernodes=source.num_nodes,
         backend_config={
             "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
-            "init_args": {"num_cpus": os.cpu_count() or 1, "log_to_driver": False},
+            # No Ray dashboard, whatever Flower's default, and no idle workers prestarted for Ray's default
+            # environment, which the actors (in Flower's runtime env) never use. _system_config keys are those of
+            # Ray 2.55 (pinned by flwr[simulation]): Ray's GCS dies on an unknown one and ray.init waits for it.
+            "init_args": {
+                "num_cpus": os.cpu_count() or 1,
+                "log_to_driver": False,
+                "include_dashboard": False,
+                "_system_config": {"prestart_worker_first_driver": False},
+            },
         },
     )
-    return Path(str(run_config.get("run-dir", "runs/latest")))
+    return Path(str(settings["run-dir"]))

@@ -16,23 +16,20 @@ import contextlib
 import ctypes
 import gc
 import multiprocessing
-import os
 import resource
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import psutil
 import torch
 
 __all__ = ["current_rss_bytes", "peak_bytes", "peak_rss_bytes", "run_in_fresh_processes"]
 
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
 
 def current_rss_bytes() -> int:
-    """Resident set size now, from ``/proc/self/statm`` (Linux; second field, in pages)."""
-    with open("/proc/self/statm", encoding="ascii") as statm:
-        return int(statm.read().split()[1]) * _PAGE_SIZE
+    """Resident set size now."""
+    return psutil.Process().memory_info().rss
 
 
 def peak_rss_bytes() -> int:
@@ -40,7 +37,7 @@ def peak_rss_bytes() -> int:
 
     ``ru_maxrss`` reads the same high-water mark but also keeps the mark of any thread
     that has exited, which no reset clears: one native thread ending after imports
-    would pin it above what a light meta-step needs.
+    would pin it above what a light meta-step needs. psutil is no help: it has no peak RSS on Linux.
     """
     try:
         with open("/proc/self/status", encoding="ascii") as status:

@@ -26,7 +26,7 @@ one thread in this process, as Ray gives each 1-CPU actor: on a busy 2-core mach
 two threads make these millisecond steps several times slower.
 
 Peak memory is the highest sum of resident set sizes over this process and all its
-descendants (Ray's GCS, raylet, agents and workers included), read from ``/proc`` by a
+descendants (Ray's GCS, raylet, agents and workers included), read with psutil by a
 background thread every `SAMPLE_INTERVAL_S`. Shared pages count once per process, so
 the sum overstates what the tree really holds.
 
@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import psutil
 import torch
 from rich import box
 from rich.console import Console
@@ -56,6 +57,7 @@ from fedmeta.client.app import local_update
 from fedmeta.client.factory import LoadedFactory, load_factories, node_device
 from fedmeta.common.data_sources import source_from_config
 from fedmeta.common.outer_optimizer import OuterOptimizer
+from fedmeta.common.processes import descendants
 from fedmeta.server.run import initial_meta_parameters
 from fedmeta.server.settings import ServerSettings
 from fedmeta.server.strategy import FedMetaStrategy
@@ -110,49 +112,26 @@ WORK: dict[str, object] = {
 # --------------------------------------------------------------------------- memory
 
 
-def _parent_pids() -> dict[int, int]:
-    """pid -> parent pid of every process visible in ``/proc`` (Linux)."""
-    parents = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as stat:
-                fields = stat.read().rpartition(")")[2].split()  # the name may hold spaces
-        except OSError:  # ended meanwhile
-            continue
-        parents[int(name)] = int(fields[1])
-    return parents
-
-
-def _tree(root: int) -> list[int]:
-    """``root`` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for pid, parent in _parent_pids().items():
-        children.setdefault(parent, []).append(pid)
-    tree, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop()
-        tree.append(pid)
-        frontier.extend(children.get(pid, ()))
-    return tree
-
-
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _rss_bytes(pid: int) -> int:
+def _tree(root: int) -> list[psutil.Process]:
+    """``root`` and all its descendants (none once ``root`` has ended)."""
     try:
-        with open(f"/proc/{pid}/statm", encoding="ascii") as statm:
-            return int(statm.read().split()[1]) * _PAGE_SIZE
-    except OSError:  # ended meanwhile
+        process = psutil.Process(root)
+        return [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _rss_bytes(process: psutil.Process) -> int:
+    try:
+        return process.memory_info().rss
+    except psutil.NoSuchProcess:  # ended meanwhile
         return 0
 
 
 def tree_rss_bytes(root: int | None = None) -> tuple[int, int]:
     """Summed RSS of ``root`` (default: this process) and its descendants, and their count."""
-    pids = _tree(os.getpid() if root is None else root)
-    return sum(map(_rss_bytes, pids)), len(pids)
+    processes = _tree(os.getpid() if root is None else root)
+    return sum(map(_rss_bytes, processes)), len(processes)
 
 
 def wait_for_descendants(timeout: float) -> bool:
@@ -162,7 +141,7 @@ def wait_for_descendants(timeout: float) -> bool:
     shutting down. Returns whether they all ended within ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
-    while len(_tree(os.getpid())) > 1:
+    while descendants(os.getpid()):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
+
+import psutil
 
 from fedmeta.common.processes import ChildProcess, descendants
 
@@ -37,6 +38,6 @@ def test_helpers_end_when_the_child_exits_by_itself():
 def _running(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie exited and only awaits reaping)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False

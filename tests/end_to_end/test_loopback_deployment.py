@@ -17,10 +17,12 @@ import subprocess
 import sysconfig
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from fedmeta.common.processes import ChildProcess, descendants, free_port, port_in_use
@@ -63,30 +65,22 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def processes() -> dict[int, tuple[str, str, int, int]]:
-    """pid -> (name, state, parent pid, process group) of every process, from /proc."""
-    table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # it ended meanwhile
-        state, parent, group = text.rsplit(")", 1)[1].split()[:3]
-        table[int(stat.parent.name)] = (text[text.index("(") + 1 : text.rindex(")")], state, int(parent), int(group))
-    return table
-
-
 def alive(pids: set[int]) -> list[int]:
     """Those of ``pids`` still running (zombies, exited but not yet reaped, do not count)."""
-    table = processes()
-    return sorted(pid for pid in pids if pid in table and table[pid][1] != "Z")
+    running = []
+    for pid in pids:
+        with suppress(psutil.NoSuchProcess):  # it ended meanwhile
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                running.append(pid)
+    return sorted(running)
 
 
 def supernode_group(client_pid: int) -> int | None:
     """The process group of the SuperNode a `fedmeta client` started (its child, leading its own group)."""
-    for name, _, parent, group in processes().values():
-        if parent == client_pid and name.startswith("flower-supern"):
-            return group
+    with suppress(psutil.NoSuchProcess, ProcessLookupError):  # the client, or that child, ended meanwhile
+        for child in psutil.Process(client_pid).children():
+            if child.name().startswith("flower-supern"):
+                return os.getpgid(child.pid)
     return None
 
 
