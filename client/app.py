@@ -30,11 +30,17 @@ from torch import Tensor
 
 from fedmeta.client.evaluation import evaluate_factory
 from fedmeta.client.factory import LoadedFactory, load_factories, node_device, sampler_for
-from fedmeta.common import protocol
-from fedmeta.common.algorithms import meta_train
-from fedmeta.common.deltas import subtract
-from fedmeta.common.federation import EvaluationSettings, RoundSettings, pack_meta_parameters, unpack_meta_parameters
-from fedmeta.common.models import ModelConfig, build_model
+from fedmeta.common import (
+    EvaluationSettings,
+    ModelConfig,
+    RoundSettings,
+    build_model,
+    meta_train,
+    pack_meta_parameters,
+    protocol,
+    subtract,
+    unpack_meta_parameters,
+)
 
 __all__ = ["app", "check_model_fits", "local_update", "make_client_app", "train_replies", "train_reply"]
 

@@ -19,10 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedmeta.client.deployment import DEFAULT_RUNTIME_PORT, FactoryError, plan_factory, run_factory
+from fedmeta.common import ROLES, ProcessError, elapsed_log, exit_on_errors, sigterm_as_interrupt
 from fedmeta.common.connector import DataSchema, SchemaError, ValidationReport, validate_table
-from fedmeta.common.elapsed_log import elapsed_log
-from fedmeta.common.processes import ProcessError, sigterm_as_interrupt
-from fedmeta.common.protocol import ROLES
 
 __all__ = ["cli", "client", "validate_data"]
 
@@ -82,7 +80,7 @@ def client(
         missing = " and ".join(flag for flag, value in (("--key", key), ("--ca", ca)) if value is None)
         console.print(f"[red]error:[/red] a secured federation needs {missing} (or --insecure on a test network)")
         raise typer.Exit(1)
-    try:
+    with exit_on_errors(console, FactoryError, ProcessError, ValueError, stopped="stopped"):
         plan = plan_factory(
             server=server,
             data=data,
@@ -100,12 +98,6 @@ def client(
         report(f"{plan.data.name}: table valid against {plan.schema.name}; log {plan.log}")
         with sigterm_as_interrupt():
             run_factory(plan, report)
-    except (FactoryError, ProcessError, ValueError) as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(1) from error
-    except KeyboardInterrupt:
-        console.print("stopped")
-        raise typer.Exit(130) from None
 
 
 def _number(value: float | None) -> str:

@@ -19,12 +19,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from fedmeta.common import (
+    ROLES,
+    ChildProcess,
+    Report,
+    check_choice,
+    flower_env,
+    load_certificate,
+    load_factory_private_key,
+    port_in_use,
+)
 from fedmeta.common.connector import DataSchema, validate_table
-from fedmeta.common.credentials import load_certificate, load_factory_private_key
-from fedmeta.common.elapsed_log import Report
-from fedmeta.common.processes import ChildProcess, flower_env, port_in_use
-from fedmeta.common.protocol import ROLES
-from fedmeta.common.validation import check_choice
 
 __all__ = [
     "DEFAULT_RUNTIME_PORT",

@@ -9,12 +9,19 @@ import torch
 from torch import Tensor
 
 from fedmeta.client.factory import LoadedFactory, sampler_for
-from fedmeta.common.algorithms import adapt_to_support, adapted_names, evaluate_adaptation
-from fedmeta.common.data_sources import DataSource
-from fedmeta.common.federation import EvaluationSettings, local_algorithm, unpack_meta_parameters
-from fedmeta.common.models import MetaModel, build_model
-from fedmeta.common.protocol import NUM_EXAMPLES
-from fedmeta.common.tasks import TaskBatch
+from fedmeta.common import (
+    NUM_EXAMPLES,
+    DataSource,
+    EvaluationSettings,
+    MetaModel,
+    TaskBatch,
+    adapt_to_support,
+    adapted_names,
+    build_model,
+    evaluate_adaptation,
+    local_algorithm,
+    unpack_meta_parameters,
+)
 
 __all__ = ["Adaptation", "evaluate_factory", "initial_weights", "local_only_adaptation", "prepare_adaptation"]
 

@@ -8,10 +8,16 @@ from dataclasses import dataclass
 
 import torch
 
-from fedmeta.common.data_sources import DataSource, source_from_config
-from fedmeta.common.device import resolve_device
-from fedmeta.common.run_settings import resolve_run_config
-from fedmeta.common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskSampler
+from fedmeta.common import (
+    ClassificationTaskSampler,
+    DataSource,
+    FactoryData,
+    RegressionTaskSampler,
+    TaskSampler,
+    resolve_device,
+    resolve_run_config,
+    source_from_config,
+)
 
 __all__ = ["LoadedFactory", "load_factories", "load_factory", "node_device", "sampler_for", "task_sampler"]
 

@@ -21,10 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fedmeta.common.connector import DataSchema, load_factory_table
-from fedmeta.common.datasets.ai4i import load_ai4i
-from fedmeta.common.datasets.base import FactorySplit
-from fedmeta.common.datasets.cmapss import load_cmapss_transfer
-from fedmeta.common.datasets.cwru import load_cwru
+from fedmeta.common.datasets import FactorySplit, load_ai4i, load_cmapss_transfer, load_cwru
 from fedmeta.common.models import ModelConfig
 from fedmeta.common.protocol import ROLES
 from fedmeta.common.run_settings import DATASETS, resolve_run_config

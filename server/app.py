@@ -13,7 +13,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmeta.common.data_sources import source_from_config
+from fedmeta.common import source_from_config
 from fedmeta.server.run import ProgressFn, run_experiment
 from fedmeta.server.settings import ServerSettings
 

@@ -12,11 +12,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
-from fedmeta.common.credentials import CredentialError
-from fedmeta.common.elapsed_log import elapsed_log
-from fedmeta.common.processes import ProcessError, sigterm_as_interrupt
+from fedmeta.common import CredentialError, ProcessError, elapsed_log, exit_on_errors, sigterm_as_interrupt
 from fedmeta.server.certificates import (
     create_certificate_authority,
     create_factory_keys,
@@ -71,7 +68,8 @@ def server(
             "[bold red]WARNING: --insecure: no TLS and no node authentication. Model updates travel in clear "
             "text and any machine that reaches this port can join as a factory.[/bold red]"
         )
-    try:
+    stopped = "stopped: the SuperLink and the run were shut down"
+    with exit_on_errors(console, CredentialError, DeploymentError, ProcessError, stopped=stopped):
         config = build_run_config(run_config, state=state, schema=schema, resume=resume)
         plan = plan_server(
             state=state,
@@ -84,12 +82,6 @@ def server(
         )
         with sigterm_as_interrupt():
             serve(plan, report)
-    except (CredentialError, DeploymentError, ProcessError) as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(1) from error
-    except KeyboardInterrupt:
-        console.print("stopped: the SuperLink and the run were shut down")
-        raise typer.Exit(130) from None
 
 
 def certs(
@@ -100,7 +92,7 @@ def certs(
 ) -> None:
     """Create a CA (or reuse the one in --out), a server certificate and factory key pairs."""
     console = Console()
-    try:
+    with exit_on_errors(console, FileExistsError, ValueError):
         if (out / "ca.crt").exists() and not overwrite:
             authority = load_certificate_authority(out)
             console.print(f"using the existing CA in {out}")
@@ -112,9 +104,6 @@ def certs(
         for name in factory or []:
             private, public = create_factory_keys(out, name, overwrite=overwrite)
             console.print(f"created {private} (give to {name} only) and {public} (register on the server)")
-    except (FileExistsError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from error
 
 
 cli = typer.Typer(help="FedMeta Factory aggregation server.", add_completion=False)

@@ -27,18 +27,19 @@ from pathlib import Path
 import click
 from flwr.common.config import parse_config_args
 
-from fedmeta.common.credentials import check_server_certificate, load_factory_public_key
-from fedmeta.common.data_sources import source_from_config
-from fedmeta.common.elapsed_log import Report
-from fedmeta.common.processes import (
+from fedmeta.common import (
     ChildProcess,
     ProcessError,
+    Report,
+    check_run_config,
+    check_server_certificate,
     flower_env,
     free_port,
+    load_factory_public_key,
     port_in_use,
+    source_from_config,
     wait_until_listening,
 )
-from fedmeta.common.run_settings import check_run_config
 from fedmeta.server.bundle import stage_app
 from fedmeta.server.checkpoint import RunDirectory
 from fedmeta.server.settings import ServerSettings

@@ -22,11 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from torch import Tensor
 
-from fedmeta.common.algorithms import init_inner_lrs
-from fedmeta.common.data_sources import DataSource
-from fedmeta.common.federation import pack_meta_parameters
-from fedmeta.common.models import build_model
-from fedmeta.common.outer_optimizer import OuterOptimizer
+from fedmeta.common import DataSource, OuterOptimizer, build_model, init_inner_lrs, pack_meta_parameters
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
 from fedmeta.server.settings import ServerSettings
 from fedmeta.server.strategy import FedMetaStrategy, exchange

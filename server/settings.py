@@ -10,9 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fedmeta.common.federation import EvaluationSettings, RoundSettings, local_algorithm
-from fedmeta.common.outer_optimizer import OuterOptimizerConfig
-from fedmeta.common.run_settings import parse_shots, resolve_run_config
+from fedmeta.common import (
+    EvaluationSettings,
+    OuterOptimizerConfig,
+    RoundSettings,
+    local_algorithm,
+    parse_shots,
+    resolve_run_config,
+)
 from fedmeta.server.strategy import SamplingSettings
 
 __all__ = ["ServerSettings"]

@@ -28,9 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
-from fedmeta.common import protocol
-from fedmeta.common.deltas import DeltaRejected, validate_delta, weighted_average
-from fedmeta.common.outer_optimizer import OuterOptimizer
+from fedmeta.common import DeltaRejected, OuterOptimizer, protocol, validate_delta, weighted_average
 
 __all__ = [
     "PULL_COST_FACTOR",

@@ -16,10 +16,8 @@ from typing import Annotated
 import click
 import typer
 from rich.console import Console
-from rich.markup import escape
 
-from fedmeta.common.elapsed_log import elapsed_log
-from fedmeta.common.run_settings import DATASETS
+from fedmeta.common import DATASETS, elapsed_log, exit_on_errors
 
 __all__ = ["bench_app", "benchmark"]
 
@@ -54,16 +52,13 @@ def bench_inner_loop(
     from fedmeta.simulations.benchmarks import inner_loop
 
     console = Console()
-    try:
+    with exit_on_errors(console, ValueError, inner_loop.GradientMismatchError):
         result = inner_loop.run_inner_loop_benchmark(
             device=inner_loop.bench_device(device),
             models=[m.strip() for m in models.split(",") if m.strip()],
             repeats=repeats,
             log=elapsed_log(console),
         )
-    except (ValueError, inner_loop.GradientMismatchError) as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(1) from error
     inner_loop.render(result, console)
     _write_json(result.to_dict(), json_path, console)
 
@@ -100,7 +95,7 @@ def bench_scaling(
     console = Console()
     if not console.is_terminal:  # a file or a pipe: wide enough that the table is not cut
         console = Console(width=130)
-    try:
+    with exit_on_errors(console, ValueError):
         result = scaling.run_scaling_benchmark(
             _sizes(factories),
             rounds=rounds,
@@ -108,9 +103,6 @@ def bench_scaling(
             client_cpus=client_cpus,
             log=elapsed_log(console),
         )
-    except ValueError as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(1) from error
     scaling.render(result, console)
     _write_json(result.to_dict(), json_path, console)
 
@@ -142,7 +134,7 @@ def benchmark(
 
     console = Console() if Console().is_terminal else Console(width=160)
     out = out if out is not None else Path("runs") / f"benchmark-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
+    with exit_on_errors(console, ValueError, FileNotFoundError, FileExistsError, fewshot.BenchmarkError):
         fewshot_report.check_out_dir(out)
         plan = fewshot.plan_for(dataset, quick=quick, seeds=seeds, rounds=rounds)
         with Progress(TextColumn("[bold]benchmark[/bold] " + dataset), BarColumn(), MofNCompleteColumn(),
@@ -151,13 +143,8 @@ def benchmark(
             results = fewshot.run_benchmark(plan, progress=lambda done, total: bar.update(task, completed=done,
                                                                                            total=total))
         fewshot_report.write_results(results, out)
-    except (ValueError, FileNotFoundError, FileExistsError, fewshot.BenchmarkError) as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(1) from error
     fewshot_report.render(results, console)
     console.print(f"results written to {out} ({', '.join(fewshot_report.RESULTS_FILES)})")
-
-
 
 
 @bench_app.command("deployment")
@@ -175,16 +162,12 @@ def bench_deployment(
     from fedmeta.simulations.benchmarks import deployment  # imports torch and Ray: only when benchmarking
 
     console = Console()
-    started = time.perf_counter()
-    try:
+    with exit_on_errors(console, ValueError, RuntimeError):
         result = deployment.run_deployment_benchmark(
             factories,
             rounds,
             isolations=isolation or deployment.ISOLATIONS,
-            log=lambda message: console.print(f"[dim]{time.perf_counter() - started:5.1f} s  {message}[/dim]"),
+            log=elapsed_log(console),
         )
-    except (ValueError, RuntimeError) as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(1) from error
     deployment.render(result, console)
     _write_json(result.to_dict(), json_path, console)

@@ -16,7 +16,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedmeta.common.protocol import is_delta_key
+from fedmeta.common import is_delta_key
 
 __all__ = ["FAULTS", "fault_injection_mod", "parse_fault_spec"]
 

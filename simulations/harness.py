@@ -14,11 +14,9 @@ from pathlib import Path
 
 from flwr.simulation import run_simulation
 
-from fedmeta.client.app import make_client_app
-from fedmeta.common.data_sources import SplitSource, SyntheticSource, source_from_config
-from fedmeta.common.run_settings import resolve_run_config
-from fedmeta.server.app import make_server_app
-from fedmeta.server.run import ProgressFn
+from fedmeta.client import make_client_app
+from fedmeta.common import SplitSource, SyntheticSource, resolve_run_config, source_from_config
+from fedmeta.server import ProgressFn, make_server_app
 from fedmeta.simulations.faults import fault_injection_mod
 
 __all__ = ["run_federated_simulation"]

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmeta.server.checkpoint import RunDirectory
+from fedmeta.server import RunDirectory
 
 __all__ = ["ComparisonRow", "comparison_rows", "final_evaluation"]
 

@@ -16,10 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedmeta.common.federation import FEDERATED_ALGORITHMS
-from fedmeta.common.outer_optimizer import OUTER_OPTIMIZERS
+from fedmeta.common import FAMILY_KINDS, FEDERATED_ALGORITHMS, OUTER_OPTIMIZERS
 from fedmeta.common.run_settings import DATASETS, RUN_SETTINGS, SettingValue
-from fedmeta.common.synthetic import FAMILY_KINDS
 from fedmeta.simulations.report import comparison_rows
 
 __all__ = ["FLAG_SETTINGS", "SIMULATE_DEFAULTS", "simulate"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fedmeta.server.certificates import create_certificate_authority, create_factory_keys, create_server_certificate
+from fedmeta.server import create_certificate_authority, create_factory_keys, create_server_certificate
 
 FEATURES = ["temperature", "pressure", "speed"]
 

@@ -9,6 +9,7 @@ from the wheel. Building the wheel here catches that.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import subprocess
 import sys
@@ -81,13 +82,15 @@ def test_the_installed_distribution_lists_only_fedmeta():
 
 
 def test_bare_folder_names_do_not_import_outside_the_repository(tmp_path):
+    # A user's environment: no PYTHONPATH (Flower's simulation engine sets one to this process's sys.path).
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     bare = subprocess.run(
-        [sys.executable, "-c", "import server"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", "import server"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert bare.returncode != 0 and "No module named 'server'" in bare.stderr
     named = subprocess.run(
         [sys.executable, "-c", "import fedmeta.server.app, fedmeta.client.app"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert named.returncode == 0, named.stderr
 

@@ -38,10 +38,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fedmeta.common.processes import ChildProcess, free_port
-from fedmeta.common.synthetic import FactoryFamily, FamilyConfig, make_family
-from fedmeta.server.bundle import toml_value
-from fedmeta.server.certificates import create_certificate_authority, create_factory_keys, create_server_certificate
+from fedmeta.common import ChildProcess, FactoryFamily, FamilyConfig, free_port, make_family
+from fedmeta.server import create_certificate_authority, create_factory_keys, create_server_certificate, toml_value
 from fedmeta.simulations.benchmarks.scaling import RAY_EXIT_TIMEOUT_S, WORK, wait_for_descendants
 
 __all__ = [

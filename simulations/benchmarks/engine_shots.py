@@ -19,13 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fedmeta.client.evaluation import Adaptation, local_only_adaptation, prepare_adaptation
-from fedmeta.client.factory import LoadedFactory
-from fedmeta.common.data_sources import DataSource
-from fedmeta.common.datasets.cmapss import load_cmapss_transfer, nasa_score, rmse
-from fedmeta.common.federation import EvaluationSettings
-from fedmeta.common.inner_loop import predict
-from fedmeta.common.tasks import FactoryData, TaskBatch
+from fedmeta.client import Adaptation, LoadedFactory, local_only_adaptation, prepare_adaptation
+from fedmeta.common import DataSource, EvaluationSettings, FactoryData, TaskBatch, predict
+from fedmeta.common.datasets import load_cmapss_transfer, nasa_score, rmse
 from fedmeta.simulations.benchmarks.gradient_boosting import GradientBoostingReference
 from fedmeta.simulations.benchmarks.reference_models import train_from_scratch
 

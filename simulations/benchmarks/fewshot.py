@@ -32,19 +32,34 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from fedmeta.client.evaluation import evaluate_factory, local_only_adaptation, prepare_adaptation
-from fedmeta.client.factory import LoadedFactory, load_factories, sampler_for, task_sampler
-from fedmeta.common.algorithms import evaluate_adaptation, meta_train
-from fedmeta.common.data_sources import DataSource, SplitSource, source_from_config
-from fedmeta.common.federation import EvaluationSettings, pack_meta_parameters
-from fedmeta.common.inner_loop import expand_for_tasks, predict
-from fedmeta.common.models import MetaModel, build_model
-from fedmeta.common.protocol import NUM_EXAMPLES
-from fedmeta.common.run_settings import DATASETS, default_lr
-from fedmeta.common.tasks import FactoryData, TaskBatch
-from fedmeta.server.run import initial_meta_parameters
-from fedmeta.server.settings import ServerSettings
-from fedmeta.server.strategy import weighted_metrics
+from fedmeta.client import (
+    LoadedFactory,
+    evaluate_factory,
+    load_factories,
+    local_only_adaptation,
+    prepare_adaptation,
+    sampler_for,
+    task_sampler,
+)
+from fedmeta.common import (
+    DATASETS,
+    NUM_EXAMPLES,
+    DataSource,
+    EvaluationSettings,
+    FactoryData,
+    MetaModel,
+    SplitSource,
+    TaskBatch,
+    build_model,
+    default_lr,
+    evaluate_adaptation,
+    expand_for_tasks,
+    meta_train,
+    pack_meta_parameters,
+    predict,
+    source_from_config,
+)
+from fedmeta.server import ServerSettings, initial_meta_parameters, weighted_metrics
 from fedmeta.simulations.benchmarks.engine_shots import EngineShots
 from fedmeta.simulations.benchmarks.field_metrics import FIELD_METRICS, FieldRows, field_rows, row_matches, score_field
 from fedmeta.simulations.benchmarks.gradient_boosting import WINDOW_STATISTICS, GradientBoostingReference

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedmeta.common.datasets.ai4i import f1_auroc
-from fedmeta.common.datasets.cmapss import nasa_score, rmse
-from fedmeta.common.tasks import FactoryData, TaskBatch
+from fedmeta.common import FactoryData, TaskBatch
+from fedmeta.common.datasets import f1_auroc, nasa_score, rmse
 
 __all__ = ["FIELD_METRICS", "FieldRows", "field_rows", "row_matches", "rows_in", "score_field"]
 

@@ -18,8 +18,7 @@ import torch
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from torch import Tensor
 
-from fedmeta.common.protocol import NUM_EXAMPLES
-from fedmeta.common.tasks import FactoryData, TaskBatch
+from fedmeta.common import NUM_EXAMPLES, FactoryData, TaskBatch
 
 __all__ = ["WINDOW_STATISTICS", "GradientBoostingReference", "window_features"]
 

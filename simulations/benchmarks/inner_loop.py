@@ -38,11 +38,19 @@ from rich.table import Table
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fedmeta.common.algorithms import MetaConfig, init_inner_lrs, meta_step
-from fedmeta.common.device import resolve_device
-from fedmeta.common.losses import task_losses
-from fedmeta.common.models import ModelConfig, build_model
-from fedmeta.common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskBatch
+from fedmeta.common import (
+    ClassificationTaskSampler,
+    FactoryData,
+    MetaConfig,
+    ModelConfig,
+    RegressionTaskSampler,
+    TaskBatch,
+    build_model,
+    init_inner_lrs,
+    meta_step,
+    resolve_device,
+    task_losses,
+)
 from fedmeta.simulations.benchmarks.memory import peak_bytes, run_in_fresh_processes
 
 if TYPE_CHECKING:

@@ -7,11 +7,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fedmeta.common.algorithms import MetaConfig, meta_train
-from fedmeta.common.data_sources import DataSource
-from fedmeta.common.models import MetaModel, build_model
-from fedmeta.common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskSampler
-from fedmeta.server.run import initial_meta_parameters
+from fedmeta.common import (
+    ClassificationTaskSampler,
+    DataSource,
+    FactoryData,
+    MetaConfig,
+    MetaModel,
+    RegressionTaskSampler,
+    TaskSampler,
+    build_model,
+    meta_train,
+)
+from fedmeta.server import initial_meta_parameters
 
 __all__ = ["TrainedModel", "train_from_scratch"]
 

@@ -53,14 +53,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fedmeta.client.app import local_update
-from fedmeta.client.factory import LoadedFactory, load_factories, node_device
-from fedmeta.common.data_sources import source_from_config
-from fedmeta.common.outer_optimizer import OuterOptimizer
-from fedmeta.common.processes import descendants
-from fedmeta.server.run import initial_meta_parameters
-from fedmeta.server.settings import ServerSettings
-from fedmeta.server.strategy import FedMetaStrategy
+from fedmeta.client import LoadedFactory, load_factories, local_update, node_device
+from fedmeta.common import OuterOptimizer, descendants, source_from_config
+from fedmeta.server import FedMetaStrategy, ServerSettings, initial_meta_parameters
 
 __all__ = [
     "DEFAULT_FACTORIES",

@@ -14,14 +14,18 @@ import pytest
 import torch
 from flwr.common.config import parse_config_args
 
-from fedmeta.client.app import check_model_fits
-from fedmeta.client.deployment import FactoryError, FactoryPlan, node_config, parse_server_address, probe_server
-from fedmeta.client.factory import LoadedFactory
+from fedmeta.client import (
+    FactoryError,
+    FactoryPlan,
+    LoadedFactory,
+    check_model_fits,
+    node_config,
+    parse_server_address,
+    probe_server,
+)
+from fedmeta.common import FactoryData, TableSource, source_from_config
 from fedmeta.common.connector import DataSchema
-from fedmeta.common.data_sources import TableSource, source_from_config
-from fedmeta.common.tasks import FactoryData
-from fedmeta.server.certificates import create_certificate_authority, create_server_certificate
-from fedmeta.server.run import initial_meta_parameters
+from fedmeta.server import create_certificate_authority, create_server_certificate, initial_meta_parameters
 from tests.support.cli import run_fedmeta as run
 
 

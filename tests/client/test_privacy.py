@@ -12,12 +12,9 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricRecord, RecordDict
 
-from fedmeta.client.app import make_client_app
-from fedmeta.client.factory import load_factory, sampler_for
-from fedmeta.common.algorithms import meta_train
-from fedmeta.common.federation import EvaluationSettings, RoundSettings
-from fedmeta.common.models import build_model
-from fedmeta.server.run import initial_meta_parameters
+from fedmeta.client import load_factory, make_client_app, sampler_for
+from fedmeta.common import EvaluationSettings, RoundSettings, build_model, meta_train
+from fedmeta.server import initial_meta_parameters
 from tests.support.flower_messages import delivered
 
 RUN_CONFIG = {"family": "quality", "num-factories": 3, "num-held-out": 1, "device": "cpu"}

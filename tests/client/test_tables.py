@@ -9,11 +9,10 @@ import pandas as pd
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
 
-from fedmeta.client.app import make_client_app
+from fedmeta.client import make_client_app
+from fedmeta.common import EvaluationSettings, RoundSettings, TableSource, source_from_config
 from fedmeta.common.connector import DataValidationError
-from fedmeta.common.data_sources import TableSource, source_from_config
-from fedmeta.common.federation import EvaluationSettings, RoundSettings
-from fedmeta.server.run import initial_meta_parameters
+from fedmeta.server import initial_meta_parameters
 from tests.support.flower_messages import delivered
 
 FEATURES = ["temperature", "pressure", "speed"]

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmeta.common.algorithms import ALGORITHMS, MetaConfig, NonFiniteLossError, meta_train
-from fedmeta.common.device import resolve_device
-from fedmeta.common.tasks import TaskBatch
+from fedmeta.common import ALGORITHMS, MetaConfig, NonFiniteLossError, TaskBatch, meta_train, resolve_device
 from tests.support.meta_reference import FixedSampler, LinearModel, TinyNet, leaf_params, random_batch
 
 

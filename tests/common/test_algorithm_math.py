@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmeta.common.algorithms import MetaConfig, init_inner_lrs, meta_step, meta_train
+from fedmeta.common import MetaConfig, init_inner_lrs, meta_step, meta_train
 from tests.support.meta_reference import (
     FixedSampler,
     LinearModel,

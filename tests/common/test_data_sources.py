@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
 
-from fedmeta.client.app import make_client_app
-from fedmeta.common.data_sources import SplitSource, source_from_config
-from fedmeta.common.datasets.paths import DATASETS_ENV, dataset_dir
-from fedmeta.common.federation import RoundSettings
-from fedmeta.common.run_settings import default_lr
-from fedmeta.server.run import initial_meta_parameters
+from fedmeta.client import make_client_app
+from fedmeta.common import RoundSettings, SplitSource, default_lr, source_from_config
+from fedmeta.common.datasets import DATASETS_ENV, dataset_dir
+from fedmeta.server import initial_meta_parameters
 from tests.support.flower_messages import delivered
 
 try:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from fedmeta.common.deltas import (
+from fedmeta.common import (
     DeltaRejected,
     add,
     global_norm,

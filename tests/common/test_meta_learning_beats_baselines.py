@@ -13,9 +13,7 @@ import math
 import pytest
 import torch
 
-from fedmeta.common.algorithms import MetaConfig, evaluate_adaptation, meta_train
-from fedmeta.common.models import build_model
-from fedmeta.common.tasks import FactoryData, RegressionTaskSampler
+from fedmeta.common import FactoryData, MetaConfig, RegressionTaskSampler, build_model, evaluate_adaptation, meta_train
 
 SHOTS, INNER_STEPS, INNER_LR, META_STEPS = 5, 5, 0.02, 2000
 

@@ -7,8 +7,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from fedmeta.common.layers import TaskLinear
-from fedmeta.common.models import CNN1d, MetaModel, ModelConfig, build_model
+from fedmeta.common import CNN1d, MetaModel, ModelConfig, TaskLinear, build_model
 
 TASKS, BATCH = 3, 4
 INPUT_SHAPES = {"mlp": (6,), "cnn1d": (3, 16), "tcn": (3, 12)}

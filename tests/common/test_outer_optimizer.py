@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from fedmeta.common.deltas import DeltaRejected, add
-from fedmeta.common.outer_optimizer import OUTER_OPTIMIZERS, OuterOptimizer, OuterOptimizerConfig
+from fedmeta.common import OUTER_OPTIMIZERS, DeltaRejected, OuterOptimizer, OuterOptimizerConfig, add
 
 
 def global_params() -> dict[str, Tensor]:

@@ -6,7 +6,7 @@ import time
 
 import psutil
 
-from fedmeta.common.processes import ChildProcess, descendants
+from fedmeta.common import ChildProcess, descendants
 
 
 def test_child_process_stops_helpers_in_other_sessions():

@@ -8,19 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from fedmeta.common.federation import EvaluationSettings, RoundSettings
-from fedmeta.common.run_settings import (
+from fedmeta.common import (
     DATA_EVAL_SHOTS,
     DATASET_LR,
     RUN_SETTINGS,
+    EvaluationSettings,
+    FamilyConfig,
+    RoundSettings,
     UnknownSettingError,
     app_config_defaults,
     check_run_config,
     parse_shots,
     resolve_run_config,
 )
-from fedmeta.common.synthetic import FamilyConfig
-from fedmeta.server.settings import ServerSettings
+from fedmeta.server import ServerSettings
 
 PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
 

@@ -12,17 +12,18 @@ import dataclasses
 import pytest
 import torch
 
-from fedmeta.common.models import build_model
-from fedmeta.common.synthetic import (
+from fedmeta.common import (
     FAMILY_KINDS,
     FAULT_CLASSES,
     MIN_CLASS_SAMPLES,
+    ClassificationTaskSampler,
     FactoryFamily,
     FamilyConfig,
+    RegressionTaskSampler,
+    build_model,
     make_family,
     min_class_samples,
 )
-from fedmeta.common.tasks import ClassificationTaskSampler, RegressionTaskSampler
 
 KINDS = pytest.mark.parametrize("kind", FAMILY_KINDS)
 BPFI, BPFO, BSF = 5.42, 3.58, 2.36

@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import torch
 
-from fedmeta.common.tasks import (
+from fedmeta.common import (
     ClassificationTaskSampler,
     FactoryData,
     RegressionTaskSampler,

@@ -25,8 +25,8 @@ import numpy as np
 import psutil
 import pytest
 
-from fedmeta.common.processes import ChildProcess, descendants, free_port, port_in_use
-from fedmeta.server.certificates import create_factory_keys
+from fedmeta.common import ChildProcess, descendants, free_port, port_in_use
+from fedmeta.server import create_factory_keys
 
 FEATURES = ["temperature", "pressure", "speed"]
 FACTORIES = ("plant-a", "plant-b", "plant-c")

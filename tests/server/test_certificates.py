@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from fedmeta.server.certificates import (
+from fedmeta.server import (
     create_certificate_authority,
     create_factory_keys,
     create_server_certificate,

@@ -14,11 +14,18 @@ import torch
 from flwr.app import Message, RecordDict
 from flwr.cli.config_utils import load_and_validate
 
-from fedmeta.common.credentials import CredentialError, check_server_certificate
-from fedmeta.server.bundle import APP_PACKAGES, stage_app
-from fedmeta.server.certificates import create_certificate_authority, create_server_certificate
-from fedmeta.server.checkpoint import RunDirectory
-from fedmeta.server.strategy import FedMetaStrategy, NodeInfo, SamplingSettings, exchange
+from fedmeta.common import CredentialError, check_server_certificate
+from fedmeta.server import (
+    APP_PACKAGES,
+    FedMetaStrategy,
+    NodeInfo,
+    RunDirectory,
+    SamplingSettings,
+    create_certificate_authority,
+    create_server_certificate,
+    exchange,
+    stage_app,
+)
 from tests.support.cli import run_fedmeta as run
 from tests.support.flower_messages import delivered
 

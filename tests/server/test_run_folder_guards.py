@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmeta.common.data_sources import source_from_config
-from fedmeta.server.checkpoint import CheckpointError, RunDirectory
-from fedmeta.server.run import run_experiment
-from fedmeta.server.settings import ServerSettings
+from fedmeta.common import source_from_config
+from fedmeta.server import CheckpointError, RunDirectory, ServerSettings, run_experiment
 
 
 def _settings(tmp_path, **overrides) -> ServerSettings:

@@ -9,12 +9,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmeta.client.app import make_client_app, train_reply
-from fedmeta.client.factory import load_factories
-from fedmeta.common.federation import RoundSettings
-from fedmeta.common.outer_optimizer import OuterOptimizer, OuterOptimizerConfig
-from fedmeta.server.run import initial_meta_parameters
-from fedmeta.server.strategy import FedMetaStrategy, NodeInfo, SamplingSettings, exchange
+from fedmeta.client import load_factories, make_client_app, train_reply
+from fedmeta.common import OuterOptimizer, OuterOptimizerConfig, RoundSettings
+from fedmeta.server import FedMetaStrategy, NodeInfo, SamplingSettings, exchange, initial_meta_parameters
 from tests.support.flower_messages import delivered, reply_from
 
 PARAMS = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Context, MessageType, RecordDict
 
-from fedmeta.simulations.faults import fault_injection_mod, parse_fault_spec
+from fedmeta.simulations import fault_injection_mod, parse_fault_spec
 from tests.support.flower_messages import delivered
 
 KEYS = ("delta/a", "delta/b")

@@ -8,9 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmeta.server.checkpoint import CheckpointError, RunDirectory
-from fedmeta.simulations.harness import run_federated_simulation
-from fedmeta.simulations.report import final_evaluation
+from fedmeta.server import CheckpointError, RunDirectory
+from fedmeta.simulations import final_evaluation, run_federated_simulation
 
 SMALL = {
     "family": "quality",

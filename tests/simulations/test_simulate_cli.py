@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from fedmeta.server.checkpoint import RunDirectory
+from fedmeta.server import RunDirectory
 from fedmeta.simulations.cli import app
 
 runner = CliRunner()

@@ -10,8 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fedmeta.common.layers import TaskLinear
-from fedmeta.common.tasks import TaskBatch
+from fedmeta.common import TaskBatch, TaskLinear
 
 
 class TinyNet(nn.Module):

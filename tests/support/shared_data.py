@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedmeta.common.datasets.paths import dataset_dir
+from fedmeta.common.datasets import dataset_dir
 
 
 def needs_dataset(name: str) -> pytest.MarkDecorator:

@@ -9,16 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from fedmeta.common.datasets.ai4i import (
+from fedmeta.common import ClassificationTaskSampler
+from fedmeta.common.datasets import (
     AI4I_FILE,
     BASE_FEATURES,
     FAILURE_MODES,
     FAILURE_TYPE_CLASSES,
+    dataset_dir,
     f1_auroc,
     load_ai4i,
 )
-from fedmeta.common.datasets.paths import dataset_dir
-from fedmeta.common.tasks import ClassificationTaskSampler
 
 try:
     _FILE = dataset_dir("ai4i2020") / AI4I_FILE

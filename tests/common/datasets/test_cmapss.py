@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedmeta.common.datasets.base import FactorySplit
-from fedmeta.common.datasets.cmapss import (
+from fedmeta.common import build_model
+from fedmeta.common.datasets import (
     COLUMNS,
     DROPPED_SENSORS,
     SENSORS,
     USED_SENSORS,
     ConditionNormaliser,
+    FactorySplit,
     add_operating_condition,
     add_rul,
     load_cmapss_transfer,
@@ -24,7 +25,6 @@ from fedmeta.common.datasets.cmapss import (
     read_rul,
     rmse,
 )
-from fedmeta.common.models import build_model
 from tests.support.shared_data import needs_dataset
 
 needs_data = needs_dataset("cmapss")

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from fedmeta.common.datasets.cwru import (
+from fedmeta.common.datasets import (
     CWRU_FAULT_CLASSES,
     CWRU_FAULT_TYPES,
     CWRU_LOADS,
+    dataset_dir,
     linear_probe_accuracy,
     load_cwru,
     log_spectrum_features,
     read_cwru_load,
 )
-from fedmeta.common.datasets.paths import dataset_dir
 
 try:
     CWRU_DIR = dataset_dir("cwru")

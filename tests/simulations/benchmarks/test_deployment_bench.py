@@ -8,8 +8,8 @@ import pytest
 import torch
 from rich.console import Console
 
+from fedmeta.common import FamilyConfig, make_family
 from fedmeta.common.connector import DataSchema, load_factory_table
-from fedmeta.common.synthetic import FamilyConfig, make_family
 from fedmeta.simulations.benchmarks.deployment import export_tables, render, run_deployment_benchmark
 
 

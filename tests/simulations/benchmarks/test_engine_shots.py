@@ -7,11 +7,9 @@ import math
 import pytest
 import torch
 
-from fedmeta.client.evaluation import initial_weights
-from fedmeta.common.data_sources import SplitSource
-from fedmeta.common.datasets.cmapss import rmse
-from fedmeta.common.federation import EvaluationSettings, pack_meta_parameters
-from fedmeta.common.models import build_model
+from fedmeta.client import initial_weights
+from fedmeta.common import EvaluationSettings, SplitSource, build_model, pack_meta_parameters
+from fedmeta.common.datasets import rmse
 from fedmeta.simulations.benchmarks.engine_shots import ENGINE_SHOTS, EngineShots
 from tests.support.shared_data import needs_dataset
 

@@ -8,8 +8,8 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from fedmeta.client.factory import sampler_for
-from fedmeta.common.federation import EvaluationSettings
+from fedmeta.client import sampler_for
+from fedmeta.common import EvaluationSettings
 from fedmeta.simulations.benchmarks import fewshot, fewshot_report
 from fedmeta.simulations.cli import app
 from tests.support.shared_data import needs_dataset

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fedmeta.common.tasks import FactoryData, TaskBatch
+from fedmeta.common import FactoryData, TaskBatch
 from fedmeta.simulations.benchmarks.field_metrics import field_rows, rows_in, score_field
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmeta.common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler
+from fedmeta.common import ClassificationTaskSampler, FactoryData, RegressionTaskSampler
 from fedmeta.simulations.benchmarks.gradient_boosting import (
     WINDOW_STATISTICS,
     GradientBoostingReference,
