@@ -38,6 +38,24 @@ def predict(model: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> Tensor
     return functional_call(model, dict(params), (x,))
 
 
+def _per_task(values: Tensor, like: Tensor) -> Tensor:
+    """``values`` (one per task) shaped to broadcast over ``like``'s per-task slices."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _gradient_step(
+    current: list[Tensor], grads: list[Tensor], names: list[str], lr: float | Mapping[str, Tensor],
+    scale: Tensor | None,
+) -> list[Tensor]:
+    """``current - lr * grads``, each task's step shrunk by its ``scale`` (None: every task at full size)."""
+    if scale is None and not isinstance(lr, Mapping):
+        return torch._foreach_add(current, grads, alpha=-lr)
+    sizes = [lr[n] if isinstance(lr, Mapping) else lr for n in names]
+    if scale is not None:
+        sizes = [_per_task(scale, p) * size for p, size in zip(current, sizes, strict=True)]
+    return torch._foreach_sub(current, torch._foreach_mul(grads, sizes))
+
+
 def adapt(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -50,7 +68,7 @@ def adapt(
     adapt_names: Collection[str],
     create_graph: bool,
 ) -> tuple[Params, Tensor]:
-    """Take ``steps`` gradient steps on each task's ``(x, y)``.
+    """Take ``steps`` gradient steps on each task's ``(x, y)``, never raising a task's support loss.
 
     ``params`` holds task-batched tensors for ``adapt_names`` and shared ones for the
     rest; ``lr`` is one step size or, for Meta-SGD, a tensor per adapted parameter.
@@ -58,26 +76,47 @@ def adapt(
     starting parameters and learning rates (second-order MAML); without it each step
     is cut from the graph (first-order MAML, Reptile, fine-tuning).
 
+    The safeguard: a step after which a task's support loss is higher than before (or
+    not finite) is taken back for that task, and that task's step size is halved for
+    the steps left. A step size too large for a task's curvature (a steep task, or an
+    initialisation that meta-training drove into a sharp region) therefore shrinks
+    instead of blowing the loss up step after step; where every step lowers the loss,
+    nothing changes. It costs one forward pass more than plain gradient descent (the
+    last step's check; the next step's gradient comes from the same forward pass as
+    each check) and one boolean read per step (a device sync on a GPU): while no step
+    is taken back, the update is the plain fused one. Taken-back steps are selected per
+    task with `torch.where`, so the result stays differentiable through the kept steps.
+
     Returns the adapted parameters and the mean support loss before each step
     (shape ``[steps]``, detached) for metrics and finiteness checks.
     """
     fast = dict(params)
+    if steps == 0:
+        return fast, x.new_zeros(0)
     names = [n for n in fast if n in adapt_names]
+    losses = task_losses(predict(model, fast, x), y, kind)
+    grads = torch.autograd.grad(losses.sum(), [fast[n] for n in names], create_graph=create_graph)
+    scale = None  # until a step is taken back, every task steps at full size (the plain, fused update)
     step_losses = []
-    for _ in range(steps):
-        losses = task_losses(predict(model, fast, x), y, kind)
-        current = [fast[n] for n in names]
-        grads = torch.autograd.grad(losses.sum(), current, create_graph=create_graph)
-        with torch.set_grad_enabled(create_graph):
-            if isinstance(lr, Mapping):
-                updated = torch._foreach_sub(
-                    current, torch._foreach_mul(grads, [lr[n] for n in names])
-                )
-            else:
-                updated = torch._foreach_add(current, grads, alpha=-lr)
-        if not create_graph:
-            for tensor in updated:
-                tensor.requires_grad_()
-        fast.update(zip(names, updated, strict=True))
+    for step in range(steps):
         step_losses.append(losses.detach().mean())
+        current = [fast[n] for n in names]
+        with torch.set_grad_enabled(create_graph):
+            candidate = _gradient_step(current, grads, names, lr, scale)
+        if not create_graph:
+            for tensor in candidate:
+                tensor.requires_grad_()
+        tried = task_losses(predict(model, {**fast, **dict(zip(names, candidate, strict=True))}, x), y, kind)
+        # The gradient where each kept step lands, for the next step (none after the last: zips below stop short).
+        tried_grads = torch.autograd.grad(tried.sum(), candidate, create_graph=create_graph) if step + 1 < steps else ()
+        worse = ~(tried.detach() <= losses.detach())  # NaN compares False: a non-finite loss is worse
+        if not bool(worse.any()):
+            fast.update(zip(names, candidate, strict=True))
+            losses, grads = tried, tried_grads
+            continue
+        kept = [torch.where(_per_task(worse, new), old, new) for old, new in zip(current, candidate, strict=True)]
+        fast.update(zip(names, kept, strict=True))
+        grads = [torch.where(_per_task(worse, g), old, g) for old, g in zip(grads, tried_grads, strict=False)]
+        losses = torch.where(worse, losses, tried)
+        scale = torch.where(worse, 0.5, 1.0).to(losses.dtype) * (1.0 if scale is None else scale)
     return fast, torch.stack(step_losses)

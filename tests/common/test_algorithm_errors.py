@@ -34,17 +34,30 @@ def test_unknown_outer_optimizer_and_task_kind_list_valid_choices():
         MetaConfig(task_kind="ranking")
 
 
+def _steep_batch(seed: int = 1) -> TaskBatch:
+    """Inputs of size ~1e3: at an inner step size of 1e3 plain gradient descent diverges at once."""
+    batch = random_batch(tasks=2, shots=5, queries=5, inputs=3, seed=seed)
+    return TaskBatch(*(t.float() for t in (batch.support_x * 1e3, batch.support_y, batch.query_x, batch.query_y)))
+
+
 @pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a != "pretrain"])
-def test_diverging_inner_loop_stops_naming_the_step_and_leaves_parameters_untouched(algorithm):
-    model = LinearModel(3)  # no saturating activation: a too-large step size must diverge
+def test_a_far_too_large_inner_step_is_taken_back_and_training_stays_finite(algorithm):
+    model = LinearModel(3)  # no saturating activation: without the safeguard this diverges
+    config = MetaConfig(algorithm, inner_steps=5, inner_lr=1e3, meta_batch_size=2, local_steps=3)
+    result = meta_train(model, leaf_params(model, torch.float32), FixedSampler(_steep_batch()), config, device="cpu")
+    assert all(torch.isfinite(w).all() for w in result.weights.values())
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values()), result.metrics
+
+
+@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a != "pretrain"])
+def test_a_non_finite_support_loss_stops_naming_the_step_and_leaves_parameters_untouched(algorithm):
+    model = LinearModel(3)
     batch = random_batch(tasks=2, shots=5, queries=5, inputs=3, seed=1)
-    batch = TaskBatch(
-        *(t.float() for t in (batch.support_x * 1e3, batch.support_y, batch.query_x, batch.query_y))
-    )
-    start = leaf_params(model, torch.float32)
+    batch.support_y[1, 2] = float("inf")  # a corrupt label: no step size helps
+    start = leaf_params(model)
     before = {n: p.detach().clone() for n, p in start.items()}
-    config = MetaConfig(algorithm, inner_steps=5, inner_lr=1e3, meta_batch_size=2)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite at meta-step 1, inner step [2-5]"):
+    config = MetaConfig(algorithm, inner_steps=5, meta_batch_size=2)
+    with pytest.raises(NonFiniteLossError, match=r"support loss became non-finite at meta-step 1, inner step 1"):
         meta_train(model, start, FixedSampler(batch), config, device="cpu")
     for name, tensor in start.items():
         torch.testing.assert_close(tensor.detach(), before[name])

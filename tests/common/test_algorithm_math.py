@@ -1,5 +1,10 @@
 """Every algorithm's meta-gradient against finite differences, a closed form or a
-hand-written per-task reference, in float64 on tiny problems."""
+hand-written per-task reference, in float64 on tiny problems.
+
+The inner loop takes back a step that raises a task's support loss and halves that
+task's step size. Each check runs with a step size at which every step is kept and with
+one at which some are taken back, so the gradient through the safeguard is checked too.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +22,18 @@ from tests.support.meta_reference import (
     maml_meta_loss,
     mse,
     random_batch,
+    taken_back_steps,
 )
 
 STEPS, LR = 3, 0.1
+# Inner step sizes: 0.1 keeps every step of these problems; at 1.0 about a third are taken back.
+STEP_SIZES = pytest.mark.parametrize("lr", [0.1, 1.0], ids=["every-step-kept", "steps-taken-back"])
+
+
+def _expect_safeguard(model, params, batch, lr, steps: int = STEPS, names=None, rates=None) -> None:
+    """The case is what its id says: no step taken back at 0.1, some at 1.0 (``rates``: Meta-SGD's, near lr)."""
+    taken_back = taken_back_steps(model, params, batch, steps, lr if rates is None else rates, names)
+    assert (taken_back > 0) == (lr >= 1.0), taken_back
 
 
 def _meta_gradient(model, params, batch, config, inner_lrs=None):
@@ -36,12 +50,14 @@ def _assert_close(actual: dict, expected: dict, **tolerances) -> None:
         torch.testing.assert_close(actual[name], expected[name], **tolerances, msg=name)
 
 
-def test_second_order_maml_gradient_matches_finite_differences():
+@STEP_SIZES
+def test_second_order_maml_gradient_matches_finite_differences(lr):
     torch.manual_seed(0)
     model, batch = TinyNet(), random_batch(tasks=2, shots=5, queries=6, inputs=3)
     params = leaf_params(model)
+    _expect_safeguard(model, params, batch, lr)
     grads, _ = _meta_gradient(
-        model, params, batch, MetaConfig("maml", inner_steps=STEPS, inner_lr=LR)
+        model, params, batch, MetaConfig("maml", inner_steps=STEPS, inner_lr=lr)
     )
 
     eps = 1e-6
@@ -54,7 +70,7 @@ def test_second_order_maml_gradient_matches_finite_differences():
             for sign in (1, -1):
                 shifted[name].view(-1)[i] = p.detach().view(-1)[i] + sign * eps
                 probe = {n: q.clone().requires_grad_() for n, q in shifted.items()}
-                values.append(maml_meta_loss(model, probe, batch, STEPS, LR).item())
+                values.append(maml_meta_loss(model, probe, batch, STEPS, lr).item())
             numeric.view(-1)[i] = (values[0] - values[1]) / (2 * eps)
             flat_checked += 1
         torch.testing.assert_close(grads[name], numeric, rtol=1e-5, atol=1e-7, msg=name)
@@ -81,26 +97,30 @@ def test_second_order_maml_gradient_matches_closed_form_for_linear_regression():
     torch.testing.assert_close(grads["head.weight"].reshape(d), expected)
 
 
-def test_second_order_maml_matches_per_task_reference():
+@STEP_SIZES
+def test_second_order_maml_matches_per_task_reference(lr):
     model, batch = TinyNet(), random_batch(tasks=4, shots=5, queries=5, inputs=3, seed=4)
     params = leaf_params(model)
+    _expect_safeguard(model, params, batch, lr)
     grads, _ = _meta_gradient(
-        model, params, batch, MetaConfig("maml", inner_steps=STEPS, inner_lr=LR)
+        model, params, batch, MetaConfig("maml", inner_steps=STEPS, inner_lr=lr)
     )
     reference = leaf_params(model)
     expected = torch.autograd.grad(
-        maml_meta_loss(model, reference, batch, STEPS, LR), list(reference.values())
+        maml_meta_loss(model, reference, batch, STEPS, lr), list(reference.values())
     )
     _assert_close(grads, dict(zip(reference, expected, strict=True)))
 
 
-def test_first_order_maml_equals_query_gradient_at_adapted_parameters():
+@STEP_SIZES
+def test_first_order_maml_equals_query_gradient_at_adapted_parameters(lr):
     model, batch = TinyNet(), random_batch(tasks=4, shots=5, queries=5, inputs=3, seed=5)
     params = leaf_params(model)
+    _expect_safeguard(model, params, batch, lr)
     grads, _ = _meta_gradient(
-        model, params, batch, MetaConfig("fomaml", inner_steps=STEPS, inner_lr=LR)
+        model, params, batch, MetaConfig("fomaml", inner_steps=STEPS, inner_lr=lr)
     )
-    _assert_close(grads, fomaml_gradient(model, leaf_params(model), batch, STEPS, LR))
+    _assert_close(grads, fomaml_gradient(model, leaf_params(model), batch, STEPS, lr))
 
 
 def test_first_order_maml_differs_from_second_order():
@@ -138,13 +158,15 @@ def test_reptile_with_one_task_equals_plain_sgd_steps():
     _assert_close(result.weights, {n: p.detach() for n, p in reference.named_parameters()})
 
 
-def test_reptile_averages_task_adaptations_with_outer_step_size():
+@STEP_SIZES
+def test_reptile_averages_task_adaptations_with_outer_step_size(lr):
     model, batch = TinyNet(), random_batch(tasks=3, shots=6, queries=4, inputs=3, seed=8)
+    _expect_safeguard(model, leaf_params(model), batch, lr, steps=2)
     epsilon = 0.3
     config = MetaConfig(
         "reptile",
         inner_steps=2,
-        inner_lr=LR,
+        inner_lr=lr,
         outer_optimizer="sgd",
         outer_lr=epsilon,
         meta_batch_size=3,
@@ -153,7 +175,7 @@ def test_reptile_averages_task_adaptations_with_outer_step_size():
     result = meta_train(model, start, FixedSampler(batch), config, device="cpu")
     adapted = [
         adapt_one_task(
-            model, start, batch.support_x[t], batch.support_y[t], 2, LR, list(start), False
+            model, start, batch.support_x[t], batch.support_y[t], 2, lr, list(start), False
         )
         for t in range(3)
     ]
@@ -179,16 +201,16 @@ def test_metasgd_with_equal_learning_rates_matches_maml():
     assert all(g.abs().sum() > 0 for g in lr_grads.values())
 
 
-def test_metasgd_learning_rate_gradient_matches_per_task_reference():
+@STEP_SIZES
+def test_metasgd_learning_rate_gradient_matches_per_task_reference(lr):
     model, batch = TinyNet(), random_batch(tasks=2, shots=5, queries=5, inputs=3, seed=10)
     params = leaf_params(model)
     generator = torch.Generator().manual_seed(0)
-    lrs = {
-        n: (
-            0.05 + 0.1 * torch.rand(p.shape, generator=generator, dtype=torch.float64)
-        ).requires_grad_()
+    lrs = {  # per entry, between half and one and a half times lr
+        n: (lr * (0.5 + torch.rand(p.shape, generator=generator, dtype=torch.float64))).requires_grad_()
         for n, p in params.items()
     }
+    _expect_safeguard(model, params, batch, lr, steps=2, rates={n: r.detach() for n, r in lrs.items()})
     grads, lr_grads = _meta_gradient(
         model, params, batch, MetaConfig("metasgd", inner_steps=2), lrs
     )
@@ -201,14 +223,16 @@ def test_metasgd_learning_rate_gradient_matches_per_task_reference():
     _assert_close(lr_grads, dict(zip(ref_lrs, expected[len(ref_params) :], strict=True)))
 
 
-def test_anil_adapts_only_the_head_and_matches_per_task_reference():
+@STEP_SIZES
+def test_anil_adapts_only_the_head_and_matches_per_task_reference(lr):
     model, batch = TinyNet(), random_batch(tasks=3, shots=5, queries=5, inputs=3, seed=11)
     params = leaf_params(model)
+    _expect_safeguard(model, params, batch, lr, names=model.head_parameter_names())
     grads, _ = _meta_gradient(
-        model, params, batch, MetaConfig("anil", inner_steps=STEPS, inner_lr=LR)
+        model, params, batch, MetaConfig("anil", inner_steps=STEPS, inner_lr=lr)
     )
     reference = leaf_params(model)
-    loss = maml_meta_loss(model, reference, batch, STEPS, LR, names=model.head_parameter_names())
+    loss = maml_meta_loss(model, reference, batch, STEPS, lr, names=model.head_parameter_names())
     expected = torch.autograd.grad(loss, list(reference.values()))
     _assert_close(grads, dict(zip(reference, expected, strict=True)))
 

@@ -77,18 +77,44 @@ def adapt_one_task(
     lr: float | dict[str, Tensor],
     names: list[str],
     create_graph: bool,
+    taken_back: list[int] | None = None,
 ) -> dict[str, Tensor]:
-    fast = dict(params)
+    """Gradient steps with the inner loop's safeguard: a step that raises the loss is not
+    taken, and the step size is halved for the steps left (``taken_back`` counts them)."""
+    fast, scale = dict(params), 1.0
     for _ in range(steps):
-        grads = torch.autograd.grad(
-            mse(model, fast, x, y), [fast[n] for n in names], create_graph=create_graph
-        )
+        loss = mse(model, fast, x, y)
+        grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=create_graph)
+        tried = dict(fast)
         for n, g in zip(names, grads, strict=True):
             step = lr[n] if isinstance(lr, dict) else lr
-            fast[n] = fast[n] - step * g
+            tried[n] = fast[n] - scale * step * g
             if not create_graph:
-                fast[n] = fast[n].detach().requires_grad_()
+                tried[n] = tried[n].detach().requires_grad_()
+        if mse(model, tried, x, y) <= loss:
+            fast = tried
+        else:
+            scale /= 2
+            if taken_back is not None:
+                taken_back.append(1)
     return fast
+
+
+def taken_back_steps(
+    model: nn.Module,
+    params: dict[str, Tensor],
+    batch: TaskBatch,
+    steps: int,
+    lr: float | dict[str, Tensor],
+    names: list[str] | None = None,
+) -> int:
+    """How many inner steps the safeguard takes back over the batch's tasks."""
+    taken_back: list[int] = []
+    start = {n: p.detach().clone().requires_grad_() for n, p in params.items()}
+    names = list(params) if names is None else names
+    for t in range(batch.num_tasks):
+        adapt_one_task(model, start, batch.support_x[t], batch.support_y[t], steps, lr, names, False, taken_back)
+    return len(taken_back)
 
 
 def maml_meta_loss(

@@ -1,0 +1,66 @@
+"""The inner loop's safeguard: a step that raises a task's support loss is taken back, per task."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+import torch
+
+from fedmeta.common import adapt, expand_for_tasks
+from tests.support.meta_reference import LinearModel, adapt_one_task, leaf_params, mse
+
+STEPS, LR = 6, 0.5
+
+
+def _two_tasks() -> tuple[torch.Tensor, torch.Tensor]:
+    """Task 0 is gentle (inputs ~0.3), task 1 steep (inputs ~5): one step size cannot suit both."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 3, generator=generator, dtype=torch.float64) * torch.tensor([0.3, 5.0]).view(2, 1, 1)
+    return x, torch.randn(2, 8, generator=generator, dtype=torch.float64)
+
+
+def _adapt(steps: int, create_graph: bool = False):
+    torch.manual_seed(0)  # the same start for every call
+    model = LinearModel(3)
+    params = leaf_params(model)
+    x, y = _two_tasks()
+    fast, support = adapt(model, expand_for_tasks(params, params.keys(), 2), x, y, kind="regression",
+                          steps=steps, lr=LR, adapt_names=params.keys(), create_graph=create_graph)
+    return model, params, x, y, fast, support
+
+
+def _task_loss(model, weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(mse(model, {"head.weight": weight.detach()}, x, y))
+
+
+@pytest.mark.parametrize("create_graph", [False, True], ids=["first-order", "second-order"])
+def test_each_task_adapts_as_the_per_task_reference_with_its_own_take_backs(create_graph):
+    model, params, x, y, fast, _ = _adapt(STEPS, create_graph)
+    for task in range(2):
+        taken_back: list[int] = []
+        expected = adapt_one_task(model, params, x[task], y[task], STEPS, LR, list(params), create_graph, taken_back)
+        torch.testing.assert_close(fast["head.weight"][task], expected["head.weight"], msg=f"task {task}")
+        assert bool(taken_back) == (task == 1), f"task {task}: {len(taken_back)} steps taken back"
+
+
+def test_a_task_whose_steps_all_lower_its_loss_takes_plain_gradient_steps():
+    model, params, x, y, fast, _ = _adapt(STEPS)
+    weight = params["head.weight"].detach()
+    for _ in range(STEPS):
+        probe = weight.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(mse(model, {"head.weight": probe}, x[0], y[0]), probe)
+        weight = weight - LR * grad
+    torch.testing.assert_close(fast["head.weight"][0].detach(), weight)
+
+
+def test_the_steep_tasks_support_loss_never_rises_where_plain_steps_diverge():
+    model, params, x, y, _, _ = _adapt(0)
+    start = params["head.weight"].detach()
+    probe = start.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(mse(model, {"head.weight": probe}, x[1], y[1]), probe)
+    plain = _task_loss(model, start - LR * grad, x[1], y[1])
+    losses = [_task_loss(model, _adapt(k)[4]["head.weight"][1], x[1], y[1]) for k in range(STEPS + 1)]
+    assert plain > 100 * losses[0], "one plain step must blow this task's loss up, or the test proves nothing"
+    assert all(later <= earlier for earlier, later in pairwise(losses)), losses
+    assert losses[-1] < losses[0], losses
