@@ -107,8 +107,9 @@ def adapt(
             for tensor in candidate:
                 tensor.requires_grad_()
         tried = task_losses(predict(model, {**fast, **dict(zip(names, candidate, strict=True))}, x), y, kind)
-        # The gradient where each kept step lands, for the next step (none after the last: zips below stop short).
-        tried_grads = torch.autograd.grad(tried.sum(), candidate, create_graph=create_graph) if step + 1 < steps else ()
+        last = step + 1 == steps
+        # The gradient where each step lands, for the next step (none is needed after the last).
+        tried_grads = [] if last else list(torch.autograd.grad(tried.sum(), candidate, create_graph=create_graph))
         worse = ~(tried.detach() <= losses.detach())  # NaN compares False: a non-finite loss is worse
         if not bool(worse.any()):
             fast.update(zip(names, candidate, strict=True))
@@ -116,7 +117,9 @@ def adapt(
             continue
         kept = [torch.where(_per_task(worse, new), old, new) for old, new in zip(current, candidate, strict=True)]
         fast.update(zip(names, kept, strict=True))
-        grads = [torch.where(_per_task(worse, g), old, g) for old, g in zip(grads, tried_grads, strict=False)]
+        if not last:
+            grads = [torch.where(_per_task(worse, g), old, g) for old, g in zip(grads, tried_grads, strict=True)]
         losses = torch.where(worse, losses, tried)
-        scale = torch.where(worse, 0.5, 1.0).to(losses.dtype) * (1.0 if scale is None else scale)
+        halved = torch.where(worse, 0.5, 1.0).to(losses.dtype)
+        scale = halved if scale is None else scale * halved
     return fast, torch.stack(step_losses)

@@ -62,6 +62,10 @@ class Setting:
     help: str
     readers: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        if not self.readers or not set(self.readers) <= set(READERS):
+            raise ValueError(f"setting {self.name!r}: readers must be some of {READERS}, got {self.readers}")
+
     @property
     def kind(self) -> type:
         return type(self.default)

@@ -259,23 +259,25 @@ class FedMetaStrategy(Strategy):
 
     def apply_deltas(
         self, server_round: int, accepted: Sequence[Accepted], offered: int
-    ) -> tuple[dict[str, Tensor] | None, dict[str, float] | None]:
+    ) -> tuple[dict[str, Tensor] | None, dict[str, float]]:
         """Average the accepted deltas by ``num-examples`` and step the outer optimizer.
 
         ``offered`` counts every factory that answered, so the metrics say how many were
-        rejected. Returns the new parameters and the round's metrics, or ``(None, None)``
-        (model unchanged) when fewer than ``min_train_nodes`` deltas were accepted.
+        rejected. Returns the new parameters and the round's metrics, or ``None`` and the
+        counts alone (``model-unchanged`` set, so the run's record says why) when fewer than
+        ``min_train_nodes`` deltas were accepted.
         """
+        rejected = float(offered - len(accepted))
         if len(accepted) < self.sampling.min_train_nodes:
             log.warning(
                 "round %d: %d valid deltas, fewer than min_train_nodes=%d; global model unchanged",
                 server_round, len(accepted), self.sampling.min_train_nodes,
             )
-            return None, None
+            return None, {"replies": float(len(accepted)), "rejected": rejected, "model-unchanged": 1.0}
         deltas, metrics = zip(*accepted, strict=True)
         params = self.optimizer.step(weighted_average(deltas, [m[protocol.NUM_EXAMPLES] for m in metrics]))
         summary = weighted_metrics(list(metrics))
-        summary["rejected"] = float(offered - len(accepted))
+        summary["rejected"] = rejected
         return params, summary
 
     def aggregate_train(
@@ -286,9 +288,7 @@ class FedMetaStrategy(Strategy):
         parts.sort(key=lambda part: part.factory)  # the same summation order however factories are placed
         accepted = [item for item in map(self._accepted_delta, parts) if item is not None]
         params, summary = self.apply_deltas(server_round, accepted, offered=len(parts))
-        if params is None or summary is None:
-            return None, None
-        return ArrayRecord(torch_state_dict=params), MetricRecord(summary)
+        return (None if params is None else ArrayRecord(torch_state_dict=params)), MetricRecord(summary)
 
     # --- evaluation --------------------------------------------------------------
     def configure_evaluate(

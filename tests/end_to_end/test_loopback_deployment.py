@@ -31,7 +31,10 @@ from fedmeta.server import create_factory_keys
 FEATURES = ["temperature", "pressure", "speed"]
 FACTORIES = ("plant-a", "plant-b", "plant-c")
 ROUNDS = 3
-ROUND_TIMEOUT_S = 20  # a round waits this long for a crashed factory's reply
+# A round waits this long for a crashed factory's reply. Each message starts a fresh
+# flwr-clientapp that imports torch: on a loaded 2-core CI machine three of them answered
+# round 1 later than 20 s, so the bound keeps a margin over that.
+ROUND_TIMEOUT_S = 30
 WORK = (
     "algorithm='fomaml' local-steps=1 inner-steps=1 meta-batch-size=2 shots=5 query-size=10 "
     f"min-train-nodes=2 timeout={ROUND_TIMEOUT_S} device='cpu' num-server-rounds={ROUNDS}"
@@ -178,8 +181,7 @@ def test_unregistered_factory_is_refused(federation):
 def test_three_registered_factories_train_over_tls(federation):
     first_round = federation.metrics_before_restart[0]
     assert first_round["round"] == 1
-    assert first_round["train/replies"] == 3.0
-    assert first_round["train/rejected"] == 0.0
+    assert (first_round["train/replies"], first_round["train/rejected"]) == (3.0, 0.0), first_round
     assert {"round-000001.safetensors", "round-000002.safetensors"} <= set(federation.checkpoints_before_restart)
 
 

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import inspect
+
 from typer.testing import CliRunner
 
+from fedmeta.common.run_settings import RUN_SETTINGS
 from fedmeta.server import RunDirectory
 from fedmeta.simulations.cli import app
+from fedmeta.simulations.simulate_cli import FLAG_SETTINGS, SIMULATE_DEFAULTS, simulate
 
 runner = CliRunner()
+
+
+ENGINE_OPTIONS = {"baseline", "output", "client_cpus", "client_gpus"}  # how the run is hosted, not run settings
+
+
+def test_every_flag_is_a_run_setting_with_the_table_default_unless_declared_different():
+    parameters = inspect.signature(simulate).parameters
+    assert set(parameters) == set(FLAG_SETTINGS) | ENGINE_OPTIONS
+    assert set(SIMULATE_DEFAULTS) <= set(RUN_SETTINGS)
+    for name, key in FLAG_SETTINGS.items():
+        expected = SIMULATE_DEFAULTS.get(key, RUN_SETTINGS[key].default)
+        assert parameters[name].default == expected, (name, key)
+    for key, value in SIMULATE_DEFAULTS.items():
+        assert value != RUN_SETTINGS[key].default, f"{key}: declared different but equal to the table's"
 
 
 def test_unknown_algorithm_flag_lists_valid_choices():
