@@ -90,6 +90,7 @@ from fedmeta.common.run_settings import (
     parse_shots,
     resolve_run_config,
 )
+from fedmeta.common.supervised import SupervisedRecipe, SupervisedResult, train_supervised
 from fedmeta.common.synthetic import (
     FAMILY_KINDS,
     FAULT_CLASSES,
@@ -157,6 +158,8 @@ __all__ = [
     "RoundSettings",
     "Setting",
     "SplitSource",
+    "SupervisedRecipe",
+    "SupervisedResult",
     "SyntheticSource",
     "TableSource",
     "TaskBatch",
@@ -206,6 +209,7 @@ __all__ = [
     "subtract",
     "task_accuracy",
     "task_losses",
+    "train_supervised",
     "unpack_meta_parameters",
     "validate_delta",
     "wait_until_listening",

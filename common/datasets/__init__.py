@@ -12,7 +12,7 @@ from fedmeta.common.datasets.ai4i import (
     f1_auroc,
     load_ai4i,
 )
-from fedmeta.common.datasets.base import FactorySplit
+from fedmeta.common.datasets.base import CentralSplit, FactorySplit
 from fedmeta.common.datasets.cmapss import (
     COLUMNS,
     DROPPED_SENSORS,
@@ -24,6 +24,7 @@ from fedmeta.common.datasets.cmapss import (
     ConditionNormaliser,
     add_operating_condition,
     add_rul,
+    load_cmapss_central,
     load_cmapss_transfer,
     make_windows,
     nasa_score,
@@ -63,6 +64,7 @@ __all__ = [
     "TASKS",
     "USED_SENSORS",
     "VARIANTS",
+    "CentralSplit",
     "ConditionNormaliser",
     "FactorySplit",
     "add_operating_condition",
@@ -71,6 +73,7 @@ __all__ = [
     "f1_auroc",
     "linear_probe_accuracy",
     "load_ai4i",
+    "load_cmapss_central",
     "load_cmapss_transfer",
     "load_cwru",
     "log_spectrum_features",

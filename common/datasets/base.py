@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fedmeta.common.models import ModelConfig
 from fedmeta.common.tasks import FactoryData
 
-__all__ = ["FactorySplit"]
+__all__ = ["CentralSplit", "FactorySplit"]
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds tensors
@@ -30,4 +30,20 @@ class FactorySplit:
     num_classes: int | None
     notes: str
     test: tuple[FactoryData, ...] = ()
+    target_scale: float = 1.0
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: holds tensors
+class CentralSplit:
+    """One data set pooled for a full-data reference model trained centrally.
+
+    ``validation`` holds whole units (engines, machines) the training rows never
+    touch, for early stopping; ``test`` is the data set's official test split.
+    """
+
+    name: str
+    train: FactoryData
+    validation: FactoryData
+    test: FactoryData
+    notes: str
     target_scale: float = 1.0

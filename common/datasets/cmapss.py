@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from fedmeta.common.datasets.base import FactorySplit
+from fedmeta.common.datasets.base import CentralSplit, FactorySplit
 from fedmeta.common.datasets.paths import dataset_dir
 from fedmeta.common.models import ModelConfig
 from fedmeta.common.tasks import FactoryData
@@ -53,6 +53,7 @@ __all__ = [
     "ConditionNormaliser",
     "add_operating_condition",
     "add_rul",
+    "load_cmapss_central",
     "load_cmapss_transfer",
     "make_windows",
     "nasa_score",
@@ -233,6 +234,57 @@ def _check_positive(**values: int) -> None:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
 
 
+def _test_frame(subset: str, rul_cap: float, root: str | os.PathLike[str] | None) -> pd.DataFrame:
+    """The official test split with conditions and the true RUL (capped) of every cycle."""
+    frame = read_cmapss(subset, "test", root)
+    true_rul = read_rul(subset, root)
+    if len(true_rul) != frame["unit"].nunique():
+        raise ValueError(f"RUL_{subset} has {len(true_rul)} values for {frame['unit'].nunique()} test engines")
+    return add_rul(add_operating_condition(frame), rul_cap, final_rul=true_rul)
+
+
+def load_cmapss_central(
+    subset: str = "FD003",
+    *,
+    validation_engines: int = 10,
+    window: int = 30,
+    rul_cap: float = 125,
+    root: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> CentralSplit:
+    """One subset pooled for a full-data reference, as the RUL literature trains it.
+
+    ``validation_engines`` training engines (drawn with ``seed``) are kept apart whole for
+    early stopping (neighbouring windows of one engine are near copies, so a split by
+    window would leak); every other training engine gives a window at every cycle. Sensors
+    are normalised per operating condition with the training engines' statistics. The
+    test split is the official one, one window per engine ending at its last cycle, with
+    the true RUL capped at ``rul_cap`` (the convention of every C-MAPSS figure here).
+    Targets are RUL / ``rul_cap``.
+    """
+    subset = _check_subset(subset)
+    _check_positive(validation_engines=validation_engines, window=window)
+    frame = add_rul(add_operating_condition(read_cmapss(subset, "train", root)), rul_cap)
+    units = np.unique(frame["unit"].to_numpy())
+    if validation_engines >= len(units):
+        raise ValueError(f"validation_engines={validation_engines} but {subset} has {len(units)} training engines")
+    held = np.random.default_rng([seed, 3]).permutation(units)[:validation_engines]
+    train_frame, validation_frame = frame[~frame["unit"].isin(held)], frame[frame["unit"].isin(held)]
+    norm = ConditionNormaliser.fit(train_frame)
+    scale = float(rul_cap)
+    train = _factory(f"{subset}/training engines", train_frame, norm, window, 1, scale)
+    validation = _factory(_engines_name(subset, held), validation_frame, norm, window, 1, scale)
+    test = _factory(f"{subset}/test", _test_frame(subset, rul_cap, root), norm, window, 1, scale, last_only=True)
+    notes = (
+        f"C-MAPSS {subset} pooled: {len(units) - validation_engines} training engines (a window at every cycle, "
+        f"{train.num_samples} windows), {validation_engines} whole validation engines (named in the validation "
+        f"factory) for early stopping, the official test split ({test.num_samples} engines, last window each, "
+        f"true RUL capped at {rul_cap}); sensors z-normalised per operating condition with the training engines' "
+        f"statistics; y = RUL / {rul_cap}."
+    )
+    return CentralSplit(f"cmapss-{subset}-central", train, validation, test, notes, target_scale=scale)
+
+
 def load_cmapss_transfer(
     source: str = "FD001",
     target: str = "FD003",
@@ -301,11 +353,7 @@ def load_cmapss_transfer(
         _factory(_engines_name(target, held_units), held_frame, held_norm, window, stride, scale),
     )
 
-    test_frame = read_cmapss(target, "test", root)
-    true_rul = read_rul(target, root)
-    if len(true_rul) != test_frame["unit"].nunique():
-        raise ValueError(f"RUL_{target} has {len(true_rul)} values for {test_frame['unit'].nunique()} test engines")
-    test_frame = add_rul(add_operating_condition(test_frame), rul_cap, final_rul=true_rul)
+    test_frame = _test_frame(target, rul_cap, root)
     test = (_factory(f"{target}/test", test_frame, held_norm, window, 1, scale, last_only=True),)
     short = int((test_frame.groupby("unit").size() < window).sum())
 
@@ -333,7 +381,7 @@ def load_cmapss_transfer(
         train=train,
         held_out=held_out,
         task_kind="regression",
-        model_config=ModelConfig("tcn", (len(USED_SENSORS), window), 1),
+        model_config=ModelConfig("tcn", (len(USED_SENSORS), window), 1, hidden=32, depth=4, kernel_size=5),
         num_classes=None,
         notes=notes,
         test=test,

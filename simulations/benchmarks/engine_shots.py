@@ -7,8 +7,13 @@ steps; gradient boosting refits on the pooled source windows plus them) and is s
 official FD003 test split in cycles. Each K's held-out engines and test split are normalised
 with those engines' own sensor statistics, as in `load_cmapss_transfer`.
 
-Full-data references: ``oracle`` trains on all 100 FD003 training engines, ``pooled-oracle``
-on those plus the source engines; both need no adaptation and score the same test split.
+Full-data references (`common.supervised.train_supervised`, the literature's recipe: a window
+at every cycle, Adam with early stopping on 10 whole validation engines): ``oracle`` trains on
+the other 90 FD003 training engines, ``pooled-oracle`` on those plus the source engines; both
+need no adaptation and score the same test split.
+
+Every prediction is clipped to [0, 125] cycles, the range of the capped-RUL convention the
+test labels use (true RUL capped at 125), for every method alike.
 """
 
 from __future__ import annotations
@@ -19,16 +24,23 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fedmeta.client import Adaptation, LoadedFactory, local_only_adaptation, prepare_adaptation
-from fedmeta.common import DataSource, EvaluationSettings, FactoryData, TaskBatch, predict
-from fedmeta.common.datasets import load_cmapss_transfer, nasa_score, rmse
+from fedmeta.client import Adaptation, LoadedFactory, initial_weights, local_only_adaptation, prepare_adaptation
+from fedmeta.common import (
+    DataSource,
+    EvaluationSettings,
+    FactoryData,
+    SupervisedRecipe,
+    TaskBatch,
+    build_model,
+    predict,
+    train_supervised,
+)
+from fedmeta.common.datasets import load_cmapss_central, load_cmapss_transfer, nasa_score, rmse
 from fedmeta.simulations.benchmarks.gradient_boosting import GradientBoostingReference
-from fedmeta.simulations.benchmarks.reference_models import train_from_scratch
 
-__all__ = ["ENGINE_SHOTS", "TARGET_TRAINING_ENGINES", "EngineShots"]
+__all__ = ["ENGINE_SHOTS", "EngineShots"]
 
 ENGINE_SHOTS = (1, 5, 10)
-TARGET_TRAINING_ENGINES = 100  # FD003's training file
 
 Predictor = Callable[[FactoryData, Tensor], Tensor]
 """A model adapted on one K's target windows, predicting ``[n, 1]`` for test windows ``x``."""
@@ -52,17 +64,15 @@ class EngineShots:
     def __init__(self, source: DataSource, seed: int, *, stride: int = 5) -> None:
         """``stride``: cycles between training windows (the benchmark's split uses 5)."""
         self.source = source
+        self.seed = seed
         splits = {k: load_cmapss_transfer("FD001", "FD003", target_engines=k, stride=stride, seed=seed)
                   for k in ENGINE_SHOTS}
-        full = load_cmapss_transfer("FD001", "FD003", target_engines=TARGET_TRAINING_ENGINES, stride=stride,
-                                    seed=seed)
         self.targets = {k: _Target(s.held_out[0], s.test[0]) for k, s in splits.items()}
-        self.full = _Target(full.held_out[0], full.test[0])
-        self.train = full.train
-        self.scale = full.target_scale
+        self.train = splits[ENGINE_SHOTS[0]].train  # the same training factories for every K
+        self.scale = splits[ENGINE_SHOTS[0]].target_scale
 
     def _scores(self, pred: Tensor, test: FactoryData) -> dict[str, float]:
-        pred, true = pred[:, 0].float() * self.scale, test.y * self.scale
+        pred, true = pred[:, 0].float().clamp(0, 1) * self.scale, test.y * self.scale
         if not bool(torch.isfinite(pred).all()):
             return {"rmse": float("nan"), "nasa": float("nan")}
         return {"rmse": rmse(pred, true), "nasa": nasa_score(pred, true)}
@@ -97,13 +107,17 @@ class EngineShots:
 
         return run
 
-    def full_data(self, *, steps: int, seed: int, pooled: Sequence[FactoryData] = ()) -> dict[int, dict[str, float]]:
-        """A model trained on every FD003 training engine (plus ``pooled``), scored on its test split;
+    def full_data(self, recipe: SupervisedRecipe, pooled: Sequence[FactoryData] = ()) -> dict[int, dict[str, float]]:
+        """A model trained on FD003's training engines (plus ``pooled``), scored on its test split;
         the same value is reported at every K (it needs no target samples)."""
-        engines = self.full.engines
-        data = FactoryData("FD003/all engines", torch.cat([engines.x, *(f.x for f in pooled)]),
-                           torch.cat([engines.y, *(f.y for f in pooled)]))
-        trained = train_from_scratch(self.source, data, steps=steps, seed=seed)
+        central = load_cmapss_central("FD003", seed=self.seed)
+        train = central.train
+        if pooled:
+            train = FactoryData(f"{train.name} + source", torch.cat([train.x, *(f.x for f in pooled)]),
+                                torch.cat([train.y, *(f.y for f in pooled)]))
+        model = build_model(self.source.model_config)
+        result = train_supervised(model, initial_weights(model, self.seed), train, central.validation,
+                                  kind="regression", recipe=recipe, seed=self.seed)
         with torch.no_grad():
-            scores = self._scores(predict(trained.model, trained.weights, self.full.test.x), self.full.test)
+            scores = self._scores(predict(model, result.weights, central.test.x), central.test)
         return dict.fromkeys(ENGINE_SHOTS, scores)

@@ -49,6 +49,7 @@ from fedmeta.common import (
     FactoryData,
     MetaModel,
     SplitSource,
+    SupervisedRecipe,
     TaskBatch,
     build_model,
     default_lr,
@@ -108,6 +109,8 @@ class BenchmarkPlan:
     eval_steps: int
     local_only_steps: int
     oracle_steps: int
+    # The engine tables' full-data references (C-MAPSS), trained by epochs with early stopping.
+    reference: SupervisedRecipe = field(default_factory=SupervisedRecipe)
     family: dict[str, object] = field(default_factory=dict)
 
     def run_config(self, seed: int, algorithm: str = "maml") -> dict[str, object]:
@@ -144,7 +147,7 @@ def plan_for(dataset: str, *, quick: bool, seeds: int | None = None, rounds: int
             family.update({"num-factories": 4, "num-held-out": 2, "max-samples": 200})
     sizes = (
         dict(rounds=5, local_steps=2, meta_batch_size=2, inner_steps=2, eval_tasks=5, eval_steps=5,
-             local_only_steps=20, oracle_steps=60)
+             local_only_steps=20, oracle_steps=60, reference=SupervisedRecipe(batch_size=1024, max_epochs=1))
         if quick
         else dict(rounds=20, local_steps=5, meta_batch_size=4, inner_steps=5, eval_tasks=10, eval_steps=10,
                   local_only_steps=100, oracle_steps=500)
@@ -536,8 +539,8 @@ def _engine_shots(
            "local-only": engines.score(engines.local_only(evaluation))}
     out |= {method: adapted(method, evaluation.steps) for method in (*META_METHODS, "centralized-maml")}
     out["gradient-boosting"] = engines.score(engines.gradient_boosting(seed))
-    out["oracle"] = engines.full_data(steps=plan.oracle_steps, seed=seed)
-    out["pooled-oracle"] = engines.full_data(steps=plan.oracle_steps, seed=seed, pooled=engines.train)
+    out["oracle"] = engines.full_data(plan.reference)
+    out["pooled-oracle"] = engines.full_data(plan.reference, pooled=engines.train)
     return out
 
 
@@ -663,8 +666,12 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         f"lr {default_lr(plan.dataset)} (fedmeta.common.run_settings.default_lr).",
         *(["cmapss K-shot columns count windows of the 5 held-out FD003 engines (scored on windows of the same "
            "engines); the engine tables count whole FD003 engines (K = 1, 5, 10, every window of each, one full-batch "
-           f"adaptation of {plan.eval_steps} steps) and score the official FD003 test split "
-           "(simulations/benchmarks/engine_shots.py)."] if plan.dataset == "cmapss" else []),
+           f"adaptation of {plan.eval_steps} steps) and score the official FD003 test split, true RUL capped at 125, "
+           "every prediction clipped to [0, 125] (simulations/benchmarks/engine_shots.py). Their oracle trains on "
+           "90 FD003 training engines, a window at every cycle (pooled-oracle: plus the source factories' windows), "
+           f"Adam lr {plan.reference.lr}, batch {plan.reference.batch_size}, at most {plan.reference.max_epochs} "
+           f"epochs, stopped after {plan.reference.patience} without a better loss on 10 whole validation FD003 "
+           "engines, the best epoch kept (common/supervised.py)."] if plan.dataset == "cmapss" else []),
         "seed s: run seed, synthetic family seed and the cmapss/cwru split seed (ai4i's split is fixed).",
         "not yet: " + "; ".join(NOT_YET) + ".",
     ]

@@ -203,7 +203,7 @@ def _tables(results: Mapping[str, object]) -> list[tuple[str, tuple[list[str], l
     tables = [(FIELD_TITLES[name], field_table_rows(results, name)) for name in results.get("field_metrics", [])]
     if results.get("engine_shots"):
         tables += [(f"{ENGINE_TITLES[name]}, after adapting on every window of K FD003 training engines (K = "
-                    "engines; fedavg: not adapted; oracles: all 100 engines, same value at every K)",
+                    "engines; fedavg: not adapted; oracles: trained on FD003's training engines, one value)",
                     field_table_rows(results, name, "engine_shots")) for name in ("rmse", "nasa")]
     return tables
 

@@ -18,6 +18,7 @@ from fedmeta.common.datasets import (
     FactorySplit,
     add_operating_condition,
     add_rul,
+    load_cmapss_central,
     load_cmapss_transfer,
     make_windows,
     nasa_score,
@@ -224,3 +225,19 @@ def test_more_target_engines_keep_the_training_factories_and_nest() -> None:
     assert [f.name for f in one.train] == [f.name for f in five.train]
     held = [set(s.held_out[0].name.split(" ")[1].split(",")) for s in (one, five)]
     assert len(held[0]) == 1 and held[0] <= held[1]
+
+
+@needs_data
+def test_central_split_keeps_whole_validation_engines_apart_and_windows_every_cycle() -> None:
+    split = load_cmapss_central("FD003", validation_engines=10, window=30, seed=4)
+    held = {int(unit) for unit in split.validation.name.split(" ")[1].split(",")}
+    cycles = read_cmapss("FD003", "train").groupby("unit").size()
+    windows = (cycles - 30 + 1).clip(lower=1)
+    assert len(held) == 10
+    assert split.validation.num_samples == int(windows[sorted(held)].sum())
+    assert split.train.num_samples == int(windows.drop(sorted(held)).sum())
+    assert split.test.num_samples == 100 and split.target_scale == 125
+    np.testing.assert_allclose(split.test.y.numpy() * 125, np.minimum(read_rul("FD003").to_numpy(), 125), rtol=1e-6)
+    assert load_cmapss_central("FD003", validation_engines=10, seed=5).validation.name != split.validation.name
+    with pytest.raises(ValueError, match="validation_engines=100"):
+        load_cmapss_central("FD003", validation_engines=100)
