@@ -5,12 +5,14 @@ plain training and `torch.func.functional_call` with per-task parameters: each
 parameter either has its ordinary shape (input ``[N, *input_shape]``) or a leading
 task dimension ``T`` (input ``[T, N, *input_shape]``). Ordinary body parameters with
 a task-batched head (ANIL) also work. All code indexes dimensions from the end so it
-runs with or without the task dimension. There is no normalisation or dropout:
-running statistics and randomness break functional meta-learning.
+runs with or without the task dimension. There is no batch normalisation or dropout:
+running statistics and randomness break functional meta-learning (the TCN's RMS
+normalisation of its features is per sample and keeps no statistics).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, fields
 from itertools import pairwise
@@ -172,6 +174,13 @@ class CNN1d(MetaModel):
         return self.body(x).mean(dim=-1)
 
 
+def _rms_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Divide every time step of ``[..., C, L]`` by its root mean square over the C channels
+    (per sample, no statistics kept; the mean is not removed, so a drift common to all
+    channels, which is how an engine degrades, still reaches the head)."""
+    return x * torch.rsqrt(x.square().mean(dim=-2, keepdim=True) + eps)
+
+
 class _TemporalBlock(nn.Module):
     """Causal dilated convolution and ReLU plus a residual connection.
 
@@ -200,6 +209,17 @@ class TCN(MetaModel):
     Used instead of a GRU because recurrent kernels cannot batch over per-task weights.
     The body returns the whole sequence ``[..., hidden, length]``; the head reads the
     last time step, which has seen the whole (causal) receptive field.
+
+    The head reads the last step's features RMS-normalised over channels and scaled to
+    unit norm (divided by sqrt(hidden)). Without that, residual sums grow with depth and
+    with a window's sensor excursions, and so does the squared gradient norm of the
+    output, whose inverse bounds the step size at which gradient descent on one window
+    stays stable. Measured on C-MAPSS windows at initialisation (32 channels x 4 blocks):
+    a median of 45-75 with a tail up to 320 before, 3.7-4.0 and at most 5.2 after; a model
+    trained centrally on FD001 and fine-tuned with plain gradient descent on single FD003
+    windows (10 steps) blew up on 31 of 60 windows at lr 0.05 before and on none at lr
+    0.1 after. The full-data FD003 reference improved too (test RMSE 13.0-13.2 against
+    13.5-13.6 cycles, 2 seeds).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -209,9 +229,10 @@ class TCN(MetaModel):
             for i, (channels_in, channels_out) in enumerate(pairwise(channels))
         ]
         super().__init__(config, nn.Sequential(*blocks), channels[-1])
+        self.feature_scale = 1.0 / math.sqrt(channels[-1])
 
     def features(self, x: Tensor) -> Tensor:
-        return self.body(x)[..., -1]
+        return _rms_norm(self.body(x))[..., -1] * self.feature_scale
 
 
 _MODELS: dict[str, type[MetaModel]] = {"mlp": MLP, "cnn1d": CNN1d, "tcn": TCN}

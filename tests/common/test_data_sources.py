@@ -48,7 +48,7 @@ def test_unknown_data_set_lists_the_choices():
 
 
 def test_default_lr_per_data_set_and_unknown_names_rejected():
-    assert default_lr("synthetic") == 0.05 and default_lr("cwru") == 0.01 and default_lr("cmapss") == 0.003
+    assert default_lr("synthetic") == 0.05 and default_lr("cwru") == 0.01 and default_lr("cmapss") == 0.01
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         default_lr("mnist")
 

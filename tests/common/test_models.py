@@ -192,3 +192,20 @@ def test_strided_stem_shortens_the_window_and_batches_over_tasks() -> None:
     torch.testing.assert_close(
         functional_call(model, params, (x,)), loop_over_tasks(model, params, list(params), x), atol=1e-5, rtol=1e-5
     )
+
+
+def _output_gradient_norm(model: MetaModel, x: Tensor) -> float:
+    """|d output / d parameters|^2 of one window: the curvature of its squared error, so 1/it bounds
+    the step size at which gradient descent on that window alone stays stable."""
+    params = dict(model.named_parameters())
+    output = functional_call(model, params, (x[None],))[0, 0]
+    return float(sum(g.square().sum() for g in torch.autograd.grad(output, list(params.values()))))
+
+
+def test_tcn_output_gradient_norm_stays_bounded_however_far_the_sensors_move() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("tcn", (14, 30), 1, hidden=32, depth=4, kernel_size=5))
+    window = torch.randn(14, 30)
+    norms = [_output_gradient_norm(model, scale * window) for scale in (0.5, 1.0, 4.0, 16.0)]
+    # Head: |features|^2 = 1 and the bias 1; through the normalisation the body adds a bounded share.
+    assert all(2.0 <= norm < 10.0 for norm in norms), norms

@@ -31,7 +31,7 @@ def test_target_engines_nest_and_score_the_whole_test_split(engines: EngineShots
 def test_unadapted_model_scores_equal_its_direct_rmse_in_cycles(engines: EngineShots) -> None:
     model = build_model(engines.source.model_config)
     params = pack_meta_parameters(initial_weights(model, 0), {})
-    settings = EvaluationSettings(algorithm="fedavg", lr=0.003)
+    settings = EvaluationSettings(algorithm="fedavg", lr=0.01)
     scores = engines.score(engines.adapted(params, settings, steps=0))
     for k in ENGINE_SHOTS:
         test = engines.targets[k].test
