@@ -171,3 +171,24 @@ def bench_deployment(
         )
     deployment.render(result, console)
     _write_json(result.to_dict(), json_path, console)
+
+
+@bench_app.command("references")
+def bench_references(
+    subsets: Annotated[str, typer.Option(help="Comma-separated C-MAPSS subsets.")] = "FD003,FD004",
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds 0..N-1 (validation engines and initialisation).")] = 3,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Most epochs per model (early stopping ends sooner).")] = 100,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Full-data neural references trained centrally as the literature does (C-MAPSS test RMSE per subset)."""
+    from fedmeta.common import SupervisedRecipe
+    from fedmeta.simulations.benchmarks import references  # reads the data sets: only when benchmarking
+
+    console = Console()
+    with exit_on_errors(console, ValueError, FileNotFoundError):
+        result = references.run_reference_benchmark(
+            [s.strip().upper() for s in subsets.split(",") if s.strip()], seeds,
+            SupervisedRecipe(max_epochs=max_epochs), log=elapsed_log(console),
+        )
+    references.render(result, console)
+    _write_json(result, json_path, console)

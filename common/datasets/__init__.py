@@ -31,6 +31,7 @@ from fedmeta.common.datasets.cmapss import (
     read_cmapss,
     read_rul,
     rmse,
+    rul_scores,
 )
 from fedmeta.common.datasets.cwru import (
     CWRU_FAULT_CLASSES,
@@ -83,4 +84,5 @@ __all__ = [
     "read_cwru_load",
     "read_rul",
     "rmse",
+    "rul_scores",
 ]

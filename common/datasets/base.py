@@ -45,5 +45,6 @@ class CentralSplit:
     train: FactoryData
     validation: FactoryData
     test: FactoryData
+    model_config: ModelConfig
     notes: str
     target_scale: float = 1.0

@@ -60,6 +60,7 @@ __all__ = [
     "read_cmapss",
     "read_rul",
     "rmse",
+    "rul_scores",
 ]
 
 SUBSETS: tuple[str, ...] = ("FD001", "FD002", "FD003", "FD004")
@@ -234,6 +235,11 @@ def _check_positive(**values: int) -> None:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
 
 
+def _model_config(window: int) -> ModelConfig:
+    """A TCN whose receptive field (61 cycles) covers a 30-cycle window: 4 blocks, kernel 5."""
+    return ModelConfig("tcn", (len(USED_SENSORS), window), 1, hidden=32, depth=4, kernel_size=5)
+
+
 def _test_frame(subset: str, rul_cap: float, root: str | os.PathLike[str] | None) -> pd.DataFrame:
     """The official test split with conditions and the true RUL (capped) of every cycle."""
     frame = read_cmapss(subset, "test", root)
@@ -282,7 +288,8 @@ def load_cmapss_central(
         f"true RUL capped at {rul_cap}); sensors z-normalised per operating condition with the training engines' "
         f"statistics; y = RUL / {rul_cap}."
     )
-    return CentralSplit(f"cmapss-{subset}-central", train, validation, test, notes, target_scale=scale)
+    return CentralSplit(f"cmapss-{subset}-central", train, validation, test, _model_config(window), notes,
+                        target_scale=scale)
 
 
 def load_cmapss_transfer(
@@ -381,7 +388,7 @@ def load_cmapss_transfer(
         train=train,
         held_out=held_out,
         task_kind="regression",
-        model_config=ModelConfig("tcn", (len(USED_SENSORS), window), 1, hidden=32, depth=4, kernel_size=5),
+        model_config=_model_config(window),
         num_classes=None,
         notes=notes,
         test=test,
@@ -400,6 +407,16 @@ def _diff(pred: object, true: object) -> np.ndarray:
     if p.shape != t.shape:
         raise ValueError(f"pred has {p.size} values but true has {t.size}")
     return p - t
+
+
+def rul_scores(pred: object, true: object, rul_cap: float = 125) -> dict[str, float]:
+    """``rmse`` and ``nasa_score`` in cycles of predictions clipped to [0, ``rul_cap``], the range of
+    capped RUL; NaN for both when a prediction is not finite (a diverged model)."""
+    p = _as_array(pred)
+    if not np.isfinite(p).all():
+        return {"rmse": float("nan"), "nasa": float("nan")}
+    p = np.clip(p, 0.0, rul_cap)
+    return {"rmse": rmse(p, true), "nasa": nasa_score(p, true)}
 
 
 def rmse(pred: object, true: object) -> float:

@@ -16,6 +16,7 @@ from fedmeta.simulations.benchmarks import (
     inner_loop,
     memory,
     reference_models,
+    references,
     scaling,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "inner_loop",
     "memory",
     "reference_models",
+    "references",
     "scaling",
 ]

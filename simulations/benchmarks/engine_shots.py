@@ -24,19 +24,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fedmeta.client import Adaptation, LoadedFactory, initial_weights, local_only_adaptation, prepare_adaptation
+from fedmeta.client import Adaptation, LoadedFactory, local_only_adaptation, prepare_adaptation
 from fedmeta.common import (
     DataSource,
     EvaluationSettings,
     FactoryData,
     SupervisedRecipe,
     TaskBatch,
-    build_model,
     predict,
-    train_supervised,
 )
-from fedmeta.common.datasets import load_cmapss_central, load_cmapss_transfer, nasa_score, rmse
+from fedmeta.common.datasets import load_cmapss_transfer, rul_scores
 from fedmeta.simulations.benchmarks.gradient_boosting import GradientBoostingReference
+from fedmeta.simulations.benchmarks.references import cmapss_reference
 
 __all__ = ["ENGINE_SHOTS", "EngineShots"]
 
@@ -72,10 +71,7 @@ class EngineShots:
         self.scale = splits[ENGINE_SHOTS[0]].target_scale
 
     def _scores(self, pred: Tensor, test: FactoryData) -> dict[str, float]:
-        pred, true = pred[:, 0].float().clamp(0, 1) * self.scale, test.y * self.scale
-        if not bool(torch.isfinite(pred).all()):
-            return {"rmse": float("nan"), "nasa": float("nan")}
-        return {"rmse": rmse(pred, true), "nasa": nasa_score(pred, true)}
+        return rul_scores(pred[:, 0].float() * self.scale, test.y * self.scale, rul_cap=self.scale)
 
     def score(self, predictor: Predictor) -> dict[int, dict[str, float]]:
         """RMSE and NASA score in cycles on the test split, per K target engines."""
@@ -110,14 +106,5 @@ class EngineShots:
     def full_data(self, recipe: SupervisedRecipe, pooled: Sequence[FactoryData] = ()) -> dict[int, dict[str, float]]:
         """A model trained on FD003's training engines (plus ``pooled``), scored on its test split;
         the same value is reported at every K (it needs no target samples)."""
-        central = load_cmapss_central("FD003", seed=self.seed)
-        train = central.train
-        if pooled:
-            train = FactoryData(f"{train.name} + source", torch.cat([train.x, *(f.x for f in pooled)]),
-                                torch.cat([train.y, *(f.y for f in pooled)]))
-        model = build_model(self.source.model_config)
-        result = train_supervised(model, initial_weights(model, self.seed), train, central.validation,
-                                  kind="regression", recipe=recipe, seed=self.seed)
-        with torch.no_grad():
-            scores = self._scores(predict(model, result.weights, central.test.x), central.test)
-        return dict.fromkeys(ENGINE_SHOTS, scores)
+        scores = cmapss_reference("FD003", self.seed, recipe, pooled)
+        return {k: {"rmse": scores["rmse"], "nasa": scores["nasa"]} for k in ENGINE_SHOTS}

@@ -25,6 +25,7 @@ from fedmeta.common.datasets import (
     read_cmapss,
     read_rul,
     rmse,
+    rul_scores,
 )
 from tests.support.shared_data import needs_dataset
 
@@ -241,3 +242,10 @@ def test_central_split_keeps_whole_validation_engines_apart_and_windows_every_cy
     assert load_cmapss_central("FD003", validation_engines=10, seed=5).validation.name != split.validation.name
     with pytest.raises(ValueError, match="validation_engines=100"):
         load_cmapss_central("FD003", validation_engines=100)
+
+
+def test_rul_scores_clip_predictions_to_the_capped_range_and_flag_divergence() -> None:
+    true = np.array([0.0, 125.0, 60.0])
+    clipped = rul_scores(np.array([-10.0, 140.0, 70.0]), true)
+    assert clipped == {"rmse": rmse([0.0, 125.0, 70.0], true), "nasa": nasa_score([0.0, 125.0, 70.0], true)}
+    assert all(math.isnan(v) for v in rul_scores(np.array([np.inf, 1.0, 2.0]), true).values())
