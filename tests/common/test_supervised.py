@@ -25,9 +25,9 @@ def _model_and_initial():
 
 def test_regression_learns_and_returns_the_best_validation_epoch():
     model, initial = _model_and_initial()
-    result = train_supervised(model, initial, _linear_data(0, 512), _linear_data(1, 128), kind="regression",
-                              recipe=SupervisedRecipe(lr=1e-2, batch_size=64, max_epochs=60, patience=60))
-    assert result.epochs == 60
+    result = train_supervised(model, initial, _linear_data(0, 256), _linear_data(1, 64), kind="regression",
+                              recipe=SupervisedRecipe(lr=3e-2, batch_size=64, max_epochs=30, patience=30))
+    assert result.epochs == 30
     assert result.validation_losses[result.best_epoch - 1] == min(result.validation_losses)
     test = _linear_data(2, 256)
     with torch.no_grad():
@@ -58,10 +58,10 @@ def test_classification_trains_with_cross_entropy():
     torch.manual_seed(0)
     model = build_model(ModelConfig("mlp", (3,), 2, hidden=16, depth=1))
     initial = {name: p.detach().clone() for name, p in model.named_parameters()}
-    data = _linear_data(0, 512)
+    data = _linear_data(0, 256)
     labelled = FactoryData("classes", data.x, (data.y > 5.0).long())
     result = train_supervised(model, initial, labelled, labelled, kind="classification",
-                              recipe=SupervisedRecipe(lr=1e-2, batch_size=64, max_epochs=30))
+                              recipe=SupervisedRecipe(lr=3e-2, batch_size=64, max_epochs=15))
     with torch.no_grad():
         accuracy = (predict(model, result.weights, data.x).argmax(-1) == labelled.y).float().mean()
     assert float(accuracy) > 0.95
