@@ -14,12 +14,18 @@ from fedmeta.common import (
     DataSource,
     EvaluationSettings,
     MetaModel,
+    Recipe,
+    RecipeChoice,
     TaskBatch,
     adapt_to_support,
+    adapt_with_recipes,
     adapted_names,
     build_model,
+    choose_recipes,
     evaluate_adaptation,
     local_algorithm,
+    query_metrics,
+    recipe_candidates,
     unpack_meta_parameters,
 )
 
@@ -46,14 +52,32 @@ class Adaptation:
     lr: float | dict[str, Tensor]
     names: list[str]
 
-    def adapt(self, batch: TaskBatch, steps: int) -> dict[str, Tensor]:
-        """Each task's parameters after ``steps`` steps on its support set (task-batched)."""
-        return adapt_to_support(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
-                                adapt_names=self.names)
+    def adapt(self, batch: TaskBatch, steps: int, *, cross_validate: bool = False) -> dict[str, Tensor]:
+        """Each task's parameters after ``steps`` steps on its support set (task-batched); with
+        ``cross_validate`` after the recipe each task chooses on its support folds instead
+        (``steps`` at the base step size is one candidate, and the fallback where no fold fits)."""
+        if not cross_validate or steps == 0:
+            return adapt_to_support(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
+                                    adapt_names=self.names)
+        return adapt_with_recipes(self.model, self.weights, batch, self.choose(batch, steps), kind=self.kind,
+                                  lr=self.lr, adapt_names=self.names)
 
-    def score(self, batch: TaskBatch, steps: int) -> dict[str, float]:
-        return evaluate_adaptation(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
-                                   adapt_names=self.names)
+    def choose(self, batch: TaskBatch, steps: int) -> RecipeChoice:
+        """Each task's recipe, cross-validated on its support rows (`common.adaptation_recipe`)."""
+        return choose_recipes(self.model, self.weights, batch, kind=self.kind, lr=self.lr, adapt_names=self.names,
+                              candidates=recipe_candidates(steps), default=Recipe(steps))
+
+    def score(self, batch: TaskBatch, steps: int, *, cross_validate: bool = False) -> dict[str, float]:
+        if not cross_validate or steps == 0:
+            return evaluate_adaptation(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
+                                       adapt_names=self.names)
+        choice = self.choose(batch, steps)
+        params = adapt_with_recipes(self.model, self.weights, batch, choice, kind=self.kind, lr=self.lr,
+                                    adapt_names=self.names)
+        metrics = query_metrics(self.model, params, batch, self.kind)
+        metrics["recipe-steps"] = float(sum(r.steps for r in choice.recipes()) / batch.num_tasks)
+        metrics["recipe-unadapted"] = float(sum(r.steps == 0 for r in choice.recipes()) / batch.num_tasks)
+        return metrics
 
 
 def prepare_adaptation(
@@ -91,7 +115,8 @@ def evaluate_factory(
         batch = sampler.sample(settings.tasks).to(device)
         if k == settings.shots[0]:
             _record(metrics, "k0", adaptation.score(batch, steps=0))
-        _record(metrics, f"k{k}", adaptation.score(batch, steps=settings.steps))
+        _record(metrics, f"k{k}", adaptation.score(batch, steps=settings.steps,
+                                                    cross_validate=settings.recipe == "cross-validated"))
         if local_only is not None:
             _record(metrics, f"k{k}", local_only.score(batch, settings.local_only_steps), prefix="local-")
         metrics[NUM_EXAMPLES] += batch.query_y.numel()

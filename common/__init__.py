@@ -5,6 +5,15 @@ harness (`fedmeta.simulations`) build on it. Callers import from here; modules i
 import each other's leaf modules.
 """
 
+from fedmeta.common.adaptation_recipe import (
+    RECIPE_CANDIDATES,
+    Recipe,
+    RecipeChoice,
+    adapt_with_recipes,
+    choose_recipes,
+    recipe_candidates,
+    support_folds,
+)
 from fedmeta.common.algorithms import (
     ALGORITHMS,
     META_OPTIMIZERS,
@@ -17,6 +26,7 @@ from fedmeta.common.algorithms import (
     init_inner_lrs,
     meta_step,
     meta_train,
+    query_metrics,
 )
 from fedmeta.common.console import Report, elapsed_log, exit_on_errors
 from fedmeta.common.credentials import (
@@ -77,6 +87,7 @@ from fedmeta.common.protocol import (
     is_delta_key,
 )
 from fedmeta.common.run_settings import (
+    ADAPTATION_RECIPES,
     DATA_EVAL_SHOTS,
     DATASET_LR,
     DATASETS,
@@ -104,6 +115,7 @@ from fedmeta.common.tasks import ClassificationTaskSampler, FactoryData, Regress
 from fedmeta.common.validation import check_choice, check_positive_int
 
 __all__ = [
+    "ADAPTATION_RECIPES",
     "ALGORITHMS",
     "CONFIG",
     "DATASETS",
@@ -127,6 +139,7 @@ __all__ = [
     "NUM_EXAMPLES",
     "OUTER_OPTIMIZERS",
     "READERS",
+    "RECIPE_CANDIDATES",
     "ROLE",
     "ROLES",
     "ROLES_FIELD",
@@ -153,6 +166,8 @@ __all__ = [
     "OuterOptimizerConfig",
     "Params",
     "ProcessError",
+    "Recipe",
+    "RecipeChoice",
     "RegressionTaskSampler",
     "Report",
     "RoundSettings",
@@ -169,6 +184,7 @@ __all__ = [
     "UnknownSettingError",
     "adapt",
     "adapt_to_support",
+    "adapt_with_recipes",
     "adapted_names",
     "add",
     "app_config_defaults",
@@ -178,6 +194,7 @@ __all__ = [
     "check_positive_int",
     "check_run_config",
     "check_server_certificate",
+    "choose_recipes",
     "default_lr",
     "descendants",
     "elapsed_log",
@@ -202,11 +219,14 @@ __all__ = [
     "parse_shots",
     "port_in_use",
     "predict",
+    "query_metrics",
+    "recipe_candidates",
     "resolve_device",
     "resolve_run_config",
     "sigterm_as_interrupt",
     "source_from_config",
     "subtract",
+    "support_folds",
     "task_accuracy",
     "task_losses",
     "train_supervised",

@@ -43,6 +43,7 @@ __all__ = [
     "init_inner_lrs",
     "meta_step",
     "meta_train",
+    "query_metrics",
 ]
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "pretrain")
@@ -362,8 +363,13 @@ def evaluate_adaptation(
     the head). ``steps = 0`` scores the shared model without adaptation.
     """
     params = adapt_to_support(model, weights, batch, kind=kind, steps=steps, lr=lr, adapt_names=adapt_names)
+    return query_metrics(model, params, batch, kind)
+
+
+def query_metrics(model: nn.Module, params: Mapping[str, Tensor], batch: TaskBatch, kind: str) -> dict[str, float]:
+    """Mean query loss (and accuracy) of task-batched ``params`` on each task's query set."""
     with torch.no_grad():
-        query, accuracy = _query_metrics(model, params, batch, kind)
+        query, accuracy = _query_metrics(model, dict(params), batch, kind)
     metrics = {"query_loss": float(query.mean())}
     if accuracy is not None:
         metrics["query_accuracy"] = float(accuracy)

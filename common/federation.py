@@ -16,7 +16,7 @@ from typing import TypeVar
 from torch import Tensor
 
 from fedmeta.common.algorithms import MetaConfig
-from fedmeta.common.run_settings import parse_shots, resolve_run_config
+from fedmeta.common.run_settings import ADAPTATION_RECIPES, parse_shots, resolve_run_config
 from fedmeta.common.validation import check_choice, check_positive_int
 
 __all__ = [
@@ -130,7 +130,8 @@ class EvaluationSettings:
 
     ``shots`` lists the K values; each is scored on ``tasks`` tasks of K support and
     ``query_size`` query rows after ``steps`` adaptation steps of size ``lr`` (Meta-SGD
-    uses its learned rates, ANIL adapts its head). With ``local_only_steps`` > 0 a
+    uses its learned rates, ANIL adapts its head), or, with ``recipe`` "cross-validated",
+    after the steps and step size each task chooses on folds of its own support rows. With ``local_only_steps`` > 0 a
     model trained from scratch on the same K rows is scored too (the local-only baseline).
     """
 
@@ -138,6 +139,7 @@ class EvaluationSettings:
     shots: tuple[int, ...] = parse_shots(str(_DEFAULT["eval-shots"]))
     steps: int = _DEFAULT["eval-steps"]
     lr: float = _DEFAULT["eval-lr"]
+    recipe: str = _DEFAULT["eval-recipe"]
     tasks: int = _DEFAULT["eval-tasks"]
     query_size: int = _DEFAULT["eval-query-size"]
     seed: int = _DEFAULT["seed"]
@@ -147,6 +149,7 @@ class EvaluationSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shots", tuple(int(k) for k in self.shots))
         local_algorithm(self.algorithm)
+        check_choice("recipe", self.recipe, ADAPTATION_RECIPES)
         if not self.shots or min(self.shots) < 1:
             raise ValueError(f"shots must list positive K values, got {self.shots}")
 

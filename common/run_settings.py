@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from fedmeta.common.validation import check_choice
 
 __all__ = [
+    "ADAPTATION_RECIPES",
     "DATASETS",
     "DATASET_LR",
     "DATA_EVAL_SHOTS",
@@ -42,6 +43,7 @@ SettingValue = bool | int | float | str
 READERS = ("server", "client", "simulation")
 
 DATASETS = ("synthetic", "ai4i", "cmapss", "cwru", "cwru-fe")
+ADAPTATION_RECIPES = ("fixed", "cross-validated")
 # Step sizes that keep the real data sets' models stable: on CWRU's raw windows first-order
 # MAML at 0.05 collapses to chance after ~150 meta-steps while 0.01 reaches ~98% (5-shot,
 # held-out load). C-MAPSS' TCN normalises its features (see `common.models.TCN`), so single
@@ -121,6 +123,9 @@ _TABLE = (
             "data can supply (" + "; ".join(f"{data} {k}" for data, k in DATA_EVAL_SHOTS.items()) + ").", _SERVER),
     Setting("eval-steps", 10, "Adaptation steps on the K rows.", _SERVER),
     Setting("eval-lr", 0.0, "Adaptation step size; 0: inner-lr.", _SERVER),
+    Setting("eval-recipe", "fixed", "How a factory adapts: " + ", ".join(ADAPTATION_RECIPES) + " (fixed: eval-steps "
+            "at eval-lr; cross-validated: steps and step size chosen per task on folds of its own support rows, "
+            "no adaptation a candidate).", _SERVER),
     Setting("eval-tasks", 10, "Tasks scored per held-out factory and K.", _SERVER),
     Setting("eval-query-size", 10, "Query rows per evaluation task.", _SERVER),
     Setting("local-only-steps", 0, "Steps of the local-only baseline trained from scratch on the K rows (0: off).",

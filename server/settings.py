@@ -69,6 +69,7 @@ class ServerSettings:
                 shots=parse_shots(str(get["eval-shots"])),
                 steps=int(get["eval-steps"]),
                 lr=float(get["eval-lr"]),
+                recipe=str(get["eval-recipe"]),
                 tasks=int(get["eval-tasks"]),
                 query_size=int(get["eval-query-size"]),
                 seed=seed,

@@ -67,6 +67,11 @@ def test_factory_table_trains_and_a_new_factory_table_evaluates(federation):
     node = {"data-path": str(folder / "plant-new.csv"), "role": "evaluate"}
     evaluate = _call(app, node, MessageType.EVALUATE, _records(params, EvaluationSettings(shots=(5,), tasks=3)))
     assert {"loss-k0", "loss-k5"} <= set(evaluate.content["metrics"].keys())
+    chosen = _call(app, node, MessageType.EVALUATE,
+                   _records(params, EvaluationSettings(shots=(5,), tasks=3, recipe="cross-validated")))
+    metrics = chosen.content["metrics"]
+    assert metrics["loss-k0"] == evaluate.content["metrics"]["loss-k0"]  # the unadapted model is the same
+    assert 0 <= metrics["recipe-unadapted-k5"] <= 1 and 0 <= metrics["recipe-steps-k5"] <= 30
 
 
 def test_broken_factory_table_stops_the_client_naming_the_problem(federation):

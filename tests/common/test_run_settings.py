@@ -49,7 +49,7 @@ def test_round_and_evaluation_defaults_are_the_tables():
         if field.name != "server_round":
             assert getattr(round_settings, field.name) == defaults[field.name.replace("_", "-")], field.name
     assert evaluation.shots == parse_shots(str(defaults["eval-shots"]))
-    for field, key in [("steps", "eval-steps"), ("lr", "eval-lr"), ("tasks", "eval-tasks"),
+    for field, key in [("steps", "eval-steps"), ("lr", "eval-lr"), ("recipe", "eval-recipe"), ("tasks", "eval-tasks"),
                        ("query_size", "eval-query-size"), ("local_only_steps", "local-only-steps"),
                        ("local_only_lr", "local-only-lr"), ("seed", "seed"), ("algorithm", "algorithm")]:
         assert getattr(evaluation, field) == defaults[key], field
