@@ -50,8 +50,10 @@ def _by_effort(recipes: set[Recipe]) -> tuple[Recipe, ...]:
     return tuple(sorted(recipes, key=lambda recipe: (recipe.steps * recipe.lr_scale, recipe.steps)))
 
 
+# Up to 10 steps (the default evaluation's): each candidate step size costs one adaptation run of
+# its longest candidate per fold, so longer candidates would multiply a factory's adaptation time.
 RECIPE_CANDIDATES: tuple[Recipe, ...] = _by_effort(
-    {Recipe(0), *(Recipe(steps, scale) for scale in (0.3, 1.0) for steps in (1, 3, 10, 30))}
+    {Recipe(0), *(Recipe(steps, scale) for scale in (0.3, 1.0) for steps in (1, 3, 10))}
 )
 
 
@@ -76,8 +78,9 @@ class RecipeChoice:
 
 
 def support_folds(support_y: Tensor, kind: str, max_folds: int = MAX_FOLDS) -> Tensor | None:
-    """Fold of every support row ``[T, S]`` (the same fold sizes in every task), or None when no
-    row can be held out while the rest still has a row of every class (regression: 2 rows)."""
+    """Fold of every support row ``[T, S]``, -1 for rows always kept for training; every fold of
+    every task holds as many rows (classification: as many of each class). None when no row
+    can be held out while the rest keeps a row of every class (regression: 2 rows)."""
     tasks, rows = support_y.shape
     if kind == "classification":
         # A row's rank among its class's rows of the task: fold r holds one row of each class.
@@ -87,32 +90,40 @@ def support_folds(support_y: Tensor, kind: str, max_folds: int = MAX_FOLDS) -> T
         per_class = int(same.sum(-1).min())
         if per_class < 2 or not bool((same.sum(-1) == per_class).all()):
             return None
-        return rank % min(per_class, max_folds)
+        count = min(per_class, max_folds)
+        return torch.where(rank < count * (per_class // count), rank % count, -1)
     if rows < 2:
         return None
-    return torch.arange(rows, device=support_y.device).expand(tasks, rows) % min(rows, max_folds)
+    count = min(rows, max_folds)
+    position = torch.arange(rows, device=support_y.device).expand(tasks, rows)
+    return torch.where(position < count * (rows // count), position % count, -1)
 
 
-def _split(batch: TaskBatch, folds: Tensor, fold: int) -> TaskBatch:
-    """Support rows outside ``fold`` as the support set and those in it as the query set."""
-    order = torch.argsort((folds == fold).to(torch.int8), dim=1, stable=True)  # kept rows first
-    held = int((folds[0] == fold).sum())
-    kept, out = order[:, : folds.shape[1] - held], order[:, folds.shape[1] - held :]
+def _fold_batch(batch: TaskBatch, folds: Tensor) -> TaskBatch:
+    """Every fold of every task as one task ``[F * T, ...]`` (fold-major): the rows outside the fold
+    as its support set, those in it as its query set."""
 
     def rows(t: Tensor, index: Tensor) -> Tensor:
         return torch.gather(t, 1, index.view(*index.shape, *([1] * (t.dim() - 2))).expand(*index.shape, *t.shape[2:]))
 
-    sx, sy = batch.support_x, batch.support_y
-    return TaskBatch(rows(sx, kept), rows(sy, kept), rows(sx, out), rows(sy, out))
+    parts = []
+    for fold in range(int(folds.max()) + 1):
+        inside = folds == fold
+        order = torch.argsort(inside.to(torch.int8), dim=1, stable=True)  # kept rows first
+        kept = folds.shape[1] - int(inside[0].sum())
+        index_kept, index_out = order[:, :kept], order[:, kept:]
+        sx, sy = batch.support_x, batch.support_y
+        parts.append((rows(sx, index_kept), rows(sy, index_kept), rows(sx, index_out), rows(sy, index_out)))
+    return TaskBatch(*(torch.cat(tensors) for tensors in zip(*parts, strict=True)))
 
 
 def _scaled(lr: float | Mapping[str, Tensor], scale: float) -> float | dict[str, Tensor]:
     return {n: t * scale for n, t in lr.items()} if isinstance(lr, Mapping) else lr * scale
 
 
-def _held_out_losses(model: nn.Module, params: Params, batch: TaskBatch, kind: str) -> Tensor:
+def _held_out_losses(model: nn.Module, params: Mapping[str, Tensor], batch: TaskBatch, kind: str) -> Tensor:
     with torch.no_grad():
-        return task_losses(predict(model, params, batch.query_x), batch.query_y, kind)
+        return task_losses(predict(model, dict(params), batch.query_x), batch.query_y, kind).cpu()
 
 
 def choose_recipes(
@@ -128,7 +139,11 @@ def choose_recipes(
 ) -> RecipeChoice:
     """Each task's recipe by the one-standard-error rule over its support folds; ``candidates`` must
     be ordered from the least adaptation to the most. Tasks whose rows allow no folds get
-    ``default`` (the first candidate if None), with NaN losses."""
+    ``default`` (the first candidate if None), with NaN losses.
+
+    All folds of all tasks adapt at once (one task each), and one run per step size is scored
+    at every candidate step count along its way.
+    """
     candidates = tuple(candidates)
     if not candidates:
         raise ValueError("choose_recipes needs at least one candidate recipe")
@@ -138,14 +153,21 @@ def choose_recipes(
     if folds is None:
         nan = torch.full((tasks, len(candidates)), float("nan"))
         return RecipeChoice(candidates, torch.full((tasks,), fallback, dtype=torch.long), nan, nan)
-    fold_count = int(folds.max()) + 1
-    per_fold = torch.zeros(fold_count, tasks, len(candidates))
-    for fold in range(fold_count):
-        split = _split(batch, folds, fold)
-        for index, recipe in enumerate(candidates):
-            params = adapt_to_support(model, weights, split, kind=kind, steps=recipe.steps,
-                                      lr=_scaled(lr, recipe.lr_scale), adapt_names=adapt_names)
-            per_fold[fold, :, index] = _held_out_losses(model, params, split, kind).cpu()
+    folded = _fold_batch(batch, folds)
+    fold_count = folded.num_tasks // tasks
+    per_fold = torch.zeros(fold_count * tasks, len(candidates))
+    for scale in sorted({recipe.lr_scale for recipe in candidates}):
+        wanted = {recipe.steps: index for index, recipe in enumerate(candidates) if recipe.lr_scale == scale}
+
+        def score(steps: int, params: Mapping[str, Tensor], wanted: dict[int, int] = wanted) -> None:
+            if steps in wanted:
+                per_fold[:, wanted[steps]] = _held_out_losses(model, params, folded, kind)
+
+        start = adapt_to_support(model, weights, folded, kind=kind, steps=0, lr=lr)
+        score(0, start)
+        adapt_to_support(model, weights, folded, kind=kind, steps=max(wanted), lr=_scaled(lr, scale),
+                         adapt_names=adapt_names, after_step=score)
+    per_fold = per_fold.view(fold_count, tasks, len(candidates))
     losses = per_fold.mean(dim=0)
     errors = per_fold.std(dim=0) / fold_count**0.5 if fold_count > 1 else torch.zeros_like(losses)
     finite = torch.where(torch.isfinite(losses), losses, torch.inf)  # a diverged candidate is never chosen

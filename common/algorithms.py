@@ -323,11 +323,13 @@ def adapt_to_support(
     steps: int,
     lr: float | Mapping[str, Tensor],
     adapt_names: Collection[str] | None = None,
+    after_step: Callable[[int, Params], None] | None = None,
 ) -> Params:
     """Each task's parameters after ``steps`` steps on its support set (task-batched).
 
     Shared by `evaluate_adaptation` and anything that scores adapted models on other rows
-    (a benchmark's test split). Arguments as in `evaluate_adaptation`.
+    (a benchmark's test split). Arguments as in `evaluate_adaptation`; ``after_step`` as
+    in `common.inner_loop.adapt`.
     """
     names = list(weights) if adapt_names is None else list(adapt_names)
     params = _detached_task_copies(dict(weights), batch.num_tasks)
@@ -342,6 +344,7 @@ def adapt_to_support(
             lr=lr,
             adapt_names=names,
             create_graph=False,
+            after_step=after_step,
         )
     return params
 

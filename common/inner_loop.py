@@ -9,7 +9,7 @@ per-task losses yields every task's gradient.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +67,7 @@ def adapt(
     lr: float | Mapping[str, Tensor],
     adapt_names: Collection[str],
     create_graph: bool,
+    after_step: Callable[[int, Params], None] | None = None,
 ) -> tuple[Params, Tensor]:
     """Take ``steps`` gradient steps on each task's ``(x, y)``, never raising a task's support loss.
 
@@ -86,6 +87,9 @@ def adapt(
     each check) and one boolean read per step (a device sync on a GPU): while no step
     is taken back, the update is the plain fused one. Taken-back steps are selected per
     task with `torch.where`, so the result stays differentiable through the kept steps.
+
+    ``after_step(n, params)``, if given, sees the parameters after each step n = 1..steps
+    (a trajectory scored at several step counts in one run).
 
     Returns the adapted parameters and the mean support loss before each step
     (shape ``[steps]``, detached) for metrics and finiteness checks.
@@ -114,6 +118,8 @@ def adapt(
         if not bool(worse.any()):
             fast.update(zip(names, candidate, strict=True))
             losses, grads = tried, tried_grads
+            if after_step is not None:
+                after_step(step + 1, fast)
             continue
         kept = [torch.where(_per_task(worse, new), old, new) for old, new in zip(current, candidate, strict=True)]
         fast.update(zip(names, kept, strict=True))
@@ -122,4 +128,6 @@ def adapt(
         losses = torch.where(worse, losses, tried)
         halved = torch.where(worse, 0.5, 1.0).to(losses.dtype)
         scale = halved if scale is None else scale * halved
+        if after_step is not None:
+            after_step(step + 1, fast)
     return fast, torch.stack(step_losses)

@@ -17,7 +17,7 @@ import click
 import typer
 from rich.console import Console
 
-from fedmeta.common import DATASETS, elapsed_log, exit_on_errors
+from fedmeta.common import ADAPTATION_RECIPES, DATASETS, RUN_SETTINGS, elapsed_log, exit_on_errors
 
 __all__ = ["bench_app", "benchmark"]
 
@@ -119,6 +119,9 @@ def benchmark(
     rounds: Annotated[
         int | None, typer.Option(min=1, help="Federated rounds (default 20; 5 with --quick).", show_default=False)
     ] = None,
+    recipe: Annotated[
+        str, typer.Option(click_type=click.Choice(list(ADAPTATION_RECIPES)), help=RUN_SETTINGS["eval-recipe"].help)
+    ] = "fixed",
     out: Annotated[
         Path | None,
         typer.Option(help="Folder for results.json and results.md (default runs/benchmark-<dataset>-<time>).",
@@ -136,7 +139,7 @@ def benchmark(
     out = out if out is not None else Path("runs") / f"benchmark-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     with exit_on_errors(console, ValueError, FileNotFoundError, FileExistsError, fewshot.BenchmarkError):
         fewshot_report.check_out_dir(out)
-        plan = fewshot.plan_for(dataset, quick=quick, seeds=seeds, rounds=rounds)
+        plan = fewshot.plan_for(dataset, quick=quick, seeds=seeds, rounds=rounds, recipe=recipe)
         with Progress(TextColumn("[bold]benchmark[/bold] " + dataset), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task("steps", total=None)

@@ -42,6 +42,7 @@ from fedmeta.client import (
     task_sampler,
 )
 from fedmeta.common import (
+    ADAPTATION_RECIPES,
     DATASETS,
     NUM_EXAMPLES,
     DataSource,
@@ -112,6 +113,7 @@ class BenchmarkPlan:
     # The engine tables' full-data references (C-MAPSS), trained by epochs with early stopping.
     reference: SupervisedRecipe = field(default_factory=SupervisedRecipe)
     family: dict[str, object] = field(default_factory=dict)
+    recipe: str = "fixed"  # how held-out factories adapt (eval-recipe): fixed or cross-validated
 
     def run_config(self, seed: int, algorithm: str = "maml") -> dict[str, object]:
         """The Flower-style run config of one seed and federated algorithm."""
@@ -132,11 +134,14 @@ class BenchmarkPlan:
             "fraction-train": 1.0,
             "device": "cpu",
             "inner-lr": default_lr(self.dataset),
+            "eval-recipe": self.recipe,
             "local-only-lr": default_lr(self.dataset),
         }
 
 
-def plan_for(dataset: str, *, quick: bool, seeds: int | None = None, rounds: int | None = None) -> BenchmarkPlan:
+def plan_for(
+    dataset: str, *, quick: bool, seeds: int | None = None, rounds: int | None = None, recipe: str = "fixed"
+) -> BenchmarkPlan:
     """The default plan of a data set; ``quick`` is a tiny smoke-sized run."""
     if dataset not in DATASETS:
         raise BenchmarkError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -157,7 +162,10 @@ def plan_for(dataset: str, *, quick: bool, seeds: int | None = None, rounds: int
     count = seeds if seeds is not None else (1 if quick else 3)
     if count < 1 or sizes["rounds"] < 1:
         raise BenchmarkError(f"seeds and rounds must be >= 1, got {count} and {sizes['rounds']}")
-    return BenchmarkPlan(dataset=dataset, seeds=tuple(range(count)), quick=quick, family=family, **sizes)
+    if recipe not in ADAPTATION_RECIPES:
+        raise BenchmarkError(f"unknown recipe {recipe!r}; choose one of {', '.join(ADAPTATION_RECIPES)}")
+    return BenchmarkPlan(dataset=dataset, seeds=tuple(range(count)), quick=quick, family=family, recipe=recipe,
+                         **sizes)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -332,7 +340,8 @@ def _adapted_outputs(params: Mapping[str, Tensor], settings: EvaluationSettings,
 
     def outputs(factory: LoadedFactory, batch: TaskBatch, x: Tensor) -> Tensor:
         adaptation = prepare_adaptation(factory, params, settings, device=torch.device("cpu"))
-        return _task_outputs(adaptation.model, adaptation.adapt(batch, steps), x, batch.num_tasks)
+        adapted = adaptation.adapt(batch, steps, cross_validate=settings.recipe == "cross-validated")
+        return _task_outputs(adaptation.model, adapted, x, batch.num_tasks)
 
     return outputs
 
@@ -632,7 +641,11 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         f"metric: query {metric} on the held-out factories ({'higher' if higher else 'lower'} is better), averaged "
         "over held-out factories weighted by query rows; mean +- sample std over seeds (std 0 with one seed).",
         f"each K: {plan.eval_tasks} tasks of K support rows (per class for classification) drawn from each held-out "
-        f"factory, adapted with {plan.eval_steps} steps at eval-lr; K=0 is the global model without adaptation.",
+        f"factory, adapted with {plan.eval_steps} steps at eval-lr"
+        + (" (fixed recipe)" if plan.recipe == "fixed" else
+           "; recipe cross-validated: each task's steps and step size chosen on folds of its own support rows "
+           "(no adaptation a candidate; the C-MAPSS engine tables keep the fixed recipe)")
+        + "; K=0 is the global model without adaptation.",
         f"federated: {plan.rounds} rounds, every training factory each round, {plan.local_steps} local meta-steps of "
         f"{plan.meta_batch_size} tasks, {plan.inner_steps} inner steps; server: weighted delta average + SGD lr 1 "
         "(FedAvg); the same local_update, check_delta and apply_deltas as the Flower strategy.",

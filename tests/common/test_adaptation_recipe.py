@@ -31,7 +31,10 @@ def test_classification_folds_hold_one_row_of_every_class_and_need_two_per_class
             assert sorted(y[task][folds[task] == fold].tolist()) == [0, 1, 2]
     assert support_folds(torch.tensor([[0, 1, 2]]), "classification") is None  # one row per class
     assert support_folds(torch.tensor([[0.5]]), "regression") is None
-    assert support_folds(torch.zeros(3, 12), "regression").max() == 4  # at most 5 folds
+    folds = support_folds(torch.zeros(3, 12), "regression")  # at most 5 folds of equal size; 2 rows always train
+    assert folds.max() == 4 and all(int((folds[0] == f).sum()) == 2 for f in range(5)) and int((folds == -1).sum()) == 6
+    uneven = support_folds(torch.tensor([[0, 0, 0, 1, 1, 1]]), "classification")  # 3 per class: 3 folds
+    assert sorted(uneven[0].tolist()) == [0, 0, 1, 1, 2, 2]
 
 
 def test_the_chosen_candidate_is_the_least_adaptation_within_one_standard_error_of_the_best_by_hand():
@@ -44,8 +47,8 @@ def test_the_chosen_candidate_is_the_least_adaptation_within_one_standard_error_
         bound = best.values[task] + choice.standard_errors[task, best.indices[task]]
         assert choice.losses[task, index] <= bound
         assert all(choice.losses[task, earlier] > bound for earlier in range(index))
-    # Candidate 1 for task 0, by hand: 5 folds of a 6-row task leave one row out (rows 0 and 5 together).
-    folds = [[0, 5], [1], [2], [3], [4]]
+    # Candidate 1 for task 0, by hand: 5 folds of a 6-row task hold out one row each; row 5 always trains.
+    folds = [[0], [1], [2], [3], [4]]
     by_hand = 0.0
     for held in folds:
         kept = [r for r in range(6) if r not in held]

@@ -64,3 +64,19 @@ def test_the_steep_tasks_support_loss_never_rises_where_plain_steps_diverge():
     assert plain > 100 * losses[0], "one plain step must blow this task's loss up, or the test proves nothing"
     assert all(later <= earlier for earlier, later in pairwise(losses)), losses
     assert losses[-1] < losses[0], losses
+
+
+def test_after_step_sees_the_parameters_of_every_step_count():
+    """One run scored along its way equals separate runs of 1..steps steps (what recipe selection relies on)."""
+    torch.manual_seed(0)
+    model = LinearModel(3)
+    params = leaf_params(model)
+    x, y = _two_tasks()
+    seen = {}
+    adapt(model, expand_for_tasks(params, params.keys(), 2), x, y, kind="regression", steps=STEPS, lr=LR,
+          adapt_names=params.keys(), create_graph=False,
+          after_step=lambda n, fast: seen.update({n: fast["head.weight"].detach().clone()}))
+    assert list(seen) == list(range(1, STEPS + 1))
+    for steps in (1, 3, STEPS):
+        _, _, _, _, fast, _ = _adapt(steps)
+        torch.testing.assert_close(seen[steps], fast["head.weight"].detach())

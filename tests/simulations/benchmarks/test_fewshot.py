@@ -6,10 +6,12 @@ import json
 import math
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from fedmeta.client import sampler_for
-from fedmeta.common import EvaluationSettings
+from fedmeta.client import prepare_adaptation, sampler_for
+from fedmeta.common import EvaluationSettings, predict
+from fedmeta.server import initial_meta_parameters
 from fedmeta.simulations.benchmarks import fewshot, fewshot_report
 from fedmeta.simulations.cli import app
 from tests.support.shared_data import needs_dataset
@@ -136,3 +138,23 @@ def test_quick_ai4i_reports_f1_and_auroc_for_every_method():
             assert 0.0 <= scores["f1"]["mean"] <= 1.0 and 0.0 <= scores["auroc"]["mean"] <= 1.0, (method, k)
     markdown = fewshot_report.markdown(results)
     assert "F1 of the failure class" in markdown and "Published reference: AI4I 2020" in markdown
+
+
+def test_a_cross_validated_plan_adapts_every_field_task_with_its_chosen_recipe():
+    plan = fewshot.plan_for("synthetic", quick=True, recipe="cross-validated")
+    config = plan.run_config(0)
+    assert config["eval-recipe"] == "cross-validated"
+    assert any("recipe cross-validated" in note for note in fewshot.notes(plan, "regression"))
+    factory = fewshot._factories(config, "evaluate")[0]
+    settings = EvaluationSettings(shots=(5,), tasks=3, recipe="cross-validated", lr=0.05)
+    params = initial_meta_parameters(factory.source, "maml", 0.05, seed=0)
+    batch = sampler_for(factory, 5, 10, seed=0, stream="eval-k5").sample(3)
+    outputs = fewshot._adapted_outputs(params, settings, steps=5)(factory, batch, batch.query_x[0])
+    adaptation = prepare_adaptation(factory, params, settings, device=torch.device("cpu"))
+    chosen = adaptation.adapt(batch, 5, cross_validate=True)
+    torch.testing.assert_close(outputs, predict(adaptation.model, chosen, batch.query_x[0].expand(3, -1, -1)))
+
+
+def test_an_unknown_recipe_is_refused():
+    with pytest.raises(fewshot.BenchmarkError, match="unknown recipe 'guess'"):
+        fewshot.plan_for("synthetic", quick=True, recipe="guess")
