@@ -45,6 +45,7 @@ from fedmeta.common.data_sources import (
     TableSource,
     source_from_config,
 )
+from fedmeta.common.decision import BaseRateDecision, FailureDecisions, expected_f1_threshold, prior_shift
 from fedmeta.common.deltas import DeltaRejected, add, global_norm, subtract, validate_delta, weighted_average
 from fedmeta.common.device import DEVICE_CHOICES, resolve_device
 from fedmeta.common.federation import (
@@ -146,6 +147,7 @@ __all__ = [
     "RUN_SETTINGS",
     "TASK_KINDS",
     "TCN",
+    "BaseRateDecision",
     "CNN1d",
     "ChildProcess",
     "ClassificationTaskSampler",
@@ -156,6 +158,7 @@ __all__ = [
     "FactoryAssignment",
     "FactoryData",
     "FactoryFamily",
+    "FailureDecisions",
     "FamilyConfig",
     "MetaConfig",
     "MetaModel",
@@ -201,6 +204,7 @@ __all__ = [
     "evaluate_adaptation",
     "exit_on_errors",
     "expand_for_tasks",
+    "expected_f1_threshold",
     "factory_key",
     "flower_env",
     "free_port",
@@ -219,6 +223,7 @@ __all__ = [
     "parse_shots",
     "port_in_use",
     "predict",
+    "prior_shift",
     "query_metrics",
     "recipe_candidates",
     "resolve_device",

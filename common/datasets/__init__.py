@@ -1,5 +1,4 @@
-"""The shared real data sets (C-MAPSS, AI4I 2020, CWRU), each split into factories.
-"""
+"""The shared real data sets (C-MAPSS, AI4I 2020, CWRU), each split into factories."""
 
 from fedmeta.common.datasets.ai4i import (
     AI4I_FILE,
@@ -9,7 +8,9 @@ from fedmeta.common.datasets.ai4i import (
     FAILURE_TYPE_CLASSES,
     TASKS,
     VARIANTS,
+    auroc,
     f1_auroc,
+    f1_score,
     load_ai4i,
 )
 from fedmeta.common.datasets.base import CentralSplit, FactorySplit
@@ -70,8 +71,10 @@ __all__ = [
     "FactorySplit",
     "add_operating_condition",
     "add_rul",
+    "auroc",
     "dataset_dir",
     "f1_auroc",
+    "f1_score",
     "linear_probe_accuracy",
     "load_ai4i",
     "load_cmapss_central",

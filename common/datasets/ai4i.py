@@ -30,7 +30,9 @@ __all__ = [
     "FAILURE_TYPE_CLASSES",
     "TASKS",
     "VARIANTS",
+    "auroc",
     "f1_auroc",
+    "f1_score",
     "load_ai4i",
 ]
 
@@ -208,7 +210,7 @@ def _as_numpy(values: Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
     return np.asarray(values)
 
 
-def _auroc(positive: np.ndarray, score: np.ndarray) -> float:
+def auroc(positive: np.ndarray, score: np.ndarray) -> float:
     """Area under the ROC curve by the rank-sum (Mann-Whitney) formula; ties count one half. NaN if undefined."""
     n_pos = int(positive.sum())
     n_neg = positive.size - n_pos
@@ -220,7 +222,8 @@ def _auroc(positive: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def _f1(true: np.ndarray, pred: np.ndarray) -> float:
+def f1_score(true: np.ndarray, pred: np.ndarray) -> float:
+    """F1 of boolean predictions against boolean truth; 0 where there is neither a positive nor a flag."""
     tp = int(np.sum(true & pred))
     denominator = 2 * tp + int(np.sum(~true & pred)) + int(np.sum(true & ~pred))
     return 2 * tp / denominator if denominator else 0.0
@@ -251,11 +254,11 @@ def f1_auroc(y_true: Tensor | np.ndarray, scores: Tensor | np.ndarray) -> dict[s
     pred = s.argmax(axis=1)
     accuracy = float(np.mean(pred == y))
     if num_classes == 2:
-        return {"f1": _f1(y == 1, pred == 1), "auroc": _auroc(y == 1, s[:, 1] - s[:, 0]), "accuracy": accuracy}
+        return {"f1": f1_score(y == 1, pred == 1), "auroc": auroc(y == 1, s[:, 1] - s[:, 0]), "accuracy": accuracy}
     present = np.union1d(np.unique(y), np.unique(pred))
-    f1 = float(np.mean([_f1(y == c, pred == c) for c in present]))
+    f1 = float(np.mean([f1_score(y == c, pred == c) for c in present]))
     prob = np.exp(s - s.max(axis=1, keepdims=True))
     prob /= prob.sum(axis=1, keepdims=True)
-    aucs = [_auroc(y == c, prob[:, c]) for c in range(num_classes)]
+    aucs = [auroc(y == c, prob[:, c]) for c in range(num_classes)]
     aucs = [a for a in aucs if not np.isnan(a)]
     return {"f1": f1, "auroc": float(np.mean(aucs)) if aucs else float("nan"), "accuracy": accuracy}

@@ -667,11 +667,13 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         "weighted to balance, as the query sets are) per task on the training factories' pooled rows plus the "
         "task's K support rows, scored on the same query rows; windows become per-channel statistics ("
         + ", ".join(WINDOW_STATISTICS) + "), table rows are used as they are.",
-        "field metrics (ai4i: F1/AUROC; cmapss: RMSE/NASA in cycles): each evaluation task's adapted model "
-        "scores the field rows (ai4i: the held-out factory's rows minus that task's support rows, at the natural "
-        "failure rate; cmapss: the official test split); mean over tasks. Models are adapted on class-balanced "
-        "support sets and predict at argmax, so F1 at a 2% failure rate mostly measures false alarms; the "
-        "oracles trained on ai4i's field rows have none there.",
+        "field metrics (ai4i: F1/AUROC/Brier/threshold; cmapss: RMSE/NASA in cycles): each evaluation task's "
+        "adapted model scores the field rows (ai4i: the held-out factory's rows minus that task's support rows, at "
+        "the natural failure rate; cmapss: the official test split); mean over tasks. ai4i decisions are made at "
+        "the factory's failure rate (its share of failed rows, known from its history): every model is trained "
+        "or adapted at equal class priors, its probabilities are shifted to that rate and the failure threshold "
+        "maximises the expected F1 on the scored rows, unlabelled (common/decision.py); the oracles trained on "
+        "ai4i's field rows have none there.",
         "pooled-oracle: as oracle, but trained on the training factories' pooled rows too (the stronger "
         "full-data reference where the held-out factory has few rows of a class).",
         "nan: the method's loss diverged at the shared hyper-parameters (e.g. Meta-SGD's learned step sizes on "

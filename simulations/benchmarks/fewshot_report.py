@@ -209,9 +209,12 @@ def _tables(results: Mapping[str, object]) -> list[tuple[str, tuple[list[str], l
 
 
 FIELD_TITLES = {
-    "f1": "F1 of the failure class, held-out rows at their natural failure rate minus the support rows (higher "
-    "is better)",
+    "f1": "F1 of the failure class, held-out rows at their natural failure rate minus the support rows, decided "
+    "at the factory's failure rate (higher is better)",
     "auroc": "AUROC, same rows (higher is better)",
+    "brier": "Brier score of the failure probabilities shifted to the factory's failure rate, same rows (lower is "
+    "better: calibration and sharpness)",
+    "threshold": "Failure threshold each task chose on the unlabelled rows (highest expected F1)",
     "rmse": "RMSE in cycles on the official test split, one window per engine (lower is better)",
     "nasa": "NASA (PHM08) score on the official test split (lower is better; late predictions cost more)",
 }

@@ -1,9 +1,12 @@
 """The scores each field reports, beside the benchmark's K-shot query loss and accuracy.
 
-- AI4I (binary machine failure): F1 of the failure class and AUROC, on the held-out
-  factory's rows at their natural failure rate (~2%), minus the task's support rows. The
-  K-shot query sets are class-balanced, so their accuracy says little about a plant
-  where 98% of the rows are fine.
+- AI4I (binary machine failure), on the held-out factory's rows at their natural failure
+  rate (~2%), minus the task's support rows: F1 of the failure class with the decision at
+  the factory's own base rate (`common.decision.BaseRateDecision`: balanced-prior
+  probabilities shifted to the factory's failure rate, threshold of the highest expected F1
+  on those unlabelled rows), the threshold itself, the Brier score of the shifted
+  probabilities (their calibration) and AUROC. The K-shot query sets are class-balanced,
+  so their accuracy says little about a plant where 98% of the rows are fine.
 - C-MAPSS: RMSE (cycles) and the NASA (PHM08) score on the target's official test split,
   one window per test engine.
 
@@ -20,12 +23,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedmeta.common import FactoryData, TaskBatch
-from fedmeta.common.datasets import f1_auroc, nasa_score, rmse
+from fedmeta.common import BaseRateDecision, FactoryData, TaskBatch
+from fedmeta.common.datasets import nasa_score, rmse
+from fedmeta.common.datasets.ai4i import auroc, f1_score
 
-__all__ = ["FIELD_METRICS", "FieldRows", "field_rows", "row_matches", "rows_in", "score_field"]
+__all__ = ["FIELD_METRICS", "FieldRows", "failure_scores", "field_rows", "row_matches", "rows_in", "score_field"]
 
-FIELD_METRICS: dict[str, tuple[str, ...]] = {"ai4i": ("f1", "auroc"), "cmapss": ("rmse", "nasa")}
+FIELD_METRICS: dict[str, tuple[str, ...]] = {
+    "ai4i": ("f1", "auroc", "brier", "threshold"),
+    "cmapss": ("rmse", "nasa"),
+}
 
 
 def row_matches(rows: Tensor, some: Tensor) -> Tensor:
@@ -42,12 +49,14 @@ def rows_in(rows: Tensor, some: Tensor) -> Tensor:
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds tensors
 class FieldRows:
-    """Rows the field metrics score on; ``own_rows``: the factory's own, so each task's support is left out."""
+    """Rows the field metrics score on; ``own_rows``: the factory's own, so each task's support is left out.
+    ``base_rate``: the factory's failure rate (classification), known from its history."""
 
     x: Tensor
     y: Tensor
     own_rows: bool
     target_scale: float = 1.0
+    base_rate: float | None = None
 
 
 def field_rows(
@@ -59,7 +68,22 @@ def field_rows(
         return None
     if test:
         return FieldRows(test[0].x, test[0].y, own_rows=False, target_scale=target_scale)
-    return FieldRows(factory.x, factory.y, own_rows=True, target_scale=target_scale)
+    base_rate = float((factory.y == 1).double().mean()) if dataset == "ai4i" else None
+    return FieldRows(factory.x, factory.y, own_rows=True, target_scale=target_scale, base_rate=base_rate)
+
+
+def failure_scores(y: Tensor, logits: Tensor, base_rate: float) -> dict[str, float]:
+    """F1, AUROC, Brier score and threshold of binary class scores at the factory's failure rate."""
+    decisions = BaseRateDecision(base_rate).decide(logits)
+    failed = (y == 1).numpy()
+    # AUROC on the logit margin: monotone in the probability, without ties where it rounds to 1.
+    margin = (logits[:, 1] - logits[:, 0]).double().numpy()
+    return {
+        "f1": f1_score(failed, decisions.flags.numpy()),
+        "auroc": auroc(failed, margin),
+        "brier": float(((decisions.probabilities - torch.from_numpy(failed).double()) ** 2).mean()),
+        "threshold": decisions.threshold,
+    }
 
 
 def _task_masks(rows: FieldRows, batch: TaskBatch) -> list[Tensor]:
@@ -77,7 +101,7 @@ def score_field(dataset: str, predictions: Tensor, rows: FieldRows, batch: TaskB
         if not bool(torch.isfinite(out).all()):  # a diverged model: its scores are undefined, not an error
             per_task.append(dict.fromkeys(FIELD_METRICS[dataset], float("nan")))
         elif dataset == "ai4i":
-            per_task.append(f1_auroc(y, out))
+            per_task.append(failure_scores(y, out, rows.base_rate))
         else:
             pred, true = out[:, 0] * rows.target_scale, y * rows.target_scale
             per_task.append({"rmse": rmse(pred, true), "nasa": nasa_score(pred, true)})

@@ -129,7 +129,7 @@ def test_oracle_trains_one_model_per_task_when_query_sets_use_up_a_rare_class():
 @needs_dataset("ai4i2020")
 def test_quick_ai4i_reports_f1_and_auroc_for_every_method():
     results = fewshot.run_benchmark(fewshot.plan_for("ai4i", quick=True, rounds=2))
-    assert results["field_metrics"] == ["f1", "auroc"]
+    assert results["field_metrics"] == ["f1", "auroc", "brier", "threshold"]
     # The oracles trained on the field rows (the held-out factory's own), so they have no field metrics.
     assert set(results["field"]) == set(fewshot.METHODS) - {"oracle", "pooled-oracle"}
     assert list(results["field"]["fedavg"]) == ["0"]

@@ -1,4 +1,5 @@
-"""Field metrics of the benchmark (AI4I F1/AUROC, C-MAPSS RMSE/NASA) against hand-computed values."""
+"""Field metrics of the benchmark (AI4I F1/AUROC/Brier at the base rate, C-MAPSS RMSE/NASA) against hand-computed
+values."""
 
 from __future__ import annotations
 
@@ -27,14 +28,22 @@ def test_ai4i_scores_leave_out_each_tasks_support_rows():
     y = torch.tensor([1, 1, 0, 0, 0, 0])
     rows = field_rows("ai4i", FactoryData("H", x, y), (), 1.0)
     assert rows.own_rows
-    # Task 0 used row 0 (a failure) as support, task 1 used row 2; logits: class 1 wins on rows 0, 1 and 3.
+    assert rows.base_rate == pytest.approx(1 / 3)
+    # Task 0 used row 0 (a failure) as support, task 1 used row 2. Margins 1, 2, -1, 0.5, -2, -3; at the base
+    # rate 1/3 the failure probabilities are sigmoid(margin + log 1/2): .576, .787, .155, .452, .063, .024.
     logits = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, -1.0], [0.0, 0.5], [0.0, -2.0], [0.0, -3.0]])
     predictions = torch.stack([logits, logits])
     scores = score_field("ai4i", predictions, rows, _batch(torch.tensor([[[0.0]], [[2.0]]])))
-    # Task 0 (rows 1-5): tp 1, fp 1 (row 3), fn 0 -> F1 2/3; AUROC: the failure (row 1) outranks all 4 -> 1.
-    # Task 1 (rows 0,1,3,4,5): tp 2, fp 1 -> F1 0.8; AUROC 1.
+    # Task 0 (rows 1-5): expected F1 flagging 1, 2, 3 rows = .634, .712, .622 -> threshold .452 (row 3 flagged
+    # too): tp 1, fp 1 -> F1 2/3. Task 1 (rows 0,1,3,4,5): .542, .698, .740, .636 -> threshold .452 again:
+    # tp 2, fp 1 -> F1 0.8. AUROC 1 for both: every failure outranks every other row.
     assert scores["f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    assert scores["threshold"] == pytest.approx(1 / (1 + math.exp(-(0.5 + math.log(0.5)))))
     assert scores["auroc"] == pytest.approx(1.0)
+    probabilities = torch.sigmoid(logits[:, 1] + math.log(0.5)).double()
+    truth = (y == 1).double()
+    briers = [float(((probabilities[keep] - truth[keep]) ** 2).mean()) for keep in ([1, 2, 3, 4, 5], [0, 1, 3, 4, 5])]
+    assert scores["brier"] == pytest.approx(sum(briers) / 2, rel=1e-5)
 
 
 def test_cmapss_scores_in_cycles_on_the_test_split():
