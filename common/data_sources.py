@@ -83,11 +83,13 @@ def _family(config: FamilyConfig) -> FactoryFamily:
 class SyntheticSource:
     """A synthetic factory family: partitions 0..N-1 train, the next ones are held out.
 
-    ``factories_per_node`` is how many consecutive factories one node serves.
+    ``factories_per_node`` is how many consecutive factories one node serves. With
+    ``validation`` only the training factories exist and the last of them is held out.
     """
 
     family: FamilyConfig
     factories_per_node: int = 1
+    validation: bool = False
 
     def __post_init__(self) -> None:
         value = self.factories_per_node
@@ -105,6 +107,8 @@ class SyntheticSource:
     @property
     def num_partitions(self) -> int:
         """Factories, training and held out."""
+        if self.validation:
+            return self.family.num_factories
         return self.family.num_factories + self.family.num_held_out
 
     @property
@@ -135,6 +139,11 @@ class SyntheticSource:
                 f"partition-id {partition_id} is out of range: this family has "
                 f"{len(family.train)} training and {len(family.held_out)} held-out factories"
             )
+        if self.validation:
+            if len(family.train) < 2:
+                raise ValueError("a validation split needs at least 2 synthetic training factories")
+            return FactoryAssignment(family.train[partition_id],
+                                     "evaluate" if partition_id == len(family.train) - 1 else "train")
         if partition_id < len(family.train):
             return FactoryAssignment(family.train[partition_id], "train")
         return FactoryAssignment(family.held_out[partition_id - len(family.train)], "evaluate")
@@ -192,9 +201,10 @@ def _load_split(dataset: str, seed: int) -> FactorySplit:
 
 
 @cache
-def _split(dataset: str, seed: int) -> FactorySplit:
+def _split(dataset: str, seed: int, validation: bool) -> FactorySplit:
     """Loaded once per process: every simulated node of a worker shares it."""
-    return _load_split(dataset, seed)
+    split = _load_split(dataset, seed)
+    return split.validation() if validation else split
 
 
 @dataclass(frozen=True)
@@ -205,10 +215,11 @@ class SplitSource:
     dataset: str
     seed: int = 0
     factories_per_node: int = 1
+    validation: bool = False  # `FactorySplit.validation`: the training side only
 
     @property
     def split(self) -> FactorySplit:
-        return _split(self.dataset, self.seed)
+        return _split(self.dataset, self.seed, self.validation)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -245,7 +256,8 @@ def source_from_config(
         return TableSource(DataSchema.from_json(Path(str(schema))))
     dataset = str(settings["dataset"])
     check_choice("dataset", dataset, DATASETS)
+    validation = bool(settings["validation-split"])
     if dataset != "synthetic":
-        return SplitSource(dataset, int(settings["seed"]))
+        return SplitSource(dataset, int(settings["seed"]), validation=validation)
     family = FamilyConfig(**{field_name: settings[key] for key, field_name in _FAMILY_KEYS.items()})
-    return SyntheticSource(family, int(settings["factories-per-node"]))
+    return SyntheticSource(family, int(settings["factories-per-node"]), validation=validation)

@@ -100,6 +100,8 @@ _TABLE = (
     Setting("max-samples", 400, "Most rows of a synthetic factory.", _BOTH),
     Setting("family-seed", 0, "Seed of the synthetic family.", _BOTH),
     Setting("factories-per-node", 1, "Factories one simulated node serves (each still sends its own delta).", _BOTH),
+    Setting("validation-split", False, "Hyper-parameter search on the training side: the last training factory "
+            "evaluates in place of the held-out factories, which are never loaded.", _BOTH),
     # A factory's local work each round
     Setting("inner-steps", 5, "Inner-loop adaptation steps.", _SERVER),
     Setting("inner-lr", 0.0, "Inner-loop and fine-tuning step size; 0: the data set's ("

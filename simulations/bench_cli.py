@@ -19,7 +19,7 @@ from rich.console import Console
 
 from fedmeta.common import ADAPTATION_RECIPES, DATASETS, RUN_SETTINGS, elapsed_log, exit_on_errors
 
-__all__ = ["bench_app", "benchmark"]
+__all__ = ["bench_app", "benchmark", "tune"]
 
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
 
@@ -122,6 +122,16 @@ def benchmark(
     recipe: Annotated[
         str, typer.Option(click_type=click.Choice(list(ADAPTATION_RECIPES)), help=RUN_SETTINGS["eval-recipe"].help)
     ] = "fixed",
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods to run (default: all).", show_default=False)
+    ] = None,
+    shots: Annotated[
+        str | None, typer.Option(help="Comma-separated K values (default: the data set's).", show_default=False)
+    ] = None,
+    tuned: Annotated[
+        str, typer.Option(help="Tuned hyper-parameters: auto (the committed file of the data set where there is "
+                          "one, see `fedmeta tune`), none (the shared defaults) or a file.")
+    ] = "auto",
     out: Annotated[
         Path | None,
         typer.Option(help="Folder for results.json and results.md (default runs/benchmark-<dataset>-<time>).",
@@ -129,17 +139,22 @@ def benchmark(
     ] = None,
 ) -> None:
     """Few-shot quality of local-only, FedAvg(+FT), federated MAML/FOMAML/Reptile/Meta-SGD, centralized MAML,
-    gradient boosting and full-data oracles on the held-out factories, per K; mean and std over seeds."""
+    tree models and full-data oracles on the held-out factories, per K; mean and std over seeds."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     # Imports torch, scikit-learn and the data sets: only when benchmarking.
-    from fedmeta.simulations.benchmarks import fewshot, fewshot_report
+    from fedmeta.simulations.benchmarks import fewshot, fewshot_report, tuning
 
     console = Console() if Console().is_terminal else Console(width=160)
     out = out if out is not None else Path("runs") / f"benchmark-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     with exit_on_errors(console, ValueError, FileNotFoundError, FileExistsError, fewshot.BenchmarkError):
         fewshot_report.check_out_dir(out)
-        plan = fewshot.plan_for(dataset, quick=quick, seeds=seeds, rounds=rounds, recipe=recipe)
+        tuned_file = _tuned_file(tuned, dataset, tuning.tuned_path(dataset))
+        plan = fewshot.plan_for(
+            dataset, quick=quick, seeds=seeds, rounds=rounds, recipe=recipe,
+            methods=_names(methods, "--methods"), shots=_ks(shots),
+            tuned=tuning.load_tuned(tuned_file) if tuned_file else None, tuned_from=str(tuned_file or ""),
+        )
         with Progress(TextColumn("[bold]benchmark[/bold] " + dataset), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task("steps", total=None)
@@ -148,6 +163,70 @@ def benchmark(
         fewshot_report.write_results(results, out)
     fewshot_report.render(results, console)
     console.print(f"results written to {out} ({', '.join(fewshot_report.RESULTS_FILES)})")
+
+
+def _names(value: str | None, flag: str) -> list[str] | None:
+    if value is None:
+        return None
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise ValueError(f"{flag} names no method")
+    return names
+
+
+def _ks(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError as error:
+        raise ValueError(f"--shots must be comma-separated integers, got {value!r}") from error
+
+
+def _tuned_file(choice: str, dataset: str, committed: Path) -> Path | None:
+    """``--tuned``: auto (the committed file where it exists), none, or a path that must exist."""
+    if choice == "none":
+        return None
+    if choice == "auto":
+        return committed if committed.is_file() else None
+    path = Path(choice)
+    if not path.is_file():
+        raise FileNotFoundError(f"--tuned {choice}: no such file")
+    return path
+
+
+def tune(
+    dataset: Annotated[str, typer.Option(click_type=click.Choice(list(DATASETS)), help="Data set.")] = "synthetic",
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods to tune (default: every tunable one).",
+                                 show_default=False)
+    ] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per method (the same budget for each).")] = 12,
+    quick: Annotated[bool, typer.Option("--quick", help="The benchmark's tiny plan (few rounds and tasks).")] = False,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Federated rounds (default: the benchmark's).", show_default=False)
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Configuration file to add the methods to (default: runs/tune-<dataset>.json; "
+                                  "commit it as the data set's file for `fedmeta benchmark --tuned auto`).",
+                                  show_default=False)
+    ] = None,
+) -> None:
+    """Search every method's hyper-parameters on the training side's validation factory (never a held-out
+    factory or a test split), the same number of trials each; write the chosen values and the search log."""
+    from fedmeta.simulations.benchmarks import fewshot, tuning  # imports torch and optuna: only when tuning
+
+    console = Console()
+    out = out if out is not None else Path("runs") / f"tune-{dataset}.json"
+    with exit_on_errors(console, ValueError, FileNotFoundError, fewshot.BenchmarkError):
+        plan = fewshot.plan_for(dataset, quick=quick, seeds=1, rounds=rounds)
+        chosen = _names(methods, "--methods") or list(tuning.TUNABLE_METHODS)
+        data = tuning.tune(plan, chosen, trials, out, log=elapsed_log(console))
+    for method in chosen:
+        entry = data["methods"][method]
+        console.print(f"{method}: best {entry['objective']['metric']} {entry['value']:.4f} with {entry['best']} "
+                      f"({entry['seconds']:.0f} s)", highlight=False)
+    console.print(f"tuned configuration written to {out}")
 
 
 @bench_app.command("deployment")

@@ -2,7 +2,7 @@
 
 As ``flwr/cli/app.py`` does: the server package's ``server`` and ``certs``, the client
 package's ``client`` and ``validate-data``, the simulations package's ``simulate``,
-``benchmark`` and the ``bench`` group.
+``benchmark``, ``tune`` and the ``bench`` group.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import typer
 
 from fedmeta.client.cli import client, validate_data
 from fedmeta.server.cli import certs, server
-from fedmeta.simulations.bench_cli import bench_app, benchmark
+from fedmeta.simulations.bench_cli import bench_app, benchmark, tune
 from fedmeta.simulations.simulate_cli import simulate
 
 __all__ = ["app"]
@@ -19,6 +19,7 @@ __all__ = ["app"]
 app = typer.Typer(help="FedMeta Factory: federated meta-learning for manufacturing.", no_args_is_help=True)
 app.command("simulate")(simulate)
 app.command("benchmark")(benchmark)
+app.command("tune")(tune)
 app.add_typer(bench_app, name="bench")
 app.command("validate-data")(validate_data)
 app.command("client")(client)

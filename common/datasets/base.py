@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from fedmeta.common.models import ModelConfig
@@ -31,6 +32,18 @@ class FactorySplit:
     notes: str
     test: tuple[FactoryData, ...] = ()
     target_scale: float = 1.0
+
+    def validation(self) -> FactorySplit:
+        """The training side alone, for hyper-parameter search: the last training factory is held
+        out in place of the real held-out factories, and there is no test split."""
+        if len(self.train) < 2:
+            raise ValueError(f"{self.name}: a validation split needs at least 2 training factories, "
+                             f"got {len(self.train)}")
+        return dataclasses.replace(
+            self, name=f"{self.name}/validation", train=self.train[:-1], held_out=self.train[-1:], test=(),
+            notes=f"Validation split of {self.name}: training factories {[f.name for f in self.train[:-1]]}, "
+            f"validation factory {self.train[-1].name}; the held-out factories are not loaded. {self.notes}",
+        )
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds tensors

@@ -95,8 +95,12 @@ class EngineShots:
     def local_only(self, settings: EvaluationSettings) -> Predictor:
         return self._adapt(local_only_adaptation(self.source, settings), settings.local_only_steps)
 
-    def gradient_boosting(self, seed: int) -> Predictor:
-        reference = GradientBoostingReference(self.train, task_kind="regression", num_classes=None, seed=seed)
+    def gradient_boosting(
+        self, seed: int, name: str = "gradient-boosting", params: Mapping[str, object] | None = None
+    ) -> Predictor:
+        """A tree reference (`GradientBoostingReference`'s ``name`` and ``params``) refitted per K."""
+        reference = GradientBoostingReference(self.train, task_kind="regression", num_classes=None, seed=seed,
+                                              name=name, params=params)
 
         def run(engines: FactoryData, x: Tensor) -> Tensor:
             return reference.predict(reference.fit(_one_task(engines)), x)[0]

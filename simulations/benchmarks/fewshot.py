@@ -45,6 +45,7 @@ from fedmeta.common import (
     ADAPTATION_RECIPES,
     DATASETS,
     NUM_EXAMPLES,
+    RUN_SETTINGS,
     DataSource,
     EvaluationSettings,
     FactoryData,
@@ -59,12 +60,19 @@ from fedmeta.common import (
     meta_train,
     pack_meta_parameters,
     predict,
+    resolve_run_config,
     source_from_config,
 )
 from fedmeta.server import ServerSettings, initial_meta_parameters, weighted_metrics
 from fedmeta.simulations.benchmarks.engine_shots import EngineShots
 from fedmeta.simulations.benchmarks.field_metrics import FIELD_METRICS, FieldRows, field_rows, row_matches, score_field
-from fedmeta.simulations.benchmarks.gradient_boosting import WINDOW_STATISTICS, GradientBoostingReference
+from fedmeta.simulations.benchmarks.gradient_boosting import (
+    TREE_DEFAULTS,
+    TREE_REFERENCES,
+    WINDOW_STATISTICS,
+    GradientBoostingReference,
+)
+from fedmeta.simulations.benchmarks.provenance import provenance
 from fedmeta.simulations.benchmarks.reference_models import TrainedModel, train_from_scratch
 from fedmeta.simulations.benchmarks.scaling import PlainLoop
 
@@ -81,8 +89,11 @@ __all__ = [
 
 META_METHODS = ("maml", "fomaml", "reptile", "metasgd")
 FEDERATED_METHODS = ("fedavg", *META_METHODS)
-REFERENCES = ("gradient-boosting", "oracle", "pooled-oracle")
+FULL_DATA_REFERENCES = ("oracle", "pooled-oracle")
+REFERENCES = (*TREE_REFERENCES, *FULL_DATA_REFERENCES)
 METHODS = ("local-only", "fedavg", "fedavg+ft", *META_METHODS, "centralized-maml", *REFERENCES)
+# Methods that come out of FedAvg's run: its global model, fine-tuned, and the local-only baseline beside it.
+FROM_FEDAVG = ("local-only", "fedavg", "fedavg+ft")
 TARGET_K = 5
 DEFAULT_SHOTS = (1, 5, 10, 20)
 DATASET_SHOTS = {"ai4i": (1, 5, 10)}
@@ -114,10 +125,18 @@ class BenchmarkPlan:
     reference: SupervisedRecipe = field(default_factory=SupervisedRecipe)
     family: dict[str, object] = field(default_factory=dict)
     recipe: str = "fixed"  # how held-out factories adapt (eval-recipe): fixed or cross-validated
+    methods: tuple[str, ...] = METHODS  # the slice of methods to run (`--methods`)
+    shots: tuple[int, ...] = ()  # the K values to score (`--shots`); empty: the data set's
+    # Tuned hyper-parameters per method (run settings, or a tree library's own), from `tuning.load_tuned`.
+    tuned: dict[str, dict[str, object]] = field(default_factory=dict)
+    tuned_from: str = ""  # the tuned configuration's file, or "" for the defaults
+    validation: bool = False  # score on the training side's validation factory (`fedmeta tune`), never held out
 
     def run_config(self, seed: int, algorithm: str = "maml") -> dict[str, object]:
-        """The Flower-style run config of one seed and federated algorithm."""
-        return {
+        """The Flower-style run config of one seed and federated algorithm, with its tuned values
+        (centralized MAML runs with MAML's)."""
+        tuned = self.tuned.get(algorithm, {})
+        base = {
             "dataset": self.dataset,
             **self.family,
             "family-seed": seed,
@@ -136,13 +155,42 @@ class BenchmarkPlan:
             "inner-lr": default_lr(self.dataset),
             "eval-recipe": self.recipe,
             "local-only-lr": default_lr(self.dataset),
+            "validation-split": self.validation,
         }
+        return base | {key: value for key, value in tuned.items() if key in RUN_SETTINGS}
+
+    def tree_params(self, name: str) -> dict[str, object]:
+        """A tree reference's hyper-parameters: tuned, else the library defaults of `TREE_DEFAULTS`."""
+        return dict(self.tuned.get(name, TREE_DEFAULTS[name]))
+
+    def hyper_parameters(self, method: str) -> dict[str, object]:
+        """What ``results.json`` records of one method's hyper-parameters."""
+        if method in TREE_REFERENCES:
+            return self.tree_params(method)
+        if method in FULL_DATA_REFERENCES:
+            return {"oracle-steps": self.oracle_steps, "reference": dataclasses.asdict(self.reference)}
+        run = {"centralized-maml": "maml"}.get(method, "fedavg" if method in FROM_FEDAVG else method)
+        config = resolve_run_config(self.run_config(0, run))
+        keys = ("inner-lr", "local-lr", "eval-steps", "eval-lr", "inner-steps", "local-steps", "meta-batch-size")
+        if method == "local-only":
+            keys = ("local-only-steps", "local-only-lr")
+        return {key: config[key] for key in keys}
 
 
 def plan_for(
-    dataset: str, *, quick: bool, seeds: int | None = None, rounds: int | None = None, recipe: str = "fixed"
+    dataset: str,
+    *,
+    quick: bool,
+    seeds: int | None = None,
+    rounds: int | None = None,
+    recipe: str = "fixed",
+    methods: Sequence[str] | None = None,
+    shots: Sequence[int] | None = None,
+    tuned: Mapping[str, Mapping[str, object]] | None = None,
+    tuned_from: str = "",
 ) -> BenchmarkPlan:
-    """The default plan of a data set; ``quick`` is a tiny smoke-sized run."""
+    """The default plan of a data set; ``quick`` is a tiny smoke-sized run; ``methods`` and ``shots``
+    a slice of it; ``tuned`` the hyper-parameters per method (default: the shared defaults)."""
     if dataset not in DATASETS:
         raise BenchmarkError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
     family: dict[str, object] = {}
@@ -164,8 +212,15 @@ def plan_for(
         raise BenchmarkError(f"seeds and rounds must be >= 1, got {count} and {sizes['rounds']}")
     if recipe not in ADAPTATION_RECIPES:
         raise BenchmarkError(f"unknown recipe {recipe!r}; choose one of {', '.join(ADAPTATION_RECIPES)}")
+    chosen = tuple(METHODS) if methods is None else tuple(methods)
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen:
+        raise BenchmarkError(f"unknown method(s) {unknown or 'none given'}; choose from {', '.join(METHODS)}")
+    if shots is not None and (not shots or min(shots) < 1):
+        raise BenchmarkError(f"shots must be K values >= 1, got {list(shots)}")
     return BenchmarkPlan(dataset=dataset, seeds=tuple(range(count)), quick=quick, family=family, recipe=recipe,
-                         **sizes)
+                         methods=tuple(m for m in METHODS if m in chosen), shots=tuple(sorted(set(shots or ()))),
+                         tuned={m: dict(v) for m, v in (tuned or {}).items()}, tuned_from=tuned_from, **sizes)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -215,7 +270,7 @@ def _evaluate(
     return weighted_metrics([evaluate_factory(f, params, settings, device=device) for f in factories])
 
 
-def _primary(task_kind: str) -> tuple[str, bool]:
+def primary_metric(task_kind: str) -> tuple[str, bool]:
     """The metric the tables show and whether higher is better."""
     return ("accuracy", True) if task_kind == "classification" else ("loss", False)
 
@@ -252,7 +307,7 @@ def _federated(
     """R rounds of the plain loop, scoring the held-out factories at ``target_k`` after each."""
     loop = PlainLoop(config)
     per_round = dataclasses.replace(evaluation, shots=(target_k,), local_only_steps=0)
-    metric, _ = _primary(held_out[0].source.task_kind)
+    metric, _ = primary_metric(held_out[0].source.task_kind)
     curve, sent = [], 0
     for _ in range(plan.rounds):
         sent += len(loop.factories) * _bytes_per_reply(loop.strategy.optimizer.params)
@@ -439,10 +494,11 @@ def _oracle(plan: BenchmarkPlan, held: HeldOut, seed: int, pooled: Sequence[Fact
     return Scored(query, {} if held.field_rows_are_own else held.field(outputs))
 
 
-def _gradient_boosting(held: HeldOut, train: Sequence[FactoryData], seed: int) -> Scored:
+def _tree(held: HeldOut, train: Sequence[FactoryData], seed: int, name: str, params: Mapping[str, object]) -> Scored:
     source = held.factories[0].source
     classes = source.model_config.output_dim if source.task_kind == "classification" else None
-    reference = GradientBoostingReference(train, task_kind=source.task_kind, num_classes=classes, seed=seed)
+    reference = GradientBoostingReference(train, task_kind=source.task_kind, num_classes=classes, seed=seed,
+                                          name=name, params=params)
     fitted: dict[tuple[str, int], list[object]] = {}
 
     def models(factory: LoadedFactory, batch: TaskBatch) -> list[object]:
@@ -467,31 +523,48 @@ def _rounds_to(curve: Sequence[float], target: float, higher_better: bool) -> in
 # --------------------------------------------------------------------------- running
 
 
-def _one_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> dict[str, object]:
+def _method_evaluation(plan: BenchmarkPlan, seed: int, method: str, shots: Sequence[int]) -> EvaluationSettings:
+    """The evaluation a federated method's run scores with: its own (tuned) steps and step sizes;
+    FedAvg's run also trains the local-only baseline."""
+    evaluation = ServerSettings.from_run_config(plan.run_config(seed, method)).evaluation
+    return dataclasses.replace(evaluation, shots=tuple(shots), algorithm=method,
+                               local_only_steps=evaluation.local_only_steps if method == "fedavg" else 0)
+
+
+def _federated_runs(plan: BenchmarkPlan) -> tuple[str, ...]:
+    """The federated runs the chosen methods need (FedAvg's gives fedavg, fedavg+ft and local-only)."""
+    wanted = set(plan.methods)
+    return tuple(m for m in FEDERATED_METHODS if m in wanted or (m == "fedavg" and wanted & set(FROM_FEDAVG)))
+
+
+def run_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> dict[str, object]:
     config = plan.run_config(seed)
     held_out = _factories(config, "evaluate")
     if not held_out:
         raise BenchmarkError(f"data set {plan.dataset!r} has no held-out factories")
     task_kind = held_out[0].source.task_kind
     base = ServerSettings.from_run_config(config).evaluation
-    wanted = DATASET_SHOTS.get(plan.dataset, DEFAULT_SHOTS)
-    shots = available_shots(held_out, base, wanted)
-    if TARGET_K not in shots:
+    if TARGET_K not in available_shots(held_out, base, (TARGET_K,)):
         raise BenchmarkError(f"the held-out factories of {plan.dataset!r} cannot supply K={TARGET_K} shots")
+    wanted = plan.shots or DATASET_SHOTS.get(plan.dataset, DEFAULT_SHOTS)
+    shots = available_shots(held_out, base, wanted)
+    if not shots:
+        raise BenchmarkError(f"the held-out factories of {plan.dataset!r} cannot supply any of K = {list(wanted)}")
     evaluation = dataclasses.replace(base, shots=shots)
     held = HeldOut(plan.dataset, held_out, evaluation)
-    metric, higher_better = _primary(task_kind)
+    higher_better = primary_metric(task_kind)[1]
     scores: dict[str, dict[int, dict[str, float]]] = {}
     field: dict[str, dict[int, dict[str, float]]] = {}
     federated: dict[str, dict[str, object]] = {}
-    final_params: dict[str, dict[str, Tensor]] = {}
-    for method in FEDERATED_METHODS:
-        run_eval = dataclasses.replace(evaluation, algorithm=method,
-                                       local_only_steps=evaluation.local_only_steps if method == "fedavg" else 0)
+    final: dict[str, tuple[dict[str, Tensor], EvaluationSettings]] = {}
+    seconds: dict[str, float] = {}
+    for method in _federated_runs(plan):
+        started = time.perf_counter()
+        run_eval = _method_evaluation(plan, seed, method, shots)
         run = _federated(plan, plan.run_config(seed, method), held_out, run_eval, TARGET_K, advance)
         federated[method] = {"bytes_sent": run.bytes_sent, "curve": run.curve}
-        final_params[method] = run.params
-        adapted = held.field(_adapted_outputs(run.params, run_eval, evaluation.steps))
+        final[method] = (run.params, run_eval)
+        adapted = held.field(_adapted_outputs(run.params, run_eval, run_eval.steps))
         if method == "fedavg":
             scores["fedavg"] = {0: _scores(run.final, "k0")}
             scores["fedavg+ft"] = {k: _scores(run.final, f"k{k}") for k in shots}
@@ -499,58 +572,72 @@ def _one_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> di
             unadapted = held.field(_adapted_outputs(run.params, run_eval, 0), shots=shots[:1])
             field["fedavg"] = {0: unadapted[shots[0]]} if unadapted else {}
             field["fedavg+ft"] = adapted
-            field["local-only"] = held.field(_local_only_outputs(evaluation))
+            field["local-only"] = held.field(_local_only_outputs(run_eval))
         else:
             scores[method] = {k: _scores(run.final, f"k{k}") for k in shots}
             field[method] = adapted
-    target = scores["fedavg+ft"][TARGET_K][metric]
-    # FedAvg's curve is FedAvg+FT's K=5 score per round: its own round to reach its final value too.
-    for method in FEDERATED_METHODS:
-        federated[method]["rounds_to_target"] = _rounds_to(federated[method]["curve"], target, higher_better)
-    central, central_params = _centralized_maml(plan, config, held_out, evaluation)
-    scores["centralized-maml"] = {k: _scores(central, f"k{k}") for k in shots}
-    field["centralized-maml"] = held.field(
-        _adapted_outputs(central_params, dataclasses.replace(evaluation, algorithm="maml"), evaluation.steps)
-    )
-    advance()
-    train = [factory.data for factory in _factories(config, "train")]
-    references = {
-        "gradient-boosting": lambda: _gradient_boosting(held, train, seed),
-        "oracle": lambda: _oracle(plan, held, seed),
-        "pooled-oracle": lambda: _oracle(plan, held, seed, pooled=train),
-    }
-    for name, reference in references.items():
-        scored = reference()
-        scores[name], field[name] = scored.query, scored.field
+        seconds[method] = time.perf_counter() - started
+    # The target: FedAvg+FT's K=5 score after its last round (its curve's last point), where FedAvg ran.
+    target = federated["fedavg"]["curve"][-1] if "fedavg" in federated else None
+    for run in federated.values():
+        run["rounds_to_target"] = None if target is None else _rounds_to(run["curve"], target, higher_better)
+    if "centralized-maml" in plan.methods:
+        started = time.perf_counter()
+        central_eval = dataclasses.replace(_method_evaluation(plan, seed, "maml", shots), local_only_steps=0)
+        central, central_params = _centralized_maml(plan, plan.run_config(seed, "maml"), held_out, central_eval)
+        scores["centralized-maml"] = {k: _scores(central, f"k{k}") for k in shots}
+        field["centralized-maml"] = held.field(_adapted_outputs(central_params, central_eval, central_eval.steps))
+        final["centralized-maml"] = (central_params, central_eval)
+        seconds["centralized-maml"] = time.perf_counter() - started
         advance()
-    final_params["centralized-maml"] = central_params
+    train = [factory.data for factory in _factories(config, "train")]
+    references: dict[str, Callable[[], Scored]] = {
+        name: (lambda name=name: _tree(held, train, seed, name, plan.tree_params(name))) for name in TREE_REFERENCES
+    }
+    references["oracle"] = lambda: _oracle(plan, held, seed)
+    references["pooled-oracle"] = lambda: _oracle(plan, held, seed, pooled=train)
+    for name, reference in references.items():
+        if name in plan.methods:
+            started = time.perf_counter()
+            scored = reference()
+            scores[name], field[name] = scored.query, scored.field
+            seconds[name] = time.perf_counter() - started
+            advance()
     engines = {}
-    if plan.dataset == "cmapss":
-        engines = _engine_shots(plan, held_out[0].source, seed, evaluation, final_params)
+    if plan.dataset == "cmapss" and not plan.validation:  # the engine tables adapt to the real target
+        started = time.perf_counter()
+        engines = _engine_shots(plan, held_out[0].source, seed, final)
+        seconds["engine-shots"] = time.perf_counter() - started
+    for method in [m for m in scores if m not in plan.methods]:  # FedAvg's run gives three; keep the chosen
+        del scores[method]
+        field.pop(method, None)
     return {"seed": seed, "task_kind": task_kind, "shots": list(shots), "target": target, "scores": scores,
-            "field": field, "engine_shots": engines, "federated": federated,
+            "field": field, "engine_shots": engines, "federated": federated, "seconds": seconds,
             "held_out": [f.data.name for f in held_out], "train_factories": len(train)}
 
 
 def _engine_shots(
-    plan: BenchmarkPlan, source: DataSource, seed: int, evaluation: EvaluationSettings,
-    final_params: Mapping[str, Mapping[str, Tensor]],
+    plan: BenchmarkPlan, source: DataSource, seed: int,
+    final: Mapping[str, tuple[Mapping[str, Tensor], EvaluationSettings]],
 ) -> dict[str, dict[int, dict[str, float]]]:
-    """C-MAPSS adapted on K whole target engines (`engine_shots`), every method."""
+    """C-MAPSS adapted on K whole target engines (`engine_shots`), every chosen method."""
     engines = EngineShots(source, seed)
 
-    def adapted(method: str, steps: int) -> dict[int, dict[str, float]]:
-        algorithm = "maml" if method == "centralized-maml" else method
-        settings = dataclasses.replace(evaluation, algorithm=algorithm)
-        return engines.score(engines.adapted(final_params[method], settings, steps))
+    def adapted(run: str, steps: int | None = None) -> dict[int, dict[str, float]]:
+        params, settings = final[run]
+        return engines.score(engines.adapted(params, settings, settings.steps if steps is None else steps))
 
-    out = {"fedavg": adapted("fedavg", 0), "fedavg+ft": adapted("fedavg", evaluation.steps),
-           "local-only": engines.score(engines.local_only(evaluation))}
-    out |= {method: adapted(method, evaluation.steps) for method in (*META_METHODS, "centralized-maml")}
-    out["gradient-boosting"] = engines.score(engines.gradient_boosting(seed))
-    out["oracle"] = engines.full_data(plan.reference)
-    out["pooled-oracle"] = engines.full_data(plan.reference, pooled=engines.train)
-    return out
+    makers: dict[str, Callable[[], dict[int, dict[str, float]]]] = {
+        "fedavg": lambda: adapted("fedavg", 0),
+        "fedavg+ft": lambda: adapted("fedavg"),
+        "local-only": lambda: engines.score(engines.local_only(final["fedavg"][1])),
+        **{method: (lambda method=method: adapted(method)) for method in (*META_METHODS, "centralized-maml")},
+        **{name: (lambda name=name: engines.score(engines.gradient_boosting(seed, name, plan.tree_params(name))))
+           for name in TREE_REFERENCES},
+        "oracle": lambda: engines.full_data(plan.reference),
+        "pooled-oracle": lambda: engines.full_data(plan.reference, pooled=engines.train),
+    }
+    return {method: make() for method, make in makers.items() if method in plan.methods}
 
 
 def _summary(values: Sequence[float]) -> dict[str, object]:
@@ -560,9 +647,24 @@ def _summary(values: Sequence[float]) -> dict[str, object]:
     return {"mean": mean, "std": std, "values": values}
 
 
+def _per_seed_summary(runs: Sequence[Mapping[str, object]], key: str) -> dict[str, dict[str, dict[str, object]]]:
+    """method -> K -> metric -> mean/std/values over seeds, of each run's ``key`` table."""
+    first = runs[0][key]
+    return {
+        method: {
+            str(k): {name: _summary([run[key][method][k][name] for run in runs]) for name in values}
+            for k, values in first[method].items()
+        }
+        for method in METHODS
+        if first.get(method)
+    }
+
+
 def run_benchmark(plan: BenchmarkPlan, *, progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
-    """Every method for every seed; results with mean and std over seeds (see the module docstring)."""
-    total = len(plan.seeds) * (len(FEDERATED_METHODS) * plan.rounds + 1 + len(REFERENCES))
+    """Every chosen method for every seed; results with mean and std over seeds (see the module docstring)."""
+    steps_per_seed = (len(_federated_runs(plan)) * plan.rounds + ("centralized-maml" in plan.methods)
+                      + sum(name in plan.methods for name in REFERENCES))
+    total = len(plan.seeds) * steps_per_seed
     done = 0
 
     def advance() -> None:
@@ -572,37 +674,12 @@ def run_benchmark(plan: BenchmarkPlan, *, progress: Callable[[int, int], None] |
             progress(done, total)
 
     started = time.perf_counter()
-    runs = [_one_seed(plan, seed, advance) for seed in plan.seeds]
+    runs = [run_seed(plan, seed, advance) for seed in plan.seeds]
     first = runs[0]
     task_kind = str(first["task_kind"])
-    metric, higher_better = _primary(task_kind)
-    shots = list(first["shots"])
-    results: dict[str, dict[str, dict[str, object]]] = {}
-    for method in METHODS:
-        columns = [0] if method == "fedavg" else shots
-        results[method] = {}
-        for k in columns:
-            per_metric = {}
-            for name in first["scores"][method][k]:
-                per_metric[name] = _summary([run["scores"][method][k][name] for run in runs])
-            results[method][str(k)] = per_metric
-    field = {
-        method: {
-            str(k): {name: _summary([run["field"][method][k][name] for run in runs]) for name in values}
-            for k, values in first["field"][method].items()
-        }
-        for method in METHODS
-        if first["field"].get(method)
-    }
-    engine_shots = {
-        method: {
-            str(k): {name: _summary([run["engine_shots"][method][k][name] for run in runs]) for name in values}
-            for k, values in columns.items()
-        }
-        for method, columns in first["engine_shots"].items()
-    }
+    metric, higher_better = primary_metric(task_kind)
     federated = {}
-    for method in FEDERATED_METHODS:
+    for method in first["federated"]:
         reached = [run["federated"][method]["rounds_to_target"] for run in runs]
         per_round = [run["federated"][method]["bytes_sent"] / plan.rounds for run in runs]
         federated[method] = {
@@ -611,32 +688,38 @@ def run_benchmark(plan: BenchmarkPlan, *, progress: Callable[[int, int], None] |
             "bytes_to_target": [None if r is None else r * b for r, b in zip(reached, per_round, strict=True)],
             f"{metric}_k{TARGET_K}_per_round": [run["federated"][method]["curve"] for run in runs],
         }
+    targets = [run["target"] for run in runs]
     return {
         "dataset": plan.dataset,
         "task_kind": task_kind,
         "metric": metric,
         "higher_is_better": higher_better,
-        "shots": shots,
+        "shots": list(first["shots"]),
+        "methods": list(plan.methods),
         "target_k": TARGET_K,
-        "target": _summary([run["target"] for run in runs]),
+        "target": None if None in targets else _summary(targets),
         "seeds": list(plan.seeds),
         "rounds": plan.rounds,
         "quick": plan.quick,
         "plan": dataclasses.asdict(plan),
+        "hyper_parameters": {method: plan.hyper_parameters(method) for method in plan.methods},
+        "tuned_from": plan.tuned_from or None,
+        "provenance": provenance(),
         "held_out": first["held_out"],
         "train_factories": first["train_factories"],
-        "results": results,
+        "results": _per_seed_summary(runs, "scores"),
         "field_metrics": list(FIELD_METRICS.get(plan.dataset, ())),
-        "field": field,
-        "engine_shots": engine_shots,
+        "field": _per_seed_summary(runs, "field"),
+        "engine_shots": _per_seed_summary(runs, "engine_shots") if first["engine_shots"] else {},
         "federated": federated,
         "seconds": time.perf_counter() - started,
+        "seconds_per_method": {name: [run["seconds"].get(name) for run in runs] for name in first["seconds"]},
         "notes": notes(plan, task_kind),
     }
 
 
 def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
-    metric, higher = _primary(task_kind)
+    metric, higher = primary_metric(task_kind)
     return [
         f"metric: query {metric} on the held-out factories ({'higher' if higher else 'lower'} is better), averaged "
         "over held-out factories weighted by query rows; mean +- sample std over seeds (std 0 with one seed).",
@@ -663,10 +746,15 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         f"rows (support rows included; {plan.oracle_steps} Adam steps, lr 1e-3, each on the pooled rows "
         "of 4 sampled tasks of up to 32 rows (regression) or up to 16 rows per class (classification, "
         "class-balanced)) and scored on those query sets without adaptation.",
-        "gradient-boosting: scikit-learn HistGradientBoosting (200 iterations, no early stopping; classes "
-        "weighted to balance, as the query sets are) per task on the training factories' pooled rows plus the "
-        "task's K support rows, scored on the same query rows; windows become per-channel statistics ("
+        "tree models: scikit-learn HistGradientBoosting (gradient-boosting) and LightGBM (lightgbm), no early "
+        "stopping, classes weighted to balance (as the query sets are), per task on the training factories' pooled "
+        "rows plus the task's K support rows, scored on the same query rows; windows become per-channel statistics ("
         + ", ".join(WINDOW_STATISTICS) + "), table rows are used as they are.",
+        "hyper-parameters: "
+        + (f"tuned by `fedmeta tune` on the training side's validation factory ({plan.tuned_from}) for "
+           + ", ".join(sorted(plan.tuned)) + "; the others at the shared defaults" if plan.tuned else
+           "the shared defaults for every method (no tuned configuration)")
+        + " (results.json: hyper_parameters). The oracles and local-only are never tuned.",
         "field metrics (ai4i: F1/AUROC/Brier/threshold; cmapss: RMSE/NASA in cycles): each evaluation task's "
         "adapted model scores the field rows (ai4i: the held-out factory's rows minus that task's support rows, at "
         "the natural failure rate; cmapss: the official test split); mean over tasks. ai4i decisions are made at "
@@ -676,9 +764,9 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         "ai4i's field rows have none there.",
         "pooled-oracle: as oracle, but trained on the training factories' pooled rows too (the stronger "
         "full-data reference where the held-out factory has few rows of a class).",
-        "nan: the method's loss diverged at the shared hyper-parameters (e.g. Meta-SGD's learned step sizes on "
-        "C-MAPSS); nothing is tuned per method; step sizes: inner, fine-tuning and local-only "
-        f"lr {default_lr(plan.dataset)} (fedmeta.common.run_settings.default_lr).",
+        "nan: the method's loss diverged at its hyper-parameters (e.g. Meta-SGD's learned step sizes on "
+        f"C-MAPSS); untuned step sizes: inner, fine-tuning and local-only lr {default_lr(plan.dataset)} "
+        "(fedmeta.common.run_settings.default_lr).",
         *(["cmapss K-shot columns count windows of the 5 held-out FD003 engines (scored on windows of the same "
            "engines); the engine tables count whole FD003 engines (K = 1, 5, 10, every window of each, one full-batch "
            f"adaptation of {plan.eval_steps} steps) and score the official FD003 test split, true RUL capped at 125, "

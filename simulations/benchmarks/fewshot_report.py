@@ -16,7 +16,15 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmeta.simulations.benchmarks.engine_shots import ENGINE_SHOTS
-from fedmeta.simulations.benchmarks.fewshot import META_METHODS, METHODS, TARGET_K, BenchmarkError
+from fedmeta.simulations.benchmarks.fewshot import (
+    FULL_DATA_REFERENCES,
+    META_METHODS,
+    METHODS,
+    TARGET_K,
+    BenchmarkError,
+)
+from fedmeta.simulations.benchmarks.gradient_boosting import TREE_REFERENCES
+from fedmeta.simulations.benchmarks.provenance import strict_json
 
 __all__ = [
     "PUBLISHED",
@@ -31,7 +39,6 @@ __all__ = [
 ]
 
 RESULTS_FILES = ("results.json", "results.md", "kshot.png", "learning.png")
-FULL_DATA_REFERENCES = ("oracle", "pooled-oracle")
 # Published reference points, so a user sees where the numbers stand; the settings differ (see each).
 PUBLISHED: dict[str, str] = {
     "cmapss": "C-MAPSS FD001 with all of FD001's training engines: test RMSE about 12.6 to 16 cycles (deep CNN / "
@@ -72,34 +79,44 @@ def _better(a: float, b: float, higher: bool) -> bool:
     return a > b if higher else a < b
 
 
+def _best(table: Mapping[str, Mapping[str, object]], methods: Sequence[str], k: int, metric: str,
+          higher: bool) -> tuple[str | None, float | None]:
+    """The best of ``methods`` at K by mean (None, None where none has a finite value)."""
+    values = {m: v for m in methods if (v := _mean(table, m, k, metric)) is not None}
+    if not values:
+        return None, None
+    best = (max if higher else min)(values, key=values.get)
+    return best, values[best]
+
+
 def aims_of(table: Mapping[str, Mapping[str, object]], metric: str, higher: bool, shots: Sequence[int]) -> dict:
-    """Issue 5's aims on one score table (method -> K -> metric -> mean/std): the best federated
-    meta-learner against FedAvg+FT and gradient boosting at every K <= 10, and its share of the
-    best full-data reference at the largest K."""
-    pick = max if higher else min
+    """The aims on one score table (method -> K -> metric -> mean/std): the best federated meta-learner
+    against FedAvg+FT and the best tree model (of the tuned tree references) at every K <= 10, and its
+    share of the best full-data reference at the largest K."""
     per_k = {}
     for k in (k for k in shots if k <= 10):
-        meta = {m: v for m in META_METHODS if (v := _mean(table, m, k, metric)) is not None}
-        rivals = {m: _mean(table, m, k, metric) for m in ("fedavg+ft", "gradient-boosting")}
-        best = pick(meta, key=meta.get) if meta else None
+        best, value = _best(table, META_METHODS, k, metric, higher)
+        tree, tree_value = _best(table, TREE_REFERENCES, k, metric, higher)
+        fedavg_ft = _mean(table, "fedavg+ft", k, metric)
         per_k[str(k)] = {
             "best_meta": best,
-            "best_meta_value": meta.get(best),
-            **{f"{m}_value": v for m, v in rivals.items()},
-            "beats_both": best is not None and all(v is not None and _better(meta[best], v, higher)
-                                                   for v in rivals.values()),
+            "best_meta_value": value,
+            "fedavg+ft_value": fedavg_ft,
+            "best_tree": tree,
+            "best_tree_value": tree_value,
+            "beats_both": value is not None and all(v is not None and _better(value, v, higher)
+                                                    for v in (fedavg_ft, tree_value)),
         }
     top_k = max(shots)
-    meta = {m: v for m in META_METHODS if (v := _mean(table, m, top_k, metric)) is not None}
-    refs = {m: v for m in FULL_DATA_REFERENCES if (v := _mean(table, m, top_k, metric)) is not None}
+    _, best_meta = _best(table, META_METHODS, top_k, metric, higher)
+    _, best_ref = _best(table, FULL_DATA_REFERENCES, top_k, metric, higher)
     share = None
-    if meta and refs:
-        best_meta, best_ref = pick(meta.values()), pick(refs.values())
-        # A share of the reference's quality: accuracy ratio, or reference error over our error.
+    if best_meta is not None and best_ref is not None:
+        # A share of the reference's quality: a score ratio, or the reference's error over ours.
         share = best_meta / best_ref if higher else best_ref / best_meta
     return {
         "metric": metric,
-        "beats_fedavg_ft_and_gb_at_k_le_10": bool(per_k) and all(v["beats_both"] for v in per_k.values()),
+        "beats_fedavg_ft_and_best_tree_at_k_le_10": bool(per_k) and all(v["beats_both"] for v in per_k.values()),
         "per_k": per_k,
         "largest_k": top_k,
         "share_of_best_full_data_reference": share,
@@ -119,13 +136,33 @@ def engine_shot_aims(results: Mapping[str, object]) -> dict[str, object] | None:
     return aims_of(results["engine_shots"], "rmse", False, ENGINE_SHOTS)
 
 
+AUROC_AIM = 0.96
+
+
+def field_aims(results: Mapping[str, object]) -> dict[str, object] | None:
+    """AI4I's headline aims: `aims_of` the F1 at the factory's failure rate, and the best meta-learner's
+    AUROC at every K <= 10 at least `AUROC_AIM` (None for data sets without an F1)."""
+    if "f1" not in results.get("field_metrics", ()):
+        return None
+    verdicts = aims_of(results["field"], "f1", True, results["shots"])
+    for k, verdict in verdicts["per_k"].items():
+        value = None if verdict["best_meta"] is None else _mean(results["field"], verdict["best_meta"], int(k), "auroc")
+        verdict["best_meta_auroc"] = value
+        verdict["auroc_aim_met"] = value is not None and value >= AUROC_AIM
+    return verdicts
+
+
 def _aims_lines(verdicts: Mapping[str, object], what: str = "") -> list[str]:
     lines = []
     for k, v in verdicts["per_k"].items():
         verdict = "beats" if v["beats_both"] else "does NOT beat"
-        lines.append(f"{what}K={k}: best federated meta-learner {v['best_meta']} ({_fmt(v['best_meta_value'])}) "
-                     f"{verdict} FedAvg+FT ({_fmt(v['fedavg+ft_value'])}) and gradient boosting "
-                     f"({_fmt(v['gradient-boosting_value'])})")
+        line = (f"{what}K={k}: best federated meta-learner {v['best_meta']} ({_fmt(v['best_meta_value'])}) "
+                f"{verdict} FedAvg+FT ({_fmt(v['fedavg+ft_value'])}) and the best tree model {v['best_tree']} "
+                f"({_fmt(v['best_tree_value'])})")
+        if "best_meta_auroc" in v:
+            line += (f"; its AUROC {_fmt(v['best_meta_auroc'])} (aim {AUROC_AIM}: "
+                     f"{'met' if v['auroc_aim_met'] else 'NOT met'})")
+        lines.append(line)
     share = verdicts["share_of_best_full_data_reference"]
     lines.append(f"{what}K={verdicts['largest_k']}: best meta-learner reaches "
                  f"{_fmt(None if share is None else 100 * share, 1)}% of the best full-data reference (oracle / "
@@ -135,6 +172,9 @@ def _aims_lines(verdicts: Mapping[str, object], what: str = "") -> list[str]:
 
 def _all_aims_lines(results: Mapping[str, object]) -> list[str]:
     lines = _aims_lines(aims(results))
+    failure = field_aims(results)
+    if failure is not None:
+        lines += _aims_lines(failure, "F1 at the factory's failure rate, ")
     engines = engine_shot_aims(results)
     if engines is not None:
         lines += _aims_lines(engines, "test RMSE after K whole target engines, ")
@@ -170,7 +210,7 @@ def table_rows(results: Mapping[str, object]) -> tuple[list[str], list[list[str]
     header = ["method", "K=0", *(f"K={k}" for k in shots), "MB sent",
               f"rounds to FedAvg+FT K={TARGET_K}", "MB to target"]
     rows = []
-    for method in METHODS:
+    for method in (m for m in METHODS if m in results["results"]):
         columns = results["results"][method]
         fed = results["federated"].get("fedavg" if method == "fedavg+ft" else method)
         has_target = fed is not None and method != "fedavg"
@@ -242,6 +282,25 @@ def _title(results: Mapping[str, object]) -> str:
             f"{len(results['seeds'])} seed(s)")
 
 
+def _run_markdown(results: Mapping[str, object]) -> list[str]:
+    """How the run was made: hyper-parameters and where they came from, wall time, commit and versions."""
+    source = results.get("tuned_from") or "the shared defaults (no tuned configuration)"
+    lines = [f"Hyper-parameters per method, from {source}:", ""]
+    lines += [f"- {method}: " + ", ".join(f"{k} {v}" for k, v in values.items())
+              for method, values in results.get("hyper_parameters", {}).items()]
+    seconds = results.get("seconds_per_method", {})
+    lines += ["", f"Wall time {results['seconds']:.0f} s; per method and seed (s): "
+              + "; ".join(f"{m} " + ", ".join("-" if v is None else f"{v:.0f}" for v in values)
+                          for m, values in seconds.items()), ""]
+    origin = results.get("provenance")
+    if origin:
+        versions = ", ".join(f"{name} {version}" for name, version in origin["versions"].items() if version)
+        dirty = " (with uncommitted changes)" if origin["uncommitted_changes"] else ""
+        lines += [f"Commit {origin['commit'] or 'unknown (not a git checkout)'}{dirty}; Python {origin['python']}; "
+                  f"{versions}; {origin['cpus']} CPUs, {origin['machine']}.", ""]
+    return lines
+
+
 def markdown(results: Mapping[str, object]) -> str:
     header, rows = table_rows(results)
     published = PUBLISHED.get(results["dataset"])
@@ -262,6 +321,7 @@ def markdown(results: Mapping[str, object]) -> str:
         *([f"Published reference: {published}", ""] if published else []),
         "Plots: `kshot.png` (score against K per method), `learning.png` (held-out K=5 score per round).",
         "",
+        *_run_markdown(results),
         "Notes:",
         "",
         *(f"- {note}" for note in results["notes"]),
@@ -297,23 +357,13 @@ def render(results: Mapping[str, object], console: Console) -> None:
 # --------------------------------------------------------------------------- files
 
 
-def _strict_json(value: object) -> object:
-    """Standard JSON has no NaN: a diverged metric is written as ``null``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {key: _strict_json(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict_json(item) for item in value]
-    return value
-
-
 def write_results(results: Mapping[str, object], out: Path) -> None:
     """``results.json`` (with the aims), ``results.md`` and the plots in ``out``; never overwrites any."""
     out.mkdir(parents=True, exist_ok=True)
     check_out_dir(out)
-    strict = _strict_json(results)
-    results = _strict_json({**results, "aims": aims(strict), "engine_shot_aims": engine_shot_aims(strict)})
+    strict = strict_json(results)
+    results = strict_json({**results, "aims": aims(strict), "field_aims": field_aims(strict),
+                            "engine_shot_aims": engine_shot_aims(strict)})
     with (out / "results.json").open("x", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2, allow_nan=False)
     with (out / "results.md").open("x", encoding="utf-8") as handle:
@@ -331,14 +381,14 @@ def write_plots(results: Mapping[str, object], out: Path) -> None:
     metric = results["metric"]
     shots = results["shots"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in METHODS:
+    for method in (m for m in METHODS if m in results["results"]):
         points = [(k, results["results"][method][str(k)][metric]) for k in shots
                   if str(k) in results["results"][method] and metric in results["results"][method][str(k)]]
         points = [(k, e) for k, e in points if e["mean"] is not None and e["std"] is not None]
         if points:
             ax.errorbar([k for k, _ in points], [e["mean"] for _, e in points], yerr=[e["std"] for _, e in points],
                         marker="o", capsize=3, label=method, linestyle="--" if method not in META_METHODS else "-")
-    no_adaptation = results["results"]["fedavg"]["0"][metric]["mean"]
+    no_adaptation = results["results"].get("fedavg", {}).get("0", {}).get(metric, {}).get("mean")
     if no_adaptation is not None:
         ax.axhline(no_adaptation, color="grey", linestyle=":", label="fedavg (no adaptation)")
     ax.set(xlabel="K (labelled samples per class, or per task for regression)", ylabel=f"query {metric}",

@@ -1,6 +1,11 @@
-"""The non-neural reference of ``fedmeta benchmark``: gradient boosting on table or window features.
+"""The non-neural references of ``fedmeta benchmark``: gradient boosting on table or window features.
 
-Per evaluation task it is trained on the training factories' pooled rows plus that task's K
+Two libraries, as practitioners use them: scikit-learn's HistGradientBoosting
+(``gradient-boosting``) and LightGBM (``lightgbm``). Each takes its hyper-parameters from the
+tuned configuration (`TREE_SEARCH_SPACES` is what ``fedmeta tune`` searches), else the
+defaults in `TREE_DEFAULTS`.
+
+Per evaluation task a model is trained on the training factories' pooled rows plus that task's K
 support rows (what a central team could do if the factories shared their data), then scored
 on the task's query rows, exactly the rows the neural methods are scored on.
 
@@ -11,17 +16,52 @@ hand-made features gradient boosting is usually given in RUL and bearing-fault w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import lightgbm
 import numpy as np
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from torch import Tensor
 
 from fedmeta.common import NUM_EXAMPLES, FactoryData, TaskBatch
+from fedmeta.simulations.benchmarks.search_space import Range, SearchSpace
 
-__all__ = ["WINDOW_STATISTICS", "GradientBoostingReference", "window_features"]
+__all__ = [
+    "TREE_DEFAULTS",
+    "TREE_REFERENCES",
+    "TREE_SEARCH_SPACES",
+    "WINDOW_STATISTICS",
+    "GradientBoostingReference",
+    "window_features",
+]
 
+TREE_REFERENCES = ("gradient-boosting", "lightgbm")
+# Without a tuned configuration: 200 trees, each library's other defaults (no early stopping, so the
+# fit is deterministic given the seed and needs no validation split).
+TREE_DEFAULTS: dict[str, dict[str, object]] = {
+    "gradient-boosting": {"max_iter": 200},
+    "lightgbm": {"n_estimators": 200},
+}
+# What ``fedmeta tune`` searches per library (the same number of trials as every other method).
+TREE_SEARCH_SPACES: dict[str, SearchSpace] = {
+    "gradient-boosting": {
+        "learning_rate": Range(0.01, 0.3),
+        "max_iter": Range(50, 500, integer=True),
+        "max_leaf_nodes": Range(4, 64, integer=True),
+        "min_samples_leaf": Range(2, 100, integer=True),
+        "l2_regularization": Range(1e-3, 10.0),
+    },
+    "lightgbm": {
+        "learning_rate": Range(0.01, 0.3),
+        "n_estimators": Range(50, 500, integer=True),
+        "num_leaves": Range(4, 64, integer=True),
+        "min_child_samples": Range(2, 100, integer=True),
+        "reg_lambda": Range(1e-3, 10.0),
+        "colsample_bytree": Range(0.3, 1.0, log=False),
+    },
+}
 WINDOW_STATISTICS = (
     "mean", "std", "min", "max", "last", "slope", "skewness", "kurtosis", "crest factor", "mean |x|"
 )
@@ -50,26 +90,52 @@ def window_features(x: Tensor) -> np.ndarray:
     return np.concatenate(stats, axis=-1)
 
 
-def _model(task_kind: str, seed: int) -> HistGradientBoostingClassifier | HistGradientBoostingRegressor:
-    # Fixed iterations and no early stopping: deterministic given the seed, no validation split.
+def _sklearn(task_kind: str, seed: int, params: Mapping[str, Any]) -> Any:
     if task_kind == "classification":
         # The K-shot query sets are class-balanced, so the classes are weighted to match.
-        return HistGradientBoostingClassifier(max_iter=200, early_stopping=False, class_weight="balanced",
-                                              random_state=seed)
-    return HistGradientBoostingRegressor(max_iter=200, early_stopping=False, random_state=seed)
+        return HistGradientBoostingClassifier(early_stopping=False, class_weight="balanced", random_state=seed,
+                                              **params)
+    return HistGradientBoostingRegressor(early_stopping=False, random_state=seed, **params)
+
+
+def _lightgbm(task_kind: str, seed: int, params: Mapping[str, Any]) -> Any:
+    # One thread: the same trees on any machine, and no fight with torch for the cores.
+    common = {"random_state": seed, "n_jobs": 1, "verbosity": -1, "deterministic": True, "force_row_wise": True}
+    if task_kind == "classification":
+        return lightgbm.LGBMClassifier(class_weight="balanced", **common, **params)
+    return lightgbm.LGBMRegressor(**common, **params)
+
+
+_LIBRARIES: dict[str, Callable[[str, int, Mapping[str, Any]], Any]] = {
+    "gradient-boosting": _sklearn,
+    "lightgbm": _lightgbm,
+}
 
 
 class GradientBoostingReference:
-    """One model per evaluation task, fitted on the pooled training rows plus the task's support rows."""
+    """One model per evaluation task, fitted on the pooled training rows plus the task's support rows;
+    ``name`` picks the library (`TREE_REFERENCES`), ``params`` its hyper-parameters (default `TREE_DEFAULTS`)."""
 
-    def __init__(self, train: Sequence[FactoryData], *, task_kind: str, num_classes: int | None, seed: int) -> None:
+    def __init__(
+        self,
+        train: Sequence[FactoryData],
+        *,
+        task_kind: str,
+        num_classes: int | None,
+        seed: int,
+        name: str = "gradient-boosting",
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        if name not in _LIBRARIES:
+            raise ValueError(f"unknown tree reference {name!r}; choose one of {', '.join(TREE_REFERENCES)}")
         self.pooled_x = window_features(torch.cat([f.x for f in train]))
         self.pooled_y = torch.cat([f.y for f in train]).numpy()
         self.task_kind, self.num_classes, self.seed = task_kind, num_classes, seed
+        self.name, self.params = name, dict(TREE_DEFAULTS[name] if params is None else params)
 
-    def fit(self, batch: TaskBatch) -> list[HistGradientBoostingClassifier | HistGradientBoostingRegressor]:
+    def fit(self, batch: TaskBatch) -> list[Any]:
         return [
-            _model(self.task_kind, self.seed).fit(
+            _LIBRARIES[self.name](self.task_kind, self.seed, self.params).fit(
                 np.concatenate([self.pooled_x, window_features(batch.support_x[t])]),
                 np.concatenate([self.pooled_y, batch.support_y[t].numpy()]),
             )

@@ -68,7 +68,9 @@ def test_quick_synthetic_writes_plots_and_the_aims_check(quick_run):
     assert sorted(aims["per_k"], key=int) == ["1", "5", "10"] and aims["largest_k"] == 20
     for k, verdict in aims["per_k"].items():
         best = results["results"][verdict["best_meta"]][k]["loss"]["mean"]
-        rivals = [results["results"][m][k]["loss"]["mean"] for m in ("fedavg+ft", "gradient-boosting")]
+        trees = {m: results["results"][m][k]["loss"]["mean"] for m in ("gradient-boosting", "lightgbm")}
+        assert verdict["best_tree"] == min(trees, key=trees.get)
+        rivals = [results["results"]["fedavg+ft"][k]["loss"]["mean"], min(trees.values())]
         assert verdict["beats_both"] == all(best < r for r in rivals)
     refs = [results["results"][m]["20"]["loss"]["mean"] for m in ("oracle", "pooled-oracle")]
     best_meta = min(results["results"][m]["20"]["loss"]["mean"] for m in fewshot.META_METHODS)
@@ -84,6 +86,43 @@ def test_quick_synthetic_results_md_and_table(quick_run):
         assert f"| {method} |" in markdown
         assert method in output
     assert "not yet" in markdown and "oracle" in output
+
+
+def test_results_record_the_commit_versions_seeds_hyper_parameters_and_wall_time(quick_run):
+    out, _ = quick_run
+    results = json.loads((out / "results.json").read_text())
+    origin = results["provenance"]
+    assert origin["versions"]["torch"] and origin["versions"]["flwr"] == "1.42.0" and origin["python"]
+    assert origin["commit"] is None or len(origin["commit"]) == 40
+    assert results["seeds"] == [0] and results["tuned_from"] is None
+    assert set(results["hyper_parameters"]) == set(fewshot.METHODS)
+    assert results["hyper_parameters"]["maml"]["inner-lr"] == 0.05  # the synthetic default, resolved
+    assert results["hyper_parameters"]["maml"]["eval-lr"] == 0.05
+    assert results["hyper_parameters"]["lightgbm"] == {"n_estimators": 200}
+    assert all(len(seconds) == 1 and seconds[0] > 0 for seconds in results["seconds_per_method"].values())
+    assert "Hyper-parameters per method, from the shared defaults" in (out / "results.md").read_text()
+
+
+def test_methods_and_shots_select_a_slice(tmp_path):
+    out = tmp_path / "slice"
+    result = CliRunner().invoke(app, ["benchmark", "--dataset", "synthetic", "--quick", "--methods",
+                                      "maml,local-only,gradient-boosting", "--shots", "5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["shots"] == [5] and list(results["results"]) == ["local-only", "maml", "gradient-boosting"]
+    # FedAvg ran (local-only comes from its run), so MAML's rounds to FedAvg+FT's score are known.
+    assert set(results["federated"]) == {"fedavg", "maml"} and results["target"] is not None
+    assert set(results["seconds_per_method"]) == {"fedavg", "maml", "gradient-boosting"}
+
+
+def test_an_unknown_method_or_bad_shots_are_refused(tmp_path):
+    result = CliRunner().invoke(app, ["benchmark", "--quick", "--methods", "maml,magic", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "unknown method(s) ['magic']" in result.output
+    result = CliRunner().invoke(app, ["benchmark", "--quick", "--shots", "5,x", "--out", str(tmp_path / "y")])
+    assert result.exit_code == 1 and "--shots must be comma-separated integers" in result.output
+    with pytest.raises(fewshot.BenchmarkError, match="shots must be K values >= 1"):
+        fewshot.plan_for("synthetic", quick=True, shots=[0, 5])
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_refuses_to_overwrite(quick_run):

@@ -1,0 +1,201 @@
+"""``fedmeta tune``: every method's hyper-parameters searched on the training side, with one budget.
+
+The benchmark's held-out factories and test splits are never seen: the search runs on the
+data set's validation split (`FactorySplit.validation`: the last training factory is held
+out in place of the real held-out ones, the others train), scored at K = 5 on
+`objective` (AI4I: F1 at the factory's failure rate; other classification: query
+accuracy; regression: query MSE). Every method gets the same number of optuna trials
+(TPE sampler, seeded), one seed per trial. The result file holds, per method, the best
+values and the whole search log; ``fedmeta benchmark`` reads it (`load_tuned`), so a full
+run never repeats the search. Committed results live in `TUNED_DIR` as ``<dataset>.json``.
+
+This module is imported only by the CLI commands, never by the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import optuna
+
+from fedmeta.common import RUN_SETTINGS, source_from_config
+from fedmeta.simulations.benchmarks.fewshot import (
+    FEDERATED_METHODS,
+    TARGET_K,
+    BenchmarkError,
+    BenchmarkPlan,
+    primary_metric,
+    run_seed,
+)
+from fedmeta.simulations.benchmarks.gradient_boosting import TREE_REFERENCES, TREE_SEARCH_SPACES
+from fedmeta.simulations.benchmarks.provenance import provenance, strict_json
+from fedmeta.simulations.benchmarks.search_space import Range, SearchSpace, suggest
+
+__all__ = [
+    "FEDERATED_SEARCH_SPACE",
+    "TUNABLE_METHODS",
+    "TUNED_DIR",
+    "Objective",
+    "load_tuned",
+    "objective_for",
+    "search_space",
+    "tune",
+    "tuned_path",
+]
+
+TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+# Every federated method searches the same run settings: the inner (and fine-tuning) step size, the
+# factories' local outer step size and the adaptation steps at evaluation.
+FEDERATED_SEARCH_SPACE: SearchSpace = {
+    "inner-lr": Range(1e-3, 0.3),
+    "local-lr": Range(1e-4, 1e-2),
+    "eval-steps": Range(1, 20, integer=True),
+}
+TUNABLE_METHODS = (*FEDERATED_METHODS, *TREE_REFERENCES)
+
+
+def search_space(method: str) -> SearchSpace:
+    if method in TREE_REFERENCES:
+        return TREE_SEARCH_SPACES[method]
+    if method in FEDERATED_METHODS:
+        return FEDERATED_SEARCH_SPACE
+    raise BenchmarkError(f"method {method!r} is not tuned; choose from {', '.join(TUNABLE_METHODS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a trial is scored on, at K = `TARGET_K` on the validation factory."""
+
+    table: str  # "field" or "scores" (the K-shot query sets)
+    metric: str
+    higher_is_better: bool
+
+    def of(self, seed_run: Mapping[str, object], method: str) -> float:
+        value = float(seed_run[self.table][method][TARGET_K][self.metric])
+        # A diverged trial is the worst possible, not an error: optuna then steers away from it.
+        return value if math.isfinite(value) else (-math.inf if self.higher_is_better else math.inf)
+
+
+def objective_for(dataset: str, task_kind: str) -> Objective:
+    if dataset == "ai4i":
+        return Objective("field", "f1", True)
+    metric, higher = primary_metric(task_kind)
+    return Objective("scores", metric, higher)
+
+
+def _scored_as(method: str) -> str:
+    """The benchmark column a method's trial is scored by: FedAvg's is its fine-tuned model's."""
+    return "fedavg+ft" if method == "fedavg" else method
+
+
+def _trial_plan(plan: BenchmarkPlan, method: str, params: Mapping[str, object]) -> BenchmarkPlan:
+    return dataclasses.replace(plan, methods=tuple(dict.fromkeys((method, _scored_as(method)))), shots=(TARGET_K,),
+                               tuned={method: dict(params)}, validation=True, seeds=plan.seeds[:1])
+
+
+def tune_method(
+    plan: BenchmarkPlan, method: str, trials: int, *, log: Callable[[str], None] = lambda _: None
+) -> dict[str, object]:
+    """``trials`` optuna trials of one method on the validation split: best values and the log."""
+    space = search_space(method)
+    objective = objective_for(plan.dataset, source_from_config(plan.run_config(plan.seeds[0])).task_kind)
+    history: list[dict[str, object]] = []
+
+    def run(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+        started = time.perf_counter()
+        seed_run = run_seed(_trial_plan(plan, method, params), plan.seeds[0], lambda: None)
+        value = objective.of(seed_run, _scored_as(method))
+        history.append({"number": trial.number, "params": params, "value": value,
+                        "seconds": time.perf_counter() - started})
+        log(f"{method} trial {trial.number + 1}/{trials}: {objective.metric} {value:.4f} {params}")
+        return value
+
+    started = time.perf_counter()
+    # The first trial is where the search starts: the shared defaults where they lie in the space.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0),
+                                direction="maximize" if objective.higher_is_better else "minimize")
+    study.enqueue_trial(_defaults(plan, method, space))
+    study.optimize(run, n_trials=trials)
+    return {"best": study.best_params, "value": study.best_value, "objective": dataclasses.asdict(objective),
+            "trials": history, "seconds": time.perf_counter() - started}
+
+
+def _defaults(plan: BenchmarkPlan, method: str, space: SearchSpace) -> dict[str, object]:
+    """The untuned values, clipped into the space, as the first trial."""
+    if method in TREE_REFERENCES:
+        values = plan.tree_params(method)
+    else:
+        values = plan.run_config(plan.seeds[0], method) | {"local-lr": RUN_SETTINGS["local-lr"].default}
+    return {name: min(max(values[name], r.low), r.high) for name, r in space.items() if name in values}
+
+
+def tuned_path(dataset: str) -> Path:
+    """Where a data set's committed tuned configuration lives."""
+    return TUNED_DIR / f"{dataset}.json"
+
+
+def load_tuned(path: Path) -> dict[str, dict[str, object]]:
+    """method -> best values of a tuned configuration file, checked against each method's search space."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        methods = data["methods"]
+        tuned = {method: dict(entry["best"]) for method, entry in methods.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise BenchmarkError(f"{path}: not a readable tuned configuration ({error})") from error
+    for method, values in tuned.items():
+        unknown = set(values) - set(search_space(method))
+        if unknown:
+            raise BenchmarkError(f"{path}: method {method!r} has values outside its search space: {sorted(unknown)}")
+    return tuned
+
+
+def _write_atomically(path: Path, data: Mapping[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=2, allow_nan=False)
+        out.write("\n")
+    os.replace(temporary, path)
+
+
+def tune(
+    plan: BenchmarkPlan, methods: Sequence[str], trials: int, out: Path, *, log: Callable[[str], None] = lambda _: None
+) -> dict[str, object]:
+    """Tune ``methods`` and add them to the configuration file ``out`` (created if absent). A method
+    already in ``out`` is refused before any work, so nothing saved is overwritten."""
+    if trials < 1:
+        raise BenchmarkError(f"trials must be >= 1, got {trials}")
+    for method in methods:
+        search_space(method)
+    existing: dict[str, object] = {}
+    if out.exists():
+        load_tuned(out)
+        existing = json.loads(out.read_text(encoding="utf-8"))
+        if existing.get("dataset") != plan.dataset:
+            raise BenchmarkError(f"{out} holds data set {existing.get('dataset')!r}, not {plan.dataset!r}")
+        clash = sorted(set(methods) & set(existing["methods"]))
+        if clash:
+            raise BenchmarkError(f"{out} already holds tuned values for {', '.join(clash)}; never overwritten "
+                                 "(write to another --out, or remove those entries first)")
+    results = {method: tune_method(plan, method, trials, log=log) for method in methods}
+    data = {
+        "dataset": plan.dataset,
+        "search": f"optuna TPE (seed 0), {trials} trials per method, the first at the untuned values; each trial one "
+        f"seed ({plan.seeds[0]}), K={TARGET_K}, scored on the validation split (the last training factory held out)",
+        "plan": {key: value for key, value in dataclasses.asdict(plan).items()
+                 if key in ("rounds", "local_steps", "meta_batch_size", "inner_steps", "eval_tasks", "quick")},
+        **{key: value for key, value in existing.items() if key not in ("dataset", "search", "plan", "methods")},
+        "methods": {**existing.get("methods", {}),
+                    **{method: {**result, "provenance": provenance()} for method, result in results.items()}},
+    }
+    _write_atomically(out, strict_json(data))
+    return data
