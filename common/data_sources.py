@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fedmeta.common.connector import DataSchema, load_factory_table
+from fedmeta.common.datasets import TRANSFERS as CMAPSS_TRANSFERS
 from fedmeta.common.datasets import FactorySplit, load_ai4i, load_cmapss_transfer, load_cwru
 from fedmeta.common.models import ModelConfig
 from fedmeta.common.protocol import ROLES
@@ -194,8 +195,9 @@ def _load_split(dataset: str, seed: int) -> FactorySplit:
     """The shared real data sets, split into factories with each loader's defaults."""
     if dataset == "ai4i":
         return load_ai4i()
-    if dataset == "cmapss":
-        return load_cmapss_transfer(seed=seed)
+    if dataset in CMAPSS_TRANSFERS:
+        source, target = CMAPSS_TRANSFERS[dataset]
+        return load_cmapss_transfer(source, target, seed=seed)
     # "cwru-fe": the held-out load is also read from the other sensor (drive end -> fan end).
     return load_cwru(seed=seed, held_out_sensor="FE" if dataset == "cwru-fe" else None)
 

@@ -42,13 +42,13 @@ SettingValue = bool | int | float | str
 # Who reads a setting: the ServerApp, the ClientApp, or only the in-process simulation harness.
 READERS = ("server", "client", "simulation")
 
-DATASETS = ("synthetic", "ai4i", "cmapss", "cwru", "cwru-fe")
+DATASETS = ("synthetic", "ai4i", "cmapss", "cmapss-fd004", "cwru", "cwru-fe")
 ADAPTATION_RECIPES = ("fixed", "cross-validated")
 # Step sizes that keep the real data sets' models stable: on CWRU's raw windows first-order
 # MAML at 0.05 collapses to chance after ~150 meta-steps while 0.01 reaches ~98% (5-shot,
 # held-out load). C-MAPSS' TCN normalises its features (see `common.models.TCN`), so single
 # windows fine-tune stably up to 0.1; 0.01 as for the other real data sets.
-DATASET_LR = {"synthetic": 0.05, "ai4i": 0.01, "cwru": 0.01, "cwru-fe": 0.01, "cmapss": 0.01}
+DATASET_LR = {"synthetic": 0.05, "ai4i": 0.01, "cwru": 0.01, "cwru-fe": 0.01, "cmapss": 0.01, "cmapss-fd004": 0.01}
 # K values every held-out factory can supply, where fewer than 1,5,10,20: synthetic fault
 # factories hold >= 10 windows per class; AI4I's variant H has only 21 failures.
 DATA_EVAL_SHOTS = {"fault": "1,5", "ai4i": "1,5,10"}

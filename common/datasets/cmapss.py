@@ -49,6 +49,7 @@ __all__ = [
     "SETTINGS",
     "SPLITS",
     "SUBSETS",
+    "TRANSFERS",
     "USED_SENSORS",
     "ConditionNormaliser",
     "add_operating_condition",
@@ -72,6 +73,9 @@ COLUMNS: tuple[str, ...] = ("unit", "cycle", *SETTINGS, *SENSORS)
 # and s6, s10 nearly so. Dropped from every subset so all subsets share the same 14 channels.
 DROPPED_SENSORS: tuple[str, ...] = ("s1", "s5", "s6", "s10", "s16", "s18", "s19")
 USED_SENSORS: tuple[str, ...] = tuple(s for s in SENSORS if s not in DROPPED_SENSORS)
+# The shared data set names of the C-MAPSS transfers (`load_cmapss_transfer`): source -> target subset.
+# FD001 -> FD003: one operating condition, a new fault mode; FD002 -> FD004: the same with six conditions.
+TRANSFERS: dict[str, tuple[str, str]] = {"cmapss": ("FD001", "FD003"), "cmapss-fd004": ("FD002", "FD004")}
 _DATASET = "cmapss"
 _MIN_STD = 1e-8
 

@@ -1,15 +1,15 @@
-"""C-MAPSS with K counted in target engines: FD001 -> FD003 adapted on every window of K engines.
+"""C-MAPSS with K counted in target engines: e.g. FD001 -> FD003 adapted on every window of K engines.
 
 The K-shot table of the benchmark counts windows; a maintenance team counts engines run to
-failure. For K = 1, 5, 10 FD003 training engines (nested, the training factories unchanged),
+failure. For K = 1, 5, 10 target training engines (nested, the training factories unchanged),
 each method adapts once on all of those engines' windows (one task, `eval-steps` full-batch
 steps; gradient boosting refits on the pooled source windows plus them) and is scored on the
-official FD003 test split in cycles. Each K's held-out engines and test split are normalised
+official target test split in cycles. Each K's held-out engines and test split are normalised
 with those engines' own sensor statistics, as in `load_cmapss_transfer`.
 
 Full-data references (`common.supervised.train_supervised`, the literature's recipe: a window
 at every cycle, Adam with early stopping on 10 whole validation engines): ``oracle`` trains on
-the other 90 FD003 training engines, ``pooled-oracle`` on those plus the source engines; both
+the target's other training engines, ``pooled-oracle`` on those plus the source engines; both
 need no adaptation and score the same test split.
 
 Every prediction is clipped to [0, 125] cycles, the range of the capped-RUL convention the
@@ -58,13 +58,16 @@ class _Target:
 
 
 class EngineShots:
-    """One seed's FD001 -> FD003 splits for K = 1, 5, 10 target engines and for all of them."""
+    """One seed's source -> target splits (``transfer``, e.g. FD001 -> FD003) for K = 1, 5, 10 target engines."""
 
-    def __init__(self, source: DataSource, seed: int, *, stride: int = 5) -> None:
+    def __init__(
+        self, source: DataSource, seed: int, *, transfer: tuple[str, str] = ("FD001", "FD003"), stride: int = 5
+    ) -> None:
         """``stride``: cycles between training windows (the benchmark's split uses 5)."""
         self.source = source
         self.seed = seed
-        splits = {k: load_cmapss_transfer("FD001", "FD003", target_engines=k, stride=stride, seed=seed)
+        self.transfer = transfer
+        splits = {k: load_cmapss_transfer(*transfer, target_engines=k, stride=stride, seed=seed)
                   for k in ENGINE_SHOTS}
         self.targets = {k: _Target(s.held_out[0], s.test[0]) for k, s in splits.items()}
         self.train = splits[ENGINE_SHOTS[0]].train  # the same training factories for every K
@@ -108,7 +111,7 @@ class EngineShots:
         return run
 
     def full_data(self, recipe: SupervisedRecipe, pooled: Sequence[FactoryData] = ()) -> dict[int, dict[str, float]]:
-        """A model trained on FD003's training engines (plus ``pooled``), scored on its test split;
+        """A model trained on the target's training engines (plus ``pooled``), scored on its test split;
         the same value is reported at every K (it needs no target samples)."""
-        scores = cmapss_reference("FD003", self.seed, recipe, pooled)
+        scores = cmapss_reference(self.transfer[1], self.seed, recipe, pooled)
         return {k: {"rmse": scores["rmse"], "nasa": scores["nasa"]} for k in ENGINE_SHOTS}

@@ -63,6 +63,7 @@ from fedmeta.common import (
     resolve_run_config,
     source_from_config,
 )
+from fedmeta.common.datasets import TRANSFERS as CMAPSS_TRANSFERS
 from fedmeta.server import ServerSettings, initial_meta_parameters, weighted_metrics
 from fedmeta.simulations.benchmarks.engine_shots import EngineShots
 from fedmeta.simulations.benchmarks.field_metrics import FIELD_METRICS, FieldRows, field_rows, row_matches, score_field
@@ -604,7 +605,7 @@ def run_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> dic
             seconds[name] = time.perf_counter() - started
             advance()
     engines = {}
-    if plan.dataset == "cmapss" and not plan.validation:  # the engine tables adapt to the real target
+    if plan.dataset in CMAPSS_TRANSFERS and not plan.validation:  # the engine tables adapt to the real target
         started = time.perf_counter()
         engines = _engine_shots(plan, held_out[0].source, seed, final)
         seconds["engine-shots"] = time.perf_counter() - started
@@ -621,7 +622,7 @@ def _engine_shots(
     final: Mapping[str, tuple[Mapping[str, Tensor], EvaluationSettings]],
 ) -> dict[str, dict[int, dict[str, float]]]:
     """C-MAPSS adapted on K whole target engines (`engine_shots`), every chosen method."""
-    engines = EngineShots(source, seed)
+    engines = EngineShots(source, seed, transfer=CMAPSS_TRANSFERS[plan.dataset])
 
     def adapted(run: str, steps: int | None = None) -> dict[int, dict[str, float]]:
         params, settings = final[run]
@@ -711,11 +712,26 @@ def run_benchmark(plan: BenchmarkPlan, *, progress: Callable[[int, int], None] |
         "field_metrics": list(FIELD_METRICS.get(plan.dataset, ())),
         "field": _per_seed_summary(runs, "field"),
         "engine_shots": _per_seed_summary(runs, "engine_shots") if first["engine_shots"] else {},
+        "engine_transfer": list(CMAPSS_TRANSFERS.get(plan.dataset, ())),
         "federated": federated,
         "seconds": time.perf_counter() - started,
         "seconds_per_method": {name: [run["seconds"].get(name) for run in runs] for name in first["seconds"]},
         "notes": notes(plan, task_kind),
     }
+
+
+def _engine_note(plan: BenchmarkPlan, source: str, target: str) -> str:
+    return (
+        f"{plan.dataset} ({source} -> {target}) K-shot columns count windows of the 5 held-out {target} engines "
+        f"(scored on windows of the same engines); the engine tables count whole {target} engines (K = 1, 5, 10, "
+        f"every window of each, one full-batch adaptation of the method's eval-steps) and score the official "
+        f"{target} test split, true RUL capped at 125, every prediction clipped to [0, 125] "
+        f"(simulations/benchmarks/engine_shots.py). Their oracle trains on the {target} training engines but 10, "
+        f"a window at every cycle (pooled-oracle: plus the source factories' windows), Adam lr {plan.reference.lr}, "
+        f"batch {plan.reference.batch_size}, at most {plan.reference.max_epochs} epochs, stopped after "
+        f"{plan.reference.patience} without a better loss on those 10 whole validation {target} engines, the best "
+        "epoch kept (common/supervised.py)."
+    )
 
 
 def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
@@ -767,14 +783,7 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         "nan: the method's loss diverged at its hyper-parameters (e.g. Meta-SGD's learned step sizes on "
         f"C-MAPSS); untuned step sizes: inner, fine-tuning and local-only lr {default_lr(plan.dataset)} "
         "(fedmeta.common.run_settings.default_lr).",
-        *(["cmapss K-shot columns count windows of the 5 held-out FD003 engines (scored on windows of the same "
-           "engines); the engine tables count whole FD003 engines (K = 1, 5, 10, every window of each, one full-batch "
-           f"adaptation of {plan.eval_steps} steps) and score the official FD003 test split, true RUL capped at 125, "
-           "every prediction clipped to [0, 125] (simulations/benchmarks/engine_shots.py). Their oracle trains on "
-           "90 FD003 training engines, a window at every cycle (pooled-oracle: plus the source factories' windows), "
-           f"Adam lr {plan.reference.lr}, batch {plan.reference.batch_size}, at most {plan.reference.max_epochs} "
-           f"epochs, stopped after {plan.reference.patience} without a better loss on 10 whole validation FD003 "
-           "engines, the best epoch kept (common/supervised.py)."] if plan.dataset == "cmapss" else []),
+        *([_engine_note(plan, *CMAPSS_TRANSFERS[plan.dataset])] if plan.dataset in CMAPSS_TRANSFERS else []),
         "seed s: run seed, synthetic family seed and the cmapss/cwru split seed (ai4i's split is fixed).",
         "not yet: " + "; ".join(NOT_YET) + ".",
     ]

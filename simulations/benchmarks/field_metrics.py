@@ -32,6 +32,7 @@ __all__ = ["FIELD_METRICS", "FieldRows", "failure_scores", "field_rows", "row_ma
 FIELD_METRICS: dict[str, tuple[str, ...]] = {
     "ai4i": ("f1", "auroc", "brier", "threshold"),
     "cmapss": ("rmse", "nasa"),
+    "cmapss-fd004": ("rmse", "nasa"),
 }
 
 

@@ -19,7 +19,8 @@ except FileNotFoundError:
 
 @pytest.mark.parametrize(
     ("dataset", "model", "outputs", "nodes"),
-    [("ai4i", "mlp", 2, 3), ("cmapss", "tcn", 1, 11), ("cwru", "cnn1d", 9, 4), ("cwru-fe", "cnn1d", 9, 4)],
+    [("ai4i", "mlp", 2, 3), ("cmapss", "tcn", 1, 11), ("cmapss-fd004", "tcn", 1, 27), ("cwru", "cnn1d", 9, 4),
+     ("cwru-fe", "cnn1d", 9, 4)],
 )
 def test_each_data_set_names_its_model_and_factories(dataset, model, outputs, nodes):
     source = source_from_config({"dataset": dataset})
@@ -43,7 +44,7 @@ def test_a_factory_of_a_real_data_set_trains_and_replies_with_a_delta():
 
 
 def test_unknown_data_set_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'; valid choices: synthetic, ai4i, cmapss, cwru"):
+    with pytest.raises(ValueError, match="unknown dataset .mnist.; valid choices: synthetic, ai4i, cmapss, cmapss-fd004, cwru"):
         source_from_config({"dataset": "mnist"})
 
 
@@ -51,6 +52,13 @@ def test_default_lr_per_data_set_and_unknown_names_rejected():
     assert default_lr("synthetic") == 0.05 and default_lr("cwru") == 0.01 and default_lr("cmapss") == 0.01
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         default_lr("mnist")
+
+
+def test_cmapss_fd004_transfers_from_fd002_engines_to_fd004_engines_and_its_test_split():
+    split = source_from_config({"dataset": "cmapss-fd004"}).split
+    assert {f.name.split("/")[0] for f in split.train} == {"FD002"}
+    assert split.held_out[0].name.startswith("FD004/engines") and split.test[0].name == "FD004/test"
+    assert split.test[0].num_samples == 248  # one window per FD004 test engine
 
 
 def test_cwru_fe_reads_the_held_out_load_by_the_fan_end_sensor():

@@ -49,3 +49,10 @@ def test_references_are_finite_and_the_full_data_model_is_one_value(engines: Eng
     full = engines.full_data(SupervisedRecipe(batch_size=2048, max_epochs=1))
     assert list(full) == list(ENGINE_SHOTS) and len({full[k]["rmse"] for k in ENGINE_SHOTS}) == 1
     assert math.isfinite(full[1]["rmse"]) and full[1]["nasa"] > 0
+
+
+def test_the_fd002_to_fd004_tables_adapt_to_fd004_engines_and_score_its_test_split() -> None:
+    engines = EngineShots(SplitSource("cmapss-fd004", 0), seed=0, transfer=("FD002", "FD004"), stride=40)
+    assert all(t.engines.name.startswith("FD004/engines") and t.test.num_samples == 248
+               for t in engines.targets.values())
+    assert {f.name.split("/")[0] for f in engines.train} == {"FD002"}
