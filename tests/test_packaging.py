@@ -70,6 +70,11 @@ def test_every_module_is_in_the_wheel_under_fedmeta(wheel):
     assert modules <= set(wheel.namelist())
 
 
+def test_the_committed_tuned_configurations_are_in_the_wheel(wheel):
+    tuned = {"fedmeta/" + path.relative_to(ROOT).as_posix() for path in (ROOT / "simulations").rglob("tuned/*.json")}
+    assert tuned and tuned <= set(wheel.namelist())
+
+
 def test_the_wheel_installs_only_the_fedmeta_import_name(wheel):
     top_levels = {name.split("/")[0] for name in wheel.namelist() if not name.split("/")[0].endswith(".dist-info")}
     assert top_levels == {"fedmeta"}

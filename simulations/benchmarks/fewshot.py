@@ -9,8 +9,13 @@ For each seed and each K of the evaluation shots, on the held-out factories (nev
 - ``maml``, ``fomaml``, ``reptile``, ``metasgd``: federated meta-learning, adapted on K rows.
 - ``centralized-maml``: MAML meta-trained on the pooled training factories' data (one task
   sampler over all of them), with as many sampled tasks as the federated runs; the upper bound.
+- ``gradient-boosting``, ``lightgbm``: tree models on the pooled training rows plus the K rows.
 - ``oracle``: a model trained from scratch on the held-out factory's own rows except every
   row of the evaluation query sets, scored on those query sets without adaptation.
+
+``BenchmarkPlan.methods`` and ``shots`` select a slice; ``tuned`` holds each method's
+hyper-parameters from ``fedmeta tune`` (`tuning`), recorded in the results with the commit,
+package versions and wall time per method.
 
 Federated methods run the in-process loop of the scaling benchmark (`scaling.PlainLoop`):
 every training factory each round, the client's own `client.app.local_update`, the
@@ -79,13 +84,17 @@ from fedmeta.simulations.benchmarks.scaling import PlainLoop
 
 __all__ = [
     "FEDERATED_METHODS",
+    "FULL_DATA_REFERENCES",
     "METHODS",
+    "REFERENCES",
     "TARGET_K",
     "BenchmarkError",
     "BenchmarkPlan",
     "available_shots",
     "plan_for",
+    "primary_metric",
     "run_benchmark",
+    "run_seed",
 ]
 
 META_METHODS = ("maml", "fomaml", "reptile", "metasgd")
@@ -272,7 +281,7 @@ def _evaluate(
 
 
 def primary_metric(task_kind: str) -> tuple[str, bool]:
-    """The metric the tables show and whether higher is better."""
+    """The metric the query tables show and whether higher is better."""
     return ("accuracy", True) if task_kind == "classification" else ("loss", False)
 
 
@@ -539,6 +548,8 @@ def _federated_runs(plan: BenchmarkPlan) -> tuple[str, ...]:
 
 
 def run_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> dict[str, object]:
+    """One seed of the plan's methods: their query scores and field metrics per K, federated curves,
+    C-MAPSS engine tables and wall time per method (``advance`` is called after each step)."""
     config = plan.run_config(seed)
     held_out = _factories(config, "evaluate")
     if not held_out:
