@@ -164,6 +164,9 @@ def _write_atomically(path: Path, data: Mapping[str, object]) -> None:
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         json.dump(data, out, indent=2, allow_nan=False)
         out.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp's file is private; a configuration file is not
     os.replace(temporary, path)
 
 
