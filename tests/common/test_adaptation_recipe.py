@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmeta.common import ModelConfig, TaskBatch, adapt_to_support, build_model
+from fedmeta.common import ModelConfig, TaskBatch, adapt_to_support, build_model, resolve_run_config
 from fedmeta.common.adaptation_recipe import Recipe, adapt_with_recipes, choose_recipes, support_folds
 from fedmeta.common.inner_loop import predict
 from fedmeta.common.losses import task_losses
@@ -97,3 +97,9 @@ def test_tasks_too_small_to_fold_keep_the_default_recipe():
     choice = choose_recipes(model, weights, batch, kind="classification", lr=0.1, candidates=(Recipe(0), default),
                             default=default)
     assert choice.recipes() == [default, default] and bool(choice.losses.isnan().all())
+
+
+def test_the_cross_validated_recipe_is_refused_where_rows_come_in_engine_groups():
+    with pytest.raises(ValueError, match="not available for cmapss-fd004: its windows of one engine"):
+        resolve_run_config({"dataset": "cmapss-fd004", "eval-recipe": "cross-validated"})
+    assert resolve_run_config({"dataset": "ai4i", "eval-recipe": "cross-validated"})["eval-recipe"] == "cross-validated"
