@@ -142,6 +142,7 @@ class BenchmarkPlan:
     tuned: dict[str, dict[str, object]] = field(default_factory=dict)
     tuned_from: str = ""  # the tuned configuration's file, or "" for the defaults
     validation: bool = False  # score on the training side's validation factory (`fedmeta tune`), never held out
+    curves: bool = True  # score the held-out factories after every round (False: after the last only)
 
     def run_config(self, seed: int, algorithm: str = "maml") -> dict[str, object]:
         """The Flower-style run config of one seed and federated algorithm, with its tuned values
@@ -323,10 +324,11 @@ def _federated(
     per_round = dataclasses.replace(evaluation, shots=(target_k,), local_only_steps=0)
     metric, _ = primary_metric(held_out[0].source.task_kind)
     curve, sent = [], 0
-    for _ in range(plan.rounds):
+    for round_number in range(1, plan.rounds + 1):
         sent += len(loop.factories) * _bytes_per_reply(loop.strategy.optimizer.params)
         loop.run_round()
-        curve.append(_evaluate(held_out, loop.strategy.optimizer.params, per_round)[f"{metric}-k{target_k}"])
+        if plan.curves or round_number == plan.rounds:
+            curve.append(_evaluate(held_out, loop.strategy.optimizer.params, per_round)[f"{metric}-k{target_k}"])
         advance()
     params = dict(loop.strategy.optimizer.params)
     return FederatedRun(_evaluate(held_out, params, evaluation), curve, sent, params)
@@ -596,7 +598,8 @@ def run_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> dic
     # The target: FedAvg+FT's K=5 score after its last round (its curve's last point), where FedAvg ran.
     target = federated["fedavg"]["curve"][-1] if "fedavg" in federated else None
     for run in federated.values():
-        run["rounds_to_target"] = None if target is None else _rounds_to(run["curve"], target, higher_better)
+        reached = target is not None and plan.curves
+        run["rounds_to_target"] = _rounds_to(run["curve"], target, higher_better) if reached else None
     if "centralized-maml" in plan.methods:
         started = time.perf_counter()
         central_eval = dataclasses.replace(_method_evaluation(plan, seed, "maml", shots), local_only_steps=0)

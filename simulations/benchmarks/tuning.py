@@ -52,10 +52,12 @@ __all__ = [
 
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
 # Every federated method searches the same run settings: the inner (and fine-tuning) step size, the
-# factories' local outer step size and the adaptation steps at evaluation.
+# factories' local outer step size and number of local meta-steps per round (how long it trains, as the
+# tree models search their number of trees), and the adaptation steps at evaluation.
 FEDERATED_SEARCH_SPACE: SearchSpace = {
     "inner-lr": Range(1e-3, 0.3),
     "local-lr": Range(1e-4, 1e-2),
+    "local-steps": Range(2, 50, integer=True),
     "eval-steps": Range(1, 20, integer=True),
 }
 TUNABLE_METHODS = (*FEDERATED_METHODS, *TREE_REFERENCES)
@@ -97,7 +99,7 @@ def _scored_as(method: str) -> str:
 
 def _trial_plan(plan: BenchmarkPlan, method: str, params: Mapping[str, object]) -> BenchmarkPlan:
     return dataclasses.replace(plan, methods=tuple(dict.fromkeys((method, _scored_as(method)))), shots=(TARGET_K,),
-                               tuned={method: dict(params)}, validation=True, seeds=plan.seeds[:1])
+                               tuned={method: dict(params)}, validation=True, seeds=plan.seeds[:1], curves=False)
 
 
 def tune_method(

@@ -63,7 +63,8 @@ def test_tune_writes_every_trial_and_never_overwrites_a_tuned_method(tmp_path):
         for name, value in entry["best"].items():
             assert space[name].low <= value <= space[name].high
     # The first trial is the untuned starting point; the trials really differ in what they score.
-    assert data["methods"]["maml"]["trials"][0]["params"] == {"inner-lr": 0.05, "local-lr": 0.001, "eval-steps": 5}
+    first = data["methods"]["maml"]["trials"][0]["params"]
+    assert first == {"inner-lr": 0.05, "local-lr": 0.001, "local-steps": 2, "eval-steps": 5}
     assert len({trial["value"] for trial in data["methods"]["maml"]["trials"]}) > 1
     before = out.read_text()
     again = CliRunner().invoke(app, [*args, "--methods", "maml"])
