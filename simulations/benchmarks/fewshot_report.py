@@ -284,6 +284,11 @@ def _field_markdown(results: Mapping[str, object]) -> list[str]:
     return lines
 
 
+def _ordered(results: Mapping[str, object], query: list, field: list) -> list:
+    """The headline first: AI4I's F1 at the failure rate before the class-balanced query accuracy."""
+    return [*field, *query] if "f1" in results.get("field_metrics", ()) else [*query, *field]
+
+
 def _title(results: Mapping[str, object]) -> str:
     return (f"few-shot benchmark: {results['dataset']} — query {results['metric']} "
             f"({'higher' if results['higher_is_better'] else 'lower'} is better), mean ± std over "
@@ -315,13 +320,12 @@ def markdown(results: Mapping[str, object]) -> str:
     lines = [
         f"# Few-shot benchmark: {results['dataset']}",
         "",
-        f"Query {results['metric']} on held-out factories {', '.join(results['held_out'])} "
-        f"({'higher' if results['higher_is_better'] else 'lower'} is better); mean ± std over seeds "
-        f"{results['seeds']}; {results['rounds']} rounds, {results['train_factories']} training factories.",
+        f"Held-out factories {', '.join(results['held_out'])}; mean ± std over seeds {results['seeds']}; "
+        f"{results['rounds']} rounds, {results['train_factories']} training factories. Query table: "
+        f"{results['metric']} on the K-shot query sets ({'higher' if results['higher_is_better'] else 'lower'} "
+        "is better).",
         "",
-        *_markdown_table(header, rows),
-        "",
-        *_field_markdown(results),
+        *_ordered(results, [*_markdown_table(header, rows), ""], _field_markdown(results)),
         "Aims (best federated meta-learner of maml/fomaml/reptile/metasgd, by mean over seeds):",
         "",
         *(f"- {line}" for line in _all_aims_lines(results)),
@@ -345,14 +349,16 @@ def render(results: Mapping[str, object], console: Console) -> None:
         table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index < len(header) - 1)
     for row in rows:
         table.add_row(*row)
-    console.print(table)
+    fields = []
     for title, (field_header, field_rows) in _tables(results):
         field = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
         for index, column in enumerate(field_header):
             field.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
         for row in field_rows:
             field.add_row(*row)
-        console.print(field)
+        fields.append(field)
+    for printed in _ordered(results, [table], fields):
+        console.print(printed)
     for line in _all_aims_lines(results):
         console.print(f"aim: {line}", highlight=False)
     if results["dataset"] in PUBLISHED:

@@ -177,6 +177,8 @@ def test_quick_ai4i_reports_f1_and_auroc_for_every_method():
             assert 0.0 <= scores["f1"]["mean"] <= 1.0 and 0.0 <= scores["auroc"]["mean"] <= 1.0, (method, k)
     markdown = fewshot_report.markdown(results)
     assert "F1 of the failure class" in markdown and "Published reference: AI4I 2020" in markdown
+    # The headline (F1 at the failure rate) comes before the class-balanced query accuracy.
+    assert markdown.index("F1 of the failure class") < markdown.index("| MB sent |")
 
 
 def test_a_cross_validated_plan_adapts_every_field_task_with_its_chosen_recipe():

@@ -4,6 +4,7 @@ overwriting, and read back and used by ``fedmeta benchmark``."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -66,6 +67,9 @@ def test_tune_writes_every_trial_and_never_overwrites_a_tuned_method(tmp_path):
     first = data["methods"]["maml"]["trials"][0]["params"]
     assert first == {"inner-lr": 0.05, "local-lr": 0.001, "local-steps": 2, "eval-steps": 5}
     assert len({trial["value"] for trial in data["methods"]["maml"]["trials"]}) > 1
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as any file the user writes, not mkstemp's private one
     before = out.read_text()
     again = CliRunner().invoke(app, [*args, "--methods", "maml"])
     assert again.exit_code == 1 and "already holds tuned values for maml" in again.output
