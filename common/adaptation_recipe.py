@@ -77,10 +77,26 @@ class RecipeChoice:
         return [self.candidates[int(i)] for i in self.chosen]
 
 
-def support_folds(support_y: Tensor, kind: str, max_folds: int = MAX_FOLDS) -> Tensor | None:
+def _group_folds(groups: Tensor, max_folds: int) -> Tensor | None:
+    """Whole units to folds: each task's distinct units in id order, dealt round-robin to as many folds
+    as every task has units (at most ``max_folds``); None where a task has a single unit."""
+    units = [torch.unique(task, return_inverse=True) for task in groups]
+    count = min(min(len(distinct) for distinct, _ in units), max_folds)
+    if count < 2:
+        return None
+    return torch.stack([inverse % count for _, inverse in units])
+
+
+def support_folds(
+    support_y: Tensor, kind: str, max_folds: int = MAX_FOLDS, groups: Tensor | None = None
+) -> Tensor | None:
     """Fold of every support row ``[T, S]``, -1 for rows always kept for training; every fold of
     every task holds as many rows (classification: as many of each class). None when no row
-    can be held out while the rest keeps a row of every class (regression: 2 rows)."""
+    can be held out while the rest keeps a row of every class (regression: 2 rows). With
+    ``groups`` (the unit of each row, `TaskBatch.support_groups`) a fold holds whole units
+    and folds may differ in size."""
+    if groups is not None:
+        return _group_folds(groups, max_folds)
     tasks, rows = support_y.shape
     if kind == "classification":
         # A row's rank among its class's rows of the task: fold r holds one row of each class.
@@ -101,17 +117,20 @@ def support_folds(support_y: Tensor, kind: str, max_folds: int = MAX_FOLDS) -> T
 
 def _fold_batch(batch: TaskBatch, folds: Tensor) -> TaskBatch:
     """Every fold of every task as one task ``[F * T, ...]`` (fold-major): the rows outside the fold
-    as its support set, those in it as its query set."""
+    as its support set, those in it as its query set. Where folds differ in size (whole units),
+    every fold keeps as many rows of each part as the smallest fold and task has, in row order."""
 
     def rows(t: Tensor, index: Tensor) -> Tensor:
         return torch.gather(t, 1, index.view(*index.shape, *([1] * (t.dim() - 2))).expand(*index.shape, *t.shape[2:]))
 
+    fold_ids = range(int(folds.max()) + 1)
+    held = min(int((folds == fold).sum(dim=1).min()) for fold in fold_ids)
+    kept = min(int((folds != fold).sum(dim=1).min()) for fold in fold_ids)
     parts = []
-    for fold in range(int(folds.max()) + 1):
-        inside = folds == fold
-        order = torch.argsort(inside.to(torch.int8), dim=1, stable=True)  # kept rows first
-        kept = folds.shape[1] - int(inside[0].sum())
-        index_kept, index_out = order[:, :kept], order[:, kept:]
+    for fold in fold_ids:
+        inside = (folds == fold).to(torch.int8)
+        index_kept = torch.argsort(inside, dim=1, stable=True)[:, :kept]  # rows outside the fold first
+        index_out = torch.argsort(1 - inside, dim=1, stable=True)[:, :held]  # rows inside the fold first
         sx, sy = batch.support_x, batch.support_y
         parts.append((rows(sx, index_kept), rows(sy, index_kept), rows(sx, index_out), rows(sy, index_out)))
     return TaskBatch(*(torch.cat(tensors) for tensors in zip(*parts, strict=True)))
@@ -148,7 +167,7 @@ def choose_recipes(
     if not candidates:
         raise ValueError("choose_recipes needs at least one candidate recipe")
     fallback = candidates.index(default) if default is not None and default in candidates else 0
-    folds = support_folds(batch.support_y, kind)
+    folds = support_folds(batch.support_y, kind, groups=batch.support_groups)
     tasks = batch.num_tasks
     if folds is None:
         nan = torch.full((tasks, len(candidates)), float("nan"))

@@ -26,7 +26,6 @@ __all__ = [
     "DATASETS",
     "DATASET_LR",
     "DATA_EVAL_SHOTS",
-    "GROUPED_DATASETS",
     "READERS",
     "RUN_SETTINGS",
     "Setting",
@@ -45,9 +44,6 @@ READERS = ("server", "client", "simulation")
 
 DATASETS = ("synthetic", "ai4i", "cmapss", "cmapss-fd004", "cwru", "cwru-fe")
 ADAPTATION_RECIPES = ("fixed", "cross-validated")
-# Data sets whose rows come in groups of near copies (C-MAPSS: overlapping windows of one engine). Support
-# folds split rows, not groups, so a cross-validated recipe would score on copies of its training rows.
-GROUPED_DATASETS = ("cmapss", "cmapss-fd004")
 # Step sizes that keep the real data sets' models stable: on CWRU's raw windows first-order
 # MAML at 0.05 collapses to chance after ~150 meta-steps while 0.01 reaches ~98% (5-shot,
 # held-out load). C-MAPSS' TCN normalises its features (see `common.models.TCN`), so single
@@ -201,11 +197,6 @@ def resolve_run_config(config: Mapping[str, object]) -> dict[str, SettingValue]:
         values["inner-lr"] = default_lr(str(values["dataset"]))
     for key in ("eval-lr", "local-only-lr"):
         values[key] = values[key] or values["inner-lr"]
-    if values["eval-recipe"] == "cross-validated" and values["dataset"] in GROUPED_DATASETS:
-        raise ValueError(
-            f"eval-recipe 'cross-validated' is not available for {values['dataset']}: its windows of one engine are "
-            "near copies and support folds split windows, not engines; use eval-recipe 'fixed'"
-        )
     if not values["eval-shots"]:
         data = values["family"] if values["dataset"] == "synthetic" else values["dataset"]
         values["eval-shots"] = DATA_EVAL_SHOTS.get(str(data), _EVAL_SHOTS)

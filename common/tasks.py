@@ -79,6 +79,9 @@ class FactoryData:
     name: str
     x: Tensor
     y: Tensor
+    # The unit each row comes from ([n] integers), where rows of one unit are near copies (C-MAPSS:
+    # overlapping windows of one engine); cross-validation then holds out whole units. None: independent rows.
+    groups: Tensor | None = None
 
     def __post_init__(self) -> None:
         name = self.name
@@ -105,6 +108,12 @@ class FactoryData:
             raise ValueError(
                 f"factory {name!r}: y must be floating (regression) or integer (classification), "
                 f"got {self.y.dtype}"
+            )
+        groups = self.groups
+        if groups is not None and (groups.shape != self.y.shape or groups.is_floating_point() or groups.is_complex()):
+            raise ValueError(
+                f"factory {name!r}: groups must hold one integer unit id per row, got shape "
+                f"{tuple(groups.shape)} and dtype {groups.dtype} for {self.y.shape[0]} rows"
             )
         problem = _non_finite_problem(name, "x", self.x)
         if problem is None and self.y.is_floating_point():
@@ -134,9 +143,14 @@ class TaskBatch:
     support_y: Tensor
     query_x: Tensor
     query_y: Tensor
+    support_groups: Tensor | None = None  # [T, S] unit of each support row (`FactoryData.groups`)
 
     def __post_init__(self) -> None:
         sx, sy, qx, qy = self.support_x, self.support_y, self.query_x, self.query_y
+        groups = self.support_groups
+        if groups is not None and groups.shape != sy.shape:
+            raise ValueError(f"support_groups must be [T, S] like support_y {tuple(sy.shape)}, "
+                             f"got {tuple(groups.shape)}")
         if sy.dim() != 2 or qy.dim() != 2:
             raise ValueError(
                 f"support_y and query_y must be [T, S] and [T, Q], got {tuple(sy.shape)} "
@@ -163,11 +177,13 @@ class TaskBatch:
         return self.num_tasks * (self.support_x.shape[1] + self.query_x.shape[1])
 
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> TaskBatch:
+        groups = self.support_groups
         return TaskBatch(
             self.support_x.to(device, non_blocking=non_blocking),
             self.support_y.to(device, non_blocking=non_blocking),
             self.query_x.to(device, non_blocking=non_blocking),
             self.query_y.to(device, non_blocking=non_blocking),
+            None if groups is None else groups.to(device, non_blocking=non_blocking),
         )
 
     def task(self, i: int) -> TaskBatch:
@@ -185,6 +201,7 @@ class TaskBatch:
             self.support_y[i : i + 1],
             self.query_x[i : i + 1],
             self.query_y[i : i + 1],
+            None if self.support_groups is None else self.support_groups[i : i + 1],
         )
 
 
@@ -279,15 +296,17 @@ class RegressionTaskSampler:
         g = self._generator
         needed = self.shots + self.query_size
         picks = torch.randint(len(self.factories), (num_tasks,), generator=g).tolist()
-        xs, ys = [], []
+        xs, ys, groups = [], [], []
         for p in picks:
             f = self.factories[p]
             rows = _sample_distinct(f.num_samples, needed, g)
             xs.append(f.x[rows])
             ys.append(f.y[rows])
+            groups.append(None if f.groups is None else f.groups[rows[: self.shots]])
         x, y = torch.stack(xs), torch.stack(ys)
         s = self.shots
-        return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:])
+        support_groups = None if any(group is None for group in groups) else torch.stack(groups)
+        return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:], support_groups)
 
 
 class ClassificationTaskSampler:

@@ -225,8 +225,12 @@ def make_windows(
 def _factory(
     name: str, frame: pd.DataFrame, norm: ConditionNormaliser, window: int, stride: int, scale: float, **kw
 ) -> FactoryData:
-    x, y = make_windows(norm.transform(frame), frame["unit"].to_numpy(), frame["rul"].to_numpy(), window, stride, **kw)
-    return FactoryData(name, torch.from_numpy(x), torch.from_numpy(y / np.float32(scale)))
+    units = frame["unit"].to_numpy()
+    x, y = make_windows(norm.transform(frame), units, frame["rul"].to_numpy(), window, stride, **kw)
+    # Each window's engine: the same windowing with the unit id as a one-channel signal and as the target.
+    _, engines = make_windows(units[:, None].astype(np.float32), units, units.astype(np.float32), window, stride, **kw)
+    return FactoryData(name, torch.from_numpy(x), torch.from_numpy(y / np.float32(scale)),
+                       groups=torch.from_numpy(engines.astype(np.int64)))
 
 
 def _engines_name(subset: str, units: Sequence[int]) -> str:

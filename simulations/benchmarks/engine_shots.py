@@ -46,9 +46,9 @@ Predictor = Callable[[FactoryData, Tensor], Tensor]
 
 
 def _one_task(data: FactoryData) -> TaskBatch:
-    """All of ``data`` as the support set of one task (the query half is unused)."""
+    """All of ``data`` as the support set of one task (the query half is unused), with its engines."""
     x, y = data.x[None], data.y[None]
-    return TaskBatch(x, y, x[:, :1], y[:, :1])
+    return TaskBatch(x, y, x[:, :1], y[:, :1], None if data.groups is None else data.groups[None])
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds tensors
@@ -82,18 +82,20 @@ class EngineShots:
 
     # ----------------------------------------------------------------- predictors
 
-    def _adapt(self, adaptation: Adaptation, steps: int) -> Predictor:
+    def _adapt(self, adaptation: Adaptation, steps: int, cross_validate: bool = False) -> Predictor:
         def run(engines: FactoryData, x: Tensor) -> Tensor:
-            params = adaptation.adapt(_one_task(engines), steps)
+            params = adaptation.adapt(_one_task(engines), steps, cross_validate=cross_validate)
             with torch.no_grad():
                 return predict(adaptation.model, params, x[None])[0]
 
         return run
 
     def adapted(self, params: Mapping[str, Tensor], settings: EvaluationSettings, steps: int) -> Predictor:
-        """A global model adapted as `evaluate_factory` adapts it (``steps = 0``: not at all)."""
+        """A global model adapted as `evaluate_factory` adapts it (``steps = 0``: not at all; with the
+        cross-validated recipe, folds of whole target engines)."""
         factory = LoadedFactory(self.targets[ENGINE_SHOTS[0]].engines, "evaluate", self.source)
-        return self._adapt(prepare_adaptation(factory, params, settings, device=torch.device("cpu")), steps)
+        adaptation = prepare_adaptation(factory, params, settings, device=torch.device("cpu"))
+        return self._adapt(adaptation, steps, cross_validate=settings.recipe == "cross-validated")
 
     def local_only(self, settings: EvaluationSettings) -> Predictor:
         return self._adapt(local_only_adaptation(self.source, settings), settings.local_only_steps)

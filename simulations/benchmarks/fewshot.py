@@ -49,7 +49,6 @@ from fedmeta.client import (
 from fedmeta.common import (
     ADAPTATION_RECIPES,
     DATASETS,
-    GROUPED_DATASETS,
     NUM_EXAMPLES,
     RUN_SETTINGS,
     DataSource,
@@ -224,9 +223,6 @@ def plan_for(
         raise BenchmarkError(f"seeds and rounds must be >= 1, got {count} and {sizes['rounds']}")
     if recipe not in ADAPTATION_RECIPES:
         raise BenchmarkError(f"unknown recipe {recipe!r}; choose one of {', '.join(ADAPTATION_RECIPES)}")
-    if recipe == "cross-validated" and dataset in GROUPED_DATASETS:
-        raise BenchmarkError(f"the cross-validated recipe is not available for {dataset}: its support folds would "
-                             "split windows of one engine (near copies), not engines")
     chosen = tuple(METHODS) if methods is None else tuple(methods)
     unknown = [m for m in chosen if m not in METHODS]
     if unknown or not chosen:
@@ -761,7 +757,7 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         f"factory, adapted with {plan.eval_steps} steps at eval-lr"
         + (" (fixed recipe)" if plan.recipe == "fixed" else
            "; recipe cross-validated: each task's steps and step size chosen on folds of its own support rows "
-           "(no adaptation a candidate; not available for C-MAPSS, whose folds would split engines' windows)")
+           "(no adaptation a candidate; C-MAPSS folds hold out whole engines)")
         + "; K=0 is the global model without adaptation.",
         f"federated: {plan.rounds} rounds, every training factory each round, {plan.local_steps} local meta-steps of "
         f"{plan.meta_batch_size} tasks, {plan.inner_steps} inner steps; server: weighted delta average + SGD lr 1 "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmeta.common import ModelConfig, TaskBatch, adapt_to_support, build_model, resolve_run_config
-from fedmeta.common.adaptation_recipe import Recipe, adapt_with_recipes, choose_recipes, support_folds
+from fedmeta.common import ModelConfig, TaskBatch, adapt_to_support, build_model
+from fedmeta.common.adaptation_recipe import Recipe, _fold_batch, adapt_with_recipes, choose_recipes, support_folds
 from fedmeta.common.inner_loop import predict
 from fedmeta.common.losses import task_losses
 
@@ -99,7 +99,34 @@ def test_tasks_too_small_to_fold_keep_the_default_recipe():
     assert choice.recipes() == [default, default] and bool(choice.losses.isnan().all())
 
 
-def test_the_cross_validated_recipe_is_refused_where_rows_come_in_engine_groups():
-    with pytest.raises(ValueError, match="not available for cmapss-fd004: its windows of one engine"):
-        resolve_run_config({"dataset": "cmapss-fd004", "eval-recipe": "cross-validated"})
-    assert resolve_run_config({"dataset": "ai4i", "eval-recipe": "cross-validated"})["eval-recipe"] == "cross-validated"
+def _grouped_batch(units: list[list[int]]) -> TaskBatch:
+    """Regression tasks whose support rows carry their unit id as the only feature (to trace the folds)."""
+    groups = torch.tensor(units)
+    x = groups[..., None].float()
+    y = torch.randn(groups.shape)
+    return TaskBatch(x, y, x[:, :1], y[:, :1], groups)
+
+
+def test_grouped_folds_hold_out_whole_units_never_part_of_one():
+    # Task 0: units 7 (x3), 8 (x1), 9 (x2); task 1: units 1 (x2), 2 (x2), 3 (x1), 4 (x1).
+    batch = _grouped_batch([[7, 8, 7, 9, 7, 9], [1, 2, 3, 1, 2, 4]])
+    folds = support_folds(batch.support_y, "regression", groups=batch.support_groups)
+    assert folds.shape == (2, 6) and int(folds.max()) == 2  # 3 folds: the fewest units of any task
+    folded = _fold_batch(batch, folds)
+    for task in range(folded.num_tasks):
+        trained = set(folded.support_x[task, :, 0].tolist())
+        held = set(folded.query_x[task, :, 0].tolist())
+        assert held and not trained & held, (task, trained, held)
+    assert support_folds(torch.zeros(1, 4), "regression", groups=torch.full((1, 4), 5)) is None  # one unit
+
+
+def test_choose_recipes_on_grouped_rows_keeps_the_default_where_a_task_has_one_unit():
+    model = build_model(ModelConfig("mlp", (1,), 1, hidden=8, depth=1))
+    weights = {name: p.detach() for name, p in model.named_parameters()}
+    batch = _grouped_batch([[3, 3, 3, 3]])
+    choice = choose_recipes(model, weights, batch, kind="regression", lr=0.1, candidates=(Recipe(0), Recipe(3)),
+                            default=Recipe(3))
+    assert choice.recipes() == [Recipe(3)] and bool(torch.isnan(choice.losses).all())
+    two_units = choose_recipes(model, weights, _grouped_batch([[3, 4, 3, 4]]), kind="regression", lr=0.1,
+                               candidates=(Recipe(0), Recipe(3)))
+    assert bool(torch.isfinite(two_units.losses).all())

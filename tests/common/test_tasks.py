@@ -450,3 +450,24 @@ def test_both_samplers_satisfy_task_sampler_protocol():
     )
     for sampler in (regression, classification):
         assert isinstance(sampler, TaskSampler)
+
+
+def test_regression_tasks_carry_the_units_of_their_support_rows():
+    x = torch.arange(12, dtype=torch.float32)[:, None]
+    factory = FactoryData("grouped", x, x[:, 0] * 2, groups=torch.arange(12) // 3)
+    batch = RegressionTaskSampler([factory], shots=4, query_size=2, seed=0).sample(3)
+    assert batch.support_groups is not None and batch.support_groups.shape == (3, 4)
+    assert torch.equal(batch.support_groups, (batch.support_x[..., 0] // 3).long())
+    assert torch.equal(batch.task(1).support_groups, batch.support_groups[1:2])
+    assert RegressionTaskSampler([traced_factory(0, 12)], 4, 2, seed=0).sample(2).support_groups is None
+
+
+def test_groups_of_the_wrong_shape_or_type_are_refused():
+    x = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match="groups must hold one integer unit id per row"):
+        FactoryData("f", x, torch.zeros(4), groups=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="groups must hold one integer unit id per row"):
+        FactoryData("f", x, torch.zeros(4), groups=torch.zeros(4))
+    with pytest.raises(ValueError, match="support_groups must be"):
+        TaskBatch(torch.zeros(1, 2, 2), torch.zeros(1, 2), torch.zeros(1, 1, 2), torch.zeros(1, 1),
+                  torch.zeros(1, 3, dtype=torch.long))

@@ -249,3 +249,15 @@ def test_rul_scores_clip_predictions_to_the_capped_range_and_flag_divergence() -
     clipped = rul_scores(np.array([-10.0, 140.0, 70.0]), true)
     assert clipped == {"rmse": rmse([0.0, 125.0, 70.0], true), "nasa": nasa_score([0.0, 125.0, 70.0], true)}
     assert all(math.isnan(v) for v in rul_scores(np.array([np.inf, 1.0, 2.0]), true).values())
+
+
+def test_every_window_knows_its_engine(fd001_split: FactorySplit) -> None:
+    """`FactoryData.groups`: the engine of each window, so cross-validation can hold out whole engines."""
+    for factory in (*fd001_split.train, *fd001_split.held_out):
+        named = {int(unit) for unit in factory.name.split(" ")[1].split(",")}
+        engines = factory.groups
+        assert engines is not None and set(engines.tolist()) == named
+        # Training windows end at failure: the last window of each engine has RUL 0.
+        last = torch.cat([torch.nonzero(engines == unit).flatten()[-1:] for unit in sorted(named)])
+        assert bool((factory.y[last] == 0).all())
+        assert bool((engines[1:] >= engines[:-1]).all())  # windows come engine by engine

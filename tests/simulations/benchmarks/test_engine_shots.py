@@ -7,10 +7,17 @@ import math
 import pytest
 import torch
 
-from fedmeta.client import initial_weights
-from fedmeta.common import EvaluationSettings, SplitSource, SupervisedRecipe, build_model, pack_meta_parameters
+from fedmeta.client import LoadedFactory, initial_weights, prepare_adaptation
+from fedmeta.common import (
+    EvaluationSettings,
+    SplitSource,
+    SupervisedRecipe,
+    build_model,
+    pack_meta_parameters,
+    support_folds,
+)
 from fedmeta.common.datasets import rmse
-from fedmeta.simulations.benchmarks.engine_shots import ENGINE_SHOTS, EngineShots
+from fedmeta.simulations.benchmarks.engine_shots import ENGINE_SHOTS, EngineShots, _one_task
 from tests.support.shared_data import needs_dataset
 
 pytestmark = needs_dataset("cmapss")
@@ -56,3 +63,19 @@ def test_the_fd002_to_fd004_tables_adapt_to_fd004_engines_and_score_its_test_spl
     assert all(t.engines.name.startswith("FD004/engines") and t.test.num_samples == 248
                for t in engines.targets.values())
     assert {f.name.split("/")[0] for f in engines.train} == {"FD002"}
+
+
+def test_the_cross_validated_recipe_folds_whole_target_engines(engines: EngineShots) -> None:
+    model = build_model(engines.source.model_config)
+    params = pack_meta_parameters(initial_weights(model, 0), {})
+    settings = EvaluationSettings(algorithm="fedavg", lr=0.01, recipe="cross-validated")
+    factory = LoadedFactory(engines.targets[5].engines, "evaluate", engines.source)
+    adaptation = prepare_adaptation(factory, params, settings, device=torch.device("cpu"))
+    batch = _one_task(engines.targets[5].engines)
+    folds = support_folds(batch.support_y, "regression", groups=batch.support_groups)
+    for fold in range(int(folds.max()) + 1):  # no engine is on both sides of a fold
+        held = set(batch.support_groups[folds == fold].tolist())
+        assert held and not held & set(batch.support_groups[folds != fold].tolist())
+    assert int(adaptation.choose(batch, 5).chosen.numel()) == 1
+    scores = engines.score(engines.adapted(params, settings, steps=5))
+    assert all(math.isfinite(scores[k]["rmse"]) for k in ENGINE_SHOTS)

@@ -196,8 +196,6 @@ def test_a_cross_validated_plan_adapts_every_field_task_with_its_chosen_recipe()
     torch.testing.assert_close(outputs, predict(adaptation.model, chosen, batch.query_x[0].expand(3, -1, -1)))
 
 
-def test_an_unknown_recipe_or_a_cross_validated_one_on_cmapss_is_refused():
+def test_an_unknown_recipe_is_refused():
     with pytest.raises(fewshot.BenchmarkError, match="unknown recipe 'guess'"):
         fewshot.plan_for("synthetic", quick=True, recipe="guess")
-    with pytest.raises(fewshot.BenchmarkError, match="not available for cmapss: its support folds would split"):
-        fewshot.plan_for("cmapss", quick=True, recipe="cross-validated")
