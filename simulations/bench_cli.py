@@ -201,7 +201,7 @@ def tune(
         str | None, typer.Option(help="Comma-separated methods to tune (default: every tunable one).",
                                  show_default=False)
     ] = None,
-    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per method (the same budget for each).")] = 12,
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per method (the same budget for each).")] = 30,
     quick: Annotated[bool, typer.Option("--quick", help="The benchmark's tiny plan (few rounds and tasks).")] = False,
     rounds: Annotated[
         int | None, typer.Option(min=1, help="Federated rounds (default: the benchmark's).", show_default=False)
