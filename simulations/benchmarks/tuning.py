@@ -191,7 +191,6 @@ def tune(
         if clash:
             raise BenchmarkError(f"{out} already holds tuned values for {', '.join(clash)}; never overwritten "
                                  "(write to another --out, or remove those entries first)")
-    results = {method: tune_method(plan, method, trials, log=log) for method in methods}
     data = {
         "dataset": plan.dataset,
         "search": f"optuna TPE (seed 0), {trials} trials per method, the first at the untuned values; each trial one "
@@ -199,8 +198,9 @@ def tune(
         "plan": {key: value for key, value in dataclasses.asdict(plan).items()
                  if key in ("rounds", "local_steps", "meta_batch_size", "inner_steps", "eval_tasks", "quick")},
         **{key: value for key, value in existing.items() if key not in ("dataset", "search", "plan", "methods")},
-        "methods": {**existing.get("methods", {}),
-                    **{method: {**result, "provenance": provenance()} for method, result in results.items()}},
+        "methods": dict(existing.get("methods", {})),
     }
-    _write_atomically(out, strict_json(data))
+    for method in methods:  # written after each method: a long search stopped midway keeps what it finished
+        data["methods"][method] = {**tune_method(plan, method, trials, log=log), "provenance": provenance()}
+        _write_atomically(out, strict_json(data))
     return data
