@@ -120,3 +120,19 @@ def test_a_bad_tuned_file_is_refused_with_its_problem_named(tmp_path):
     assert result.exit_code == 1 and "no such file" in result.output and not (tmp_path / "x").exists()
     with pytest.raises(fewshot.BenchmarkError, match="is not tuned"):
         tuning.search_space("oracle")
+
+
+def test_a_search_stopped_midway_keeps_the_methods_it_finished(tmp_path, monkeypatch):
+    out = tmp_path / "tuned.json"
+    finished = {"best": {"inner-lr": 0.02, "local-lr": 0.001, "local-steps": 2, "eval-steps": 5}, "value": 0.1,
+                "objective": {}, "trials": [], "seconds": 0.0}
+
+    def tune_method(plan, method, trials, log):
+        if method == "reptile":
+            raise KeyboardInterrupt  # the user stops the search during the second method
+        return dict(finished)
+
+    monkeypatch.setattr(tuning, "tune_method", tune_method)
+    with pytest.raises(KeyboardInterrupt):
+        tuning.tune(fewshot.plan_for("synthetic", quick=True), ["maml", "reptile"], 2, out)
+    assert tuning.load_tuned(out) == {"maml": finished["best"]}
