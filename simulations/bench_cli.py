@@ -153,7 +153,9 @@ def benchmark(
         plan = fewshot.plan_for(
             dataset, quick=quick, seeds=seeds, rounds=rounds, recipe=recipe,
             methods=_names(methods, "--methods"), shots=_ks(shots),
-            tuned=tuning.load_tuned(tuned_file) if tuned_file else None, tuned_from=str(tuned_file or ""),
+            tuned=tuning.load_tuned(tuned_file) if tuned_file else None,
+            tuned_from=f"simulations/benchmarks/tuned/{dataset}.json (committed)"
+            if tuned_file == tuning.tuned_path(dataset) else str(tuned_file or ""),
         )
         with Progress(TextColumn("[bold]benchmark[/bold] " + dataset), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
