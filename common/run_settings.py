@@ -182,12 +182,12 @@ def default_lr(dataset: str) -> float:
     return DATASET_LR[dataset]
 
 
-def parse_shots(value: str) -> tuple[int, ...]:
-    """``eval-shots`` as K values: ``"1,5,10"`` (Flower run configs hold no lists)."""
+def parse_shots(value: str, name: str = "eval-shots") -> tuple[int, ...]:
+    """K values as ``"1,5,10"`` (Flower run configs hold no lists); ``name`` is what an error calls them."""
     try:
         return tuple(int(part) for part in value.split(","))
     except ValueError as error:
-        raise ValueError(f"eval-shots must be comma-separated integers, got {value!r}") from error
+        raise ValueError(f"{name} must be comma-separated integers, got {value!r}") from error
 
 
 def resolve_run_config(config: Mapping[str, object]) -> dict[str, SettingValue]:

@@ -17,7 +17,7 @@ import click
 import typer
 from rich.console import Console
 
-from fedmeta.common import ADAPTATION_RECIPES, DATASETS, RUN_SETTINGS, elapsed_log, exit_on_errors
+from fedmeta.common import ADAPTATION_RECIPES, DATASETS, RUN_SETTINGS, elapsed_log, exit_on_errors, parse_shots
 
 __all__ = ["bench_app", "benchmark", "tune"]
 
@@ -152,7 +152,7 @@ def benchmark(
         tuned_file = _tuned_file(tuned, dataset, tuning.tuned_path(dataset))
         plan = fewshot.plan_for(
             dataset, quick=quick, seeds=seeds, rounds=rounds, recipe=recipe,
-            methods=_names(methods, "--methods"), shots=_ks(shots),
+            methods=_names(methods, "--methods"), shots=None if shots is None else parse_shots(shots, "--shots"),
             tuned=tuning.load_tuned(tuned_file) if tuned_file else None,
             tuned_from=f"simulations/benchmarks/tuned/{dataset}.json (committed)"
             if tuned_file == tuning.tuned_path(dataset) else str(tuned_file or ""),
@@ -174,15 +174,6 @@ def _names(value: str | None, flag: str) -> list[str] | None:
     if not names:
         raise ValueError(f"{flag} names no method")
     return names
-
-
-def _ks(value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return [int(part) for part in value.split(",") if part.strip()]
-    except ValueError as error:
-        raise ValueError(f"--shots must be comma-separated integers, got {value!r}") from error
 
 
 def _tuned_file(choice: str, dataset: str, committed: Path) -> Path | None:

@@ -537,10 +537,11 @@ def _rounds_to(curve: Sequence[float], target: float, higher_better: bool) -> in
 
 def _method_evaluation(plan: BenchmarkPlan, seed: int, method: str, shots: Sequence[int]) -> EvaluationSettings:
     """The evaluation a federated method's run scores with: its own (tuned) steps and step sizes;
-    FedAvg's run also trains the local-only baseline."""
+    FedAvg's run also trains the local-only baseline where it is chosen."""
     evaluation = ServerSettings.from_run_config(plan.run_config(seed, method)).evaluation
+    local_only = method == "fedavg" and "local-only" in plan.methods
     return dataclasses.replace(evaluation, shots=tuple(shots), algorithm=method,
-                               local_only_steps=evaluation.local_only_steps if method == "fedavg" else 0)
+                               local_only_steps=evaluation.local_only_steps if local_only else 0)
 
 
 def _federated_runs(plan: BenchmarkPlan) -> tuple[str, ...]:
@@ -578,18 +579,20 @@ def run_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> dic
         run = _federated(plan, plan.run_config(seed, method), held_out, run_eval, TARGET_K, advance)
         federated[method] = {"bytes_sent": run.bytes_sent, "curve": run.curve}
         final[method] = (run.params, run_eval)
-        adapted = held.field(_adapted_outputs(run.params, run_eval, run_eval.steps))
-        if method == "fedavg":
-            scores["fedavg"] = {0: _scores(run.final, "k0")}
-            scores["fedavg+ft"] = {k: _scores(run.final, f"k{k}") for k in shots}
-            scores["local-only"] = {k: _scores(run.final, f"k{k}", "local-") for k in shots}
-            unadapted = held.field(_adapted_outputs(run.params, run_eval, 0), shots=shots[:1])
-            field["fedavg"] = {0: unadapted[shots[0]]} if unadapted else {}
-            field["fedavg+ft"] = adapted
-            field["local-only"] = held.field(_local_only_outputs(run_eval))
+        if method == "fedavg":  # FedAvg's run scores only the columns chosen of the three it gives
+            if "fedavg" in plan.methods:
+                scores["fedavg"] = {0: _scores(run.final, "k0")}
+                unadapted = held.field(_adapted_outputs(run.params, run_eval, 0), shots=shots[:1])
+                field["fedavg"] = {0: unadapted[shots[0]]} if unadapted else {}
+            if "fedavg+ft" in plan.methods:
+                scores["fedavg+ft"] = {k: _scores(run.final, f"k{k}") for k in shots}
+                field["fedavg+ft"] = held.field(_adapted_outputs(run.params, run_eval, run_eval.steps))
+            if "local-only" in plan.methods:
+                scores["local-only"] = {k: _scores(run.final, f"k{k}", "local-") for k in shots}
+                field["local-only"] = held.field(_local_only_outputs(run_eval))
         else:
             scores[method] = {k: _scores(run.final, f"k{k}") for k in shots}
-            field[method] = adapted
+            field[method] = held.field(_adapted_outputs(run.params, run_eval, run_eval.steps))
         seconds[method] = time.perf_counter() - started
     # The target: FedAvg+FT's K=5 score after its last round (its curve's last point), where FedAvg ran.
     target = federated["fedavg"]["curve"][-1] if "fedavg" in federated else None
@@ -598,7 +601,7 @@ def run_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> dic
         run["rounds_to_target"] = _rounds_to(run["curve"], target, higher_better) if reached else None
     if "centralized-maml" in plan.methods:
         started = time.perf_counter()
-        central_eval = dataclasses.replace(_method_evaluation(plan, seed, "maml", shots), local_only_steps=0)
+        central_eval = _method_evaluation(plan, seed, "maml", shots)
         central, central_params = _centralized_maml(plan, plan.run_config(seed, "maml"), held_out, central_eval)
         scores["centralized-maml"] = {k: _scores(central, f"k{k}") for k in shots}
         field["centralized-maml"] = held.field(_adapted_outputs(central_params, central_eval, central_eval.steps))
@@ -623,9 +626,6 @@ def run_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> dic
         started = time.perf_counter()
         engines = _engine_shots(plan, held_out[0].source, seed, final)
         seconds["engine-shots"] = time.perf_counter() - started
-    for method in [m for m in scores if m not in plan.methods]:  # FedAvg's run gives three; keep the chosen
-        del scores[method]
-        field.pop(method, None)
     return {"seed": seed, "task_kind": task_kind, "shots": list(shots), "target": target, "scores": scores,
             "field": field, "engine_shots": engines, "federated": federated, "seconds": seconds,
             "held_out": [f.data.name for f in held_out], "train_factories": len(train)}

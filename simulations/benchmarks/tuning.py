@@ -25,7 +25,7 @@ from pathlib import Path
 
 import optuna
 
-from fedmeta.common import RUN_SETTINGS, source_from_config
+from fedmeta.common import resolve_run_config, source_from_config
 from fedmeta.simulations.benchmarks.fewshot import (
     FEDERATED_METHODS,
     TARGET_K,
@@ -136,7 +136,7 @@ def _defaults(plan: BenchmarkPlan, method: str, space: SearchSpace) -> dict[str,
     if method in TREE_REFERENCES:
         values = plan.tree_params(method)
     else:
-        values = plan.run_config(plan.seeds[0], method) | {"local-lr": RUN_SETTINGS["local-lr"].default}
+        values = resolve_run_config(plan.run_config(plan.seeds[0], method))
     return {name: min(max(values[name], r.low), r.high) for name, r in space.items() if name in values}
 
 
