@@ -206,7 +206,8 @@ def tune(
     ] = None,
 ) -> None:
     """Search every method's hyper-parameters on the training side's validation factory (never a held-out
-    factory or a test split), the same number of trials each; write the chosen values and the search log."""
+    factory or a test split), the same number of trials each; write the chosen values and the search log.
+    Run the same command again to resume a stopped search (its trials are kept in OUT.journal)."""
     from fedmeta.simulations.benchmarks import fewshot, tuning  # imports torch and optuna: only when tuning
 
     console = Console()

@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from fedmeta.common import resolve_run_config, source_from_config
 from fedmeta.simulations.benchmarks.fewshot import (
@@ -43,6 +45,7 @@ __all__ = [
     "TUNABLE_METHODS",
     "TUNED_DIR",
     "Objective",
+    "journal_path",
     "load_tuned",
     "objective_for",
     "search_space",
@@ -103,36 +106,83 @@ def _trial_plan(plan: BenchmarkPlan, method: str, params: Mapping[str, object]) 
 
 
 def tune_method(
-    plan: BenchmarkPlan, method: str, trials: int, *, log: Callable[[str], None] = lambda _: None
+    plan: BenchmarkPlan, method: str, trials: int, journal: Path, *, log: Callable[[str], None] = lambda _: None
 ) -> dict[str, object]:
-    """``trials`` optuna trials of one method on the validation split: best values and the log."""
+    """``trials`` optuna trials of one method on the validation split: best values and the log.
+
+    Every finished trial is recorded at once in ``journal`` (optuna's journal file), so a search
+    stopped midway, even inside a method, resumes there: a rerun runs only the trials still
+    missing. A trial the stop interrupted is dropped and the resumed sampler draws anew, so a
+    resumed search is as valid as an unbroken one but not bit-identical to it.
+    """
     space = search_space(method)
     objective = objective_for(plan.dataset, source_from_config(plan.run_config(plan.seeds[0])).task_kind)
-    history: list[dict[str, object]] = []
+    study = _study(plan, method, objective, journal)
+    done = _finished(study)
+    if done:
+        log(f"{method}: resuming after {len(done)} of {trials} trials recorded in {journal}")
 
     def run(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
         started = time.perf_counter()
         seed_run = run_seed(_trial_plan(plan, method, params), plan.seeds[0], lambda: None)
         value = objective.of(seed_run, _scored_as(method))
-        history.append({"number": trial.number, "params": params, "value": value,
-                        "seconds": time.perf_counter() - started})
-        log(f"{method} trial {trial.number + 1}/{trials}: {objective.metric} {value:.4f} {params}")
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        log(f"{method} trial {len(_finished(study)) + 1}/{trials}: {objective.metric} {value:.4f} {params}")
         return value
 
-    started = time.perf_counter()
-    # The first trial is where the search starts: the shared defaults where they lie in the space.
+    if len(done) < trials:
+        study.optimize(run, n_trials=trials - len(done))
+    finished = _finished(study)[:trials]
+    best = (max if objective.higher_is_better else min)(finished, key=lambda trial: trial.value)
+    history = [{"number": number, "params": trial.params, "value": trial.value, "seconds": trial.user_attrs["seconds"]}
+               for number, trial in enumerate(finished)]
+    return {"best": best.params, "value": best.value, "objective": dataclasses.asdict(objective),
+            "trials": history, "seconds": sum(trial["seconds"] for trial in history)}
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def _search_key(plan: BenchmarkPlan, objective: Objective) -> str:
+    """What a recorded trial was scored under; a journal written under another is not resumed."""
+    return json.dumps({"dataset": plan.dataset, **_plan_sizes(plan), "seed": plan.seeds[0],
+                       "objective": dataclasses.asdict(objective)}, sort_keys=True)
+
+
+def _plan_sizes(plan: BenchmarkPlan) -> dict[str, object]:
+    """The benchmark sizes a trial runs with (the trial score depends on them)."""
+    sizes = ("rounds", "local_steps", "meta_batch_size", "inner_steps", "eval_tasks", "quick")
+    return {key: value for key, value in dataclasses.asdict(plan).items() if key in sizes}
+
+
+def _study(plan: BenchmarkPlan, method: str, objective: Objective, journal: Path) -> optuna.Study:
+    """The method's study in ``journal``, new or resumed; the untuned values are always among its trials
+    (enqueued first, and again if the stop interrupted that trial)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0),
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.create_study(storage=storage, study_name=method, load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=0),
                                 direction="maximize" if objective.higher_is_better else "minimize")
-    study.enqueue_trial(_defaults(plan, method, space))
-    study.optimize(run, n_trials=trials)
-    return {"best": study.best_params, "value": study.best_value, "objective": dataclasses.asdict(objective),
-            "trials": history, "seconds": time.perf_counter() - started}
+    key = _search_key(plan, objective)
+    recorded = study.user_attrs.get("search")
+    if recorded is None:
+        study.set_user_attr("search", key)
+    elif recorded != key:
+        raise BenchmarkError(f"{journal} holds {method} trials of another search ({recorded}); remove that file "
+                             "to start this search afresh")
+    defaults = _defaults(plan, method, search_space(method))
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    started_there = any(all(trial.params.get(name) == value for name, value in defaults.items())
+                        for trial in _finished(study))
+    if not waiting and not started_there:
+        study.enqueue_trial(defaults)
+    return study
 
 
 def _defaults(plan: BenchmarkPlan, method: str, space: SearchSpace) -> dict[str, object]:
-    """The untuned values, clipped into the space, as the first trial."""
+    """The untuned values, clipped into the space: where the search starts."""
     if method in TREE_REFERENCES:
         values = plan.tree_params(method)
     else:
@@ -176,7 +226,8 @@ def tune(
     plan: BenchmarkPlan, methods: Sequence[str], trials: int, out: Path, *, log: Callable[[str], None] = lambda _: None
 ) -> dict[str, object]:
     """Tune ``methods`` and add them to the configuration file ``out`` (created if absent). A method
-    already in ``out`` is refused before any work, so nothing saved is overwritten."""
+    already in ``out`` is refused before any work, so nothing saved is overwritten. A stopped search
+    resumes from `journal_path` (``out`` + ``.journal``) when run again with the same arguments."""
     if trials < 1:
         raise BenchmarkError(f"trials must be >= 1, got {trials}")
     for method in methods:
@@ -195,12 +246,29 @@ def tune(
         "dataset": plan.dataset,
         "search": f"optuna TPE (seed 0), {trials} trials per method, the first at the untuned values; each trial one "
         f"seed ({plan.seeds[0]}), K={TARGET_K}, scored on the validation split (the last training factory held out)",
-        "plan": {key: value for key, value in dataclasses.asdict(plan).items()
-                 if key in ("rounds", "local_steps", "meta_batch_size", "inner_steps", "eval_tasks", "quick")},
+        "plan": _plan_sizes(plan),
         **{key: value for key, value in existing.items() if key not in ("dataset", "search", "plan", "methods")},
         "methods": dict(existing.get("methods", {})),
     }
-    for method in methods:  # written after each method: a long search stopped midway keeps what it finished
-        data["methods"][method] = {**tune_method(plan, method, trials, log=log), "provenance": provenance()}
+    journal = journal_path(out)
+    for method in methods:  # written after each method; the journal keeps the trials of the one under way
+        data["methods"][method] = {**tune_method(plan, method, trials, journal, log=log), "provenance": provenance()}
         _write_atomically(out, strict_json(data))
+        _forget(journal, method)
     return data
+
+
+def journal_path(out: Path) -> Path:
+    """Where ``fedmeta tune`` records the trials of the methods still under way for ``out``."""
+    return out.with_name(f"{out.name}.journal")
+
+
+def _forget(journal: Path, method: str) -> None:
+    """Drop a method written to the configuration file from the journal; the file goes with its last method."""
+    if not journal.exists():
+        return
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    if method in optuna.get_all_study_names(storage):
+        optuna.delete_study(study_name=method, storage=storage)
+    if not optuna.get_all_study_names(storage):
+        journal.unlink()

@@ -127,7 +127,7 @@ def test_a_search_stopped_midway_keeps_the_methods_it_finished(tmp_path, monkeyp
     finished = {"best": {"inner-lr": 0.02, "local-lr": 0.001, "local-steps": 2, "eval-steps": 5}, "value": 0.1,
                 "objective": {}, "trials": [], "seconds": 0.0}
 
-    def tune_method(plan, method, trials, log):
+    def tune_method(plan, method, trials, journal, log):
         if method == "reptile":
             raise KeyboardInterrupt  # the user stops the search during the second method
         return dict(finished)
@@ -136,3 +136,36 @@ def test_a_search_stopped_midway_keeps_the_methods_it_finished(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         tuning.tune(fewshot.plan_for("synthetic", quick=True), ["maml", "reptile"], 2, out)
     assert tuning.load_tuned(out) == {"maml": finished["best"]}
+
+
+def test_a_search_stopped_inside_a_method_resumes_with_the_trials_it_recorded(tmp_path, monkeypatch):
+    out, plan = tmp_path / "tuned.json", fewshot.plan_for("synthetic", quick=True)
+    calls = []
+
+    def stopped_at_the_third_trial(trial_plan, seed, advance):
+        calls.append(trial_plan.tuned["lightgbm"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return fewshot.run_seed(trial_plan, seed, advance)
+
+    monkeypatch.setattr(tuning, "run_seed", stopped_at_the_third_trial)
+    with pytest.raises(KeyboardInterrupt):
+        tuning.tune(plan, ["lightgbm"], 4, out)
+    assert not out.exists() and tuning.journal_path(out).exists()
+    with pytest.raises(fewshot.BenchmarkError, match="trials of another search"):
+        tuning.tune(fewshot.plan_for("synthetic", quick=True, rounds=2), ["lightgbm"], 4, out)
+
+    resumed = []
+
+    def counted(trial_plan, seed, advance):
+        resumed.append(trial_plan.tuned["lightgbm"])
+        return fewshot.run_seed(trial_plan, seed, advance)
+
+    monkeypatch.setattr(tuning, "run_seed", counted)
+    entry = tuning.tune(plan, ["lightgbm"], 4, out)["methods"]["lightgbm"]
+    assert len(resumed) == 2  # only the missing trials ran: the interrupted one is drawn anew
+    assert [trial["params"] for trial in entry["trials"][:2]] == calls[:2]
+    assert entry["trials"][0]["params"]["n_estimators"] == TREE_DEFAULTS["lightgbm"]["n_estimators"]
+    assert len(entry["trials"]) == 4 and entry["value"] == min(trial["value"] for trial in entry["trials"])
+    assert not tuning.journal_path(out).exists()  # a finished method leaves no journal behind
+    assert tuning.load_tuned(out)["lightgbm"] == entry["best"]
