@@ -249,22 +249,38 @@ def bench_deployment(
     _write_json(result.to_dict(), json_path, console)
 
 
+def _subsets(text: str) -> list[str]:
+    return [name.strip().upper() for name in text.split(",") if name.strip()]
+
+
+def _transfer_pair(text: str) -> tuple[str, str]:
+    source, colon, target = text.partition(":")
+    if not colon or not source or not target:
+        raise ValueError(f"--transfers takes SOURCE:TARGET pairs such as FD001:FD003, got {text!r}")
+    return source, target
+
+
 @bench_app.command("references")
 def bench_references(
     subsets: Annotated[str, typer.Option(help="Comma-separated C-MAPSS subsets.")] = "FD003,FD004",
     seeds: Annotated[int, typer.Option(min=1, help="Seeds 0..N-1 (validation engines and initialisation).")] = 3,
     max_epochs: Annotated[int, typer.Option(min=1, help="Most epochs per model (early stopping ends sooner).")] = 100,
+    transfers: Annotated[
+        str, typer.Option(help="Comma-separated SOURCE:TARGET pairs (e.g. FD001:FD003,FD002:FD004): the reference "
+                          "network and LightGBM trained on the source, scored on the target before any target label.")
+    ] = "",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
 ) -> None:
-    """Full-data neural references trained centrally as the literature does (C-MAPSS test RMSE per subset)."""
+    """Full-data neural references trained centrally as the literature does (C-MAPSS test RMSE per subset),
+    and how far they carry to another subset's fault mode beside a tree model."""
     from fedmeta.common import SupervisedRecipe
     from fedmeta.simulations.benchmarks import references  # reads the data sets: only when benchmarking
 
     console = Console()
     with exit_on_errors(console, ValueError, FileNotFoundError):
         result = references.run_reference_benchmark(
-            [s.strip().upper() for s in subsets.split(",") if s.strip()], seeds,
-            SupervisedRecipe(max_epochs=max_epochs), log=elapsed_log(console),
+            _subsets(subsets), seeds, SupervisedRecipe(max_epochs=max_epochs), log=elapsed_log(console),
+            transfers=[_transfer_pair(pair) for pair in _subsets(transfers)],
         )
     references.render(result, console)
     _write_json(result, json_path, console)

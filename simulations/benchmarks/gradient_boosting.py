@@ -133,14 +133,21 @@ class GradientBoostingReference:
         self.task_kind, self.num_classes, self.seed = task_kind, num_classes, seed
         self.name, self.params = name, dict(TREE_DEFAULTS[name] if params is None else params)
 
+    def _model(self) -> Any:
+        return _LIBRARIES[self.name](self.task_kind, self.seed, self.params)
+
     def fit(self, batch: TaskBatch) -> list[Any]:
         return [
-            _LIBRARIES[self.name](self.task_kind, self.seed, self.params).fit(
+            self._model().fit(
                 np.concatenate([self.pooled_x, window_features(batch.support_x[t])]),
                 np.concatenate([self.pooled_y, batch.support_y[t].numpy()]),
             )
             for t in range(batch.num_tasks)
         ]
+
+    def fit_pooled(self) -> Any:
+        """One model on the pooled training rows alone: what the trees know before any target row."""
+        return self._model().fit(self.pooled_x, self.pooled_y)
 
     def predict(self, models: Sequence[object], x: Tensor | Sequence[Tensor]) -> Tensor:
         """``[T, n, outputs]``: log-probabilities of every class (classification) or values (regression);
