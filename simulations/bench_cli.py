@@ -154,7 +154,7 @@ def benchmark(
             dataset, quick=quick, seeds=seeds, rounds=rounds, recipe=recipe,
             methods=_names(methods, "--methods"), shots=None if shots is None else parse_shots(shots, "--shots"),
             tuned=tuning.load_tuned(tuned_file) if tuned_file else None,
-            tuned_from=f"simulations/benchmarks/tuned/{dataset}.json (committed)"
+            tuned_from=f"simulations/benchmarks/tuned/{tuning.tuned_path(dataset).name} (committed)"
             if tuned_file == tuning.tuned_path(dataset) else str(tuned_file or ""),
         )
         with Progress(TextColumn("[bold]benchmark[/bold] " + dataset), BarColumn(), MofNCompleteColumn(),

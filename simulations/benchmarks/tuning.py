@@ -42,6 +42,7 @@ from fedmeta.simulations.benchmarks.search_space import Range, SearchSpace, sugg
 
 __all__ = [
     "FEDERATED_SEARCH_SPACE",
+    "SHARED_VALIDATION",
     "TUNABLE_METHODS",
     "TUNED_DIR",
     "Objective",
@@ -64,6 +65,9 @@ FEDERATED_SEARCH_SPACE: SearchSpace = {
     "eval-steps": Range(1, 20, integer=True),
 }
 TUNABLE_METHODS = (*FEDERATED_METHODS, *TREE_REFERENCES)
+# Data sets that validate on another's validation split, so one search serves both: CWRU's fan-end
+# variant reads the fan-end sensor on the held-out load only, and its training loads are CWRU's.
+SHARED_VALIDATION = {"cwru-fe": "cwru"}
 
 
 def search_space(method: str) -> SearchSpace:
@@ -191,8 +195,8 @@ def _defaults(plan: BenchmarkPlan, method: str, space: SearchSpace) -> dict[str,
 
 
 def tuned_path(dataset: str) -> Path:
-    """Where a data set's committed tuned configuration lives."""
-    return TUNED_DIR / f"{dataset}.json"
+    """Where a data set's committed tuned configuration lives (`SHARED_VALIDATION`: another's)."""
+    return TUNED_DIR / f"{SHARED_VALIDATION.get(dataset, dataset)}.json"
 
 
 def load_tuned(path: Path) -> dict[str, dict[str, object]]:

@@ -169,3 +169,14 @@ def test_a_search_stopped_inside_a_method_resumes_with_the_trials_it_recorded(tm
     assert len(entry["trials"]) == 4 and entry["value"] == min(trial["value"] for trial in entry["trials"])
     assert not tuning.journal_path(out).exists()  # a finished method leaves no journal behind
     assert tuning.load_tuned(out)["lightgbm"] == entry["best"]
+
+
+@needs_dataset("cwru")
+def test_cwru_fe_is_tuned_by_cwrus_search_because_their_validation_splits_are_the_same():
+    def split(dataset):
+        return source_from_config({"dataset": dataset, "validation-split": True}).split
+
+    cwru, fan_end = split("cwru"), split("cwru-fe")
+    for ours, theirs in zip((*cwru.train, *cwru.held_out), (*fan_end.train, *fan_end.held_out), strict=True):
+        assert ours.name == theirs.name and torch.equal(ours.x, theirs.x) and torch.equal(ours.y, theirs.y)
+    assert tuning.tuned_path("cwru-fe") == tuning.tuned_path("cwru") != tuning.tuned_path("cmapss")
