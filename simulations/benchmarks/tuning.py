@@ -8,6 +8,8 @@ accuracy; regression: query MSE). Every method gets the same number of optuna tr
 (TPE sampler, seeded), one seed per trial. The result file holds, per method, the best
 values and the whole search log; ``fedmeta benchmark`` reads it (`load_tuned`), so a full
 run never repeats the search. Committed results live in `TUNED_DIR` as ``<dataset>.json``.
+Trials are recorded one by one in a journal beside the file (`journal_path`), so a search that
+takes longer than one sitting (hours on 2 cores for C-MAPSS or CWRU) resumes where it stopped.
 
 This module is imported only by the CLI commands, never by the package.
 """
