@@ -6,6 +6,10 @@ subset and seed: `load_cmapss_central` (10 whole validation engines, a window at
 cycle) and `train_supervised` (Adam, early stopping, best epoch kept), scored on the
 official test split with true RUL capped at 125 and predictions clipped to [0, 125].
 The few-shot benchmark's C-MAPSS oracles are this same function.
+
+`transfer_reference` asks the question before federation for a new fault mode: trained on
+one subset, how well do the network and a tree model score another subset's test split
+before any of its labels?
 """
 
 from __future__ import annotations
