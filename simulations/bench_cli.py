@@ -167,10 +167,14 @@ def benchmark(
     console.print(f"results written to {out} ({', '.join(fewshot_report.RESULTS_FILES)})")
 
 
+def _comma_separated(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _names(value: str | None, flag: str) -> list[str] | None:
     if value is None:
         return None
-    names = [part.strip() for part in value.split(",") if part.strip()]
+    names = _comma_separated(value)
     if not names:
         raise ValueError(f"{flag} names no method")
     return names
@@ -249,10 +253,6 @@ def bench_deployment(
     _write_json(result.to_dict(), json_path, console)
 
 
-def _subsets(text: str) -> list[str]:
-    return [name.strip().upper() for name in text.split(",") if name.strip()]
-
-
 def _transfer_pair(text: str) -> tuple[str, str]:
     source, colon, target = text.partition(":")
     if not colon or not source or not target:
@@ -279,8 +279,8 @@ def bench_references(
     console = Console()
     with exit_on_errors(console, ValueError, FileNotFoundError):
         result = references.run_reference_benchmark(
-            _subsets(subsets), seeds, SupervisedRecipe(max_epochs=max_epochs), log=elapsed_log(console),
-            transfers=[_transfer_pair(pair) for pair in _subsets(transfers)],
+            _comma_separated(subsets.upper()), seeds, SupervisedRecipe(max_epochs=max_epochs),
+            log=elapsed_log(console), transfers=[_transfer_pair(pair) for pair in _comma_separated(transfers.upper())],
         )
     references.render(result, console)
     _write_json(result, json_path, console)

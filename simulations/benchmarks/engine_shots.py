@@ -35,11 +35,9 @@ from fedmeta.common import (
 )
 from fedmeta.common.datasets import load_cmapss_transfer, rul_scores
 from fedmeta.simulations.benchmarks.gradient_boosting import GradientBoostingReference
-from fedmeta.simulations.benchmarks.references import cmapss_reference
+from fedmeta.simulations.benchmarks.references import ENGINE_SHOTS, cmapss_reference
 
 __all__ = ["ENGINE_SHOTS", "EngineShots"]
-
-ENGINE_SHOTS = (1, 5, 10)
 
 Predictor = Callable[[FactoryData, Tensor], Tensor]
 """A model adapted on one K's target windows, predicting ``[n, 1]`` for test windows ``x``."""
