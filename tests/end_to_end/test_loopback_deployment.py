@@ -149,9 +149,12 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
         crashed = wait_for(lambda: supernode_group(clients["plant-c"].pid), 10, "plant-c's SuperNode", logs)
         os.killpg(crashed, signal.SIGKILL)  # a crash: no goodbye to the server
         result.killed_factory_code = clients["plant-c"].wait(30)
-        wait_for(lambda: len(metrics(run)) >= 2, 120, "round 2 without plant-c", logs)
+        checkpoints_dir = run / "fomaml" / "checkpoints"
+        # A round appends its metrics first and then renames its checkpoint into place.
+        round_two = checkpoints_dir / "round-000002.safetensors"
+        wait_for(lambda: len(metrics(run)) >= 2 and round_two.exists(), 120, "round 2 without plant-c", logs)
         result.metrics_before_restart = metrics(run)
-        checkpoints = sorted((run / "fomaml" / "checkpoints").glob("*.safetensors"))
+        checkpoints = sorted(checkpoints_dir.glob("*.safetensors"))
         result.checkpoints_before_restart = {path.name: path.read_bytes() for path in checkpoints}
         superlink = descendants(first.pid)
         first.signal_group(signal.SIGTERM)
