@@ -134,7 +134,9 @@ def benchmark(
     ] = "auto",
     out: Annotated[
         Path | None,
-        typer.Option(help="Folder for results.json and results.md (default runs/benchmark-<dataset>-<time>).",
+        typer.Option(help="Folder for results.json and results.md (default runs/benchmark-<dataset>-<time>); "
+                     "each finished seed is kept in its seeds/, so the same command with the same --out "
+                     "resumes a stopped run.",
                      show_default=False),
     ] = None,
 ) -> None:
@@ -144,10 +146,12 @@ def benchmark(
 
     # Imports torch, scikit-learn and the data sets: only when benchmarking.
     from fedmeta.simulations.benchmarks import fewshot, fewshot_report, tuning
+    from fedmeta.simulations.benchmarks.seed_records import SeedRecordError, SeedRecords
 
     console = Console() if Console().is_terminal else Console(width=160)
     out = out if out is not None else Path("runs") / f"benchmark-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with exit_on_errors(console, ValueError, FileNotFoundError, FileExistsError, fewshot.BenchmarkError):
+    with exit_on_errors(console, ValueError, FileNotFoundError, FileExistsError, fewshot.BenchmarkError,
+                        SeedRecordError):
         fewshot_report.check_out_dir(out)
         tuned_file = _tuned_file(tuned, dataset, tuning.tuned_path(dataset))
         plan = fewshot.plan_for(
@@ -157,11 +161,16 @@ def benchmark(
             tuned_from=f"simulations/benchmarks/tuned/{tuning.tuned_path(dataset).name} (committed)"
             if tuned_file == tuning.tuned_path(dataset) else str(tuned_file or ""),
         )
+        records = SeedRecords(out, plan)
+        console.print(f"each finished seed is recorded in {records.folder}; the same command with --out {out} "
+                      "resumes a stopped run")
         with Progress(TextColumn("[bold]benchmark[/bold] " + dataset), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task("steps", total=None)
-            results = fewshot.run_benchmark(plan, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                           total=total))
+            results = fewshot.run_benchmark(
+                plan, progress=lambda done, total: bar.update(task, completed=done, total=total),
+                records=records,
+            )
         fewshot_report.write_results(results, out)
     fewshot_report.render(results, console)
     console.print(f"results written to {out} ({', '.join(fewshot_report.RESULTS_FILES)})")

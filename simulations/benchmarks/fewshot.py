@@ -81,6 +81,7 @@ from fedmeta.simulations.benchmarks.gradient_boosting import (
 from fedmeta.simulations.benchmarks.provenance import provenance
 from fedmeta.simulations.benchmarks.reference_models import TrainedModel, train_from_scratch
 from fedmeta.simulations.benchmarks.scaling import PlainLoop
+from fedmeta.simulations.benchmarks.seed_records import SeedRecords, round_trip
 
 __all__ = [
     "FEDERATED_METHODS",
@@ -675,8 +676,14 @@ def _per_seed_summary(runs: Sequence[Mapping[str, object]], key: str) -> dict[st
     }
 
 
-def run_benchmark(plan: BenchmarkPlan, *, progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
-    """Every chosen method for every seed; results with mean and std over seeds (see the module docstring)."""
+def run_benchmark(
+    plan: BenchmarkPlan, *, progress: Callable[[int, int], None] | None = None, records: SeedRecords | None = None,
+) -> dict[str, object]:
+    """Every chosen method for every seed; results with mean and std over seeds (see the module docstring).
+
+    With ``records``, each finished seed is written at once and seeds already recorded are loaded
+    instead of run; ``seconds`` is then the sum of the seeds' own wall times.
+    """
     steps_per_seed = (len(_federated_runs(plan)) * plan.rounds + ("centralized-maml" in plan.methods)
                       + sum(name in plan.methods for name in REFERENCES))
     total = len(plan.seeds) * steps_per_seed
@@ -688,8 +695,27 @@ def run_benchmark(plan: BenchmarkPlan, *, progress: Callable[[int, int], None] |
         if progress is not None:
             progress(done, total)
 
-    started = time.perf_counter()
-    runs = [run_seed(plan, seed, advance) for seed in plan.seeds]
+    commit = provenance()["commit"]
+    runs: list[dict[str, object]] = []
+    seed_seconds: list[float] = []
+    seed_commits: list[str | None] = []
+    resumed: list[int] = []
+    for seed in plan.seeds:
+        recorded = records.load(seed) if records is not None else None
+        if recorded is not None:
+            resumed.append(seed)
+            runs.append(recorded["run"])
+            seed_seconds.append(recorded["seconds"])
+            seed_commits.append(recorded["commit"])
+            for _ in range(steps_per_seed):
+                advance()
+            continue
+        started = time.perf_counter()
+        run = run_seed(plan, seed, advance)
+        seconds = time.perf_counter() - started
+        runs.append(records.save(seed, run, seconds, commit) if records is not None else round_trip(run))
+        seed_seconds.append(seconds)
+        seed_commits.append(commit)
     first = runs[0]
     task_kind = str(first["task_kind"])
     metric, higher_better = primary_metric(task_kind)
@@ -728,7 +754,10 @@ def run_benchmark(plan: BenchmarkPlan, *, progress: Callable[[int, int], None] |
         "engine_shots": _per_seed_summary(runs, "engine_shots") if first["engine_shots"] else {},
         "engine_transfer": list(CMAPSS_TRANSFERS.get(plan.dataset, ())),
         "federated": federated,
-        "seconds": time.perf_counter() - started,
+        "seconds": sum(seed_seconds),
+        "seconds_per_seed": seed_seconds,
+        "seed_commits": seed_commits,
+        "resumed_seeds": resumed,
         "seconds_per_method": {name: [run["seconds"].get(name) for run in runs] for name in first["seconds"]},
         "notes": notes(plan, task_kind),
     }

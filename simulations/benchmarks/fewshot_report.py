@@ -305,6 +305,11 @@ def _run_markdown(results: Mapping[str, object]) -> list[str]:
     lines += ["", f"Wall time {results['seconds']:.0f} s; per method and seed (s): "
               + "; ".join(f"{m} " + ", ".join("-" if v is None else f"{v:.0f}" for v in values)
                           for m, values in seconds.items()), ""]
+    if results.get("resumed_seeds"):
+        commits = dict(zip(results["seeds"], results["seed_commits"], strict=True))
+        lines += ["Seeds resumed from the records of an earlier process (`seeds/` beside this file): "
+                  f"{', '.join(map(str, results['resumed_seeds']))}; commit per seed: "
+                  + ", ".join(f"{seed} {commit or 'unknown'}" for seed, commit in commits.items()) + ".", ""]
     origin = results.get("provenance")
     if origin:
         versions = ", ".join(f"{name} {version}" for name, version in origin["versions"].items() if version)
