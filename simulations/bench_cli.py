@@ -92,9 +92,7 @@ def bench_scaling(
     """Round time and peak memory on Flower's simulation engine beside a plain loop, per federation size."""
     from fedmeta.simulations.benchmarks import scaling  # imports torch and the apps: only when benchmarking
 
-    console = Console()
-    if not console.is_terminal:  # a file or a pipe: wide enough that the table is not cut
-        console = Console(width=130)
+    console = _wide_console()
     with exit_on_errors(console, ValueError):
         result = scaling.run_scaling_benchmark(
             _sizes(factories),
@@ -148,7 +146,7 @@ def benchmark(
     from fedmeta.simulations.benchmarks import fewshot, fewshot_report, tuning
     from fedmeta.simulations.benchmarks.seed_records import SeedRecordError, SeedRecords
 
-    console = Console() if Console().is_terminal else Console(width=160)
+    console = _wide_console()
     out = out if out is not None else Path("runs") / f"benchmark-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     with exit_on_errors(console, ValueError, FileNotFoundError, FileExistsError, fewshot.BenchmarkError,
                         SeedRecordError):
@@ -174,6 +172,11 @@ def benchmark(
         fewshot_report.write_results(results, out)
     fewshot_report.render(results, console)
     console.print(f"results written to {out} ({', '.join(fewshot_report.RESULTS_FILES)})")
+
+
+def _wide_console() -> Console:
+    """The terminal's console; in a file or a pipe one wide enough that no table is cut."""
+    return Console() if Console().is_terminal else Console(width=160)
 
 
 def _comma_separated(text: str) -> list[str]:
@@ -278,18 +281,31 @@ def bench_references(
         str, typer.Option(help="Comma-separated SOURCE:TARGET pairs (e.g. FD001:FD003,FD002:FD004): the reference "
                           "network and LightGBM trained on the source, scored on the target before any target label.")
     ] = "",
+    ai4i: Annotated[
+        bool, typer.Option("--ai4i", help="Also AI4I: the network and the tree models trained on every row of L and "
+                           "M, AUROC on all of H, per failure mode.")
+    ] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
 ) -> None:
-    """Full-data neural references trained centrally as the literature does (C-MAPSS test RMSE per subset),
-    and how far they carry to another subset's fault mode beside a tree model."""
+    """Full-data neural references trained centrally as the literature does (C-MAPSS test RMSE per subset,
+    AI4I AUROC on H), and how far they carry to another subset's fault mode beside a tree model."""
     from fedmeta.common import SupervisedRecipe
     from fedmeta.simulations.benchmarks import references  # reads the data sets: only when benchmarking
+    from fedmeta.simulations.benchmarks.ai4i_reference import render_ai4i, run_ai4i_references
 
-    console = Console()
+    console = _wide_console()
+    recipe = SupervisedRecipe(max_epochs=max_epochs)
+    named, pairs = _comma_separated(subsets.upper()), _comma_separated(transfers.upper())
+    result: dict[str, object] = {}
     with exit_on_errors(console, ValueError, FileNotFoundError):
-        result = references.run_reference_benchmark(
-            _comma_separated(subsets.upper()), seeds, SupervisedRecipe(max_epochs=max_epochs),
-            log=elapsed_log(console), transfers=[_transfer_pair(pair) for pair in _comma_separated(transfers.upper())],
-        )
-    references.render(result, console)
+        if named or pairs or not ai4i:
+            result = references.run_reference_benchmark(
+                named, seeds, recipe, log=elapsed_log(console), transfers=[_transfer_pair(pair) for pair in pairs],
+            )
+        if ai4i:
+            result["ai4i"] = run_ai4i_references(seeds, recipe, log=elapsed_log(console))
+    if "runs" in result:
+        references.render(result, console)
+    if ai4i:
+        render_ai4i(result["ai4i"], console)
     _write_json(result, json_path, console)

@@ -1,12 +1,16 @@
-"""`fedmeta bench references`: the full-data C-MAPSS references, trained and scored on the real files."""
+"""`fedmeta bench references`: the full-data C-MAPSS and AI4I references, trained and scored on the real files."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
+import pandas as pd
 from typer.testing import CliRunner
 
+from fedmeta.common.datasets import FAILURE_MODES, dataset_dir
+from fedmeta.simulations.benchmarks.ai4i_reference import _aurocs
 from fedmeta.simulations.cli import app
 from tests.support.shared_data import needs_dataset
 
@@ -54,3 +58,33 @@ def test_a_transfer_scores_the_network_and_the_tree_trained_on_the_source_on_bot
 def test_a_transfer_that_is_not_a_pair_is_named():
     result = runner.invoke(app, ["bench", "references", "--transfers", "FD001-FD003"])
     assert result.exit_code == 1 and "SOURCE:TARGET" in result.output and "FD001-FD003" in result.output
+
+
+def test_failure_mode_aurocs_match_a_count_by_hand():
+    failed = np.array([True, True, True, False, False, False, False])
+    modes = np.array([1, 2, 0, 0, 0, 0, 0])  # a TWF failure, an HDF failure, a failure with no flag
+    score = np.array([0.9, 0.5, 0.1, 0.8, 0.4, 0.3, 0.2])
+    scores = _aurocs(failed, modes, score)
+    # Negatives 0.8, 0.4, 0.3, 0.2: TWF (0.9) beats 4 of 4, HDF (0.5) 3 of 4, the unflagged (0.1) 0 of 4.
+    assert scores["auroc_TWF"] == 1.0 and scores["auroc_HDF"] == 0.75
+    assert scores["auroc"] == (4 + 3 + 0) / 12 and scores["auroc_flagged"] == (4 + 3) / 8
+    assert scores["unflagged_failures"] == 1.0 and math.isnan(scores["auroc_PWF"])
+
+
+@needs_dataset("ai4i2020")
+def test_ai4i_references_score_every_model_on_h_per_failure_mode(tmp_path):
+    out = tmp_path / "ai4i.json"
+    result = runner.invoke(app, ["bench", "references", "--subsets", "", "--ai4i", "--seeds", "1", "--max-epochs", "1",
+                                 "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "AI4I" in result.output and "aim" in result.output
+    run = json.loads(out.read_text())["ai4i"][0]
+    table = pd.read_csv(dataset_dir("ai4i2020") / "ai4i2020.csv")
+    h = table[table["Type"] == "H"]
+    unflagged = int(((h["Machine failure"] == 1) & (h[list(FAILURE_MODES)].sum(axis=1) == 0)).sum())
+    assert run["network"]["epochs"] == 1
+    for model in ("network", "lightgbm", "gradient-boosting"):
+        assert run[model]["unflagged_failures"] == unflagged == 1
+        assert 0 <= run[model]["auroc"] <= 1 and 0 <= run[model]["auroc_flagged"] <= 1, model
+    for tree in ("lightgbm", "gradient-boosting"):  # fully trained (one epoch is the network's only)
+        assert run[tree]["auroc"] > 0.9 and run[tree]["auroc_flagged"] > run[tree]["auroc"], tree
