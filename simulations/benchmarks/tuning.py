@@ -5,7 +5,7 @@ data set's validation split (`FactorySplit.validation`: the last training factor
 out in place of the real held-out ones, the others train), scored at K = 5 on
 `objective` (AI4I: F1 at the factory's failure rate; other classification: query
 accuracy; regression: query MSE). Every method gets the same number of optuna trials
-(TPE sampler, seeded), one seed per trial. The result file holds, per method, the best
+(TPE sampler, trial n seeded with n), one seed per trial. The result file holds, per method, the best
 values and the whole search log; ``fedmeta benchmark`` reads it (`load_tuned`), so a full
 run never repeats the search. Committed results live in `TUNED_DIR` as ``<dataset>.json``.
 Trials are recorded one by one in a journal beside the file (`journal_path`), so a search that
@@ -70,6 +70,10 @@ TUNABLE_METHODS = (*FEDERATED_METHODS, *TREE_REFERENCES)
 # Data sets that validate on another's validation split, so one search serves both: CWRU's fan-end
 # variant reads the fan-end sensor on the held-out load only, and its training loads are CWRU's.
 SHARED_VALIDATION = {"cwru-fe": "cwru"}
+SAMPLER_SEED = 0
+# What a method's entry records of how its draws were made (entries without it were tuned by one
+# TPE sampler seeded 0 for the whole search).
+SAMPLER = f"optuna TPE, trial n's sampler seeded with {SAMPLER_SEED} + n"
 
 
 def search_space(method: str) -> SearchSpace:
@@ -118,8 +122,11 @@ def tune_method(
 
     Every finished trial is recorded at once in ``journal`` (optuna's journal file), so a search
     stopped midway, even inside a method, resumes there: a rerun runs only the trials still
-    missing. A trial the stop interrupted is dropped and the resumed sampler draws anew, so a
-    resumed search is as valid as an unbroken one but not bit-identical to it.
+    missing. A trial the stop interrupted is dropped. Trial n's sampler is seeded with n
+    (`SAMPLER_SEED` + n), so its draw depends only on its number and the trials before it: a
+    resumed search draws exactly what an unbroken one draws (one sampler seeded once would
+    restart its random stream on resume and repeat draws already tried), and while TPE is in its
+    random start-up every method with the same search space gets the same draws.
     """
     space = search_space(method)
     objective = objective_for(plan.dataset, source_from_config(plan.run_config(plan.seeds[0])).task_kind)
@@ -137,8 +144,9 @@ def tune_method(
         log(f"{method} trial {len(_finished(study)) + 1}/{trials}: {objective.metric} {value:.4f} {params}")
         return value
 
-    if len(done) < trials:
-        study.optimize(run, n_trials=trials - len(done))
+    while len(_finished(study)) < trials:
+        study.sampler = optuna.samplers.TPESampler(seed=SAMPLER_SEED + len(_finished(study)))
+        study.optimize(run, n_trials=1)
     finished = _finished(study)[:trials]
     best = (max if objective.higher_is_better else min)(finished, key=lambda trial: trial.value)
     history = [{"number": number, "params": trial.params, "value": trial.value, "seconds": trial.user_attrs["seconds"]}
@@ -169,7 +177,7 @@ def _study(plan: BenchmarkPlan, method: str, objective: Objective, journal: Path
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(journal)))
     study = optuna.create_study(storage=storage, study_name=method, load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=0),
+                                sampler=optuna.samplers.TPESampler(seed=SAMPLER_SEED),
                                 direction="maximize" if objective.higher_is_better else "minimize")
     key = _search_key(plan, objective)
     recorded = study.user_attrs.get("search")
@@ -250,7 +258,7 @@ def tune(
                                  "(write to another --out, or remove those entries first)")
     data = {
         "dataset": plan.dataset,
-        "search": f"optuna TPE (seed 0), {trials} trials per method, the first at the untuned values; each trial one "
+        "search": f"optuna TPE (seeded), {trials} trials per method, the first at the untuned values; each trial one "
         f"seed ({plan.seeds[0]}), K={TARGET_K}, scored on the validation split (the last training factory held out)",
         "plan": _plan_sizes(plan),
         **{key: value for key, value in existing.items() if key not in ("dataset", "search", "plan", "methods")},
@@ -258,7 +266,8 @@ def tune(
     }
     journal = journal_path(out)
     for method in methods:  # written after each method; the journal keeps the trials of the one under way
-        data["methods"][method] = {**tune_method(plan, method, trials, journal, log=log), "provenance": provenance()}
+        data["methods"][method] = {**tune_method(plan, method, trials, journal, log=log), "sampler": SAMPLER,
+                                   "provenance": provenance()}
         _write_atomically(out, strict_json(data))
         _forget(journal, method)
     return data

@@ -165,6 +165,11 @@ def test_a_search_stopped_inside_a_method_resumes_with_the_trials_it_recorded(tm
     entry = tuning.tune(plan, ["lightgbm"], 4, out)["methods"]["lightgbm"]
     assert len(resumed) == 2  # only the missing trials ran: the interrupted one is drawn anew
     assert [trial["params"] for trial in entry["trials"][:2]] == calls[:2]
+    assert resumed[0] == calls[2]  # the interrupted trial's draw, not a draw the search already tried
+    unbroken = tuning.tune(plan, ["lightgbm"], 4, tmp_path / "unbroken.json")["methods"]["lightgbm"]
+    assert entry["trials"] == [{**trial, "seconds": mine["seconds"]}
+                               for trial, mine in zip(unbroken["trials"], entry["trials"], strict=True)]
+    assert entry["sampler"] == unbroken["sampler"] == tuning.SAMPLER
     assert entry["trials"][0]["params"]["n_estimators"] == TREE_DEFAULTS["lightgbm"]["n_estimators"]
     assert len(entry["trials"]) == 4 and entry["value"] == min(trial["value"] for trial in entry["trials"])
     assert not tuning.journal_path(out).exists()  # a finished method leaves no journal behind
