@@ -20,7 +20,8 @@ from tests.support.shared_data import needs_dataset
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "quick"
-    result = CliRunner().invoke(app, ["benchmark", "--dataset", "synthetic", "--quick", "--out", str(out)])
+    result = CliRunner().invoke(app, ["benchmark", "--dataset", "synthetic", "--quick", "--tuned", "none",
+                                      "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out, result.output
 
