@@ -23,6 +23,7 @@ from fedmeta.client import initial_weights
 from fedmeta.common import FactoryData, SupervisedRecipe, build_model, predict, train_supervised
 from fedmeta.common.datasets import FAILURE_MODES, auroc, load_ai4i
 from fedmeta.simulations.benchmarks.gradient_boosting import TREE_REFERENCES, GradientBoostingReference
+from fedmeta.simulations.benchmarks.references import mean_and_seeds
 
 __all__ = ["AUROC_AIM", "ai4i_reference", "render_ai4i", "run_ai4i_references"]
 
@@ -32,7 +33,8 @@ VALIDATION_FRACTION = 1 / 7
 
 def _split_validation(rows: FactoryData, seed: int) -> tuple[FactoryData, FactoryData]:
     order = torch.randperm(len(rows.y), generator=torch.Generator().manual_seed(seed))
-    held, kept = order[: int(len(order) * VALIDATION_FRACTION)], order[int(len(order) * VALIDATION_FRACTION):]
+    cut = int(len(order) * VALIDATION_FRACTION)
+    held, kept = order[:cut], order[cut:]
     return (FactoryData("training rows", rows.x[kept], rows.y[kept]),
             FactoryData("validation rows", rows.x[held], rows.y[held]))
 
@@ -84,10 +86,6 @@ def run_ai4i_references(
     return runs
 
 
-def _mean_and_seeds(values: Sequence[float]) -> str:
-    return f"{statistics.fmean(values):.3f} (" + ", ".join(f"{v:.3f}" for v in values) + ")"
-
-
 def render_ai4i(runs: Sequence[dict[str, object]], console: Console) -> None:
     unflagged = int(runs[0]["network"]["unflagged_failures"])
     table = Table(title=f"AI4I, every training row (L, M) -> all of H: AUROC of 'Machine failure', mean (per seed); "
@@ -98,8 +96,8 @@ def render_ai4i(runs: Sequence[dict[str, object]], console: Console) -> None:
         mean = statistics.fmean(run[name]["auroc"] for run in runs)
         per_mode = [statistics.fmean(run[name][f"auroc_{mode}"] for run in runs) for mode in FAILURE_MODES]
         table.add_row(
-            name, _mean_and_seeds([run[name]["auroc"] for run in runs]),
-            _mean_and_seeds([run[name]["auroc_flagged"] for run in runs]),
+            name, mean_and_seeds([run[name]["auroc"] for run in runs], digits=3),
+            mean_and_seeds([run[name]["auroc_flagged"] for run in runs], digits=3),
             *("-" if np.isnan(value) else f"{value:.3f}" for value in per_mode),
             ("met" if mean >= AUROC_AIM else "NOT met") if name == "network" else "-",
         )

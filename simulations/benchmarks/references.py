@@ -28,7 +28,10 @@ from fedmeta.common import FactoryData, MetaModel, SupervisedRecipe, build_model
 from fedmeta.common.datasets import SUBSETS, CentralSplit, load_cmapss_central, load_cmapss_transfer, rul_scores
 from fedmeta.simulations.benchmarks.gradient_boosting import GradientBoostingReference
 
-__all__ = ["ENGINE_SHOTS", "LITERATURE", "cmapss_reference", "render", "run_reference_benchmark", "transfer_reference"]
+__all__ = [
+    "ENGINE_SHOTS", "LITERATURE", "cmapss_reference", "mean_and_seeds", "render", "run_reference_benchmark",
+    "transfer_reference",
+]
 
 # Published test RMSE of small networks trained on one subset alone (cycles, capped RUL), where the
 # project cites a figure (FD001: the few-shot report's reference; FD003: 1-D CNN / one-layer LSTM),
@@ -136,8 +139,9 @@ def run_reference_benchmark(
             "transfers": transferred}
 
 
-def _mean_and_seeds(values: Sequence[float]) -> str:
-    return f"{statistics.fmean(values):.2f} (" + ", ".join(f"{v:.2f}" for v in values) + ")"
+def mean_and_seeds(values: Sequence[float], digits: int = 2) -> str:
+    """A table cell: the mean over seeds, then each seed's value."""
+    return f"{statistics.fmean(values):.{digits}f} (" + ", ".join(f"{v:.{digits}f}" for v in values) + ")"
 
 
 def render(result: dict[str, object], console: Console) -> None:
@@ -150,7 +154,7 @@ def render(result: dict[str, object], console: Console) -> None:
             mean = result["mean_rmse"][subset]
             aim = AIMS.get(subset)
             table.add_row(
-                subset, _mean_and_seeds([r["rmse"] for r in runs]),
+                subset, mean_and_seeds([r["rmse"] for r in runs]),
                 f"{statistics.fmean(r['nasa'] for r in runs):.0f}",
                 ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in runs), LITERATURE.get(subset, "-"),
                 "-" if aim is None else f"<= {aim}: {'met' if mean <= aim else 'NOT met'}",
@@ -164,6 +168,6 @@ def render(result: dict[str, object], console: Console) -> None:
                        "LightGBM: target test"):
             table.add_column(column)
         for name, runs in result["transfers"].items():
-            table.add_row(name, *(_mean_and_seeds([r[model][key] for r in runs])
+            table.add_row(name, *(mean_and_seeds([r[model][key] for r in runs])
                                   for model in ("network", "lightgbm") for key in ("source_rmse", "rmse")))
         console.print(table)

@@ -48,25 +48,24 @@ class SeedRecords:
             return None
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-            plan, run = record["plan"], record["run"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            plan, run, seconds, commit = record["plan"], record["run"], float(record["seconds"]), record["commit"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise SeedRecordError(f"{path} is not a readable seed record ({error}); move it away to rerun "
                                   "that seed") from error
         if plan != self.plan:
             changed = sorted(key for key in {*plan, *self.plan} if plan.get(key) != self.plan.get(key))
             raise SeedRecordError(f"{path} was recorded under another plan (differs in {', '.join(changed)}); "
                                   "run with another --out or the same settings")
-        return {"run": run, "seconds": float(record["seconds"]), "commit": record.get("commit")}
+        return {"run": run, "seconds": seconds, "commit": commit}
 
     def save(self, seed: int, run: Mapping[str, object], seconds: float, commit: str | None) -> dict[str, Any]:
         """Write ``seed``'s record atomically (never over an existing one); return the run as reloaded."""
+        if self.path(seed).exists():
+            raise SeedRecordError(f"{self.path(seed)} exists; not overwriting it")
         self.folder.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"plan": self.plan, "seconds": seconds, "commit": commit, "run": run})
         partial = self.path(seed).with_suffix(".json.partial")
         partial.write_text(text, encoding="utf-8")
-        if self.path(seed).exists():
-            partial.unlink()
-            raise SeedRecordError(f"{self.path(seed)} exists; not overwriting it")
         os.replace(partial, self.path(seed))
         return json.loads(text)["run"]
 

@@ -176,8 +176,8 @@ def _study(plan: BenchmarkPlan, method: str, objective: Objective, journal: Path
     (enqueued first, and again if the stop interrupted that trial)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(journal)))
+    # No sampler here: `tune_method` gives every trial its own (seeded with the trial's number).
     study = optuna.create_study(storage=storage, study_name=method, load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=SAMPLER_SEED),
                                 direction="maximize" if objective.higher_is_better else "minimize")
     key = _search_key(plan, objective)
     recorded = study.user_attrs.get("search")
