@@ -13,6 +13,7 @@ trains on its own rows and sends its own delta, under the record keys
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ from typing import Protocol
 from fedmeta.common.connector import DataSchema, load_factory_table
 from fedmeta.common.datasets import TRANSFERS as CMAPSS_TRANSFERS
 from fedmeta.common.datasets import FactorySplit, load_ai4i, load_cmapss_transfer, load_cwru
+from fedmeta.common.model_package import PackageSchema
 from fedmeta.common.models import ModelConfig
 from fedmeta.common.protocol import ROLES
 from fedmeta.common.run_settings import DATASETS, resolve_run_config
+from fedmeta.common.scaling import FeatureScaling
 from fedmeta.common.synthetic import FactoryFamily, FamilyConfig, make_family
 from fedmeta.common.tasks import FactoryData
 from fedmeta.common.validation import check_choice
@@ -71,7 +74,24 @@ class DataSource(Protocol):
     @property
     def factories_per_node(self) -> int: ...
 
+    @property
+    def package_schema(self) -> PackageSchema:
+        """The input columns, target and classes the run's model package names."""
+        ...
+
+    @property
+    def scaling_rule(self) -> str:
+        """How inputs are scaled before the model sees them (`common.model_package.SCALING_RULES`)."""
+        ...
+
     def node_factories(self, node_config: Mapping[str, object]) -> list[FactoryAssignment]: ...
+
+
+def _generic_schema(model_config: ModelConfig, task_kind: str) -> PackageSchema:
+    """Named inputs for a source without column names: x0, x1, ... (tables) or channel0, ... (windows)."""
+    prefix = "x" if model_config.name == "mlp" else "channel"
+    classes = tuple(map(str, range(model_config.output_dim))) if task_kind == "classification" else None
+    return PackageSchema(tuple(f"{prefix}{i}" for i in range(model_config.input_shape[0])), "y", task_kind, classes)
 
 
 @cache
@@ -104,6 +124,16 @@ class SyntheticSource:
     @property
     def task_kind(self) -> str:
         return _family(self.family).task_kind
+
+    @property
+    def package_schema(self) -> PackageSchema:
+        return _generic_schema(self.model_config, self.task_kind)
+
+    @property
+    def scaling_rule(self) -> str:
+        """A quality factory standardises its own parameters (as `common.scaling` does); fault
+        signals come centred per window from the generator."""
+        return "factory-rows" if self.family.kind == "quality" else "source"
 
     @property
     def num_partitions(self) -> int:
@@ -181,6 +211,15 @@ class TableSource:
         outputs = 1 if self.schema.task == "regression" else len(self.schema.classes or ())
         return ModelConfig("mlp", (len(self.schema.features),), outputs)
 
+    @property
+    def package_schema(self) -> PackageSchema:
+        schema = self.schema
+        return PackageSchema(schema.features, schema.target, schema.task, schema.classes)
+
+    @property
+    def scaling_rule(self) -> str:
+        return "factory-rows"
+
     def node_factories(self, node_config: Mapping[str, object]) -> list[FactoryAssignment]:
         if "data-path" not in node_config:
             raise ValueError("node_config has no 'data-path': start the node with --node-config 'data-path=FILE'")
@@ -188,7 +227,9 @@ class TableSource:
         check_choice("role", role, ROLES)
         path = Path(str(node_config["data-path"]))
         name = str(node_config.get("factory", path.stem))
-        return [FactoryAssignment(load_factory_table(path, self.schema, name=name), role)]
+        data = load_factory_table(path, self.schema, name=name)
+        scaled = dataclasses.replace(data, x=FeatureScaling.fit(data.x).apply(data.x))
+        return [FactoryAssignment(scaled, role)]
 
 
 def _load_split(dataset: str, seed: int) -> FactorySplit:
@@ -230,6 +271,14 @@ class SplitSource:
     @property
     def task_kind(self) -> str:
         return self.split.task_kind
+
+    @property
+    def package_schema(self) -> PackageSchema:
+        return _generic_schema(self.model_config, self.task_kind)
+
+    @property
+    def scaling_rule(self) -> str:
+        return "source"
 
     @property
     def num_nodes(self) -> int:

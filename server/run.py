@@ -1,4 +1,4 @@
-"""The round loop: train, aggregate, log metrics, checkpoint, evaluate; resumable.
+"""The round loop: train, aggregate, log metrics, checkpoint, evaluate; resumable; then the model package.
 
 Flower's `Strategy.start` always begins at round 1, so the loop lives here and calls
 the strategy's hooks itself. Each round appends its metrics first and then writes an
@@ -24,6 +24,7 @@ from torch import Tensor
 
 from fedmeta.common import DataSource, OuterOptimizer, build_model, init_inner_lrs, pack_meta_parameters
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
+from fedmeta.server.package import write_run_package
 from fedmeta.server.settings import ServerSettings
 from fedmeta.server.strategy import FedMetaStrategy, exchange
 
@@ -94,7 +95,8 @@ def run_experiment(
     optimizer, first_round = _start_state(run_dir, settings, source, algorithm)
     strategy = FedMetaStrategy(optimizer, settings.sampling)
     round_config = dataclasses.replace(settings.round, algorithm=algorithm)
-    eval_config = ConfigRecord(dataclasses.replace(settings.evaluation, algorithm=algorithm).to_config())
+    evaluation = dataclasses.replace(settings.evaluation, algorithm=algorithm)
+    eval_config = ConfigRecord(evaluation.to_config())
     for server_round in range(first_round, settings.num_rounds + 1):
         wanted = settings.sampling.min_train_nodes
         if server_round == first_round:  # a deployment's factories connect one by one: start with them all
@@ -127,3 +129,4 @@ def run_experiment(
         )
         if progress is not None:
             progress(record)
+    write_run_package(run_dir, optimizer.params, source, evaluation, settings.num_rounds)

@@ -96,3 +96,17 @@ def test_classification_schema_must_fix_the_class_order(tmp_path):
     schema.write_text(json.dumps({"features": FEATURES, "target": "fault", "task": "classification"}))
     with pytest.raises(ValueError, match="must list 'classes'"):
         source_from_config({"schema": str(schema)})
+
+
+def test_a_table_factory_sees_its_features_standardised_with_its_own_rows(federation):
+    folder, run_config = federation
+    table = pd.read_csv(folder / "plant-a.csv")
+    table[FEATURES] = table[FEATURES] * [10.0, 0.1, 1.0] + [300.0, -2.0, 0.0]  # another plant's units and set points
+    table.to_csv(folder / "plant-a.csv", index=False)
+    source = source_from_config(run_config)
+    (factory,) = source.node_factories({"data-path": str(folder / "plant-a.csv")})
+    raw = table[FEATURES].to_numpy()
+    expected = (raw - raw.mean(axis=0)) / raw.std(axis=0)
+    np.testing.assert_allclose(factory.data.x.numpy(), expected, atol=1e-5)
+    assert source.scaling_rule == "factory-rows"
+    assert source.package_schema.features == tuple(FEATURES) and source.package_schema.target == "quality"

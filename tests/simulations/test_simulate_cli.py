@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 from typer.testing import CliRunner
 
+from fedmeta.common.model_package import load_package
 from fedmeta.common.run_settings import RUN_SETTINGS
 from fedmeta.server import RunDirectory
+from fedmeta.server.package import PACKAGE_FOLDER
 from fedmeta.simulations.cli import app
 from fedmeta.simulations.simulate_cli import FLAG_SETTINGS, SIMULATE_DEFAULTS, simulate
 
@@ -40,7 +43,7 @@ def test_resume_without_output_folder_is_refused():
     assert "--output" in result.output
 
 
-def test_small_fault_diagnosis_simulation_prints_the_comparison_table(tmp_path):
+def test_small_fault_diagnosis_simulation_prints_the_comparison_table_and_packages_the_model(tmp_path):
     args = ["simulate", "--family", "fault", "--factories", "3", "--held-out", "1", "--rounds", "2",
             "--local-steps", "1", "--output", str(tmp_path), "--device", "cpu"]
     result = runner.invoke(app, args)
@@ -49,3 +52,10 @@ def test_small_fault_diagnosis_simulation_prints_the_comparison_table(tmp_path):
         assert expected in result.output
     assert RunDirectory(tmp_path / "maml").latest_round() == 2
     assert RunDirectory(tmp_path / "fedavg").latest_round() == 2
+    package = load_package(tmp_path / "maml" / PACKAGE_FOLDER)
+    final = RunDirectory(tmp_path / "maml").load_checkpoint(2).params
+    assert all(torch.equal(package.weights[name], final[name]) for name in package.weights)
+    manifest = package.manifest
+    assert (manifest.round, manifest.adaptation.algorithm, manifest.schema.task) == (2, "maml", "classification")
+    assert manifest.scaling_rule == "source" and manifest.scaling is None
+    assert 0.0 <= manifest.metrics["accuracy-k5"] <= 1.0
