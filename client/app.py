@@ -9,6 +9,8 @@ Handlers:
   replies with ``local - global`` and metrics. Never raw data, never full weights.
 - ``evaluate``: adapts the received model to this factory's tasks from K labelled
   samples, for several K, and reports query metrics.
+- ``query.model``: after the last round, stores the final model package under the node's
+  ``model-dir`` (`fedmeta.client.package`) and replies only whether it did.
 
 A node serving several factories (``factories-per-node`` > 1, see
 `common.data_sources`) lists them all in its query reply; the server's messages name
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -30,6 +33,7 @@ from torch import Tensor
 
 from fedmeta.client.evaluation import evaluate_factory
 from fedmeta.client.factory import LoadedFactory, load_factories, node_device, sampler_for
+from fedmeta.client.package import MODEL_DIR_KEY, store_delivered_package
 from fedmeta.common import (
     EvaluationSettings,
     ModelConfig,
@@ -196,6 +200,17 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
         if protocol.FACTORIES in msg.content:
             return Message(train_replies(factories, msg, device), reply_to=msg)
         return Message(train_reply(_only(factories), msg, device), reply_to=msg)
+
+    @app.query(protocol.MODEL_DELIVERY.removeprefix("query."))
+    def receive_model(msg: Message, context: Context) -> Message:
+        """Store the final model package under this node's ``model-dir``; reply only whether it was stored."""
+        model_dir = context.node_config.get(MODEL_DIR_KEY)
+        if model_dir:
+            manifest = str(msg.content[protocol.CONFIG][protocol.MANIFEST])
+            path = store_delivered_package(_received_parameters(msg), manifest, Path(str(model_dir)))
+            log.info("model package stored in %s", path)
+        stored = MetricRecord({protocol.STORED: 1 if model_dir else 0})
+        return Message(RecordDict({protocol.METRICS: stored}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

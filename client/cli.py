@@ -66,6 +66,11 @@ def client(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="No TLS and no key: for a trusted test network only.")
     ] = False,
+    model_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the final model of every run is kept, as RUN/round-N (default: STATE/models).",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Start this factory: check its table, key and CA, then serve the server's runs until stopped."""
     console = Console()
@@ -94,6 +99,7 @@ def client(
             device=device,
             max_wait_s=max_wait_time,
             isolation=isolation,
+            model_dir=model_dir,
         )
         report(f"{plan.data.name}: table valid against {plan.schema.name}; log {plan.log}")
         with sigterm_as_interrupt():

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from fedmeta.client.package import MODEL_DIR_KEY
 from fedmeta.common import (
     ROLES,
     ChildProcess,
@@ -81,6 +82,12 @@ class FactoryPlan:
     device: str = "auto"
     max_wait_s: float | None = None
     isolation: str = "subprocess"
+    model_dir: Path | None = None  # None: <state>/models
+
+    @property
+    def models(self) -> Path:
+        """Where the model packages the federation delivers are kept (per run and round)."""
+        return self.model_dir or self.state / "models"
 
     @property
     def log(self) -> Path:
@@ -101,6 +108,7 @@ def plan_factory(
     device: str = "auto",
     max_wait_s: float | None = None,
     isolation: str = "subprocess",
+    model_dir: Path | None = None,
 ) -> FactoryPlan:
     """Check the address, the schema, the table against it and (with TLS) the key and CA.
 
@@ -133,6 +141,7 @@ def plan_factory(
         device=device,
         max_wait_s=max_wait_s,
         isolation=isolation,
+        model_dir=None if model_dir is None else model_dir.resolve(),
     )
 
 
@@ -146,13 +155,15 @@ def _toml_string(value: str) -> str:
 
 
 def node_config(plan: FactoryPlan) -> str:
-    """What the client app reads on this machine: the table, its schema, the role, the factory's name."""
+    """What the client app reads on this machine: the table, its schema, the role, the factory's name,
+    where to train and where to keep the delivered model packages."""
     values = {
         "data-path": str(plan.data),
         "schema": str(plan.schema),
         "role": plan.role,
         "factory": plan.factory,
         "device": plan.device,
+        MODEL_DIR_KEY: str(plan.models),
     }
     return " ".join(f"{key}={_toml_string(value)}" for key, value in values.items())
 

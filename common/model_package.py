@@ -228,8 +228,10 @@ def save_package(
     inner_lrs: Mapping[str, Tensor],
     manifest: Manifest,
 ) -> ModelPackage:
-    """Write a package to the new folder ``directory``; its hash and this machine's versions are
-    filled in. An existing ``directory`` is refused, never overwritten."""
+    """Write a package to the new folder ``directory``. The manifest's hash is filled in or, where it
+    holds one (a package received from the server), checked against the weights; its versions are
+    this machine's unless it records the ones it was built with. An existing ``directory`` is
+    refused, never overwritten."""
     path = Path(directory)
     if path.exists():
         raise PackageError(path, "already exists; a package is never overwritten (choose another folder)")
@@ -240,7 +242,11 @@ def save_package(
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         save_file(tensors, str(staging / WEIGHTS_FILE))
-        manifest = replace(manifest, weights_sha256=_digest(staging / WEIGHTS_FILE), versions=installed_versions())
+        digest = _digest(staging / WEIGHTS_FILE)
+        if manifest.weights_sha256 and manifest.weights_sha256 != digest:
+            raise PackageError(path, f"the weights hash to {digest}, the manifest records {manifest.weights_sha256}: "
+                                     "they were changed or damaged on the way")
+        manifest = replace(manifest, weights_sha256=digest, versions=manifest.versions or installed_versions())
         with (staging / MANIFEST_FILE).open("w", encoding="utf-8") as handle:
             json.dump(manifest.to_json(), handle, indent=2)
             handle.flush()

@@ -11,7 +11,11 @@ leave one side behind. Flower itself is not imported: these are plain strings.
 - a ``query`` reply: ``role`` (``role`` and ``factory``), or, from a node serving several
   factories, ``factories`` (``names`` and ``roles``); messages to such a node carry
   ``factories`` (``names``) and the replies hold each factory's records under
-  ``<record>/<factory>`` (`factory_key`).
+  ``<record>/<factory>`` (`factory_key`);
+- after the last round, a ``query.model`` message (`MODEL_DELIVERY`) to every factory node:
+  ``meta-parameters`` and ``config`` with the package's ``manifest`` (JSON text); the
+  factory stores the package (`fedmeta.client.package`) and replies ``metrics`` with
+  ``stored`` (1 stored or already there, 0 where the node names no model folder).
 """
 
 from __future__ import annotations
@@ -21,13 +25,16 @@ __all__ = [
     "DELTA",
     "FACTORIES",
     "FACTORY",
+    "MANIFEST",
     "META_PARAMETERS",
     "METRICS",
+    "MODEL_DELIVERY",
     "NAMES",
     "NUM_EXAMPLES",
     "ROLE",
     "ROLES",
     "ROLES_FIELD",
+    "STORED",
     "factory_key",
     "is_delta_key",
 ]
@@ -44,6 +51,11 @@ FACTORY = "factory"
 FACTORIES = "factories"
 NAMES = "names"
 ROLES_FIELD = "roles"
+
+# The final model package, delivered to every factory after the last round.
+MODEL_DELIVERY = "query.model"
+MANIFEST = "manifest"
+STORED = "stored"
 
 # What a factory does in a federation: trains, or only adapts and evaluates (held out, or new).
 ROLES = ("train", "evaluate")

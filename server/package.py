@@ -1,20 +1,29 @@
-"""The run's model package (`common.model_package`), written into the run folder after the last round."""
+"""The run's model package (`common.model_package`): written into the run folder after the last round,
+then delivered to every connected factory, training or evaluate-only (`fedmeta.client.package`)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
 from torch import Tensor
 
-from fedmeta.common import DataSource, EvaluationSettings, unpack_meta_parameters
+from fedmeta.common import DataSource, EvaluationSettings, pack_meta_parameters, protocol, unpack_meta_parameters
 from fedmeta.common.model_package import AdaptationPlan, Manifest, ModelPackage, load_package, save_package
 from fedmeta.server.checkpoint import RunDirectory
+from fedmeta.server.strategy import FedMetaStrategy, exchange
 
-__all__ = ["PACKAGE_FOLDER", "write_run_package"]
+__all__ = ["PACKAGE_FOLDER", "RUN_ID", "deliver_package", "write_run_package"]
+
+log = logging.getLogger(__name__)
 
 PACKAGE_FOLDER = "model"
+RUN_ID = "run-id"  # config.json's entry naming the run in its packages (the folder's name where absent)
 
 
 def _held_out_metrics(run_dir: RunDirectory, round: int) -> dict[str, float]:
@@ -25,6 +34,11 @@ def _held_out_metrics(run_dir: RunDirectory, round: int) -> dict[str, float]:
             return {key: float(value) for key, value in values.items()
                     if isinstance(value, int | float) and math.isfinite(float(value))}
     return {}
+
+
+def _run_name(run_dir: RunDirectory) -> str:
+    recorded = run_dir.read_config().get(RUN_ID) if run_dir.config_path.exists() else None
+    return recorded if isinstance(recorded, str) else Path(run_dir.path).name
 
 
 def write_run_package(
@@ -45,8 +59,26 @@ def write_run_package(
         model=source.model_config,
         adaptation=AdaptationPlan(evaluation.algorithm, evaluation.steps, evaluation.lr, evaluation.recipe),
         scaling_rule=source.scaling_rule,
-        run=Path(run_dir.path).name,
+        run=_run_name(run_dir),
         round=round,
         metrics=_held_out_metrics(run_dir, round),
     )
     return save_package(path, weights, inner_lrs, manifest)
+
+
+def deliver_package(grid: Grid, strategy: FedMetaStrategy, package: ModelPackage, timeout: float | None) -> int:
+    """Send the package to every connected factory node; how many stored it. A node that fails or
+    names no model folder is logged: the run's own copy in ``<run>/model`` is already safe."""
+    arrays = ArrayRecord(torch_state_dict=pack_meta_parameters(package.weights, package.inner_lrs))
+    messages = strategy.configure_delivery(arrays, json.dumps(package.manifest.to_json()))
+    stored = 0
+    for reply in exchange(grid, messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            log.warning("node %d did not store the model package: %s", node, reply.error.reason)
+        elif reply.content[protocol.METRICS][protocol.STORED]:
+            stored += 1
+        else:
+            log.info("node %d names no model folder; it did not store the model package", node)
+    log.info("model package delivered: %d of %d factory nodes stored it", stored, len(messages))
+    return stored

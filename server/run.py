@@ -1,4 +1,5 @@
-"""The round loop: train, aggregate, log metrics, checkpoint, evaluate; resumable; then the model package.
+"""The round loop: train, aggregate, log metrics, checkpoint, evaluate; resumable; then the model
+package, written into the run folder and delivered to every factory.
 
 Flower's `Strategy.start` always begins at round 1, so the loop lives here and calls
 the strategy's hooks itself. Each round appends its metrics first and then writes an
@@ -15,6 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from fedmeta.common import DataSource, OuterOptimizer, build_model, init_inner_lrs, pack_meta_parameters
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
-from fedmeta.server.package import write_run_package
+from fedmeta.server.package import RUN_ID, deliver_package, write_run_package
 from fedmeta.server.settings import ServerSettings
 from fedmeta.server.strategy import FedMetaStrategy, exchange
 
@@ -51,9 +53,20 @@ def _finite_or_text(metrics: Mapping[str, float]) -> dict[str, object]:
     return {k: float(v) if math.isfinite(float(v)) else str(float(v)) for k, v in metrics.items()}
 
 
+def _run_id(run_dir: RunDirectory) -> str:
+    """A name unique to this run (its folder's name and start time), kept across resumes: factories
+    file the packages they receive under it."""
+    if run_dir.config_path.exists():
+        recorded = run_dir.read_config().get(RUN_ID)
+        if isinstance(recorded, str):
+            return recorded
+    return f"{run_dir.path.name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+
+
 def _start_state(run_dir: RunDirectory, settings: ServerSettings, source: DataSource, algorithm: str):
     """Fresh parameters, or the last checkpoint's when resuming; never overwrite a run."""
-    config = {"algorithm": algorithm, **json.loads(json.dumps(dataclasses.asdict(settings), default=list))}
+    config = {RUN_ID: _run_id(run_dir), "algorithm": algorithm,
+              **json.loads(json.dumps(dataclasses.asdict(settings), default=list))}
     latest = run_dir.latest_round()
     if latest is not None and not settings.resume:
         raise CheckpointError(run_dir.path, "already holds checkpoints; resume it or choose a new run folder")
@@ -129,4 +142,5 @@ def run_experiment(
         )
         if progress is not None:
             progress(record)
-    write_run_package(run_dir, optimizer.params, source, evaluation, settings.num_rounds)
+    package = write_run_package(run_dir, optimizer.params, source, evaluation, settings.num_rounds)
+    deliver_package(grid, strategy, package, settings.timeout)

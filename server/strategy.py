@@ -220,6 +220,13 @@ class FedMetaStrategy(Strategy):
             return _Part(node, name, error=f"the reply has no {', '.join(missing)} (the factory failed)")
         return _Part(node, name, {record: content[key] for record, key in keys.items()})
 
+    def configure_delivery(self, arrays: ArrayRecord, manifest: str) -> list[Message]:
+        """The final model package for every connected factory node, training or evaluate-only."""
+        nodes = sorted((self.nodes.keys() | self.shared_nodes.keys()) & (self.connected or set()))
+        record = RecordDict({protocol.META_PARAMETERS: arrays,
+                             protocol.CONFIG: ConfigRecord({protocol.MANIFEST: manifest})})
+        return [Message(record, dst_node_id=node, message_type=protocol.MODEL_DELIVERY) for node in nodes]
+
     # --- training ----------------------------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

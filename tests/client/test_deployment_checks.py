@@ -76,7 +76,9 @@ def test_node_config_reaches_the_client_app_intact_through_flowers_parser(tmp_pa
     plan = _plan(tmp_path, data, tmp_path / "schema.json")
     parsed = parse_config_args([node_config(plan)])
     assert parsed == {"data-path": str(data), "schema": str(tmp_path / "schema.json"), "role": "evaluate",
-                      "factory": "plant a's line", "device": "auto"}
+                      "factory": "plant a's line", "device": "auto", "model-dir": str(tmp_path / "models")}
+    moved = _plan(tmp_path, data, tmp_path / "schema.json", model_dir=tmp_path / "plant's models")
+    assert parse_config_args([node_config(moved)])["model-dir"] == str(tmp_path / "plant's models")
 
 
 def test_probe_refuses_a_server_certificate_from_another_ca(pki, tmp_path, table):

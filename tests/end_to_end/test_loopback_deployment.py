@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from fedmeta.common import ChildProcess, descendants, free_port, port_in_use
+from fedmeta.common.model_package import load_package
 from fedmeta.server import create_factory_keys
 
 FEATURES = ["temperature", "pressure", "speed"]
@@ -217,6 +218,16 @@ def test_restarted_server_resumes_without_losing_rounds(federation):
     for name, content in federation.checkpoints_before_restart.items():
         assert (checkpoints / name).read_bytes() == content
     assert (checkpoints / "round-000003.safetensors").exists()
+
+
+def test_every_connected_factory_keeps_the_final_model_package(federation):
+    final = load_package(federation.run / "fomaml" / "model")
+    assert final.manifest.round == 3 and final.manifest.run.startswith("fomaml-")
+    assert final.manifest.schema.features == tuple(FEATURES)
+    for name in ("plant-a", "plant-b"):  # plant-c crashed in round 2 and never came back
+        stored = load_package(federation.root / f"state-{name}" / "models" / final.manifest.run / "round-000003")
+        assert stored.manifest.to_json() == final.manifest.to_json()
+    assert not (federation.root / "state-plant-c" / "models").exists()
 
 
 def test_factory_gives_up_on_an_unreachable_server_after_max_wait_time(tmp_path):
