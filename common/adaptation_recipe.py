@@ -32,6 +32,7 @@ __all__ = [
     "RecipeChoice",
     "adapt_with_recipes",
     "choose_recipes",
+    "fold_batch",
     "recipe_candidates",
     "support_folds",
 ]
@@ -115,7 +116,7 @@ def support_folds(
     return torch.where(position < count * (rows // count), position % count, -1)
 
 
-def _fold_batch(batch: TaskBatch, folds: Tensor) -> TaskBatch:
+def fold_batch(batch: TaskBatch, folds: Tensor) -> TaskBatch:
     """Every fold of every task as one task ``[F * T, ...]`` (fold-major): the rows outside the fold
     as its support set, those in it as its query set. Where folds differ in size (whole units),
     every fold keeps as many rows of each part as the smallest fold and task has, in row order."""
@@ -172,7 +173,7 @@ def choose_recipes(
     if folds is None:
         nan = torch.full((tasks, len(candidates)), float("nan"))
         return RecipeChoice(candidates, torch.full((tasks,), fallback, dtype=torch.long), nan, nan)
-    folded = _fold_batch(batch, folds)
+    folded = fold_batch(batch, folds)
     fold_count = folded.num_tasks // tasks
     per_fold = torch.zeros(fold_count * tasks, len(candidates))
     for scale in sorted({recipe.lr_scale for recipe in candidates}):

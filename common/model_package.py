@@ -227,8 +227,10 @@ def save_package(
     weights: Mapping[str, Tensor],
     inner_lrs: Mapping[str, Tensor],
     manifest: Manifest,
+    extras: Mapping[str, str] | None = None,
 ) -> ModelPackage:
-    """Write a package to the new folder ``directory``. The manifest's hash is filled in or, where it
+    """Write a package to the new folder ``directory``, with ``extras`` (file name -> text, such as
+    an adaptation report) beside it. The manifest's hash is filled in or, where it
     holds one (a package received from the server), checked against the weights; its versions are
     this machine's unless it records the ones it was built with. An existing ``directory`` is
     refused, never overwritten."""
@@ -251,6 +253,10 @@ def save_package(
             json.dump(manifest.to_json(), handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())
+        for name, text in (extras or {}).items():
+            if name in (MANIFEST_FILE, WEIGHTS_FILE) or Path(name).name != name:
+                raise PackageError(path, f"{name!r} cannot be written beside a package's own files")
+            (staging / name).write_text(text, encoding="utf-8")
         if path.exists():  # appeared while writing
             raise PackageError(path, "already exists; a package is never overwritten (choose another folder)")
         os.rename(staging, path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedmeta.common import ModelConfig, TaskBatch, adapt_to_support, build_model
-from fedmeta.common.adaptation_recipe import Recipe, _fold_batch, adapt_with_recipes, choose_recipes, support_folds
+from fedmeta.common.adaptation_recipe import Recipe, adapt_with_recipes, choose_recipes, fold_batch, support_folds
 from fedmeta.common.inner_loop import predict
 from fedmeta.common.losses import task_losses
 
@@ -112,7 +112,7 @@ def test_grouped_folds_hold_out_whole_units_never_part_of_one():
     batch = _grouped_batch([[7, 8, 7, 9, 7, 9], [1, 2, 3, 1, 2, 4]])
     folds = support_folds(batch.support_y, "regression", groups=batch.support_groups)
     assert folds.shape == (2, 6) and int(folds.max()) == 2  # 3 folds: the fewest units of any task
-    folded = _fold_batch(batch, folds)
+    folded = fold_batch(batch, folds)
     for task in range(folded.num_tasks):
         trained = set(folded.support_x[task, :, 0].tolist())
         held = set(folded.query_x[task, :, 0].tolist())

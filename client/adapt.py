@@ -1,0 +1,187 @@
+"""`fedmeta adapt`: a model package adapted to a factory's own labelled rows, with an honest report.
+
+The factory's rows are scaled with its own statistics (`common.scaling`: every row of its table,
+whether or not the rows adapted on are all of them), then adapted with the package's recipe
+(`common.model_package.AdaptationPlan`: fixed steps, or steps and step size cross-validated on
+the rows). The report says what the factory can expect on rows it has not labelled yet: the
+error on held-out folds of its rows (up to 5, stratified by class) of the adapted model, the
+unadapted package, and the same network trained on those rows alone, each fitted on the other
+folds only. The adapted package records its lineage: which package, which rows (by hash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedmeta.client.evaluation import Adaptation, initial_weights
+from fedmeta.common import (
+    Recipe,
+    TaskBatch,
+    adapt_with_recipes,
+    adapted_names,
+    build_model,
+    local_algorithm,
+    query_metrics,
+    support_folds,
+)
+from fedmeta.common.adaptation_recipe import MAX_FOLDS, fold_batch
+from fedmeta.common.connector import DataSchema
+from fedmeta.common.model_package import Manifest, ModelPackage
+from fedmeta.common.scaling import FeatureScaling
+
+__all__ = ["LOCAL_ONLY_STEPS", "AdaptationReport", "AdaptedPackage", "adapt_package", "table_schema"]
+
+LOCAL_ONLY_STEPS = 100  # the rows-alone network: seeded fresh weights, this many steps at the package's step size
+
+
+def table_schema(manifest: Manifest, schema: DataSchema | None = None) -> DataSchema:
+    """How to read a factory's table for ``manifest``'s model: its columns, its classes. A factory's
+    own schema may say how its file is written (delimiter, decimal mark, ID and time columns) but
+    must name the package's features, in order, its target and its task (``ValueError`` otherwise)."""
+    wanted = manifest.schema
+    if schema is None:
+        return DataSchema(wanted.features, wanted.target, wanted.task, classes=wanted.classes, extra_columns="ignore")
+    problems = []
+    if schema.features != wanted.features:
+        missing = [f for f in wanted.features if f not in schema.features]
+        extra = [f for f in schema.features if f not in wanted.features]
+        detail = f"missing {missing}, not in the package {extra}" if missing or extra else "in another order"
+        problems.append(f"the schema's features differ from the package's {list(wanted.features)}: {detail}")
+    if schema.target != wanted.target:
+        problems.append(f"the schema's target is {schema.target!r}, the package's {wanted.target!r}")
+    if schema.task != wanted.task:
+        problems.append(f"the schema's task is {schema.task!r}, the package's {wanted.task!r}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return dataclasses.replace(schema, classes=wanted.classes)
+
+
+@dataclass(frozen=True)
+class AdaptationReport:
+    """Held-out-fold scores of the adapted model, the unadapted package and the rows-alone network."""
+
+    rows: int
+    folds: int
+    task: str
+    scores: dict[str, dict[str, float]]
+    recipe_steps: int
+    recipe_lr_scale: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: holds tensors
+class AdaptedPackage:
+    """What `adapt_package` gives: the adapted weights (Meta-SGD rates kept), its manifest and report."""
+
+    weights: dict[str, Tensor]
+    inner_lrs: dict[str, Tensor]
+    manifest: Manifest
+    report: AdaptationReport
+
+
+def _adaptation(package: ModelPackage) -> Adaptation:
+    """The package's weights, step sizes (Meta-SGD: its learned ones) and adapted parameters."""
+    manifest = package.manifest
+    model = build_model(manifest.model)
+    lr = package.inner_lrs or manifest.adaptation.lr
+    names = adapted_names(model, local_algorithm(manifest.adaptation.algorithm))
+    return Adaptation(model, manifest.schema.task, package.weights, lr, names)
+
+
+def _stratified_units(y: Tensor, kind: str) -> Tensor:
+    """A unit id per row such that dealing units to folds in id order stratifies by class (regression:
+    row order)."""
+    if kind != "classification":
+        return torch.arange(len(y))
+    order = torch.argsort(y, stable=True)
+    units = torch.empty_like(order)
+    units[order] = torch.arange(len(y))
+    return units
+
+
+def _one_task(x: Tensor, y: Tensor, units: Tensor) -> TaskBatch:
+    """All rows as one task's support set (its query set is unused: one row keeps shapes valid)."""
+    return TaskBatch(x[None], y[None], x[None, :1], y[None, :1], support_groups=units[None])
+
+
+def _scores(metrics: dict[str, float], kind: str) -> dict[str, float]:
+    if kind == "classification":
+        return {"cross-entropy": metrics["query_loss"], "accuracy": metrics["query_accuracy"]}
+    return {"mse": metrics["query_loss"], "rmse": math.sqrt(metrics["query_loss"])}
+
+
+def _cross_validated(package: ModelPackage, batch: TaskBatch, seed: int) -> tuple[int, dict[str, dict[str, float]]]:
+    """Each way of getting a model fitted on all folds but one and scored on that one; the number of
+    folds and the mean scores."""
+    plan, adaptation = package.manifest.adaptation, _adaptation(package)
+    kind = adaptation.kind
+    folds = support_folds(batch.support_y, kind, MAX_FOLDS, groups=batch.support_groups)
+    if folds is None:
+        raise ValueError("adapting needs at least 2 labelled rows, so that one can be held out to report the error")
+    folded = fold_batch(batch, folds)
+    fresh = build_model(adaptation.model.config)
+    alone = Adaptation(fresh, kind, initial_weights(fresh, seed), plan.lr, list(adaptation.weights))
+    fitted = {
+        "adapted": adaptation.adapt(folded, plan.steps, cross_validate=plan.recipe == "cross-validated"),
+        "unadapted": adaptation.adapt(folded, 0),
+        "rows alone": alone.adapt(folded, LOCAL_ONLY_STEPS),
+    }
+    models = {"rows alone": fresh}
+    scores = {name: _scores(query_metrics(models.get(name, adaptation.model), params, folded, kind), kind)
+              for name, params in fitted.items()}
+    return folded.num_tasks, scores
+
+
+def _rows_digest(x: Tensor, y: Tensor) -> str:
+    """Which rows an adapted package was fitted on, without keeping them."""
+    sha = hashlib.sha256()
+    for tensor in (x, y):
+        sha.update(np.ascontiguousarray(tensor.numpy()).tobytes())
+    return sha.hexdigest()
+
+
+def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | None = None, seed: int = 0,
+                  table: str = "") -> AdaptedPackage:
+    """Adapt ``package`` to the first ``rows`` (default: all) of a factory's rows ``x [n, features]``
+    (raw, as in its table) with labels ``y [n]``; the input scaling comes from all ``n`` rows."""
+    manifest = package.manifest
+    if manifest.scaling_rule != "factory-rows":
+        raise ValueError("this package's inputs were scaled by the data set it was trained on, not from a "
+                         "factory's own rows, so it cannot be adapted to a table")
+    total = len(y)
+    rows = total if rows is None else rows
+    if not 2 <= rows <= total:
+        raise ValueError(f"--rows must be between 2 and the table's {total} labelled rows, got {rows}")
+    scaling = FeatureScaling.fit(x)
+    x_rows, y_rows = scaling.apply(x[:rows]), y[:rows]
+    adaptation = _adaptation(package)
+    batch = _one_task(x_rows, y_rows, _stratified_units(y_rows, adaptation.kind))
+    folds, scores = _cross_validated(package, batch, seed)
+    plan = manifest.adaptation
+    if plan.recipe == "cross-validated":
+        choice = adaptation.choose(batch, plan.steps)
+        recipe = choice.recipes()[0]
+        params = adapt_with_recipes(adaptation.model, adaptation.weights, batch, choice, kind=adaptation.kind,
+                                    lr=adaptation.lr, adapt_names=adaptation.names)
+    else:
+        recipe = Recipe(plan.steps)
+        params = adaptation.adapt(batch, plan.steps)
+    weights = {name: params[name][0].detach().clone() for name in package.weights}
+    report = AdaptationReport(rows, folds, adaptation.kind, scores, recipe.steps, recipe.lr_scale)
+    lineage = {"package_sha256": manifest.weights_sha256, "package_run": manifest.run, "package_round": manifest.round,
+               "table": table, "rows": rows, "rows_sha256": _rows_digest(x[:rows], y[:rows]),
+               "scaling_rows": total}
+    adapted = dataclasses.replace(manifest, scaling=scaling, lineage=lineage, weights_sha256="", versions={},
+                                  metrics={f"{name}/{metric}": value for name, values in scores.items()
+                                           for metric, value in values.items()})
+    return AdaptedPackage(weights, dict(package.inner_lrs), adapted, report)
