@@ -1,5 +1,6 @@
 """The factory floor's commands: ``fedmeta adapt`` (a model package fitted to the factory's own labelled
-rows). Everything runs on the factory's machine; nothing is sent anywhere."""
+rows) and ``fedmeta predict`` (its predictions for a table). Everything runs on the factory's machine;
+nothing is sent anywhere."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedmeta.client.adapt import AdaptationReport, adapt_package, table_schema
+from fedmeta.client.predict import PredictionError, predict_table
 from fedmeta.common import exit_on_errors
 from fedmeta.common.connector import DataSchema, DataValidationError, SchemaError, load_factory_table
-from fedmeta.common.model_package import PackageError, load_package, save_package
+from fedmeta.common.model_package import ModelPackage, PackageError, load_package, save_package
 
-__all__ = ["REPORT_FILE", "adapt"]
+__all__ = ["REPORT_FILE", "adapt", "predict"]
 
 REPORT_FILE = "adaptation-report.json"
 
@@ -34,6 +36,14 @@ def _print_report(report: AdaptationReport, console: Console) -> None:
     adapted = "no adaptation" if report.recipe_steps == 0 else (
         f"{report.recipe_steps} steps at {report.recipe_lr_scale:g}x the package's step size")
     console.print(f"recipe chosen on all {report.rows} rows: {adapted}")
+
+
+def _package(model: Path, console: Console) -> ModelPackage:
+    """The package, its version differences printed as warnings."""
+    package = load_package(model)
+    for note in package.version_notes:
+        console.print(f"[yellow]warning:[/yellow] {escape(note)}")
+    return package
 
 
 def adapt(
@@ -54,9 +64,7 @@ def adapt(
     """Adapt a model package to this factory's labelled rows with the package's recipe."""
     console = Console()
     with exit_on_errors(console, PackageError, SchemaError, DataValidationError, ValueError):
-        package = load_package(model)
-        for note in package.version_notes:
-            console.print(f"[yellow]warning:[/yellow] {escape(note)}")
+        package = _package(model, console)
         reading = table_schema(package.manifest, None if schema is None else DataSchema.from_json(schema))
         factory = load_factory_table(data, reading)
         adapted = adapt_package(package, factory.x, factory.y, rows=rows, table=data.name)
@@ -64,3 +72,27 @@ def adapt(
         save_package(out, adapted.weights, adapted.inner_lrs, adapted.manifest, extras={REPORT_FILE: report_text})
     _print_report(adapted.report, console)
     console.print(f"adapted package written to {escape(str(out))}")
+
+
+def predict(
+    model: Annotated[Path, typer.Option(help="The model package folder (adapted or as delivered).")],
+    data: Annotated[Path, typer.Option(help="The table to predict (CSV or Parquet); the target may be absent.")],
+    out: Annotated[Path, typer.Option(help="New file for the rows and their predictions (.csv or .parquet).")],
+    schema: Annotated[
+        Path | None,
+        typer.Option(help="This table's schema (delimiter, decimal mark, ID and time columns); its features must "
+                     "be the package's. Default: the package's columns.", show_default=False),
+    ] = None,
+) -> None:
+    """Predict every row of a table: all its columns come back with the prediction beside them."""
+    console = Console()
+    with exit_on_errors(console, PackageError, SchemaError, PredictionError, ValueError):
+        package = _package(model, console)
+        reading = table_schema(package.manifest, None if schema is None else DataSchema.from_json(schema))
+        summary = predict_table(package, data, out, reading)
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    if summary.scaled_with_table:
+        console.print("[yellow]note:[/yellow] the package holds no factory's scaling (it was not adapted): the "
+                      "inputs were standardised with this table's own rows")
+    console.print(f"{summary.rows} rows predicted into {escape(str(out))}")

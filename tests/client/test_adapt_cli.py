@@ -5,52 +5,16 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
-import pytest
 import torch
 
 from fedmeta.client.floor_cli import REPORT_FILE
-from fedmeta.common import MetaConfig, RegressionTaskSampler, build_model, meta_train
-from fedmeta.common.model_package import (
-    WEIGHTS_FILE,
-    AdaptationPlan,
-    Manifest,
-    PackageSchema,
-    load_package,
-    save_package,
-)
-from fedmeta.common.synthetic import FamilyConfig, make_family
+from fedmeta.common.model_package import WEIGHTS_FILE, load_package
+from tests.client.conftest import FEATURES
 from tests.support.cli import run_fedmeta
 
-FAMILY = FamilyConfig("quality", num_factories=12, num_held_out=4, seed=0)
-FEATURES = tuple(f"x{i}" for i in range(6))
 
-
-@pytest.fixture(scope="module")
-def package_and_table(tmp_path_factory):
-    """A first-order MAML package meta-trained on the family's training plants, and a held-out plant's
-    table in its own units (every feature x3 + 7) with an extra batch-number column."""
-    root = tmp_path_factory.mktemp("adapt")
-    family = make_family(FAMILY)
-    torch.manual_seed(0)
-    model = build_model(family.model_config)
-    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    config = MetaConfig("fomaml", inner_steps=5, inner_lr=0.05, outer_lr=3e-3, meta_batch_size=8, local_steps=300)
-    trained = meta_train(model, weights, RegressionTaskSampler(list(family.train), 10, 10, seed=0), config,
-                         device="cpu")
-    manifest = Manifest(PackageSchema(FEATURES, "quality", "regression"), family.model_config,
-                        AdaptationPlan("fomaml", 10, 0.05), "factory-rows", "run-1", 5)
-    save_package(root / "package", trained.weights, {}, manifest)
-    plant = family.held_out[2]
-    table = pd.DataFrame((plant.x * 3 + 7).numpy(), columns=list(FEATURES))
-    table["quality"] = plant.y.numpy()
-    table["batch"] = range(len(table))
-    table.to_csv(root / "plant.csv", index=False)
-    return root, table
-
-
-def test_adapting_to_twenty_rows_writes_a_package_with_lineage_scaling_and_report(package_and_table, tmp_path):
-    root, table = package_and_table
+def test_adapting_to_twenty_rows_writes_a_package_with_lineage_scaling_and_report(plant_package, tmp_path):
+    root, table = plant_package
     code, output = run_fedmeta("adapt", "--model", str(root / "package"), "--data", str(root / "plant.csv"),
                                "--rows", "20", "--out", str(tmp_path / "adapted"))
     assert code == 0, output
@@ -69,8 +33,8 @@ def test_adapting_to_twenty_rows_writes_a_package_with_lineage_scaling_and_repor
     assert adapted.manifest.metrics["adapted/rmse"] == scores["adapted"]["rmse"]
 
 
-def test_an_existing_output_folder_is_never_overwritten(package_and_table, tmp_path):
-    root, _ = package_and_table
+def test_an_existing_output_folder_is_never_overwritten(plant_package, tmp_path):
+    root, _ = plant_package
     args = ("adapt", "--model", str(root / "package"), "--data", str(root / "plant.csv"), "--rows", "10")
     assert run_fedmeta(*args, "--out", str(tmp_path / "adapted"))[0] == 0
     before = (tmp_path / "adapted" / WEIGHTS_FILE).read_bytes()
@@ -79,8 +43,8 @@ def test_an_existing_output_folder_is_never_overwritten(package_and_table, tmp_p
     assert (tmp_path / "adapted" / WEIGHTS_FILE).read_bytes() == before
 
 
-def test_bad_input_is_refused_by_name(package_and_table, tmp_path):
-    root, table = package_and_table
+def test_bad_input_is_refused_by_name(plant_package, tmp_path):
+    root, table = plant_package
     table.drop(columns=["x3"]).to_csv(tmp_path / "no-x3.csv", index=False)
     table.drop(columns=["quality"]).to_csv(tmp_path / "no-target.csv", index=False)
     damaged = tmp_path / "damaged"

@@ -1,0 +1,225 @@
+"""`fedmeta predict`: a package's prediction for every row of a table, streamed in chunks.
+
+Production tables are large and carry more than the model reads (IDs, timestamps, other labels),
+so the table is read in blocks with pyarrow (CSV or Parquet), every column is carried through to
+the output beside the prediction, and memory stays bounded by the block size whatever the
+table's length. The target column may be absent. A missing feature column is an error naming
+it; a column the model does not read is carried through with a warning. A cell that is not a
+number, or is empty, NaN or infinite, stops the run with its column and row; the output is
+written to a temporary file and renamed into place only when every row was predicted, so an
+existing file is never overwritten and a failed run leaves nothing behind.
+
+Inputs are scaled with the package's own statistics (an adapted package: the factory's rows it
+was adapted with). A package without them (as the federation delivers it) is scaled with this
+table's own rows, read once more beforehand to compute them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import torch
+
+from fedmeta.common import build_model
+from fedmeta.common.connector import DataSchema
+from fedmeta.common.connector.readers import PARQUET_SUFFIXES
+from fedmeta.common.model_package import ModelPackage
+from fedmeta.common.scaling import FeatureScaling
+
+__all__ = ["BLOCK_BYTES", "PredictionError", "PredictionSummary", "output_columns", "predict_table"]
+
+BLOCK_BYTES = 8 << 20  # CSV bytes per block: bounds memory whatever the table's length
+_PARQUET_ROWS = 131_072
+
+
+class PredictionError(ValueError):
+    """A table that cannot be predicted (a missing or unreadable column, a bad cell), or an output in the way."""
+
+
+@dataclass
+class PredictionSummary:
+    rows: int = 0
+    warnings: list[str] = field(default_factory=list)
+    scaled_with_table: bool = False
+
+
+def output_columns(package: ModelPackage) -> list[str]:
+    """The columns a prediction adds: the predicted target and, for classification, each class's probability."""
+    schema = package.manifest.schema
+    if schema.task == "classification":
+        return [f"probability_{label}" for label in schema.classes or ()] + [f"predicted_{schema.target}"]
+    return [f"predicted_{schema.target}"]
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in PARQUET_SUFFIXES
+
+
+def _header(path: Path, schema: DataSchema) -> list[str]:
+    try:
+        if _is_parquet(path):
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        reader = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=1 << 16),
+                                 parse_options=pa_csv.ParseOptions(delimiter=schema.delimiter))
+        return list(reader.schema.names)
+    except FileNotFoundError:
+        raise PredictionError(f"{path}: no such file") from None
+    except (pa.ArrowInvalid, OSError) as error:
+        raise PredictionError(f"{path}: cannot be read as a table ({error})") from None
+
+
+def _blocks(path: Path, schema: DataSchema, names: list[str]) -> Iterator[pa.RecordBatch]:
+    """The table in blocks; features as text where a decimal comma must be converted first."""
+    if _is_parquet(path):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_ROWS)
+        return
+    types = {name: pa.string() for name in names}  # carried through as written
+    feature_type = pa.float64() if schema.decimal == "." else pa.string()
+    types.update({name: feature_type for name in schema.features})
+    convert = pa_csv.ConvertOptions(column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False)
+    yield from pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=BLOCK_BYTES),
+                               parse_options=pa_csv.ParseOptions(delimiter=schema.delimiter), convert_options=convert)
+
+
+def _conversion_problem(path: Path, names: list[str], error: pa.ArrowInvalid) -> PredictionError:
+    """pyarrow's 'In CSV column #3: Row #7: ... invalid value' with the column's name."""
+    text = str(error)
+    match = re.search(r"column #(\d+)", text)
+    if match and int(match.group(1)) < len(names):
+        text = text.replace(match.group(0), f"column {names[int(match.group(1))]!r}", 1)
+    return PredictionError(f"{path}: {text}")
+
+
+def _features(block: pa.RecordBatch, schema: DataSchema, first_row: int, path: Path) -> np.ndarray:
+    """``[rows, features]`` float32; an empty, NaN or infinite cell is an error naming its column and row."""
+    columns = []
+    for name in schema.features:
+        column = block.column(name)
+        if schema.decimal == "," and pa.types.is_string(column.type):
+            column = pc.replace_substring(column, ",", ".")
+        try:
+            values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            raise PredictionError(f"{path}: column {name!r} holds a value that is not a number ({error})") from None
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            rows = ", ".join(str(first_row + int(i) + 1) for i in bad[:5])
+            raise PredictionError(f"{path}: column {name!r} is empty, NaN or infinite in data row(s) {rows}"
+                                  + (f" and {bad.size - 5} more" if bad.size > 5 else ""))
+        columns.append(values)
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def _table_scaling(path: Path, schema: DataSchema, names: list[str]) -> FeatureScaling:
+    """Mean and standard deviation of this table's own rows, in one streamed pass (float64 sums)."""
+    count, total, squares = 0, np.zeros(len(schema.features)), np.zeros(len(schema.features))
+    for block in _read(path, schema, names):
+        x = _features(block, schema, count, path).astype(np.float64)
+        count, total, squares = count + len(x), total + x.sum(0), squares + np.square(x).sum(0)
+    if count == 0:
+        raise PredictionError(f"{path}: the table has no data rows")
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return FeatureScaling(torch.from_numpy(mean).float(), torch.from_numpy(np.where(std > 1e-6, std, 1.0)).float(),
+                          count)
+
+
+def _read(path: Path, schema: DataSchema, names: list[str]) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from _blocks(path, schema, names)
+    except pa.ArrowInvalid as error:
+        raise _conversion_problem(path, names, error) from None
+
+
+def _predicted(package: ModelPackage, model: torch.nn.Module, x: np.ndarray) -> list[pa.Array]:
+    schema = package.manifest.schema
+    with torch.no_grad():
+        out = model(torch.from_numpy(x))
+    if schema.task == "regression":
+        return [pa.array(out[:, 0].numpy().astype(np.float64))]
+    probabilities = torch.softmax(out, dim=1).numpy().astype(np.float64)
+    labels = np.asarray(schema.classes, dtype=object)[probabilities.argmax(axis=1)]
+    return [pa.array(probabilities[:, i]) for i in range(probabilities.shape[1])] + [pa.array(labels, pa.string())]
+
+
+class _Writer:
+    """CSV or Parquet by the output's suffix, into a temporary file beside it."""
+
+    def __init__(self, out: Path, arrow_schema: pa.Schema, delimiter: str) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        os.close(handle)
+        self.temporary = Path(name)
+        if _is_parquet(out):
+            self.writer = pq.ParquetWriter(self.temporary, arrow_schema)
+        else:
+            options = pa_csv.WriteOptions(delimiter=delimiter, quoting_style="needed")
+            self.writer = pa_csv.CSVWriter(self.temporary, arrow_schema, write_options=options)
+
+        self.open = True
+
+    def write(self, block: pa.RecordBatch) -> None:
+        self.writer.write_batch(block)
+
+    def close(self) -> None:
+        if self.open:
+            self.writer.close()
+            self.open = False
+
+
+def predict_table(package: ModelPackage, path: Path, out: Path, schema: DataSchema) -> PredictionSummary:
+    """Predict every row of ``path`` (read as ``schema`` says) into the new file ``out``."""
+    if out.exists():
+        raise PredictionError(f"{out} already exists; predictions never overwrite a file (choose another --out)")
+    names = _header(path, schema)
+    missing = [name for name in schema.features if name not in names]
+    if missing:
+        raise PredictionError(f"{path}: missing feature column(s) {missing}; the package reads {list(schema.features)}")
+    added = output_columns(package)
+    clash = [name for name in added if name in names]
+    if clash:
+        raise PredictionError(f"{path}: already has column(s) {clash}, which the predictions would add")
+    summary = PredictionSummary()
+    read = {*schema.features, schema.target, schema.id_column, schema.time_column, schema.group_column}
+    extra = [name for name in names if name not in read]
+    if extra:
+        summary.warnings.append(f"columns the model does not read are carried through: {extra}")
+    scaling = package.manifest.scaling
+    if scaling is None:
+        scaling = _table_scaling(path, schema, names)
+        summary.scaled_with_table = True
+    mean, std = scaling.mean.numpy(), scaling.std.numpy()
+    model = build_model(package.manifest.model)
+    model.load_state_dict(package.weights)
+    model.eval()
+    writer: _Writer | None = None
+    try:
+        for block in _read(path, schema, names):
+            x = (_features(block, schema, summary.rows, path) - mean) / std
+            columns = [*block.columns, *_predicted(package, model, x)]
+            result = pa.RecordBatch.from_arrays(columns, names=[*block.schema.names, *added])
+            if writer is None:
+                writer = _Writer(out, result.schema, schema.delimiter)
+            writer.write(result)
+            summary.rows += block.num_rows
+        if writer is None:
+            raise PredictionError(f"{path}: the table has no data rows")
+        writer.close()
+        if out.exists():
+            raise PredictionError(f"{out} appeared while predicting; it is left as it is")
+        os.replace(writer.temporary, out)
+    finally:
+        if writer is not None and writer.temporary.exists():
+            writer.close()
+            writer.temporary.unlink()
+    return summary

@@ -1,0 +1,110 @@
+"""``fedmeta predict``: every row back with its columns and the prediction, the same numbers the model gives,
+in chunks; bad input refused by name with nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import fedmeta.client.predict as predict_module
+from fedmeta.common import build_model
+from fedmeta.common.model_package import AdaptationPlan, Manifest, PackageSchema, load_package, save_package
+from tests.client.conftest import FEATURES
+from tests.support.cli import run_fedmeta
+
+
+@pytest.fixture(scope="module")
+def adapted(plant_package, tmp_path_factory):
+    root, _ = plant_package
+    out = tmp_path_factory.mktemp("predict") / "adapted"
+    code, output = run_fedmeta("adapt", "--model", str(root / "package"), "--data", str(root / "plant.csv"),
+                               "--rows", "20", "--out", str(out))
+    assert code == 0, output
+    return out
+
+
+def _expected(package_path, features: np.ndarray) -> np.ndarray:
+    package = load_package(package_path)
+    model = build_model(package.manifest.model)
+    model.load_state_dict(package.weights)
+    scaling = package.manifest.scaling
+    with torch.no_grad():
+        return model(scaling.apply(torch.tensor(features, dtype=torch.float32)))[:, 0].numpy()
+
+
+def test_every_row_comes_back_with_its_columns_and_the_adapted_models_prediction(plant_package, adapted, tmp_path,
+                                                                                 monkeypatch):
+    _, table = plant_package
+    production = table.drop(columns=["quality"]).assign(line=["L7 \"north\", bay 2"] * len(table))
+    production.insert(0, "timestamp", pd.date_range("2026-11-01", periods=len(table), freq="min").astype(str))
+    production.to_csv(tmp_path / "production.csv", index=False)
+    monkeypatch.setattr(predict_module, "BLOCK_BYTES", 1024)  # many blocks: the streamed path
+    code, output = run_fedmeta("predict", "--model", str(adapted), "--data", str(tmp_path / "production.csv"),
+                               "--out", str(tmp_path / "predicted.csv"))
+    assert code == 0, output
+    assert f"{len(table)} rows predicted" in output
+    assert "carried through" in output and "'batch'" in output and "'line'" in output
+    result = pd.read_csv(tmp_path / "predicted.csv", dtype={"batch": str})
+    assert list(result.columns) == [*production.columns, "predicted_quality"]
+    assert result["timestamp"].tolist() == production["timestamp"].tolist()
+    assert result["line"].tolist() == production["line"].tolist()
+    assert result["batch"].tolist() == production["batch"].astype(str).tolist()
+    expected = _expected(adapted, production[list(FEATURES)].to_numpy())
+    np.testing.assert_allclose(result["predicted_quality"].to_numpy(), expected, rtol=1e-5, atol=1e-5)
+    rmse = float(np.sqrt(np.mean((result["predicted_quality"].to_numpy() - table["quality"].to_numpy()) ** 2)))
+    report = json.loads((adapted / "adaptation-report.json").read_text())
+    assert rmse < report["scores"]["unadapted"]["rmse"]
+
+
+def test_parquet_in_and_out_and_classification_probabilities(tmp_path):
+    torch.manual_seed(0)
+    config_model = build_model({"name": "mlp", "input_shape": (2,), "output_dim": 3, "hidden": 4, "depth": 1})
+    weights = {n: p.detach().clone() for n, p in config_model.named_parameters()}
+    manifest = Manifest(PackageSchema(("a", "b"), "fault", "classification", ("ok", "wear", "crack")),
+                        config_model.config, AdaptationPlan("maml", 5, 0.1), "factory-rows", "run", 1)
+    save_package(tmp_path / "package", weights, {}, manifest)
+    rows = pd.DataFrame({"id": ["m1", "m2", "m3", "m4"], "a": [0.1, 2.0, -1.0, 3.0], "b": [1.0, 0.0, 5.0, 2.0]})
+    rows.to_parquet(tmp_path / "rows.parquet")
+    code, output = run_fedmeta("predict", "--model", str(tmp_path / "package"), "--data",
+                               str(tmp_path / "rows.parquet"), "--out", str(tmp_path / "out.parquet"))
+    assert code == 0, output
+    assert "standardised with this table's own rows" in output  # an unadapted package
+    result = pd.read_parquet(tmp_path / "out.parquet")
+    probabilities = result[["probability_ok", "probability_wear", "probability_crack"]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    labels = np.array(["ok", "wear", "crack"])[probabilities.argmax(axis=1)]
+    assert result["predicted_fault"].tolist() == labels.tolist() and result["id"].tolist() == ["m1", "m2", "m3", "m4"]
+    x = torch.tensor(rows[["a", "b"]].to_numpy(), dtype=torch.float32)
+    scaled = (x - x.mean(0)) / x.std(0, correction=0)
+    with torch.no_grad():
+        expected = torch.softmax(config_model(scaled), dim=1).numpy()
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
+def test_bad_tables_are_refused_by_name_and_nothing_is_written(plant_package, adapted, tmp_path):
+    _, table = plant_package
+    table.drop(columns=["x2"]).to_csv(tmp_path / "no-x2.csv", index=False)
+    text = table.astype(object)
+    text.loc[5, "x4"] = "n/a"
+    text.to_csv(tmp_path / "text.csv", index=False)
+    gap = table.copy()
+    gap.loc[[3, 8], "x1"] = np.nan
+    gap.to_csv(tmp_path / "gap.csv", index=False)
+    (tmp_path / "kept.csv").write_text("already here\n")
+
+    def refused(data, out="out.csv") -> str:
+        code, output = run_fedmeta("predict", "--model", str(adapted), "--data", str(tmp_path / data),
+                                   "--out", str(tmp_path / out))
+        assert code == 1, output
+        return output
+
+    assert "missing feature column(s) ['x2']" in refused("no-x2.csv")
+    assert "'x4'" in refused("text.csv")
+    assert "'x1' is empty, NaN or infinite in data row(s) 4, 9" in refused("gap.csv")
+    assert "already exists" in refused("gap.csv", out="kept.csv")
+    assert (tmp_path / "kept.csv").read_text() == "already here\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))) == []
