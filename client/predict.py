@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -79,13 +80,12 @@ def _header(path: Path, schema: DataSchema) -> list[str]:
 
 
 def _blocks(path: Path, schema: DataSchema, names: list[str]) -> Iterator[pa.RecordBatch]:
-    """The table in blocks; features as text where a decimal comma must be converted first."""
+    """The table in blocks. Every CSV column is read as text and written back as it was (formatting
+    numbers again would cost more than reading them); features are converted to numbers aside."""
     if _is_parquet(path):
         yield from pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_ROWS)
         return
-    types = {name: pa.string() for name in names}  # carried through as written
-    feature_type = pa.float64() if schema.decimal == "." else pa.string()
-    types.update({name: feature_type for name in schema.features})
+    types = {name: pa.string() for name in names}
     convert = pa_csv.ConvertOptions(column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False)
     yield from pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=BLOCK_BYTES),
                                parse_options=pa_csv.ParseOptions(delimiter=schema.delimiter), convert_options=convert)
@@ -100,6 +100,15 @@ def _conversion_problem(path: Path, names: list[str], error: pa.ArrowInvalid) ->
     return PredictionError(f"{path}: {text}")
 
 
+def _rows(hits: np.ndarray, first_row: int, values: np.ndarray | None = None) -> str:
+    """``data row(s) 4, 9 ('n/a', 'x') and 3 more``: the first offending rows (1 = the first below the header)."""
+    shown = hits[:5]
+    text = "data row(s) " + ", ".join(str(first_row + int(i) + 1) for i in shown)
+    if values is not None:
+        text += " (" + ", ".join(repr(values[i]) for i in shown) + ")"
+    return text + (f" and {hits.size - shown.size} more" if hits.size > shown.size else "")
+
+
 def _features(block: pa.RecordBatch, schema: DataSchema, first_row: int, path: Path) -> np.ndarray:
     """``[rows, features]`` float32; an empty, NaN or infinite cell is an error naming its column and row."""
     columns = []
@@ -109,13 +118,17 @@ def _features(block: pa.RecordBatch, schema: DataSchema, first_row: int, path: P
             column = pc.replace_substring(column, ",", ".")
         try:
             values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-            raise PredictionError(f"{path}: column {name!r} holds a value that is not a number ({error})") from None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = pd.to_numeric(pd.Series(column.to_numpy(zero_copy_only=False)).str.strip(), errors="coerce")
+            text = column.to_numpy(zero_copy_only=False)
+            bad = np.flatnonzero(values.isna().to_numpy() & (pd.Series(text).str.strip() != "").to_numpy())
+            if bad.size:
+                raise PredictionError(f"{path}: column {name!r} holds values that are not numbers: "
+                                      + _rows(bad, first_row, text)) from None
+            values = values.to_numpy(dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
-            rows = ", ".join(str(first_row + int(i) + 1) for i in bad[:5])
-            raise PredictionError(f"{path}: column {name!r} is empty, NaN or infinite in data row(s) {rows}"
-                                  + (f" and {bad.size - 5} more" if bad.size > 5 else ""))
+            raise PredictionError(f"{path}: column {name!r} is empty, NaN or infinite in " + _rows(bad, first_row))
         columns.append(values)
     return np.stack(columns, axis=1).astype(np.float32)
 
@@ -146,8 +159,8 @@ def _predicted(package: ModelPackage, model: torch.nn.Module, x: np.ndarray) -> 
     with torch.no_grad():
         out = model(torch.from_numpy(x))
     if schema.task == "regression":
-        return [pa.array(out[:, 0].numpy().astype(np.float64))]
-    probabilities = torch.softmax(out, dim=1).numpy().astype(np.float64)
+        return [pa.array(out[:, 0].numpy())]  # float32: the model's own precision, and cheaper to write
+    probabilities = torch.softmax(out, dim=1).numpy()
     labels = np.asarray(schema.classes, dtype=object)[probabilities.argmax(axis=1)]
     return [pa.array(probabilities[:, i]) for i in range(probabilities.shape[1])] + [pa.array(labels, pa.string())]
 

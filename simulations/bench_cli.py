@@ -265,6 +265,21 @@ def bench_deployment(
     _write_json(result.to_dict(), json_path, console)
 
 
+@bench_app.command("predict")
+def bench_predict(
+    rows: Annotated[int, typer.Option(min=1000, help="Rows of the 6-feature production table.")] = 1_000_000,
+    repeats: Annotated[int, typer.Option(min=1, help="Runs of each, alternating; the medians are compared.")] = 3,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """`fedmeta predict` beside reading the same CSV with pandas alone: time ratio and peak memory."""
+    from fedmeta.simulations.benchmarks import predict  # imports torch and pyarrow: only when benchmarking
+
+    console = Console()
+    result = predict.run_predict_benchmark(rows, repeats, elapsed_log(console))
+    predict.render(result, console)
+    _write_json(result.to_dict(), json_path, console)
+
+
 def _transfer_pair(text: str) -> tuple[str, str]:
     source, colon, target = text.partition(":")
     if not colon or not source or not target:

@@ -103,8 +103,10 @@ def test_bad_tables_are_refused_by_name_and_nothing_is_written(plant_package, ad
         return output
 
     assert "missing feature column(s) ['x2']" in refused("no-x2.csv")
-    assert "'x4'" in refused("text.csv")
+    assert "column 'x4' holds values that are not numbers: data row(s) 6 ('n/a')" in refused("text.csv")
     assert "'x1' is empty, NaN or infinite in data row(s) 4, 9" in refused("gap.csv")
+    (tmp_path / "inf.csv").write_text(",".join(FEATURES) + "\n" + "1,2,3,4,5,6\n" + "1,inf,3,4,5,6\n")
+    assert "'x1' is empty, NaN or infinite in data row(s) 2" in refused("inf.csv")
     assert "already exists" in refused("gap.csv", out="kept.csv")
     assert (tmp_path / "kept.csv").read_text() == "already here\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))) == []
