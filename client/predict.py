@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,16 +80,64 @@ def _header(path: Path, schema: DataSchema) -> list[str]:
         raise PredictionError(f"{path}: cannot be read as a table ({error})") from None
 
 
+def _csv_pieces(path: Path) -> Iterator[bytes]:
+    """The file's header line followed by each next ~`BLOCK_BYTES` of whole rows: a piece ends at a line
+    break outside quotes (an even count of quote characters before it), so a quoted cell that spans
+    lines is never cut. pyarrow's own streaming reader reads ahead without bound (300 MB of a 431 MB
+    table held at once, measured), so memory would grow with the table."""
+    with path.open("rb") as handle:
+        header = handle.readline()
+        rest = b""
+        while True:
+            data = rest + handle.read(BLOCK_BYTES)
+            if not data:
+                return
+            if len(data) <= len(rest):  # end of file: what is left is the last piece
+                yield header + data
+                return
+            cut = _last_row_end(data)
+            if cut == 0:  # no whole row yet: read on
+                rest = data
+                continue
+            yield header + data[:cut]
+            rest = data[cut:]
+
+
+def _last_row_end(data: bytes) -> int:
+    """Just past the last line break of ``data`` that lies outside quotes; 0 if there is none."""
+    if b'"' not in data:
+        return data.rfind(b"\n") + 1
+    raw = np.frombuffer(data, dtype=np.uint8)
+    inside = np.bitwise_xor.accumulate((raw == ord('"')).view(np.uint8))  # 1 inside quotes
+    breaks = np.flatnonzero((raw == ord("\n")) & (inside == 0))
+    return int(breaks[-1]) + 1 if breaks.size else 0
+
+
 def _blocks(path: Path, schema: DataSchema, names: list[str]) -> Iterator[pa.RecordBatch]:
     """The table in blocks. Every CSV column is read as text and written back as it was (formatting
     numbers again would cost more than reading them); features are converted to numbers aside."""
     if _is_parquet(path):
         yield from pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_ROWS)
         return
-    types = {name: pa.string() for name in names}
-    convert = pa_csv.ConvertOptions(column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False)
-    yield from pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=BLOCK_BYTES),
-                               parse_options=pa_csv.ParseOptions(delimiter=schema.delimiter), convert_options=convert)
+    convert = pa_csv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=False,
+                                    quoted_strings_can_be_null=False)
+    plain = pa_csv.ParseOptions(delimiter=schema.delimiter)
+    quoted = pa_csv.ParseOptions(delimiter=schema.delimiter, newlines_in_values=True)  # slower: only if needed
+
+    def parse(piece: bytes) -> pa.Table:
+        options = quoted if b'"' in piece else plain
+        return pa_csv.read_csv(pa.BufferReader(piece), parse_options=options, convert_options=convert).combine_chunks()
+
+    # The next piece is parsed while the caller predicts this one: two pieces in memory at most.
+    with ThreadPoolExecutor(1) as parser:
+        pending = None
+        for piece in _csv_pieces(path):
+            following = parser.submit(parse, piece)
+            if pending is not None:
+                yield from pending.result().to_batches()
+            pending = following
+        if pending is not None:
+            yield from pending.result().to_batches()
 
 
 def _conversion_problem(path: Path, names: list[str], error: pa.ArrowInvalid) -> PredictionError:

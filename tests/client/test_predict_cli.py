@@ -3,6 +3,7 @@ in chunks; bad input refused by name with nothing written."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -39,10 +40,11 @@ def _expected(package_path, features: np.ndarray) -> np.ndarray:
 def test_every_row_comes_back_with_its_columns_and_the_adapted_models_prediction(plant_package, adapted, tmp_path,
                                                                                  monkeypatch):
     _, table = plant_package
-    production = table.drop(columns=["quality"]).assign(line=["L7 \"north\", bay 2"] * len(table))
+    comments = ["L7 \"north\", bay 2", "two-line\ncomment, \"quoted\"", ""]  # quotes, commas, a line break in a cell
+    production = table.drop(columns=["quality"]).assign(line=[comments[i % 3] for i in range(len(table))])
     production.insert(0, "timestamp", pd.date_range("2026-11-01", periods=len(table), freq="min").astype(str))
     production.to_csv(tmp_path / "production.csv", index=False)
-    monkeypatch.setattr(predict_module, "BLOCK_BYTES", 1024)  # many blocks: the streamed path
+    monkeypatch.setattr(predict_module, "BLOCK_BYTES", 1024)  # many pieces: the streamed path, cells cut across them
     code, output = run_fedmeta("predict", "--model", str(adapted), "--data", str(tmp_path / "production.csv"),
                                "--out", str(tmp_path / "predicted.csv"))
     assert code == 0, output
@@ -51,7 +53,7 @@ def test_every_row_comes_back_with_its_columns_and_the_adapted_models_prediction
     result = pd.read_csv(tmp_path / "predicted.csv", dtype={"batch": str})
     assert list(result.columns) == [*production.columns, "predicted_quality"]
     assert result["timestamp"].tolist() == production["timestamp"].tolist()
-    assert result["line"].tolist() == production["line"].tolist()
+    assert result["line"].fillna("").tolist() == production["line"].tolist()
     assert result["batch"].tolist() == production["batch"].astype(str).tolist()
     expected = _expected(adapted, production[list(FEATURES)].to_numpy())
     np.testing.assert_allclose(result["predicted_quality"].to_numpy(), expected, rtol=1e-5, atol=1e-5)
@@ -110,3 +112,15 @@ def test_bad_tables_are_refused_by_name_and_nothing_is_written(plant_package, ad
     assert "already exists" in refused("gap.csv", out="kept.csv")
     assert (tmp_path / "kept.csv").read_text() == "already here\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))) == []
+
+
+def test_a_table_is_cut_into_pieces_only_between_rows_even_inside_multiline_quoted_cells(tmp_path, monkeypatch):
+    comments = ["plain", "two-line\ncomment, \"quoted\"", "", "\"\"", "a,\n\n\"b\"\nc"]
+    table = pd.DataFrame({"x0": np.arange(40.0), "note": [comments[i % len(comments)] for i in range(40)]})
+    table.to_csv(tmp_path / "notes.csv", index=False)
+    for size in range(16, 400, 7):  # every cut position, the file's first and last rows included
+        monkeypatch.setattr(predict_module, "BLOCK_BYTES", size)
+        pieces = list(predict_module._csv_pieces(tmp_path / "notes.csv"))
+        parsed = pd.concat([pd.read_csv(io.BytesIO(piece), keep_default_na=False) for piece in pieces])
+        assert parsed["note"].tolist() == table["note"].tolist(), size
+        assert parsed["x0"].tolist() == table["x0"].tolist()
