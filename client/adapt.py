@@ -48,7 +48,7 @@ def table_schema(manifest: Manifest, schema: DataSchema | None = None) -> DataSc
     must name the package's features, in order, its target and its task (``ValueError`` otherwise)."""
     wanted = manifest.schema
     if schema is None:
-        return DataSchema(wanted.features, wanted.target, wanted.task, classes=wanted.classes, extra_columns="ignore")
+        return DataSchema(wanted.features, wanted.target, wanted.task, classes=wanted.classes)
     problems = []
     if schema.features != wanted.features:
         missing = [f for f in wanted.features if f not in schema.features]

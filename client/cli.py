@@ -102,6 +102,8 @@ def client(
             model_dir=model_dir,
         )
         report(f"{plan.data.name}: table valid against {plan.schema.name}; log {plan.log}")
+        for warning in plan.table_warnings:
+            report(f"warning: {warning}")
         with sigterm_as_interrupt():
             run_factory(plan, report)
 
@@ -139,7 +141,7 @@ def _summary(report: ValidationReport, console: Console) -> None:
         for label_id, (label, count) in enumerate(report.class_counts.items()):
             classes.add_row(str(label_id), escape(label), str(count))
         console.print(classes)
-    if report.ignored_columns:
+    if report.ignored_columns and not report.warnings:  # "extra_columns": "ignore"; else the warnings say it
         ignored = ", ".join(report.ignored_columns)
         console.print(f"ignored columns (not in the schema): {escape(ignored)}", soft_wrap=True)
 
@@ -181,6 +183,8 @@ def validate_data(
     except ValueError as error:  # bad arguments, e.g. --ways for a regression table
         console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(2) from error
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
     if not report.ok:
         count = len(report.problems)
         console.print(

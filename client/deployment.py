@@ -83,6 +83,7 @@ class FactoryPlan:
     max_wait_s: float | None = None
     isolation: str = "subprocess"
     model_dir: Path | None = None  # None: <state>/models
+    table_warnings: tuple[str, ...] = ()  # what the table check found but reads anyway (columns not named)
 
     @property
     def models(self) -> Path:
@@ -120,7 +121,8 @@ def plan_factory(
     check_choice("isolation", isolation, ("subprocess", "process"))
     if max_wait_s is not None and max_wait_s <= 0:
         raise FactoryError(f"--max-wait-time must be positive, got {max_wait_s}")
-    validate_table(data, DataSchema.from_json(schema)).raise_for_problems()
+    checked = validate_table(data, DataSchema.from_json(schema))
+    checked.raise_for_problems()
     if ca is not None:
         load_certificate(ca, "CA certificate")
     if key is not None:
@@ -142,6 +144,7 @@ def plan_factory(
         max_wait_s=max_wait_s,
         isolation=isolation,
         model_dir=None if model_dir is None else model_dir.resolve(),
+        table_warnings=tuple(checked.warnings),
     )
 
 

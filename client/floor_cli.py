@@ -16,7 +16,7 @@ from rich.table import Table
 from fedmeta.client.adapt import AdaptationReport, adapt_package, table_schema
 from fedmeta.client.predict import PredictionError, predict_table
 from fedmeta.common import exit_on_errors
-from fedmeta.common.connector import DataSchema, DataValidationError, SchemaError, load_factory_table
+from fedmeta.common.connector import DataSchema, DataValidationError, SchemaError, load_factory_table, validate_table
 from fedmeta.common.model_package import ModelPackage, PackageError, load_package, save_package
 
 __all__ = ["REPORT_FILE", "adapt", "predict"]
@@ -66,6 +66,10 @@ def adapt(
     with exit_on_errors(console, PackageError, SchemaError, DataValidationError, ValueError):
         package = _package(model, console)
         reading = table_schema(package.manifest, None if schema is None else DataSchema.from_json(schema))
+        checked = validate_table(data, reading)
+        for warning in checked.warnings:
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        checked.raise_for_problems()
         factory = load_factory_table(data, reading)
         adapted = adapt_package(package, factory.x, factory.y, rows=rows, table=data.name)
         report_text = json.dumps(adapted.report.to_json(), indent=2)

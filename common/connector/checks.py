@@ -237,7 +237,7 @@ def check_header(table: Table, schema: DataSchema, report: ValidationReport) -> 
         first.setdefault(name, position)
     wanted = schema.columns
     for name in sorted(n for n, count in Counter(names).items() if n and count > 1):
-        if name in wanted or schema.extra_columns == "error":
+        if name in wanted or schema.extra_columns == "error":  # a repeated extra column is skipped otherwise
             where = ", ".join(str(i + 1) for i, n in enumerate(names) if n == name)
             problems.append(
                 DataProblem(
@@ -256,26 +256,20 @@ def check_header(table: Table, schema: DataSchema, report: ValidationReport) -> 
             message += f"; the file has columns {listing([repr(n) for n in names if n])}"
             problems.append(DataProblem("missing_column", name, message))
     unnamed = [i + 1 for i, n in enumerate(names) if not n]
-    if schema.extra_columns == "error":
-        if unused:
-            extra = listing([repr(n) for n in dict.fromkeys(unused)])
-            problems.append(
-                DataProblem(
-                    "extra_column",
-                    None,
-                    f"the file has {plural(len(set(unused)), 'column')} the schema does not name: {extra}; add "
-                    'them to \'features\' or set "extra_columns": "ignore" in the schema',
-                )
-            )
-        if unnamed:
-            problems.append(
-                DataProblem(
-                    "unnamed_column",
-                    None,
-                    f"column{'s' if len(unnamed) > 1 else ''} {', '.join(map(str, unnamed))} of the header "
-                    "ha{} no name (an index written by pandas' to_csv? save with index=False, or set "
-                    '"extra_columns": "ignore")'.format("ve" if len(unnamed) > 1 else "s"),
-                )
-            )
+    notes: list[tuple[str, str]] = []
+    if unused:
+        extra = listing([repr(n) for n in dict.fromkeys(unused)])
+        notes.append(("extra_column", f"the file has {plural(len(set(unused)), 'column')} the schema does not name: "
+                                      f"{extra}"))
+    if unnamed:
+        notes.append(("unnamed_column", f"column{'s' if len(unnamed) > 1 else ''} {', '.join(map(str, unnamed))} of "
+                                        "the header ha{} no name (an index written by pandas' to_csv? save with "
+                                        "index=False)".format("ve" if len(unnamed) > 1 else "s")))
+    for kind, message in notes:
+        if schema.extra_columns == "error":
+            problems.append(DataProblem(kind, None, f"{message}; add them to 'features' or set "
+                                                    '"extra_columns": "warn" in the schema'))
+        elif schema.extra_columns == "warn":
+            report.warnings.append(f"{message}: not read")
     report.ignored_columns = tuple(dict.fromkeys(unused)) + tuple(f"(unnamed column {i})" for i in unnamed)
     return {name: first[name] for name in wanted if name in first}

@@ -69,6 +69,7 @@ class ValidationReport:
     classes: tuple[str, ...] | None = None
     ignored_columns: tuple[str, ...] = ()
     problems: list[DataProblem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what is read anyway, such as columns not named
 
     @property
     def ok(self) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from fedmeta.common.connector.text import listing, suggest
 from fedmeta.common.losses import TASK_KINDS
 
-EXTRA_COLUMN_POLICIES = ("error", "ignore")
+EXTRA_COLUMN_POLICIES = ("warn", "error", "ignore")
 DECIMAL_MARKS = (".", ",")
 _REQUIRED_KEYS = ("features", "target", "task")
 
@@ -51,8 +51,9 @@ class DataSchema:
     so every factory of a federation maps labels identically even when one factory has
     not seen every class; without it the labels of each table are sorted (numerically
     when they are all numbers), which only agrees across factories that share all labels.
-    Columns not named here are a problem with ``extra_columns="error"`` and skipped with
-    ``"ignore"``. The ID, time and group columns are checked (present, no empty cells,
+    Columns not named here are skipped with a warning (``extra_columns="warn"``, the default: real
+    tables carry IDs, timestamps and other labels), a problem with ``"error"`` and skipped
+    silently with ``"ignore"``. The ID, time and group columns are checked (present, no empty cells,
     unique IDs, readable times) and rows are ordered by time when one is named.
     """
 
@@ -64,7 +65,7 @@ class DataSchema:
     group_column: str | None = None
     delimiter: str = ","
     decimal: str = "."
-    extra_columns: str = "error"
+    extra_columns: str = "warn"
     classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -100,7 +101,7 @@ class DataSchema:
                 "'delimiter': ';' (as European spreadsheet exports do)"
             )
         if self.extra_columns not in EXTRA_COLUMN_POLICIES:
-            problems.append(f"'extra_columns' must be 'error' or 'ignore', got {self.extra_columns!r}")
+            problems.append(f"'extra_columns' must be 'warn', 'error' or 'ignore', got {self.extra_columns!r}")
         classes = self._check_classes(problems)
         if problems:
             raise SchemaError(problems)

@@ -19,6 +19,7 @@ def test_adapting_to_twenty_rows_writes_a_package_with_lineage_scaling_and_repor
                                "--rows", "20", "--out", str(tmp_path / "adapted"))
     assert code == 0, output
     assert "rows alone" in output and "unadapted" in output and "adapted package written" in output
+    assert "does not name: 'batch': not read" in output  # an extra column is a warning, not an error
     base, adapted = load_package(root / "package"), load_package(tmp_path / "adapted")
     lineage = adapted.manifest.lineage
     assert lineage["package_sha256"] == base.manifest.weights_sha256 and lineage["rows"] == 20

@@ -177,10 +177,15 @@ def test_missing_column_suggests_the_close_name(tmp_path):
     assert "feature column 'pressure' is missing (did you mean 'presure'?)" in message
 
 
-def test_extra_and_unnamed_columns_are_problems_by_default(tmp_path):
+def test_extra_and_unnamed_columns_are_warnings_by_default_and_problems_when_the_schema_says_error(tmp_path):
     path = write(tmp_path, ",temp,pressure,quality,operator\n0,20,1,0.5,anna\n")
-    message = problems_of(path, REGRESSION)
-    assert "column the schema does not name: 'operator'" in message
+    report = validate_table(path, REGRESSION)
+    assert report.ok and load_factory_table(path, REGRESSION).x.tolist() == [[20.0, 1.0]]
+    assert report.warnings == ["the file has 1 column the schema does not name: 'operator': not read",
+                               "column 1 of the header has no name (an index written by pandas' to_csv? save with "
+                               "index=False): not read"]
+    message = problems_of(path, dataclasses.replace(REGRESSION, extra_columns="error"))
+    assert "column the schema does not name: 'operator'; add them to 'features'" in message
     assert "column 1 of the header has no name" in message
 
 
@@ -250,7 +255,8 @@ def test_id_and_time_columns_are_checked(tmp_path):
 
 def test_all_problems_of_a_broken_table_are_reported_together(tmp_path):
     schema = DataSchema(
-        features=("temp", "pressure", "speed"), target="fault", task="classification", classes=("a", "b")
+        features=("temp", "pressure", "speed"), target="fault", task="classification", classes=("a", "b"),
+        extra_columns="error",
     )
     path = write(tmp_path, "temp,pressure,fault,notes\nhot,1,a,x\n2,,c,y\n3,4,a,z\n5,6,7,8,9\n")
     with pytest.raises(DataValidationError) as caught:
