@@ -37,7 +37,17 @@ from fedmeta.common.connector import DataSchema
 from fedmeta.common.model_package import Manifest, ModelPackage
 from fedmeta.common.scaling import FeatureScaling
 
-__all__ = ["LOCAL_ONLY_STEPS", "AdaptationReport", "AdaptedPackage", "adapt_package", "table_schema"]
+__all__ = [
+    "LOCAL_ONLY_STEPS",
+    "AdaptationReport",
+    "AdaptedPackage",
+    "adapt_package",
+    "package_adaptation",
+    "rows_as_task",
+    "rows_digest",
+    "stratified_units",
+    "table_schema",
+]
 
 LOCAL_ONLY_STEPS = 100  # the rows-alone network: seeded fresh weights, this many steps at the package's step size
 
@@ -89,7 +99,7 @@ class AdaptedPackage:
     report: AdaptationReport
 
 
-def _adaptation(package: ModelPackage) -> Adaptation:
+def package_adaptation(package: ModelPackage) -> Adaptation:
     """The package's weights, step sizes (Meta-SGD: its learned ones) and adapted parameters."""
     manifest = package.manifest
     model = build_model(manifest.model)
@@ -98,7 +108,7 @@ def _adaptation(package: ModelPackage) -> Adaptation:
     return Adaptation(model, manifest.schema.task, package.weights, lr, names)
 
 
-def _stratified_units(y: Tensor, kind: str) -> Tensor:
+def stratified_units(y: Tensor, kind: str) -> Tensor:
     """A unit id per row such that dealing units to folds in id order stratifies by class (regression:
     row order)."""
     if kind != "classification":
@@ -109,7 +119,7 @@ def _stratified_units(y: Tensor, kind: str) -> Tensor:
     return units
 
 
-def _one_task(x: Tensor, y: Tensor, units: Tensor) -> TaskBatch:
+def rows_as_task(x: Tensor, y: Tensor, units: Tensor) -> TaskBatch:
     """All rows as one task's support set (its query set is unused: one row keeps shapes valid)."""
     return TaskBatch(x[None], y[None], x[None, :1], y[None, :1], support_groups=units[None])
 
@@ -123,7 +133,7 @@ def _scores(metrics: dict[str, float], kind: str) -> dict[str, float]:
 def _cross_validated(package: ModelPackage, batch: TaskBatch, seed: int) -> tuple[int, dict[str, dict[str, float]]]:
     """Each way of getting a model fitted on all folds but one and scored on that one; the number of
     folds and the mean scores."""
-    plan, adaptation = package.manifest.adaptation, _adaptation(package)
+    plan, adaptation = package.manifest.adaptation, package_adaptation(package)
     kind = adaptation.kind
     folds = support_folds(batch.support_y, kind, MAX_FOLDS, groups=batch.support_groups)
     if folds is None:
@@ -142,7 +152,7 @@ def _cross_validated(package: ModelPackage, batch: TaskBatch, seed: int) -> tupl
     return folded.num_tasks, scores
 
 
-def _rows_digest(x: Tensor, y: Tensor) -> str:
+def rows_digest(x: Tensor, y: Tensor) -> str:
     """Which rows an adapted package was fitted on, without keeping them."""
     sha = hashlib.sha256()
     for tensor in (x, y):
@@ -164,8 +174,8 @@ def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | No
         raise ValueError(f"--rows must be between 2 and the table's {total} labelled rows, got {rows}")
     scaling = FeatureScaling.fit(x)
     x_rows, y_rows = scaling.apply(x[:rows]), y[:rows]
-    adaptation = _adaptation(package)
-    batch = _one_task(x_rows, y_rows, _stratified_units(y_rows, adaptation.kind))
+    adaptation = package_adaptation(package)
+    batch = rows_as_task(x_rows, y_rows, stratified_units(y_rows, adaptation.kind))
     folds, scores = _cross_validated(package, batch, seed)
     plan = manifest.adaptation
     if plan.recipe == "cross-validated":
@@ -179,7 +189,7 @@ def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | No
     weights = {name: params[name][0].detach().clone() for name in package.weights}
     report = AdaptationReport(rows, folds, adaptation.kind, scores, recipe.steps, recipe.lr_scale)
     lineage = {"package_sha256": manifest.weights_sha256, "package_run": manifest.run, "package_round": manifest.round,
-               "table": table, "rows": rows, "rows_sha256": _rows_digest(x[:rows], y[:rows]),
+               "table": table, "rows": rows, "rows_sha256": rows_digest(x[:rows], y[:rows]),
                "scaling_rows": total}
     adapted = dataclasses.replace(manifest, scaling=scaling, lineage=lineage, weights_sha256="", versions={},
                                   metrics={f"{name}/{metric}": value for name, values in scores.items()

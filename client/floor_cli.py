@@ -1,6 +1,7 @@
 """The factory floor's commands: ``fedmeta adapt`` (a model package fitted to the factory's own labelled
-rows) and ``fedmeta predict`` (its predictions for a table). Everything runs on the factory's machine;
-nothing is sent anywhere."""
+rows), ``fedmeta predict`` (its predictions for a table) and ``fedmeta update`` (new labelled rows
+update it, versions kept, drift reported). Everything runs on the factory's machine; nothing is sent
+anywhere."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from rich.table import Table
 
 from fedmeta.client.adapt import AdaptationReport, adapt_package, table_schema
 from fedmeta.client.predict import PredictionError, predict_table
-from fedmeta.common import exit_on_errors
+from fedmeta.client.update import ModelStore
+from fedmeta.common import FactoryData, exit_on_errors
 from fedmeta.common.connector import DataSchema, DataValidationError, SchemaError, load_factory_table, validate_table
 from fedmeta.common.model_package import ModelPackage, PackageError, load_package, save_package
 
-__all__ = ["REPORT_FILE", "adapt", "predict"]
+__all__ = ["REPORT_FILE", "adapt", "predict", "update"]
 
 REPORT_FILE = "adaptation-report.json"
 
@@ -46,6 +48,15 @@ def _package(model: Path, console: Console) -> ModelPackage:
     return package
 
 
+def _labelled_rows(data: Path, schema: DataSchema, console: Console) -> FactoryData:
+    """The table's rows read as ``schema`` says; its warnings printed, its problems raised."""
+    checked = validate_table(data, schema)
+    for warning in checked.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    checked.raise_for_problems()
+    return load_factory_table(data, schema)
+
+
 def adapt(
     model: Annotated[Path, typer.Option(help="The model package folder (model.json and weights).")],
     data: Annotated[Path, typer.Option(help="This factory's labelled table (CSV or Parquet).")],
@@ -66,11 +77,7 @@ def adapt(
     with exit_on_errors(console, PackageError, SchemaError, DataValidationError, ValueError):
         package = _package(model, console)
         reading = table_schema(package.manifest, None if schema is None else DataSchema.from_json(schema))
-        checked = validate_table(data, reading)
-        for warning in checked.warnings:
-            console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-        checked.raise_for_problems()
-        factory = load_factory_table(data, reading)
+        factory = _labelled_rows(data, reading, console)
         adapted = adapt_package(package, factory.x, factory.y, rows=rows, table=data.name)
         report_text = json.dumps(adapted.report.to_json(), indent=2)
         save_package(out, adapted.weights, adapted.inner_lrs, adapted.manifest, extras={REPORT_FILE: report_text})
@@ -100,3 +107,49 @@ def predict(
         console.print("[yellow]note:[/yellow] the package holds no factory's scaling (it was not adapted): the "
                       "inputs were standardised with this table's own rows")
     console.print(f"{summary.rows} rows predicted into {escape(str(out))}")
+
+
+def update(
+    store: Annotated[Path, typer.Option(help="The model store: a folder of versions (see README).")],
+    data: Annotated[
+        Path | None, typer.Option(help="New labelled rows from production (CSV or Parquet).", show_default=False)
+    ] = None,
+    start_from: Annotated[
+        Path | None,
+        typer.Option("--from", help="Start a new store from this adapted package (version 1).", show_default=False),
+    ] = None,
+    schema: Annotated[
+        Path | None,
+        typer.Option(help="The table's schema; its features and target must be the package's.", show_default=False),
+    ] = None,
+    rollback: Annotated[
+        int | None, typer.Option(min=1, help="Use this earlier version again (none is deleted).", show_default=False)
+    ] = None,
+) -> None:
+    """Update the model with new labelled rows (a new version each time), report drift, or roll back."""
+    console = Console()
+    if data is None and start_from is None and rollback is None:
+        console.print("[red]error:[/red] give --data (update), --from (start a store) or --rollback VERSION")
+        raise typer.Exit(2)
+    models = ModelStore(store)
+    with exit_on_errors(console, PackageError, SchemaError, DataValidationError, ValueError):
+        if start_from is not None:
+            models.create(start_from)
+            console.print(f"model store {escape(str(store))} started from {escape(str(start_from))} as version 1")
+        if rollback is not None:
+            models.rollback(rollback)
+            console.print(f"version {rollback} is in use again; versions {models.versions()} are kept")
+        if data is None:
+            return
+        package = _package(models.version_dir(models.current()), console)
+        rows = _labelled_rows(data, table_schema(package.manifest, None if schema is None else
+                                                 DataSchema.from_json(schema)), console)
+        result = models.update(rows.x, rows.y)
+    console.print(f"version {result.version} written from {result.rows} new rows (the version in use erred "
+                  f"{result.mean_error_before:.4g} on them on average)")
+    drift = result.drift
+    if drift.detected:
+        console.print(f"[bold red]drift:[/bold red] the prediction error rose (detected at row {drift.detected_at_row}"
+                      f" of the {drift.rows_seen} rows seen): re-adapt on recent rows with `fedmeta adapt`")
+    else:
+        console.print(f"no drift in the {drift.rows_seen} rows seen since the store started")

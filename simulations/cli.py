@@ -1,7 +1,7 @@
 """The ``fedmeta`` command: each component owns its commands, this only registers them.
 
 As ``flwr/cli/app.py`` does: the server package's ``server`` and ``certs``, the client
-package's ``client``, ``validate-data``, ``adapt`` and ``predict``, the simulations package's ``simulate``,
+package's ``client``, ``validate-data``, ``adapt``, ``predict`` and ``update``, the simulations package's ``simulate``,
 ``benchmark``, ``tune`` and the ``bench`` group.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from fedmeta.client.cli import client, validate_data
-from fedmeta.client.floor_cli import adapt, predict
+from fedmeta.client.floor_cli import adapt, predict, update
 from fedmeta.server.cli import certs, server
 from fedmeta.simulations.bench_cli import bench_app, benchmark, tune
 from fedmeta.simulations.simulate_cli import simulate
@@ -26,5 +26,6 @@ app.command("validate-data")(validate_data)
 app.command("client")(client)
 app.command("adapt")(adapt)
 app.command("predict")(predict)
+app.command("update")(update)
 app.command("certs")(certs)
 app.command("server")(server)
