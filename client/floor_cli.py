@@ -1,6 +1,7 @@
 """The factory floor's commands: ``fedmeta adapt`` (a model package fitted to the factory's own labelled
 rows), ``fedmeta predict`` (its predictions for a table) and ``fedmeta update`` (new labelled rows
-update it, versions kept, drift reported). Everything runs on the factory's machine; nothing is sent
+update it, versions kept, drift reported) and ``fedmeta export`` (ONNX for the factory's own
+systems). Everything runs on the factory's machine; nothing is sent
 anywhere."""
 
 from __future__ import annotations
@@ -9,19 +10,22 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import click
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from fedmeta.client.adapt import AdaptationReport, adapt_package, table_schema
-from fedmeta.client.predict import PredictionError, predict_table
+from fedmeta.client.export import FORMATS, export_onnx
+from fedmeta.client.predict import PredictionError, predict_table, read_features
 from fedmeta.client.update import ModelStore
 from fedmeta.common import FactoryData, exit_on_errors
 from fedmeta.common.connector import DataSchema, DataValidationError, SchemaError, load_factory_table, validate_table
 from fedmeta.common.model_package import ModelPackage, PackageError, load_package, save_package
 
-__all__ = ["REPORT_FILE", "adapt", "predict", "update"]
+__all__ = ["REPORT_FILE", "adapt", "export", "predict", "update"]
 
 REPORT_FILE = "adaptation-report.json"
 
@@ -153,3 +157,28 @@ def update(
                       f" of the {drift.rows_seen} rows seen): re-adapt on recent rows with `fedmeta adapt`")
     else:
         console.print(f"no drift in the {drift.rows_seen} rows seen since the store started")
+
+
+def export(
+    model: Annotated[Path, typer.Option(help="The model package folder (adapted or as delivered).")],
+    out: Annotated[Path, typer.Option(help="New file for the exported model.")],
+    format: Annotated[str, typer.Option(click_type=click.Choice(list(FORMATS)), help="Export format.")] = "onnx",
+    check: Annotated[
+        Path | None,
+        typer.Option(help="A table whose rows must give the same outputs in onnxruntime as in torch (default: "
+                     "64 random rows).", show_default=False),
+    ] = None,
+) -> None:
+    """Export a model package (scaling, model, softmax) for the factory's own systems."""
+    console = Console()
+    with exit_on_errors(console, PackageError, PredictionError, ValueError):
+        package = _package(model, console)
+        rows = None
+        if check is not None:
+            rows = torch.from_numpy(read_features(check, table_schema(package.manifest)))
+        result = export_onnx(package, out, rows)
+    if not result.scaled:
+        console.print("[yellow]note:[/yellow] the package holds no factory's scaling (it was not adapted): the "
+                      "exported model expects standardised inputs")
+    console.print(f"{format} model written to {escape(str(out))}; onnxruntime matches torch within "
+                  f"{result.max_difference:.2g} on {result.check_rows} rows")

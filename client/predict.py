@@ -38,7 +38,7 @@ from fedmeta.common.connector.readers import PARQUET_SUFFIXES
 from fedmeta.common.model_package import ModelPackage
 from fedmeta.common.scaling import FeatureScaling
 
-__all__ = ["BLOCK_BYTES", "PredictionError", "PredictionSummary", "output_columns", "predict_table"]
+__all__ = ["BLOCK_BYTES", "PredictionError", "PredictionSummary", "output_columns", "predict_table", "read_features"]
 
 BLOCK_BYTES = 8 << 20  # CSV bytes per block: bounds memory whatever the table's length
 _PARQUET_ROWS = 131_072
@@ -237,6 +237,21 @@ class _Writer:
         if self.open:
             self.writer.close()
             self.open = False
+
+
+def read_features(path: Path, schema: DataSchema) -> np.ndarray:
+    """Every row's features ``[rows, features]`` (raw, float32), checked as `predict_table` checks them."""
+    names = _header(path, schema)
+    missing = [name for name in schema.features if name not in names]
+    if missing:
+        raise PredictionError(f"{path}: missing feature column(s) {missing}")
+    blocks, rows = [], 0
+    for block in _read(path, schema, names):
+        blocks.append(_features(block, schema, rows, path))
+        rows += block.num_rows
+    if not blocks:
+        raise PredictionError(f"{path}: the table has no data rows")
+    return np.concatenate(blocks)
 
 
 def predict_table(package: ModelPackage, path: Path, out: Path, schema: DataSchema) -> PredictionSummary:
