@@ -1,8 +1,8 @@
 """The factory floor's commands: ``fedmeta adapt`` (a model package fitted to the factory's own labelled
-rows), ``fedmeta predict`` (its predictions for a table) and ``fedmeta update`` (new labelled rows
-update it, versions kept, drift reported) and ``fedmeta export`` (ONNX for the factory's own
-systems). Everything runs on the factory's machine; nothing is sent
-anywhere."""
+rows), ``fedmeta predict`` (its predictions for a table), ``fedmeta update`` (new labelled rows update
+it, versions kept, drift reported), ``fedmeta optimize`` (process settings a quality model recommends)
+and ``fedmeta export`` (ONNX for the factory's own systems). Everything runs on the factory's machine;
+nothing is sent anywhere."""
 
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ from rich.table import Table
 
 from fedmeta.client.adapt import AdaptationReport, adapt_package, table_schema
 from fedmeta.client.export import FORMATS, export_onnx
+from fedmeta.client.optimize import Bounds, recommend_settings
 from fedmeta.client.predict import PredictionError, predict_table, read_features
 from fedmeta.client.update import ModelStore
 from fedmeta.common import FactoryData, exit_on_errors
 from fedmeta.common.connector import DataSchema, DataValidationError, SchemaError, load_factory_table, validate_table
 from fedmeta.common.model_package import ModelPackage, PackageError, load_package, save_package
 
-__all__ = ["REPORT_FILE", "adapt", "export", "predict", "update"]
+__all__ = ["REPORT_FILE", "adapt", "export", "optimize", "predict", "update"]
 
 REPORT_FILE = "adaptation-report.json"
 
@@ -182,3 +183,36 @@ def export(
                       "exported model expects standardised inputs")
     console.print(f"{format} model written to {escape(str(out))}; onnxruntime matches torch within "
                   f"{result.max_difference:.2g} on {result.check_rows} rows")
+
+
+def optimize(
+    model: Annotated[Path, typer.Option(help="An adapted model package (it knows the factory's units).")],
+    bounds: Annotated[Path, typer.Option(help="JSON: controllable features and ranges, fixed values, goal.")],
+    starts: Annotated[int, typer.Option(min=1, help="Optimiser starts spread over the bounds.")] = 20,
+    top: Annotated[int, typer.Option(min=1, help="How many distinct settings to list.")] = 5,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the settings as JSON to this new file.", show_default=False)
+    ] = None,
+) -> None:
+    """Recommend process settings that maximise the predicted quality (or minimise a failure's probability)."""
+    console = Console()
+    with exit_on_errors(console, PackageError, ValueError):
+        package = _package(model, console)
+        limits = Bounds.from_json(bounds, package)
+        if out is not None and out.exists():
+            raise ValueError(f"{out} already exists; choose another --out")
+        found = recommend_settings(package, limits, starts=starts, top=top)
+    outcome = f"probability of {limits.target_class!r}" if limits.target_class else \
+        f"predicted {package.manifest.schema.target}"
+    held = ", ".join(f"{name}={value:g}" for name, value in limits.fixed.items()) or "nothing"
+    table = Table(title=f"Settings that {limits.goal} the {outcome} ({held} held)")
+    for name in limits.controllable:
+        table.add_column(escape(name), justify="right")
+    table.add_column(escape(outcome), justify="right")
+    for recommendation in found:
+        table.add_row(*(f"{recommendation.settings[n]:.6g}" for n in limits.controllable),
+                      f"{recommendation.predicted:.6g}")
+    console.print(table)
+    if out is not None:
+        out.write_text(json.dumps([{"settings": r.settings, "predicted": r.predicted} for r in found], indent=2))
+        console.print(f"written to {escape(str(out))}")

@@ -1,8 +1,8 @@
 """The ``fedmeta`` command: each component owns its commands, this only registers them.
 
 As ``flwr/cli/app.py`` does: the server package's ``server`` and ``certs``, the client
-package's ``client``, ``validate-data`` and the factory floor's ``adapt``, ``predict``, ``update``
-and ``export``, the simulations package's ``simulate``,
+package's ``client``, ``validate-data`` and the factory floor's ``adapt``, ``predict``, ``update``,
+``optimize`` and ``export``, the simulations package's ``simulate``,
 ``benchmark``, ``tune`` and the ``bench`` group.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import typer
 
 from fedmeta.client.cli import client, validate_data
-from fedmeta.client.floor_cli import adapt, export, predict, update
+from fedmeta.client.floor_cli import adapt, export, optimize, predict, update
 from fedmeta.server.cli import certs, server
 from fedmeta.simulations.bench_cli import bench_app, benchmark, tune
 from fedmeta.simulations.simulate_cli import simulate
@@ -28,6 +28,7 @@ app.command("client")(client)
 app.command("adapt")(adapt)
 app.command("predict")(predict)
 app.command("update")(update)
+app.command("optimize")(optimize)
 app.command("export")(export)
 app.command("certs")(certs)
 app.command("server")(server)
