@@ -2,11 +2,14 @@
 
 The factory's rows are scaled with its own statistics (`common.scaling`: every row of its table,
 whether or not the rows adapted on are all of them), then adapted with the package's recipe
-(`common.model_package.AdaptationPlan`: fixed steps, or steps and step size cross-validated on
-the rows). The report says what the factory can expect on rows it has not labelled yet: the
-error on held-out folds of its rows (up to 5, stratified by class) of the adapted model, the
-unadapted package, and the same network trained on those rows alone, each fitted on the other
-folds only. The adapted package records its lineage: which package, which rows (by hash).
+(`common.model_package.AdaptationPlan`): its fixed steps, or, for a cross-validated recipe, the
+recipe chosen by cross-validation on those rows (`common.adaptation_recipe`, one-standard-error
+rule) among no adaptation, the package's steps and a wider grid than the federation's evaluation
+affords (`factory_candidates`: a factory adapts once). The report says what the factory can
+expect on rows it has not labelled yet: the error on held-out folds of its rows (up to 5,
+stratified by class) of the adapted model, the unadapted package, and the same network trained on
+those rows alone, each fitted on the other folds only. The adapted package records its lineage:
+which package, which rows (by hash).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "AdaptationReport",
     "AdaptedPackage",
     "adapt_package",
+    "factory_candidates",
     "package_adaptation",
     "rows_as_task",
     "rows_digest",
@@ -50,6 +54,16 @@ __all__ = [
 ]
 
 LOCAL_ONLY_STEPS = 100  # the rows-alone network: seeded fresh weights, this many steps at the package's step size
+# A factory adapts once, not once per evaluation task, so it can afford a wider search than the
+# federation's evaluation (`RECIPE_CANDIDATES`): up to as many steps as the rows-alone network gets.
+FACTORY_STEPS, FACTORY_SCALES = (1, 3, 10, 30, 100), (0.3, 1.0, 3.0)
+
+
+def factory_candidates(default_steps: int) -> tuple[Recipe, ...]:
+    """No adaptation, the package's recipe, and every step count of `FACTORY_STEPS` at every step-size
+    scale of `FACTORY_SCALES`, from the least adaptation to the most."""
+    recipes = {Recipe(0), Recipe(default_steps), *(Recipe(s, c) for s in FACTORY_STEPS for c in FACTORY_SCALES)}
+    return tuple(sorted(recipes, key=lambda recipe: (recipe.steps * recipe.lr_scale, recipe.steps)))
 
 
 def table_schema(manifest: Manifest, schema: DataSchema | None = None) -> DataSchema:
@@ -141,8 +155,10 @@ def _cross_validated(package: ModelPackage, batch: TaskBatch, seed: int) -> tupl
     folded = fold_batch(batch, folds)
     fresh = build_model(adaptation.model.config)
     alone = Adaptation(fresh, kind, initial_weights(fresh, seed), plan.lr, list(adaptation.weights))
-    fitted = {
-        "adapted": adaptation.adapt(folded, plan.steps, cross_validate=plan.recipe == "cross-validated"),
+    cross_validate = plan.recipe == "cross-validated"
+    fitted = {  # a cross-validated recipe is chosen on each fold's own training part: nested, so the score is honest
+        "adapted": adaptation.adapt(folded, plan.steps, cross_validate=cross_validate,
+                                    candidates=factory_candidates(plan.steps)),
         "unadapted": adaptation.adapt(folded, 0),
         "rows alone": alone.adapt(folded, LOCAL_ONLY_STEPS),
     }
@@ -179,7 +195,7 @@ def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | No
     folds, scores = _cross_validated(package, batch, seed)
     plan = manifest.adaptation
     if plan.recipe == "cross-validated":
-        choice = adaptation.choose(batch, plan.steps)
+        choice = adaptation.choose(batch, plan.steps, factory_candidates(plan.steps))
         recipe = choice.recipes()[0]
         params = adapt_with_recipes(adaptation.model, adaptation.weights, batch, choice, kind=adaptation.kind,
                                     lr=adaptation.lr, adapt_names=adaptation.names)

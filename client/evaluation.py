@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,20 +52,22 @@ class Adaptation:
     lr: float | dict[str, Tensor]
     names: list[str]
 
-    def adapt(self, batch: TaskBatch, steps: int, *, cross_validate: bool = False) -> dict[str, Tensor]:
+    def adapt(self, batch: TaskBatch, steps: int, *, cross_validate: bool = False,
+              candidates: Sequence[Recipe] | None = None) -> dict[str, Tensor]:
         """Each task's parameters after ``steps`` steps on its support set (task-batched); with
         ``cross_validate`` after the recipe each task chooses on its support folds instead
         (``steps`` at the base step size is one candidate, and the fallback where no fold fits)."""
         if not cross_validate or steps == 0:
             return adapt_to_support(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
                                     adapt_names=self.names)
-        return adapt_with_recipes(self.model, self.weights, batch, self.choose(batch, steps), kind=self.kind,
-                                  lr=self.lr, adapt_names=self.names)
+        return adapt_with_recipes(self.model, self.weights, batch, self.choose(batch, steps, candidates),
+                                  kind=self.kind, lr=self.lr, adapt_names=self.names)
 
-    def choose(self, batch: TaskBatch, steps: int) -> RecipeChoice:
-        """Each task's recipe, cross-validated on its support rows (`common.adaptation_recipe`)."""
+    def choose(self, batch: TaskBatch, steps: int, candidates: Sequence[Recipe] | None = None) -> RecipeChoice:
+        """Each task's recipe, cross-validated on its support rows (`common.adaptation_recipe`), among
+        ``candidates`` (default: `recipe_candidates`), ordered from the least adaptation to the most."""
         return choose_recipes(self.model, self.weights, batch, kind=self.kind, lr=self.lr, adapt_names=self.names,
-                              candidates=recipe_candidates(steps), default=Recipe(steps))
+                              candidates=candidates or recipe_candidates(steps), default=Recipe(steps))
 
     def score(self, batch: TaskBatch, steps: int, *, cross_validate: bool = False) -> dict[str, float]:
         if not cross_validate or steps == 0:

@@ -43,6 +43,7 @@ from fedmeta.common.data_sources import (
     SplitSource,
     SyntheticSource,
     TableSource,
+    TablesSource,
     source_from_config,
 )
 from fedmeta.common.decision import BaseRateDecision, FailureDecisions, expected_f1_threshold, prior_shift
@@ -180,6 +181,7 @@ __all__ = [
     "SupervisedResult",
     "SyntheticSource",
     "TableSource",
+    "TablesSource",
     "TaskBatch",
     "TaskConv1d",
     "TaskLinear",

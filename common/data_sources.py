@@ -39,6 +39,7 @@ __all__ = [
     "SplitSource",
     "SyntheticSource",
     "TableSource",
+    "TablesSource",
     "source_from_config",
 ]
 
@@ -227,9 +228,53 @@ class TableSource:
         check_choice("role", role, ROLES)
         path = Path(str(node_config["data-path"]))
         name = str(node_config.get("factory", path.stem))
-        data = load_factory_table(path, self.schema, name=name)
-        scaled = dataclasses.replace(data, x=FeatureScaling.fit(data.x).apply(data.x))
-        return [FactoryAssignment(scaled, role)]
+        return [FactoryAssignment(_own_rows_scaled(load_factory_table(path, self.schema, name=name)), role)]
+
+
+def _own_rows_scaled(data: FactoryData) -> FactoryData:
+    """A factory table's rows standardised with its own statistics (`common.scaling`)."""
+    return dataclasses.replace(data, x=FeatureScaling.fit(data.x).apply(data.x))
+
+
+@dataclass(frozen=True)
+class TablesSource(TableSource):
+    """Factory tables on one machine, one factory per file, for the simulation engine: partitions
+    0..N-1 are the training tables, then the held-out ones (each in file-name order); a factory is
+    named by its file's stem."""
+
+    tables: tuple[Path, ...] = ()
+    held_out: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        stems = [path.stem for path in self.tables]
+        if len(self.tables) < 2:
+            raise ValueError(f"simulating tables needs at least 2 table files, found {len(self.tables)}")
+        repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if repeated:
+            raise ValueError(f"tables {repeated} share a name: each factory is named by its file's stem")
+        unknown = [name for name in self.held_out if name not in stems]
+        if unknown:
+            raise ValueError(f"held-out tables {unknown} are not among the tables {sorted(stems)}")
+        if not self.held_out or len(self.held_out) == len(stems):
+            raise ValueError("name at least one held-out table and keep at least one to train")
+        train = sorted((p for p in self.tables if p.stem not in self.held_out), key=lambda p: p.stem)
+        held = sorted((p for p in self.tables if p.stem in self.held_out), key=lambda p: p.stem)
+        object.__setattr__(self, "tables", (*train, *held))
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.tables)
+
+    def node_factories(self, node_config: Mapping[str, object]) -> list[FactoryAssignment]:
+        if "partition-id" not in node_config:
+            raise ValueError("node_config has no 'partition-id': start the node with --node-config 'partition-id=N'")
+        partition = int(node_config["partition-id"])
+        if not 0 <= partition < self.num_nodes:
+            raise ValueError(f"partition-id {partition} is out of range: {self.num_nodes} tables")
+        path = self.tables[partition]
+        role = "evaluate" if path.stem in self.held_out else "train"
+        return [FactoryAssignment(_own_rows_scaled(load_factory_table(path, self.schema)), role)]
 
 
 def _load_split(dataset: str, seed: int) -> FactorySplit:
@@ -297,12 +342,20 @@ class SplitSource:
 
 def source_from_config(
     run_config: Mapping[str, object], node_config: Mapping[str, object] | None = None
-) -> SyntheticSource | TableSource | SplitSource:
-    """Build the data source a run's config describes: factory tables when it (or the
-    node's own config) names a ``schema`` file, a shared real data set when ``dataset``
-    names one, else a synthetic family (keys as in `_FAMILY_KEYS`, plus ``factories-per-node``)."""
+) -> SyntheticSource | TableSource | TablesSource | SplitSource:
+    """Build the data source a run's config describes: every table a ``tables`` glob finds (with
+    the ``schema``, in simulation), a factory's own table when the config (or the node's own)
+    names a ``schema`` file, a shared real data set when ``dataset`` names one, else a synthetic
+    family (keys as in `_FAMILY_KEYS`, plus ``factories-per-node``)."""
     settings = resolve_run_config(run_config)
     schema = (node_config or {}).get("schema") or settings["schema"]
+    if settings["tables"]:
+        if not settings["schema"]:
+            raise ValueError("simulating tables needs the federation's schema (run setting 'schema')")
+        pattern = Path(str(settings["tables"]))
+        tables = tuple(sorted(pattern.parent.glob(pattern.name)))
+        held_out = tuple(name.strip() for name in str(settings["held-out-tables"]).split(",") if name.strip())
+        return TablesSource(DataSchema.from_json(Path(str(settings["schema"]))), tables=tables, held_out=held_out)
     if schema:
         return TableSource(DataSchema.from_json(Path(str(schema))))
     dataset = str(settings["dataset"])

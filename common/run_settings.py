@@ -134,6 +134,10 @@ _TABLE = (
             _SERVER),
     Setting("local-only-lr", 0.0, "Step size of the local-only baseline; 0: inner-lr.", _SERVER),
     # The simulation harness only
+    Setting("tables", "", "Factory tables to simulate, one factory per file (a glob such as 'plants/*.csv'; needs "
+            "schema); empty: none.", _SIM),
+    Setting("held-out-tables", "", "Tables (file names without suffix, comma-separated) that never train and "
+            "evaluate.", _SIM),
     Setting("inject-faults", "", "Make simulated factories misbehave: PARTITION:crash|nan|shape, comma-separated.",
             _SIM),
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 from flwr.simulation import run_simulation
 
 from fedmeta.client import make_client_app
-from fedmeta.common import SplitSource, SyntheticSource, resolve_run_config, source_from_config
+from fedmeta.common import SplitSource, SyntheticSource, TablesSource, resolve_run_config, source_from_config
 from fedmeta.server import ProgressFn, make_server_app
 from fedmeta.simulations.faults import fault_injection_mod
 
@@ -40,8 +40,9 @@ def run_federated_simulation(
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     settings = resolve_run_config(run_config)
     source = source_from_config(run_config)
-    if not isinstance(source, SyntheticSource | SplitSource):
-        raise ValueError("the simulation engine runs synthetic families and shared data sets; tables run as real nodes")
+    if not isinstance(source, SyntheticSource | SplitSource | TablesSource):
+        raise ValueError("the simulation engine runs synthetic families, shared data sets and a folder of tables "
+                         "(run setting 'tables'); a factory's own table runs as a real node")
     spec = str(settings["inject-faults"])
     mods = [fault_injection_mod(spec)] if spec else None
     run_simulation(

@@ -1,4 +1,5 @@
-"""``fedmeta simulate``: a federated meta-learning run on synthetic factories, one machine.
+"""``fedmeta simulate``: a federated meta-learning run on one machine: synthetic factories, a shared data
+set, or a folder of factory tables (``--tables 'DIR/*.csv' --schema FILE --held-out NAME,...``).
 
 With no arguments it trains MAML and the FedAvg baseline on 12 synthetic quality-
 prediction factories and reports the 4 held-out factories' K-shot results beside
@@ -37,8 +38,9 @@ FLAG_SETTINGS = {
     "algorithm": "algorithm",
     "family": "family",
     "dataset": "dataset",
+    "tables": "tables",
+    "schema": "schema",
     "factories": "num-factories",
-    "held_out": "num-held-out",
     "rounds": "num-server-rounds",
     "fraction": "fraction-train",
     "shots": "shots",
@@ -100,14 +102,34 @@ def _results_table(run_dir: Path, algorithm: str, baselines: tuple[str, ...]) ->
     return table
 
 
+def _held_out_setting(value: str, tables: bool) -> dict[str, SettingValue]:
+    """``--held-out``: table names with --tables, else how many synthetic factories."""
+    if tables:
+        return {"held-out-tables": value}
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise typer.BadParameter(f"a synthetic family needs a positive number of held-out factories, got {value!r} "
+                                 "(table names go with --tables)", param_hint="--held-out")
+    return {"num-held-out": count}
+
+
 def simulate(
     algorithm: Annotated[
         str, typer.Option(click_type=_choice(FEDERATED_ALGORITHMS), help=_help("algorithm"))
     ] = _default("algorithm"),
     family: Annotated[str, typer.Option(click_type=_choice(FAMILY_KINDS), help=_help("family"))] = _default("family"),
     dataset: Annotated[str, typer.Option(click_type=_choice(DATASETS), help=_help("dataset"))] = _default("dataset"),
+    tables: Annotated[str, typer.Option(help=_help("tables"))] = _default("tables"),
+    schema: Annotated[str, typer.Option(help="The tables' schema (JSON), with --tables.")] = _default("schema"),
     factories: Annotated[int, typer.Option(min=1, help=_help("num-factories"))] = _default("num-factories"),
-    held_out: Annotated[int, typer.Option(min=1, help=_help("num-held-out"))] = _default("num-held-out"),
+    held_out: Annotated[
+        str,
+        typer.Option(help="Synthetic: how many factories never train (a number). With --tables: the tables that "
+                     "never train and evaluate, by file name without suffix (comma-separated)."),
+    ] = str(_default("num-held-out")),
     rounds: Annotated[int, typer.Option(min=1, help=_help("num-server-rounds"))] = _default("num-server-rounds"),
     fraction: Annotated[
         float, typer.Option(min=0.0, max=1.0, help=_help("fraction-train"))
@@ -126,7 +148,9 @@ def simulate(
     eval_shots: Annotated[str, typer.Option(help=_help("eval-shots"))] = _default("eval-shots"),
     baseline: Annotated[bool, typer.Option(help="Also train FedAvg in the same run for comparison.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the factories, the model and sampling.")] = _default("seed"),
-    output: Annotated[Path | None, typer.Option(help="Run folder (default: runs/simulate-<time>).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "--out", help="Run folder (default: runs/simulate-<time>).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help=_help("resume"))] = _default("resume"),
     device: Annotated[
         str, typer.Option(click_type=_choice(("auto", "cpu", "cuda", "mps")), help=_help("device"))
@@ -139,9 +163,12 @@ def simulate(
     """Federated meta-learning on synthetic factories, compared with FedAvg and local-only training."""
     if resume and output is None:
         raise typer.BadParameter("--resume needs the --output folder of the run to continue", param_hint="--resume")
+    if tables and not schema:
+        raise typer.BadParameter("--tables needs the tables' --schema", param_hint="--tables")
     run_dir = output or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")
     flags = locals()
     run_config = {key: flags[name] for name, key in FLAG_SETTINGS.items()}
+    run_config |= _held_out_setting(held_out, bool(tables))
     baselines = (str(_default("compare-with")),) if baseline and algorithm != "fedavg" else ()
     run_config |= {
         "compare-with": ",".join(baselines),
@@ -154,6 +181,8 @@ def simulate(
 
     console = Console()
     what = f"{factories} + {held_out} held-out {family}" if dataset == "synthetic" else f"the {dataset}"
+    if tables:
+        what = f"the {tables} ({held_out} held out)"
     console.print(f"Simulating {what} factories; run folder {run_dir}")
     run_federated_simulation(
         run_config, client_cpus=client_cpus, client_gpus=client_gpus, progress=_progress(console, rounds)

@@ -3,12 +3,15 @@ refused by name, and nothing already saved changed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
 
+from fedmeta.client.adapt import factory_candidates
 from fedmeta.client.floor_cli import REPORT_FILE
-from fedmeta.common.model_package import WEIGHTS_FILE, load_package
+from fedmeta.common import Recipe
+from fedmeta.common.model_package import WEIGHTS_FILE, load_package, save_package
 from tests.client.conftest import FEATURES
 from tests.support.cli import run_fedmeta
 
@@ -70,3 +73,18 @@ def test_bad_input_is_refused_by_name(plant_package, tmp_path):
     assert "SHA-256" in refused(damaged, root / "plant.csv")
     assert "'scrap'" in refused(root / "package", root / "plant.csv", "--schema", str(schema))
     assert "between 2 and the table's" in refused(root / "package", root / "plant.csv", "--rows", "100000")
+
+
+def test_a_cross_validated_recipe_is_chosen_among_the_factory_candidates(plant_package, tmp_path):
+    root, _ = plant_package
+    base = load_package(root / "package")
+    plan = dataclasses.replace(base.manifest.adaptation, recipe="cross-validated")
+    save_package(tmp_path / "cv-package", base.weights, {}, dataclasses.replace(
+        base.manifest, adaptation=plan, weights_sha256="", versions={}))
+    code, output = run_fedmeta("adapt", "--model", str(tmp_path / "cv-package"), "--data", str(root / "plant.csv"),
+                               "--rows", "20", "--out", str(tmp_path / "adapted"))
+    assert code == 0, output
+    report = json.loads((tmp_path / "adapted" / REPORT_FILE).read_text())
+    assert Recipe(report["recipe_steps"], report["recipe_lr_scale"]) in factory_candidates(10)
+    assert "recipe chosen on all 20 rows" in output
+    assert report["scores"]["adapted"]["rmse"] < report["scores"]["unadapted"]["rmse"]

@@ -18,11 +18,13 @@ runner = CliRunner()
 
 
 ENGINE_OPTIONS = {"baseline", "output", "client_cpus", "client_gpus"}  # how the run is hosted, not run settings
+TWO_SETTING_FLAGS = {"held_out"}  # num-held-out (synthetic), or held-out-tables with --tables
 
 
 def test_every_flag_is_a_run_setting_with_the_table_default_unless_declared_different():
     parameters = inspect.signature(simulate).parameters
-    assert set(parameters) == set(FLAG_SETTINGS) | ENGINE_OPTIONS
+    assert set(parameters) == set(FLAG_SETTINGS) | ENGINE_OPTIONS | TWO_SETTING_FLAGS
+    assert parameters["held_out"].default == str(RUN_SETTINGS["num-held-out"].default)
     assert set(SIMULATE_DEFAULTS) <= set(RUN_SETTINGS)
     for name, key in FLAG_SETTINGS.items():
         expected = SIMULATE_DEFAULTS.get(key, RUN_SETTINGS[key].default)
