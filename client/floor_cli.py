@@ -30,6 +30,14 @@ __all__ = ["REPORT_FILE", "adapt", "export", "optimize", "predict", "update"]
 
 REPORT_FILE = "adaptation-report.json"
 
+# The options several commands share, declared once.
+PackageFolder = Annotated[Path, typer.Option("--model", help="The model package folder (model.json and weights).")]
+TableSchema = Annotated[
+    Path | None,
+    typer.Option("--schema", help="This table's schema (delimiter, decimal mark, ID and time columns); its features "
+                 "and target must be the package's. Default: the package's columns.", show_default=False),
+]
+
 
 def _print_report(report: AdaptationReport, console: Console) -> None:
     table = Table(title=f"Error on held-out folds of the {report.rows} rows ({report.folds} folds)")
@@ -53,6 +61,11 @@ def _package(model: Path, console: Console) -> ModelPackage:
     return package
 
 
+def _reading(package: ModelPackage, schema: Path | None) -> DataSchema:
+    """How to read a table for ``package``: its columns, or the factory's schema file checked against them."""
+    return table_schema(package.manifest, None if schema is None else DataSchema.from_json(schema))
+
+
 def _labelled_rows(data: Path, schema: DataSchema, console: Console) -> FactoryData:
     """The table's rows read as ``schema`` says; its warnings printed, its problems raised."""
     checked = validate_table(data, schema)
@@ -63,14 +76,10 @@ def _labelled_rows(data: Path, schema: DataSchema, console: Console) -> FactoryD
 
 
 def adapt(
-    model: Annotated[Path, typer.Option(help="The model package folder (model.json and weights).")],
+    model: PackageFolder,
     data: Annotated[Path, typer.Option(help="This factory's labelled table (CSV or Parquet).")],
     out: Annotated[Path, typer.Option(help="New folder for the adapted package and its report.")],
-    schema: Annotated[
-        Path | None,
-        typer.Option(help="This table's schema (delimiter, decimal mark, ID and time columns); its features and "
-                     "target must be the package's. Default: the package's columns.", show_default=False),
-    ] = None,
+    schema: TableSchema = None,
     rows: Annotated[
         int | None,
         typer.Option(min=2, help="Adapt on the first N labelled rows (default: all); the scaling uses every row.",
@@ -81,7 +90,7 @@ def adapt(
     console = Console()
     with exit_on_errors(console, PackageError, SchemaError, DataValidationError, ValueError):
         package = _package(model, console)
-        reading = table_schema(package.manifest, None if schema is None else DataSchema.from_json(schema))
+        reading = _reading(package, schema)
         factory = _labelled_rows(data, reading, console)
         adapted = adapt_package(package, factory.x, factory.y, rows=rows, table=data.name)
         report_text = json.dumps(adapted.report.to_json(), indent=2)
@@ -91,20 +100,16 @@ def adapt(
 
 
 def predict(
-    model: Annotated[Path, typer.Option(help="The model package folder (adapted or as delivered).")],
+    model: PackageFolder,
     data: Annotated[Path, typer.Option(help="The table to predict (CSV or Parquet); the target may be absent.")],
     out: Annotated[Path, typer.Option(help="New file for the rows and their predictions (.csv or .parquet).")],
-    schema: Annotated[
-        Path | None,
-        typer.Option(help="This table's schema (delimiter, decimal mark, ID and time columns); its features must "
-                     "be the package's. Default: the package's columns.", show_default=False),
-    ] = None,
+    schema: TableSchema = None,
 ) -> None:
     """Predict every row of a table: all its columns come back with the prediction beside them."""
     console = Console()
     with exit_on_errors(console, PackageError, SchemaError, PredictionError, ValueError):
         package = _package(model, console)
-        reading = table_schema(package.manifest, None if schema is None else DataSchema.from_json(schema))
+        reading = _reading(package, schema)
         summary = predict_table(package, data, out, reading)
     for warning in summary.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
@@ -123,10 +128,7 @@ def update(
         Path | None,
         typer.Option("--from", help="Start a new store from this adapted package (version 1).", show_default=False),
     ] = None,
-    schema: Annotated[
-        Path | None,
-        typer.Option(help="The table's schema; its features and target must be the package's.", show_default=False),
-    ] = None,
+    schema: TableSchema = None,
     rollback: Annotated[
         int | None, typer.Option(min=1, help="Use this earlier version again (none is deleted).", show_default=False)
     ] = None,
@@ -147,8 +149,7 @@ def update(
         if data is None:
             return
         package = _package(models.version_dir(models.current()), console)
-        rows = _labelled_rows(data, table_schema(package.manifest, None if schema is None else
-                                                 DataSchema.from_json(schema)), console)
+        rows = _labelled_rows(data, _reading(package, schema), console)
         result = models.update(rows.x, rows.y)
     console.print(f"version {result.version} written from {result.rows} new rows (the version in use erred "
                   f"{result.mean_error_before:.4g} on them on average)")
@@ -161,7 +162,7 @@ def update(
 
 
 def export(
-    model: Annotated[Path, typer.Option(help="The model package folder (adapted or as delivered).")],
+    model: PackageFolder,
     out: Annotated[Path, typer.Option(help="New file for the exported model.")],
     format: Annotated[str, typer.Option(click_type=click.Choice(list(FORMATS)), help="Export format.")] = "onnx",
     check: Annotated[
@@ -186,7 +187,7 @@ def export(
 
 
 def optimize(
-    model: Annotated[Path, typer.Option(help="An adapted model package (it knows the factory's units).")],
+    model: PackageFolder,
     bounds: Annotated[Path, typer.Option(help="JSON: controllable features and ranges, fixed values, goal.")],
     starts: Annotated[int, typer.Option(min=1, help="Optimiser starts spread over the bounds.")] = 20,
     top: Annotated[int, typer.Option(min=1, help="How many distinct settings to list.")] = 5,
