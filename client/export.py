@@ -44,8 +44,8 @@ class _Deployable(nn.Module):
         mean = torch.zeros(features) if scaling is None else scaling.mean
         std = torch.ones(features) if scaling is None else scaling.std
         shape = (features,) if len(manifest.model.input_shape) == 1 else (features, 1)  # windows: per channel
-        self.register_buffer("mean", mean.reshape(shape).clone())
-        self.register_buffer("std", std.reshape(shape).clone())
+        self.register_buffer("mean", mean.reshape(shape).float().clone())
+        self.register_buffer("std", std.reshape(shape).float().clone())
 
     def forward(self, features: Tensor) -> Tensor:
         out = self.model((features - self.mean) / self.std)

@@ -159,7 +159,7 @@ def _rows(hits: np.ndarray, first_row: int, values: np.ndarray | None = None) ->
 
 
 def _features(block: pa.RecordBatch, schema: DataSchema, first_row: int, path: Path) -> np.ndarray:
-    """``[rows, features]`` float32; an empty, NaN or infinite cell is an error naming its column and row."""
+    """``[rows, features]`` float64; an empty, NaN or infinite cell is an error naming its column and row."""
     columns = []
     for name in schema.features:
         column = block.column(name)
@@ -179,21 +179,24 @@ def _features(block: pa.RecordBatch, schema: DataSchema, first_row: int, path: P
         if bad.size:
             raise PredictionError(f"{path}: column {name!r} is empty, NaN or infinite in " + _rows(bad, first_row))
         columns.append(values)
-    return np.stack(columns, axis=1).astype(np.float32)
+    return np.stack(columns, axis=1)
 
 
 def _table_scaling(path: Path, schema: DataSchema, names: list[str]) -> FeatureScaling:
-    """Mean and standard deviation of this table's own rows, in one streamed pass (float64 sums)."""
-    count, total, squares = 0, np.zeros(len(schema.features)), np.zeros(len(schema.features))
+    """Mean and sample standard deviation of this table's own rows (as `FeatureScaling.fit` computes them),
+    in one streamed pass: each block's statistics merged into the running ones (Chan et al.), exact
+    however far the values lie from zero."""
+    count, mean, squares = 0, np.zeros(len(schema.features)), np.zeros(len(schema.features))
     for block in _read(path, schema, names):
-        x = _features(block, schema, count, path).astype(np.float64)
-        count, total, squares = count + len(x), total + x.sum(0), squares + np.square(x).sum(0)
+        x = _features(block, schema, count, path)
+        block_mean = x.mean(axis=0)
+        delta, total = block_mean - mean, count + len(x)
+        squares += np.square(x - block_mean).sum(axis=0) + np.square(delta) * count * len(x) / total
+        mean, count = mean + delta * len(x) / total, total
     if count == 0:
         raise PredictionError(f"{path}: the table has no data rows")
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    return FeatureScaling(torch.from_numpy(mean).float(), torch.from_numpy(np.where(std > 1e-6, std, 1.0)).float(),
-                          count)
+    std = np.sqrt(squares / (count - 1)) if count > 1 else np.zeros_like(mean)
+    return FeatureScaling(torch.from_numpy(mean), torch.from_numpy(np.where(std > 1e-6, std, 1.0)), count)
 
 
 def _read(path: Path, schema: DataSchema, names: list[str]) -> Iterator[pa.RecordBatch]:
@@ -240,7 +243,7 @@ class _Writer:
 
 
 def read_features(path: Path, schema: DataSchema) -> np.ndarray:
-    """Every row's features ``[rows, features]`` (raw, float32), checked as `predict_table` checks them."""
+    """Every row's features ``[rows, features]`` (raw, float64), checked as `predict_table` checks them."""
     names = _header(path, schema)
     missing = [name for name in schema.features if name not in names]
     if missing:
@@ -282,7 +285,7 @@ def predict_table(package: ModelPackage, path: Path, out: Path, schema: DataSche
     writer: _Writer | None = None
     try:
         for block in _read(path, schema, names):
-            x = (_features(block, schema, summary.rows, path) - mean) / std
+            x = ((_features(block, schema, summary.rows, path) - mean) / std).astype(np.float32)
             columns = [*block.columns, *_predicted(package, model, x)]
             result = pa.RecordBatch.from_arrays(columns, names=[*block.schema.names, *added])
             if writer is None:

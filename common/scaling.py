@@ -30,6 +30,9 @@ class FeatureScaling:
     rows: int
 
     def __post_init__(self) -> None:
+        # float64: a sensor reading near 1e6 varies below float32's resolution there (0.06).
+        object.__setattr__(self, "mean", torch.as_tensor(self.mean, dtype=torch.float64))
+        object.__setattr__(self, "std", torch.as_tensor(self.std, dtype=torch.float64))
         if self.mean.ndim != 1 or self.mean.shape != self.std.shape:
             raise ValueError(f"mean and std must be 1-D of one length, got {tuple(self.mean.shape)} "
                              f"and {tuple(self.std.shape)}")
@@ -44,14 +47,15 @@ class FeatureScaling:
         if not bool(torch.isfinite(x).all()):
             raise ValueError("the rows to scale by hold NaN or infinite values")
         x = x.double()
-        std = x.std(dim=0, correction=0)
-        return cls(x.mean(dim=0).float(), torch.where(std > _MIN_STD, std, 1.0).float(), int(x.shape[0]))
+        # The sample standard deviation (n - 1), as a plant's own pipeline (and `common.synthetic`) computes it.
+        std = x.std(dim=0) if x.shape[0] > 1 else torch.zeros(x.shape[1], dtype=x.dtype)
+        return cls(x.mean(dim=0), torch.where(std > _MIN_STD, std, 1.0), int(x.shape[0]))
 
     def apply(self, x: Tensor) -> Tensor:
-        """``x [rows, features]`` standardised, float32."""
+        """``x [rows, features]`` standardised (in float64), as float32 for the model."""
         if x.ndim != 2 or x.shape[1] != self.mean.numel():
             raise ValueError(f"expected rows of {self.mean.numel()} features, got shape {tuple(x.shape)}")
-        return ((x.float() - self.mean) / self.std).float()
+        return ((x.double() - self.mean) / self.std).float()
 
     def to_json(self) -> dict[str, object]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "rows": self.rows}
@@ -61,4 +65,4 @@ class FeatureScaling:
         mean, std = data.get("mean"), data.get("std")
         if not isinstance(mean, Sequence) or not isinstance(std, Sequence) or not isinstance(data.get("rows"), int):
             raise ValueError("scaling needs lists 'mean' and 'std' and an integer 'rows'")
-        return cls(torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32), int(data["rows"]))
+        return cls(torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64), int(data["rows"]))

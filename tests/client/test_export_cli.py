@@ -53,7 +53,8 @@ def test_a_classification_window_model_exports_probabilities(tmp_path):
     session = onnxruntime.InferenceSession(tmp_path / "m.onnx", providers=["CPUExecutionProvider"])
     probabilities = session.run(None, {"features": windows.numpy()})[0]
     with torch.no_grad():
-        expected = torch.softmax(model((windows - scaling.mean[:, None]) / scaling.std[:, None]), dim=-1).numpy()
+        scaled = ((windows - scaling.mean[:, None]) / scaling.std[:, None]).float()
+        expected = torch.softmax(model(scaled), dim=-1).numpy()
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
 
 

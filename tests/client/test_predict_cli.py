@@ -13,7 +13,9 @@ import torch
 
 import fedmeta.client.predict as predict_module
 from fedmeta.common import build_model
+from fedmeta.common.connector import DataSchema
 from fedmeta.common.model_package import AdaptationPlan, Manifest, PackageSchema, load_package, save_package
+from fedmeta.common.scaling import FeatureScaling
 from tests.client.conftest import FEATURES
 from tests.support.cli import run_fedmeta
 
@@ -81,7 +83,7 @@ def test_parquet_in_and_out_and_classification_probabilities(tmp_path):
     labels = np.array(["ok", "wear", "crack"])[probabilities.argmax(axis=1)]
     assert result["predicted_fault"].tolist() == labels.tolist() and result["id"].tolist() == ["m1", "m2", "m3", "m4"]
     x = torch.tensor(rows[["a", "b"]].to_numpy(), dtype=torch.float32)
-    scaled = (x - x.mean(0)) / x.std(0, correction=0)
+    scaled = (x - x.mean(0)) / x.std(0)
     with torch.no_grad():
         expected = torch.softmax(config_model(scaled), dim=1).numpy()
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
@@ -124,3 +126,16 @@ def test_a_table_is_cut_into_pieces_only_between_rows_even_inside_multiline_quot
         parsed = pd.concat([pd.read_csv(io.BytesIO(piece), keep_default_na=False) for piece in pieces])
         assert parsed["note"].tolist() == table["note"].tolist(), size
         assert parsed["x0"].tolist() == table["x0"].tolist()
+
+
+def test_the_streamed_scaling_of_a_table_equals_the_scaling_of_all_its_rows(tmp_path, monkeypatch):
+    generator = np.random.default_rng(0)
+    rows = pd.DataFrame({"a": 1e6 + generator.normal(0, 0.01, 500), "b": generator.normal(5, 2, 500)})
+    rows.to_csv(tmp_path / "far.csv", index=False)
+    monkeypatch.setattr(predict_module, "BLOCK_BYTES", 512)  # many pieces merged
+    schema = DataSchema(("a", "b"), "y", "regression")
+    streamed = predict_module._table_scaling(tmp_path / "far.csv", schema, ["a", "b"])
+    whole = FeatureScaling.fit(torch.tensor(rows.to_numpy()))
+    assert streamed.rows == 500
+    np.testing.assert_allclose(streamed.std.numpy(), whole.std.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(streamed.mean.numpy(), whole.mean.numpy(), rtol=1e-9)

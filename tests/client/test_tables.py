@@ -106,7 +106,7 @@ def test_a_table_factory_sees_its_features_standardised_with_its_own_rows(federa
     source = source_from_config(run_config)
     (factory,) = source.node_factories({"data-path": str(folder / "plant-a.csv")})
     raw = table[FEATURES].to_numpy()
-    expected = (raw - raw.mean(axis=0)) / raw.std(axis=0)
+    expected = (raw - raw.mean(axis=0)) / raw.std(axis=0, ddof=1)
     np.testing.assert_allclose(factory.data.x.numpy(), expected, atol=1e-5)
     assert source.scaling_rule == "factory-rows"
     assert source.package_schema.features == tuple(FEATURES) and source.package_schema.target == "quality"

@@ -38,7 +38,7 @@ def test_pyproject_app_config_is_the_tables_app_settings():
 
 def test_simulation_only_settings_are_not_in_the_app_config():
     simulation_only = {name for name, setting in RUN_SETTINGS.items() if setting.readers == ("simulation",)}
-    assert simulation_only == {"inject-faults"}
+    assert simulation_only == {"inject-faults", "tables", "held-out-tables"}
     assert not simulation_only & set(PYPROJECT["tool"]["flwr"]["app"]["config"])
 
 
