@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,9 @@ from fedmeta.common import (
     adapt_with_recipes,
     adapted_names,
     build_model,
+    expected_f1_threshold,
     local_algorithm,
+    prior_shift,
     query_metrics,
     support_folds,
 )
@@ -46,6 +49,7 @@ __all__ = [
     "AdaptedPackage",
     "adapt_package",
     "factory_candidates",
+    "failure_probabilities",
     "package_adaptation",
     "rows_as_task",
     "rows_digest",
@@ -168,6 +172,36 @@ def _cross_validated(package: ModelPackage, batch: TaskBatch, seed: int) -> tupl
     return folded.num_tasks, scores
 
 
+def failure_probabilities(logits: Tensor, decision: Mapping[str, Any], classes: Sequence[str]) -> Tensor:
+    """``[n]`` probabilities of the failure class at the factory's failure rate: a prior shift
+    (`common.decision.prior_shift`) from the failure share of the rows the model was adapted on, the
+    mix its probabilities are calibrated for."""
+    failure = list(classes).index(decision["failure_class"])
+    ordered = logits[:, [1 - failure, failure]]
+    rate, adapted = float(decision["failure_rate"]), float(decision["adapted_rate"])
+    shifted = prior_shift(ordered, torch.tensor([1 - rate, rate]), torch.tensor([1 - adapted, adapted]))
+    return shifted[:, 1].exp().float()
+
+
+def _decision(adaptation: Adaptation, weights: Mapping[str, Tensor], x: Tensor, y_adapted: Tensor,
+              classes: Sequence[str], failure_class: str | None, failure_rate: float) -> dict[str, Any]:
+    """The failure threshold that maximises the expected F1 on the factory's own rows ``x`` (scaled,
+    labels unused) at its failure rate; ``y_adapted`` are the labels the model was adapted on."""
+    if adaptation.kind != "classification" or len(classes) != 2:
+        raise ValueError("--failure-rate applies to two-class models only")
+    failure_class = classes[1] if failure_class is None else failure_class
+    if failure_class not in classes:
+        raise ValueError(f"--failure-class {failure_class!r} is not one of the model's classes {list(classes)}")
+    failures = int((y_adapted == classes.index(failure_class)).sum())
+    adapted_rate = (failures + 1) / (len(y_adapted) + 2)  # smoothed: a share of 0 or 1 has no prior shift
+    decision: dict[str, Any] = {"failure_class": failure_class, "failure_rate": failure_rate,
+                                "adapted_rate": adapted_rate}
+    with torch.no_grad():
+        logits = torch.func.functional_call(adaptation.model, dict(weights), (x,))
+    decision["threshold"] = expected_f1_threshold(failure_probabilities(logits, decision, classes).numpy())
+    return decision
+
+
 def rows_digest(x: Tensor, y: Tensor) -> str:
     """Which rows an adapted package was fitted on, without keeping them."""
     sha = hashlib.sha256()
@@ -177,9 +211,12 @@ def rows_digest(x: Tensor, y: Tensor) -> str:
 
 
 def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | None = None, seed: int = 0,
-                  table: str = "") -> AdaptedPackage:
+                  table: str = "", failure_rate: float | None = None,
+                  failure_class: str | None = None) -> AdaptedPackage:
     """Adapt ``package`` to the first ``rows`` (default: all) of a factory's rows ``x [n, features]``
-    (raw, as in its table) with labels ``y [n]``; the input scaling comes from all ``n`` rows."""
+    (raw, as in its table) with labels ``y [n]``; the input scaling comes from all ``n`` rows. With
+    ``failure_rate`` (two classes) the package also gets the failure threshold for that rate, set on
+    all ``n`` rows (`common.decision`)."""
     manifest = package.manifest
     if manifest.scaling_rule != "factory-rows":
         raise ValueError("this package's inputs were scaled by the data set it was trained on, not from a "
@@ -207,7 +244,12 @@ def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | No
     lineage = {"package_sha256": manifest.weights_sha256, "package_run": manifest.run, "package_round": manifest.round,
                "table": table, "rows": rows, "rows_sha256": rows_digest(x[:rows], y[:rows]),
                "scaling_rows": total}
+    decision = None
+    if failure_rate is not None:
+        decision = _decision(adaptation, weights, scaling.apply(x), y_rows, list(manifest.schema.classes or ()),
+                             failure_class, failure_rate)
     adapted = dataclasses.replace(manifest, scaling=scaling, lineage=lineage, weights_sha256="", versions={},
+                                  decision=decision,
                                   metrics={f"{name}/{metric}": value for name, values in scores.items()
                                            for metric, value in values.items()})
     return AdaptedPackage(weights, dict(package.inner_lrs), adapted, report)

@@ -85,6 +85,15 @@ def adapt(
         typer.Option(min=2, help="Adapt on the first N labelled rows (default: all); the scaling uses every row.",
                      show_default=False),
     ] = None,
+    failure_rate: Annotated[
+        float | None,
+        typer.Option(click_type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), show_default=False,
+                     help="Two classes: this factory's failure rate; predictions are then made at it, flagged at "
+                     "the threshold of best expected F1 on the table's rows."),
+    ] = None,
+    failure_class: Annotated[
+        str | None, typer.Option(help="The failure class (default: the second).", show_default=False)
+    ] = None,
 ) -> None:
     """Adapt a model package to this factory's labelled rows with the package's recipe."""
     console = Console()
@@ -92,10 +101,15 @@ def adapt(
         package = _package(model, console)
         reading = _reading(package, schema)
         factory = _labelled_rows(data, reading, console)
-        adapted = adapt_package(package, factory.x, factory.y, rows=rows, table=data.name)
+        adapted = adapt_package(package, factory.x, factory.y, rows=rows, table=data.name, failure_rate=failure_rate,
+                                failure_class=failure_class)
         report_text = json.dumps(adapted.report.to_json(), indent=2)
         save_package(out, adapted.weights, adapted.inner_lrs, adapted.manifest, extras={REPORT_FILE: report_text})
     _print_report(adapted.report, console)
+    decision = adapted.manifest.decision
+    if decision is not None:
+        console.print(f"{decision['failure_class']!r} is flagged at probability {decision['threshold']:.4g} or more "
+                      f"(failure rate {decision['failure_rate']:g})")
     console.print(f"adapted package written to {escape(str(out))}")
 
 

@@ -32,6 +32,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
 
+from fedmeta.client.adapt import failure_probabilities
 from fedmeta.common import build_model
 from fedmeta.common.connector import DataSchema
 from fedmeta.common.connector.readers import PARQUET_SUFFIXES
@@ -212,8 +213,17 @@ def _predicted(package: ModelPackage, model: torch.nn.Module, x: np.ndarray) -> 
         out = model(torch.from_numpy(x))
     if schema.task == "regression":
         return [pa.array(out[:, 0].numpy())]  # float32: the model's own precision, and cheaper to write
-    probabilities = torch.softmax(out, dim=1).numpy()
-    labels = np.asarray(schema.classes, dtype=object)[probabilities.argmax(axis=1)]
+    decision = package.manifest.decision
+    if decision is None:  # no failure rate given: the most likely class
+        probabilities = torch.softmax(out, dim=1).numpy()
+        labels = np.asarray(schema.classes, dtype=object)[probabilities.argmax(axis=1)]
+    else:  # at the factory's failure rate, flagged at the package's threshold
+        failure = list(schema.classes or ()).index(decision["failure_class"])
+        p_failure = failure_probabilities(out, decision, schema.classes or ()).numpy()
+        probabilities = np.empty((len(p_failure), 2))
+        probabilities[:, failure], probabilities[:, 1 - failure] = p_failure, 1.0 - p_failure
+        flagged = p_failure >= decision["threshold"]
+        labels = np.asarray(schema.classes, dtype=object)[np.where(flagged, failure, 1 - failure)]
     return [pa.array(probabilities[:, i]) for i in range(probabilities.shape[1])] + [pa.array(labels, pa.string())]
 
 

@@ -111,6 +111,19 @@ class AdaptationPlan:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
 
 
+def _check_decision(decision: Mapping[str, Any], schema: PackageSchema) -> None:
+    if schema.task != "classification" or len(schema.classes or ()) != 2:
+        raise ValueError("a failure-rate decision applies to two-class models only")
+    keys = {"failure_class", "failure_rate", "adapted_rate", "threshold"}
+    if set(decision) != keys:
+        raise ValueError(f"a decision holds {sorted(keys)}, got {sorted(decision)}")
+    if decision["failure_class"] not in (schema.classes or ()):
+        raise ValueError(f"the decision's failure class {decision['failure_class']!r} is not one of {schema.classes}")
+    rates_ok = 0 < decision["failure_rate"] < 1 and 0 < decision["adapted_rate"] < 1
+    if not rates_ok or not 0 <= decision["threshold"] <= 1:
+        raise ValueError("a decision needs failure rates in (0, 1) and a threshold in [0, 1]")
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything but the weights. ``scaling`` is the factory's own input statistics once adapted
@@ -128,6 +141,9 @@ class Manifest:
     weights_sha256: str = ""
     scaling: FeatureScaling | None = None
     lineage: dict[str, Any] | None = None
+    # Binary classification at a factory's failure rate (`common.decision`): failure_class, failure_rate (the
+    # factory's), adapted_rate (the failure share of the rows the model was adapted on) and threshold.
+    decision: dict[str, Any] | None = None
     format: int = PACKAGE_FORMAT
 
     def __post_init__(self) -> None:
@@ -136,6 +152,8 @@ class Manifest:
         if self.model.name == "mlp" and self.model.input_shape != (len(self.schema.features),):
             raise ValueError(f"the model reads {self.model.input_shape[0]} features but the schema lists "
                              f"{len(self.schema.features)}")
+        if self.decision is not None:
+            _check_decision(self.decision, self.schema)
         if self.scaling is not None and self.scaling.mean.numel() != len(self.schema.features):
             raise ValueError(f"the scaling has {self.scaling.mean.numel()} features, the schema "
                              f"{len(self.schema.features)}")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fedmeta.client.predict as predict_module
-from fedmeta.common import build_model
+from fedmeta.common import build_model, expected_f1_threshold
 from fedmeta.common.connector import DataSchema
 from fedmeta.common.model_package import AdaptationPlan, Manifest, PackageSchema, load_package, save_package
 from fedmeta.common.scaling import FeatureScaling
@@ -139,3 +139,37 @@ def test_the_streamed_scaling_of_a_table_equals_the_scaling_of_all_its_rows(tmp_
     assert streamed.rows == 500
     np.testing.assert_allclose(streamed.std.numpy(), whole.std.numpy(), rtol=1e-5)
     np.testing.assert_allclose(streamed.mean.numpy(), whole.mean.numpy(), rtol=1e-9)
+
+
+def test_a_failure_rate_sets_the_packages_threshold_and_predict_flags_at_it(tmp_path):
+    generator = np.random.default_rng(0)
+    rows = pd.DataFrame({"a": generator.normal(size=300), "b": generator.normal(size=300)})
+    rows["state"] = np.where(rows["a"] > 1.5, "scrap", "ok")  # about 7% failures
+    rows.to_csv(tmp_path / "line.csv", index=False)
+    torch.manual_seed(0)
+    model = build_model({"name": "mlp", "input_shape": (2,), "output_dim": 2, "hidden": 16})
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    manifest = Manifest(PackageSchema(("a", "b"), "state", "classification", ("ok", "scrap")), model.config,
+                        AdaptationPlan("fomaml", 200, 0.1), "factory-rows", "run", 1)
+    save_package(tmp_path / "package", weights, {}, manifest)
+    code, output = run_fedmeta("adapt", "--model", str(tmp_path / "package"), "--data", str(tmp_path / "line.csv"),
+                               "--out", str(tmp_path / "adapted"), "--failure-rate", "0.07")
+    assert code == 0, output
+    decision = load_package(tmp_path / "adapted").manifest.decision
+    assert decision["failure_class"] == "scrap" and decision["failure_rate"] == 0.07
+    assert f"'scrap' is flagged at probability {decision['threshold']:.4g}" in output
+    assert run_fedmeta("predict", "--model", str(tmp_path / "adapted"), "--data", str(tmp_path / "line.csv"),
+                       "--out", str(tmp_path / "scored.csv"))[0] == 0
+    scored = pd.read_csv(tmp_path / "scored.csv")
+    p_scrap = scored["probability_scrap"].to_numpy()
+    np.testing.assert_allclose(p_scrap + scored["probability_ok"].to_numpy(), 1.0, atol=1e-9)
+    assert ((scored["predicted_state"] == "scrap").to_numpy() == (p_scrap >= decision["threshold"])).all()
+    assert abs(expected_f1_threshold(p_scrap) - decision["threshold"]) < 1e-5  # set on these same rows
+    flagged = scored["predicted_state"] == "scrap"
+    assert (flagged & (rows["state"] == "scrap")).sum() >= 0.5 * (rows["state"] == "scrap").sum()
+
+    for extra, message in ((["--failure-class", "crack"], "is not one of the model's classes"),
+                           (["--failure-rate", "0"], "0<x<1")):
+        code, output = run_fedmeta("adapt", "--model", str(tmp_path / "package"), "--data", str(tmp_path / "line.csv"),
+                                   "--out", str(tmp_path / "other"), "--failure-rate", "0.07", *extra)
+        assert code in (1, 2) and message in output, output
