@@ -54,8 +54,11 @@ def _print_report(report: AdaptationReport, console: Console) -> None:
 
 
 def _package(model: Path, console: Console) -> ModelPackage:
-    """The package, its version differences printed as warnings."""
-    package = load_package(model)
+    """The package at ``model``, its version differences printed as warnings."""
+    return _with_version_warnings(load_package(model), console)
+
+
+def _with_version_warnings(package: ModelPackage, console: Console) -> ModelPackage:
     for note in package.version_notes:
         console.print(f"[yellow]warning:[/yellow] {escape(note)}")
     return package
@@ -162,9 +165,10 @@ def update(
             console.print(f"version {rollback} is in use again; versions {models.versions()} are kept")
         if data is None:
             return
-        package = _package(models.version_dir(models.current()), console)
+        version, package = models.current_package()
+        _with_version_warnings(package, console)
         rows = _labelled_rows(data, _reading(package, schema), console)
-        result = models.update(rows.x, rows.y)
+        result = models.update(version, package, rows.x, rows.y)
     console.print(f"version {result.version} written from {result.rows} new rows (the version in use erred "
                   f"{result.mean_error_before:.4g} on them on average)")
     drift = result.drift

@@ -35,7 +35,7 @@ import torch
 from fedmeta.client.adapt import failure_probabilities
 from fedmeta.common import build_model
 from fedmeta.common.connector import DataSchema
-from fedmeta.common.connector.readers import PARQUET_SUFFIXES
+from fedmeta.common.connector.readers import is_parquet
 from fedmeta.common.model_package import ModelPackage
 from fedmeta.common.scaling import FeatureScaling
 
@@ -64,13 +64,9 @@ def output_columns(package: ModelPackage) -> list[str]:
     return [f"predicted_{schema.target}"]
 
 
-def _is_parquet(path: Path) -> bool:
-    return path.suffix.lower() in PARQUET_SUFFIXES
-
-
 def _header(path: Path, schema: DataSchema) -> list[str]:
     try:
-        if _is_parquet(path):
+        if is_parquet(path):
             return list(pq.ParquetFile(path).schema_arrow.names)
         reader = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=1 << 16),
                                  parse_options=pa_csv.ParseOptions(delimiter=schema.delimiter))
@@ -117,7 +113,7 @@ def _last_row_end(data: bytes) -> int:
 def _blocks(path: Path, schema: DataSchema, names: list[str]) -> Iterator[pa.RecordBatch]:
     """The table in blocks. Every CSV column is read as text and written back as it was (formatting
     numbers again would cost more than reading them); features are converted to numbers aside."""
-    if _is_parquet(path):
+    if is_parquet(path):
         yield from pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_ROWS)
         return
     convert = pa_csv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=False,
@@ -235,7 +231,7 @@ class _Writer:
         handle, name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
         os.close(handle)
         self.temporary = Path(name)
-        if _is_parquet(out):
+        if is_parquet(out):
             self.writer = pq.ParquetWriter(self.temporary, arrow_schema)
         else:
             options = pa_csv.WriteOptions(delimiter=delimiter, quoting_style="needed")

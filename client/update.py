@@ -120,11 +120,14 @@ class ModelStore:
         os.replace(name, self.current_file)
 
     # --- updates ----------------------------------------------------------------
-    def update(self, x: Tensor, y: Tensor) -> UpdateResult:
-        """Predict the new rows ``x`` (raw, as in the table), ``y`` with the current version, then adapt it
-        to them into a new version; the drift test runs over every error recorded so far."""
+    def current_package(self) -> tuple[int, ModelPackage]:
+        """The version in use and its package."""
         version = self.current()
-        package = load_package(self.version_dir(version))
+        return version, load_package(self.version_dir(version))
+
+    def update(self, version: int, package: ModelPackage, x: Tensor, y: Tensor) -> UpdateResult:
+        """Predict the new rows ``x`` (raw, as in the table), ``y`` with ``package`` (`current_package`),
+        then adapt it to them into a new version; the drift test runs over every error recorded so far."""
         scaling = package.manifest.scaling
         if scaling is None:
             raise PackageError(self.version_dir(version), "holds no factory scaling")

@@ -57,7 +57,8 @@ class Table:
         return text, tuple(int(self.data_rows[i]) for i in shown)
 
 
-def _is_parquet(path: Path) -> bool:
+def is_parquet(path: Path) -> bool:
+    """By its suffix, else by Parquet's magic bytes (a file that cannot be opened is not)."""
     if path.suffix.lower() in PARQUET_SUFFIXES:
         return True
     try:
@@ -246,4 +247,4 @@ def read_table(path: Path, schema: DataSchema, problems: list[DataProblem]) -> T
     if path.is_dir():
         problems.append(DataProblem("missing_file", None, f"{str(path)!r} is a folder, not a data file"))
         return None
-    return _read_parquet(path, problems) if _is_parquet(path) else _read_csv(path, schema, problems)
+    return _read_parquet(path, problems) if is_parquet(path) else _read_csv(path, schema, problems)
