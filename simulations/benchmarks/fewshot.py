@@ -81,7 +81,7 @@ from fedmeta.simulations.benchmarks.gradient_boosting import (
 from fedmeta.simulations.benchmarks.provenance import provenance
 from fedmeta.simulations.benchmarks.reference_models import TrainedModel, train_from_scratch
 from fedmeta.simulations.benchmarks.scaling import PlainLoop
-from fedmeta.simulations.benchmarks.seed_records import SeedRecords, round_trip
+from fedmeta.simulations.benchmarks.seed_records import SeedRecords, SeedSteps, Step, round_trip
 
 __all__ = [
     "FEDERATED_METHODS",
@@ -551,9 +551,48 @@ def _federated_runs(plan: BenchmarkPlan) -> tuple[str, ...]:
     return tuple(m for m in FEDERATED_METHODS if m in wanted or (m == "fedavg" and wanted & set(FROM_FEDAVG)))
 
 
-def run_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> dict[str, object]:
+def _federated_step(
+    plan: BenchmarkPlan, seed: int, method: str, held: HeldOut, run_eval: EvaluationSettings,
+    advance: Callable[[], None],
+) -> Step:
+    """One federated method's run: the query scores and field metrics of the columns it gives (FedAvg's
+    gives those of fedavg, fedavg+ft and local-only that are chosen), its curve and bytes sent."""
+    shots = run_eval.shots
+    run = _federated(plan, plan.run_config(seed, method), held.factories, run_eval, TARGET_K, advance)
+    scores: dict[str, dict[int, dict[str, float]]] = {}
+    field: dict[str, dict[int, dict[str, float]]] = {}
+    if method == "fedavg":  # FedAvg's run scores only the columns chosen of the three it gives
+        if "fedavg" in plan.methods:
+            scores["fedavg"] = {0: _scores(run.final, "k0")}
+            unadapted = held.field(_adapted_outputs(run.params, run_eval, 0), shots=shots[:1])
+            field["fedavg"] = {0: unadapted[shots[0]]} if unadapted else {}
+        if "fedavg+ft" in plan.methods:
+            scores["fedavg+ft"] = {k: _scores(run.final, f"k{k}") for k in shots}
+            field["fedavg+ft"] = held.field(_adapted_outputs(run.params, run_eval, run_eval.steps))
+        if "local-only" in plan.methods:
+            scores["local-only"] = {k: _scores(run.final, f"k{k}", "local-") for k in shots}
+            field["local-only"] = held.field(_local_only_outputs(run_eval))
+    else:
+        scores[method] = {k: _scores(run.final, f"k{k}") for k in shots}
+        field[method] = held.field(_adapted_outputs(run.params, run_eval, run_eval.steps))
+    return {"scores": scores, "field": field, "federated": {"bytes_sent": run.bytes_sent, "curve": run.curve}}, \
+        run.params
+
+
+def _timed(compute: Callable[[], Step]) -> Step:
+    """``compute()`` with its wall time in the results' ``seconds``."""
+    started = time.perf_counter()
+    results, params = compute()
+    return {**results, "seconds": time.perf_counter() - started}, params
+
+
+def run_seed(
+    plan: BenchmarkPlan, seed: int, advance: Callable[[], None], steps: SeedSteps | None = None,
+) -> dict[str, object]:
     """One seed of the plan's methods: their query scores and field metrics per K, federated curves,
-    C-MAPSS engine tables and wall time per method (``advance`` is called after each step)."""
+    C-MAPSS engine tables and wall time per method (``advance`` is called after each step). With
+    ``steps``, each finished step is recorded and steps recorded before are loaded instead of run."""
+    steps = steps if steps is not None else SeedSteps(None, seed)
     config = plan.run_config(seed)
     held_out = _factories(config, "evaluate")
     if not held_out:
@@ -569,45 +608,46 @@ def run_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> dic
     evaluation = dataclasses.replace(base, shots=shots)
     held = HeldOut(plan.dataset, held_out, evaluation)
     higher_better = primary_metric(task_kind)[1]
-    scores: dict[str, dict[int, dict[str, float]]] = {}
-    field: dict[str, dict[int, dict[str, float]]] = {}
+    scores: dict[str, dict] = {}
+    field: dict[str, dict] = {}
     federated: dict[str, dict[str, object]] = {}
     final: dict[str, tuple[dict[str, Tensor], EvaluationSettings]] = {}
     seconds: dict[str, float] = {}
+
+    def record(name: str, compute: Callable[[], Step], ticks: int) -> Step:
+        """Run (or load) one step; a loaded step advances the progress by the ``ticks`` it advances inside."""
+        results, params = steps.run(name, lambda: _timed(compute))
+        if name in steps.resumed:
+            for _ in range(ticks):
+                advance()
+        scores.update(results.get("scores", {}))
+        field.update(results.get("field", {}))
+        seconds[name] = results["seconds"]
+        return results, params
+
     for method in _federated_runs(plan):
-        started = time.perf_counter()
         run_eval = _method_evaluation(plan, seed, method, shots)
-        run = _federated(plan, plan.run_config(seed, method), held_out, run_eval, TARGET_K, advance)
-        federated[method] = {"bytes_sent": run.bytes_sent, "curve": run.curve}
-        final[method] = (run.params, run_eval)
-        if method == "fedavg":  # FedAvg's run scores only the columns chosen of the three it gives
-            if "fedavg" in plan.methods:
-                scores["fedavg"] = {0: _scores(run.final, "k0")}
-                unadapted = held.field(_adapted_outputs(run.params, run_eval, 0), shots=shots[:1])
-                field["fedavg"] = {0: unadapted[shots[0]]} if unadapted else {}
-            if "fedavg+ft" in plan.methods:
-                scores["fedavg+ft"] = {k: _scores(run.final, f"k{k}") for k in shots}
-                field["fedavg+ft"] = held.field(_adapted_outputs(run.params, run_eval, run_eval.steps))
-            if "local-only" in plan.methods:
-                scores["local-only"] = {k: _scores(run.final, f"k{k}", "local-") for k in shots}
-                field["local-only"] = held.field(_local_only_outputs(run_eval))
-        else:
-            scores[method] = {k: _scores(run.final, f"k{k}") for k in shots}
-            field[method] = held.field(_adapted_outputs(run.params, run_eval, run_eval.steps))
-        seconds[method] = time.perf_counter() - started
+        results, params = record(
+            method, lambda method=method, run_eval=run_eval: _federated_step(plan, seed, method, held, run_eval,
+                                                                              advance), plan.rounds)
+        federated[method] = results["federated"]
+        final[method] = (params, run_eval)
     # The target: FedAvg+FT's K=5 score after its last round (its curve's last point), where FedAvg ran.
     target = federated["fedavg"]["curve"][-1] if "fedavg" in federated else None
     for run in federated.values():
         reached = target is not None and plan.curves
         run["rounds_to_target"] = _rounds_to(run["curve"], target, higher_better) if reached else None
     if "centralized-maml" in plan.methods:
-        started = time.perf_counter()
         central_eval = _method_evaluation(plan, seed, "maml", shots)
-        central, central_params = _centralized_maml(plan, plan.run_config(seed, "maml"), held_out, central_eval)
-        scores["centralized-maml"] = {k: _scores(central, f"k{k}") for k in shots}
-        field["centralized-maml"] = held.field(_adapted_outputs(central_params, central_eval, central_eval.steps))
+
+        def centralized() -> Step:
+            central, central_params = _centralized_maml(plan, plan.run_config(seed, "maml"), held_out, central_eval)
+            return {"scores": {"centralized-maml": {k: _scores(central, f"k{k}") for k in shots}},
+                    "field": {"centralized-maml": held.field(_adapted_outputs(central_params, central_eval,
+                                                                              central_eval.steps))}}, central_params
+
+        _, central_params = record("centralized-maml", centralized, 0)
         final["centralized-maml"] = (central_params, central_eval)
-        seconds["centralized-maml"] = time.perf_counter() - started
         advance()
     train = [factory.data for factory in _factories(config, "train")]
     references: dict[str, Callable[[], Scored]] = {
@@ -615,18 +655,20 @@ def run_seed(plan: BenchmarkPlan, seed: int, advance: Callable[[], None]) -> dic
     }
     references["oracle"] = lambda: _oracle(plan, held, seed)
     references["pooled-oracle"] = lambda: _oracle(plan, held, seed, pooled=train)
-    for name, reference in references.items():
+
+    def reference_step(name: str) -> Step:
+        scored = references[name]()
+        return {"scores": {name: scored.query}, "field": {name: scored.field}}, None
+
+    for name in references:
         if name in plan.methods:
-            started = time.perf_counter()
-            scored = reference()
-            scores[name], field[name] = scored.query, scored.field
-            seconds[name] = time.perf_counter() - started
+            record(name, lambda name=name: reference_step(name), 0)
             advance()
     engines = {}
     if plan.dataset in CMAPSS_TRANSFERS and not plan.validation:  # the engine tables adapt to the real target
-        started = time.perf_counter()
-        engines = _engine_shots(plan, held_out[0].source, seed, final)
-        seconds["engine-shots"] = time.perf_counter() - started
+        results, _ = record("engine-shots", lambda: ({"engine_shots": _engine_shots(plan, held_out[0].source, seed,
+                                                                                     final)}, None), 0)
+        engines = results["engine_shots"]
     return {"seed": seed, "task_kind": task_kind, "shots": list(shots), "target": target, "scores": scores,
             "field": field, "engine_shots": engines, "federated": federated, "seconds": seconds,
             "held_out": [f.data.name for f in held_out], "train_factories": len(train)}
@@ -681,8 +723,9 @@ def run_benchmark(
 ) -> dict[str, object]:
     """Every chosen method for every seed; results with mean and std over seeds (see the module docstring).
 
-    With ``records``, each finished seed is written at once and seeds already recorded are loaded
-    instead of run; ``seconds`` is then the sum of the seeds' own wall times.
+    With ``records``, each finished seed (and each finished step inside a seed) is written at once and
+    what was recorded before is loaded instead of run; ``seconds`` is then the sum of the seeds' own
+    wall times, a seed resumed midway counting its loaded steps' recorded times.
     """
     steps_per_seed = (len(_federated_runs(plan)) * plan.rounds + ("centralized-maml" in plan.methods)
                       + sum(name in plan.methods for name in REFERENCES))
@@ -711,9 +754,13 @@ def run_benchmark(
                 advance()
             continue
         started = time.perf_counter()
-        run = run_seed(plan, seed, advance)
-        seconds = time.perf_counter() - started
+        steps = SeedSteps(records, seed)
+        run = run_seed(plan, seed, advance, steps)
+        # A seed resumed midway: this process's time plus the recorded time of the steps it loaded.
+        seconds = time.perf_counter() - started + sum(run["seconds"][name] for name in steps.resumed)
+        run["resumed_steps"] = steps.resumed
         runs.append(records.save(seed, run, seconds, commit) if records is not None else round_trip(run))
+        steps.discard()
         seed_seconds.append(seconds)
         seed_commits.append(commit)
     first = runs[0]
@@ -758,6 +805,7 @@ def run_benchmark(
         "seconds_per_seed": seed_seconds,
         "seed_commits": seed_commits,
         "resumed_seeds": resumed,
+        "resumed_steps": {str(run["seed"]): run["resumed_steps"] for run in runs if run.get("resumed_steps")},
         "seconds_per_method": {name: [run["seconds"].get(name) for run in runs] for name in first["seconds"]},
         "notes": notes(plan, task_kind),
     }

@@ -310,6 +310,10 @@ def _run_markdown(results: Mapping[str, object]) -> list[str]:
         lines += ["Seeds resumed from the records of an earlier process (`seeds/` beside this file): "
                   f"{', '.join(map(str, results['resumed_seeds']))}; commit per seed: "
                   + ", ".join(f"{seed} {commit or 'unknown'}" for seed, commit in commits.items()) + ".", ""]
+    if results.get("resumed_steps"):
+        lines += ["Seeds finished by a later process, with steps recorded by an earlier one: "
+                  + "; ".join(f"seed {seed}: {', '.join(names)}" for seed, names in results["resumed_steps"].items())
+                  + ".", ""]
     origin = results.get("provenance")
     if origin:
         versions = ", ".join(f"{name} {version}" for name, version in origin["versions"].items() if version)
