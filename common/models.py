@@ -13,7 +13,7 @@ normalisation of its features is per sample and keeps no statistics).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from itertools import pairwise
 
@@ -100,10 +100,15 @@ class ModelConfig:
         return cls(**mapping)
 
 
-def _per_sequence(op: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """Apply a ``[N, C, L]`` op to ``[..., C, L]``; max_pool1d rejects 4-D input."""
-    y = op(x.flatten(0, -3))
-    return y.unflatten(0, x.shape[:-2])
+def _max_pool_by_2(x: Tensor) -> Tensor:
+    """``max_pool1d(x, 2)`` over the last axis of ``[..., C, L]`` (an odd last step dropped, as it does).
+
+    A max over pairs, not ``max_pool1d``: the same values and gradients, any number of leading axes,
+    and on CPU about half of ``max_pool1d``'s time forward and backward, which dominated a CNN's
+    adaptation steps beside the convolutions.
+    """
+    length = x.shape[-1] - x.shape[-1] % 2
+    return x[..., :length].unflatten(-1, (length // 2, 2)).max(dim=-1).values
 
 
 class MetaModel(nn.Module):
@@ -153,7 +158,7 @@ class _ConvBlock(nn.Module):
             self.conv = TaskConv1d(channels_in, channels_out, kernel_size, stride=stride, padding=kernel_size // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _per_sequence(lambda y: F.max_pool1d(y, 2), torch.relu(self.conv(x)))
+        return _max_pool_by_2(torch.relu(self.conv(x)))
 
 
 class CNN1d(MetaModel):
