@@ -51,6 +51,7 @@ __all__ = [
     "factory_candidates",
     "failure_probabilities",
     "package_adaptation",
+    "rows_alone_adaptation",
     "rows_as_task",
     "rows_digest",
     "stratified_units",
@@ -126,6 +127,14 @@ def package_adaptation(package: ModelPackage) -> Adaptation:
     return Adaptation(model, manifest.schema.task, package.weights, lr, names)
 
 
+def rows_alone_adaptation(package: ModelPackage, seed: int) -> Adaptation:
+    """What a factory could build from its rows alone: the package's network with seeded fresh weights,
+    trained ``LOCAL_ONLY_STEPS`` steps at the package's step size (every parameter)."""
+    model = build_model(package.manifest.model)
+    weights = initial_weights(model, seed)
+    return Adaptation(model, package.manifest.schema.task, weights, package.manifest.adaptation.lr, list(weights))
+
+
 def stratified_units(y: Tensor, kind: str) -> Tensor:
     """A unit id per row such that dealing units to folds in id order stratifies by class (regression:
     row order)."""
@@ -157,8 +166,7 @@ def _cross_validated(package: ModelPackage, batch: TaskBatch, seed: int) -> tupl
     if folds is None:
         raise ValueError("adapting needs at least 2 labelled rows, so that one can be held out to report the error")
     folded = fold_batch(batch, folds)
-    fresh = build_model(adaptation.model.config)
-    alone = Adaptation(fresh, kind, initial_weights(fresh, seed), plan.lr, list(adaptation.weights))
+    alone = rows_alone_adaptation(package, seed)
     cross_validate = plan.recipe == "cross-validated"
     fitted = {  # a cross-validated recipe is chosen on each fold's own training part: nested, so the score is honest
         "adapted": adaptation.adapt(folded, plan.steps, cross_validate=cross_validate,
@@ -166,7 +174,7 @@ def _cross_validated(package: ModelPackage, batch: TaskBatch, seed: int) -> tupl
         "unadapted": adaptation.adapt(folded, 0),
         "rows alone": alone.adapt(folded, LOCAL_ONLY_STEPS),
     }
-    models = {"rows alone": fresh}
+    models = {"rows alone": alone.model}
     scores = {name: _scores(query_metrics(models.get(name, adaptation.model), params, folded, kind), kind)
               for name, params in fitted.items()}
     return folded.num_tasks, scores

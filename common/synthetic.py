@@ -115,6 +115,9 @@ class FamilyConfig:
     ``num_factories`` train and ``num_held_out`` (may be 0) never train. Each
     factory's row count is drawn log-uniformly from ``[min_samples, max_samples]``.
     ``num_features`` applies to ``quality``, ``signal_length`` to ``fault``.
+    ``min_nonlinearity`` (quality) is the least weight a factory gives the shared nonlinear response
+    (drawn uniformly up to 1): at 1 every factory's quality is nonlinear in its parameters, the case
+    where a few rows alone cannot learn the response and the federation's model can.
 
     A fault family guarantees every factory ``min_class_samples(config)`` windows of
     each class, ``max(MIN_CLASS_SAMPLES, min_samples // 8)`` (10 by default): enough
@@ -130,6 +133,7 @@ class FamilyConfig:
     seed: int = 0
     num_features: int = 6
     signal_length: int = 256
+    min_nonlinearity: float = _Q_MIX[0]
 
     def __post_init__(self) -> None:
         if self.kind not in FAMILY_KINDS:
@@ -150,6 +154,9 @@ class FamilyConfig:
                 raise ValueError(f"{name} must be >= {minimum}, got {value}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        share = self.min_nonlinearity
+        if isinstance(share, bool) or not (isinstance(share, int | float) and 0.0 <= share <= _Q_MIX[1]):
+            raise ValueError(f"min_nonlinearity must be a number in [0, {_Q_MIX[1]}], got {self.min_nonlinearity!r}")
         if self.min_samples > self.max_samples:
             raise ValueError(
                 f"min_samples ({self.min_samples}) must be <= max_samples ({self.max_samples})"
@@ -268,6 +275,7 @@ class _QualityPhysics:
         self.direction = direction / direction.norm()
         setpoint = torch.randn(d, generator=g)
         self.setpoint = setpoint / setpoint.norm()
+        self.mix_range = (float(config.min_nonlinearity), _Q_MIX[1])
         self._mean, self._std = 0.0, 1.0
         sample = self._raw_nonlinear(torch.randn(_Q_NORMALISING_ROWS, d, generator=g))
         self._mean, self._std = float(sample.mean()), float(sample.std())
@@ -291,7 +299,7 @@ def _quality_factory(
     flipped = float(torch.rand((), generator=g)) < _Q_FLIP_PROBABILITY
     gain = float(_log_uniform(g, *_Q_GAIN)) * (-1.0 if flipped else 1.0)
     offset = float(torch.randn((), generator=g)) * _Q_OFFSET_STD
-    mix = float(_uniform(g, *_Q_MIX))
+    mix = float(_uniform(g, *physics.mix_range))
     shift = float(torch.randn((), generator=g)) * _Q_SHIFT_STD
     spread = float(_log_uniform(g, *_Q_SPREAD))
     noise = float(_log_uniform(g, *_Q_NOISE))
