@@ -368,6 +368,22 @@ def test_non_integer_sizes_are_rejected_naming_the_field(field, value):
         FamilyConfig("quality", **{field: value})
 
 
+@pytest.mark.parametrize("value", [-0.1, 1.5, True, "1"])
+def test_a_nonlinearity_share_outside_zero_to_one_is_rejected(value):
+    with pytest.raises(ValueError, match=r"^min_nonlinearity must be a number in \[0, 1.0\]"):
+        FamilyConfig("quality", min_nonlinearity=value)
+
+
+def test_min_nonlinearity_raises_every_factorys_share_and_changes_nothing_else():
+    default = make_family(FamilyConfig("quality", seed=2))
+    nonlinear = make_family(FamilyConfig("quality", seed=2, min_nonlinearity=1.0))
+    for name, hidden in nonlinear.characteristics.items():
+        assert hidden["nonlinearity"] == 1.0
+        assert {k: v for k, v in hidden.items() if k != "nonlinearity"} == {
+            k: v for k, v in default.characteristics[name].items() if k != "nonlinearity"}
+    assert all(torch.equal(a.x, b.x) for a, b in zip(default.train, nonlinear.train, strict=True))
+
+
 def test_fault_family_needs_room_for_the_per_class_minimum():
     with pytest.raises(ValueError, match=r"min_samples must be >= 40 for kind 'fault'"):
         FamilyConfig("fault", min_samples=39)
