@@ -7,9 +7,10 @@ recipe chosen by cross-validation on those rows (`common.adaptation_recipe`, one
 rule) among no adaptation, the package's steps and a wider grid than the federation's evaluation
 affords (`factory_candidates`: a factory adapts once). The report says what the factory can
 expect on rows it has not labelled yet: the error on held-out folds of its rows (up to 5,
-stratified by class) of the adapted model, the unadapted package, and the same network trained on
-those rows alone, each fitted on the other folds only. The adapted package records its lineage:
-which package, which rows (by hash).
+stratified by class) of the adapted model, the unadapted package, the same network trained on
+those rows alone and, for a regression on table rows, a least-squares line on those rows alone
+(a few rows of a nearly linear process are fitted well by one), each fitted on the other folds
+only. The adapted package records its lineage: which package, which rows (by hash).
 """
 
 from __future__ import annotations
@@ -177,7 +178,22 @@ def _cross_validated(package: ModelPackage, batch: TaskBatch, seed: int) -> tupl
     models = {"rows alone": alone.model}
     scores = {name: _scores(query_metrics(models.get(name, adaptation.model), params, folded, kind), kind)
               for name, params in fitted.items()}
+    if kind == "regression" and folded.support_x.dim() == 3:  # table rows [folds, rows, features]
+        scores["rows alone, least squares"] = _scores({"query_loss": _least_squares_loss(folded)}, kind)
     return folded.num_tasks, scores
+
+
+def _least_squares_loss(folded: TaskBatch) -> float:
+    """Mean squared error on each fold of a line (with intercept) fitted by least squares on the fold's
+    other rows; minimum-norm where those rows do not determine it."""
+
+    def design(x: Tensor) -> Tensor:
+        x = x.double()
+        return torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], dim=-1)
+
+    fitted = torch.linalg.pinv(design(folded.support_x)) @ folded.support_y.double().unsqueeze(-1)
+    predicted = (design(folded.query_x) @ fitted).squeeze(-1)
+    return float(((predicted - folded.query_y.double()) ** 2).mean())
 
 
 def failure_probabilities(logits: Tensor, decision: Mapping[str, Any], classes: Sequence[str]) -> Tensor:

@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from fedmeta.client.adapt import factory_candidates
+from fedmeta.client.adapt import adapt_package, factory_candidates
 from fedmeta.client.floor_cli import REPORT_FILE
 from fedmeta.common import Recipe
 from fedmeta.common.model_package import WEIGHTS_FILE, load_package, save_package
@@ -34,7 +34,17 @@ def test_adapting_to_twenty_rows_writes_a_package_with_lineage_scaling_and_repor
     assert report["rows"] == 20 and report["folds"] == 5
     scores = report["scores"]
     assert scores["adapted"]["rmse"] < 0.7 * scores["unadapted"]["rmse"], scores  # measured 0.34 vs 1.07
+    assert set(scores) == {"adapted", "unadapted", "rows alone", "rows alone, least squares"}
     assert adapted.manifest.metrics["adapted/rmse"] == scores["adapted"]["rmse"]
+
+
+def test_the_report_shows_a_least_squares_line_fitting_a_linear_plants_rows_exactly(plant_package):
+    root, _ = plant_package
+    x = torch.randn(20, len(FEATURES), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 7 + 40
+    y = (x @ torch.arange(1.0, len(FEATURES) + 1, dtype=torch.float64) - 3).float()
+    scores = adapt_package(load_package(root / "package"), x, y).report.scores
+    assert scores["rows alone, least squares"]["rmse"] < 1e-3 * y.std()  # the line is the plant
+    assert scores["adapted"]["rmse"] > 10 * scores["rows alone, least squares"]["rmse"]
 
 
 def test_an_existing_output_folder_is_never_overwritten(plant_package, tmp_path):
