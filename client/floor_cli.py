@@ -75,7 +75,7 @@ def _labelled_rows(data: Path, schema: DataSchema, console: Console) -> FactoryD
     for warning in checked.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     checked.raise_for_problems()
-    return load_factory_table(data, schema)
+    return load_factory_table(data, schema, features_dtype=torch.float64)  # scaled in float64 (`common.scaling`)
 
 
 def adapt(

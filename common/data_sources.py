@@ -21,6 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
 from fedmeta.common.connector import DataSchema, load_factory_table
 from fedmeta.common.datasets import TRANSFERS as CMAPSS_TRANSFERS
 from fedmeta.common.datasets import FactorySplit, load_ai4i, load_cmapss_transfer, load_cwru
@@ -228,7 +230,8 @@ class TableSource:
         check_choice("role", role, ROLES)
         path = Path(str(node_config["data-path"]))
         name = str(node_config.get("factory", path.stem))
-        return [FactoryAssignment(_own_rows_scaled(load_factory_table(path, self.schema, name=name)), role)]
+        return [FactoryAssignment(_own_rows_scaled(load_factory_table(path, self.schema, name=name,
+                                                                        features_dtype=torch.float64)), role)]
 
 
 def _own_rows_scaled(data: FactoryData) -> FactoryData:

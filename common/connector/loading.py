@@ -117,10 +117,13 @@ def load_factory_table(
     shots: int | None = None,
     ways: int | None = None,
     min_rows: int = 1,
+    features_dtype: torch.dtype = torch.float32,
 ) -> FactoryData:
     """Validate then load a factory's table; `DataValidationError` lists every problem if it is unusable.
 
-    ``x`` is float32 ``[rows, features]`` in the schema's feature order; ``y`` is float32
+    ``x`` is ``[rows, features]`` in the schema's feature order, float32 unless ``features_dtype``
+    says otherwise (raw readings to be scaled by the factory's own statistics are read in float64:
+    near 1e6 float32 cannot tell readings 0.06 apart); ``y`` is float32
     (regression) or int64 class ids in ``schema.classes`` order (sorted labels without it).
     Rows are ordered by the time column when the schema names one (ties keep file order).
     ``name`` defaults to the file name without its suffix.
@@ -134,6 +137,6 @@ def load_factory_table(
         x, y = x[parsed.order], y[parsed.order]
     return FactoryData(
         name or path.stem,
-        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(features_dtype),
         torch.from_numpy(np.array(y, dtype=np.float32 if schema.task == "regression" else np.int64)),
     )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pandas as pd
+import pytest
 import torch
 
 from fedmeta.client.adapt import adapt_package, factory_candidates
@@ -98,3 +100,18 @@ def test_a_cross_validated_recipe_is_chosen_among_the_factory_candidates(plant_p
     assert Recipe(report["recipe_steps"], report["recipe_lr_scale"]) in factory_candidates(10)
     assert "recipe chosen on all 20 rows" in output
     assert report["scores"]["adapted"]["rmse"] < report["scores"]["unadapted"]["rmse"]
+
+
+def test_a_reading_near_a_million_is_scaled_by_its_own_variation(plant_package, tmp_path):
+    """A flow meter near 1e6 varying by hundredths: float32 cannot tell its readings apart (0.06 steps
+    there), so the table is read and scaled in float64."""
+    root, table = plant_package
+    metered = table.assign(x0=1e6 + table["x0"].astype("float64") / 100)
+    metered.to_csv(tmp_path / "metered.csv", index=False, float_format="%.10f")
+    metered = pd.read_csv(tmp_path / "metered.csv")
+    code, output = run_fedmeta("adapt", "--model", str(root / "package"), "--data", str(tmp_path / "metered.csv"),
+                               "--rows", "20", "--out", str(tmp_path / "adapted"))
+    assert code == 0, output
+    scaling = load_package(tmp_path / "adapted").manifest.scaling
+    assert float(scaling.std[0]) == pytest.approx(float(metered["x0"].std()), rel=1e-6)
+    assert float(scaling.mean[0]) == pytest.approx(float(metered["x0"].mean()), rel=1e-12)
