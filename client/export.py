@@ -1,8 +1,9 @@
 """`fedmeta export`: a model package as an ONNX file for the factory's own systems (PLC gateways, MES, C#).
 
-The exported graph takes the table's raw features (``features``: ``[rows, features]``, or
-``[rows, channels, length]`` for windows of signals) and does everything `fedmeta predict` does
-after reading: the package's input scaling (an adapted package's; a package without one is
+The exported graph takes the table's raw features in float64 (``features``: ``[rows, features]``,
+or ``[rows, channels, length]`` for windows of signals) and does everything `fedmeta predict` does
+after reading: the package's input scaling in float64 (a reading near 1e6 varies below float32's
+resolution there), then the cast to the model's float32 (an adapted package's; a package without one is
 exported without scaling and says so), the model, and for classification the softmax
 (``probabilities``: ``[rows, classes]``; regression: ``prediction``: ``[rows]``). The number of
 rows is free. Exported with PyTorch's ``torch.export``-based exporter; after writing, onnxruntime
@@ -44,11 +45,11 @@ class _Deployable(nn.Module):
         mean = torch.zeros(features) if scaling is None else scaling.mean
         std = torch.ones(features) if scaling is None else scaling.std
         shape = (features,) if len(manifest.model.input_shape) == 1 else (features, 1)  # windows: per channel
-        self.register_buffer("mean", mean.reshape(shape).float().clone())
-        self.register_buffer("std", std.reshape(shape).float().clone())
+        self.register_buffer("mean", mean.reshape(shape).double().clone())
+        self.register_buffer("std", std.reshape(shape).double().clone())
 
     def forward(self, features: Tensor) -> Tensor:
-        out = self.model((features - self.mean) / self.std)
+        out = self.model(((features - self.mean) / self.std).float())
         return torch.softmax(out, dim=-1) if self.classification else out[:, 0]
 
 
@@ -80,11 +81,11 @@ def export_onnx(package: ModelPackage, out: Path, check: Tensor | None = None) -
     input_shape = package.manifest.model.input_shape
     if check is None:
         generator = torch.Generator().manual_seed(0)
-        check = torch.randn(64, *input_shape, generator=generator) * module.std + module.mean
+        check = torch.randn(64, *input_shape, generator=generator, dtype=torch.float64) * module.std + module.mean
     if tuple(check.shape[1:]) != tuple(input_shape):
         raise ValueError(f"check rows must have shape [rows, {', '.join(map(str, input_shape))}], "
                          f"got {tuple(check.shape)}")
-    check = check.float()
+    check = check.double()
     name = "probabilities" if module.classification else "prediction"
     program = torch.onnx.export(module, (check[:2],), input_names=["features"], output_names=[name],
                                 dynamic_shapes=({0: torch.export.Dim("rows")},), dynamo=True, verbose=False)
