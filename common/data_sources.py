@@ -230,12 +230,13 @@ class TableSource:
         check_choice("role", role, ROLES)
         path = Path(str(node_config["data-path"]))
         name = str(node_config.get("factory", path.stem))
-        return [FactoryAssignment(_own_rows_scaled(load_factory_table(path, self.schema, name=name,
-                                                                        features_dtype=torch.float64)), role)]
+        return [FactoryAssignment(_own_rows_scaled(path, self.schema, name), role)]
 
 
-def _own_rows_scaled(data: FactoryData) -> FactoryData:
-    """A factory table's rows standardised with its own statistics (`common.scaling`)."""
+def _own_rows_scaled(path: Path, schema: DataSchema, name: str | None = None) -> FactoryData:
+    """A factory table read in float64 and standardised with its own rows' statistics (`common.scaling`)
+    before the cast to float32: near 1e6, float32 cannot tell readings 0.06 apart."""
+    data = load_factory_table(path, schema, name=name, features_dtype=torch.float64)
     return dataclasses.replace(data, x=FeatureScaling.fit(data.x).apply(data.x))
 
 
@@ -277,7 +278,7 @@ class TablesSource(TableSource):
             raise ValueError(f"partition-id {partition} is out of range: {self.num_nodes} tables")
         path = self.tables[partition]
         role = "evaluate" if path.stem in self.held_out else "train"
-        return [FactoryAssignment(_own_rows_scaled(load_factory_table(path, self.schema)), role)]
+        return [FactoryAssignment(_own_rows_scaled(path, self.schema), role)]
 
 
 def _load_split(dataset: str, seed: int) -> FactorySplit:

@@ -110,3 +110,21 @@ def test_a_table_factory_sees_its_features_standardised_with_its_own_rows(federa
     np.testing.assert_allclose(factory.data.x.numpy(), expected, atol=1e-5)
     assert source.scaling_rule == "factory-rows"
     assert source.package_schema.features == tuple(FEATURES) and source.package_schema.target == "quality"
+
+
+@pytest.mark.parametrize("tables", [False, True], ids=["a factory's table", "simulated tables"])
+def test_a_reading_near_a_million_is_standardised_by_its_own_hundredths(federation, tables):
+    """Tables are read in float64 and scaled before the cast: in float32, 1e6 + 0.01 is 1e6."""
+    folder, run_config = federation
+    table = pd.read_csv(folder / "plant-a.csv")
+    table["temperature"] = 1e6 + table["temperature"] / 100  # a flow meter: hundredths on a million
+    table.to_csv(folder / "plant-a.csv", index=False, float_format="%.10f")
+    raw = pd.read_csv(folder / "plant-a.csv")[FEATURES].to_numpy()
+    if tables:
+        run_config = {**run_config, "tables": str(folder / "*.csv"), "held-out-tables": "plant-new"}
+        node = {"partition-id": 0}
+    else:
+        node = {"data-path": str(folder / "plant-a.csv")}
+    (factory,) = source_from_config(run_config).node_factories(node)
+    expected = (raw - raw.mean(axis=0)) / raw.std(axis=0, ddof=1)
+    np.testing.assert_allclose(factory.data.x.numpy(), expected, atol=1e-5)
