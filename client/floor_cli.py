@@ -20,7 +20,8 @@ from rich.table import Table
 from fedmeta.client.adapt import AdaptationReport, adapt_package, table_schema
 from fedmeta.client.export import FORMATS, export_onnx
 from fedmeta.client.optimize import Bounds, recommend_settings
-from fedmeta.client.predict import PredictionError, predict_table, read_features
+from fedmeta.client.predict import predict_table
+from fedmeta.client.table_blocks import TableError, read_features
 from fedmeta.client.update import ModelStore
 from fedmeta.common import FactoryData, exit_on_errors
 from fedmeta.common.connector import DataSchema, DataValidationError, SchemaError, load_factory_table, validate_table
@@ -124,7 +125,7 @@ def predict(
 ) -> None:
     """Predict every row of a table: all its columns come back with the prediction beside them."""
     console = Console()
-    with exit_on_errors(console, PackageError, SchemaError, PredictionError, ValueError):
+    with exit_on_errors(console, PackageError, SchemaError, TableError, ValueError):
         package = _package(model, console)
         reading = _reading(package, schema)
         summary = predict_table(package, data, out, reading)
@@ -191,7 +192,7 @@ def export(
 ) -> None:
     """Export a model package (scaling, model, softmax) for the factory's own systems."""
     console = Console()
-    with exit_on_errors(console, PackageError, PredictionError, ValueError):
+    with exit_on_errors(console, PackageError, TableError, ValueError):
         package = _package(model, console)
         rows = None
         if check is not None:

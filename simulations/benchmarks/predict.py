@@ -4,7 +4,9 @@ A factory scores its production tables with the package; the floor is what readi
 file costs with pandas and nothing else. Each measurement runs in a fresh process (peak memory
 is per process; see `memory`), alternating predict and floor, and the ratio of the medians is
 printed with the peak resident memory of the predict process (imports included). Aims: at most
-1.5x the floor, under 1 GB.
+1.5x the floor, under 1 GB. Beside them, the package's forward pass alone on the same number of
+rows already in memory, in the same chunks and threads as predict: the part of predict that no
+reading or writing can remove.
 """
 
 from __future__ import annotations
@@ -24,9 +26,16 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmeta.client.adapt import table_schema
-from fedmeta.client.predict import predict_table
+from fedmeta.client.predict import forward_passes, forward_threads, predict_table
 from fedmeta.common import Report, build_model
-from fedmeta.common.model_package import AdaptationPlan, Manifest, PackageSchema, load_package, save_package
+from fedmeta.common.model_package import (
+    AdaptationPlan,
+    Manifest,
+    ModelPackage,
+    PackageSchema,
+    load_package,
+    save_package,
+)
 from fedmeta.common.models import ModelConfig
 from fedmeta.common.scaling import FeatureScaling
 from fedmeta.simulations.benchmarks.memory import current_rss_bytes, peak_rss_bytes, run_in_fresh_processes
@@ -44,6 +53,7 @@ class PredictBenchmark:
     table_mb: float
     floor_seconds: list[float]
     predict_seconds: list[float]
+    forward_seconds: list[float]
     predict_peak_bytes: int
     floor_peak_bytes: int
     predict_work_bytes: int  # the peak above the process's memory just before the work (imports, package)
@@ -77,10 +87,24 @@ def _write_package(path: Path) -> None:
     save_package(path, weights, {}, manifest)
 
 
+def _forward_alone(package: ModelPackage, rows: int) -> float:
+    """Seconds of the package's forward passes on ``rows`` random scaled rows already in memory."""
+    model = build_model(package.manifest.model)
+    model.load_state_dict(package.weights)
+    model.eval()
+    x = np.random.default_rng(0).normal(size=(rows, len(FEATURES))).astype(np.float32)
+    with forward_threads():
+        started = time.perf_counter()
+        forward_passes(model, x)
+        return time.perf_counter() - started
+
+
 def _measure(kind: str, table: str, package: str, out: str) -> tuple[float, int, int]:
     """Seconds, peak resident bytes and that peak above the memory just before the work, of one run in
     this fresh process (predict uses every core, as `fedmeta predict` does; pandas' CSV reader uses one)."""
-    loaded = load_package(package) if kind == "predict" else None
+    loaded = load_package(package) if kind != "floor" else None
+    if kind == "forward":
+        return _forward_alone(loaded, int(out)), 0, 0
     rss = current_rss_bytes()
     started = time.perf_counter()
     if loaded is None:
@@ -104,11 +128,13 @@ def run_predict_benchmark(rows: int, repeats: int, log: Report) -> PredictBenchm
         calls = []
         for repeat in range(repeats):
             calls += [("floor", str(table), str(package), ""),
-                      ("predict", str(table), str(package), str(root / f"predicted-{repeat}.csv"))]
+                      ("predict", str(table), str(package), str(root / f"predicted-{repeat}.csv")),
+                      ("forward", "", str(package), str(rows))]
         results = run_in_fresh_processes(_measure, calls)
     floor = [result for call, result in zip(calls, results, strict=True) if call[0] == "floor"]
     predicted = [result for call, result in zip(calls, results, strict=True) if call[0] == "predict"]
-    return PredictBenchmark(rows, repeats, size, [r[0] for r in floor], [r[0] for r in predicted],
+    forward = [result[0] for call, result in zip(calls, results, strict=True) if call[0] == "forward"]
+    return PredictBenchmark(rows, repeats, size, [r[0] for r in floor], [r[0] for r in predicted], forward,
                             max(r[1] for r in predicted), max(r[1] for r in floor),
                             max(r[2] for r in predicted), max(r[2] for r in floor))
 
@@ -125,8 +151,12 @@ def render(result: PredictBenchmark, console: Console) -> None:
         runs = ", ".join(f"{s:.2f}" for s in seconds)
         table.add_row(name, f"{statistics.median(seconds):.2f}", runs, f"{peak / 2**20:.0f} MiB",
                       f"{work / 2**20:.0f} MiB")
+    forward = statistics.median(result.forward_seconds)
+    table.add_row("its forward passes alone", f"{forward:.2f}", ", ".join(f"{s:.2f}" for s in result.forward_seconds),
+                  "", "")
     console.print(table)
     time_ok = "met" if result.ratio <= TIME_AIM else "missed"
     memory_ok = "met" if result.predict_peak_bytes < MEMORY_AIM_BYTES else "missed"
     console.print(f"predict / floor: {result.ratio:.2f}x (aim <= {TIME_AIM}x: {time_ok}); predict's peak "
-                  f"{result.predict_peak_bytes / 2**20:.0f} MiB (aim < 1 GiB: {memory_ok})")
+                  f"{result.predict_peak_bytes / 2**20:.0f} MiB (aim < 1 GiB: {memory_ok}); the forward passes "
+                  f"alone: {forward / statistics.median(result.floor_seconds):.2f}x the floor")

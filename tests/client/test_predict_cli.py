@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-import fedmeta.client.predict as predict_module
+import fedmeta.client.csv_rows as csv_rows
+import fedmeta.client.table_blocks as table_blocks
 from fedmeta.common import build_model, expected_f1_threshold
 from fedmeta.common.connector import DataSchema
 from fedmeta.common.model_package import AdaptationPlan, Manifest, PackageSchema, load_package, save_package
@@ -46,7 +47,7 @@ def test_every_row_comes_back_with_its_columns_and_the_adapted_models_prediction
     production = table.drop(columns=["quality"]).assign(line=[comments[i % 3] for i in range(len(table))])
     production.insert(0, "timestamp", pd.date_range("2026-11-01", periods=len(table), freq="min").astype(str))
     production.to_csv(tmp_path / "production.csv", index=False)
-    monkeypatch.setattr(predict_module, "BLOCK_BYTES", 1024)  # many pieces: the streamed path, cells cut across them
+    monkeypatch.setattr(csv_rows, "BLOCK_BYTES", 1024)  # many pieces: the streamed path, cells cut across them
     code, output = run_fedmeta("predict", "--model", str(adapted), "--data", str(tmp_path / "production.csv"),
                                "--out", str(tmp_path / "predicted.csv"))
     assert code == 0, output
@@ -121,9 +122,10 @@ def test_a_table_is_cut_into_pieces_only_between_rows_even_inside_multiline_quot
     table = pd.DataFrame({"x0": np.arange(40.0), "note": [comments[i % len(comments)] for i in range(40)]})
     table.to_csv(tmp_path / "notes.csv", index=False)
     for size in range(16, 400, 7):  # every cut position, the file's first and last rows included
-        monkeypatch.setattr(predict_module, "BLOCK_BYTES", size)
-        pieces = list(predict_module._csv_pieces(tmp_path / "notes.csv"))
-        parsed = pd.concat([pd.read_csv(io.BytesIO(piece), keep_default_na=False) for piece in pieces])
+        monkeypatch.setattr(csv_rows, "BLOCK_BYTES", size)
+        pieces = list(csv_rows.csv_pieces(tmp_path / "notes.csv"))
+        parsed = pd.concat([pd.read_csv(io.BytesIO(piece), names=["x0", "note"], keep_default_na=False)
+                            for piece in pieces])
         assert parsed["note"].tolist() == table["note"].tolist(), size
         assert parsed["x0"].tolist() == table["x0"].tolist()
 
@@ -132,9 +134,9 @@ def test_the_streamed_scaling_of_a_table_equals_the_scaling_of_all_its_rows(tmp_
     generator = np.random.default_rng(0)
     rows = pd.DataFrame({"a": 1e6 + generator.normal(0, 0.01, 500), "b": generator.normal(5, 2, 500)})
     rows.to_csv(tmp_path / "far.csv", index=False)
-    monkeypatch.setattr(predict_module, "BLOCK_BYTES", 512)  # many pieces merged
+    monkeypatch.setattr(csv_rows, "BLOCK_BYTES", 512)  # many pieces merged
     schema = DataSchema(("a", "b"), "y", "regression")
-    streamed = predict_module._table_scaling(tmp_path / "far.csv", schema, ["a", "b"])
+    streamed = table_blocks.table_scaling(tmp_path / "far.csv", schema)
     whole = FeatureScaling.fit(torch.tensor(rows.to_numpy()))
     assert streamed.rows == 500
     np.testing.assert_allclose(streamed.std.numpy(), whole.std.numpy(), rtol=1e-5)
@@ -173,3 +175,49 @@ def test_a_failure_rate_sets_the_packages_threshold_and_predict_flags_at_it(tmp_
         code, output = run_fedmeta("adapt", "--model", str(tmp_path / "package"), "--data", str(tmp_path / "line.csv"),
                                    "--out", str(tmp_path / "other"), "--failure-rate", "0.07", *extra)
         assert code in (1, 2) and message in output, output
+
+
+def _random_package(path, classes=None):
+    torch.manual_seed(0)
+    model = build_model({"name": "mlp", "input_shape": (2,), "output_dim": len(classes or [0]), "hidden": 4})
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    task = "classification" if classes else "regression"
+    manifest = Manifest(PackageSchema(("a", "b"), "y", task, classes), model.config, AdaptationPlan("maml", 5, 0.1),
+                        "factory-rows", "run", 1)
+    save_package(path, weights, {}, manifest)
+
+
+@pytest.mark.parametrize("block_bytes", [16, 1 << 20])
+def test_a_csv_row_comes_back_byte_for_byte_with_the_predicted_cells_after_it(tmp_path, monkeypatch, block_bytes):
+    """CRLF line breaks, a blank line, a quoted cell holding a line break and quotes, spaces around a
+    number and no line break at the end: every row's bytes are kept; the cells follow them."""
+    monkeypatch.setattr(csv_rows, "BLOCK_BYTES", block_bytes)
+    rows = [b"m1,1.0,2.0,plain", b'\r\nm2, 3.5 ,1e3,"two\r\nlines"', b'm3,0.25,-4,"say ""hi"""']
+    (tmp_path / "in.csv").write_bytes(b"id,a,b,note\r\n" + b"\r\n".join(rows))
+    _random_package(tmp_path / "package")
+    assert run_fedmeta("predict", "--model", str(tmp_path / "package"), "--data", str(tmp_path / "in.csv"),
+                       "--out", str(tmp_path / "out.csv"))[0] == 0
+    cells = pd.read_csv(tmp_path / "out.csv", dtype=str)["predicted_y"].tolist()
+    expected = b"id,a,b,note,predicted_y\n" + b"".join(row + b"," + cell.encode() + b"\n"
+                                                        for row, cell in zip(rows, cells, strict=True))
+    assert (tmp_path / "out.csv").read_bytes() == expected
+    x = torch.tensor([[1.0, 2.0], [3.5, 1e3], [0.25, -4.0]], dtype=torch.float64)
+    scaled = ((x - x.mean(0)) / x.std(0)).float()
+    package = load_package(tmp_path / "package")
+    model = build_model(package.manifest.model)
+    model.load_state_dict(package.weights)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.array(cells, dtype=float), model(scaled)[:, 0].numpy(), rtol=1e-6)
+
+
+def test_a_class_label_holding_the_delimiter_is_quoted_in_the_csv_it_is_written_to(tmp_path):
+    _random_package(tmp_path / "package", classes=("ok", 'worn, "badly"'))
+    generator = np.random.default_rng(0)
+    pd.DataFrame({"a": generator.normal(size=200), "b": generator.normal(size=200)}).to_csv(tmp_path / "in.csv",
+                                                                                          index=False)
+    assert run_fedmeta("predict", "--model", str(tmp_path / "package"), "--data", str(tmp_path / "in.csv"),
+                       "--out", str(tmp_path / "out.csv"))[0] == 0
+    result = pd.read_csv(tmp_path / "out.csv")
+    assert set(result["predicted_y"]) == {"ok", 'worn, "badly"'}  # both decided somewhere: a real check
+    chosen = np.where(result['probability_worn, "badly"'] > result["probability_ok"], 'worn, "badly"', "ok")
+    assert result["predicted_y"].tolist() == chosen.tolist()

@@ -18,3 +18,4 @@ def test_the_predict_benchmark_reports_the_ratio_of_its_measured_medians(tmp_pat
     assert abs(result["ratio"] - ratio) < 1e-9
     assert result["floor_peak_bytes"] > 0 and result["predict_peak_bytes"] > 0
     assert f"predict / floor: {ratio:.2f}x" in output
+    assert len(result["forward_seconds"]) == 1 and "its forward passes alone" in output
