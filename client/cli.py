@@ -4,13 +4,14 @@ schema before it trains: its size, per-column statistics and class counts when u
 every problem, one per line, exit 1; an unusable schema file exits 2, like other usage errors).
 
 ``cli`` is the ``fedmeta-client`` console script, the factory image's entry point: the
-``client`` command alone.
+``client`` command alone. What a command runs is imported when it runs, so ``--help`` does not
+wait for torch to load.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
@@ -18,9 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedmeta.client.deployment import DEFAULT_RUNTIME_PORT, FactoryError, plan_factory, run_factory
-from fedmeta.common import ROLES, ProcessError, elapsed_log, exit_on_errors, sigterm_as_interrupt
-from fedmeta.common.connector import DataSchema, SchemaError, ValidationReport, validate_table
+from fedmeta.common.console import elapsed_log, exit_on_errors
+from fedmeta.common.processes import ProcessError, sigterm_as_interrupt
+from fedmeta.common.protocol import DEFAULT_RUNTIME_PORT, ROLES
+
+if TYPE_CHECKING:
+    from fedmeta.common.connector import ValidationReport
 
 __all__ = ["cli", "client", "validate_data"]
 
@@ -73,6 +77,8 @@ def client(
     ] = None,
 ) -> None:
     """Start this factory: check its table, key and CA, then serve the server's runs until stopped."""
+    from fedmeta.client.deployment import FactoryError, plan_factory, run_factory
+
     console = Console()
     report = elapsed_log(console)
 
@@ -172,6 +178,8 @@ def validate_data(
     ] = None,
 ) -> None:
     """Check a factory's data file against its schema; list every problem and exit 1 if there are any."""
+    from fedmeta.common.connector import DataSchema, SchemaError, validate_table
+
     console = Console()
     try:
         parsed_schema = DataSchema.from_json(schema)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fedmeta.client.package import MODEL_DIR_KEY
 from fedmeta.common import (
+    DEFAULT_RUNTIME_PORT,
     ROLES,
     ChildProcess,
     Report,
@@ -33,7 +34,6 @@ from fedmeta.common import (
 from fedmeta.common.connector import DataSchema, validate_table
 
 __all__ = [
-    "DEFAULT_RUNTIME_PORT",
     "FactoryError",
     "FactoryPlan",
     "node_config",
@@ -45,7 +45,6 @@ __all__ = [
     "supernode_command",
 ]
 
-DEFAULT_RUNTIME_PORT = 9094  # flower-supernode's own default for its local app API
 PROBE_TIMEOUT_S = 5.0
 
 

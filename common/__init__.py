@@ -5,240 +5,128 @@ harness (`fedmeta.simulations`) build on it. Callers import from here; modules i
 import each other's leaf modules.
 """
 
-from fedmeta.common.adaptation_recipe import (
-    RECIPE_CANDIDATES,
-    Recipe,
-    RecipeChoice,
-    adapt_with_recipes,
-    choose_recipes,
-    recipe_candidates,
-    support_folds,
-)
-from fedmeta.common.algorithms import (
-    ALGORITHMS,
-    META_OPTIMIZERS,
-    MetaConfig,
-    MetaTrainResult,
-    NonFiniteLossError,
-    adapt_to_support,
-    adapted_names,
-    evaluate_adaptation,
-    init_inner_lrs,
-    meta_step,
-    meta_train,
-    query_metrics,
-)
-from fedmeta.common.console import Report, elapsed_log, exit_on_errors
-from fedmeta.common.credentials import (
-    CredentialError,
-    certificate_names,
-    check_server_certificate,
-    load_certificate,
-    load_factory_private_key,
-    load_factory_public_key,
-)
-from fedmeta.common.data_sources import (
-    DataSource,
-    FactoryAssignment,
-    SplitSource,
-    SyntheticSource,
-    TableSource,
-    TablesSource,
-    source_from_config,
-)
-from fedmeta.common.decision import BaseRateDecision, FailureDecisions, expected_f1_threshold, prior_shift
-from fedmeta.common.deltas import DeltaRejected, add, global_norm, subtract, validate_delta, weighted_average
-from fedmeta.common.device import DEVICE_CHOICES, resolve_device
-from fedmeta.common.federation import (
-    FEDERATED_ALGORITHMS,
-    INNER_LR_PREFIX,
-    EvaluationSettings,
-    RoundSettings,
-    local_algorithm,
-    pack_meta_parameters,
-    unpack_meta_parameters,
-)
-from fedmeta.common.inner_loop import Params, adapt, expand_for_tasks, predict
-from fedmeta.common.layers import TaskConv1d, TaskLinear
-from fedmeta.common.losses import TASK_KINDS, task_accuracy, task_losses
-from fedmeta.common.models import MLP, MODEL_NAMES, TCN, CNN1d, MetaModel, ModelConfig, build_model
-from fedmeta.common.outer_optimizer import OUTER_OPTIMIZERS, OuterOptimizer, OuterOptimizerConfig
-from fedmeta.common.processes import (
-    ChildProcess,
-    ProcessError,
-    descendants,
-    flower_env,
-    free_port,
-    port_in_use,
-    sigterm_as_interrupt,
-    wait_until_listening,
-)
-from fedmeta.common.protocol import (
-    CONFIG,
-    DELTA,
-    FACTORIES,
-    FACTORY,
-    META_PARAMETERS,
-    METRICS,
-    NAMES,
-    NUM_EXAMPLES,
-    ROLE,
-    ROLES,
-    ROLES_FIELD,
-    factory_key,
-    is_delta_key,
-)
-from fedmeta.common.run_settings import (
-    ADAPTATION_RECIPES,
-    DATA_EVAL_SHOTS,
-    DATASET_LR,
-    DATASETS,
-    READERS,
-    RUN_SETTINGS,
-    Setting,
-    UnknownSettingError,
-    app_config_defaults,
-    check_run_config,
-    default_lr,
-    parse_shots,
-    resolve_run_config,
-)
-from fedmeta.common.supervised import SupervisedRecipe, SupervisedResult, train_supervised
-from fedmeta.common.synthetic import (
-    FAMILY_KINDS,
-    FAULT_CLASSES,
-    MIN_CLASS_SAMPLES,
-    FactoryFamily,
-    FamilyConfig,
-    make_family,
-    min_class_samples,
-)
-from fedmeta.common.tasks import ClassificationTaskSampler, FactoryData, RegressionTaskSampler, TaskBatch, TaskSampler
-from fedmeta.common.validation import check_choice, check_positive_int
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "ADAPTATION_RECIPES",
-    "ALGORITHMS",
-    "CONFIG",
-    "DATASETS",
-    "DATASET_LR",
-    "DATA_EVAL_SHOTS",
-    "DELTA",
-    "DEVICE_CHOICES",
-    "FACTORIES",
-    "FACTORY",
-    "FAMILY_KINDS",
-    "FAULT_CLASSES",
-    "FEDERATED_ALGORITHMS",
-    "INNER_LR_PREFIX",
-    "META_OPTIMIZERS",
-    "META_PARAMETERS",
-    "METRICS",
-    "MIN_CLASS_SAMPLES",
-    "MLP",
-    "MODEL_NAMES",
-    "NAMES",
-    "NUM_EXAMPLES",
-    "OUTER_OPTIMIZERS",
-    "READERS",
-    "RECIPE_CANDIDATES",
-    "ROLE",
-    "ROLES",
-    "ROLES_FIELD",
-    "RUN_SETTINGS",
-    "TASK_KINDS",
-    "TCN",
-    "BaseRateDecision",
-    "CNN1d",
-    "ChildProcess",
-    "ClassificationTaskSampler",
-    "CredentialError",
-    "DataSource",
-    "DeltaRejected",
-    "EvaluationSettings",
-    "FactoryAssignment",
-    "FactoryData",
-    "FactoryFamily",
-    "FailureDecisions",
-    "FamilyConfig",
-    "MetaConfig",
-    "MetaModel",
-    "MetaTrainResult",
-    "ModelConfig",
-    "NonFiniteLossError",
-    "OuterOptimizer",
-    "OuterOptimizerConfig",
-    "Params",
-    "ProcessError",
-    "Recipe",
-    "RecipeChoice",
-    "RegressionTaskSampler",
-    "Report",
-    "RoundSettings",
-    "Setting",
-    "SplitSource",
-    "SupervisedRecipe",
-    "SupervisedResult",
-    "SyntheticSource",
-    "TableSource",
-    "TablesSource",
-    "TaskBatch",
-    "TaskConv1d",
-    "TaskLinear",
-    "TaskSampler",
-    "UnknownSettingError",
-    "adapt",
-    "adapt_to_support",
-    "adapt_with_recipes",
-    "adapted_names",
-    "add",
-    "app_config_defaults",
-    "build_model",
-    "certificate_names",
-    "check_choice",
-    "check_positive_int",
-    "check_run_config",
-    "check_server_certificate",
-    "choose_recipes",
-    "default_lr",
-    "descendants",
-    "elapsed_log",
-    "evaluate_adaptation",
-    "exit_on_errors",
-    "expand_for_tasks",
-    "expected_f1_threshold",
-    "factory_key",
-    "flower_env",
-    "free_port",
-    "global_norm",
-    "init_inner_lrs",
-    "is_delta_key",
-    "load_certificate",
-    "load_factory_private_key",
-    "load_factory_public_key",
-    "local_algorithm",
-    "make_family",
-    "meta_step",
-    "meta_train",
-    "min_class_samples",
-    "pack_meta_parameters",
-    "parse_shots",
-    "port_in_use",
-    "predict",
-    "prior_shift",
-    "query_metrics",
-    "recipe_candidates",
-    "resolve_device",
-    "resolve_run_config",
-    "sigterm_as_interrupt",
-    "source_from_config",
-    "subtract",
-    "support_folds",
-    "task_accuracy",
-    "task_losses",
-    "train_supervised",
-    "unpack_meta_parameters",
-    "validate_delta",
-    "wait_until_listening",
-    "weighted_average",
-]
+from fedmeta.common.lazy_exports import lazy_exports
+
+if TYPE_CHECKING:
+    from fedmeta.common.adaptation_recipe import (
+        RECIPE_CANDIDATES,
+        Recipe,
+        RecipeChoice,
+        adapt_with_recipes,
+        choose_recipes,
+        recipe_candidates,
+        support_folds,
+    )
+    from fedmeta.common.algorithms import (
+        ALGORITHMS,
+        META_OPTIMIZERS,
+        MetaConfig,
+        MetaTrainResult,
+        NonFiniteLossError,
+        adapt_to_support,
+        adapted_names,
+        evaluate_adaptation,
+        init_inner_lrs,
+        meta_step,
+        meta_train,
+        query_metrics,
+    )
+    from fedmeta.common.console import Report, elapsed_log, exit_on_errors
+    from fedmeta.common.credentials import (
+        CredentialError,
+        certificate_names,
+        check_server_certificate,
+        load_certificate,
+        load_factory_private_key,
+        load_factory_public_key,
+    )
+    from fedmeta.common.data_sources import (
+        DataSource,
+        FactoryAssignment,
+        SplitSource,
+        SyntheticSource,
+        TableSource,
+        TablesSource,
+        source_from_config,
+    )
+    from fedmeta.common.decision import BaseRateDecision, FailureDecisions, expected_f1_threshold, prior_shift
+    from fedmeta.common.deltas import DeltaRejected, add, global_norm, subtract, validate_delta, weighted_average
+    from fedmeta.common.device import DEVICE_CHOICES, resolve_device
+    from fedmeta.common.federation import (
+        FEDERATED_ALGORITHMS,
+        INNER_LR_PREFIX,
+        EvaluationSettings,
+        RoundSettings,
+        local_algorithm,
+        pack_meta_parameters,
+        unpack_meta_parameters,
+    )
+    from fedmeta.common.inner_loop import Params, adapt, expand_for_tasks, predict
+    from fedmeta.common.layers import TaskConv1d, TaskLinear
+    from fedmeta.common.losses import TASK_KINDS, task_accuracy, task_losses
+    from fedmeta.common.models import MLP, MODEL_NAMES, TCN, CNN1d, MetaModel, ModelConfig, build_model
+    from fedmeta.common.outer_optimizer import OUTER_OPTIMIZERS, OuterOptimizer, OuterOptimizerConfig
+    from fedmeta.common.processes import (
+        ChildProcess,
+        ProcessError,
+        descendants,
+        flower_env,
+        free_port,
+        port_in_use,
+        sigterm_as_interrupt,
+        wait_until_listening,
+    )
+    from fedmeta.common.protocol import (
+        CONFIG,
+        DEFAULT_PORT,
+        DEFAULT_RUNTIME_PORT,
+        DELTA,
+        FACTORIES,
+        FACTORY,
+        META_PARAMETERS,
+        METRICS,
+        NAMES,
+        NUM_EXAMPLES,
+        ROLE,
+        ROLES,
+        ROLES_FIELD,
+        factory_key,
+        is_delta_key,
+    )
+    from fedmeta.common.run_settings import (
+        ADAPTATION_RECIPES,
+        DATA_EVAL_SHOTS,
+        DATASET_LR,
+        DATASETS,
+        READERS,
+        RUN_SETTINGS,
+        Setting,
+        UnknownSettingError,
+        app_config_defaults,
+        check_run_config,
+        default_lr,
+        parse_shots,
+        resolve_run_config,
+    )
+    from fedmeta.common.supervised import SupervisedRecipe, SupervisedResult, train_supervised
+    from fedmeta.common.synthetic import (
+        FAMILY_KINDS,
+        FAULT_CLASSES,
+        MIN_CLASS_SAMPLES,
+        FactoryFamily,
+        FamilyConfig,
+        make_family,
+        min_class_samples,
+    )
+    from fedmeta.common.tasks import (
+        ClassificationTaskSampler,
+        FactoryData,
+        RegressionTaskSampler,
+        TaskBatch,
+        TaskSampler,
+    )
+    from fedmeta.common.validation import check_choice, check_positive_int
+
+__getattr__, __all__ = lazy_exports(__file__, globals())

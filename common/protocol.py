@@ -22,6 +22,8 @@ from __future__ import annotations
 
 __all__ = [
     "CONFIG",
+    "DEFAULT_PORT",
+    "DEFAULT_RUNTIME_PORT",
     "DELTA",
     "FACTORIES",
     "FACTORY",
@@ -56,6 +58,11 @@ ROLES_FIELD = "roles"
 MODEL_DELIVERY = "query.model"
 MANIFEST = "manifest"
 STORED = "stored"
+
+# Where the two sides meet: Flower's own default ports, the SuperLink's (factories and runs connect to
+# it) and a SuperNode's local runtime API (its ClientApp processes connect to it).
+DEFAULT_PORT = 8000
+DEFAULT_RUNTIME_PORT = 9094
 
 # What a factory does in a federation: trains, or only adapts and evaluates (held out, or new).
 ROLES = ("train", "evaluate")

@@ -3,81 +3,46 @@ round loop, checkpoints, certificates and the `fedmeta server` deployment (a Sup
 The ServerApp itself is `fedmeta.server.app:app`.
 """
 
-from fedmeta.server.app import make_server_app
-from fedmeta.server.bundle import APP_PACKAGES, DISTRIBUTION, stage_app, toml_value
-from fedmeta.server.certificates import (
-    CertificateAuthority,
-    create_certificate_authority,
-    create_factory_keys,
-    create_server_certificate,
-    load_certificate_authority,
-)
-from fedmeta.server.checkpoint import Checkpoint, CheckpointError, RunDirectory
-from fedmeta.server.deployment import (
-    CONNECTION,
-    DEFAULT_PORT,
-    DeploymentError,
-    ServerPlan,
-    build_run_config,
-    local_host,
-    plan_server,
-    register_factory,
-    run_status,
-    serve,
-    stop_stale_runs,
-    superlink_command,
-)
-from fedmeta.server.run import ProgressFn, initial_meta_parameters, run_experiment
-from fedmeta.server.settings import ServerSettings
-from fedmeta.server.strategy import (
-    PULL_COST_FACTOR,
-    PULL_INTERVAL_S,
-    PULL_MAX_INTERVAL_S,
-    FedMetaStrategy,
-    NodeInfo,
-    SamplingSettings,
-    Seat,
-    exchange,
-    weighted_metrics,
-)
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "APP_PACKAGES",
-    "CONNECTION",
-    "DEFAULT_PORT",
-    "DISTRIBUTION",
-    "PULL_COST_FACTOR",
-    "PULL_INTERVAL_S",
-    "PULL_MAX_INTERVAL_S",
-    "CertificateAuthority",
-    "Checkpoint",
-    "CheckpointError",
-    "DeploymentError",
-    "FedMetaStrategy",
-    "NodeInfo",
-    "ProgressFn",
-    "RunDirectory",
-    "SamplingSettings",
-    "Seat",
-    "ServerPlan",
-    "ServerSettings",
-    "build_run_config",
-    "create_certificate_authority",
-    "create_factory_keys",
-    "create_server_certificate",
-    "exchange",
-    "initial_meta_parameters",
-    "load_certificate_authority",
-    "local_host",
-    "make_server_app",
-    "plan_server",
-    "register_factory",
-    "run_experiment",
-    "run_status",
-    "serve",
-    "stage_app",
-    "stop_stale_runs",
-    "superlink_command",
-    "toml_value",
-    "weighted_metrics",
-]
+from fedmeta.common.lazy_exports import lazy_exports
+
+if TYPE_CHECKING:
+    from fedmeta.server.app import make_server_app
+    from fedmeta.server.bundle import APP_PACKAGES, DISTRIBUTION, stage_app, toml_value
+    from fedmeta.server.certificates import (
+        CertificateAuthority,
+        create_certificate_authority,
+        create_factory_keys,
+        create_server_certificate,
+        load_certificate_authority,
+    )
+    from fedmeta.server.checkpoint import Checkpoint, CheckpointError, RunDirectory
+    from fedmeta.server.deployment import (
+        CONNECTION,
+        DeploymentError,
+        ServerPlan,
+        build_run_config,
+        local_host,
+        plan_server,
+        register_factory,
+        run_status,
+        serve,
+        stop_stale_runs,
+        superlink_command,
+    )
+    from fedmeta.server.run import ProgressFn, initial_meta_parameters, run_experiment
+    from fedmeta.server.settings import ServerSettings
+    from fedmeta.server.strategy import (
+        PULL_COST_FACTOR,
+        PULL_INTERVAL_S,
+        PULL_MAX_INTERVAL_S,
+        FedMetaStrategy,
+        NodeInfo,
+        SamplingSettings,
+        Seat,
+        exchange,
+        weighted_metrics,
+    )
+
+__getattr__, __all__ = lazy_exports(__file__, globals())

@@ -2,7 +2,8 @@
 authentication on) and ``fedmeta certs`` (the federation's CA, server certificate and factory keys).
 
 ``cli`` is the ``fedmeta-server`` console script, the server image's entry point: the
-``server`` command alone.
+``server`` command alone. What a command runs is imported when it runs, so ``fedmeta certs``
+and ``--help`` do not wait for torch and Flower to load.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedmeta.common import CredentialError, ProcessError, elapsed_log, exit_on_errors, sigterm_as_interrupt
+from fedmeta.common.console import elapsed_log, exit_on_errors
+from fedmeta.common.credentials import CredentialError
+from fedmeta.common.processes import ProcessError, sigterm_as_interrupt
+from fedmeta.common.protocol import DEFAULT_PORT
 from fedmeta.server.certificates import (
     create_certificate_authority,
     create_factory_keys,
     create_server_certificate,
     load_certificate_authority,
 )
-from fedmeta.server.deployment import DEFAULT_PORT, DeploymentError, build_run_config, plan_server, serve
 
 __all__ = ["certs", "cli", "server"]
 
@@ -60,6 +63,8 @@ def server(
     ] = False,
 ) -> None:
     """Start the aggregation server, register the factories' keys and run the federation to its end."""
+    from fedmeta.server.deployment import DeploymentError, build_run_config, plan_server, serve
+
     console = Console()
     report = elapsed_log(console)
 

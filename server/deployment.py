@@ -46,7 +46,6 @@ from fedmeta.server.settings import ServerSettings
 
 __all__ = [
     "CONNECTION",
-    "DEFAULT_PORT",
     "DeploymentError",
     "ServerPlan",
     "build_run_config",
@@ -59,7 +58,6 @@ __all__ = [
     "superlink_command",
 ]
 
-DEFAULT_PORT = 8000  # flower-superlink's own default
 CONNECTION = "fedmeta"  # the SuperLink connection's name in the private FLWR_HOME
 START_TIMEOUT_S = 60.0
 CLI_TIMEOUT_S = 120.0

@@ -4,16 +4,13 @@ The commands (`fedmeta simulate`, `benchmark`, `bench`) and the benchmarks
 (`fedmeta.simulations.benchmarks`, which need the `bench` extra) are not imported here.
 """
 
-from fedmeta.simulations.faults import FAULTS, fault_injection_mod, parse_fault_spec
-from fedmeta.simulations.harness import run_federated_simulation
-from fedmeta.simulations.report import ComparisonRow, comparison_rows, final_evaluation
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "FAULTS",
-    "ComparisonRow",
-    "comparison_rows",
-    "fault_injection_mod",
-    "final_evaluation",
-    "parse_fault_spec",
-    "run_federated_simulation",
-]
+from fedmeta.common.lazy_exports import lazy_exports
+
+if TYPE_CHECKING:
+    from fedmeta.simulations.faults import FAULTS, fault_injection_mod, parse_fault_spec
+    from fedmeta.simulations.harness import run_federated_simulation
+    from fedmeta.simulations.report import ComparisonRow, comparison_rows, final_evaluation
+
+__getattr__, __all__ = lazy_exports(__file__, globals())

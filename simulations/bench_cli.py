@@ -21,7 +21,8 @@ from fedmeta.common import ADAPTATION_RECIPES, DATASETS, RUN_SETTINGS, elapsed_l
 
 __all__ = ["bench_app", "benchmark", "tune"]
 
-bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True,
+                        add_completion=False)
 
 
 def _write_json(result: dict, path: Path | None, console: Console) -> None:
