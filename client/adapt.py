@@ -11,6 +11,15 @@ stratified by class) of the adapted model, the unadapted package, the same netwo
 those rows alone and, for a regression on table rows, a least-squares line on those rows alone
 (a few rows of a nearly linear process are fitted well by one), each fitted on the other folds
 only. The adapted package records its lineage: which package, which rows (by hash).
+
+A window model learns from windows instead of rows (`windows`): the window ending at each row
+that has a full window in its group, labelled with that row's target; the scaling still comes
+from every row of the table, per channel. ``--rows N`` takes the N windows that ended first (by
+the time of their last row, ties in file order). Neighbouring windows of one unit share rows, so
+cross-validation holds out whole groups when there are two or more (where they differ in size,
+every fold is cut to the smallest, `common.adaptation_recipe.fold_batch`), and stretches of
+consecutive windows when there is one. The adapted package records the group and time columns it
+read the table by, so that predict and update rebuild the same windows.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import torch
 from torch import Tensor
 
 from fedmeta.client.evaluation import Adaptation, initial_weights
+from fedmeta.client.windows import Windows
 from fedmeta.common import (
     Recipe,
     TaskBatch,
@@ -41,7 +51,7 @@ from fedmeta.common import (
 )
 from fedmeta.common.adaptation_recipe import MAX_FOLDS, fold_batch
 from fedmeta.common.connector import DataSchema
-from fedmeta.common.model_package import Manifest, ModelPackage
+from fedmeta.common.model_package import Manifest, ModelPackage, PackageSchema
 from fedmeta.common.scaling import FeatureScaling
 
 __all__ = [
@@ -51,7 +61,9 @@ __all__ = [
     "adapt_package",
     "factory_candidates",
     "failure_probabilities",
+    "labelled_examples",
     "package_adaptation",
+    "require_factory_scaling",
     "rows_alone_adaptation",
     "rows_as_task",
     "rows_digest",
@@ -74,11 +86,26 @@ def factory_candidates(default_steps: int) -> tuple[Recipe, ...]:
 
 def table_schema(manifest: Manifest, schema: DataSchema | None = None) -> DataSchema:
     """How to read a factory's table for ``manifest``'s model: its columns, its classes. A factory's
-    own schema may say how its file is written (delimiter, decimal mark, ID and time columns) but
-    must name the package's features, in order, its target and its task (``ValueError`` otherwise)."""
+    own schema may say how its file is written (delimiter, decimal mark, ID, group and time columns)
+    but must name the package's features, in order, its target and its task (``ValueError``
+    otherwise); the group and time columns it leaves out are the package's. A window model needs
+    both (``ValueError`` naming what is missing)."""
     wanted = manifest.schema
     if schema is None:
-        return DataSchema(wanted.features, wanted.target, wanted.task, classes=wanted.classes)
+        schema = DataSchema(wanted.features, wanted.target, wanted.task, group_column=wanted.group_column,
+                            time_column=wanted.time_column, classes=wanted.classes)
+    reading = _checked_schema(wanted, schema)
+    length = manifest.window_length
+    unnamed = [key for key in ("group_column", "time_column") if getattr(reading, key) is None]
+    if length is not None and unnamed:
+        raise ValueError(f"the model reads windows of {length} consecutive rows of one unit, so its table needs a "
+                         f"group column (each row's unit or machine) and a time column; name {' and '.join(unnamed)} "
+                         "in --schema (the package names none)")
+    return reading
+
+
+def _checked_schema(wanted: PackageSchema, schema: DataSchema) -> DataSchema:
+    """``schema`` with the package's classes and, where it names none, the package's group and time columns."""
     problems = []
     if schema.features != wanted.features:
         missing = [f for f in wanted.features if f not in schema.features]
@@ -91,12 +118,14 @@ def table_schema(manifest: Manifest, schema: DataSchema | None = None) -> DataSc
         problems.append(f"the schema's task is {schema.task!r}, the package's {wanted.task!r}")
     if problems:
         raise ValueError("; ".join(problems))
-    return dataclasses.replace(schema, classes=wanted.classes)
+    return dataclasses.replace(schema, classes=wanted.classes, group_column=schema.group_column or wanted.group_column,
+                               time_column=schema.time_column or wanted.time_column)
 
 
 @dataclass(frozen=True)
 class AdaptationReport:
-    """Held-out-fold scores of the adapted model, the unadapted package and the rows-alone network."""
+    """Held-out-fold scores of the adapted model, the unadapted package and the rows-alone network;
+    ``rows`` counts the labelled examples, which are ``examples`` ("rows", or "windows")."""
 
     rows: int
     folds: int
@@ -104,6 +133,7 @@ class AdaptationReport:
     scores: dict[str, dict[str, float]]
     recipe_steps: int
     recipe_lr_scale: float
+    examples: str = "rows"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,6 +177,17 @@ def stratified_units(y: Tensor, kind: str) -> Tensor:
     return units
 
 
+def labelled_examples(x: Tensor, y: Tensor, kind: str, windows: Windows | None = None,
+                      count: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The first ``count`` (default: all) labelled examples of a factory's rows ``x [n, features]`` (raw or
+    scaled) and ``y [n]``, with the unit cross-validation holds out whole: each row (stratified, see
+    `stratified_units`), or, for a window model, each of ``windows`` with its last row's target."""
+    if windows is None:
+        x, y = x[:count], y[:count]
+        return x, y, stratified_units(y, kind)
+    return windows.gather(x, count), windows.targets(y, count), windows.units(count)
+
+
 def rows_as_task(x: Tensor, y: Tensor, units: Tensor) -> TaskBatch:
     """All rows as one task's support set (its query set is unused: one row keeps shapes valid)."""
     return TaskBatch(x[None], y[None], x[None, :1], y[None, :1], support_groups=units[None])
@@ -178,7 +219,7 @@ def _cross_validated(package: ModelPackage, batch: TaskBatch, seed: int) -> tupl
     models = {"rows alone": alone.model}
     scores = {name: _scores(query_metrics(models.get(name, adaptation.model), params, folded, kind), kind)
               for name, params in fitted.items()}
-    if kind == "regression" and folded.support_x.dim() == 3:  # table rows [folds, rows, features]
+    if kind == "regression" and folded.support_x.dim() == 3:  # table rows [folds, rows, features], not windows
         scores["rows alone, least squares"] = _scores({"query_loss": _least_squares_loss(folded)}, kind)
     return folded.num_tasks, scores
 
@@ -234,25 +275,37 @@ def rows_digest(x: Tensor, y: Tensor) -> str:
     return sha.hexdigest()
 
 
-def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | None = None, seed: int = 0,
-                  table: str = "", failure_rate: float | None = None,
-                  failure_class: str | None = None) -> AdaptedPackage:
-    """Adapt ``package`` to the first ``rows`` (default: all) of a factory's rows ``x [n, features]``
-    (raw, as in its table) with labels ``y [n]``; the input scaling comes from all ``n`` rows. With
-    ``failure_rate`` (two classes) the package also gets the failure threshold for that rate, set on
-    all ``n`` rows (`common.decision`)."""
-    manifest = package.manifest
+def require_factory_scaling(manifest: Manifest) -> None:
+    """A ``ValueError`` unless ``manifest``'s inputs are scaled from a factory's own rows: a package scaled by
+    its data source (a shared data set's loader, a synthetic generator: C-MAPSS per operating condition,
+    the synthetic fault family per window) cannot be fed a factory's table."""
     if manifest.scaling_rule != "factory-rows":
         raise ValueError("this package's inputs were scaled by the data set it was trained on, not from a "
                          "factory's own rows, so it cannot be adapted to a table")
-    total = len(y)
+
+
+def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | None = None, seed: int = 0,
+                  table: str = "", failure_rate: float | None = None, failure_class: str | None = None,
+                  windows: Windows | None = None) -> AdaptedPackage:
+    """Adapt ``package`` to the first ``rows`` (default: all) labelled examples of a factory's rows
+    ``x [n, features]`` (raw, as in its table) with labels ``y [n]``: the rows themselves or, for a
+    window model, its ``windows`` (`client.windows.read_window_table`). The input scaling comes from
+    all ``n`` rows. With ``failure_rate`` (two classes) the package also gets the failure threshold
+    for that rate, set on all the examples (`common.decision`)."""
+    manifest = package.manifest
+    require_factory_scaling(manifest)
+    if (windows is None) != (manifest.window_length is None):
+        raise ValueError("a window model adapts on the windows of a table, a row model on its rows")
+    total = len(y) if windows is None else len(windows)
+    examples = "rows" if windows is None else "windows"
     rows = total if rows is None else rows
     if not 2 <= rows <= total:
-        raise ValueError(f"--rows must be between 2 and the table's {total} labelled rows, got {rows}")
+        raise ValueError(f"--rows must be between 2 and the table's {total} labelled {examples}, got {rows}")
     scaling = FeatureScaling.fit(x)
-    x_rows, y_rows = scaling.apply(x[:rows]), y[:rows]
+    scaled = scaling.apply(x)
     adaptation = package_adaptation(package)
-    batch = rows_as_task(x_rows, y_rows, stratified_units(y_rows, adaptation.kind))
+    x_rows, y_rows, units = labelled_examples(scaled, y, adaptation.kind, windows, rows)
+    batch = rows_as_task(x_rows, y_rows, units)
     folds, scores = _cross_validated(package, batch, seed)
     plan = manifest.adaptation
     if plan.recipe == "cross-validated":
@@ -264,16 +317,19 @@ def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | No
         recipe = Recipe(plan.steps)
         params = adaptation.adapt(batch, plan.steps)
     weights = {name: params[name][0].detach().clone() for name in package.weights}
-    report = AdaptationReport(rows, folds, adaptation.kind, scores, recipe.steps, recipe.lr_scale)
+    report = AdaptationReport(rows, folds, adaptation.kind, scores, recipe.steps, recipe.lr_scale, examples)
+    raw_x, raw_y, _ = labelled_examples(x, y, adaptation.kind, windows, rows)
     lineage = {"package_sha256": manifest.weights_sha256, "package_run": manifest.run, "package_round": manifest.round,
-               "table": table, "rows": rows, "rows_sha256": rows_digest(x[:rows], y[:rows]),
-               "scaling_rows": total}
+               "table": table, "rows": rows, "rows_sha256": rows_digest(raw_x, raw_y), "scaling_rows": len(y)}
     decision = None
     if failure_rate is not None:
-        decision = _decision(adaptation, weights, scaling.apply(x), y_rows, list(manifest.schema.classes or ()),
-                             failure_class, failure_rate)
-    adapted = dataclasses.replace(manifest, scaling=scaling, lineage=lineage, weights_sha256="", versions={},
-                                  decision=decision,
+        decision = _decision(adaptation, weights, labelled_examples(scaled, y, adaptation.kind, windows)[0], y_rows,
+                             list(manifest.schema.classes or ()), failure_class, failure_rate)
+    schema = manifest.schema
+    if windows is not None:  # how the windows were read: predict and update rebuild them the same way
+        schema = dataclasses.replace(schema, group_column=windows.group_column, time_column=windows.time_column)
+    adapted = dataclasses.replace(manifest, schema=schema, scaling=scaling, lineage=lineage, weights_sha256="",
+                                  versions={}, decision=decision,
                                   metrics={f"{name}/{metric}": value for name, values in scores.items()
                                            for metric, value in values.items()})
     return AdaptedPackage(weights, dict(package.inner_lrs), adapted, report)

@@ -17,15 +17,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedmeta.client.adapt import AdaptationReport, adapt_package, table_schema
+from fedmeta.client.adapt import AdaptationReport, adapt_package, require_factory_scaling, table_schema
 from fedmeta.client.export import FORMATS, export_onnx
 from fedmeta.client.optimize import Bounds, recommend_settings
 from fedmeta.client.predict import predict_table
 from fedmeta.client.table_blocks import TableError, read_features
 from fedmeta.client.update import ModelStore
-from fedmeta.common import FactoryData, exit_on_errors
+from fedmeta.client.windows import Windows, read_window_table
+from fedmeta.common import exit_on_errors
 from fedmeta.common.connector import DataSchema, DataValidationError, SchemaError, load_factory_table, validate_table
-from fedmeta.common.model_package import ModelPackage, PackageError, load_package, save_package
+from fedmeta.common.model_package import Manifest, ModelPackage, PackageError, load_package, save_package
 
 __all__ = ["REPORT_FILE", "adapt", "export", "optimize", "predict", "update"]
 
@@ -41,7 +42,7 @@ TableSchema = Annotated[
 
 
 def _print_report(report: AdaptationReport, console: Console) -> None:
-    table = Table(title=f"Error on held-out folds of the {report.rows} rows ({report.folds} folds)")
+    table = Table(title=f"Error on held-out folds of the {report.rows} {report.examples} ({report.folds} folds)")
     metrics = list(next(iter(report.scores.values())))
     table.add_column("model")
     for metric in metrics:
@@ -51,7 +52,7 @@ def _print_report(report: AdaptationReport, console: Console) -> None:
     console.print(table)
     adapted = "no adaptation" if report.recipe_steps == 0 else (
         f"{report.recipe_steps} steps at {report.recipe_lr_scale:g}x the package's step size")
-    console.print(f"recipe chosen on all {report.rows} rows: {adapted}")
+    console.print(f"recipe chosen on all {report.rows} {report.examples}: {adapted}")
 
 
 def _package(model: Path, console: Console) -> ModelPackage:
@@ -70,13 +71,19 @@ def _reading(package: ModelPackage, schema: Path | None) -> DataSchema:
     return table_schema(package.manifest, None if schema is None else DataSchema.from_json(schema))
 
 
-def _labelled_rows(data: Path, schema: DataSchema, console: Console) -> FactoryData:
-    """The table's rows read as ``schema`` says; its warnings printed, its problems raised."""
+def _labelled_rows(data: Path, schema: DataSchema, manifest: Manifest,
+                   console: Console) -> tuple[torch.Tensor, torch.Tensor, Windows | None]:
+    """The table's rows ``x``, ``y`` read as ``schema`` says (raw float64: scaled in float64, `common.scaling`)
+    and, for a window model, their windows; its warnings printed, its problems raised."""
     checked = validate_table(data, schema)
     for warning in checked.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     checked.raise_for_problems()
-    return load_factory_table(data, schema, features_dtype=torch.float64)  # scaled in float64 (`common.scaling`)
+    if manifest.window_length is None:
+        rows = load_factory_table(data, schema, features_dtype=torch.float64)
+        return rows.x, rows.y, None
+    table = read_window_table(data, schema, manifest.window_length)
+    return table.x, table.y, table.windows
 
 
 def adapt(
@@ -86,7 +93,8 @@ def adapt(
     schema: TableSchema = None,
     rows: Annotated[
         int | None,
-        typer.Option(min=2, help="Adapt on the first N labelled rows (default: all); the scaling uses every row.",
+        typer.Option(min=2, help="Adapt on the first N labelled rows (default: all); the scaling uses every row. "
+                     "A window model: the first N windows to end, by the time of their last row.",
                      show_default=False),
     ] = None,
     failure_rate: Annotated[
@@ -103,10 +111,11 @@ def adapt(
     console = Console()
     with exit_on_errors(console, PackageError, SchemaError, DataValidationError, ValueError):
         package = _package(model, console)
+        require_factory_scaling(package.manifest)
         reading = _reading(package, schema)
-        factory = _labelled_rows(data, reading, console)
-        adapted = adapt_package(package, factory.x, factory.y, rows=rows, table=data.name, failure_rate=failure_rate,
-                                failure_class=failure_class)
+        x, y, windows = _labelled_rows(data, reading, package.manifest, console)
+        adapted = adapt_package(package, x, y, rows=rows, table=data.name, failure_rate=failure_rate,
+                                failure_class=failure_class, windows=windows)
         report_text = json.dumps(adapted.report.to_json(), indent=2)
         save_package(out, adapted.weights, adapted.inner_lrs, adapted.manifest, extras={REPORT_FILE: report_text})
     _print_report(adapted.report, console)
@@ -135,6 +144,9 @@ def predict(
         console.print("[yellow]note:[/yellow] the package holds no factory's scaling (it was not adapted): the "
                       "inputs were standardised with this table's own rows")
     console.print(f"{summary.rows} rows predicted into {escape(str(out))}")
+    if summary.without_window:
+        console.print(f"{summary.without_window} rows have fewer rows before them in their group than the model's "
+                      "window spans: their prediction cells are empty")
 
 
 def update(
@@ -168,16 +180,18 @@ def update(
             return
         version, package = models.current_package()
         _with_version_warnings(package, console)
-        rows = _labelled_rows(data, _reading(package, schema), console)
-        result = models.update(version, package, rows.x, rows.y)
-    console.print(f"version {result.version} written from {result.rows} new rows (the version in use erred "
+        x, y, windows = _labelled_rows(data, _reading(package, schema), package.manifest, console)
+        result = models.update(version, package, x, y, windows)
+    seen = result.examples
+    console.print(f"version {result.version} written from {result.rows} new {seen} (the version in use erred "
                   f"{result.mean_error_before:.4g} on them on average)")
     drift = result.drift
     if drift.detected:
-        console.print(f"[bold red]drift:[/bold red] the prediction error rose (detected at row {drift.detected_at_row}"
-                      f" of the {drift.rows_seen} rows seen): re-adapt on recent rows with `fedmeta adapt`")
+        console.print(f"[bold red]drift:[/bold red] the prediction error rose (detected at {seen[:-1]} "
+                      f"{drift.detected_at_row} of the {drift.rows_seen} {seen} seen): re-adapt on recent rows "
+                      "with `fedmeta adapt`")
     else:
-        console.print(f"no drift in the {drift.rows_seen} rows seen since the store started")
+        console.print(f"no drift in the {drift.rows_seen} {seen} seen since the store started")
 
 
 def export(

@@ -12,13 +12,19 @@ overwritten and a failed run leaves nothing behind.
 Inputs are scaled with the package's own statistics (an adapted package: the factory's rows it
 was adapted with). A package without them (as the federation delivers it) is scaled with this
 table's own rows, read once more beforehand to compute them.
+
+A window model (`windows`) predicts each row from the window ending at it: that row and the
+``length - 1`` rows before it in its group, read in file order, which must be time order within
+each group (a group going back in time is an error naming it and the row). A row with fewer rows
+before it in its group gets empty prediction cells (a CSV's empty cell, Parquet's null): the
+model has not seen enough of that unit yet, and padding would invent readings.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +40,7 @@ import torch
 from fedmeta.client.adapt import failure_probabilities
 from fedmeta.client.csv_rows import appended, csv_cell, header_line
 from fedmeta.client.table_blocks import Block, TableError, column_names, read_blocks, table_scaling
+from fedmeta.client.windows import BlockWindows, WindowStream, window_chunks
 from fedmeta.common import build_model
 from fedmeta.common.connector import DataSchema
 from fedmeta.common.connector.readers import is_parquet
@@ -41,6 +48,7 @@ from fedmeta.common.model_package import ModelPackage
 
 __all__ = [
     "PredictionError", "PredictionSummary", "forward_passes", "forward_threads", "output_columns", "predict_table",
+    "window_passes",
 ]
 
 _FORWARD_ROWS = 8192  # rows per forward pass: the activations stay in the CPU's cache
@@ -67,6 +75,7 @@ class PredictionSummary:
     rows: int = 0
     warnings: list[str] = field(default_factory=list)
     scaled_with_table: bool = False
+    without_window: int = 0  # window models: rows with too few rows before them in their group (empty cells)
 
 
 def output_columns(package: ModelPackage) -> list[str]:
@@ -77,15 +86,35 @@ def output_columns(package: ModelPackage) -> list[str]:
     return [f"predicted_{schema.target}"]
 
 
+def _forward(model: torch.nn.Module, chunks: Iterable[np.ndarray]) -> torch.Tensor:
+    """The model's output ``[n, outputs]`` on each chunk of inputs in turn (none: no rows)."""
+    with torch.inference_mode():
+        out = [model(torch.from_numpy(chunk)) for chunk in chunks]
+    return torch.cat(out) if out else torch.zeros(0, model.config.output_dim)
+
+
 def forward_passes(model: torch.nn.Module, x: np.ndarray) -> torch.Tensor:
     """The model's output on scaled rows ``x``, computed in cache-sized chunks."""
-    with torch.inference_mode():
-        return torch.cat([model(rows) for rows in torch.from_numpy(x).split(_FORWARD_ROWS)])
+    return _forward(model, (x[start:start + _FORWARD_ROWS] for start in range(0, len(x), _FORWARD_ROWS)))
 
 
-def _predicted(package: ModelPackage, model: torch.nn.Module, x: np.ndarray) -> list[pa.Array]:
+def window_passes(model: torch.nn.Module, block: BlockWindows) -> torch.Tensor:
+    """The model's output on the windows of a block (rows with a full window only), in chunks of
+    `_FORWARD_ROWS` values per channel: a window's activations are ``length`` rows'."""
+    length = model.config.input_shape[1]
+    ends = block.ends[block.ends >= 0]
+    return _forward(model, window_chunks(block.rows, ends, length, max(1, _FORWARD_ROWS // length)))
+
+
+def _with_empty_cells(columns: list[pa.Array], predicted: np.ndarray) -> list[pa.Array]:
+    """Columns of the rows ``predicted`` marks, spread over every row: null (an empty cell) elsewhere."""
+    index = pa.array(np.cumsum(predicted) - 1, mask=~predicted)
+    return [column.take(index) for column in columns]
+
+
+def _predicted(package: ModelPackage, out: torch.Tensor) -> list[pa.Array]:
+    """The model's outputs ``out`` as the columns `output_columns` names."""
     schema = package.manifest.schema
-    out = forward_passes(model, x)
     if schema.task == "regression":
         return [pa.array(out[:, 0].numpy())]  # float32: the model's own precision, and cheaper to write
     decision = package.manifest.decision
@@ -103,12 +132,15 @@ def _predicted(package: ModelPackage, model: torch.nn.Module, x: np.ndarray) -> 
 
 
 def _as_csv_text(column: pa.Array, delimiter: str) -> pa.Array:
-    """A predicted column as CSV cells: numbers as pyarrow writes them, labels quoted where they need it."""
+    """A predicted column as CSV cells: numbers as pyarrow writes them, labels quoted where they need it,
+    a missing prediction (null) as an empty cell."""
     if not pa.types.is_string(column.type):
-        return column.cast(pa.string())
-    labels = column.unique()
-    cells = pa.array([csv_cell(label, delimiter) for label in labels.to_pylist()], pa.string())
-    return column if cells.equals(labels) else cells.take(pc.index_in(column, labels))
+        text = column.cast(pa.string())
+    else:
+        labels = column.unique().drop_null()
+        cells = pa.array([csv_cell(label, delimiter) for label in labels.to_pylist()], pa.string())
+        text = column if cells.equals(labels) else cells.take(pc.index_in(column, labels))
+    return text.fill_null("") if text.null_count else text
 
 
 class _Output:
@@ -199,6 +231,12 @@ def predict_table(package: ModelPackage, path: Path, out: Path, schema: DataSche
     missing = [name for name in schema.features if name not in names]
     if missing:
         raise TableError(f"{path}: missing feature column(s) {missing}; the package reads {list(schema.features)}")
+    length = package.manifest.window_length
+    keys = () if length is None else (schema.group_column, schema.time_column)
+    for role, name in zip(("group", "time"), keys, strict=False):  # a row model: no keys
+        if name not in names:
+            raise TableError(f"{path}: missing the {role} column {name!r}; the model reads windows of {length} "
+                             f"rows of one {schema.group_column!r} group in {schema.time_column!r} order")
     added = output_columns(package)
     clash = [name for name in added if name in names]
     if clash:
@@ -217,11 +255,19 @@ def predict_table(package: ModelPackage, path: Path, out: Path, schema: DataSche
     model.load_state_dict(package.weights)
     model.eval()
     as_rows = not is_parquet(path) and not is_parquet(out)  # CSV to CSV: rows kept as bytes
+    stream = None if length is None else WindowStream(length, schema, path)
     output: _Output | None = None
     try:
         with forward_threads():
-            for block in read_blocks(path, schema, names, with_columns=not as_rows):
-                predicted = _predicted(package, model, ((block.features - mean) / std).astype(np.float32))
+            for block in read_blocks(path, schema, names, with_columns=not as_rows, keys=keys):
+                scaled = ((block.features - mean) / std).astype(np.float32)
+                if stream is None:
+                    predicted = _predicted(package, forward_passes(model, scaled))
+                else:
+                    windows = stream.feed(scaled, block.keys, summary.rows)
+                    full = windows.ends >= 0
+                    predicted = _with_empty_cells(_predicted(package, window_passes(model, windows)), full)
+                    summary.without_window += int((~full).sum())
                 if as_rows:
                     output = output or _csv_rows_output(out, header_line(path), added, schema.delimiter)
                     output.write((block, predicted))

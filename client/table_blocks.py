@@ -6,14 +6,15 @@ in a worker thread while the caller uses this one. A missing feature column is a
 it; a cell that is not a number, or is empty, NaN or infinite, is an error naming its column and
 row (1 = the first row below the header).
 
-A CSV block keeps its rows as bytes (`csv_rows`) and only the feature columns are parsed, unless
-the caller asks for every column (to write them into another format).
+A CSV block keeps its rows as bytes (`csv_rows`) and only the feature columns are parsed (with,
+as text, the key columns a caller names: a window model's group and time, `windows`), unless the
+caller asks for every column (to write them into another format).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +46,14 @@ class TableError(ValueError):
 @dataclass(frozen=True)
 class Block:
     """Consecutive rows of the table: their features ``[rows, features]`` (float64, checked) and
-    either the CSV bytes with each row's line-break position, or every column (``batch``)."""
+    either the CSV bytes with each row's line-break position, or every column (``batch``); ``keys``
+    holds the key columns the reader was asked for (unchecked: their reader checks them)."""
 
     features: np.ndarray
     piece: bytes | None = None
     ends: np.ndarray | None = None
     batch: pa.RecordBatch | None = None
+    keys: pa.RecordBatch | None = None
 
 
 def column_names(path: Path, schema: DataSchema) -> list[str]:
@@ -91,19 +94,33 @@ class _Unchecked:
     piece: bytes | None = None
     ends: np.ndarray | None = None
     batch: pa.RecordBatch | None = None
+    keys: pa.RecordBatch | None = None
+
+
+def _key_columns(data: pa.Table | pa.RecordBatch, keys: Sequence[str]) -> pa.RecordBatch | None:
+    """The columns ``keys`` of a parsed piece or batch, as one record batch (None without keys)."""
+    if not keys:
+        return None
+    columns = [data.column(name) for name in keys]
+    return pa.RecordBatch.from_arrays(
+        [column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column for column in columns],
+        names=list(keys))
 
 
 class _CsvParser:
     """One piece of CSV rows: the feature columns parsed as numbers by pyarrow (fast) or, where a cell
     does not parse (spaces around a number, a decimal comma, a bad cell), as text by `_features`."""
 
-    def __init__(self, path: Path, schema: DataSchema, names: list[str], with_columns: bool) -> None:
-        self.path, self.schema, self.with_columns = path, schema, with_columns
+    def __init__(self, path: Path, schema: DataSchema, names: list[str], with_columns: bool,
+                 keys: Sequence[str] = ()) -> None:
+        self.path, self.schema, self.with_columns, self.keys = path, schema, with_columns, tuple(keys)
         self.read = pa_csv.ReadOptions(column_names=names)
         self.plain = pa_csv.ParseOptions(delimiter=schema.delimiter)
         self.quoted = pa_csv.ParseOptions(delimiter=schema.delimiter, newlines_in_values=True)  # slower: if needed
-        self.numbers = pa_csv.ConvertOptions(include_columns=list(schema.features), null_values=[],
-                                             column_types={name: pa.float64() for name in schema.features})
+        text_keys = [name for name in self.keys if name not in schema.features]
+        self.numbers = pa_csv.ConvertOptions(include_columns=[*schema.features, *text_keys], null_values=[],
+                                             column_types={**{name: pa.float64() for name in schema.features},
+                                                           **{name: pa.string() for name in text_keys}})
         self.text = pa_csv.ConvertOptions(column_types={name: pa.string() for name in names},
                                           strings_can_be_null=False, quoted_strings_can_be_null=False)
 
@@ -118,7 +135,8 @@ class _CsvParser:
     def __call__(self, piece: bytes) -> _Unchecked:
         if self.with_columns:
             batch = self.text_batch(piece)
-            return _Unchecked(_checked_or_none(batch, self.schema, self.path), batch.num_rows, batch=batch)
+            return _Unchecked(_checked_or_none(batch, self.schema, self.path), batch.num_rows, batch=batch,
+                              keys=_key_columns(batch, self.keys))
         options = self.quoted if b'"' in piece else self.plain
         try:
             table = pa_csv.read_csv(pa.BufferReader(piece), read_options=self.read, parse_options=options,
@@ -126,15 +144,16 @@ class _CsvParser:
             features = np.stack([table.column(name).to_numpy() for name in self.schema.features], axis=1)
             if not np.isfinite(features).all():
                 features = None
-            rows = table.num_rows
+            rows, keys = table.num_rows, _key_columns(table, self.keys)
         except pa.ArrowInvalid:
             batch = self.text_batch(piece)
             features, rows = _checked_or_none(batch, self.schema, self.path), batch.num_rows
+            keys = _key_columns(batch, self.keys)
         try:
             ends = row_ends(piece, rows)
         except RowAlignmentError as error:
             raise TableError(f"{self.path}: the rows of a piece could not be told apart ({error})") from None
-        return _Unchecked(features, rows, piece=piece, ends=ends)
+        return _Unchecked(features, rows, piece=piece, ends=ends, keys=keys)
 
 
 def _checked_or_none(batch: pa.RecordBatch, schema: DataSchema, path: Path) -> np.ndarray | None:
@@ -144,17 +163,20 @@ def _checked_or_none(batch: pa.RecordBatch, schema: DataSchema, path: Path) -> n
         return None
 
 
-def read_blocks(path: Path, schema: DataSchema, names: list[str], with_columns: bool = False) -> Iterator[Block]:
+def read_blocks(path: Path, schema: DataSchema, names: list[str], with_columns: bool = False,
+                keys: Sequence[str] = ()) -> Iterator[Block]:
     """The table in blocks with checked features: a CSV block holds its bytes, or every column as text
-    with ``with_columns``; a Parquet block holds every column."""
+    with ``with_columns``; a Parquet block holds every column. Each block also holds the columns ``keys``
+    (CSV: as text, unless they are features)."""
     if is_parquet(path):
         def converted(batch: pa.RecordBatch) -> _Unchecked:
-            return _Unchecked(_checked_or_none(batch, schema, path), batch.num_rows, batch=batch)
+            return _Unchecked(_checked_or_none(batch, schema, path), batch.num_rows, batch=batch,
+                              keys=_key_columns(batch, keys))
 
         unchecked = _prefetched(pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_ROWS), converted)
         parser = None
     else:
-        parser = _CsvParser(path, schema, names, with_columns)
+        parser = _CsvParser(path, schema, names, with_columns, keys)
         unchecked = _prefetched(csv_pieces(path), parser)
     rows = 0
     try:
@@ -163,7 +185,7 @@ def read_blocks(path: Path, schema: DataSchema, names: list[str], with_columns: 
             if features is None:  # convert again as text, for the error naming the cell's row
                 batch = block.batch if block.batch is not None else parser.text_batch(block.piece)
                 features = _features(batch, schema, rows, path)
-            yield Block(features, block.piece, block.ends, block.batch)
+            yield Block(features, block.piece, block.ends, block.batch, block.keys)
             rows += block.rows
     except pa.ArrowInvalid as error:
         raise _conversion_problem(path, names, error) from None

@@ -16,6 +16,12 @@ replayed through a Page-Hinkley test
 cross-validated error from its adaptation report so the test's threshold means the same on every
 scale: a lasting rise of the error is reported with the row where it was detected and the advice
 to re-adapt on recent rows. Replaying the stored errors keeps no detector state besides them.
+
+A window model learns from the windows the new rows complete (`client.windows`): the window
+ending at each row that has ``length - 1`` rows before it in its group in the update's table,
+labelled with that row's target; its errors and the drift test count windows. The store keeps no
+rows, so an update's table should start each group with the ``length - 1`` rows before its first
+new labelled row: they complete no window of their own, so nothing is learned twice.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import torch
 from river.drift import PageHinkley
 from torch import Tensor
 
-from fedmeta.client.adapt import package_adaptation, rows_as_task, rows_digest, stratified_units
+from fedmeta.client.adapt import labelled_examples, package_adaptation, rows_as_task, rows_digest
+from fedmeta.client.windows import Windows
 from fedmeta.common import build_model
 from fedmeta.common.model_package import ModelPackage, PackageError, load_package, save_package
 
@@ -61,9 +68,10 @@ class DriftReport:
 @dataclass(frozen=True)
 class UpdateResult:
     version: int
-    rows: int
-    mean_error_before: float  # of the version in use, on the new rows, before the update
+    rows: int  # new labelled examples: rows, or for a window model windows (``examples``)
+    mean_error_before: float  # of the version in use, on the new examples, before the update
     drift: DriftReport
+    examples: str = "rows"
 
 
 class ModelStore:
@@ -125,28 +133,35 @@ class ModelStore:
         version = self.current()
         return version, load_package(self.version_dir(version))
 
-    def update(self, version: int, package: ModelPackage, x: Tensor, y: Tensor) -> UpdateResult:
+    def update(self, version: int, package: ModelPackage, x: Tensor, y: Tensor,
+               windows: Windows | None = None) -> UpdateResult:
         """Predict the new rows ``x`` (raw, as in the table), ``y`` with ``package`` (`current_package`),
-        then adapt it to them into a new version; the drift test runs over every error recorded so far."""
+        then adapt it to them into a new version; the drift test runs over every error recorded so far.
+        A window model learns from ``windows`` of those rows instead (`client.windows.read_window_table`)."""
         scaling = package.manifest.scaling
         if scaling is None:
             raise PackageError(self.version_dir(version), "holds no factory scaling")
-        scaled = scaling.apply(x)
-        errors = _row_errors(package, scaled, y)
+        if (windows is None) != (package.manifest.window_length is None):
+            raise ValueError("a window model updates on the windows of a table, a row model on its rows")
+        kind = package.manifest.schema.task
+        examples, targets, units = labelled_examples(scaling.apply(x), y, kind, windows)
+        errors = _row_errors(package, examples, targets)
         adaptation = package_adaptation(package)
         plan = package.manifest.adaptation
-        params = adaptation.adapt(rows_as_task(scaled, y, stratified_units(y, adaptation.kind)), plan.steps)
+        params = adaptation.adapt(rows_as_task(examples, targets, units), plan.steps)
         weights = {name: params[name][0].detach().clone() for name in package.weights}
         new_version = self.versions()[-1] + 1
+        raw, _, _ = labelled_examples(x, y, kind, windows)
         lineage = {"previous_version": version, "previous_sha256": package.manifest.weights_sha256,
-                   "rows": len(y), "rows_sha256": rows_digest(x, y)}
+                   "rows": len(targets), "rows_sha256": rows_digest(raw, targets)}
         manifest = dataclasses.replace(package.manifest, lineage={**(package.manifest.lineage or {}), **lineage},
                                        weights_sha256="", versions={})
         save_package(self.version_dir(new_version), weights, dict(package.inner_lrs), manifest)
         with self.errors_file.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"version": version, "errors": errors.tolist()}) + "\n")
         self._point_at(new_version)
-        return UpdateResult(new_version, len(y), float(errors.mean()), self.drift(package))
+        return UpdateResult(new_version, len(targets), float(errors.mean()), self.drift(package),
+                            "rows" if windows is None else "windows")
 
     def recorded_errors(self) -> np.ndarray:
         if not self.errors_file.exists():
@@ -168,7 +183,7 @@ class ModelStore:
 
 
 def _row_errors(package: ModelPackage, scaled: Tensor, y: Tensor) -> np.ndarray:
-    """Each row's error: absolute error (regression) or 1 for a wrong class (classification)."""
+    """Each example's error: absolute error (regression) or 1 for a wrong class (classification)."""
     model = build_model(package.manifest.model)
     model.load_state_dict(package.weights)
     with torch.no_grad():

@@ -75,12 +75,18 @@ class PackageError(RuntimeError):
 
 @dataclass(frozen=True)
 class PackageSchema:
-    """The input columns in the model's order, the target, the task and (classification) the class order."""
+    """The input columns in the model's order (a window model: its channels), the target, the task and
+    (classification) the class order. A model that reads windows of sensor signals rebuilds them from a
+    long-format table, one row per time step: ``group_column`` names the unit or machine a row belongs to
+    and ``time_column`` orders its rows (None where the package does not say: a row model, or a package
+    from before windows were read from tables; the factory's own schema may name them)."""
 
     features: tuple[str, ...]
     target: str
     task: str
     classes: tuple[str, ...] | None = None
+    group_column: str | None = None
+    time_column: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
@@ -90,6 +96,12 @@ class PackageSchema:
             raise ValueError(f"task must be one of {TASK_KINDS}, got {self.task!r}")
         if self.task == "classification" and not self.classes:
             raise ValueError("a classification schema needs its classes")
+        roles = {"group_column": self.group_column, "time_column": self.time_column}
+        for key, name in roles.items():
+            if name is not None and (not isinstance(name, str) or not name or name == self.target):
+                raise ValueError(f"{key} must be a column name other than the target, got {name!r}")
+        if self.group_column is not None and self.group_column == self.time_column:
+            raise ValueError(f"group_column and time_column are both {self.group_column!r}")
 
 
 @dataclass(frozen=True)
@@ -149,14 +161,21 @@ class Manifest:
     def __post_init__(self) -> None:
         if self.scaling_rule not in SCALING_RULES:
             raise ValueError(f"scaling_rule must be one of {SCALING_RULES}, got {self.scaling_rule!r}")
-        if self.model.name == "mlp" and self.model.input_shape != (len(self.schema.features),):
-            raise ValueError(f"the model reads {self.model.input_shape[0]} features but the schema lists "
+        if self.model.input_shape[0] != len(self.schema.features):
+            inputs = "features" if self.window_length is None else "channels"
+            raise ValueError(f"the model reads {self.model.input_shape[0]} {inputs} but the schema lists "
                              f"{len(self.schema.features)}")
         if self.decision is not None:
             _check_decision(self.decision, self.schema)
         if self.scaling is not None and self.scaling.mean.numel() != len(self.schema.features):
             raise ValueError(f"the scaling has {self.scaling.mean.numel()} features, the schema "
                              f"{len(self.schema.features)}")
+
+    @property
+    def window_length(self) -> int | None:
+        """How many consecutive rows of a group one input spans: a window model's length (its config's
+        ``input_shape`` is ``(channels, length)``), None for a model that reads one row."""
+        return self.model.input_shape[1] if len(self.model.input_shape) == 2 else None
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -5,7 +5,9 @@ at its own operating point. So every factory standardises each feature with the 
 standard deviation of its own rows (a constant feature is only centred). Nothing about one
 factory's inputs is needed by another, and a model package carries no factory's
 statistics: a factory computes its own when it adapts, and the adapted package keeps them
-so that its predictions see inputs scaled exactly as its adaptation did.
+so that its predictions see inputs scaled exactly as its adaptation did. A model that reads windows
+of sensor signals is scaled the same way, per channel: a channel is a feature column of the
+factory's long-format table, standardised row by row before the windows are cut from it.
 """
 
 from __future__ import annotations
