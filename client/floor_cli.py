@@ -23,7 +23,7 @@ from fedmeta.client.optimize import Bounds, recommend_settings
 from fedmeta.client.predict import predict_table
 from fedmeta.client.table_blocks import TableError, read_features
 from fedmeta.client.update import ModelStore
-from fedmeta.client.windows import Windows, read_window_table
+from fedmeta.client.windows import Windows, read_window_table, read_windows
 from fedmeta.common import exit_on_errors
 from fedmeta.common.connector import DataSchema, DataValidationError, SchemaError, load_factory_table, validate_table
 from fedmeta.common.model_package import Manifest, ModelPackage, PackageError, load_package, save_package
@@ -200,8 +200,8 @@ def export(
     format: Annotated[str, typer.Option(click_type=click.Choice(list(FORMATS)), help="Export format.")] = "onnx",
     check: Annotated[
         Path | None,
-        typer.Option(help="A table whose rows must give the same outputs in onnxruntime as in torch (default: "
-                     "64 random rows).", show_default=False),
+        typer.Option(help="A table whose rows (a window model: the windows ending at them) must give the same "
+                     "outputs in onnxruntime as in torch (default: 64 random rows).", show_default=False),
     ] = None,
 ) -> None:
     """Export a model package (scaling, model, softmax) for the factory's own systems."""
@@ -210,7 +210,9 @@ def export(
         package = _package(model, console)
         rows = None
         if check is not None:
-            rows = torch.from_numpy(read_features(check, table_schema(package.manifest)))
+            reading, length = table_schema(package.manifest), package.manifest.window_length
+            features = read_features(check, reading) if length is None else read_windows(check, reading, length)
+            rows = torch.from_numpy(features)
         result = export_onnx(package, out, rows)
     if not result.scaled:
         console.print("[yellow]note:[/yellow] the package holds no factory's scaling (it was not adapted): the "

@@ -38,14 +38,15 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from fedmeta.client.table_blocks import TableError
+from fedmeta.client.table_blocks import TableError, column_names, read_blocks
 from fedmeta.common.adaptation_recipe import MAX_FOLDS
 from fedmeta.common.connector import DataProblem, DataSchema, load_factory_table
 from fedmeta.common.connector.checks import check_time
 from fedmeta.common.connector.readers import Table, read_table
 
 __all__ = [
-    "BlockWindows", "WindowStream", "WindowTable", "Windows", "read_window_table", "window_chunks", "window_slices",
+    "BlockWindows", "WindowStream", "WindowTable", "Windows", "read_window_table", "read_windows", "window_chunks",
+    "window_slices",
 ]
 
 
@@ -243,3 +244,21 @@ class WindowStream:
                          f"({self.time_column} {_text(shown.iloc[at])} after {_text(previous)}); predict reads each "
                          "group's rows in the order they stand in the file, which must be time order (a streamed "
                          f"table is not sorted): sort it by {self.group_column!r} and {self.time_column!r} first")
+
+
+def read_windows(path: Path, schema: DataSchema, length: int) -> np.ndarray:
+    """Every full window ``[windows, channels, length]`` of the table at ``path``, raw (unscaled) and in
+    file order, built as `fedmeta predict` builds them (`WindowStream`): the inputs an export is checked on."""
+    stream = WindowStream(length, schema, path)
+    names = column_names(path, schema)
+    missing = [name for name in (*schema.features, stream.group_column, stream.time_column) if name not in names]
+    if missing:
+        raise TableError(f"{path}: missing column(s) {missing}")
+    windows, rows = [], 0
+    for block in read_blocks(path, schema, names, keys=(stream.group_column, stream.time_column)):
+        found = stream.feed(block.features, block.keys, rows)
+        windows.append(window_slices(found.rows, found.ends[found.ends >= 0], length))
+        rows += len(block.features)
+    if not windows or not sum(len(w) for w in windows):
+        raise TableError(f"{path}: no {stream.group_column!r} group has the {length} rows one window spans")
+    return np.concatenate(windows)

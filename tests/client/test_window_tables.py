@@ -254,3 +254,24 @@ def test_a_package_written_before_window_tables_still_loads_and_a_channel_mismat
     with pytest.raises(ValueError, match="the model reads 2 channels but the schema lists 3"):
         Manifest(PackageSchema((*CHANNELS, "pressure"), "wear", "regression"), loaded.model, loaded.adaptation,
                  "factory-rows", "run", 1)
+
+
+def test_an_exported_window_model_is_checked_on_the_windows_of_a_table(tmp_path):
+    """`fedmeta export --check TABLE` of a window package: onnxruntime and torch agree on every window the
+    table's rows end, built as predict builds them (a group too short for any adds none)."""
+    pytest.importorskip("onnxruntime")
+    scaling = FeatureScaling(torch.tensor([10.0, 50.0]), torch.tensor([2.0, 1.0]), 100)
+    _package(tmp_path / "package", scaling=scaling)
+    table = _sensor_table(0, units=3, rows=12)
+    short = pd.DataFrame({"unit": "short", "cycle": [1, 2], "vibration": [10.0, 11.0], "temperature": [50.0, 51.0],
+                          "wear": [0.0, 0.0]})
+    pd.concat([table, short]).to_csv(tmp_path / "check.csv", index=False)
+    code, output = run_fedmeta("export", "--model", str(tmp_path / "package"), "--out", str(tmp_path / "model.onnx"),
+                               "--check", str(tmp_path / "check.csv"))
+    assert code == 0, output
+    windows = 3 * (12 - LENGTH + 1)
+    assert f"on {windows} rows" in output and (tmp_path / "model.onnx").exists()
+    table.drop(columns=["unit"]).to_csv(tmp_path / "no-unit.csv", index=False)
+    code, output = run_fedmeta("export", "--model", str(tmp_path / "package"), "--out", str(tmp_path / "other.onnx"),
+                               "--check", str(tmp_path / "no-unit.csv"))
+    assert code == 1 and "missing column(s) ['unit']" in output and not (tmp_path / "other.onnx").exists()
