@@ -39,7 +39,7 @@ import torch
 
 from fedmeta.client.adapt import failure_probabilities
 from fedmeta.client.csv_rows import appended, csv_cell, header_line
-from fedmeta.client.table_blocks import Block, TableError, column_names, read_blocks, table_scaling
+from fedmeta.client.table_blocks import Block, TableError, model_columns, read_blocks, table_scaling
 from fedmeta.client.windows import BlockWindows, WindowStream, window_chunks
 from fedmeta.common import build_model
 from fedmeta.common.connector import DataSchema
@@ -147,12 +147,13 @@ class _Output:
     """The output file, written in a worker thread while the caller predicts the next block (one block
     waits to be written at most) into a temporary file beside ``out``, renamed into place at the end."""
 
-    def __init__(self, out: Path, start: Callable[[Path], Callable[[object], None]], finish: Callable[[], None]):
+    def __init__(self, out: Path, open_writer: Callable[[Path], tuple[Callable[[object], None], Callable[[], None]]]):
+        """``open_writer(temporary)`` opens the file and returns how to write one item and how to close it."""
         out.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
         os.close(handle)
         self.out, self.temporary = out, Path(name)
-        self.write_now, self.finish = start(self.temporary), finish
+        self.write_now, self.finish = open_writer(self.temporary)
         self.worker = ThreadPoolExecutor(1)
         self.pending: Future[None] | None = None
         self.open = True
@@ -190,10 +191,8 @@ class _Output:
 
 def _csv_rows_output(out: Path, header: bytes, added: list[str], delimiter: str) -> _Output:
     """Writes ``(block, predicted)``: the block's rows as they were, with the predicted cells appended."""
-    handle = None
 
-    def start(temporary: Path) -> Callable[[object], None]:
-        nonlocal handle
+    def open_rows(temporary: Path) -> tuple[Callable[[tuple[Block, list[pa.Array]]], None], Callable[[], None]]:
         handle = temporary.open("wb")
         cells = delimiter.join(csv_cell(name, delimiter) for name in added)
         handle.write(header + delimiter.encode() + cells.encode() + b"\n")
@@ -203,40 +202,32 @@ def _csv_rows_output(out: Path, header: bytes, added: list[str], delimiter: str)
             text = [_as_csv_text(column, delimiter) for column in predicted]
             handle.write(appended(block.piece, block.ends, text, delimiter))
 
-        return write
+        return write, handle.close
 
-    return _Output(out, start, lambda: handle.close())
+    return _Output(out, open_rows)
 
 
 def _arrow_output(out: Path, arrow_schema: pa.Schema, delimiter: str) -> _Output:
-    writer = None
+    """Writes record batches: Parquet, or CSV from a Parquet table."""
 
-    def start(temporary: Path) -> Callable[[object], None]:
-        nonlocal writer
+    def open_arrow(temporary: Path) -> tuple[Callable[[pa.RecordBatch], None], Callable[[], None]]:
         if is_parquet(out):
             writer = pq.ParquetWriter(temporary, arrow_schema)
         else:
             options = pa_csv.WriteOptions(delimiter=delimiter, quoting_style="needed")
             writer = pa_csv.CSVWriter(temporary, arrow_schema, write_options=options)
-        return writer.write_batch
+        return writer.write_batch, writer.close
 
-    return _Output(out, start, lambda: writer.close())
+    return _Output(out, open_arrow)
 
 
 def predict_table(package: ModelPackage, path: Path, out: Path, schema: DataSchema) -> PredictionSummary:
     """Predict every row of ``path`` (read as ``schema`` says) into the new file ``out``."""
     if out.exists():
         raise PredictionError(f"{out} already exists; predictions never overwrite a file (choose another --out)")
-    names = column_names(path, schema)
-    missing = [name for name in schema.features if name not in names]
-    if missing:
-        raise TableError(f"{path}: missing feature column(s) {missing}; the package reads {list(schema.features)}")
     length = package.manifest.window_length
+    names = model_columns(path, schema, length)
     keys = () if length is None else (schema.group_column, schema.time_column)
-    for role, name in zip(("group", "time"), keys, strict=False):  # a row model: no keys
-        if name not in names:
-            raise TableError(f"{path}: missing the {role} column {name!r}; the model reads windows of {length} "
-                             f"rows of one {schema.group_column!r} group in {schema.time_column!r} order")
     added = output_columns(package)
     clash = [name for name in added if name in names]
     if clash:

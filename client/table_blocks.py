@@ -33,7 +33,7 @@ from fedmeta.common.connector import DataSchema
 from fedmeta.common.connector.readers import is_parquet
 from fedmeta.common.scaling import FeatureScaling
 
-__all__ = ["Block", "TableError", "column_names", "read_blocks", "read_features", "table_scaling"]
+__all__ = ["Block", "TableError", "column_names", "model_columns", "read_blocks", "read_features", "table_scaling"]
 
 _PARQUET_ROWS = 131_072
 _T, _U = TypeVar("_T"), TypeVar("_U")
@@ -233,17 +233,25 @@ def _features(block: pa.RecordBatch, schema: DataSchema, first_row: int, path: P
     return np.stack(columns, axis=1)
 
 
-def _with_features(path: Path, schema: DataSchema) -> list[str]:
+def model_columns(path: Path, schema: DataSchema, window_length: int | None = None) -> list[str]:
+    """The table's columns, once its feature columns and, for a model reading windows of
+    ``window_length`` rows, its group and time columns are found there (a `TableError` naming any missing)."""
     names = column_names(path, schema)
     missing = [name for name in schema.features if name not in names]
     if missing:
         raise TableError(f"{path}: missing feature column(s) {missing}; the package reads {list(schema.features)}")
+    if window_length is not None:
+        for role, name in (("group", schema.group_column), ("time", schema.time_column)):
+            if name not in names:
+                raise TableError(f"{path}: missing the {role} column {name!r}; the model reads windows of "
+                                 f"{window_length} rows of one {schema.group_column!r} group in "
+                                 f"{schema.time_column!r} order")
     return names
 
 
 def read_features(path: Path, schema: DataSchema) -> np.ndarray:
     """Every row's features ``[rows, features]`` (raw, float64), checked as `fedmeta predict` checks them."""
-    blocks = [block.features for block in read_blocks(path, schema, _with_features(path, schema))]
+    blocks = [block.features for block in read_blocks(path, schema, model_columns(path, schema))]
     if not blocks:
         raise TableError(f"{path}: the table has no data rows")
     return np.concatenate(blocks)
@@ -254,7 +262,7 @@ def table_scaling(path: Path, schema: DataSchema) -> FeatureScaling:
     in one streamed pass: each block's statistics merged into the running ones (Chan et al.), exact
     however far the values lie from zero."""
     count, mean, squares = 0, np.zeros(len(schema.features)), np.zeros(len(schema.features))
-    for block in read_blocks(path, schema, _with_features(path, schema)):
+    for block in read_blocks(path, schema, model_columns(path, schema)):
         x = block.features
         block_mean = x.mean(axis=0)
         delta, total = block_mean - mean, count + len(x)

@@ -38,7 +38,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from fedmeta.client.table_blocks import TableError, column_names, read_blocks
+from fedmeta.client.table_blocks import TableError, model_columns, read_blocks
 from fedmeta.common.adaptation_recipe import MAX_FOLDS
 from fedmeta.common.connector import DataProblem, DataSchema, load_factory_table
 from fedmeta.common.connector.checks import check_time
@@ -250,10 +250,7 @@ def read_windows(path: Path, schema: DataSchema, length: int) -> np.ndarray:
     """Every full window ``[windows, channels, length]`` of the table at ``path``, raw (unscaled) and in
     file order, built as `fedmeta predict` builds them (`WindowStream`): the inputs an export is checked on."""
     stream = WindowStream(length, schema, path)
-    names = column_names(path, schema)
-    missing = [name for name in (*schema.features, stream.group_column, stream.time_column) if name not in names]
-    if missing:
-        raise TableError(f"{path}: missing column(s) {missing}")
+    names = model_columns(path, schema, length)
     windows, rows = [], 0
     for block in read_blocks(path, schema, names, keys=(stream.group_column, stream.time_column)):
         found = stream.feed(block.features, block.keys, rows)

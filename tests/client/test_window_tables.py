@@ -274,4 +274,4 @@ def test_an_exported_window_model_is_checked_on_the_windows_of_a_table(tmp_path)
     table.drop(columns=["unit"]).to_csv(tmp_path / "no-unit.csv", index=False)
     code, output = run_fedmeta("export", "--model", str(tmp_path / "package"), "--out", str(tmp_path / "other.onnx"),
                                "--check", str(tmp_path / "no-unit.csv"))
-    assert code == 1 and "missing column(s) ['unit']" in output and not (tmp_path / "other.onnx").exists()
+    assert code == 1 and "missing the group column 'unit'" in output and not (tmp_path / "other.onnx").exists()
