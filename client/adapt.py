@@ -36,7 +36,6 @@ import torch
 from torch import Tensor
 
 from fedmeta.client.evaluation import Adaptation, initial_weights
-from fedmeta.client.windows import Windows
 from fedmeta.common import (
     Recipe,
     TaskBatch,
@@ -51,6 +50,7 @@ from fedmeta.common import (
 )
 from fedmeta.common.adaptation_recipe import MAX_FOLDS, fold_batch
 from fedmeta.common.connector import DataSchema
+from fedmeta.common.connector.windows import Windows
 from fedmeta.common.model_package import Manifest, ModelPackage, PackageSchema
 from fedmeta.common.scaling import FeatureScaling
 
@@ -289,7 +289,7 @@ def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | No
                   windows: Windows | None = None) -> AdaptedPackage:
     """Adapt ``package`` to the first ``rows`` (default: all) labelled examples of a factory's rows
     ``x [n, features]`` (raw, as in its table) with labels ``y [n]``: the rows themselves or, for a
-    window model, its ``windows`` (`client.windows.read_window_table`). The input scaling comes from
+    window model, its ``windows`` (`common.connector.windows.read_window_table`). The input scaling comes from
     all ``n`` rows. With ``failure_rate`` (two classes) the package also gets the failure threshold
     for that rate, set on all the examples (`common.decision`)."""
     manifest = package.manifest

@@ -23,9 +23,10 @@ from fedmeta.client.optimize import Bounds, recommend_settings
 from fedmeta.client.predict import predict_table
 from fedmeta.client.table_blocks import TableError, read_features
 from fedmeta.client.update import ModelStore
-from fedmeta.client.windows import Windows, read_window_table, read_windows
+from fedmeta.client.windows import read_windows
 from fedmeta.common import exit_on_errors
 from fedmeta.common.connector import DataSchema, DataValidationError, SchemaError, load_factory_table, validate_table
+from fedmeta.common.connector.windows import Windows, read_window_table
 from fedmeta.common.model_package import Manifest, ModelPackage, PackageError, load_package, save_package
 
 __all__ = ["REPORT_FILE", "adapt", "export", "optimize", "predict", "update"]

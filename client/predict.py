@@ -40,10 +40,11 @@ import torch
 from fedmeta.client.adapt import failure_probabilities
 from fedmeta.client.csv_rows import appended, csv_cell, header_line
 from fedmeta.client.table_blocks import Block, TableError, model_columns, read_blocks, table_scaling
-from fedmeta.client.windows import BlockWindows, WindowStream, window_chunks
+from fedmeta.client.windows import BlockWindows, WindowStream
 from fedmeta.common import build_model
 from fedmeta.common.connector import DataSchema
 from fedmeta.common.connector.readers import is_parquet
+from fedmeta.common.connector.windows import window_chunks
 from fedmeta.common.model_package import ModelPackage
 
 __all__ = [

@@ -17,7 +17,7 @@ cross-validated error from its adaptation report so the test's threshold means t
 scale: a lasting rise of the error is reported with the row where it was detected and the advice
 to re-adapt on recent rows. Replaying the stored errors keeps no detector state besides them.
 
-A window model learns from the windows the new rows complete (`client.windows`): the window
+A window model learns from the windows the new rows complete (`common.connector.windows`): the window
 ending at each row that has ``length - 1`` rows before it in its group in the update's table,
 labelled with that row's target; its errors and the drift test count windows. The store keeps no
 rows, so an update's table should start each group with the ``length - 1`` rows before its first
@@ -41,8 +41,8 @@ from river.drift import PageHinkley
 from torch import Tensor
 
 from fedmeta.client.adapt import labelled_examples, package_adaptation, rows_as_task, rows_digest
-from fedmeta.client.windows import Windows
 from fedmeta.common import build_model
+from fedmeta.common.connector.windows import Windows
 from fedmeta.common.model_package import ModelPackage, PackageError, load_package, save_package
 
 __all__ = ["DRIFT_THRESHOLD", "DriftReport", "ModelStore", "UpdateResult"]
@@ -137,7 +137,7 @@ class ModelStore:
                windows: Windows | None = None) -> UpdateResult:
         """Predict the new rows ``x`` (raw, as in the table), ``y`` with ``package`` (`current_package`),
         then adapt it to them into a new version; the drift test runs over every error recorded so far.
-        A window model learns from ``windows`` of those rows instead (`client.windows.read_window_table`)."""
+        A window model learns from ``windows`` of those rows instead (`common.connector.windows.read_window_table`)."""
         scaling = package.manifest.scaling
         if scaling is None:
             raise PackageError(self.version_dir(version), "holds no factory scaling")

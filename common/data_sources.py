@@ -24,6 +24,7 @@ from typing import Protocol
 import torch
 
 from fedmeta.common.connector import DataSchema, load_factory_table
+from fedmeta.common.connector.windows import read_window_table
 from fedmeta.common.datasets import TRANSFERS as CMAPSS_TRANSFERS
 from fedmeta.common.datasets import FactorySplit, load_ai4i, load_cmapss_transfer, load_cwru
 from fedmeta.common.model_package import PackageSchema
@@ -188,7 +189,8 @@ class TableSource:
     """Each factory's own table, read through `common.connector` (deployment and real data).
 
     The schema names the columns and, for classification, the class order every factory
-    must map labels to. The server reads it from the run config (to build the model); a
+    must map labels to; a schema with a ``window`` makes the model a TCN over windows of that many
+    rows of one unit (`common.connector.windows`). The server reads it from the run config (to build the model); a
     factory reads its own copy when its node config names one (``schema``), so no file
     has to exist at a path chosen by the server. Each node names its private file with
     ``node_config`` ``data-path`` and its ``role`` (``train``, default, or ``evaluate``).
@@ -212,12 +214,18 @@ class TableSource:
     @property
     def model_config(self) -> ModelConfig:
         outputs = 1 if self.schema.task == "regression" else len(self.schema.classes or ())
-        return ModelConfig("mlp", (len(self.schema.features),), outputs)
+        channels = len(self.schema.features)
+        if self.schema.window is None:
+            return ModelConfig("mlp", (channels,), outputs)
+        # C-MAPSS' TCN (`common.datasets.cmapss`): 4 blocks of kernel 5 see 61 rows, more than most windows.
+        return ModelConfig("tcn", (channels, self.schema.window), outputs, hidden=32, depth=4, kernel_size=5)
 
     @property
     def package_schema(self) -> PackageSchema:
         schema = self.schema
-        return PackageSchema(schema.features, schema.target, schema.task, schema.classes)
+        return PackageSchema(schema.features, schema.target, schema.task, schema.classes,
+                             group_column=schema.group_column if schema.window else None,
+                             time_column=schema.time_column if schema.window else None)
 
     @property
     def scaling_rule(self) -> str:
@@ -235,9 +243,16 @@ class TableSource:
 
 def _own_rows_scaled(path: Path, schema: DataSchema, name: str | None = None) -> FactoryData:
     """A factory table read in float64 and standardised with its own rows' statistics (`common.scaling`)
-    before the cast to float32: near 1e6, float32 cannot tell readings 0.06 apart."""
-    data = load_factory_table(path, schema, name=name, features_dtype=torch.float64)
-    return dataclasses.replace(data, x=FeatureScaling.fit(data.x).apply(data.x))
+    before the cast to float32: near 1e6, float32 cannot tell readings 0.06 apart. With the schema's
+    ``window``, the examples are the windows of the scaled rows, each labelled with its last row's target
+    and grouped by its unit (cross-validation holds out whole units: neighbouring windows share rows)."""
+    if schema.window is None:
+        data = load_factory_table(path, schema, name=name, features_dtype=torch.float64)
+        return dataclasses.replace(data, x=FeatureScaling.fit(data.x).apply(data.x))
+    table = read_window_table(path, schema, schema.window)
+    windows = table.windows
+    return FactoryData(name or path.stem, windows.gather(FeatureScaling.fit(table.x).apply(table.x)),
+                       windows.targets(table.y), groups=torch.from_numpy(windows.groups.astype("int64")))
 
 
 @dataclass(frozen=True)
@@ -279,6 +294,11 @@ class TablesSource(TableSource):
         path = self.tables[partition]
         role = "evaluate" if path.stem in self.held_out else "train"
         return [FactoryAssignment(_own_rows_scaled(path, self.schema), role)]
+
+    def check_tables(self) -> None:
+        """Read every table as its node will: a table the connector refuses raises here, naming it."""
+        for partition in range(self.num_nodes):
+            self.node_factories({"partition-id": partition})
 
 
 def _load_split(dataset: str, seed: int) -> FactorySplit:

@@ -19,7 +19,20 @@ from fedmeta.common import SplitSource, SyntheticSource, TablesSource, resolve_r
 from fedmeta.server import ProgressFn, make_server_app
 from fedmeta.simulations.faults import fault_injection_mod
 
-__all__ = ["run_federated_simulation"]
+__all__ = ["run_federated_simulation", "simulated_source"]
+
+
+def simulated_source(run_config: Mapping[str, object]) -> SyntheticSource | SplitSource | TablesSource:
+    """The factories ``run_config`` simulates; a ``ValueError`` names what cannot be simulated, and
+    every table is read once here, so a table the connector refuses stops the run before the engine
+    starts (inside it, that table's node would fail alone, out of the user's sight)."""
+    source = source_from_config(run_config)
+    if not isinstance(source, SyntheticSource | SplitSource | TablesSource):
+        raise ValueError("the simulation engine runs synthetic families, shared data sets and a folder of tables "
+                         "(run setting 'tables'); a factory's own table runs as a real node")
+    if isinstance(source, TablesSource):
+        source.check_tables()
+    return source
 
 
 def run_federated_simulation(
@@ -35,14 +48,12 @@ def run_federated_simulation(
     factories. ``client_cpus`` sets how many Ray actors run clients at once (the machine's
     CPUs divided by it); each costs its own Python process with torch. ``inject-faults`` (see
     `simulations.faults`) makes chosen factories crash or send corrupt deltas. Errors
-    raised by the server app propagate (the engine re-raises them).
+    raised by the server app propagate (the engine re-raises them); a table the connector refuses
+    is an error before the engine starts.
     """
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     settings = resolve_run_config(run_config)
-    source = source_from_config(run_config)
-    if not isinstance(source, SyntheticSource | SplitSource | TablesSource):
-        raise ValueError("the simulation engine runs synthetic families, shared data sets and a folder of tables "
-                         "(run setting 'tables'); a factory's own table runs as a real node")
+    source = simulated_source(run_config)
     spec = str(settings["inject-faults"])
     mods = [fault_injection_mod(spec)] if spec else None
     run_simulation(

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmeta.common import FAMILY_KINDS, FEDERATED_ALGORITHMS, OUTER_OPTIMIZERS
+from fedmeta.common.console import exit_on_errors
 from fedmeta.common.run_settings import DATASETS, RUN_SETTINGS, SettingValue
 from fedmeta.simulations.report import comparison_rows
 
@@ -177,9 +178,11 @@ def simulate(
         "local-only-steps": _default("local-only-steps"),
         "run-dir": str(run_dir),
     }
-    from fedmeta.simulations.harness import run_federated_simulation  # starts Ray: only when simulating
+    from fedmeta.simulations.harness import run_federated_simulation, simulated_source  # Ray: only when simulating
 
     console = Console()
+    with exit_on_errors(console, ValueError):  # a bad table or held-out name, named before the engine starts
+        simulated_source(run_config)
     what = f"{factories} + {held_out} held-out {family}" if dataset == "synthetic" else f"the {dataset}"
     if tables:
         what = f"the {tables} ({held_out} held out)"

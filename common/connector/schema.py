@@ -55,6 +55,10 @@ class DataSchema:
     tables carry IDs, timestamps and other labels), a problem with ``"error"`` and skipped
     silently with ``"ignore"``. The ID, time and group columns are checked (present, no empty cells,
     unique IDs, readable times) and rows are ordered by time when one is named.
+
+    ``window`` makes a federation of these tables train a window model (`common.connector.windows`):
+    each input is the ``window`` consecutive rows of one group (unit, machine) up to a row, so the
+    schema must name the group and time columns.
     """
 
     features: tuple[str, ...]
@@ -67,6 +71,7 @@ class DataSchema:
     decimal: str = "."
     extra_columns: str = "warn"
     classes: tuple[str, ...] | None = None
+    window: int | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -103,6 +108,7 @@ class DataSchema:
         if self.extra_columns not in EXTRA_COLUMN_POLICIES:
             problems.append(f"'extra_columns' must be 'warn', 'error' or 'ignore', got {self.extra_columns!r}")
         classes = self._check_classes(problems)
+        self._check_window(roles, problems)
         if problems:
             raise SchemaError(problems)
         object.__setattr__(self, "features", features)
@@ -110,6 +116,16 @@ class DataSchema:
         for key, value in roles.items():
             object.__setattr__(self, key, value)
         object.__setattr__(self, "classes", classes)
+
+    def _check_window(self, roles: Mapping[str, str | None], problems: list[str]) -> None:
+        if self.window is None:
+            return
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 2:
+            problems.append(f"'window' must be a whole number of rows, at least 2, got {self.window!r}")
+        unnamed = [key for key in ("group_column", "time_column") if roles[key] is None]
+        if unnamed:
+            problems.append(f"'window' cuts windows from each unit's rows in time order, so name "
+                            f"{' and '.join(map(repr, unnamed))} too")
 
     def _check_classes(self, problems: list[str]) -> tuple[str, ...] | None:
         if self.classes is None:

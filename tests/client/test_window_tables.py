@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import fedmeta.client.csv_rows as csv_rows
-from fedmeta.client.windows import read_window_table
 from fedmeta.common import build_model, support_folds
 from fedmeta.common.connector import DataSchema
+from fedmeta.common.connector.windows import read_window_table
 from fedmeta.common.model_package import AdaptationPlan, Manifest, PackageSchema, load_package, save_package
 from fedmeta.common.scaling import FeatureScaling
 from tests.support.cli import run_fedmeta
