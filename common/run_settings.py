@@ -19,6 +19,7 @@ import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fedmeta.common.aggregation import AGGREGATIONS
 from fedmeta.common.validation import check_choice
 
 __all__ = [
@@ -117,6 +118,14 @@ _TABLE = (
     Setting("fraction-train", 1.0, "Fraction of the training factories sampled per round.", _SERVER),
     Setting("min-train-nodes", 2, "Fewest training factories a round needs.", _SERVER),
     Setting("max-delta-norm", 100.0, "A delta with a larger L2 norm is rejected.", _SERVER),
+    Setting("aggregation", "mean", "How accepted deltas combine: " + ", ".join(AGGREGATIONS) + " (mean: weighted by "
+            "claimed examples; the others resist factories that send flipped, scaled or noisy deltas or claim too "
+            "many examples: see common/aggregation.py).", _SERVER),
+    Setting("trim-fraction", 0.2, "trimmed-mean: the share of values dropped at each end, per coordinate.", _SERVER),
+    Setting("krum-malicious", 0, "krum, multi-krum: factories assumed malicious (f).", _SERVER),
+    Setting("krum-select", 0, "multi-krum: deltas averaged (0: all but krum-malicious).", _SERVER),
+    Setting("weight-cap", 0.0, "capped-mean: most examples one delta counts for (0: the round's median claim).",
+            _SERVER),
     Setting("timeout", 600.0, "Seconds a round waits for replies.", _SERVER),
     Setting("wait-for-factories", 0, "Factories round 1 waits for (0: min-train-nodes).", _SERVER),
     # Evaluation on held-out factories
@@ -138,8 +147,9 @@ _TABLE = (
             "schema); empty: none.", _SIM),
     Setting("held-out-tables", "", "Tables (file names without suffix, comma-separated) that never train and "
             "evaluate.", _SIM),
-    Setting("inject-faults", "", "Make simulated factories misbehave: PARTITION:crash|nan|shape, comma-separated.",
-            _SIM),
+    Setting("inject-faults", "", "Make simulated factories misbehave: PARTITION:FAULT, comma-separated; FAULT is "
+            "crash, nan or shape (caught by the delta checks) or the attack sign-flip, scaled, noise (inside "
+            "max-delta-norm) or claim (a million times its examples).", _SIM),
 )
 
 RUN_SETTINGS: Mapping[str, Setting] = {setting.name: setting for setting in _TABLE}

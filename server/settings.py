@@ -18,6 +18,7 @@ from fedmeta.common import (
     parse_shots,
     resolve_run_config,
 )
+from fedmeta.common.aggregation import AggregationRule
 from fedmeta.server.strategy import SamplingSettings
 
 __all__ = ["ServerSettings"]
@@ -82,6 +83,9 @@ class ServerSettings:
                 min_train_nodes=int(get["min-train-nodes"]),
                 max_delta_norm=float(get["max-delta-norm"]),
                 seed=seed,
+                aggregation=AggregationRule(str(get["aggregation"]), float(get["trim-fraction"]),
+                                            int(get["krum-malicious"]), int(get["krum-select"]),
+                                            float(get["weight-cap"])),
             ),
         )
         if settings.num_rounds < 1:

@@ -28,7 +28,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
-from fedmeta.common import DeltaRejected, OuterOptimizer, protocol, validate_delta, weighted_average
+from fedmeta.common import DeltaRejected, OuterOptimizer, protocol, validate_delta
+from fedmeta.common.aggregation import AggregationRule
 
 __all__ = [
     "PULL_COST_FACTOR",
@@ -85,6 +86,7 @@ class SamplingSettings:
     min_train_nodes: int = 2
     max_delta_norm: float = 100.0
     seed: int = 0
+    aggregation: AggregationRule = field(default_factory=AggregationRule)  # how the accepted deltas combine
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction_train <= 1:
@@ -267,7 +269,8 @@ class FedMetaStrategy(Strategy):
     def apply_deltas(
         self, server_round: int, accepted: Sequence[Accepted], offered: int
     ) -> tuple[dict[str, Tensor] | None, dict[str, float]]:
-        """Average the accepted deltas by ``num-examples`` and step the outer optimizer.
+        """Combine the accepted deltas by the sampling settings' aggregation rule (by default their mean
+        weighted by ``num-examples``) and step the outer optimizer.
 
         ``offered`` counts every factory that answered, so the metrics say how many were
         rejected. Returns the new parameters and the round's metrics, or ``None`` and the
@@ -282,7 +285,8 @@ class FedMetaStrategy(Strategy):
             )
             return None, {"replies": float(len(accepted)), "rejected": rejected, "model-unchanged": 1.0}
         deltas, metrics = zip(*accepted, strict=True)
-        params = self.optimizer.step(weighted_average(deltas, [m[protocol.NUM_EXAMPLES] for m in metrics]))
+        params = self.optimizer.step(self.sampling.aggregation.combine(deltas, [m[protocol.NUM_EXAMPLES]
+                                                                                for m in metrics]))
         summary = weighted_metrics(list(metrics))
         summary["rejected"] = rejected
         return params, summary

@@ -1,26 +1,36 @@
-"""Unreliable factories on demand: a client mod that makes chosen nodes misbehave.
+"""Unreliable and adversarial factories on demand: a client mod that makes chosen nodes misbehave.
 
-Researchers use it to check that a federation survives crashed clients and corrupt
-updates; the tests use it to prove the server does. The spec maps partition ids to a
-fault, e.g. ``"0:crash,1:nan,2:shape"``; a node serving several factories
-(``factories-per-node``) applies it to each of them:
+Researchers use it to check that a federation survives crashed clients, corrupt updates and
+attackers; the tests use it to prove the server does. The spec maps partition ids to a fault,
+e.g. ``"0:crash,1:nan,2:sign-flip"``; a node serving several factories (``factories-per-node``)
+applies it to each of them. Faults the server's delta checks catch:
 
 - ``crash``: the client raises during training (Flower sends an error reply);
 - ``nan``: the client's delta is all NaN;
 - ``shape``: the client's delta has every tensor transposed/reshaped wrongly.
+
+Attacks that pass them (robust aggregation, `common.aggregation`, is the defence):
+
+- ``sign-flip``: the honest delta reversed;
+- ``scaled``: the honest delta stretched to just inside the norm bound (``max-delta-norm``);
+- ``noise``: Gaussian noise just inside the norm bound, seeded by partition and round;
+- ``claim``: the honest delta sent with a million times the examples the factory has.
 """
 
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MessageType
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedmeta.common import is_delta_key
+from fedmeta.common import global_norm, is_delta_key, protocol
 
-__all__ = ["FAULTS", "fault_injection_mod", "parse_fault_spec"]
+__all__ = ["ATTACKS", "FAULTS", "attacked_delta", "fault_injection_mod", "parse_fault_spec"]
 
-FAULTS = ("crash", "nan", "shape")
+ATTACKS = ("sign-flip", "scaled", "noise", "claim")
+FAULTS = ("crash", "nan", "shape", *ATTACKS)
+INSIDE_BOUND = 0.99  # an attacker's delta norm, as a share of the server's bound
+CLAIM_FACTOR = 1e6
 
 
 def parse_fault_spec(spec: str) -> dict[int, str]:
@@ -41,8 +51,38 @@ def _corrupt(delta: ArrayRecord, fault: str) -> ArrayRecord:
     return ArrayRecord(torch_state_dict={n: torch.zeros(t.numel() + 1) for n, t in tensors.items()})
 
 
-def fault_injection_mod(spec: str):
-    """A Flower client mod applying ``spec`` to training replies of the named partitions."""
+def attacked_delta(delta: dict[str, torch.Tensor], attack: str, max_norm: float,
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """What an attacker sends in place of its honest ``delta`` (``claim`` changes the weight, not the delta)."""
+    if attack == "sign-flip":
+        return {name: -tensor for name, tensor in delta.items()}
+    if attack == "scaled":
+        scale = INSIDE_BOUND * max_norm / max(global_norm(delta), 1e-12)
+        return {name: tensor * scale for name, tensor in delta.items()}
+    if attack == "noise":
+        noise = {name: torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+                 for name, tensor in delta.items()}
+        scale = INSIDE_BOUND * max_norm / global_norm(noise)
+        return {name: tensor * scale for name, tensor in noise.items()}
+    return delta
+
+
+def _attack(reply: Message, attack: str, max_norm: float, seed: int) -> None:
+    """Turn every factory's honest delta (and, for ``claim``, its examples) in ``reply`` into the attack's."""
+    generator = torch.Generator().manual_seed(seed)
+    for key in list(reply.content):
+        if is_delta_key(key):
+            delta = attacked_delta(reply.content[key].to_torch_state_dict(), attack, max_norm, generator)
+            reply.content[key] = ArrayRecord(torch_state_dict=delta)
+        elif attack == "claim" and key.partition("/")[0] == protocol.METRICS:  # "metrics" or "metrics/<factory>"
+            metrics = dict(reply.content[key])
+            metrics[protocol.NUM_EXAMPLES] = float(metrics[protocol.NUM_EXAMPLES]) * CLAIM_FACTOR
+            reply.content[key] = MetricRecord(metrics)
+
+
+def fault_injection_mod(spec: str, max_delta_norm: float = 100.0):
+    """A Flower client mod applying ``spec`` to training replies of the named partitions; attacks stay inside
+    ``max_delta_norm``, the server's bound."""
     faults = parse_fault_spec(spec)
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -52,6 +92,10 @@ def fault_injection_mod(spec: str):
         if fault == "crash":
             raise RuntimeError(f"injected crash on partition {context.node_config['partition-id']}")
         reply = call_next(msg, context)
+        if fault in ATTACKS:
+            round_ = int(msg.content[protocol.CONFIG]["server-round"]) if protocol.CONFIG in msg.content else 0
+            _attack(reply, fault, max_delta_norm, seed=int(context.node_config["partition-id"]) * 100_003 + round_)
+            return reply
         for key in [k for k in reply.content if is_delta_key(k)]:
             reply.content[key] = _corrupt(reply.content[key], fault)  # every factory this node serves
         return reply

@@ -55,7 +55,7 @@ def run_federated_simulation(
     settings = resolve_run_config(run_config)
     source = simulated_source(run_config)
     spec = str(settings["inject-faults"])
-    mods = [fault_injection_mod(spec)] if spec else None
+    mods = [fault_injection_mod(spec, float(settings["max-delta-norm"]))] if spec else None
     run_simulation(
         server_app=make_server_app(run_config, progress),
         client_app=make_client_app(run_config, mods=mods),

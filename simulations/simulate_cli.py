@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmeta.common import FAMILY_KINDS, FEDERATED_ALGORITHMS, OUTER_OPTIMIZERS
+from fedmeta.common.aggregation import AGGREGATIONS
 from fedmeta.common.console import exit_on_errors
 from fedmeta.common.run_settings import DATASETS, RUN_SETTINGS, SettingValue
 from fedmeta.simulations.report import comparison_rows
@@ -53,7 +54,9 @@ FLAG_SETTINGS = {
     "meta_batch_size": "meta-batch-size",
     "outer_optimizer": "outer-optimizer",
     "outer_lr": "outer-lr",
+    "aggregation": "aggregation",
     "eval_shots": "eval-shots",
+    "inject_faults": "inject-faults",
     "seed": "seed",
     "resume": "resume",
     "device": "device",
@@ -146,7 +149,11 @@ def simulate(
         str, typer.Option(click_type=_choice(OUTER_OPTIMIZERS), help=_help("outer-optimizer"))
     ] = _default("outer-optimizer"),
     outer_lr: Annotated[float, typer.Option(min=0.0, help=_help("outer-lr"))] = _default("outer-lr"),
+    aggregation: Annotated[
+        str, typer.Option(click_type=_choice(AGGREGATIONS), help=_help("aggregation"))
+    ] = _default("aggregation"),
     eval_shots: Annotated[str, typer.Option(help=_help("eval-shots"))] = _default("eval-shots"),
+    inject_faults: Annotated[str, typer.Option(help=_help("inject-faults"))] = _default("inject-faults"),
     baseline: Annotated[bool, typer.Option(help="Also train FedAvg in the same run for comparison.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the factories, the model and sampling.")] = _default("seed"),
     output: Annotated[

@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricRecord, RecordDict
 
+from fedmeta.common import global_norm, validate_delta
 from fedmeta.simulations import fault_injection_mod, parse_fault_spec
 from tests.support.flower_messages import delivered
 
@@ -44,3 +45,46 @@ def test_every_factory_of_a_faulty_node_is_corrupted_and_other_nodes_are_not():
     assert all(_w(shape, k).shape == (7,) for k in KEYS)
     with pytest.raises(RuntimeError, match="injected crash on partition 3"):
         mod(msg, _context(3), _reply_with_deltas)
+
+
+def _honest_reply(msg, context):
+    """A node serving factories a and b: each an honest delta and its metrics."""
+    content = {key: ArrayRecord(torch_state_dict={"w": torch.arange(6.0).reshape(2, 3) + i})
+               for i, key in enumerate(KEYS)}
+    content |= {f"metrics/{key[6:]}": MetricRecord({"num-examples": 40.0, "loss": 0.5}) for key in KEYS}
+    return delivered(RecordDict(content), MessageType.TRAIN, 0)
+
+
+def _train_message(server_round: int):
+    return delivered(RecordDict({"config": ConfigRecord({"server-round": server_round})}), MessageType.TRAIN, 1)
+
+
+@pytest.mark.parametrize("attack", ["sign-flip", "scaled", "noise", "claim"])
+def test_an_attack_passes_the_servers_delta_checks_and_sends_what_it_names(attack):
+    bound = 50.0
+    mod = fault_injection_mod(f"1:{attack}", max_delta_norm=bound)
+    honest = _honest_reply(None, None)
+    sent = mod(_train_message(3), _context(1), _honest_reply)
+    for index, key in enumerate(KEYS):  # every factory the node serves
+        delta, original = sent.content[key].to_torch_state_dict(), honest.content[key].to_torch_state_dict()
+        validate_delta(delta, original, max_norm=bound)  # inside the bound: only aggregation can resist it
+        claimed = sent.content[f"metrics/{key[6:]}"]["num-examples"]
+        if attack == "sign-flip":
+            assert torch.equal(delta["w"], -original["w"])
+        elif attack in ("scaled", "noise"):
+            assert global_norm(delta) == pytest.approx(0.99 * bound)
+            cosine = torch.nn.functional.cosine_similarity(delta["w"].flatten(), original["w"].flatten(), dim=0)
+            assert cosine == pytest.approx(1.0) if attack == "scaled" else abs(cosine) < 0.99
+        else:
+            assert torch.equal(delta["w"], original["w"]) and claimed == 40.0 * 1e6
+        assert claimed == 40.0 or attack == "claim"
+        assert sent.content[f"metrics/{key[6:]}"]["loss"] == 0.5, index
+
+
+def test_noise_is_drawn_anew_each_round_and_the_same_for_a_rerun():
+    mod = fault_injection_mod("1:noise")
+
+    def noise(server_round: int) -> torch.Tensor:
+        return mod(_train_message(server_round), _context(1), _honest_reply).content[KEYS[0]].to_torch_state_dict()["w"]
+
+    assert torch.equal(noise(2), noise(2)) and not torch.equal(noise(2), noise(3))
