@@ -45,10 +45,12 @@ from fedmeta.common import (
     subtract,
     unpack_meta_parameters,
 )
+from fedmeta.common.compression import encode_delta
 
 __all__ = ["app", "check_model_fits", "local_update", "make_client_app", "train_replies", "train_reply"]
 
 log = logging.getLogger(__name__)
+UNSENT = "unsent"  # the node state's record of what top-k left unsent, per factory (never sent)
 
 
 def _received_parameters(msg: Message) -> dict[str, Tensor]:
@@ -107,17 +109,24 @@ def local_update(
 
 
 def _train_records(
-    factory: LoadedFactory, global_params: Mapping[str, Tensor], settings: RoundSettings, device: object
+    factory: LoadedFactory, global_params: Mapping[str, Tensor], settings: RoundSettings, device: object,
+    state: RecordDict,
 ) -> dict[str, ArrayRecord | MetricRecord]:
-    """`local_update` as the records a reply carries: the delta and the metrics, nothing else."""
+    """`local_update` as the records a reply carries: the delta, encoded as the round asks, and the metrics,
+    nothing else. What top-k leaves unsent stays in the node's ``state`` for the factory's next round."""
     delta, metrics = local_update(factory, global_params, settings, device)
-    return {protocol.DELTA: ArrayRecord(torch_state_dict=delta), protocol.METRICS: MetricRecord(metrics)}
+    unsent_key = protocol.factory_key(UNSENT, factory.data.name)
+    unsent = state[unsent_key].to_torch_state_dict() if unsent_key in state else None
+    encoded, unsent = encode_delta(delta, settings.codec, unsent)
+    if unsent:
+        state[unsent_key] = ArrayRecord(torch_state_dict=unsent)
+    return {protocol.DELTA: ArrayRecord(torch_state_dict=encoded), protocol.METRICS: MetricRecord(metrics)}
 
 
-def train_reply(factory: LoadedFactory, msg: Message, device: object) -> RecordDict:
+def train_reply(factory: LoadedFactory, msg: Message, device: object, state: RecordDict) -> RecordDict:
     """Local meta-training from the global meta-parameters: the delta and metrics."""
     settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
-    return RecordDict(_train_records(factory, _received_parameters(msg), settings, device))
+    return RecordDict(_train_records(factory, _received_parameters(msg), settings, device, state))
 
 
 def _named_factories(factories: Sequence[LoadedFactory], msg: Message) -> list[LoadedFactory]:
@@ -150,14 +159,13 @@ def _per_factory(
     return content
 
 
-def train_replies(factories: Sequence[LoadedFactory], msg: Message, device: object) -> RecordDict:
+def train_replies(factories: Sequence[LoadedFactory], msg: Message, device: object, state: RecordDict) -> RecordDict:
     """`train_reply` for each factory the message names, each under its own keys."""
     settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
     global_params = _received_parameters(msg)
 
-    return _per_factory(
-        _named_factories(factories, msg), lambda factory: _train_records(factory, global_params, settings, device)
-    )
+    return _per_factory(_named_factories(factories, msg),
+                        lambda factory: _train_records(factory, global_params, settings, device, state))
 
 
 def _evaluate_reply(factory: LoadedFactory, msg: Message, device: object) -> dict[str, MetricRecord]:
@@ -198,8 +206,8 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
     def train(msg: Message, context: Context) -> Message:
         factories, device = factories_of(context)
         if protocol.FACTORIES in msg.content:
-            return Message(train_replies(factories, msg, device), reply_to=msg)
-        return Message(train_reply(_only(factories), msg, device), reply_to=msg)
+            return Message(train_replies(factories, msg, device, context.state), reply_to=msg)
+        return Message(train_reply(_only(factories), msg, device, context.state), reply_to=msg)
 
     @app.query(protocol.MODEL_DELIVERY.removeprefix("query."))
     def receive_model(msg: Message, context: Context) -> Message:

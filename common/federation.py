@@ -16,6 +16,7 @@ from typing import TypeVar
 from torch import Tensor
 
 from fedmeta.common.algorithms import MetaConfig
+from fedmeta.common.compression import Compression
 from fedmeta.common.run_settings import ADAPTATION_RECIPES, parse_shots, resolve_run_config
 from fedmeta.common.validation import check_choice, check_positive_int
 
@@ -96,12 +97,20 @@ class RoundSettings:
     shots: int = _DEFAULT["shots"]
     query_size: int = _DEFAULT["query-size"]
     seed: int = _DEFAULT["seed"]
+    compression: str = _DEFAULT["compression"]
+    topk_fraction: float = _DEFAULT["topk-fraction"]
     server_round: int = 0
 
     def __post_init__(self) -> None:
         local_algorithm(self.algorithm)
         for name in ("shots", "query_size"):
             check_positive_int(name, getattr(self, name))
+        Compression(self.compression, self.topk_fraction)  # a bad method or share is refused here
+
+    @property
+    def codec(self) -> Compression:
+        """How factories encode their deltas this round (`common.compression`)."""
+        return Compression(self.compression, self.topk_fraction)
 
     def meta_config(self, task_kind: str) -> MetaConfig:
         """The local meta-training a factory runs this round (validated there)."""

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fedmeta.common.aggregation import AGGREGATIONS
+from fedmeta.common.compression import COMPRESSIONS
 from fedmeta.common.validation import check_choice
 
 __all__ = [
@@ -124,6 +125,10 @@ _TABLE = (
     Setting("trim-fraction", 0.2, "trimmed-mean: the share of values dropped at each end, per coordinate.", _SERVER),
     Setting("krum-malicious", 0, "krum, multi-krum: factories assumed malicious (f).", _SERVER),
     Setting("krum-select", 0, "multi-krum: deltas averaged (0: all but krum-malicious).", _SERVER),
+    Setting("compression", "none", "How factories encode their deltas: " + ", ".join(COMPRESSIONS) + " (int8: one "
+            "scale per tensor; topk: the largest topk-fraction of each tensor, the rest carried to the next round).",
+            _SERVER),
+    Setting("topk-fraction", 0.01, "topk: the share of each tensor's values a factory sends.", _SERVER),
     Setting("weight-cap", 0.0, "capped-mean: most examples one delta counts for (0: the round's median claim).",
             _SERVER),
     Setting("timeout", 600.0, "Seconds a round waits for replies.", _SERVER),

@@ -64,6 +64,8 @@ class ServerSettings:
                 shots=int(get["shots"]),
                 query_size=int(get["query-size"]),
                 seed=seed,
+                compression=str(get["compression"]),
+                topk_fraction=float(get["topk-fraction"]),
             ),
             evaluation=EvaluationSettings(
                 algorithm=algorithm,

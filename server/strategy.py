@@ -24,12 +24,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
-from fedmeta.common import DeltaRejected, OuterOptimizer, protocol, validate_delta
+from fedmeta.common import DeltaRejected, OuterOptimizer, RoundSettings, protocol, validate_delta
 from fedmeta.common.aggregation import AggregationRule
+from fedmeta.common.compression import Compression, decode_delta
 
 __all__ = [
     "PULL_COST_FACTOR",
@@ -152,6 +154,7 @@ class FedMetaStrategy(Strategy):
         self.connected: set[int] | None = None
         # Per message type: the factories each shared node was last asked to work on.
         self._requested: dict[str, dict[int, tuple[str, ...]]] = {}
+        self.codec = Compression()  # how the factories encode this round's deltas (set by configure_train)
 
     # --- node discovery ----------------------------------------------------------
     def discover_nodes(self, grid: Grid, timeout: float) -> None:
@@ -242,6 +245,7 @@ class FedMetaStrategy(Strategy):
         size = max(self.sampling.min_train_nodes, math.ceil(self.sampling.fraction_train * len(candidates)))
         chosen = random.Random(f"{self.sampling.seed}/{server_round}").sample(candidates, size)
         log.info("round %d: training on %d of %d factories", server_round, size, len(candidates))
+        self.codec = RoundSettings.from_config(config).codec
         record = RecordDict({protocol.META_PARAMETERS: arrays, protocol.CONFIG: config})
         return self._messages(chosen, record, MessageType.TRAIN)
 
@@ -258,7 +262,7 @@ class FedMetaStrategy(Strategy):
             log.warning("factory %s on node %d failed this round: %s", part.factory, part.node, part.error)
             return None
         try:
-            delta = dict(part.records[protocol.DELTA].to_torch_state_dict())
+            delta = decode_delta(part.records[protocol.DELTA].to_torch_state_dict(), self.codec, self.optimizer.params)
             metrics = dict(part.records[protocol.METRICS])
             self.check_delta(delta, metrics)
         except (AttributeError, KeyError, TypeError, ValueError) as error:  # DeltaRejected is a ValueError
@@ -295,10 +299,13 @@ class FedMetaStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         records = (protocol.DELTA, protocol.METRICS)
+        replies = list(replies)
         parts = [part for reply in replies for part in self._parts(reply, MessageType.TRAIN, records)]
         parts.sort(key=lambda part: part.factory)  # the same summation order however factories are placed
         accepted = [item for item in map(self._accepted_delta, parts) if item is not None]
         params, summary = self.apply_deltas(server_round, accepted, offered=len(parts))
+        summary["bytes-received"] = float(sum(recorddict_to_proto(reply.content).ByteSize() for reply in replies
+                                              if reply.has_content()))
         return (None if params is None else ArrayRecord(torch_state_dict=params)), MetricRecord(summary)
 
     # --- evaluation --------------------------------------------------------------

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from fedmeta.common import FAMILY_KINDS, FEDERATED_ALGORITHMS, OUTER_OPTIMIZERS
 from fedmeta.common.aggregation import AGGREGATIONS
+from fedmeta.common.compression import COMPRESSIONS
 from fedmeta.common.console import exit_on_errors
 from fedmeta.common.run_settings import DATASETS, RUN_SETTINGS, SettingValue
 from fedmeta.simulations.report import comparison_rows
@@ -55,6 +56,7 @@ FLAG_SETTINGS = {
     "outer_optimizer": "outer-optimizer",
     "outer_lr": "outer-lr",
     "aggregation": "aggregation",
+    "compression": "compression",
     "eval_shots": "eval-shots",
     "inject_faults": "inject-faults",
     "seed": "seed",
@@ -152,6 +154,9 @@ def simulate(
     aggregation: Annotated[
         str, typer.Option(click_type=_choice(AGGREGATIONS), help=_help("aggregation"))
     ] = _default("aggregation"),
+    compression: Annotated[
+        str, typer.Option(click_type=_choice(COMPRESSIONS), help=_help("compression"))
+    ] = _default("compression"),
     eval_shots: Annotated[str, typer.Option(help=_help("eval-shots"))] = _default("eval-shots"),
     inject_faults: Annotated[str, typer.Option(help=_help("inject-faults"))] = _default("inject-faults"),
     baseline: Annotated[bool, typer.Option(help="Also train FedAvg in the same run for comparison.")] = True,

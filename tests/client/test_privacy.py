@@ -6,6 +6,7 @@ and every reply is inspected record by record.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -14,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricReco
 
 from fedmeta.client import load_factory, make_client_app, sampler_for
 from fedmeta.common import EvaluationSettings, RoundSettings, build_model, meta_train
+from fedmeta.common.compression import INDICES, SCALES, VALUES, decode_delta
 from fedmeta.server import initial_meta_parameters
 from tests.support.flower_messages import delivered
 
@@ -43,6 +45,10 @@ def _send(app, partition, message_type, **records):
 
 def _round_records(params, settings) -> dict:
     return {"meta-parameters": ArrayRecord(torch_state_dict=params), "config": ConfigRecord(settings.to_config())}
+
+
+def factory_name(context: Context) -> str:
+    return load_factory(context.node_config, RUN_CONFIG).data.name
 
 
 def _only_numbers(record: MetricRecord) -> bool:
@@ -96,3 +102,29 @@ def test_held_out_factory_refuses_to_train(client_app, global_params):
     records = _round_records(global_params, RoundSettings())
     with pytest.raises(ValueError, match="'quality-held-out-00' is held out"):  # Flower turns it into an error reply
         _send(client_app, 3, MessageType.TRAIN, **records)
+
+
+@pytest.mark.parametrize("method", ["int8", "topk"])
+def test_a_compressed_reply_holds_only_the_packed_delta_and_what_topk_holds_back_stays_on_the_node(
+        client_app, global_params, method):
+    """The server decodes the packed reply to the delta the uncompressed reply carries (int8: within one
+    step per value; top-k: its largest values exactly); top-k's unsent rest lives in the node's state."""
+    context = _context(1)
+    settings = RoundSettings(algorithm="maml", local_steps=3, server_round=4, seed=7, compression=method)
+    message = delivered(RecordDict(_round_records(global_params, settings)), MessageType.TRAIN, 11)
+    reply = client_app(message, context)
+    plain = _send(client_app, 1, MessageType.TRAIN, **_round_records(global_params, dataclasses.replace(
+        settings, compression="none"))).content["delta"].to_torch_state_dict()
+    packed = reply.content["delta"].to_torch_state_dict()
+    assert set(reply.content.keys()) == {"delta", "metrics"}
+    assert set(packed) == ({VALUES, SCALES} if method == "int8" else {VALUES, INDICES})
+    delta = decode_delta(packed, settings.codec, global_params)
+    for name, value in delta.items():
+        if method == "int8":
+            assert float((value - plain[name]).abs().max()) <= float(plain[name].abs().max()) / 254 + 1e-9
+        else:
+            sent = value != 0
+            torch.testing.assert_close(value[sent], plain[name][sent])
+            torch.testing.assert_close(context.state[f"unsent/{factory_name(context)}"].to_torch_state_dict()[name],
+                                       torch.where(sent, 0.0, plain[name]))
+    assert (f"unsent/{factory_name(context)}" in context.state) == (method == "topk")

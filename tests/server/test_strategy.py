@@ -69,7 +69,9 @@ def test_too_few_valid_deltas_leave_the_global_model_unchanged():
     strategy = _strategy(min_train_nodes=2)
     arrays, metrics = strategy.aggregate_train(1, [_delta_reply(1, 1.0), _delta_reply(2, math.inf)])
     assert arrays is None
+    bytes_received = metrics.pop("bytes-received")
     assert dict(metrics) == {"replies": 1.0, "rejected": 1.0, "model-unchanged": 1.0}  # the record says why
+    assert bytes_received > 2 * 6 * 4  # both replies' serialised messages, each with a 2x3 float32 delta
     torch.testing.assert_close(strategy.optimizer.params["w"], PARAMS["w"])
 
 
@@ -232,7 +234,8 @@ def test_a_real_shared_node_sends_each_factory_its_own_delta_and_a_corrupt_one_i
     assert sorted(sent) == sorted(f.data.name for f in trainers)  # one delta per factory, the held-out one none
 
     # Each factory's delta is exactly what it sends from a node of its own.
-    alone = {f.data.name: train_reply(f, delivered(round_records, MessageType.TRAIN, 1), "cpu") for f in trainers}
+    message = delivered(round_records, MessageType.TRAIN, 1)
+    alone = {f.data.name: train_reply(f, message, "cpu", RecordDict()) for f in trainers}
     for name, delta in sent.items():
         want = alone[name]["delta"].to_torch_state_dict()
         assert all(torch.equal(delta[k], want[k]) for k in want)

@@ -1,0 +1,131 @@
+"""Smaller deltas on the wire: what a factory encodes and the server decodes.
+
+* ``none``: float32 as computed, one array per parameter;
+* ``fp16``: every value in half precision (2 bytes);
+* ``int8``: each parameter's values as int8 codes with one float32 scale, ``value ~= code * scale``,
+  the scale being the parameter's largest magnitude over 127 (1 byte a value);
+* ``topk``: only the ``topk_fraction`` largest-magnitude values of each parameter, as (index, value)
+  pairs (int32, float32). What was not sent is kept by the factory and added to its next delta
+  (error feedback), so every part of an update reaches the server eventually.
+
+An encoded delta is packed into one or two flat arrays (`VALUES`, `SCALES`, `INDICES`), the parameters
+one after another in name order, because every array a message carries costs a header of its own
+(about 150 bytes in Flower's serialisation): per parameter, a small model's int8 delta would be
+mostly headers. `decode_delta` rebuilds a float32 delta of the global parameters' names and shapes and
+raises `DeltaRejected` for anything that does not fit them, before `common.deltas.validate_delta`
+checks the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fedmeta.common.deltas import DeltaRejected
+from fedmeta.common.validation import check_choice
+
+__all__ = ["COMPRESSIONS", "INDICES", "SCALES", "VALUES", "Compression", "decode_delta", "encode_delta"]
+
+COMPRESSIONS = ("none", "fp16", "int8", "topk")
+VALUES, SCALES, INDICES = "packed/values", "packed/scales", "packed/indices"
+_INT8_LEVELS = 127
+_PACKED = {"fp16": {VALUES: torch.float16}, "int8": {VALUES: torch.int8, SCALES: torch.float32},
+           "topk": {VALUES: torch.float32, INDICES: torch.int32}}
+
+
+@dataclass(frozen=True)
+class Compression:
+    """A method and its top-k share, checked once."""
+
+    method: str = "none"
+    topk_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_choice("compression", self.method, COMPRESSIONS)
+        if not (math.isfinite(self.topk_fraction) and 0 < self.topk_fraction <= 1):
+            raise ValueError(f"topk-fraction must be in (0, 1], got {self.topk_fraction}")
+
+    def kept(self, numel: int) -> int:
+        """How many values of a parameter of ``numel`` top-k sends (at least one)."""
+        return max(1, math.ceil(self.topk_fraction * numel))
+
+
+def _flat(tensors: Mapping[str, Tensor]) -> list[tuple[str, Tensor]]:
+    """Each parameter's values as a flat float32 vector, in name order (the order both sides pack in)."""
+    return [(name, tensors[name].detach().float().flatten()) for name in sorted(tensors)]
+
+
+def encode_delta(delta: Mapping[str, Tensor], compression: Compression,
+                 residual: Mapping[str, Tensor] | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``delta`` (plus the ``residual`` top-k left unsent last round) encoded, and what is left unsent now
+    (empty but for top-k)."""
+    method = compression.method
+    if method == "none":
+        return {name: tensor.detach().float() for name, tensor in delta.items()}, {}
+    flat = _flat(delta)
+    if method == "fp16":
+        return {VALUES: torch.cat([values for _, values in flat]).half()}, {}
+    if method == "int8":
+        scales = torch.stack([values.abs().max() / _INT8_LEVELS for _, values in flat])
+        codes = [torch.round(values / scale) if scale > 0 else torch.zeros_like(values)
+                 for (_, values), scale in zip(flat, scales, strict=True)]
+        return {VALUES: torch.cat(codes).to(torch.int8), SCALES: scales}, {}
+    indices, values, left, offset = [], [], {}, 0
+    for name, vector in flat:
+        if residual is not None and name in residual:
+            vector = vector + residual[name].flatten()
+        chosen = vector.abs().topk(compression.kept(vector.numel())).indices.sort().values
+        indices.append(chosen + offset)
+        values.append(vector[chosen])
+        unsent = vector.clone()
+        unsent[chosen] = 0
+        left[name] = unsent.reshape(delta[name].shape)
+        offset += vector.numel()
+    return {INDICES: torch.cat(indices).to(torch.int32), VALUES: torch.cat(values)}, left
+
+
+def _reject(problem: str) -> DeltaRejected:
+    return DeltaRejected(f"delta rejected: {problem}")
+
+
+def decode_delta(encoded: Mapping[str, Tensor], compression: Compression,
+                 reference: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The float32 delta of ``reference``'s names and shapes that ``encoded`` carries (``none``: ``encoded``
+    itself, which `common.deltas.validate_delta` checks)."""
+    if compression.method == "none":
+        return dict(encoded)
+    wanted = _PACKED[compression.method]
+    if set(encoded) != set(wanted):
+        raise _reject(f"the {compression.method} delta holds the arrays {sorted(wanted)}, got {sorted(encoded)}")
+    for key, dtype in wanted.items():
+        if encoded[key].dtype != dtype or encoded[key].ndim != 1:
+            raise _reject(f"{key!r} must be a 1-D {dtype} array, got {encoded[key].dtype} {tuple(encoded[key].shape)}")
+    names = sorted(reference)
+    sizes = [reference[name].numel() for name in names]
+    total = sum(sizes)
+    values = encoded[VALUES].float()
+    if compression.method == "topk":
+        index = encoded[INDICES].long()
+        expected = sum(compression.kept(size) for size in sizes)
+        if len(index) != expected or len(values) != expected:
+            raise _reject(f"top-k at {compression.topk_fraction} sends {expected} indices and values, got "
+                          f"{len(index)} and {len(values)}")
+        if int(index.min()) < 0 or int(index.max()) >= total or len(index.unique()) != len(index):
+            raise _reject(f"top-k indices must be distinct and in [0, {total})")
+        full = torch.zeros(total)
+        full[index] = values
+    else:
+        if len(values) != total:
+            raise _reject(f"the {compression.method} delta holds {total} values, got {len(values)}")
+        full = values
+        if compression.method == "int8":
+            scales = encoded[SCALES]
+            if len(scales) != len(names) or not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
+                raise _reject(f"int8 needs {len(names)} finite scales >= 0, one per parameter")
+            full = values * torch.repeat_interleave(scales, torch.tensor(sizes))
+    pieces = full.split(sizes)
+    return {name: piece.reshape(reference[name].shape).clone() for name, piece in zip(names, pieces, strict=True)}
