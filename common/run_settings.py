@@ -125,6 +125,10 @@ _TABLE = (
     Setting("trim-fraction", 0.2, "trimmed-mean: the share of values dropped at each end, per coordinate.", _SERVER),
     Setting("krum-malicious", 0, "krum, multi-krum: factories assumed malicious (f).", _SERVER),
     Setting("krum-select", 0, "multi-krum: deltas averaged (0: all but krum-malicious).", _SERVER),
+    Setting("dp-noise-multiplier", 0.0, "Client-level differential privacy: Gaussian noise of this multiple of "
+            "dp-clip-norm on the sum of the round's clipped deltas (0: off; needs aggregation 'mean').", _SERVER),
+    Setting("dp-clip-norm", 1.0, "DP: every delta is clipped to this L2 norm before averaging.", _SERVER),
+    Setting("dp-delta", 1e-5, "DP: the delta at which the accountant reports epsilon after every round.", _SERVER),
     Setting("compression", "none", "How factories encode their deltas: " + ", ".join(COMPRESSIONS) + " (int8: one "
             "scale per tensor; topk: the largest topk-fraction of each tensor, the rest carried to the next round).",
             _SERVER),

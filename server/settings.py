@@ -19,6 +19,7 @@ from fedmeta.common import (
     resolve_run_config,
 )
 from fedmeta.common.aggregation import AggregationRule
+from fedmeta.common.privacy import DifferentialPrivacy
 from fedmeta.server.strategy import SamplingSettings
 
 __all__ = ["ServerSettings"]
@@ -88,6 +89,8 @@ class ServerSettings:
                 aggregation=AggregationRule(str(get["aggregation"]), float(get["trim-fraction"]),
                                             int(get["krum-malicious"]), int(get["krum-select"]),
                                             float(get["weight-cap"])),
+                privacy=DifferentialPrivacy(float(get["dp-noise-multiplier"]), float(get["dp-clip-norm"]),
+                                            float(get["dp-delta"])),
             ),
         )
         if settings.num_rounds < 1:

@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 import math
 import random
+import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
@@ -32,6 +34,7 @@ from torch import Tensor
 from fedmeta.common import DeltaRejected, OuterOptimizer, RoundSettings, protocol, validate_delta
 from fedmeta.common.aggregation import AggregationRule
 from fedmeta.common.compression import Compression, decode_delta
+from fedmeta.common.privacy import DifferentialPrivacy, spent_epsilon
 
 __all__ = [
     "PULL_COST_FACTOR",
@@ -89,6 +92,7 @@ class SamplingSettings:
     max_delta_norm: float = 100.0
     seed: int = 0
     aggregation: AggregationRule = field(default_factory=AggregationRule)  # how the accepted deltas combine
+    privacy: DifferentialPrivacy = field(default_factory=DifferentialPrivacy)  # off unless a noise multiplier
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction_train <= 1:
@@ -97,6 +101,9 @@ class SamplingSettings:
             raise ValueError(f"min_train_nodes must be >= 1, got {self.min_train_nodes}")
         if not self.max_delta_norm > 0:
             raise ValueError(f"max_delta_norm must be positive, got {self.max_delta_norm}")
+        if self.privacy.enabled and self.aggregation.name != "mean":
+            raise ValueError(f"differential privacy averages clipped deltas with equal weights: it needs aggregation "
+                             f"'mean', not {self.aggregation.name!r}")
 
 
 def weighted_metrics(records: list[Mapping[str, float]], weight_key: str = protocol.NUM_EXAMPLES) -> dict[str, float]:
@@ -155,6 +162,9 @@ class FedMetaStrategy(Strategy):
         # Per message type: the factories each shared node was last asked to work on.
         self._requested: dict[str, dict[int, tuple[str, ...]]] = {}
         self.codec = Compression()  # how the factories encode this round's deltas (set by configure_train)
+        self.sampling_rate = sampling.fraction_train  # the share of training factories a round samples
+        # DP noise must be unpredictable: a seed anyone could know would let them subtract it.
+        self._noise = torch.Generator().manual_seed(secrets.randbits(63))
 
     # --- node discovery ----------------------------------------------------------
     def discover_nodes(self, grid: Grid, timeout: float) -> None:
@@ -244,6 +254,7 @@ class FedMetaStrategy(Strategy):
             )
         size = max(self.sampling.min_train_nodes, math.ceil(self.sampling.fraction_train * len(candidates)))
         chosen = random.Random(f"{self.sampling.seed}/{server_round}").sample(candidates, size)
+        self.sampling_rate = size / len(candidates)
         log.info("round %d: training on %d of %d factories", server_round, size, len(candidates))
         self.codec = RoundSettings.from_config(config).codec
         record = RecordDict({protocol.META_PARAMETERS: arrays, protocol.CONFIG: config})
@@ -289,9 +300,15 @@ class FedMetaStrategy(Strategy):
             )
             return None, {"replies": float(len(accepted)), "rejected": rejected, "model-unchanged": 1.0}
         deltas, metrics = zip(*accepted, strict=True)
-        params = self.optimizer.step(self.sampling.aggregation.combine(deltas, [m[protocol.NUM_EXAMPLES]
-                                                                                for m in metrics]))
         summary = weighted_metrics(list(metrics))
+        privacy = self.sampling.privacy
+        if privacy.enabled:
+            update = privacy.noisy_mean(list(deltas), self._noise)
+            summary["dp-epsilon"] = spent_epsilon(server_round, self.sampling_rate, privacy.noise_multiplier,
+                                                  privacy.delta)
+        else:
+            update = self.sampling.aggregation.combine(deltas, [m[protocol.NUM_EXAMPLES] for m in metrics])
+        params = self.optimizer.step(update)
         summary["rejected"] = rejected
         return params, summary
 

@@ -22,6 +22,7 @@ from fedmeta.common.aggregation import AGGREGATIONS
 from fedmeta.common.compression import COMPRESSIONS
 from fedmeta.common.console import exit_on_errors
 from fedmeta.common.run_settings import DATASETS, RUN_SETTINGS, SettingValue
+from fedmeta.server.checkpoint import RunDirectory
 from fedmeta.simulations.report import comparison_rows
 
 __all__ = ["FLAG_SETTINGS", "SIMULATE_DEFAULTS", "simulate"]
@@ -57,6 +58,8 @@ FLAG_SETTINGS = {
     "outer_lr": "outer-lr",
     "aggregation": "aggregation",
     "compression": "compression",
+    "dp_noise_multiplier": "dp-noise-multiplier",
+    "dp_clip_norm": "dp-clip-norm",
     "eval_shots": "eval-shots",
     "inject_faults": "inject-faults",
     "seed": "seed",
@@ -88,6 +91,8 @@ def _progress(console: Console, rounds: int):
             f"{replies} factories  {record['seconds']:.2f} s  "
             f"[dim](elapsed {time.perf_counter() - started:.0f} s)[/dim]"
         )
+        if "train/dp-epsilon" in record:
+            line += f"  privacy spent: epsilon {float(record['train/dp-epsilon']):.2f}"
         if "eval/loss-k5" in record:
             line += f"  held-out 5-shot loss {float(record['eval/loss-k5']):.4f}"
         console.print(line)
@@ -154,6 +159,10 @@ def simulate(
     aggregation: Annotated[
         str, typer.Option(click_type=_choice(AGGREGATIONS), help=_help("aggregation"))
     ] = _default("aggregation"),
+    dp_noise_multiplier: Annotated[
+        float, typer.Option(min=0.0, help=_help("dp-noise-multiplier"))
+    ] = _default("dp-noise-multiplier"),
+    dp_clip_norm: Annotated[float, typer.Option(min=0.0, help=_help("dp-clip-norm"))] = _default("dp-clip-norm"),
     compression: Annotated[
         str, typer.Option(click_type=_choice(COMPRESSIONS), help=_help("compression"))
     ] = _default("compression"),
@@ -203,3 +212,8 @@ def simulate(
         run_config, client_cpus=client_cpus, client_gpus=client_gpus, progress=_progress(console, rounds)
     )
     console.print(_results_table(run_dir, algorithm, baselines))
+    for trained in (algorithm, *baselines):
+        last = RunDirectory(run_dir / trained).read_metrics()[-1]
+        if "train/dp-epsilon" in last:  # each model's own; releasing both composes them
+            console.print(f"{trained}: client-level privacy spent epsilon {float(last['train/dp-epsilon']):.2f} at "
+                          f"delta {float(_default('dp-delta')):g} over {last['round']} rounds")
