@@ -34,6 +34,7 @@ from torch import Tensor
 from fedmeta.client.evaluation import evaluate_factory
 from fedmeta.client.factory import LoadedFactory, load_factories, node_device, sampler_for
 from fedmeta.client.package import MODEL_DIR_KEY, store_delivered_package
+from fedmeta.client.policy import POLICY_KEY, load_policy
 from fedmeta.common import (
     EvaluationSettings,
     ModelConfig,
@@ -204,6 +205,9 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        if POLICY_KEY in context.node_config:  # the factory's own rules, before anything runs
+            policy = load_policy(str(context.node_config[POLICY_KEY]))
+            policy.admit(RoundSettings.from_config(msg.content[protocol.CONFIG]), context.state)
         factories, device = factories_of(context)
         if protocol.FACTORIES in msg.content:
             return Message(train_replies(factories, msg, device, context.state), reply_to=msg)

@@ -75,6 +75,12 @@ def client(
         typer.Option(help="Where the final model of every run is kept, as RUN/round-N (default: STATE/models).",
                      show_default=False),
     ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="This factory's rules for joining rounds (JSON: algorithms, compression, require_dp, "
+                     "max_epsilon, require_secure_aggregation, max_rounds); it never leaves the factory.",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Start this factory: check its table, key and CA, then serve the server's runs until stopped."""
     from fedmeta.client.deployment import FactoryError, plan_factory, run_factory
@@ -106,6 +112,7 @@ def client(
             max_wait_s=max_wait_time,
             isolation=isolation,
             model_dir=model_dir,
+            policy=policy,
         )
         report(f"{plan.data.name}: table valid against {plan.schema.name}; log {plan.log}")
         for warning in plan.table_warnings:

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fedmeta.client.package import MODEL_DIR_KEY
+from fedmeta.client.policy import POLICY_KEY, load_policy
 from fedmeta.common import (
     DEFAULT_RUNTIME_PORT,
     ROLES,
@@ -82,6 +83,7 @@ class FactoryPlan:
     max_wait_s: float | None = None
     isolation: str = "subprocess"
     model_dir: Path | None = None  # None: <state>/models
+    policy: Path | None = None  # the factory's own rules (`client.policy`); None: none
     table_warnings: tuple[str, ...] = ()  # what the table check found but reads anyway (columns not named)
 
     @property
@@ -109,6 +111,7 @@ def plan_factory(
     max_wait_s: float | None = None,
     isolation: str = "subprocess",
     model_dir: Path | None = None,
+    policy: Path | None = None,
 ) -> FactoryPlan:
     """Check the address, the schema, the table against it and (with TLS) the key and CA.
 
@@ -122,6 +125,8 @@ def plan_factory(
         raise FactoryError(f"--max-wait-time must be positive, got {max_wait_s}")
     checked = validate_table(data, DataSchema.from_json(schema))
     checked.raise_for_problems()
+    if policy is not None:
+        load_policy(str(policy))  # a bad policy stops the factory here, not at its first round
     if ca is not None:
         load_certificate(ca, "CA certificate")
     if key is not None:
@@ -143,6 +148,7 @@ def plan_factory(
         max_wait_s=max_wait_s,
         isolation=isolation,
         model_dir=None if model_dir is None else model_dir.resolve(),
+        policy=None if policy is None else policy.resolve(),
         table_warnings=tuple(checked.warnings),
     )
 
@@ -158,7 +164,7 @@ def _toml_string(value: str) -> str:
 
 def node_config(plan: FactoryPlan) -> str:
     """What the client app reads on this machine: the table, its schema, the role, the factory's name,
-    where to train and where to keep the delivered model packages."""
+    where to train, where to keep the delivered model packages and its policy file."""
     values = {
         "data-path": str(plan.data),
         "schema": str(plan.schema),
@@ -167,6 +173,8 @@ def node_config(plan: FactoryPlan) -> str:
         "device": plan.device,
         MODEL_DIR_KEY: str(plan.models),
     }
+    if plan.policy is not None:
+        values[POLICY_KEY] = str(plan.policy)
     return " ".join(f"{key}={_toml_string(value)}" for key, value in values.items())
 
 

@@ -99,6 +99,9 @@ class RoundSettings:
     seed: int = _DEFAULT["seed"]
     compression: str = _DEFAULT["compression"]
     topk_fraction: float = _DEFAULT["topk-fraction"]
+    # The round's differential privacy, so that a factory can count its own budget (`client.policy`).
+    dp_noise_multiplier: float = _DEFAULT["dp-noise-multiplier"]
+    dp_delta: float = _DEFAULT["dp-delta"]
     server_round: int = 0
 
     def __post_init__(self) -> None:

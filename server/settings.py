@@ -67,6 +67,8 @@ class ServerSettings:
                 seed=seed,
                 compression=str(get["compression"]),
                 topk_fraction=float(get["topk-fraction"]),
+                dp_noise_multiplier=float(get["dp-noise-multiplier"]),
+                dp_delta=float(get["dp-delta"]),
             ),
             evaluation=EvaluationSettings(
                 algorithm=algorithm,

@@ -40,6 +40,15 @@ def test_client_checks_its_table_against_the_schema(pki, table, tmp_path):
     assert code == 1 and "absent.csv" in output
 
 
+def test_client_checks_its_policy_before_it_starts(pki, table, tmp_path):
+    data, schema = table
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"max_epsilon": 4, "require_sa": true}')
+    code, output = run("client", "--server", "127.0.0.1:8000", "--data", str(data), "--schema", str(schema),
+                       "--insecure", "--policy", str(policy))
+    assert code == 1 and "unknown key 'require_sa'" in output, output
+
+
 def test_client_checks_its_key_and_ca(pki, table):
     data, schema = table
     args = ["client", "--server", "127.0.0.1:8000", "--data", str(data), "--schema", str(schema)]
@@ -79,6 +88,8 @@ def test_node_config_reaches_the_client_app_intact_through_flowers_parser(tmp_pa
                       "factory": "plant a's line", "device": "auto", "model-dir": str(tmp_path / "models")}
     moved = _plan(tmp_path, data, tmp_path / "schema.json", model_dir=tmp_path / "plant's models")
     assert parse_config_args([node_config(moved)])["model-dir"] == str(tmp_path / "plant's models")
+    governed = _plan(tmp_path, data, tmp_path / "schema.json", policy=tmp_path / "policy.json")
+    assert parse_config_args([node_config(governed)])["policy"] == str(tmp_path / "policy.json")
 
 
 def test_probe_refuses_a_server_certificate_from_another_ca(pki, tmp_path, table):
