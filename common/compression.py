@@ -3,17 +3,18 @@
 * ``none``: float32 as computed, one array per parameter;
 * ``fp16``: every value in half precision (2 bytes);
 * ``int8``: each parameter's values as int8 codes with one float32 scale, ``value ~= code * scale``,
-  the scale being the parameter's largest magnitude over 127 (1 byte a value);
+  the scale being the parameter's largest magnitude over 127 (1 byte a value); the scales' bytes
+  follow the codes in the same int8 array;
 * ``topk``: only the ``topk_fraction`` largest-magnitude values of each parameter, as (index, value)
   pairs (int32, float32). What was not sent is kept by the factory and added to its next delta
   (error feedback), so every part of an update reaches the server eventually.
 
-An encoded delta is packed into one or two flat arrays (`VALUES`, `SCALES`, `INDICES`), the parameters
-one after another in name order, because every array a message carries costs a header of its own
-(about 150 bytes in Flower's serialisation): per parameter, a small model's int8 delta would be
-mostly headers. `decode_delta` rebuilds a float32 delta of the global parameters' names and shapes and
-raises `DeltaRejected` for anything that does not fit them, before `common.deltas.validate_delta`
-checks the result.
+An encoded delta is packed into one or two flat arrays (`VALUES`, `INDICES`), the parameters one after
+another in name order, because every array a message carries costs a header of its own (about 150
+bytes in Flower's serialisation): per parameter, a small model's int8 delta would be mostly headers.
+`decode_delta` rebuilds a float32 delta of the global parameters' names and shapes and raises
+`DeltaRejected` for anything that does not fit them, before `common.deltas.validate_delta` checks
+the result.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from torch import Tensor
 from fedmeta.common.deltas import DeltaRejected
 from fedmeta.common.validation import check_choice
 
-__all__ = ["COMPRESSIONS", "INDICES", "SCALES", "VALUES", "Compression", "decode_delta", "encode_delta"]
+__all__ = ["COMPRESSIONS", "INDICES", "VALUES", "Compression", "decode_delta", "encode_delta"]
 
 COMPRESSIONS = ("none", "fp16", "int8", "topk")
-VALUES, SCALES, INDICES = "packed/values", "packed/scales", "packed/indices"
+VALUES, INDICES = "packed/values", "packed/indices"
 _INT8_LEVELS = 127
-_PACKED = {"fp16": {VALUES: torch.float16}, "int8": {VALUES: torch.int8, SCALES: torch.float32},
+_SCALE_BYTES = 4  # a float32 scale, as int8 bytes after the codes
+_PACKED = {"fp16": {VALUES: torch.float16}, "int8": {VALUES: torch.int8},
            "topk": {VALUES: torch.float32, INDICES: torch.int32}}
 
 
@@ -73,7 +75,7 @@ def encode_delta(delta: Mapping[str, Tensor], compression: Compression,
         scales = torch.stack([values.abs().max() / _INT8_LEVELS for _, values in flat])
         codes = [torch.round(values / scale) if scale > 0 else torch.zeros_like(values)
                  for (_, values), scale in zip(flat, scales, strict=True)]
-        return {VALUES: torch.cat(codes).to(torch.int8), SCALES: scales}, {}
+        return {VALUES: torch.cat([torch.cat(codes).to(torch.int8), scales.float().view(torch.int8)])}, {}
     indices, values, left, offset = [], [], {}, 0
     for name, vector in flat:
         if residual is not None and name in residual:
@@ -92,6 +94,20 @@ def _reject(problem: str) -> DeltaRejected:
     return DeltaRejected(f"delta rejected: {problem}")
 
 
+def _scattered(encoded: Mapping[str, Tensor], compression: Compression, sizes: list[int]) -> Tensor:
+    """Top-k's (index, value) pairs spread over the concatenated parameters, zeros elsewhere."""
+    total, index, values = sum(sizes), encoded[INDICES].long(), encoded[VALUES]
+    expected = sum(compression.kept(size) for size in sizes)
+    if len(index) != expected or len(values) != expected:
+        raise _reject(f"top-k at {compression.topk_fraction} sends {expected} indices and values, got "
+                      f"{len(index)} and {len(values)}")
+    if int(index.min()) < 0 or int(index.max()) >= total or len(index.unique()) != len(index):
+        raise _reject(f"top-k indices must be distinct and in [0, {total})")
+    full = torch.zeros(total)
+    full[index] = values
+    return full
+
+
 def decode_delta(encoded: Mapping[str, Tensor], compression: Compression,
                  reference: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The float32 delta of ``reference``'s names and shapes that ``encoded`` carries (``none``: ``encoded``
@@ -107,25 +123,20 @@ def decode_delta(encoded: Mapping[str, Tensor], compression: Compression,
     names = sorted(reference)
     sizes = [reference[name].numel() for name in names]
     total = sum(sizes)
-    values = encoded[VALUES].float()
     if compression.method == "topk":
-        index = encoded[INDICES].long()
-        expected = sum(compression.kept(size) for size in sizes)
-        if len(index) != expected or len(values) != expected:
-            raise _reject(f"top-k at {compression.topk_fraction} sends {expected} indices and values, got "
-                          f"{len(index)} and {len(values)}")
-        if int(index.min()) < 0 or int(index.max()) >= total or len(index.unique()) != len(index):
-            raise _reject(f"top-k indices must be distinct and in [0, {total})")
-        full = torch.zeros(total)
-        full[index] = values
+        full = _scattered(encoded, compression, sizes)
+    elif compression.method == "int8":
+        packed = encoded[VALUES]
+        if len(packed) != total + _SCALE_BYTES * len(names):
+            raise _reject(f"the int8 delta holds {total} codes and {len(names)} scales "
+                          f"({total + _SCALE_BYTES * len(names)} bytes), got {len(packed)}")
+        scales = packed[total:].clone().view(torch.float32)
+        if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
+            raise _reject(f"int8 needs {len(names)} finite scales >= 0, one per parameter")
+        full = packed[:total].float() * torch.repeat_interleave(scales, torch.tensor(sizes))
     else:
-        if len(values) != total:
-            raise _reject(f"the {compression.method} delta holds {total} values, got {len(values)}")
-        full = values
-        if compression.method == "int8":
-            scales = encoded[SCALES]
-            if len(scales) != len(names) or not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
-                raise _reject(f"int8 needs {len(names)} finite scales >= 0, one per parameter")
-            full = values * torch.repeat_interleave(scales, torch.tensor(sizes))
+        full = encoded[VALUES].float()
+        if len(full) != total:
+            raise _reject(f"the fp16 delta holds {total} values, got {len(full)}")
     pieces = full.split(sizes)
     return {name: piece.reshape(reference[name].shape).clone() for name, piece in zip(names, pieces, strict=True)}

@@ -266,6 +266,53 @@ def bench_deployment(
     _write_json(result.to_dict(), json_path, console)
 
 
+@bench_app.command("robustness")
+def bench_robustness(
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds of every run.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the factories, the model and the attacks.")] = 0,
+    rules: Annotated[str, typer.Option(help="Aggregation rules, comma-separated (default: all).")] = "",
+    attacks: Annotated[str, typer.Option(help="Attacks, comma-separated (default: all).")] = "",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Every aggregation rule on a clean federation and under each attack by 2 of 10 factories."""
+    from fedmeta.common.aggregation import AGGREGATIONS
+    from fedmeta.simulations.attacks import ATTACKS
+    from fedmeta.simulations.benchmarks import defences
+
+    console = Console()
+    with exit_on_errors(console, ValueError):
+        chosen_rules = _choices(rules, AGGREGATIONS, "--rules")
+        chosen_attacks = _choices(attacks, ATTACKS, "--attacks")
+    result = defences.run_robustness(rounds, seed, chosen_rules, chosen_attacks, elapsed_log(console))
+    defences.render_robustness(result, console)
+    _write_json(result.to_dict(), json_path, console)
+
+
+@bench_app.command("compression")
+def bench_compression(
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds of every run.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the factories and the model.")] = 0,
+    topk_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Top-k's share of each tensor.")] = 0.1,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Each delta encoding: bytes a reply on the wire and the held-out quality it trains to."""
+    from fedmeta.simulations.benchmarks import defences
+
+    console = Console()
+    result = defences.run_compression(rounds, seed, topk_fraction, elapsed_log(console))
+    defences.render_compression(result, console)
+    _write_json(result.to_dict(), json_path, console)
+
+
+def _choices(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    """Comma-separated names from ``allowed`` (empty: all of them); a ``ValueError`` names an unknown one."""
+    names = _comma_separated(text) or list(allowed)
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise ValueError(f"{flag}: unknown {unknown}; choose from {', '.join(allowed)}")
+    return names
+
+
 @bench_app.command("predict")
 def bench_predict(
     rows: Annotated[int, typer.Option(min=1000, help="Rows of the 6-feature production table.")] = 1_000_000,

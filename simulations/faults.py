@@ -9,12 +9,8 @@ applies it to each of them. Faults the server's delta checks catch:
 - ``nan``: the client's delta is all NaN;
 - ``shape``: the client's delta has every tensor transposed/reshaped wrongly.
 
-Attacks that pass them (robust aggregation, `common.aggregation`, is the defence):
-
-- ``sign-flip``: the honest delta reversed;
-- ``scaled``: the honest delta stretched to just inside the norm bound (``max-delta-norm``);
-- ``noise``: Gaussian noise just inside the norm bound, seeded by partition and round;
-- ``claim``: the honest delta sent with a million times the examples the factory has.
+The attacks of `simulations.attacks` (``sign-flip``, ``scaled``, ``noise``, ``claim``) pass them; robust
+aggregation (`common.aggregation`) is the defence. Noise is seeded by partition and round.
 """
 
 from __future__ import annotations
@@ -23,14 +19,12 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedmeta.common import global_norm, is_delta_key, protocol
+from fedmeta.common import is_delta_key, protocol
+from fedmeta.simulations.attacks import ATTACKS, CLAIM_FACTOR, attacked_delta
 
-__all__ = ["ATTACKS", "FAULTS", "attacked_delta", "fault_injection_mod", "parse_fault_spec"]
+__all__ = ["FAULTS", "fault_injection_mod", "parse_fault_spec"]
 
-ATTACKS = ("sign-flip", "scaled", "noise", "claim")
 FAULTS = ("crash", "nan", "shape", *ATTACKS)
-INSIDE_BOUND = 0.99  # an attacker's delta norm, as a share of the server's bound
-CLAIM_FACTOR = 1e6
 
 
 def parse_fault_spec(spec: str) -> dict[int, str]:
@@ -49,22 +43,6 @@ def _corrupt(delta: ArrayRecord, fault: str) -> ArrayRecord:
     if fault == "nan":
         return ArrayRecord(torch_state_dict={n: torch.full_like(t, float("nan")) for n, t in tensors.items()})
     return ArrayRecord(torch_state_dict={n: torch.zeros(t.numel() + 1) for n, t in tensors.items()})
-
-
-def attacked_delta(delta: dict[str, torch.Tensor], attack: str, max_norm: float,
-                   generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """What an attacker sends in place of its honest ``delta`` (``claim`` changes the weight, not the delta)."""
-    if attack == "sign-flip":
-        return {name: -tensor for name, tensor in delta.items()}
-    if attack == "scaled":
-        scale = INSIDE_BOUND * max_norm / max(global_norm(delta), 1e-12)
-        return {name: tensor * scale for name, tensor in delta.items()}
-    if attack == "noise":
-        noise = {name: torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
-                 for name, tensor in delta.items()}
-        scale = INSIDE_BOUND * max_norm / global_norm(noise)
-        return {name: tensor * scale for name, tensor in noise.items()}
-    return delta
 
 
 def _attack(reply: Message, attack: str, max_norm: float, seed: int) -> None:

@@ -194,10 +194,17 @@ def bench_config(factories: int, factories_per_node: int, run_dir: str, rounds: 
     }
 
 
-class PlainLoop:
-    """The federation's round without Flower: the same client and server code, in-process."""
+Sent = tuple[dict[str, torch.Tensor], dict[str, float]]
+# What training factory ``index`` sends in round ``round`` in place of its honest (delta, metrics).
+Sender = Callable[[int, int, dict[str, torch.Tensor], dict[str, float]], Sent]
 
-    def __init__(self, config: Mapping[str, object]) -> None:
+
+class PlainLoop:
+    """The federation's round without Flower: the same client and server code, in-process. ``send`` (for
+    the benchmarks of attacks and compression) changes what a factory sends before the server checks it."""
+
+    def __init__(self, config: Mapping[str, object], send: Sender | None = None) -> None:
+        self.send = send
         self.settings = ServerSettings.from_run_config(config)
         source = source_from_config(config)
         self.factories: list[LoadedFactory] = [
@@ -219,8 +226,10 @@ class PlainLoop:
         settings = dataclasses.replace(self.settings.round, server_round=self.round)
         global_params = self.strategy.optimizer.params
         accepted = []
-        for factory in self.factories:
+        for index, factory in enumerate(self.factories):
             delta, metrics = local_update(factory, global_params, settings, self.device)
+            if self.send is not None:
+                delta, metrics = self.send(index, self.round, delta, metrics)
             self.strategy.check_delta(delta, metrics)
             accepted.append((delta, metrics))
         params, _ = self.strategy.apply_deltas(self.round, accepted, offered=len(accepted))

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricReco
 
 from fedmeta.client import load_factory, make_client_app, sampler_for
 from fedmeta.common import EvaluationSettings, RoundSettings, build_model, meta_train
-from fedmeta.common.compression import INDICES, SCALES, VALUES, decode_delta
+from fedmeta.common.compression import INDICES, VALUES, decode_delta
 from fedmeta.server import initial_meta_parameters
 from tests.support.flower_messages import delivered
 
@@ -117,7 +117,7 @@ def test_a_compressed_reply_holds_only_the_packed_delta_and_what_topk_holds_back
         settings, compression="none"))).content["delta"].to_torch_state_dict()
     packed = reply.content["delta"].to_torch_state_dict()
     assert set(reply.content.keys()) == {"delta", "metrics"}
-    assert set(packed) == ({VALUES, SCALES} if method == "int8" else {VALUES, INDICES})
+    assert set(packed) == ({VALUES} if method == "int8" else {VALUES, INDICES})
     delta = decode_delta(packed, settings.codec, global_params)
     for name, value in delta.items():
         if method == "int8":

@@ -1,0 +1,39 @@
+"""What an attacking factory sends in place of its honest delta: the math of the harness's attacks
+(`simulations.faults`), free of Flower so that the benchmarks' plain loop runs the same attacks.
+
+Every attack stays inside the server's checks (finite, the right shapes, within ``max-delta-norm``):
+robust aggregation (`common.aggregation`) is the defence.
+
+- ``sign-flip``: the honest delta reversed;
+- ``scaled``: the honest delta stretched to just inside the norm bound;
+- ``noise``: Gaussian noise just inside the norm bound;
+- ``claim``: the honest delta with `CLAIM_FACTOR` times the examples the factory has.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedmeta.common import global_norm
+
+__all__ = ["ATTACKS", "CLAIM_FACTOR", "INSIDE_BOUND", "attacked_delta"]
+
+ATTACKS = ("sign-flip", "scaled", "noise", "claim")
+INSIDE_BOUND = 0.99  # an attacker's delta norm, as a share of the server's bound
+CLAIM_FACTOR = 1e6
+
+
+def attacked_delta(delta: dict[str, torch.Tensor], attack: str, max_norm: float,
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """What an attacker sends in place of its honest ``delta`` (``claim`` changes the weight, not the delta)."""
+    if attack == "sign-flip":
+        return {name: -tensor for name, tensor in delta.items()}
+    if attack == "scaled":
+        scale = INSIDE_BOUND * max_norm / max(global_norm(delta), 1e-12)
+        return {name: tensor * scale for name, tensor in delta.items()}
+    if attack == "noise":
+        noise = {name: torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+                 for name, tensor in delta.items()}
+        scale = INSIDE_BOUND * max_norm / global_norm(noise)
+        return {name: tensor * scale for name, tensor in noise.items()}
+    return delta

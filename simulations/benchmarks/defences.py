@@ -1,0 +1,172 @@
+"""``fedmeta bench robustness`` and ``fedmeta bench compression``: what the federation's defences cost and
+buy, measured on the same federation in one run.
+
+Both train the synthetic quality family (10 training factories, 4 held out) with the plain loop
+(`simulations.benchmarks.scaling.PlainLoop`: the client's local update, the strategy's delta checks,
+aggregation and outer step, in-process) and score the held-out factories' 5-shot query loss after the
+last round (lower is better).
+
+* robustness: for each aggregation rule, a clean run and one per attack (`simulations.attacks`) with 2
+  of the 10 factories (20%) attacking every round. Aim: a robust rule's loss under attack within 10%
+  of the clean run with the plain mean, while the plain mean breaks.
+* compression: each encoding's reply size, from the serialised message (Flower's own protobuf of the
+  delta and metrics records a factory sends), and the held-out loss it trains to. Aim: int8 at least
+  3.9x fewer bytes than float32 with under 1% loss of held-out quality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
+from rich.console import Console
+from rich.table import Table
+
+from fedmeta.client import evaluate_factory, load_factories
+from fedmeta.common import EvaluationSettings, Report, source_from_config
+from fedmeta.common.compression import COMPRESSIONS, Compression, decode_delta, encode_delta
+from fedmeta.server import weighted_metrics
+from fedmeta.simulations.attacks import CLAIM_FACTOR, attacked_delta
+from fedmeta.simulations.benchmarks.scaling import PlainLoop, Sender, Sent
+
+__all__ = ["ATTACKERS", "CompressionResult", "RobustnessResult", "render_compression", "render_robustness",
+           "run_compression", "run_robustness"]
+
+ATTACKERS = 2  # of the 10 training factories
+ROBUST_AIM = 0.10  # a robust rule's loss under attack, above the clean plain mean's at most this share
+INT8_BYTES_AIM, INT8_QUALITY_AIM = 3.9, 0.01
+
+
+def _config(rounds: int, seed: int, **settings: object) -> dict[str, object]:
+    return {"family": "quality", "num-factories": 10, "num-held-out": 4, "num-server-rounds": rounds,
+            "algorithm": "fomaml", "local-lr": 0.005, "eval-shots": "5", "eval-tasks": 25, "seed": seed,
+            "family-seed": seed, "device": "cpu", "krum-malicious": ATTACKERS, **settings}
+
+
+def _held_out_loss(config: Mapping[str, object], params: Mapping[str, torch.Tensor]) -> float:
+    source = source_from_config(config)
+    held = [f for node in range(source.num_nodes) for f in load_factories({"partition-id": node}, config)
+            if f.role == "evaluate"]
+    settings = EvaluationSettings(algorithm="fomaml", shots=(5,), tasks=int(config["eval-tasks"]),
+                                  seed=int(config["seed"]))
+    device = torch.device("cpu")
+    return float(weighted_metrics([evaluate_factory(f, params, settings, device=device) for f in held])["loss-k5"])
+
+
+def _train(config: Mapping[str, object], send: Sender | None = None) -> float:
+    loop = PlainLoop(config, send)
+    for _ in range(int(config["num-server-rounds"])):
+        loop.run_round()
+    return _held_out_loss(config, loop.strategy.optimizer.params)
+
+
+def _attackers(attack: str, max_norm: float, seed: int) -> Sender:
+    def send(index: int, round_: int, delta, metrics) -> Sent:
+        if index >= ATTACKERS:
+            return delta, metrics
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + round_ * 101 + index)
+        if attack == "claim":
+            return delta, {**metrics, "num-examples": metrics["num-examples"] * CLAIM_FACTOR}
+        return attacked_delta(delta, attack, max_norm, generator), metrics
+
+    return send
+
+
+@dataclass
+class RobustnessResult:
+    rounds: int
+    seed: int
+    loss: dict[str, dict[str, float]]  # rule -> "clean" or attack -> held-out 5-shot loss
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def run_robustness(rounds: int, seed: int, rules: Sequence[str], attacks: Sequence[str],
+                   log: Report) -> RobustnessResult:
+    loss: dict[str, dict[str, float]] = {}
+    for rule in rules:
+        for attack in ("clean", *attacks):
+            config = _config(rounds, seed, aggregation=rule)
+            send = None if attack == "clean" else _attackers(attack, float(config.get("max-delta-norm", 100.0)), seed)
+            loss.setdefault(rule, {})[attack] = _train(config, send)
+            log(f"{rule}, {attack}: held-out 5-shot loss {loss[rule][attack]:.4f}")
+    return RobustnessResult(rounds, seed, loss)
+
+
+def render_robustness(result: RobustnessResult, console: Console) -> None:
+    attacks = list(next(iter(result.loss.values())))
+    table = Table(title=f"Held-out 5-shot query loss after {result.rounds} rounds, {ATTACKERS} of 10 factories "
+                        f"attacking (seed {result.seed}; lower is better)")
+    table.add_column("aggregation")
+    for attack in attacks:
+        table.add_column(attack, justify="right")
+    clean = result.loss.get("mean", {}).get("clean")
+    for rule, row in result.loss.items():
+        table.add_row(rule, *(f"{row[a]:.4f}" + ("" if clean is None or a == "clean" else f" ({row[a] / clean:.2f}x)")
+                              for a in attacks))
+    console.print(table)
+    if clean is None:
+        return
+    for attack in attacks[1:]:
+        within = [rule for rule, row in result.loss.items()
+                  if rule != "mean" and row[attack] <= (1 + ROBUST_AIM) * clean]
+        console.print(f"{attack}: plain mean {result.loss['mean'][attack] / clean:.2f}x the clean run; within "
+                      f"{ROBUST_AIM:.0%} of it: {', '.join(within) or 'none'}")
+
+
+def _wire_bytes(encoded: Mapping[str, torch.Tensor], metrics: Mapping[str, float]) -> int:
+    """The size of the records a factory's reply carries, serialised as Flower sends them."""
+    reply = RecordDict({"delta": ArrayRecord(torch_state_dict=dict(encoded)), "metrics": MetricRecord(dict(metrics))})
+    return recorddict_to_proto(reply).ByteSize()
+
+
+@dataclass
+class CompressionResult:
+    rounds: int
+    seed: int
+    topk_fraction: float
+    bytes_per_reply: dict[str, float]
+    loss: dict[str, float]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def run_compression(rounds: int, seed: int, topk_fraction: float, log: Report) -> CompressionResult:
+    sizes, loss = {}, {}
+    for method in COMPRESSIONS:
+        config = _config(rounds, seed, compression=method, **{"topk-fraction": topk_fraction})
+        codec, unsent, sent_bytes = Compression(method, topk_fraction), {}, []
+
+        def send(index: int, round_: int, delta, metrics, codec=codec, unsent=unsent, sent_bytes=sent_bytes) -> Sent:
+            encoded, unsent[index] = encode_delta(delta, codec, unsent.get(index))  # top-k's rest, per factory
+            sent_bytes.append(_wire_bytes(encoded, metrics))
+            return decode_delta(encoded, codec, delta), metrics  # the delta's names and shapes are the model's
+
+        loss[method] = _train(config, send)
+        sizes[method] = sum(sent_bytes) / len(sent_bytes)
+        log(f"{method}: {sizes[method]:.0f} bytes a reply, held-out 5-shot loss {loss[method]:.4f}")
+    return CompressionResult(rounds, seed, topk_fraction, sizes, loss)
+
+
+def render_compression(result: CompressionResult, console: Console) -> None:
+    table = Table(title=f"Delta encodings over {result.rounds} rounds (seed {result.seed}; top-k "
+                        f"{result.topk_fraction:g} with error feedback)")
+    for heading in ("encoding", "bytes a reply", "fewer bytes", "held-out 5-shot loss", "change"):
+        table.add_column(heading, justify="left" if heading == "encoding" else "right")
+    base_bytes, base_loss = result.bytes_per_reply["none"], result.loss["none"]
+    for method in result.loss:
+        size = result.bytes_per_reply[method]
+        table.add_row(method, f"{size:,.0f}", f"{base_bytes / size:.2f}x", f"{result.loss[method]:.4f}",
+                      f"{result.loss[method] / base_loss - 1:+.1%}")
+    console.print(table)
+    ratio, change = base_bytes / result.bytes_per_reply["int8"], result.loss["int8"] / base_loss - 1
+    bytes_ok, quality_ok = ratio >= INT8_BYTES_AIM, change < INT8_QUALITY_AIM
+    console.print(f"int8: {ratio:.2f}x fewer bytes (aim >= {INT8_BYTES_AIM}x: {'met' if bytes_ok else 'missed'}), "
+                  f"held-out loss {change:+.2%} (aim under {INT8_QUALITY_AIM:.0%} worse: "
+                  f"{'met' if quality_ok else 'missed'})")
+
