@@ -304,6 +304,28 @@ def bench_compression(
     _write_json(result.to_dict(), json_path, console)
 
 
+@bench_app.command("privacy")
+def bench_privacy(
+    dataset: Annotated[str, typer.Option(click_type=click.Choice(DATASETS), help="Data set.")] = "cmapss",
+    epsilons: Annotated[str, typer.Option(help="Target epsilons at delta 1e-5, comma-separated.")] = "1,4,8",
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds of every run.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the factories and the model.")] = 0,
+    algorithm: Annotated[str, typer.Option(help="Federated algorithm.")] = "fomaml",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Held-out quality under client-level differential privacy at each target epsilon, beside no DP."""
+    from fedmeta.simulations.benchmarks import privacy
+
+    console = _wide_console()
+    with exit_on_errors(console, ValueError):
+        targets = [float(value) for value in _comma_separated(epsilons)]
+        if not targets or min(targets) <= 0:
+            raise ValueError(f"--epsilons must be numbers > 0, got {epsilons!r}")
+        result = privacy.run_privacy(dataset, targets, rounds, seed, algorithm, elapsed_log(console))
+    privacy.render_privacy(result, console)
+    _write_json(result.to_dict(), json_path, console)
+
+
 def _choices(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     """Comma-separated names from ``allowed`` (empty: all of them); a ``ValueError`` names an unknown one."""
     names = _comma_separated(text) or list(allowed)

@@ -25,12 +25,10 @@ from flwr.common.serde import recorddict_to_proto
 from rich.console import Console
 from rich.table import Table
 
-from fedmeta.client import evaluate_factory, load_factories
-from fedmeta.common import EvaluationSettings, Report, source_from_config
+from fedmeta.common import Report
 from fedmeta.common.compression import COMPRESSIONS, Compression, decode_delta, encode_delta
-from fedmeta.server import weighted_metrics
 from fedmeta.simulations.attacks import CLAIM_FACTOR, attacked_delta
-from fedmeta.simulations.benchmarks.scaling import PlainLoop, Sender, Sent
+from fedmeta.simulations.benchmarks.scaling import PlainLoop, Sender, Sent, held_out_metrics
 
 __all__ = ["ATTACKERS", "CompressionResult", "RobustnessResult", "render_compression", "render_robustness",
            "run_compression", "run_robustness"]
@@ -46,21 +44,11 @@ def _config(rounds: int, seed: int, **settings: object) -> dict[str, object]:
             "family-seed": seed, "device": "cpu", "krum-malicious": ATTACKERS, **settings}
 
 
-def _held_out_loss(config: Mapping[str, object], params: Mapping[str, torch.Tensor]) -> float:
-    source = source_from_config(config)
-    held = [f for node in range(source.num_nodes) for f in load_factories({"partition-id": node}, config)
-            if f.role == "evaluate"]
-    settings = EvaluationSettings(algorithm="fomaml", shots=(5,), tasks=int(config["eval-tasks"]),
-                                  seed=int(config["seed"]))
-    device = torch.device("cpu")
-    return float(weighted_metrics([evaluate_factory(f, params, settings, device=device) for f in held])["loss-k5"])
-
-
 def _train(config: Mapping[str, object], send: Sender | None = None) -> float:
     loop = PlainLoop(config, send)
     for _ in range(int(config["num-server-rounds"])):
         loop.run_round()
-    return _held_out_loss(config, loop.strategy.optimizer.params)
+    return held_out_metrics(config, loop.strategy.optimizer.params)["loss-k5"]
 
 
 def _attackers(attack: str, max_norm: float, seed: int) -> Sender:

@@ -53,9 +53,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fedmeta.client import LoadedFactory, load_factories, local_update, node_device
+from fedmeta.client import LoadedFactory, evaluate_factory, load_factories, local_update, node_device
 from fedmeta.common import OuterOptimizer, descendants, source_from_config
-from fedmeta.server import FedMetaStrategy, ServerSettings, initial_meta_parameters
+from fedmeta.server import FedMetaStrategy, ServerSettings, initial_meta_parameters, weighted_metrics
 
 __all__ = [
     "DEFAULT_FACTORIES",
@@ -236,6 +236,15 @@ class PlainLoop:
         if params is None:
             raise RuntimeError("the plain loop's round left the model unchanged")
         return time.perf_counter() - started
+
+
+def held_out_metrics(config: Mapping[str, object], params: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """The run's held-out factories' K-shot metrics of ``params``, as its evaluation round scores them."""
+    source, settings = source_from_config(config), ServerSettings.from_run_config(config).evaluation
+    held = [factory for node in range(source.num_nodes) for factory in load_factories({"partition-id": node}, config)
+            if factory.role == "evaluate"]
+    device = node_device({}, config)
+    return weighted_metrics([evaluate_factory(factory, params, settings, device=device) for factory in held])
 
 
 def flower_round_times(config: Mapping[str, object], *, client_cpus: float) -> list[float]:

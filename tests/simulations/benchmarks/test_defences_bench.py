@@ -1,10 +1,15 @@
 """The defences' benchmarks run end to end on a small slice: the attack reaches the aggregation, the
-robust rule's figure is printed beside the plain mean's, and compression's sizes come from real messages."""
+robust rule's figure is printed beside the plain mean's, compression's sizes come from real messages,
+and the privacy bench's noise meets its target epsilon."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
+from fedmeta.common.privacy import spent_epsilon
+from fedmeta.simulations.benchmarks.privacy import noise_for_epsilon
 from tests.support.cli import run_fedmeta
 
 
@@ -31,3 +36,14 @@ def test_compression_measures_each_encoding_on_the_wire(tmp_path):
 def test_an_unknown_rule_is_refused_by_name():
     code, output = run_fedmeta("bench", "robustness", "--rules", "mean,average")
     assert code == 1 and "--rules: unknown ['average']" in output
+
+
+@pytest.mark.parametrize(("epsilon", "rounds"), [(1.0, 20), (4.0, 20), (8.0, 5)])
+def test_the_privacy_bench_picks_the_least_noise_that_keeps_the_target_epsilon(epsilon, rounds):
+    noise = noise_for_epsilon(epsilon, rounds)
+    assert spent_epsilon(rounds, 1.0, noise, 1e-5) <= epsilon < spent_epsilon(rounds, 1.0, noise / 1.002, 1e-5)
+
+
+def test_the_privacy_bench_refuses_a_bad_epsilon():
+    code, output = run_fedmeta("bench", "privacy", "--epsilons", "4,-1")
+    assert code == 1 and "--epsilons must be numbers > 0" in output
