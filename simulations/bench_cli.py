@@ -304,6 +304,22 @@ def bench_compression(
     _write_json(result.to_dict(), json_path, console)
 
 
+@bench_app.command("secagg")
+def bench_secagg(
+    factories: Annotated[str, typer.Option(help="Federation sizes, comma-separated.")] = "10,100",
+    parameters: Annotated[int, typer.Option(min=1, help="Values in a delta (the quality MLP: 4,737).")] = 4737,
+    repeats: Annotated[int, typer.Option(min=1, help="Rounds timed per size; the medians are shown.")] = 3,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """A round's secure aggregation (every party in this process) beside the plain weighted mean."""
+    from fedmeta.simulations.benchmarks import defences
+
+    console = Console()
+    result = defences.run_secure_aggregation_cost(_sizes(factories), parameters, repeats, elapsed_log(console))
+    defences.render_secure_aggregation_cost(result, console)
+    _write_json(result.to_dict(), json_path, console)
+
+
 @bench_app.command("privacy")
 def bench_privacy(
     dataset: Annotated[str, typer.Option(click_type=click.Choice(DATASETS), help="Data set.")] = "cmapss",

@@ -47,3 +47,11 @@ def test_the_privacy_bench_picks_the_least_noise_that_keeps_the_target_epsilon(e
 def test_the_privacy_bench_refuses_a_bad_epsilon():
     code, output = run_fedmeta("bench", "privacy", "--epsilons", "4,-1")
     assert code == 1 and "--epsilons must be numbers > 0" in output
+
+
+def test_the_secure_aggregation_cost_is_timed_beside_the_plain_mean(tmp_path):
+    code, output = run_fedmeta("bench", "secagg", "--factories", "3,5", "--parameters", "50", "--repeats", "1",
+                               "--json", str(tmp_path / "secagg.json"))
+    assert code == 0, output
+    seconds = json.loads((tmp_path / "secagg.json").read_text())["seconds"]
+    assert set(seconds) == {"3", "5"} and all(row["secure"] > row["plain"] > 0 for row in seconds.values())

@@ -1,0 +1,266 @@
+"""Secure aggregation of a round's deltas: the server learns their weighted sum, never one factory's.
+
+The protocol of Bonawitz et al. (CCS 2017, "Practical Secure Aggregation for Privacy-Preserving Machine
+Learning"), every participant masked against every other, built from `cryptography`'s primitives:
+
+1. **Keys.** Each factory makes two X25519 key pairs, one to agree mask seeds (s) and one to agree
+   keys that encrypt the shares it sends through the server (c), and a random self-mask seed b.
+2. **Shares.** It splits b and its s private key into Shamir shares (threshold t of the n factories),
+   one pair per peer, each encrypted with AES-GCM under a key only it and that peer can derive.
+3. **Masked input.** It sends its weighted, fixed-point delta plus the expansion of b plus, for every
+   peer v, plus or minus the expansion of the seed it agrees with v (plus when its index is lower),
+   all in integers modulo 2^32. The server sees a uniformly random vector.
+4. **Unmasking.** Every factory still there reveals, for each peer that sent a masked input, its share
+   of that peer's b, and for each peer that did not, its share of that peer's s key. With t shares the
+   server rebuilds the seeds, removes the self masks of those who sent and the pairwise masks the
+   missing ones left behind, and is left with the sum of the inputs it received. Fewer than t: the
+   round fails and nothing is learned.
+
+Seeds are expanded by ChaCha20 (a cryptographic PRG); shared secrets go through HKDF-SHA256 with a
+label per use and the round's identity, so no key serves two purposes or two rounds. Weighted averaging
+sends ``w_i / max_weight * delta_i`` and ``w_i / max_weight`` as one more coordinate, so the server
+divides the summed vector by the summed weight; every value lies in ``[-bound, bound]`` (the norm bound
+bounds every coordinate) and the fixed-point scale leaves room for ``max_factories`` of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = [
+    "FIELD_BITS",
+    "PRIME",
+    "FixedPoint",
+    "Participant",
+    "PublicKeys",
+    "SecureAggregationError",
+    "aggregate_in_process",
+    "reconstruct",
+    "shamir_shares",
+    "unmask_sum",
+]
+
+FIELD_BITS = 32  # masked vectors live in the integers modulo 2^32
+PRIME = 2**127 - 1  # Shamir's field: a Mersenne prime above every 15-byte chunk of a secret
+_CHUNK = 15  # bytes of a secret per field element
+_SECRET = 32  # bytes of a seed or an X25519 private key
+
+
+class SecureAggregationError(RuntimeError):
+    """A round that cannot be unmasked: too few shares, or shares that do not fit together."""
+
+
+# --------------------------------------------------------------------------- Shamir's secret sharing
+
+def shamir_shares(secret: bytes, count: int, threshold: int) -> list[tuple[int, tuple[int, ...]]]:
+    """``count`` shares ``(x, values)`` of ``secret``, any ``threshold`` of which rebuild it (x = 1..count)."""
+    if not 1 <= threshold <= count:
+        raise ValueError(f"threshold must be in [1, {count}], got {threshold}")
+    chunks = [int.from_bytes(secret[i:i + _CHUNK], "big") for i in range(0, len(secret), _CHUNK)]
+    polynomials = [[chunk, *(secrets.randbelow(PRIME) for _ in range(threshold - 1))] for chunk in chunks]
+    return [(x, tuple(_evaluate(poly, x) for poly in polynomials)) for x in range(1, count + 1)]
+
+
+def _evaluate(coefficients: Sequence[int], x: int) -> int:
+    value = 0
+    for coefficient in reversed(coefficients):
+        value = (value * x + coefficient) % PRIME
+    return value
+
+
+def reconstruct(shares: Sequence[tuple[int, Sequence[int]]], threshold: int, length: int = _SECRET) -> bytes:
+    """The secret of ``length`` bytes that ``threshold`` or more ``shares`` rebuild (Lagrange at 0)."""
+    if len({x for x, _ in shares}) < threshold:
+        raise SecureAggregationError(f"{len(shares)} shares, fewer than the threshold {threshold}: the secret "
+                                     "stays hidden")
+    chosen = list({x: values for x, values in shares}.items())[:threshold]
+    xs = [x for x, _ in chosen]
+    weights = []
+    for i, x_i in enumerate(xs):
+        numerator = denominator = 1
+        for j, x_j in enumerate(xs):
+            if i != j:
+                numerator = numerator * -x_j % PRIME
+                denominator = denominator * (x_i - x_j) % PRIME
+        weights.append(numerator * pow(denominator, -1, PRIME) % PRIME)
+    sizes = [min(_CHUNK, length - start) for start in range(0, length, _CHUNK)]
+    chunks = [sum(w * values[k] for w, (_, values) in zip(weights, chosen, strict=True)) % PRIME
+              for k in range(len(sizes))]
+    try:
+        return b"".join(chunk.to_bytes(size, "big") for chunk, size in zip(chunks, sizes, strict=True))
+    except OverflowError:
+        raise SecureAggregationError("the shares do not fit together: a share was altered") from None
+
+
+# --------------------------------------------------------------------------- keys, masks, fixed point
+
+def _derive(secret: bytes, label: str, context: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label.encode() + b"|" + context).derive(secret)
+
+
+def _expand(seed: bytes, length: int) -> np.ndarray:
+    """``length`` pseudo-random integers modulo 2^32 from a 32-byte seed (ChaCha20 keystream)."""
+    encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
+    return np.frombuffer(encryptor.update(b"\0" * (4 * length)), dtype=np.uint32).copy()
+
+
+def _raw(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())
+
+
+def _public(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """Reals in ``[-bound, bound]`` as integers modulo 2^32, with room for ``max_factories`` summands."""
+
+    bound: float
+    max_factories: int
+
+    @property
+    def scale(self) -> float:
+        return math.floor((2 ** (FIELD_BITS - 1) - 1) / (self.bound * self.max_factories))
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        clipped = np.clip(np.asarray(values, dtype=np.float64), -self.bound, self.bound)
+        return np.round(clipped * self.scale).astype(np.int64).astype(np.uint32)
+
+    def decode(self, total: np.ndarray) -> np.ndarray:
+        """A sum of encoded values, back to reals (two's complement: the sum stays inside the range)."""
+        return total.astype(np.uint32).view(np.int32).astype(np.float64) / self.scale
+
+
+@dataclass(frozen=True)
+class PublicKeys:
+    """What a participant advertises: its mask-agreement and share-encryption public keys."""
+
+    mask: bytes
+    share: bytes
+
+
+@dataclass
+class Participant:
+    """One factory's side of one round; ``index`` is its place among the round's participants (1..n)."""
+
+    index: int
+    round_id: bytes
+    mask_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
+    share_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
+    self_seed: bytes = field(default_factory=lambda: secrets.token_bytes(_SECRET))
+
+    def public_keys(self) -> PublicKeys:
+        return PublicKeys(_public(self.mask_key), _public(self.share_key))
+
+    def _channel(self, peer: int, keys: PublicKeys) -> AESGCM:
+        low, high = sorted((self.index, peer))
+        secret = self.share_key.exchange(X25519PublicKey.from_public_bytes(keys.share))
+        return AESGCM(_derive(secret, f"shares {low}-{high}", self.round_id))
+
+    def encrypted_shares(self, peers: Mapping[int, PublicKeys], threshold: int) -> dict[int, bytes]:
+        """For each peer (every participant, this one included), its shares of this one's self-mask seed
+        and mask key, readable by that peer only."""
+        indices = sorted(peers)
+        count = len(indices)
+        seed_shares = dict(zip(indices, shamir_shares(self.self_seed, count, threshold), strict=True))
+        key_shares = dict(zip(indices, shamir_shares(_raw(self.mask_key), count, threshold), strict=True))
+        sealed = {}
+        for peer in indices:
+            plaintext = json.dumps([self.index, peer, seed_shares[peer], key_shares[peer]]).encode()
+            nonce = secrets.token_bytes(12)
+            sealed[peer] = nonce + self._channel(peer, peers[peer]).encrypt(nonce, plaintext, self.round_id)
+        return sealed
+
+    def masked_input(self, encoded: np.ndarray, peers: Mapping[int, PublicKeys]) -> np.ndarray:
+        """``encoded`` (`FixedPoint.encode`) plus this participant's self mask and pairwise masks."""
+        masked = encoded.astype(np.uint32) + _expand(_derive(self.self_seed, "self", self.round_id), len(encoded))
+        for peer, keys in peers.items():
+            if peer == self.index:
+                continue
+            mask = _expand(_pair_seed(self.mask_key, keys.mask, self.index, peer, self.round_id), len(encoded))
+            masked = masked + mask if self.index < peer else masked - mask
+        return masked.astype(np.uint32)
+
+    def reveal(self, sealed: Mapping[int, bytes], peers: Mapping[int, PublicKeys], sent: Sequence[int]
+               ) -> dict[int, tuple[str, tuple[int, tuple[int, ...]]]]:
+        """Its shares of each peer's secrets that the server may now see: the self-mask seed of those in
+        ``sent`` (their masked inputs arrived), the mask key of the others; never both of one peer."""
+        revealed = {}
+        for owner, box in sealed.items():
+            plaintext = self._channel(owner, peers[owner]).decrypt(box[:12], box[12:], self.round_id)
+            source, target, seed_share, key_share = _parse(plaintext)
+            if (source, target) != (owner, self.index):
+                raise SecureAggregationError(f"a share addressed {source}->{target} arrived as {owner}->{self.index}")
+            revealed[owner] = ("seed", seed_share) if owner in sent else ("key", key_share)
+        return revealed
+
+
+def _pair_seed(own: X25519PrivateKey, peer_public: bytes, own_index: int, peer_index: int, round_id: bytes) -> bytes:
+    low, high = sorted((own_index, peer_index))
+    return _derive(own.exchange(X25519PublicKey.from_public_bytes(peer_public)), f"mask {low}-{high}", round_id)
+
+
+def _parse(plaintext: bytes) -> tuple[int, int, tuple[int, tuple[int, ...]], tuple[int, tuple[int, ...]]]:
+    source, target, (seed_x, seed_values), (key_x, key_values) = json.loads(plaintext)
+    return source, target, (seed_x, tuple(seed_values)), (key_x, tuple(key_values))
+
+
+def unmask_sum(masked: Mapping[int, np.ndarray], revealed: Mapping[int, Mapping[int, tuple[str, object]]],
+               peers: Mapping[int, PublicKeys], threshold: int, round_id: bytes) -> np.ndarray:
+    """The sum modulo 2^32 of the inputs in ``masked`` (participant -> masked vector), from the shares
+    ``revealed`` (revealer -> owner -> ("seed" | "key", share)) of at least ``threshold`` participants."""
+    if len(revealed) < threshold:
+        raise SecureAggregationError(f"{len(revealed)} factories revealed their shares, fewer than the threshold "
+                                     f"{threshold}: the round cannot be unmasked")
+    length = len(next(iter(masked.values())))
+    total = np.zeros(length, dtype=np.uint32)
+    for vector in masked.values():
+        total = total + vector
+    for owner in peers:
+        kind = "seed" if owner in masked else "key"
+        shares = []
+        for by_owner in revealed.values():
+            if owner in by_owner:
+                revealed_kind, share = by_owner[owner]
+                if revealed_kind != kind:
+                    raise SecureAggregationError(f"participant {owner}'s {revealed_kind} was revealed, its {kind} "
+                                                 "was expected: a factory must never reveal both")
+                shares.append(share)
+        secret = reconstruct(shares, threshold)
+        if kind == "seed":
+            total = total - _expand(_derive(secret, "self", round_id), length)
+            continue
+        key = X25519PrivateKey.from_private_bytes(secret)  # a missing participant: cancel its pairwise masks
+        for peer in masked:
+            mask = _expand(_pair_seed(key, peers[peer].mask, owner, peer, round_id), length)
+            total = total - mask if peer < owner else total + mask  # what peer added against it, undone
+    return total.astype(np.uint32)
+
+
+def aggregate_in_process(inputs: Mapping[int, np.ndarray], threshold: int, *, drop_before_input: Sequence[int] = (),
+                         drop_before_unmask: Sequence[int] = (), round_id: bytes = b"round") -> np.ndarray:
+    """One round of the protocol with every party in this process (tests, benchmarks): the sum modulo
+    2^32 of the encoded ``inputs`` of those that sent theirs; ``drop_before_input`` leave after the
+    shares, ``drop_before_unmask`` after their masked input."""
+    parties = {index: Participant(index, round_id) for index in inputs}
+    keys = {index: party.public_keys() for index, party in parties.items()}
+    sealed = {index: party.encrypted_shares(keys, threshold) for index, party in parties.items()}
+    inbox = {peer: {owner: boxes[peer] for owner, boxes in sealed.items()} for peer in parties}
+    masked = {index: party.masked_input(inputs[index], keys) for index, party in parties.items()
+              if index not in drop_before_input}
+    revealed = {index: party.reveal(inbox[index], keys, sorted(masked)) for index, party in parties.items()
+                if index in masked and index not in drop_before_unmask}
+    return unmask_sum(masked, revealed, keys, threshold, round_id)
