@@ -16,9 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import dp_accounting
 import torch
-from dp_accounting.rdp import RdpAccountant
 from torch import Tensor
 
 from fedmeta.common.deltas import global_norm
@@ -40,6 +38,10 @@ def spent_epsilon(rounds: int, sampling_rate: float, noise_multiplier: float, de
     sample of the factories at ``sampling_rate``."""
     if rounds == 0:
         return 0.0
+    # dp-accounting imports SciPy (about a second): only where epsilon is counted, not in every client process.
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
     accountant = RdpAccountant(orders=list(ORDERS))
     event = dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
     accountant.compose(dp_accounting.SelfComposedDpEvent(event, rounds))

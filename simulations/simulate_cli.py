@@ -22,7 +22,7 @@ from fedmeta.common.aggregation import AGGREGATIONS
 from fedmeta.common.compression import COMPRESSIONS
 from fedmeta.common.console import exit_on_errors
 from fedmeta.common.run_settings import DATASETS, RUN_SETTINGS, SettingValue
-from fedmeta.server.checkpoint import RunDirectory
+from fedmeta.server import RunDirectory, ServerSettings
 from fedmeta.simulations.report import comparison_rows
 
 __all__ = ["FLAG_SETTINGS", "SIMULATE_DEFAULTS", "simulate"]
@@ -202,7 +202,8 @@ def simulate(
     from fedmeta.simulations.harness import run_federated_simulation, simulated_source  # Ray: only when simulating
 
     console = Console()
-    with exit_on_errors(console, ValueError):  # a bad table or held-out name, named before the engine starts
+    with exit_on_errors(console, ValueError):  # bad settings, tables or held-out names: named before the engine starts
+        ServerSettings.from_run_config(run_config)
         simulated_source(run_config)
     what = f"{factories} + {held_out} held-out {family}" if dataset == "synthetic" else f"the {dataset}"
     if tables:
