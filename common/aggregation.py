@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 
 from fedmeta.common.deltas import weighted_average
+from fedmeta.common.run_settings import AGGREGATIONS
 from fedmeta.common.validation import check_choice
 
 __all__ = ["AGGREGATIONS", "AggregationRule", "krum_selection"]
 
-AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "capped-mean")
 
 Delta = Mapping[str, Tensor]
 

@@ -27,11 +27,11 @@ import torch
 from torch import Tensor
 
 from fedmeta.common.deltas import DeltaRejected
+from fedmeta.common.run_settings import COMPRESSIONS
 from fedmeta.common.validation import check_choice
 
 __all__ = ["COMPRESSIONS", "INDICES", "VALUES", "Compression", "decode_delta", "encode_delta"]
 
-COMPRESSIONS = ("none", "fp16", "int8", "topk")
 VALUES, INDICES = "packed/values", "packed/indices"
 _INT8_LEVELS = 127
 _SCALE_BYTES = 4  # a float32 scale, as int8 bytes after the codes

@@ -19,12 +19,12 @@ import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fedmeta.common.aggregation import AGGREGATIONS
-from fedmeta.common.compression import COMPRESSIONS
 from fedmeta.common.validation import check_choice
 
 __all__ = [
     "ADAPTATION_RECIPES",
+    "AGGREGATIONS",
+    "COMPRESSIONS",
     "DATASETS",
     "DATASET_LR",
     "DATA_EVAL_SHOTS",
@@ -46,6 +46,10 @@ READERS = ("server", "client", "simulation")
 
 DATASETS = ("synthetic", "ai4i", "cmapss", "cmapss-fd004", "cwru", "cwru-fe")
 ADAPTATION_RECIPES = ("fixed", "cross-validated")
+# The server's ways of combining deltas (`common.aggregation`) and the factories' delta encodings
+# (`common.compression`), named here so that reading run settings never imports torch.
+AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "capped-mean")
+COMPRESSIONS = ("none", "fp16", "int8", "topk")
 # Step sizes that keep the real data sets' models stable: on CWRU's raw windows first-order
 # MAML at 0.05 collapses to chance after ~150 meta-steps while 0.01 reaches ~98% (5-shot,
 # held-out load). C-MAPSS' TCN normalises its features (see `common.models.TCN`), so single

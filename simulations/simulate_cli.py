@@ -18,10 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmeta.common import FAMILY_KINDS, FEDERATED_ALGORITHMS, OUTER_OPTIMIZERS
-from fedmeta.common.aggregation import AGGREGATIONS
-from fedmeta.common.compression import COMPRESSIONS
 from fedmeta.common.console import exit_on_errors
-from fedmeta.common.run_settings import DATASETS, RUN_SETTINGS, SettingValue
+from fedmeta.common.run_settings import AGGREGATIONS, COMPRESSIONS, DATASETS, RUN_SETTINGS, SettingValue
 from fedmeta.server import RunDirectory, ServerSettings
 from fedmeta.simulations.report import comparison_rows
 
