@@ -35,6 +35,7 @@ from fedmeta.client.evaluation import evaluate_factory
 from fedmeta.client.factory import LoadedFactory, load_factories, node_device, sampler_for
 from fedmeta.client.package import MODEL_DIR_KEY, store_delivered_package
 from fedmeta.client.policy import POLICY_KEY, load_policy
+from fedmeta.client.secure_aggregation import advertise_keys, masked_input, reveal_shares, seal_shares
 from fedmeta.common import (
     EvaluationSettings,
     ModelConfig,
@@ -209,9 +210,23 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
             policy = load_policy(str(context.node_config[POLICY_KEY]))
             policy.admit(RoundSettings.from_config(msg.content[protocol.CONFIG]), context.state)
         factories, device = factories_of(context)
+        if protocol.SECAGG in msg.content:  # a secure round: the masked input instead of the delta
+            return Message(masked_input(_only(factories), msg, context.state, local_update, device), reply_to=msg)
         if protocol.FACTORIES in msg.content:
             return Message(train_replies(factories, msg, device, context.state), reply_to=msg)
         return Message(train_reply(_only(factories), msg, device, context.state), reply_to=msg)
+
+    @app.train(protocol.SECAGG_KEYS.removeprefix("train."))
+    def secure_keys(msg: Message, context: Context) -> Message:
+        return Message(advertise_keys(msg, context.state), reply_to=msg)
+
+    @app.train(protocol.SECAGG_SHARES.removeprefix("train."))
+    def secure_shares(msg: Message, context: Context) -> Message:
+        return Message(seal_shares(msg, context.state), reply_to=msg)
+
+    @app.train(protocol.SECAGG_REVEAL.removeprefix("train."))
+    def secure_reveal(msg: Message, context: Context) -> Message:
+        return Message(reveal_shares(msg, context.state), reply_to=msg)
 
     @app.query(protocol.MODEL_DELIVERY.removeprefix("query."))
     def receive_model(msg: Message, context: Context) -> Message:

@@ -15,8 +15,7 @@ leaves the factory. Every key is optional, and a key left out allows anything:
     Gaussian mechanism of the round's noise multiplier with every factory sampled (no amplification by
     sampling, which it cannot check), at the round's delta; an upper bound on what the server reports;
 ``require_secure_aggregation``
-    ``true``: only rounds whose deltas the server sees summed, never alone (no round offers that yet,
-    so such a factory joins none);
+    ``true``: only rounds whose deltas the server sees summed, never alone (``secure-aggregation``);
 ``max_rounds``
     the most rounds it trains in, over the whole run.
 
@@ -87,7 +86,7 @@ class FactoryPolicy:
             raise PolicyRefusal(f"policy: algorithm {settings.algorithm!r} is not among {list(self.algorithms)}")
         if self.compression is not None and settings.compression not in self.compression:
             raise PolicyRefusal(f"policy: compression {settings.compression!r} is not among {list(self.compression)}")
-        if self.require_secure_aggregation:
+        if self.require_secure_aggregation and not settings.secure_aggregation:
             raise PolicyRefusal("policy: secure aggregation is required and this round does not offer it")
         private = settings.dp_noise_multiplier > 0
         if (self.require_dp or self.max_epsilon is not None) and not private:

@@ -102,6 +102,7 @@ class RoundSettings:
     # The round's differential privacy, so that a factory can count its own budget (`client.policy`).
     dp_noise_multiplier: float = _DEFAULT["dp-noise-multiplier"]
     dp_delta: float = _DEFAULT["dp-delta"]
+    secure_aggregation: bool = _DEFAULT["secure-aggregation"]
     server_round: int = 0
 
     def __post_init__(self) -> None:

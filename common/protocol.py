@@ -28,6 +28,7 @@ __all__ = [
     "FACTORIES",
     "FACTORY",
     "MANIFEST",
+    "MASKED",
     "META_PARAMETERS",
     "METRICS",
     "MODEL_DELIVERY",
@@ -36,6 +37,10 @@ __all__ = [
     "ROLE",
     "ROLES",
     "ROLES_FIELD",
+    "SECAGG",
+    "SECAGG_KEYS",
+    "SECAGG_REVEAL",
+    "SECAGG_SHARES",
     "STORED",
     "factory_key",
     "is_delta_key",
@@ -58,6 +63,12 @@ ROLES_FIELD = "roles"
 MODEL_DELIVERY = "query.model"
 MANIFEST = "manifest"
 STORED = "stored"
+
+# A secure round (`server.secure_round`): its three extra message types, the record that carries the
+# protocol's fields both ways, and the reply's record of a masked input (sent instead of ``delta``).
+SECAGG_KEYS, SECAGG_SHARES, SECAGG_REVEAL = "train.secagg_keys", "train.secagg_shares", "train.secagg_reveal"
+SECAGG = "secagg"
+MASKED = "masked"
 
 # Where the two sides meet: Flower's own default ports, the SuperLink's (factories and runs connect to
 # it) and a SuperNode's local runtime API (its ClientApp processes connect to it).

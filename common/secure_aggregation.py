@@ -9,7 +9,7 @@ Learning"), every participant masked against every other, built from `cryptograp
    one pair per peer, each encrypted with AES-GCM under a key only it and that peer can derive.
 3. **Masked input.** It sends its weighted, fixed-point delta plus the expansion of b plus, for every
    peer v, plus or minus the expansion of the seed it agrees with v (plus when its index is lower),
-   all in integers modulo 2^32. The server sees a uniformly random vector.
+   all in integers modulo 2^64. The server sees a uniformly random vector.
 4. **Unmasking.** Every factory still there reveals, for each peer that sent a masked input, its share
    of that peer's b, and for each peer that did not, its share of that peer's s key. With t shares the
    server rebuilds the seeds, removes the self masks of those who sent and the pairwise masks the
@@ -32,11 +32,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from torch import Tensor
 
 __all__ = [
     "FIELD_BITS",
@@ -44,14 +46,20 @@ __all__ = [
     "FixedPoint",
     "Participant",
     "PublicKeys",
+    "SecureAggregation",
     "SecureAggregationError",
     "aggregate_in_process",
+    "participant_from_state",
+    "participant_state",
     "reconstruct",
     "shamir_shares",
     "unmask_sum",
+    "weighted_input",
+    "weighted_mean",
 ]
 
-FIELD_BITS = 32  # masked vectors live in the integers modulo 2^32
+FIELD_BITS = 64  # masked vectors live in the integers modulo 2^64 (2^32 left a weighted delta too coarse)
+_FIELD = np.uint64
 PRIME = 2**127 - 1  # Shamir's field: a Mersenne prime above every 15-byte chunk of a secret
 _CHUNK = 15  # bytes of a secret per field element
 _SECRET = 32  # bytes of a seed or an X25519 private key
@@ -110,9 +118,9 @@ def _derive(secret: bytes, label: str, context: bytes) -> bytes:
 
 
 def _expand(seed: bytes, length: int) -> np.ndarray:
-    """``length`` pseudo-random integers modulo 2^32 from a 32-byte seed (ChaCha20 keystream)."""
+    """``length`` pseudo-random integers modulo 2^64 from a 32-byte seed (ChaCha20 keystream)."""
     encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    return np.frombuffer(encryptor.update(b"\0" * (4 * length)), dtype=np.uint32).copy()
+    return np.frombuffer(encryptor.update(b"\0" * (8 * length)), dtype=_FIELD).copy()
 
 
 def _raw(key: X25519PrivateKey) -> bytes:
@@ -126,7 +134,7 @@ def _public(key: X25519PrivateKey) -> bytes:
 
 @dataclass(frozen=True)
 class FixedPoint:
-    """Reals in ``[-bound, bound]`` as integers modulo 2^32, with room for ``max_factories`` summands."""
+    """Reals in ``[-bound, bound]`` as integers modulo 2^64, with room for ``max_factories`` summands."""
 
     bound: float
     max_factories: int
@@ -137,11 +145,11 @@ class FixedPoint:
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         clipped = np.clip(np.asarray(values, dtype=np.float64), -self.bound, self.bound)
-        return np.round(clipped * self.scale).astype(np.int64).astype(np.uint32)
+        return np.round(clipped * self.scale).astype(np.int64).view(_FIELD)
 
     def decode(self, total: np.ndarray) -> np.ndarray:
         """A sum of encoded values, back to reals (two's complement: the sum stays inside the range)."""
-        return total.astype(np.uint32).view(np.int32).astype(np.float64) / self.scale
+        return total.astype(_FIELD).view(np.int64).astype(np.float64) / self.scale
 
 
 @dataclass(frozen=True)
@@ -186,13 +194,13 @@ class Participant:
 
     def masked_input(self, encoded: np.ndarray, peers: Mapping[int, PublicKeys]) -> np.ndarray:
         """``encoded`` (`FixedPoint.encode`) plus this participant's self mask and pairwise masks."""
-        masked = encoded.astype(np.uint32) + _expand(_derive(self.self_seed, "self", self.round_id), len(encoded))
+        masked = encoded.astype(_FIELD) + _expand(_derive(self.self_seed, "self", self.round_id), len(encoded))
         for peer, keys in peers.items():
             if peer == self.index:
                 continue
             mask = _expand(_pair_seed(self.mask_key, keys.mask, self.index, peer, self.round_id), len(encoded))
             masked = masked + mask if self.index < peer else masked - mask
-        return masked.astype(np.uint32)
+        return masked.astype(_FIELD)
 
     def reveal(self, sealed: Mapping[int, bytes], peers: Mapping[int, PublicKeys], sent: Sequence[int]
                ) -> dict[int, tuple[str, tuple[int, tuple[int, ...]]]]:
@@ -220,13 +228,13 @@ def _parse(plaintext: bytes) -> tuple[int, int, tuple[int, tuple[int, ...]], tup
 
 def unmask_sum(masked: Mapping[int, np.ndarray], revealed: Mapping[int, Mapping[int, tuple[str, object]]],
                peers: Mapping[int, PublicKeys], threshold: int, round_id: bytes) -> np.ndarray:
-    """The sum modulo 2^32 of the inputs in ``masked`` (participant -> masked vector), from the shares
+    """The sum modulo 2^64 of the inputs in ``masked`` (participant -> masked vector), from the shares
     ``revealed`` (revealer -> owner -> ("seed" | "key", share)) of at least ``threshold`` participants."""
     if len(revealed) < threshold:
         raise SecureAggregationError(f"{len(revealed)} factories revealed their shares, fewer than the threshold "
                                      f"{threshold}: the round cannot be unmasked")
     length = len(next(iter(masked.values())))
-    total = np.zeros(length, dtype=np.uint32)
+    total = np.zeros(length, dtype=_FIELD)
     for vector in masked.values():
         total = total + vector
     for owner in peers:
@@ -247,13 +255,13 @@ def unmask_sum(masked: Mapping[int, np.ndarray], revealed: Mapping[int, Mapping[
         for peer in masked:
             mask = _expand(_pair_seed(key, peers[peer].mask, owner, peer, round_id), length)
             total = total - mask if peer < owner else total + mask  # what peer added against it, undone
-    return total.astype(np.uint32)
+    return total.astype(_FIELD)
 
 
 def aggregate_in_process(inputs: Mapping[int, np.ndarray], threshold: int, *, drop_before_input: Sequence[int] = (),
                          drop_before_unmask: Sequence[int] = (), round_id: bytes = b"round") -> np.ndarray:
     """One round of the protocol with every party in this process (tests, benchmarks): the sum modulo
-    2^32 of the encoded ``inputs`` of those that sent theirs; ``drop_before_input`` leave after the
+    2^64 of the encoded ``inputs`` of those that sent theirs; ``drop_before_input`` leave after the
     shares, ``drop_before_unmask`` after their masked input."""
     parties = {index: Participant(index, round_id) for index in inputs}
     keys = {index: party.public_keys() for index, party in parties.items()}
@@ -264,3 +272,55 @@ def aggregate_in_process(inputs: Mapping[int, np.ndarray], threshold: int, *, dr
     revealed = {index: party.reveal(inbox[index], keys, sorted(masked)) for index, party in parties.items()
                 if index in masked and index not in drop_before_unmask}
     return unmask_sum(masked, revealed, keys, threshold, round_id)
+
+
+def participant_state(party: Participant) -> dict[str, bytes | int]:
+    """What a factory keeps between the round's messages (its node's state), never sent."""
+    return {"index": party.index, "round-id": party.round_id, "mask-key": _raw(party.mask_key),
+            "share-key": _raw(party.share_key), "self-seed": party.self_seed}
+
+
+def participant_from_state(state: Mapping[str, object]) -> Participant:
+    return Participant(int(state["index"]), bytes(state["round-id"]),
+                       X25519PrivateKey.from_private_bytes(bytes(state["mask-key"])),
+                       X25519PrivateKey.from_private_bytes(bytes(state["share-key"])), bytes(state["self-seed"]))
+
+
+@dataclass(frozen=True)
+class SecureAggregation:
+    """The run's secure aggregation: off, or on with the share of a round's participants whose shares
+    unmask it (``threshold``) and the largest number of examples one delta may weigh (``max_weight``)."""
+
+    enabled: bool = False
+    threshold: float = 2 / 3
+    max_weight: float = 10_000.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"secagg-threshold must be in (0, 1], got {self.threshold}")
+        if not (math.isfinite(self.max_weight) and self.max_weight > 0):
+            raise ValueError(f"secagg-max-weight must be finite and > 0, got {self.max_weight}")
+
+    def threshold_of(self, participants: int) -> int:
+        """Shares needed to unmask a round of ``participants`` (at least 2, at most all)."""
+        return min(participants, max(2, math.ceil(self.threshold * participants)))
+
+
+def weighted_input(delta: Mapping[str, Tensor], weight: float, fixed: FixedPoint, max_weight: float) -> np.ndarray:
+    """A factory's input: ``w / max_weight`` times its delta (parameters in name order) and then
+    ``w / max_weight`` itself, as fixed-point integers (a weight above ``max_weight`` counts as it)."""
+    share = min(float(weight), max_weight) / max_weight
+    flat = np.concatenate([delta[name].detach().double().flatten().numpy() for name in sorted(delta)])
+    return fixed.encode(np.append(share * flat, share))
+
+
+def weighted_mean(total: np.ndarray, fixed: FixedPoint, reference: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The weighted mean delta from the unmasked sum of `weighted_input` vectors."""
+    values = fixed.decode(total)
+    if not values[-1] > 0:
+        raise SecureAggregationError("the unmasked weights sum to nothing: no input was counted")
+    flat = torch.from_numpy(values[:-1] / values[-1])
+    names = sorted(reference)
+    pieces = flat.split([reference[name].numel() for name in names])
+    return {name: piece.reshape(reference[name].shape).to(reference[name].dtype)
+            for name, piece in zip(names, pieces, strict=True)}

@@ -27,6 +27,7 @@ from torch import Tensor
 from fedmeta.common import DataSource, OuterOptimizer, build_model, init_inner_lrs, pack_meta_parameters
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
 from fedmeta.server.package import RUN_ID, deliver_package, write_run_package
+from fedmeta.server.secure_round import secure_training_round
 from fedmeta.server.settings import ServerSettings
 from fedmeta.server.strategy import FedMetaStrategy, exchange
 
@@ -107,6 +108,7 @@ def run_experiment(
     run_dir = RunDirectory(run_path)
     optimizer, first_round = _start_state(run_dir, settings, source, algorithm)
     strategy = FedMetaStrategy(optimizer, settings.sampling)
+    run_id = str(run_dir.read_config()[RUN_ID])  # secure rounds are named by run and round
     round_config = dataclasses.replace(settings.round, algorithm=algorithm)
     evaluation = dataclasses.replace(settings.evaluation, algorithm=algorithm)
     eval_config = ConfigRecord(evaluation.to_config())
@@ -118,10 +120,14 @@ def run_experiment(
         started = time.perf_counter()
         arrays = ArrayRecord(torch_state_dict=optimizer.params)
         train_config = ConfigRecord(dataclasses.replace(round_config, server_round=server_round).to_config())
-        replies = exchange(
-            grid, strategy.configure_train(server_round, arrays, train_config, grid), timeout=settings.timeout
-        )
-        _, train_metrics = strategy.aggregate_train(server_round, replies)
+        if settings.sampling.secure.enabled:
+            _, train_metrics = secure_training_round(grid, strategy, server_round, arrays, train_config,
+                                                     f"{run_id}/{server_round}", settings.timeout)
+        else:
+            replies = exchange(
+                grid, strategy.configure_train(server_round, arrays, train_config, grid), timeout=settings.timeout
+            )
+            _, train_metrics = strategy.aggregate_train(server_round, replies)
         record: dict[str, object] = {"round": server_round, "algorithm": algorithm}
         record.update({f"train/{k}": v for k, v in _finite_or_text(train_metrics or {}).items()})
         last = server_round == settings.num_rounds

@@ -20,6 +20,7 @@ from fedmeta.common import (
 )
 from fedmeta.common.aggregation import AggregationRule
 from fedmeta.common.privacy import DifferentialPrivacy
+from fedmeta.common.secure_aggregation import SecureAggregation
 from fedmeta.server.strategy import SamplingSettings
 
 __all__ = ["ServerSettings"]
@@ -69,6 +70,7 @@ class ServerSettings:
                 topk_fraction=float(get["topk-fraction"]),
                 dp_noise_multiplier=float(get["dp-noise-multiplier"]),
                 dp_delta=float(get["dp-delta"]),
+                secure_aggregation=bool(get["secure-aggregation"]),
             ),
             evaluation=EvaluationSettings(
                 algorithm=algorithm,
@@ -93,6 +95,8 @@ class ServerSettings:
                                             float(get["weight-cap"])),
                 privacy=DifferentialPrivacy(float(get["dp-noise-multiplier"]), float(get["dp-clip-norm"]),
                                             float(get["dp-delta"])),
+                secure=SecureAggregation(bool(get["secure-aggregation"]), float(get["secagg-threshold"]),
+                                         float(get["secagg-max-weight"])),
             ),
         )
         if settings.num_rounds < 1:
@@ -101,4 +105,6 @@ class ServerSettings:
             raise ValueError(f"wait-for-factories must be >= 0, got {settings.wait_for_factories}")
         if settings.eval_every < 0:
             raise ValueError(f"eval-every must be >= 0 (0: only after the last round), got {settings.eval_every}")
+        if settings.sampling.secure.enabled and settings.round.compression != "none":
+            raise ValueError("secure aggregation masks the whole delta in fixed point: it needs compression 'none'")
         return settings

@@ -35,6 +35,7 @@ from fedmeta.common import DeltaRejected, OuterOptimizer, RoundSettings, protoco
 from fedmeta.common.aggregation import AggregationRule
 from fedmeta.common.compression import Compression, decode_delta
 from fedmeta.common.privacy import DifferentialPrivacy, spent_epsilon
+from fedmeta.common.secure_aggregation import SecureAggregation
 
 __all__ = [
     "PULL_COST_FACTOR",
@@ -93,6 +94,7 @@ class SamplingSettings:
     seed: int = 0
     aggregation: AggregationRule = field(default_factory=AggregationRule)  # how the accepted deltas combine
     privacy: DifferentialPrivacy = field(default_factory=DifferentialPrivacy)  # off unless a noise multiplier
+    secure: SecureAggregation = field(default_factory=SecureAggregation)  # off unless enabled
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction_train <= 1:
@@ -104,6 +106,10 @@ class SamplingSettings:
         if self.privacy.enabled and self.aggregation.name != "mean":
             raise ValueError(f"differential privacy averages clipped deltas with equal weights: it needs aggregation "
                              f"'mean', not {self.aggregation.name!r}")
+        if self.secure.enabled and (self.aggregation.name != "mean" or self.privacy.enabled):
+            raise ValueError("secure aggregation shows the server only the sum of a round's deltas: it needs "
+                             "aggregation 'mean' and no differential privacy (a robust rule or clipping needs each "
+                             "delta)")
 
 
 def weighted_metrics(records: list[Mapping[str, float]], weight_key: str = protocol.NUM_EXAMPLES) -> dict[str, float]:
@@ -246,6 +252,13 @@ class FedMetaStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        chosen = self.sample_train(server_round)
+        self.codec = RoundSettings.from_config(config).codec
+        record = RecordDict({protocol.META_PARAMETERS: arrays, protocol.CONFIG: config})
+        return self._messages(chosen, record, MessageType.TRAIN)
+
+    def sample_train(self, server_round: int) -> list[Seat]:
+        """The training factories of ``server_round``: a reproducible sample of ``fraction_train``."""
         candidates = self.seats_with_role("train")
         if len(candidates) < self.sampling.min_train_nodes:
             raise RuntimeError(
@@ -256,9 +269,7 @@ class FedMetaStrategy(Strategy):
         chosen = random.Random(f"{self.sampling.seed}/{server_round}").sample(candidates, size)
         self.sampling_rate = size / len(candidates)
         log.info("round %d: training on %d of %d factories", server_round, size, len(candidates))
-        self.codec = RoundSettings.from_config(config).codec
-        record = RecordDict({protocol.META_PARAMETERS: arrays, protocol.CONFIG: config})
-        return self._messages(chosen, record, MessageType.TRAIN)
+        return chosen
 
     def check_delta(self, delta: Mapping[str, Tensor], metrics: Mapping[str, float]) -> None:
         """Raise `DeltaRejected` unless the delta fits the global model and the weight is positive."""

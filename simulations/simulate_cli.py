@@ -58,6 +58,7 @@ FLAG_SETTINGS = {
     "compression": "compression",
     "dp_noise_multiplier": "dp-noise-multiplier",
     "dp_clip_norm": "dp-clip-norm",
+    "secure_aggregation": "secure-aggregation",
     "eval_shots": "eval-shots",
     "inject_faults": "inject-faults",
     "seed": "seed",
@@ -164,6 +165,8 @@ def simulate(
     compression: Annotated[
         str, typer.Option(click_type=_choice(COMPRESSIONS), help=_help("compression"))
     ] = _default("compression"),
+    secure_aggregation: Annotated[bool, typer.Option(help=_help("secure-aggregation"))] = _default(
+        "secure-aggregation"),
     eval_shots: Annotated[str, typer.Option(help=_help("eval-shots"))] = _default("eval-shots"),
     inject_faults: Annotated[str, typer.Option(help=_help("inject-faults"))] = _default("inject-faults"),
     baseline: Annotated[bool, typer.Option(help="Also train FedAvg in the same run for comparison.")] = True,

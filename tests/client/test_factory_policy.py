@@ -95,3 +95,9 @@ def test_a_bad_policy_file_is_refused_by_name(tmp_path, content, problem):
         load_policy(str(path))
     with pytest.raises(ValueError, match="not found"):
         load_policy(str(tmp_path / "absent.json"))
+
+
+def test_a_factory_requiring_secure_aggregation_joins_a_secure_round():
+    state = RecordDict()
+    FactoryPolicy(require_secure_aggregation=True).admit(RoundSettings(secure_aggregation=True), state)
+    assert state["policy"]["rounds"] == 1

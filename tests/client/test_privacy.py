@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricRecord, RecordDict
 
 from fedmeta.client import load_factory, make_client_app, sampler_for
-from fedmeta.common import EvaluationSettings, RoundSettings, build_model, meta_train
+from fedmeta.common import EvaluationSettings, RoundSettings, build_model, meta_train, protocol
 from fedmeta.common.compression import INDICES, VALUES, decode_delta
+from fedmeta.common.secure_aggregation import Participant, PublicKeys
 from fedmeta.server import initial_meta_parameters
 from tests.support.flower_messages import delivered
 
@@ -128,3 +130,31 @@ def test_a_compressed_reply_holds_only_the_packed_delta_and_what_topk_holds_back
             torch.testing.assert_close(context.state[f"unsent/{factory_name(context)}"].to_torch_state_dict()[name],
                                        torch.where(sent, 0.0, plain[name]))
     assert (f"unsent/{factory_name(context)}" in context.state) == (method == "topk")
+
+
+def test_in_a_secure_round_the_reply_holds_a_masked_input_and_metrics_and_no_delta(client_app, global_params):
+    """Factory 1 runs the real client app through a secure round's keys, shares and training messages,
+    with two peers simulated here: what it sends is a uniformly masked vector, not its delta."""
+    context, round_id = _context(1), "run/4"
+    base = {"round-id": round_id, "threshold": 2, "participants": 3, "max-weight": 10_000.0, "bound": 100.0,
+            "index": 1}
+
+    def send(kind: str, **records):
+        return client_app(delivered(RecordDict(records), kind, 11), context).content
+
+    keys = send(protocol.SECAGG_KEYS, secagg=ConfigRecord(base))["secagg"]
+    peers = {i: Participant(i, round_id.encode()) for i in (2, 3)}
+    public = {1: PublicKeys(bytes(keys["mask"]), bytes(keys["share"]))} | {i: p.public_keys() for i, p in peers.items()}
+    keyed = base | {f"mask/{i}": k.mask for i, k in public.items()} | {f"share/{i}": k.share for i, k in public.items()}
+    sealed = send(protocol.SECAGG_SHARES, secagg=ConfigRecord(keyed))["secagg"]
+    assert set(sealed.keys()) == {"1", "2", "3"}  # a sealed box per participant, opened by that one alone
+    inbox = {f"inbox/{i}": p.encrypted_shares(public, 2)[1] for i, p in peers.items()}
+    settings = RoundSettings(algorithm="maml", local_steps=3, server_round=4, seed=7, secure_aggregation=True)
+    reply = send(MessageType.TRAIN, **_round_records(global_params, settings), secagg=ConfigRecord(keyed | inbox))
+    assert set(reply.keys()) == {"masked", "metrics"}
+    masked = reply["masked"]["input"].numpy()
+    assert masked.dtype == np.uint64 and len(masked) == sum(t.numel() for t in global_params.values()) + 1
+    plain = _send(client_app, 1, MessageType.TRAIN, **_round_records(global_params, dataclasses.replace(
+        settings, secure_aggregation=False))).content["delta"].to_torch_state_dict()
+    flat = np.concatenate([plain[name].flatten().numpy() for name in sorted(plain)])
+    assert abs(np.corrcoef(masked[:-1].astype(np.float64), flat)[0, 1]) < 0.1  # nothing of the delta shows

@@ -18,6 +18,8 @@ from fedmeta.common.secure_aggregation import (
     aggregate_in_process,
     reconstruct,
     shamir_shares,
+    weighted_input,
+    weighted_mean,
 )
 
 SECRET = bytes(range(32))
@@ -32,7 +34,7 @@ def test_any_threshold_of_shamir_shares_rebuild_the_secret_and_fewer_do_not():
 
 def test_a_masked_delta_is_uniform_whatever_the_delta():
     """The server's view of one factory's input: for an all-zero delta and for one at the bound alike, the
-    masked vector's values fill the 2^32 residues uniformly and do not follow the input."""
+    masked vector's values fill the 2^64 residues uniformly and do not follow the input."""
     fixed = FixedPoint(bound=10.0, max_factories=10)
     peers = {index: Participant(index, b"r") for index in (1, 2, 3)}
     keys = {index: party.public_keys() for index, party in peers.items()}
@@ -40,23 +42,24 @@ def test_a_masked_delta_is_uniform_whatever_the_delta():
     ramp = np.linspace(-10, 10, length)
     for delta in (np.zeros(length), ramp):
         masked = peers[1].masked_input(fixed.encode(delta), keys).astype(np.float64)
-        counts = np.histogram(masked, bins=32, range=(0, 2**32))[0]
+        counts = np.histogram(masked, bins=32, range=(0.0, 2.0**64))[0]
         assert stats.chisquare(counts).pvalue > 1e-6  # uniform residues (fails once in a million runs)
         assert abs(stats.pearsonr(masked, ramp).statistic) < 0.05  # ~7 standard errors of 1/sqrt(20000)
 
 
 def test_the_unmasked_sum_is_the_plain_weighted_sum_within_the_fixed_point_step():
-    rng = np.random.default_rng(0)
-    deltas = [{"w": rng.normal(0, 0.5, 300)} for _ in range(6)]
+    generator = torch.Generator().manual_seed(0)
+    deltas = [{"w": torch.randn(300, generator=generator) * 0.5, "b": torch.randn(7, generator=generator)}
+              for _ in range(6)]
     weights = [40.0, 10.0, 25.0, 5.0, 60.0, 33.0]
-    fixed, max_weight = FixedPoint(bound=5.0, max_factories=6), 100.0
-    inputs = {i + 1: fixed.encode(np.append(w / max_weight * d["w"], w / max_weight))
-              for i, (d, w) in enumerate(zip(deltas, weights, strict=True))}
-    total = fixed.decode(aggregate_in_process(inputs, threshold=4))
-    average = total[:-1] / total[-1]
-    plain = weighted_average([{"w": torch.from_numpy(d["w"])} for d in deltas], weights)["w"].numpy()
-    step = 6 / fixed.scale  # six inputs, each rounded by at most half a step, then divided by their weight
-    assert np.abs(average - plain).max() < step / (sum(weights) / max_weight) * 2
+    fixed = FixedPoint(bound=5.0, max_factories=6)
+    inputs = {i + 1: weighted_input(delta, weight, fixed, max_weight=100.0)
+              for i, (delta, weight) in enumerate(zip(deltas, weights, strict=True))}
+    mean = weighted_mean(aggregate_in_process(inputs, threshold=4), fixed, deltas[0])
+    plain = weighted_average(deltas, weights)
+    # 64-bit fixed point: a step of 5 * 6 / 2^63 per value, below float32's own rounding of the mean
+    for name in plain:
+        torch.testing.assert_close(mean[name], plain[name], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("when", ["before its masked delta", "after its masked delta"])
@@ -70,7 +73,9 @@ def test_with_one_of_five_factories_gone_the_sum_is_still_recovered_exactly(when
     else:  # its input arrived: its self mask is removed from its rebuilt seed
         unmasked = aggregate_in_process(inputs, threshold=3, drop_before_unmask=[5])
         counted = [1, 2, 3, 4, 5]
-    exact = sum(inputs[i].astype(np.uint64) for i in counted).astype(np.uint32)  # modulo 2^32
+    exact = np.zeros(500, dtype=np.uint64)
+    for i in counted:
+        exact += inputs[i]  # numpy's unsigned integers wrap: the sum modulo 2^64
     assert np.array_equal(unmasked, exact)
 
 

@@ -107,6 +107,9 @@ def test_the_strategy_combines_a_round_by_the_runs_aggregation_setting():
     ({"aggregation": "trimmed-mean", "trim-fraction": 0.5}, r"trim-fraction must be in \[0, 0.5\)"),
     ({"aggregation": "krum", "krum-malicious": -1}, "krum-malicious must be a whole number >= 0"),
     ({"aggregation": "capped-mean", "weight-cap": -1.0}, "weight-cap must be finite and >= 0"),
+    ({"secure-aggregation": True, "aggregation": "median"}, "secure aggregation .* needs aggregation 'mean'"),
+    ({"secure-aggregation": True, "compression": "int8"}, "secure aggregation .* needs compression 'none'"),
+    ({"secure-aggregation": True, "secagg-threshold": 0.0}, r"secagg-threshold must be in \(0, 1\]"),
 ])
 def test_a_bad_aggregation_setting_is_refused_by_name(settings, problem):
     with pytest.raises(ValueError, match=problem):

@@ -1,0 +1,121 @@
+"""A training round under secure aggregation: four exchanges with the sampled factories, after which the
+server holds the weighted mean of their deltas and never saw one of them (`common.secure_aggregation`).
+
+1. ``train.secagg_keys``: each factory learns its index, the threshold and the round; it answers its
+   two public keys.
+2. ``train.secagg_shares``: every factory gets everyone's public keys and answers, per peer, its sealed
+   shares (which the server only forwards: it cannot open them).
+3. ``train``: the usual training message plus the keys and the shares sealed for that factory; it
+   answers its masked input and its metrics (no delta).
+4. ``train.secagg_reveal``: the factories still there learn who sent an input and reveal their shares
+   of each peer's self-mask seed (sent) or mask key (did not send).
+
+A factory that does not answer an exchange is left out of the next ones. With fewer factories left
+than the threshold at any point, the round fails: the model is unchanged and the metrics say so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from torch import Tensor
+
+from fedmeta.common import protocol
+from fedmeta.common.secure_aggregation import (
+    FixedPoint,
+    PublicKeys,
+    SecureAggregationError,
+    unmask_sum,
+    weighted_mean,
+)
+from fedmeta.server.strategy import FedMetaStrategy, exchange, weighted_metrics
+
+__all__ = ["secure_training_round"]
+
+SECAGG, MASKED = protocol.SECAGG, protocol.MASKED
+KEYS, SHARES, REVEAL = protocol.SECAGG_KEYS, protocol.SECAGG_SHARES, protocol.SECAGG_REVEAL
+
+log = logging.getLogger(__name__)
+
+
+def _keys_record(keys: Mapping[int, PublicKeys]) -> dict[str, bytes]:
+    return {f"mask/{i}": k.mask for i, k in keys.items()} | {f"share/{i}": k.share for i, k in keys.items()}
+
+
+def _answers(grid: Grid, sent: Mapping[int, Message], timeout: float) -> dict[int, RecordDict]:
+    """The contents of the replies that arrived without an error, by the sender's participant index."""
+    index = {message.metadata.dst_node_id: i for i, message in sent.items()}
+    answers = {}
+    for reply in exchange(grid, sent.values(), timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            log.warning("factory on node %d left the secure round: %s", node, reply.error.reason)
+        else:
+            answers[index[node]] = reply.content
+    return answers
+
+
+def secure_training_round(grid: Grid, strategy: FedMetaStrategy, server_round: int, arrays: ArrayRecord,
+                          config: ConfigRecord, round_id: str, timeout: float
+                          ) -> tuple[dict[str, Tensor] | None, dict[str, float]]:
+    """One round under secure aggregation: the new parameters (None: the round failed) and its metrics."""
+    seats = strategy.sample_train(server_round)
+    if any(seat.shared for seat in seats):
+        raise ValueError("secure aggregation needs one factory a node (factories-per-node 1): a node's factories "
+                         "would share its masked input")
+    secure = strategy.sampling.secure
+    nodes = {i + 1: seat.node for i, seat in enumerate(seats)}
+    threshold = secure.threshold_of(len(nodes))
+    fixed = FixedPoint(strategy.sampling.max_delta_norm, len(nodes))
+    base = {"round-id": round_id, "threshold": threshold, "participants": len(nodes),
+            "max-weight": secure.max_weight, "bound": strategy.sampling.max_delta_norm}
+    failed = {"replies": 0.0, "rejected": 0.0, "model-unchanged": 1.0, "secagg-participants": float(len(nodes))}
+
+    def send(kind: str, indices: Sequence[int], content) -> dict[int, RecordDict]:
+        messages = {i: Message(content(i), dst_node_id=nodes[i], message_type=kind) for i in indices}
+        answers = _answers(grid, messages, timeout)
+        if len(answers) < threshold:
+            raise SecureAggregationError(f"{len(answers)} of {len(indices)} factories answered {kind!r}, fewer "
+                                         f"than the threshold {threshold}")
+        return answers
+
+    try:
+        answers = send(KEYS, list(nodes), lambda i: RecordDict({SECAGG: ConfigRecord({**base, "index": i})}))
+        keys = {i: PublicKeys(bytes(a[SECAGG]["mask"]), bytes(a[SECAGG]["share"])) for i, a in answers.items()}
+        keyed = {**base, **_keys_record(keys)}
+        sealed = send(SHARES, list(keys), lambda i: RecordDict({SECAGG: ConfigRecord({**keyed, "index": i})}))
+        # Who left after advertising keys holds no shares of anyone's: from here on, only those who shared.
+        keys = {i: keys[i] for i in sealed}
+        keyed = {**base, **_keys_record(keys)}
+        inbox = {peer: {owner: bytes(box[SECAGG][str(peer)]) for owner, box in sealed.items()} for peer in sealed}
+
+        def train(i: int) -> RecordDict:
+            mine = {f"inbox/{owner}": box for owner, box in inbox[i].items()}
+            return RecordDict({protocol.META_PARAMETERS: arrays, protocol.CONFIG: config,
+                               SECAGG: ConfigRecord({**keyed, **mine, "index": i})})
+
+        inputs = send(MessageType.TRAIN, list(sealed), train)
+        masked = {i: np.asarray(a[MASKED]["input"].numpy(), dtype=np.uint64) for i, a in inputs.items()}
+        sent = sorted(masked)
+
+        def reveal(i: int) -> RecordDict:
+            mine = {f"inbox/{owner}": box for owner, box in inbox[i].items()}
+            return RecordDict({SECAGG: ConfigRecord({**keyed, **mine, "index": i, "sent": sent})})
+
+        revealed = send(REVEAL, sent, reveal)
+        shares = {i: {int(owner): (kind, (x, tuple(values)))
+                      for owner, (kind, x, values) in json.loads(bytes(a[SECAGG]["reveal"])).items()}
+                  for i, a in revealed.items()}
+        total = unmask_sum(masked, shares, keys, threshold, round_id.encode())
+        mean = weighted_mean(total, fixed, strategy.optimizer.params)
+    except SecureAggregationError as error:
+        log.warning("round %d: secure aggregation failed, global model unchanged: %s", server_round, error)
+        return None, failed
+    summary = weighted_metrics([dict(a[protocol.METRICS]) for a in inputs.values()])
+    summary |= {"replies": float(len(masked)), "rejected": 0.0, "secagg-participants": float(len(nodes))}
+    return strategy.optimizer.step(mean), summary
