@@ -224,7 +224,7 @@ def probe_server(plan: FactoryPlan) -> bool:
 
 # SuperNode log lines -> what they mean for this factory.
 _CONNECTED = re.compile(r"SuperNode ID: (\d+)")
-_WORK = re.compile(r"(Receiving|Sending): (\w+) message")
+_WORK = re.compile(r"(Receiving|Sending): ([\w.]+) message")
 _RETRY = re.compile(r"Connection attempt failed, retrying in ([\d.]+) seconds")
 _REFUSED = "Failed to activate SuperNode"
 _TLS = "SSL/TLS handshake error"

@@ -135,7 +135,7 @@ _TABLE = (
     Setting("dp-delta", 1e-5, "DP: the delta at which the accountant reports epsilon after every round.", _SERVER),
     Setting("secure-aggregation", False, "The server learns only the weighted sum of a round's deltas, never one "
             "factory's (needs aggregation 'mean', no DP, no compression, one factory a node).", _SERVER),
-    Setting("secagg-threshold", 0.6667, "Secure aggregation: the share of a round's factories whose key shares unmask "
+    Setting("secagg-threshold", 0.6, "Secure aggregation: the share of a round's factories whose key shares unmask "
             "it; with fewer left the round fails and the model is unchanged.", _SERVER),
     Setting("secagg-max-weight", 10000.0, "Secure aggregation: the most examples one delta weighs (more count as "
             "this).", _SERVER),

@@ -292,7 +292,7 @@ class SecureAggregation:
     unmask it (``threshold``) and the largest number of examples one delta may weigh (``max_weight``)."""
 
     enabled: bool = False
-    threshold: float = 2 / 3
+    threshold: float = 0.6
     max_weight: float = 10_000.0
 
     def __post_init__(self) -> None:
@@ -303,7 +303,8 @@ class SecureAggregation:
 
     def threshold_of(self, participants: int) -> int:
         """Shares needed to unmask a round of ``participants`` (at least 2, at most all)."""
-        return min(participants, max(2, math.ceil(self.threshold * participants)))
+        needed = math.ceil(self.threshold * participants - 1e-9)  # 0.6 * 5 is 3.0000000000000004 in floats
+        return min(participants, max(2, needed))
 
 
 def weighted_input(delta: Mapping[str, Tensor], weight: float, fixed: FixedPoint, max_weight: float) -> np.ndarray:

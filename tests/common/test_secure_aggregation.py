@@ -14,6 +14,7 @@ from fedmeta.common.deltas import weighted_average
 from fedmeta.common.secure_aggregation import (
     FixedPoint,
     Participant,
+    SecureAggregation,
     SecureAggregationError,
     aggregate_in_process,
     reconstruct,
@@ -93,3 +94,9 @@ def test_a_share_cannot_be_read_by_another_factory_or_the_server():
     assert parties[2].reveal({1: sealed[2]}, keys, sent=[1])[1][0] == "seed"  # its addressee reads it
     with pytest.raises(InvalidTag):  # authenticated encryption under a key only 1 and 2 can derive
         parties[3].reveal({1: sealed[2]}, keys, sent=[1])
+
+
+def test_the_threshold_is_the_share_of_participants_rounded_up_without_float_slips():
+    rule = SecureAggregation(enabled=True, threshold=0.6)
+    assert [rule.threshold_of(n) for n in (2, 3, 5, 10, 100)] == [2, 2, 3, 6, 60]  # 0.6 * 5 is 3.0000000000000004
+    assert SecureAggregation(enabled=True, threshold=1.0).threshold_of(5) == 5
