@@ -8,17 +8,24 @@ robust aggregation (`common.aggregation`) is the defence.
 - ``scaled``: the honest delta stretched to just inside the norm bound;
 - ``noise``: Gaussian noise just inside the norm bound;
 - ``claim``: the honest delta with `CLAIM_FACTOR` times the examples the factory has.
+
+One attack poisons the data instead, so it runs in the benchmarks' plain loop only (a client mod cannot
+change what a factory trains on): ``label-flip``, the factory's targets negated (regression) or its class
+ids reversed (classification), trained on honestly.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from fedmeta.common import global_norm
+from fedmeta.common import FactoryData, global_norm
 
-__all__ = ["ATTACKS", "CLAIM_FACTOR", "INSIDE_BOUND", "attacked_delta"]
+__all__ = ["ATTACKS", "CLAIM_FACTOR", "DATA_ATTACKS", "INSIDE_BOUND", "attacked_delta", "flipped_labels"]
 
 ATTACKS = ("sign-flip", "scaled", "noise", "claim")
+DATA_ATTACKS = ("label-flip",)
 INSIDE_BOUND = 0.99  # an attacker's delta norm, as a share of the server's bound
 CLAIM_FACTOR = 1e6
 
@@ -37,3 +44,9 @@ def attacked_delta(delta: dict[str, torch.Tensor], attack: str, max_norm: float,
         scale = INSIDE_BOUND * max_norm / global_norm(noise)
         return {name: tensor * scale for name, tensor in noise.items()}
     return delta
+
+
+def flipped_labels(data: FactoryData, task_kind: str, classes: int) -> FactoryData:
+    """``data`` with its targets negated (regression) or its class ids reversed (classification)."""
+    y = -data.y if task_kind == "regression" else (classes - 1) - data.y
+    return dataclasses.replace(data, y=y)

@@ -276,13 +276,13 @@ def bench_robustness(
 ) -> None:
     """Every aggregation rule on a clean federation and under each attack by 2 of 10 factories."""
     from fedmeta.common.aggregation import AGGREGATIONS
-    from fedmeta.simulations.attacks import ATTACKS
+    from fedmeta.simulations.attacks import ATTACKS, DATA_ATTACKS
     from fedmeta.simulations.benchmarks import defences
 
     console = Console()
     with exit_on_errors(console, ValueError):
         chosen_rules = _choices(rules, AGGREGATIONS, "--rules")
-        chosen_attacks = _choices(attacks, ATTACKS, "--attacks")
+        chosen_attacks = _choices(attacks, (*ATTACKS, *DATA_ATTACKS), "--attacks")
     result = defences.run_robustness(rounds, seed, chosen_rules, chosen_attacks, elapsed_log(console))
     defences.render_robustness(result, console)
     _write_json(result.to_dict(), json_path, console)

@@ -6,9 +6,9 @@ Both train the synthetic quality family (10 training factories, 4 held out) with
 aggregation and outer step, in-process) and score the held-out factories' 5-shot query loss after the
 last round (lower is better).
 
-* robustness: for each aggregation rule, a clean run and one per attack (`simulations.attacks`) with 2
-  of the 10 factories (20%) attacking every round. Aim: a robust rule's loss under attack within 10%
-  of the clean run with the plain mean, while the plain mean breaks.
+* robustness: for each aggregation rule, a clean run and one per attack (`simulations.attacks`, label
+  flips included) with 2 of the 10 factories (20%) attacking every round. Aim: a robust rule's loss
+  under attack within 10% of the clean run with the plain mean, while the plain mean breaks.
 * secure aggregation: a round's aggregation cost with every party of the protocol in one process,
   beside the plain weighted mean of the same deltas, at 10 and 100 factories.
 * compression: each encoding's reply size, from the serialised message (Flower's own protobuf of the
@@ -18,6 +18,7 @@ last round (lower is better).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -35,7 +36,7 @@ from fedmeta.common import Report
 from fedmeta.common.compression import COMPRESSIONS, Compression, decode_delta, encode_delta
 from fedmeta.common.deltas import weighted_average
 from fedmeta.common.secure_aggregation import FixedPoint, aggregate_in_process
-from fedmeta.simulations.attacks import CLAIM_FACTOR, attacked_delta
+from fedmeta.simulations.attacks import ATTACKS, CLAIM_FACTOR, DATA_ATTACKS, attacked_delta, flipped_labels
 from fedmeta.simulations.benchmarks.scaling import PlainLoop, Sender, Sent, held_out_metrics
 
 __all__ = ["ATTACKERS", "CompressionResult", "RobustnessResult", "SecureAggregationCost", "render_compression",
@@ -53,8 +54,14 @@ def _config(rounds: int, seed: int, **settings: object) -> dict[str, object]:
             "family-seed": seed, "device": "cpu", "krum-malicious": ATTACKERS, **settings}
 
 
-def _train(config: Mapping[str, object], send: Sender | None = None) -> float:
+def _train(config: Mapping[str, object], send: Sender | None = None, poisoned: int = 0) -> float:
+    """The held-out loss after the run; the first ``poisoned`` factories train on flipped labels."""
     loop = PlainLoop(config, send)
+    for index in range(poisoned):
+        factory = loop.factories[index]
+        source = factory.source
+        data = flipped_labels(factory.data, source.task_kind, source.model_config.output_dim)
+        loop.factories[index] = dataclasses.replace(factory, data=data)
     for _ in range(int(config["num-server-rounds"])):
         loop.run_round()
     return held_out_metrics(config, loop.strategy.optimizer.params)["loss-k5"]
@@ -88,8 +95,9 @@ def run_robustness(rounds: int, seed: int, rules: Sequence[str], attacks: Sequen
     for rule in rules:
         for attack in ("clean", *attacks):
             config = _config(rounds, seed, aggregation=rule)
-            send = None if attack == "clean" else _attackers(attack, float(config.get("max-delta-norm", 100.0)), seed)
-            loss.setdefault(rule, {})[attack] = _train(config, send)
+            sends = attack in ATTACKS
+            send = _attackers(attack, float(config.get("max-delta-norm", 100.0)), seed) if sends else None
+            loss.setdefault(rule, {})[attack] = _train(config, send, ATTACKERS if attack in DATA_ATTACKS else 0)
             log(f"{rule}, {attack}: held-out 5-shot loss {loss[rule][attack]:.4f}")
     return RobustnessResult(rounds, seed, loss)
 

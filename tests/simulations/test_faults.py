@@ -1,4 +1,5 @@
-"""The fault-injection mod corrupts exactly the chosen nodes' training replies."""
+"""The fault-injection mod corrupts exactly the chosen nodes' training replies, and the attacks send what they
+name (a label flip poisons the data instead)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricRecord, RecordDict
 
-from fedmeta.common import global_norm, validate_delta
+from fedmeta.common import FactoryData, global_norm, validate_delta
 from fedmeta.simulations import fault_injection_mod, parse_fault_spec
+from fedmeta.simulations.attacks import flipped_labels
 from tests.support.flower_messages import delivered
 
 KEYS = ("delta/a", "delta/b")
@@ -88,3 +90,11 @@ def test_noise_is_drawn_anew_each_round_and_the_same_for_a_rerun():
         return mod(_train_message(server_round), _context(1), _honest_reply).content[KEYS[0]].to_torch_state_dict()["w"]
 
     assert torch.equal(noise(2), noise(2)) and not torch.equal(noise(2), noise(3))
+
+
+def test_a_label_flip_negates_regression_targets_and_reverses_class_ids():
+    regression = FactoryData("r", torch.zeros(3, 2), torch.tensor([1.0, -2.0, 0.5]))
+    assert torch.equal(flipped_labels(regression, "regression", 1).y, torch.tensor([-1.0, 2.0, -0.5]))
+    classes = FactoryData("c", torch.zeros(4, 2), torch.tensor([0, 1, 2, 2]))
+    flipped = flipped_labels(classes, "classification", 3)
+    assert torch.equal(flipped.y, torch.tensor([2, 1, 0, 0])) and torch.equal(flipped.x, classes.x)
