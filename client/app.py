@@ -211,7 +211,9 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
             policy.admit(RoundSettings.from_config(msg.content[protocol.CONFIG]), context.state)
         factories, device = factories_of(context)
         if protocol.SECAGG in msg.content:  # a secure round: the masked input instead of the delta
-            return Message(masked_input(_only(factories), msg, context.state, local_update, device), reply_to=msg)
+            settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
+            delta, metrics = local_update(_only(factories), _received_parameters(msg), settings, device)
+            return Message(masked_input(delta, metrics, msg, context.state), reply_to=msg)
         if protocol.FACTORIES in msg.content:
             return Message(train_replies(factories, msg, device, context.state), reply_to=msg)
         return Message(train_reply(_only(factories), msg, device, context.state), reply_to=msg)

@@ -8,9 +8,9 @@ import json
 from collections.abc import Mapping
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from torch import Tensor
 
-from fedmeta.client.factory import LoadedFactory
-from fedmeta.common import RoundSettings, protocol
+from fedmeta.common import protocol
 from fedmeta.common.privacy import clip_delta
 from fedmeta.common.secure_aggregation import (
     FixedPoint,
@@ -62,21 +62,19 @@ def seal_shares(msg: Message, state: RecordDict) -> RecordDict:
     return RecordDict({SECAGG: ConfigRecord({str(peer): box for peer, box in sealed.items()})})
 
 
-def masked_input(factory: LoadedFactory, msg: Message, state: RecordDict, local_update, device: object
+def masked_input(delta: Mapping[str, Tensor], metrics: Mapping[str, float], msg: Message, state: RecordDict
                  ) -> RecordDict:
-    """The round's local update, clipped to the server's norm bound (the server cannot check a masked
-    delta), weighted, in fixed point and masked; the metrics beside it, but no delta."""
+    """The round's local update ``delta`` clipped to the server's norm bound (the server cannot check a
+    masked delta), weighted by its examples, in fixed point and masked; the ``metrics`` beside it, but no
+    delta."""
     fields = msg.content[SECAGG]
     party = _party(fields, state)
-    settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
-    delta, metrics = local_update(factory, dict(msg.content[protocol.META_PARAMETERS].to_torch_state_dict()),
-                                  settings, device)
     bound = float(fields["bound"])
     fixed = FixedPoint(bound, int(fields["participants"]))
     vector = weighted_input(clip_delta(delta, bound), metrics[protocol.NUM_EXAMPLES], fixed,
                             float(fields["max-weight"]))
     masked = party.masked_input(vector, _keys(fields))
-    return RecordDict({MASKED: ArrayRecord({"input": Array(masked)}), protocol.METRICS: MetricRecord(metrics)})
+    return RecordDict({MASKED: ArrayRecord({"input": Array(masked)}), protocol.METRICS: MetricRecord(dict(metrics))})
 
 
 def reveal_shares(msg: Message, state: RecordDict) -> RecordDict:
