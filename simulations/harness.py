@@ -41,6 +41,7 @@ def run_federated_simulation(
     client_cpus: float = 1.0,
     client_gpus: float = 0.0,
     progress: ProgressFn | None = None,
+    source: SyntheticSource | SplitSource | TablesSource | None = None,
 ) -> Path:
     """Run the federation ``run_config`` describes; return its run folder.
 
@@ -53,7 +54,7 @@ def run_federated_simulation(
     """
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     settings = resolve_run_config(run_config)
-    source = simulated_source(run_config)
+    source = source or simulated_source(run_config)  # a caller that checked it already passes it
     spec = str(settings["inject-faults"])
     mods = [fault_injection_mod(spec, float(settings["max-delta-norm"]))] if spec else None
     run_simulation(

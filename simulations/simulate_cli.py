@@ -205,13 +205,14 @@ def simulate(
     console = Console()
     with exit_on_errors(console, ValueError):  # bad settings, tables or held-out names: named before the engine starts
         ServerSettings.from_run_config(run_config)
-        simulated_source(run_config)
+        source = simulated_source(run_config)
     what = f"{factories} + {held_out} held-out {family}" if dataset == "synthetic" else f"the {dataset}"
     if tables:
         what = f"the {tables} ({held_out} held out)"
     console.print(f"Simulating {what} factories; run folder {run_dir}")
     run_federated_simulation(
-        run_config, client_cpus=client_cpus, client_gpus=client_gpus, progress=_progress(console, rounds)
+        run_config, client_cpus=client_cpus, client_gpus=client_gpus, progress=_progress(console, rounds),
+        source=source,
     )
     console.print(_results_table(run_dir, algorithm, baselines))
     for trained in (algorithm, *baselines):

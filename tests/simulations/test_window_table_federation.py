@@ -75,6 +75,7 @@ def test_a_factory_learns_from_windows_of_its_own_scaled_rows_that_never_cross_u
     raw = table[SENSORS].to_numpy()
     scaled = (raw - raw.mean(axis=0)) / raw.std(axis=0, ddof=1)
     units = table.groupby("unit", sort=False).size()
+    units_in_order = list(units.index)  # groups are numbered by first appearance in the file
     assert len(factory.data.y) == int((units - WINDOW + 1).sum())  # a window per row with 9 rows before it
     for index in (0, len(factory.data.y) // 2, len(factory.data.y) - 1):
         window = factory.data.x[index].numpy()  # [channels, cycles]
@@ -84,7 +85,7 @@ def test_a_factory_learns_from_windows_of_its_own_scaled_rows_that_never_cross_u
         assert np.array_equal(table["cycle"].iloc[end - WINDOW + 1:end + 1], np.arange(1, WINDOW + 1)
                               + table["cycle"].iloc[end] - WINDOW)
         assert factory.data.y[index] == table["rul"].iloc[end]
-        assert factory.data.groups[index] == factory.data.groups[index]  # groups exist for every window
+        assert factory.data.groups[index] == units_in_order.index(table["unit"].iloc[end])  # its unit, for CV
 
 
 def test_a_refused_table_stops_the_simulation_before_the_engine_starts(plants, monkeypatch):
