@@ -5,13 +5,15 @@ the messages and are never sent; the server forwards sealed shares it cannot ope
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping
 
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from torch import Tensor
 
-from fedmeta.common import protocol
-from fedmeta.common.privacy import clip_delta
+from fedmeta.common import RoundSettings, protocol
+from fedmeta.common.privacy import DifferentialPrivacy, clip_delta
 from fedmeta.common.secure_aggregation import (
     FixedPoint,
     Participant,
@@ -66,13 +68,20 @@ def masked_input(delta: Mapping[str, Tensor], metrics: Mapping[str, float], msg:
                  ) -> RecordDict:
     """The round's local update ``delta`` clipped to the server's norm bound (the server cannot check a
     masked delta), weighted by its examples, in fixed point and masked; the ``metrics`` beside it, but no
-    delta."""
+    delta. In a round with differential privacy the delta is clipped to the DP bound instead, carries this
+    factory's share of the noise and weighs as much as any other (`common.privacy`)."""
     fields = msg.content[SECAGG]
     party = _party(fields, state)
-    bound = float(fields["bound"])
+    bound, max_weight = float(fields["bound"]), float(fields["max-weight"])
     fixed = FixedPoint(bound, int(fields["participants"]))
-    vector = weighted_input(clip_delta(delta, bound), metrics[protocol.NUM_EXAMPLES], fixed,
-                            float(fields["max-weight"]))
+    settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
+    if settings.dp_noise_multiplier > 0:
+        privacy = DifferentialPrivacy(settings.dp_noise_multiplier, float(fields["dp-clip-norm"]), settings.dp_delta)
+        noise = torch.Generator().manual_seed(secrets.randbits(63))  # nobody else may know this factory's noise
+        vector = weighted_input(privacy.noisy_share(delta, int(fields["threshold"]), noise), max_weight, fixed,
+                                max_weight)
+    else:
+        vector = weighted_input(clip_delta(delta, bound), metrics[protocol.NUM_EXAMPLES], fixed, max_weight)
     masked = party.masked_input(vector, _keys(fields))
     return RecordDict({MASKED: ArrayRecord({"input": Array(masked)}), protocol.METRICS: MetricRecord(dict(metrics))})
 

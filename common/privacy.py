@@ -8,6 +8,14 @@ sum: one factory's whole data changes that sum by at most C. The privacy spent o
 counted by Google's ``dp-accounting`` RDP accountant, each round a Gaussian mechanism on a Poisson
 sample of the training factories at rate ``fraction-train`` (the server samples a fixed number of
 factories; Poisson sampling at the same rate is the usual accounting for it).
+
+Under secure aggregation the server never holds a single delta, so it can neither clip nor add noise to
+one: the noise is distributed. Each factory clips its own delta to C, adds Gaussian noise of standard
+deviation ``z * C / sqrt(t)`` (``t``: the round's unmasking threshold, the fewest inputs a round can be
+unmasked from) and sends it with weight 1 (`noisy_share`). Any ``m >= t`` such inputs sum to noise of
+standard deviation ``z * C * sqrt(m / t) >= z * C``, at least what central DP adds, so the same accountant
+holds. What it does not cover: factories that collude know their own noise and can subtract it, which
+leaves the others' sum with less than ``z * C``.
 """
 
 from __future__ import annotations
@@ -21,9 +29,12 @@ from torch import Tensor
 
 from fedmeta.common.deltas import global_norm
 
-__all__ = ["ORDERS", "DifferentialPrivacy", "clip_delta", "spent_epsilon"]
+__all__ = ["NOISE_SIGMAS", "ORDERS", "DifferentialPrivacy", "clip_delta", "spent_epsilon"]
 
 ORDERS = tuple(range(2, 257))  # integer Renyi orders: the accountant's fractional ones warn near q = 1
+# A secure round's fixed point holds each value within the norm bound; a noisy share must fit there with
+# its noise this many standard deviations out (a value beyond it would be cut, biasing the noise).
+NOISE_SIGMAS = 6.0
 
 
 def clip_delta(delta: Mapping[str, Tensor], clip_norm: float) -> dict[str, Tensor]:
@@ -78,3 +89,20 @@ class DifferentialPrivacy:
             noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float64) * std
             mean[name] = (total + noise).to(tensor.dtype)
         return mean
+
+    def share_std(self, threshold: int) -> float:
+        """The noise one factory adds to its share in a secure round that unmasks from ``threshold`` inputs."""
+        return self.noise_multiplier * self.clip_norm / math.sqrt(threshold)
+
+    def share_range(self, threshold: int) -> float:
+        """How far from zero a value of a noisy share may reach (`NOISE_SIGMAS` noise deviations past C)."""
+        return self.clip_norm + NOISE_SIGMAS * self.share_std(threshold)
+
+    def noisy_share(self, delta: Mapping[str, Tensor], threshold: int, generator: torch.Generator
+                    ) -> dict[str, Tensor]:
+        """A factory's input to a secure round with distributed DP: ``delta`` clipped to C plus noise of std
+        ``z * C / sqrt(threshold)`` per value, so that any ``threshold`` inputs sum to noise of ``z * C``."""
+        std = self.share_std(threshold)
+        return {name: (tensor.to(torch.float64)
+                       + torch.randn(tensor.shape, generator=generator, dtype=torch.float64) * std).to(tensor.dtype)
+                for name, tensor in clip_delta(delta, self.clip_norm).items()}

@@ -130,11 +130,13 @@ _TABLE = (
     Setting("krum-malicious", 0, "krum, multi-krum: factories assumed malicious (f).", _SERVER),
     Setting("krum-select", 0, "multi-krum: deltas averaged (0: all but krum-malicious).", _SERVER),
     Setting("dp-noise-multiplier", 0.0, "Client-level differential privacy: Gaussian noise of this multiple of "
-            "dp-clip-norm on the sum of the round's clipped deltas (0: off; needs aggregation 'mean').", _SERVER),
+            "dp-clip-norm on the sum of the round's clipped deltas (0: off; needs aggregation 'mean'; with "
+            "secure-aggregation each factory adds its share).", _SERVER),
     Setting("dp-clip-norm", 1.0, "DP: every delta is clipped to this L2 norm before averaging.", _SERVER),
     Setting("dp-delta", 1e-5, "DP: the delta at which the accountant reports epsilon after every round.", _SERVER),
     Setting("secure-aggregation", False, "The server learns only the weighted sum of a round's deltas, never one "
-            "factory's (needs aggregation 'mean', no DP, no compression, one factory a node).", _SERVER),
+            "factory's (needs aggregation 'mean', no compression, one factory a node; DP noise then comes from the "
+            "factories).", _SERVER),
     Setting("secagg-threshold", 0.6, "Secure aggregation: the share of a round's factories whose key shares unmask "
             "it; with fewer left the round fails and the model is unchanged.", _SERVER),
     Setting("secagg-max-weight", 10000.0, "Secure aggregation: the most examples one delta weighs (more count as "

@@ -1,5 +1,7 @@
 """A training round under secure aggregation: four exchanges with the sampled factories, after which the
 server holds the weighted mean of their deltas and never saw one of them (`common.secure_aggregation`).
+With differential privacy on, each factory clips its delta and adds its share of the noise itself, and the
+inputs weigh the same (`common.privacy`).
 
 1. ``train.secagg_keys``: each factory learns its index, the threshold and the round; it answers its
    two public keys.
@@ -26,6 +28,7 @@ from flwr.serverapp import Grid
 from torch import Tensor
 
 from fedmeta.common import protocol
+from fedmeta.common.privacy import spent_epsilon
 from fedmeta.common.secure_aggregation import (
     FixedPoint,
     PublicKeys,
@@ -72,8 +75,10 @@ def secure_training_round(grid: Grid, strategy: FedMetaStrategy, server_round: i
     nodes = {i + 1: seat.node for i, seat in enumerate(seats)}
     threshold = secure.threshold_of(len(nodes))
     fixed = FixedPoint(strategy.sampling.max_delta_norm, len(nodes))
+    privacy = strategy.sampling.privacy
     base = {"round-id": round_id, "threshold": threshold, "participants": len(nodes),
-            "max-weight": secure.max_weight, "bound": strategy.sampling.max_delta_norm}
+            "max-weight": secure.max_weight, "bound": strategy.sampling.max_delta_norm,
+            "dp-clip-norm": privacy.clip_norm}
     failed = {"replies": 0.0, "rejected": 0.0, "model-unchanged": 1.0, "secagg-participants": float(len(nodes))}
 
     def send(kind: str, indices: Sequence[int], content) -> dict[int, RecordDict]:
@@ -118,4 +123,7 @@ def secure_training_round(grid: Grid, strategy: FedMetaStrategy, server_round: i
         return None, failed
     summary = weighted_metrics([dict(a[protocol.METRICS]) for a in inputs.values()])
     summary |= {"replies": float(len(masked)), "rejected": 0.0, "secagg-participants": float(len(nodes))}
+    if privacy.enabled:  # every input carried its share of the noise (`common.privacy`)
+        summary["dp-epsilon"] = spent_epsilon(server_round, strategy.sampling_rate, privacy.noise_multiplier,
+                                              privacy.delta)
     return strategy.optimizer.step(mean), summary

@@ -34,7 +34,7 @@ from torch import Tensor
 from fedmeta.common import DeltaRejected, OuterOptimizer, RoundSettings, protocol, validate_delta
 from fedmeta.common.aggregation import AggregationRule
 from fedmeta.common.compression import Compression, decode_delta
-from fedmeta.common.privacy import DifferentialPrivacy, spent_epsilon
+from fedmeta.common.privacy import NOISE_SIGMAS, DifferentialPrivacy, spent_epsilon
 from fedmeta.common.secure_aggregation import SecureAggregation
 
 __all__ = [
@@ -106,10 +106,15 @@ class SamplingSettings:
         if self.privacy.enabled and self.aggregation.name != "mean":
             raise ValueError(f"differential privacy averages clipped deltas with equal weights: it needs aggregation "
                              f"'mean', not {self.aggregation.name!r}")
-        if self.secure.enabled and (self.aggregation.name != "mean" or self.privacy.enabled):
-            raise ValueError("secure aggregation shows the server only the sum of a round's deltas: it needs "
-                             "aggregation 'mean' and no differential privacy (a robust rule or clipping needs each "
-                             "delta)")
+        if self.secure.enabled and self.aggregation.name != "mean":
+            raise ValueError(f"secure aggregation shows the server only the sum of a round's deltas: it needs "
+                             f"aggregation 'mean', not {self.aggregation.name!r} (a robust rule needs each delta)")
+        reach = self.privacy.share_range(threshold=2)  # a round unmasks from at least 2 inputs
+        if self.secure.enabled and self.privacy.enabled and reach > self.max_delta_norm:
+            raise ValueError(f"secure aggregation with differential privacy: a factory's noisy delta reaches "
+                             f"{reach:.3g} per value (dp-clip-norm plus {NOISE_SIGMAS:g} noise deviations), beyond "
+                             f"max-delta-norm {self.max_delta_norm:g}, the range the masked sum holds: raise "
+                             f"max-delta-norm to at least {math.ceil(reach)}")
 
 
 def weighted_metrics(records: list[Mapping[str, float]], weight_key: str = protocol.NUM_EXAMPLES) -> dict[str, float]:

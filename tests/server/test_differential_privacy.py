@@ -36,6 +36,20 @@ def test_the_noise_on_the_mean_has_standard_deviation_z_c_over_n():
     assert abs(float(noise.mean())) < 4 * expected / math.sqrt(noise.numel())
 
 
+def test_noisy_shares_of_a_secure_round_sum_to_the_noise_central_dp_adds():
+    """Distributed DP: each of ``t`` factories adds std z C / sqrt(t), so their sum carries z C, as the
+    server's noise on the sum would; each share is clipped to C before its noise."""
+    privacy = DifferentialPrivacy(noise_multiplier=1.3, clip_norm=2.0)
+    generator = torch.Generator().manual_seed(0)
+    threshold = 4
+    shares = [privacy.noisy_share({"w": torch.zeros(200, 100)}, threshold, generator)["w"] for _ in range(threshold)]
+    assert float(shares[0].double().std()) == pytest.approx(1.3 * 2.0 / 2, rel=0.02)  # 20,000 draws each
+    assert float(torch.stack(shares).double().sum(dim=0).std()) == pytest.approx(1.3 * 2.0, rel=0.02)
+    quiet = DifferentialPrivacy(noise_multiplier=1e-9, clip_norm=2.0)
+    long = quiet.noisy_share({"w": torch.full((10, 10), 3.0)}, threshold, generator)
+    assert global_norm(long) == pytest.approx(2.0, rel=1e-6)
+
+
 def _independent_epsilon(rounds: int, noise_multiplier: float, delta: float) -> float:
     """Every factory in every round (q = 1): the Gaussian mechanism's RDP at order a is a / (2 z^2), composed
     over the rounds, converted to (epsilon, delta) by Canonne et al.'s bound (their Proposition 12)."""
@@ -77,6 +91,11 @@ def test_a_private_round_applies_the_noisy_mean_of_clipped_deltas_and_reports_it
 def test_privacy_with_a_robust_rule_or_a_bad_setting_is_refused_by_name():
     with pytest.raises(ValueError, match="needs aggregation 'mean', not 'median'"):
         ServerSettings.from_run_config({"dp-noise-multiplier": 1.0, "aggregation": "median"})
+    # Under secure aggregation a noisy share must fit the masked sum's range: 2 + 6 * 20 * 2 / sqrt(2) = 172.
+    with pytest.raises(ValueError, match=r"reaches 172 per value .* raise max-delta-norm to at least 172"):
+        ServerSettings.from_run_config({"dp-noise-multiplier": 20.0, "dp-clip-norm": 2.0, "secure-aggregation": True})
+    ServerSettings.from_run_config({"dp-noise-multiplier": 20.0, "dp-clip-norm": 2.0, "secure-aggregation": True,
+                                    "max-delta-norm": 172.0})
     with pytest.raises(ValueError, match="dp-clip-norm must be finite and > 0"):
         ServerSettings.from_run_config({"dp-noise-multiplier": 1.0, "dp-clip-norm": 0.0})
     with pytest.raises(ValueError, match=r"dp-delta must be in \(0, 1\)"):

@@ -8,12 +8,17 @@ import pytest
 import torch
 
 from fedmeta.common import source_from_config
+from fedmeta.common.privacy import spent_epsilon
 from fedmeta.server import RunDirectory, ServerSettings, initial_meta_parameters
 from fedmeta.simulations import run_federated_simulation
 
 SMALL = {"family": "quality", "num-factories": 5, "num-held-out": 1, "eval-shots": "5", "eval-tasks": 4,
          "local-steps": 2, "device": "cpu", "algorithm": "fomaml", "min-train-nodes": 2,
          "inject-faults": "0:crash"}  # factory 0 shares its keys, then crashes instead of sending its input
+
+# Distributed DP: a clipping norm far above these deltas' norms, so the inputs differ from the secure run's only
+# by their weights (equal here: every synthetic factory has as many rows) and their noise.
+PRIVATE = {"dp-noise-multiplier": 0.5, "dp-clip-norm": 20.0}
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +29,8 @@ def runs(tmp_path_factory):
                               "secure-aggregation": True})
     run_federated_simulation({**SMALL, "num-server-rounds": 1, "run-dir": str(root / "strict"),
                               "secure-aggregation": True, "secagg-threshold": 1.0})
+    run_federated_simulation({**SMALL, "num-server-rounds": 1, "run-dir": str(root / "private"),
+                              "secure-aggregation": True, **PRIVATE})
     return root
 
 
@@ -47,3 +54,17 @@ def test_with_fewer_factories_left_than_the_threshold_the_round_fails_and_the_mo
                                       settings.round.seed)
     unchanged = strict.load_checkpoint(1).params
     assert all(torch.equal(unchanged[name], initial[name]) for name in initial)
+
+
+def test_with_differential_privacy_each_factory_adds_its_share_and_the_sum_carries_the_central_noise(runs):
+    """4 of 5 factories answered a round that unmasks from t = 3: their noise sums to std z C sqrt(4 / 3),
+    which the mean of 4 divides by 4; epsilon is counted as with the server's noise."""
+    secure = RunDirectory(runs / "secure" / "fomaml").load_checkpoint(1).params
+    private = RunDirectory(runs / "private" / "fomaml").load_checkpoint(1).params
+    noise = torch.cat([(private[name] - secure[name]).double().flatten() for name in secure])
+    z, clip = PRIVATE["dp-noise-multiplier"], PRIVATE["dp-clip-norm"]
+    assert noise.numel() > 4000  # the sample std is then within 10% of the true one (beyond 6 standard errors)
+    assert float(noise.std()) == pytest.approx(z * clip * (4 / 3) ** 0.5 / 4, rel=0.1)
+    (record,) = RunDirectory(runs / "private" / "fomaml").read_metrics()
+    assert record["train/replies"] == 4.0
+    assert record["train/dp-epsilon"] == pytest.approx(spent_epsilon(1, 1.0, z, 1e-5))
