@@ -88,6 +88,18 @@ class AggregationRule:
         if not (math.isfinite(self.weight_cap) and self.weight_cap >= 0):
             raise ValueError(f"weight-cap must be finite and >= 0, got {self.weight_cap}")
 
+    @property
+    def selects(self) -> bool:
+        """Whether the rule keeps some deltas whole and leaves the others out (krum, multi-krum)."""
+        return self.name in ("krum", "multi-krum")
+
+    def kept(self, deltas: Sequence[Delta]) -> list[int]:
+        """Indices of the deltas the update is made of: a selecting rule's choice (best first), otherwise all."""
+        if not self.selects:
+            return list(range(len(deltas)))
+        count = 1 if self.name == "krum" else (self.select or max(1, len(deltas) - self.malicious))
+        return krum_selection(deltas, self.malicious, count)
+
     def combine(self, deltas: Sequence[Delta], weights: Sequence[float]) -> dict[str, Tensor]:
         """The round's update from the accepted ``deltas`` and their claimed ``weights``."""
         if not deltas:
@@ -96,9 +108,8 @@ class AggregationRule:
             return _per_coordinate(deltas, _median)
         if self.name == "trimmed-mean":
             return _per_coordinate(deltas, lambda values: _trimmed(values, self.trim_fraction))
-        if self.name in ("krum", "multi-krum"):
-            count = 1 if self.name == "krum" else (self.select or max(1, len(deltas) - self.malicious))
-            kept = krum_selection(deltas, self.malicious, count)
+        if self.selects:
+            kept = self.kept(deltas)
             return weighted_average([deltas[i] for i in kept], [weights[i] for i in kept])
         if self.name == "capped-mean":
             cap = self.weight_cap or statistics.median(float(w) for w in weights)

@@ -328,6 +328,16 @@ class FedMetaStrategy(Strategy):
         summary["rejected"] = rejected
         return params, summary
 
+    def _log_left_out(self, server_round: int, names: Sequence[str], deltas: Sequence[Mapping[str, Tensor]]) -> int:
+        """Say which factories' accepted deltas a selecting rule (krum, multi-krum) left out; how many."""
+        kept = set(self.sampling.aggregation.kept(deltas))
+        left_out = [name for i, name in enumerate(names) if i not in kept]
+        if left_out:
+            log.warning("round %d: %s left out the deltas of %s (kept %s)", server_round,
+                        self.sampling.aggregation.name, ", ".join(left_out),
+                        ", ".join(name for i, name in enumerate(names) if i in kept))
+        return len(left_out)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -335,8 +345,12 @@ class FedMetaStrategy(Strategy):
         replies = list(replies)
         parts = [part for reply in replies for part in self._parts(reply, MessageType.TRAIN, records)]
         parts.sort(key=lambda part: part.factory)  # the same summation order however factories are placed
-        accepted = [item for item in map(self._accepted_delta, parts) if item is not None]
+        checked = [(part.factory, self._accepted_delta(part)) for part in parts]
+        accepted = [item for _, item in checked if item is not None]
         params, summary = self.apply_deltas(server_round, accepted, offered=len(parts))
+        if params is not None and self.sampling.aggregation.selects:
+            names = [name for name, item in checked if item is not None]
+            summary["left-out"] = float(self._log_left_out(server_round, names, [delta for delta, _ in accepted]))
         summary["bytes-received"] = float(sum(recorddict_to_proto(reply.content).ByteSize() for reply in replies
                                               if reply.has_content()))
         return (None if params is None else ArrayRecord(torch_state_dict=params)), MetricRecord(summary)

@@ -1,7 +1,8 @@
 """Secure aggregation over real processes on loopback (TLS, node authentication): three factories, and one
 of them killed in round 2 once it has sent its sealed shares, so in the middle of the secure round. The
 round still completes from the shares the other two reveal, the next one runs with the two, and what
-reached the server's side of the wire in each round was masked inputs, never a delta."""
+reached the server's side of the wire in each round was masked inputs, never a delta. The rounds are
+differentially private with the noise added by the factories themselves, and plant-a's policy requires both."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from tests.support.deployment import ENV, FEATURES, FEDMETA, metrics, supernode_
 FACTORIES = ("plant-a", "plant-b", "plant-c")
 ROUND_TIMEOUT_S = 30  # a round waits this long for the killed factory's answers, then goes on
 WORK = ("algorithm='fomaml' local-steps=1 inner-steps=1 meta-batch-size=2 shots=5 query-size=10 min-train-nodes=2 "
-        f"timeout={ROUND_TIMEOUT_S} device='cpu' num-server-rounds=3 wait-for-factories=3 secure-aggregation=true")
+        f"timeout={ROUND_TIMEOUT_S} device='cpu' num-server-rounds=3 wait-for-factories=3 secure-aggregation=true "
+        "dp-noise-multiplier=0.3 dp-clip-norm=5.0")
+POLICY = {"require_secure_aggregation": True, "require_dp": True, "max_epsilon": 1000.0}
 
 
 @dataclass
@@ -54,6 +57,9 @@ def secure_run(tmp_path_factory) -> Iterator[SecureRun]:
         command = [FEDMETA, "client", "--server", f"127.0.0.1:{port}", "--data", str(root / f"{name}.csv"),
                    "--schema", str(schema), "--key", str(certs / name), "--ca", str(certs / "ca.crt"), "--device",
                    "cpu", "--runtime-port", str(free_port()), "--state", str(root / f"state-{name}")]
+        if name == "plant-a":
+            (root / "policy.json").write_text(json.dumps(POLICY))
+            command += ["--policy", str(root / "policy.json")]
         clients[name] = ChildProcess(f"factory {name}", command, log=root / f"{name}.log", env=ENV)
     logs = [server.log, *(client.log for client in clients.values())]
     started: list[ChildProcess] = []
@@ -92,3 +98,12 @@ def test_a_factory_killed_mid_round_leaves_the_round_to_the_other_two(secure_run
     assert second["train/secagg-participants"] == 3.0 and second["train/replies"] in (2.0, 3.0), second
     assert "train/model-unchanged" not in second and "train/model-unchanged" not in third, (second, third)
     assert third["train/replies"] == 2.0
+
+
+def test_the_factories_noise_makes_each_round_private_within_plant_as_policy(secure_run):
+    """plant-a, whose policy requires secure aggregation and DP, joined every round (3 replies in round 1,
+    and the killed plant-c's absence left 2 in round 3); each round spent privacy."""
+    records = metrics(secure_run.run)
+    epsilons = [record["train/dp-epsilon"] for record in records]
+    assert 0 < epsilons[0] < epsilons[1] < epsilons[2], epsilons
+    assert [record["train/replies"] for record in records][::2] == [3.0, 2.0]

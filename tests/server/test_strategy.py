@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.client import load_factories, make_client_app, train_reply
 from fedmeta.common import OuterOptimizer, OuterOptimizerConfig, RoundSettings
+from fedmeta.common.aggregation import AggregationRule
 from fedmeta.server import FedMetaStrategy, NodeInfo, SamplingSettings, exchange, initial_meta_parameters
 from tests.support.flower_messages import delivered, reply_from
 
@@ -63,6 +65,18 @@ def test_bad_deltas_and_failed_factories_are_left_out_and_the_round_goes_on():
     arrays, metrics = strategy.aggregate_train(1, replies)
     torch.testing.assert_close(arrays.to_torch_state_dict()["b"], torch.full((3,), 2.0))
     assert metrics["rejected"] == 4 and metrics["replies"] == 2
+
+
+def test_a_selecting_rule_names_the_factories_it_left_out(caplog):
+    strategy = _strategy()
+    strategy.sampling = dataclasses.replace(strategy.sampling, aggregation=AggregationRule("multi-krum", malicious=1))
+    replies = [_delta_reply(1, 1.0), _delta_reply(2, 1.1), _delta_reply(3, 0.9), _delta_reply(4, -5.0)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    torch.testing.assert_close(arrays.to_torch_state_dict()["b"], torch.full((3,), 1.0))
+    assert metrics["left-out"] == 1 and metrics["rejected"] == 0 and metrics["replies"] == 4
+    assert "multi-krum left out the deltas of factory-4 (kept factory-1, factory-2, factory-3)" in caplog.text
+    plain = _strategy().aggregate_train(1, replies)[1]
+    assert "left-out" not in plain  # the mean keeps every accepted delta
 
 
 def test_too_few_valid_deltas_leave_the_global_model_unchanged():

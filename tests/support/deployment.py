@@ -30,10 +30,12 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, logs: l
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{shown}")
 
 
-def write_table(path: Path, gain: float, seed: int) -> None:
+def write_table(path: Path, gain: float, seed: int, label_scale: float = 1.0) -> None:
+    """A factory's 40 rows, quality = gain * temperature - pressure + noise, times ``label_scale`` (a negative
+    scale: a factory poisoning the federation with flipped labels)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(40, 3))
-    y = gain * x[:, 0] - x[:, 1] + 0.1 * rng.normal(size=40)
+    y = label_scale * (gain * x[:, 0] - x[:, 1] + 0.1 * rng.normal(size=40))
     rows = [",".join([*FEATURES, "quality"])]
     rows += [",".join(f"{v:.5f}" for v in (*r, t)) for r, t in zip(x, y, strict=True)]
     path.write_text("\n".join(rows) + "\n")
