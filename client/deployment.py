@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -82,6 +83,7 @@ class FactoryPlan:
     device: str = "auto"
     max_wait_s: float | None = None
     isolation: str = "subprocess"
+    tuned_supernode: bool = True  # the project's SuperNode timings (`client.supernode_timings`); False: Flower's
     model_dir: Path | None = None  # None: <state>/models
     policy: Path | None = None  # the factory's own rules (`client.policy`); None: none
     table_warnings: tuple[str, ...] = ()  # what the table check found but reads anyway (columns not named)
@@ -110,6 +112,7 @@ def plan_factory(
     device: str = "auto",
     max_wait_s: float | None = None,
     isolation: str = "subprocess",
+    tuned_supernode: bool = True,
     model_dir: Path | None = None,
     policy: Path | None = None,
 ) -> FactoryPlan:
@@ -147,6 +150,7 @@ def plan_factory(
         device=device,
         max_wait_s=max_wait_s,
         isolation=isolation,
+        tuned_supernode=tuned_supernode,
         model_dir=None if model_dir is None else model_dir.resolve(),
         policy=None if policy is None else policy.resolve(),
         table_warnings=tuple(checked.warnings),
@@ -179,8 +183,11 @@ def node_config(plan: FactoryPlan) -> str:
 
 
 def supernode_command(plan: FactoryPlan) -> list[str]:
-    """``flower-supernode`` for this factory (TLS with the CA, node authentication with the key)."""
-    command = ["flower-supernode", "--superlink", plan.server, "--node-config", node_config(plan)]
+    """Flower's ``flower-supernode`` for this factory (TLS with the CA, node authentication with the key), by
+    default with the project's shorter polls and heartbeat (`client.supernode_timings`)."""
+    tuned = [sys.executable, "-m", "fedmeta.client.supernode_timings"]
+    command = tuned if plan.tuned_supernode else ["flower-supernode"]
+    command += ["--superlink", plan.server, "--node-config", node_config(plan)]
     command += ["--port", str(plan.runtime_port), "--isolation", plan.isolation]
     if plan.ca is None:
         command.append("--insecure")

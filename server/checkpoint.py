@@ -5,6 +5,8 @@ Layout::
     <run>/config.json                          the run's configuration
     <run>/metrics.jsonl                        one JSON object per line, each with "round"
     <run>/checkpoints/round-000003.safetensors global params + outer optimizer state
+    <run>/status.json                          the run's state for `fedmeta status` (`server.run_view`)
+    <run>/events.out.tfevents.*                the metrics for TensorBoard (`server.run_view`)
 
 Checkpoints carry a SHA-256 of their tensors and metadata, so flipped bytes are caught on load.
 Every file is written to a temporary file in the same folder, flushed to disk and
@@ -69,6 +71,7 @@ class RunDirectory:
         self.checkpoints_dir = self.path / "checkpoints"
         self.config_path = self.path / "config.json"
         self.metrics_path = self.path / "metrics.jsonl"
+        self.status_path = self.path / "status.json"
 
     def checkpoint_path(self, round: int) -> Path:
         """Where the checkpoint of ``round`` lives (whether or not it exists)."""
@@ -159,6 +162,12 @@ class RunDirectory:
             )
         self.path.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.config_path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+    def write_status(self, status: Mapping[str, Any]) -> None:
+        """Replace ``status.json`` (atomically: a reader never sees half of it)."""
+        text = json.dumps(status, indent=2, allow_nan=False) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.status_path, lambda temp: temp.write_text(text, encoding="utf-8"))
 
     def read_config(self) -> dict[str, Any]:
         """The run's configuration from ``config.json``."""

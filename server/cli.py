@@ -1,5 +1,6 @@
 """The server package's commands: ``fedmeta server`` (a Flower SuperLink and one run, TLS and node
-authentication on) and ``fedmeta certs`` (the federation's CA, server certificate and factory keys).
+authentication on), ``fedmeta certs`` (the federation's CA, server certificate and factory keys) and
+``fedmeta status`` (how the runs in a state or run folder stand).
 
 ``cli`` is the ``fedmeta-server`` console script, the server image's entry point: the
 ``server`` command alone. What a command runs is imported when it runs, so ``fedmeta certs``
@@ -25,7 +26,7 @@ from fedmeta.server.certificates import (
     load_certificate_authority,
 )
 
-__all__ = ["certs", "cli", "server"]
+__all__ = ["certs", "cli", "server", "status"]
 
 
 def server(
@@ -109,6 +110,23 @@ def certs(
         for name in factory or []:
             private, public = create_factory_keys(out, name, overwrite=overwrite)
             console.print(f"created {private} (give to {name} only) and {public} (register on the server)")
+
+
+def status(
+    state: Annotated[
+        Path, typer.Option(help="A `fedmeta server --state` folder, a simulation's --run-dir, or one run in them.")
+    ] = Path(".fedmeta/server"),
+) -> None:
+    """A summary of each run there, running or ended: its state and round, the connected factories, the last
+    round's metrics and the server's last warnings. TensorBoard shows every round: `tensorboard --logdir STATE`."""
+    from fedmeta.server.status import describe_run, find_runs, read_status
+
+    console = Console(highlight=False, soft_wrap=True)  # one line per warning, however long
+    with exit_on_errors(console, ValueError, OSError):
+        for run in find_runs(state):
+            name = str(run.relative_to(state)) if run != state else run.name
+            for line in describe_run(name, read_status(run)):
+                console.print(line, markup=False)
 
 
 cli = typer.Typer(help="FedMeta Factory aggregation server.", add_completion=False)

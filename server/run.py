@@ -1,5 +1,6 @@
 """The round loop: train, aggregate, log metrics, checkpoint, evaluate; resumable; then the model
-package, written into the run folder and delivered to every factory.
+package, written into the run folder and delivered to every factory. The run's TensorBoard scalars and
+``status.json`` follow it (`server.run_view`).
 
 Flower's `Strategy.start` always begins at round 1, so the loop lives here and calls
 the strategy's hooks itself. Each round appends its metrics first and then writes an
@@ -27,6 +28,7 @@ from torch import Tensor
 from fedmeta.common import DataSource, OuterOptimizer, build_model, init_inner_lrs, pack_meta_parameters
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
 from fedmeta.server.package import RUN_ID, deliver_package, write_run_package
+from fedmeta.server.run_view import RunView
 from fedmeta.server.secure_round import secure_training_round
 from fedmeta.server.settings import ServerSettings
 from fedmeta.server.strategy import FedMetaStrategy, exchange
@@ -112,41 +114,46 @@ def run_experiment(
     round_config = dataclasses.replace(settings.round, algorithm=algorithm)
     evaluation = dataclasses.replace(settings.evaluation, algorithm=algorithm)
     eval_config = ConfigRecord(evaluation.to_config())
-    for server_round in range(first_round, settings.num_rounds + 1):
-        wanted = settings.sampling.min_train_nodes
-        if server_round == first_round:  # a deployment's factories connect one by one: start with them all
-            wanted = max(wanted, settings.wait_for_factories)
-        _await_factories(grid, strategy, settings, wanted)
-        started = time.perf_counter()
-        arrays = ArrayRecord(torch_state_dict=optimizer.params)
-        train_config = ConfigRecord(dataclasses.replace(round_config, server_round=server_round).to_config())
-        if settings.sampling.secure.enabled:
-            _, train_metrics = secure_training_round(grid, strategy, server_round, arrays, train_config,
-                                                     f"{run_id}/{server_round}", settings.timeout)
-        else:
-            replies = exchange(
-                grid, strategy.configure_train(server_round, arrays, train_config, grid), timeout=settings.timeout
-            )
-            _, train_metrics = strategy.aggregate_train(server_round, replies)
-        record: dict[str, object] = {"round": server_round, "algorithm": algorithm}
-        record.update({f"train/{k}": v for k, v in _finite_or_text(train_metrics or {}).items()})
-        last = server_round == settings.num_rounds
-        if last or (settings.eval_every and server_round % settings.eval_every == 0):
+    with RunView(run_dir, algorithm, settings.num_rounds, first_round) as view:
+        for server_round in range(first_round, settings.num_rounds + 1):
+            wanted = settings.sampling.min_train_nodes
+            if server_round == first_round:  # a deployment's factories connect one by one: start with them all
+                wanted = max(wanted, settings.wait_for_factories)
+            _await_factories(grid, strategy, settings, wanted)
+            view.factories((seat.info.factory, role) for role in ("train", "evaluate")
+                           for seat in strategy.seats_with_role(role))
+            started = time.perf_counter()
             arrays = ArrayRecord(torch_state_dict=optimizer.params)
-            replies = exchange(
-                grid, strategy.configure_evaluate(server_round, arrays, eval_config, grid), timeout=settings.timeout
+            train_config = ConfigRecord(dataclasses.replace(round_config, server_round=server_round).to_config())
+            if settings.sampling.secure.enabled:
+                _, train_metrics = secure_training_round(grid, strategy, server_round, arrays, train_config,
+                                                         f"{run_id}/{server_round}", settings.timeout)
+            else:
+                replies = exchange(
+                    grid, strategy.configure_train(server_round, arrays, train_config, grid), timeout=settings.timeout
+                )
+                _, train_metrics = strategy.aggregate_train(server_round, replies)
+            record: dict[str, object] = {"round": server_round, "algorithm": algorithm}
+            record.update({f"train/{k}": v for k, v in _finite_or_text(train_metrics or {}).items()})
+            last = server_round == settings.num_rounds
+            if last or (settings.eval_every and server_round % settings.eval_every == 0):
+                arrays = ArrayRecord(torch_state_dict=optimizer.params)
+                replies = exchange(
+                    grid, strategy.configure_evaluate(server_round, arrays, eval_config, grid),
+                    timeout=settings.timeout,
+                )
+                eval_metrics = strategy.aggregate_evaluate(server_round, replies)
+                record.update({f"eval/{k}": v for k, v in _finite_or_text(eval_metrics or {}).items()})
+            record["seconds"] = time.perf_counter() - started
+            run_dir.append_metrics(record)
+            run_dir.save_checkpoint(
+                server_round,
+                optimizer.params,
+                optimizer.state_dict(),
+                {**optimizer.metadata(), "algorithm": algorithm},
             )
-            eval_metrics = strategy.aggregate_evaluate(server_round, replies)
-            record.update({f"eval/{k}": v for k, v in _finite_or_text(eval_metrics or {}).items()})
-        record["seconds"] = time.perf_counter() - started
-        run_dir.append_metrics(record)
-        run_dir.save_checkpoint(
-            server_round,
-            optimizer.params,
-            optimizer.state_dict(),
-            {**optimizer.metadata(), "algorithm": algorithm},
-        )
-        if progress is not None:
-            progress(record)
-    package = write_run_package(run_dir, optimizer.params, source, evaluation, settings.num_rounds)
-    deliver_package(grid, strategy, package, settings.timeout)
+            view.round_finished(record)
+            if progress is not None:
+                progress(record)
+        package = write_run_package(run_dir, optimizer.params, source, evaluation, settings.num_rounds)
+        deliver_package(grid, strategy, package, settings.timeout)

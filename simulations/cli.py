@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("fedmeta.client.floor_cli", "export"),
     "certs": ("fedmeta.server.cli", "certs"),
     "server": ("fedmeta.server.cli", "server"),
+    "status": ("fedmeta.server.cli", "status"),
 }
 
 

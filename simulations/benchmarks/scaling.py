@@ -21,7 +21,12 @@ inputs, 2 hidden layers of 64, about 4,700 parameters). A round's wall time is t
 median over ``rounds`` timed rounds after one warm-up round; the flower figure is the
 time between consecutive rounds' progress reports, so it also pays the run's metrics
 line and checkpoint. Half of the plain rounds run before the simulation and half
-after, so that load from elsewhere on a shared machine hits both alike. torch runs
+after, so that load from elsewhere on a shared machine hits both alike.
+
+Wall time flatters the engine: its actors work in parallel while the plain loop uses one
+core. So each round's CPU time is measured too, summed over this process and all its
+descendants (user and system, read with psutil at the round's start and end), and the
+targets apply to the ratio of CPU seconds per round: what the engine costs per core. torch runs
 one thread in this process, as Ray gives each 1-CPU actor: on a busy 2-core machine
 two threads make these millisecond steps several times slower.
 
@@ -74,16 +79,17 @@ __all__ = [
     "flower_round_times",
     "render",
     "run_scaling_benchmark",
+    "tree_cpu_seconds",
     "tree_rss_bytes",
     "wait_for_descendants",
 ]
 
 DEFAULT_FACTORIES = (10, 100, 1000)
 DEFAULT_ROUNDS = 5
-# Flower / plain median round time, and the whole tree's peak RSS, by number of factories.
+# Flower / plain median CPU seconds a round (per core), and the whole tree's peak RSS, by number of factories.
 RATIO_TARGETS = {100: 1.3, 1000: 1.5}
 MEMORY_TARGETS_GB = {1000: 2.5}
-RATIO_TARGET, MEMORY_TARGET = "flower / plain round time", "flower peak memory"
+RATIO_TARGET, MEMORY_TARGET = "flower / plain CPU seconds a round", "flower peak memory"
 SAMPLE_INTERVAL_S = 0.1
 RAY_EXIT_TIMEOUT_S = 15.0
 GB = 1e9
@@ -127,6 +133,18 @@ def tree_rss_bytes(root: int | None = None) -> tuple[int, int]:
     """Summed RSS of ``root`` (default: this process) and its descendants, and their count."""
     processes = _tree(os.getpid() if root is None else root)
     return sum(map(_rss_bytes, processes)), len(processes)
+
+
+def tree_cpu_seconds(root: int | None = None) -> float:
+    """CPU seconds (user and system) used so far by ``root`` (default: this process) and its live descendants."""
+    total = 0.0
+    for process in _tree(os.getpid() if root is None else root):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:  # ended meanwhile
+            continue
+        total += times.user + times.system
+    return total
 
 
 def wait_for_descendants(timeout: float) -> bool:
@@ -247,19 +265,26 @@ def held_out_metrics(config: Mapping[str, object], params: Mapping[str, torch.Te
     return weighted_metrics([evaluate_factory(factory, params, settings, device=device) for factory in held])
 
 
-def flower_round_times(config: Mapping[str, object], *, client_cpus: float) -> list[float]:
-    """Run the simulation; the wall time of every round after the first, in seconds.
+def _timed_plain_round(loop: PlainLoop) -> tuple[float, float]:
+    """One plain round's wall time and the CPU seconds it used."""
+    cpu = tree_cpu_seconds()
+    wall = loop.run_round()
+    return wall, tree_cpu_seconds() - cpu
+
+
+def flower_round_times(config: Mapping[str, object], *, client_cpus: float) -> tuple[list[float], list[float]]:
+    """Run the simulation; the wall time and the process tree's CPU seconds of every round after the first.
 
     Raises `RuntimeError` unless every factory's delta was accepted in every round: a
     ratio is only meaningful over the same work.
     """
     from fedmeta.simulations.harness import run_federated_simulation  # starts Ray: only when needed
 
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     expected = float(config["num-factories"])
 
     def progress(record: Mapping[str, object]) -> None:
-        stamps.append(time.perf_counter())
+        stamps.append((time.perf_counter(), tree_cpu_seconds()))
         if record.get("train/replies") != expected or record.get("train/rejected") != 0.0:
             raise RuntimeError(
                 f"round {record['round']}: {record.get('train/replies')} of {expected:.0f} factories' deltas "
@@ -267,7 +292,8 @@ def flower_round_times(config: Mapping[str, object], *, client_cpus: float) -> l
             )
 
     run_federated_simulation(config, client_cpus=client_cpus, progress=progress)
-    return [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    rounds = list(itertools.pairwise(stamps))
+    return [later[0] - earlier[0] for earlier, later in rounds], [later[1] - earlier[1] for earlier, later in rounds]
 
 
 # --------------------------------------------------------------------------- results
@@ -295,6 +321,8 @@ class SizeResult:
     actors: int
     plain_round_s: list[float]
     flower_round_s: list[float]
+    plain_cpu_s: list[float]
+    flower_cpu_s: list[float]
     plain_peak_bytes: int
     flower_peak_bytes: int
     flower_processes: int
@@ -309,14 +337,20 @@ class SizeResult:
 
     @property
     def ratio(self) -> float:
+        """Of wall times: the engine's actors run in parallel, the plain loop on one core."""
         return self.flower_median_s / self.plain_median_s
+
+    @property
+    def cpu_ratio(self) -> float:
+        """Of CPU seconds a round: the engine's cost per core."""
+        return statistics.median(self.flower_cpu_s) / statistics.median(self.plain_cpu_s)
 
     @property
     def targets(self) -> list[Target]:
         """The issue's targets that apply to this size (`RATIO_TARGETS`, `MEMORY_TARGETS_GB`)."""
         targets = []
         if self.factories in RATIO_TARGETS:
-            targets.append(Target(RATIO_TARGET, self.ratio, RATIO_TARGETS[self.factories], "x"))
+            targets.append(Target(RATIO_TARGET, self.cpu_ratio, RATIO_TARGETS[self.factories], "x"))
         if self.factories in MEMORY_TARGETS_GB:
             targets.append(Target(MEMORY_TARGET, self.flower_peak_bytes / GB, MEMORY_TARGETS_GB[self.factories], "GB"))
         return targets
@@ -327,7 +361,8 @@ class SizeResult:
     def to_dict(self) -> dict[str, object]:
         data = dataclasses.asdict(self)
         data["targets"] = [{**dataclasses.asdict(t), "passed": t.passed} for t in self.targets]
-        data.update(plain_median_s=self.plain_median_s, flower_median_s=self.flower_median_s, ratio=self.ratio)
+        data.update(plain_median_s=self.plain_median_s, flower_median_s=self.flower_median_s, ratio=self.ratio,
+                    cpu_ratio=self.cpu_ratio)
         return data
 
 
@@ -374,23 +409,25 @@ def _bench_size(
         plain = PlainLoop(config)
         with TreeMemorySampler() as plain_memory:
             plain.run_round()
-            times = [plain.run_round() for _ in range(rounds - rounds // 2)]
+            timed = [_timed_plain_round(plain) for _ in range(rounds - rounds // 2)]
         log(f"{factories} factories: Flower simulation, {math.ceil(factories / per_node)} nodes, "
             f"warm-up and {rounds} rounds")
         with TreeMemorySampler() as flower_memory:
-            flower = flower_round_times(config, client_cpus=client_cpus)
+            flower, flower_cpu = flower_round_times(config, client_cpus=client_cpus)
         if not wait_for_descendants(RAY_EXIT_TIMEOUT_S):
             log(f"some child processes still run {RAY_EXIT_TIMEOUT_S:.0f} s after the simulation ended")
         log(f"{factories} factories: plain loop, {rounds // 2} more rounds")
         with plain_memory:
-            times += [plain.run_round() for _ in range(rounds // 2)]
+            timed += [_timed_plain_round(plain) for _ in range(rounds // 2)]
     return SizeResult(
         factories=factories,
         nodes=math.ceil(factories / per_node),
         factories_per_node=per_node,
         actors=_actors(client_cpus),
-        plain_round_s=times,
+        plain_round_s=[wall for wall, _ in timed],
         flower_round_s=flower,
+        plain_cpu_s=[cpu for _, cpu in timed],
+        flower_cpu_s=flower_cpu,
         plain_peak_bytes=plain_memory.peak_bytes,
         flower_peak_bytes=flower_memory.peak_bytes,
         flower_processes=flower_memory.processes_at_peak,
@@ -452,6 +489,9 @@ def _row(size: SizeResult) -> list[str]:
         f"{size.plain_median_s:.3f}",
         f"{size.flower_median_s:.3f}",
         f"{size.ratio:.2f}x",
+        f"{statistics.median(size.plain_cpu_s):.3f}",
+        f"{statistics.median(size.flower_cpu_s):.3f}",
+        f"{size.cpu_ratio:.2f}x",
         _verdict(ratio, "" if ratio is None else f"<= {ratio.limit:.1f}x"),
         f"{size.plain_peak_bytes / GB:.2f}",
         f"{size.flower_peak_bytes / GB:.2f}",
@@ -469,8 +509,8 @@ def render(result: ScalingResult, console: Console) -> None:
         f"over 2 tasks (5 support + 15 query rows), 1 inner step, quality MLP (~4.7k parameters)."
     )
     table = Table(box=box.SIMPLE_HEAD, title="round wall time and peak memory", title_justify="left")
-    columns = ("factories", "nodes x per node", "actors", "plain s", "flower s", "ratio", "target",
-               "plain GB", "flower GB", "procs", "target")
+    columns = ("factories", "nodes x per node", "actors", "plain s", "flower s", "wall ratio", "plain CPU s",
+               "flower CPU s", "CPU ratio", "target", "plain GB", "flower GB", "procs", "target")
     for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
     for size in result.sizes:
@@ -479,6 +519,8 @@ def render(result: ScalingResult, console: Console) -> None:
     console.print(
         "plain: the same client work and server aggregation in a loop in this process; flower: the real "
         "ServerApp and ClientApp on Flower's simulation engine, every factory's delta validated and "
-        "averaged on its own. GB: peak summed RSS of this process and all its descendants (Ray included; "
+        "averaged on its own. s: median wall time a round; CPU s: median CPU seconds a round of this process "
+        "and all its descendants, the per-core cost the targets apply to (the engine's actors run in parallel, "
+        "the plain loop on one core). GB: peak summed RSS of this process and all its descendants (Ray included; "
         "shared pages counted per process); procs: processes in that tree at the peak."
     )

@@ -35,18 +35,35 @@ def test_tree_memory_counts_child_processes():
     assert sampler.peak_bytes >= alone + 50 * MiB  # the child's block on top of this process's own
 
 
-def _size(factories: int, plain: float, flower: float, peak_gb: float) -> scaling.SizeResult:
-    return scaling.SizeResult(factories, 2, math.ceil(factories / 2), 2, [plain] * 3, [flower] * 3,
-                              int(0.5 * scaling.GB), int(peak_gb * scaling.GB), 10)
+def _size(factories: int, plain_cpu: float, flower_cpu: float, peak_gb: float) -> scaling.SizeResult:
+    """Wall times half the CPU times for the engine (two actors in parallel), equal for the plain loop."""
+    return scaling.SizeResult(factories, 2, math.ceil(factories / 2), 2, [plain_cpu] * 3, [flower_cpu / 2] * 3,
+                              [plain_cpu] * 3, [flower_cpu] * 3, int(0.5 * scaling.GB), int(peak_gb * scaling.GB), 10)
 
 
-def test_targets_apply_to_the_sizes_the_issue_names():
+def test_targets_apply_per_core_to_the_sizes_the_issue_names():
     assert _size(10, 0.01, 0.05, 2.0).targets == []
-    (ratio,) = _size(100, 0.2, 0.27, 2.0).targets
-    assert ratio.value == pytest.approx(1.35) and not ratio.passed
+    size = _size(100, 0.2, 0.27, 2.0)
+    (ratio,) = size.targets
+    assert ratio.value == pytest.approx(1.35) and not ratio.passed  # in CPU seconds
+    assert size.ratio == pytest.approx(0.675)  # in wall time the two actors look faster than the plain loop
     ratio, memory = _size(1000, 2.0, 2.9, 2.4).targets
     assert ratio.passed and memory.passed and memory.unit == "GB"
     assert not _size(1000, 2.0, 2.9, 2.6).targets[1].passed
+
+
+def test_tree_cpu_time_counts_a_busy_child():
+    child = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    process = subprocess.Popen([sys.executable, "-c", child])
+    try:
+        deadline = time.monotonic() + 60
+        while scaling.tree_cpu_seconds(process.pid) < 1.0:  # the child's own busy second
+            assert time.monotonic() < deadline, "the child never used its CPU second"
+            time.sleep(0.05)
+        assert scaling.tree_cpu_seconds() >= scaling.tree_cpu_seconds(process.pid) + time.process_time() * 0.5
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_render_shows_every_size_and_verdict():
@@ -55,7 +72,7 @@ def test_render_shows_every_size_and_verdict():
     console = Console(record=True, width=200)
     scaling.render(result, console)
     text = console.export_text()
-    for expected in ("scaling benchmark", "1,000", "2 x 500", "1.10x", "1.60x", "PASS", "FAIL", "2.10"):
+    for expected in ("scaling benchmark", "1,000", "2 x 500", "1.10x", "1.60x", "0.55x", "PASS", "FAIL", "2.10"):
         assert expected in text
     json.dumps(result.to_dict())
 
@@ -70,7 +87,10 @@ def test_cli_runs_tiny_federations_and_writes_json(tmp_path):
     for size in data["sizes"]:
         assert size["nodes"] == 2 and size["factories_per_node"] == size["factories"] // 2
         assert len(size["plain_round_s"]) == 1 and len(size["flower_round_s"]) == 1
+        assert len(size["plain_cpu_s"]) == 1 and len(size["flower_cpu_s"]) == 1
         assert math.isfinite(size["ratio"]) and size["ratio"] > 0
+        assert size["plain_cpu_s"][0] > 0 and size["flower_cpu_s"][0] > 0
+        assert size["cpu_ratio"] == pytest.approx(size["flower_cpu_s"][0] / size["plain_cpu_s"][0])
         assert size["flower_peak_bytes"] > size["plain_peak_bytes"] > 0  # Ray's processes count
         assert size["flower_processes"] > 2
         assert size["targets"] == []  # no targets at these sizes

@@ -1,0 +1,90 @@
+"""Flower's SuperNode with this project's timings in place of three waits flwr 1.42.0 hard-codes.
+
+- Between pulls that found no message, the SuperNode sleeps 3 s (``time.sleep(3)`` in
+  ``flwr/supernode/start_client_internal.py``): every message then waits 1.5 s on average before a
+  factory even sees it. Here: `IDLE_PULL_S`.
+- While a ClientApp works, it looks for the reply every 0.5 s (``time.sleep(0.5)``, same file), and a
+  reply's upload pays it again. Here: `REPLY_LOOK_S`.
+- A node heartbeats every 30 s (``HEARTBEAT_DEFAULT_INTERVAL`` in ``flwr/common/constant.py``, read by
+  ``supernode/fleet_http_connection.py`` and ``supercore/heartbeat.py``), and the SuperLink calls a node
+  gone after its patience of 2 intervals: a killed factory is noticed after 60 s. Here:
+  `HEARTBEAT_INTERVAL_S`, Flower's smallest allowed, so within 20 s.
+
+`apply` swaps them in and refuses to, naming what changed, under any other Flower version or when a
+wait is no longer where it was; ``python -m fedmeta.client.supernode_timings`` runs Flower's own
+``flower-supernode`` entry point (same options) after it. Everything Flower-internal lives here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import time
+from types import ModuleType
+
+__all__ = ["FLOWER_VERSION", "HEARTBEAT_INTERVAL_S", "IDLE_PULL_S", "REPLY_LOOK_S", "FlowerInternalsChanged",
+           "apply", "main"]
+
+FLOWER_VERSION = "1.42.0"  # the version whose internals this module knows
+IDLE_PULL_S = 0.2  # an idle factory asks its SuperLink for work five times a second (a small HTTP request)
+REPLY_LOOK_S = 0.02  # a local look into the node's own state
+HEARTBEAT_INTERVAL_S = 10  # Flower's HEARTBEAT_MIN_INTERVAL; times its patience of 2: gone after 20 s
+_WAITS = {3: IDLE_PULL_S, 0.5: REPLY_LOOK_S}  # Flower's sleep -> ours
+_SLEEPS = ("time.sleep(3)", "time.sleep(0.5)")
+
+
+class FlowerInternalsChanged(RuntimeError):
+    """The installed Flower is not the one whose hard-coded waits this module replaces."""
+
+
+class _ShorterWaits:
+    """Stands in for the ``time`` module inside Flower's SuperNode loop: its fixed sleeps become ours."""
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(_WAITS.get(seconds, seconds))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def _check(module: ModuleType, problem: str, holds: bool) -> None:
+    if not holds:
+        raise FlowerInternalsChanged(f"flwr {FLOWER_VERSION}'s {module.__name__} {problem}; the installed flwr "
+                                     f"{importlib.metadata.version('flwr')} changed it: update "
+                                     f"fedmeta/client/supernode_timings.py or run the stock flower-supernode")
+
+
+def apply() -> None:
+    """Replace the SuperNode's waits in this process (see the module docstring)."""
+    installed = importlib.metadata.version("flwr")
+    if installed != FLOWER_VERSION:
+        raise FlowerInternalsChanged(f"the SuperNode's timings are set for flwr {FLOWER_VERSION}, but flwr {installed} "
+                                     f"is installed: update fedmeta/client/supernode_timings.py")
+    from flwr.common import constant
+    from flwr.supercore import heartbeat
+    from flwr.supernode import fleet_http_connection, start_client_internal
+
+    source = inspect.getsource(start_client_internal)
+    for sleep in _SLEEPS:
+        _check(start_client_internal, f"no longer calls {sleep}", sleep in source)
+    _check(start_client_internal, "no longer imports the time module", start_client_internal.time is time)
+    for module in (fleet_http_connection, heartbeat):
+        _check(module, "no longer reads HEARTBEAT_DEFAULT_INTERVAL", hasattr(module, "HEARTBEAT_DEFAULT_INTERVAL"))
+    _check(constant, f"allows no heartbeat of {HEARTBEAT_INTERVAL_S} s",
+           constant.HEARTBEAT_MIN_INTERVAL <= HEARTBEAT_INTERVAL_S <= constant.HEARTBEAT_MAX_INTERVAL)
+    start_client_internal.time = _ShorterWaits()
+    fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_INTERVAL_S
+    heartbeat.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_INTERVAL_S
+
+
+def main() -> None:
+    """``flower-supernode`` with this module's timings."""
+    apply()
+    from flwr.supernode.cli import flower_supernode
+
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()

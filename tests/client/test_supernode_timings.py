@@ -1,0 +1,50 @@
+"""The SuperNode's timings: Flower's fixed 3 s idle poll, 0.5 s reply look and 30 s heartbeat are replaced in
+the SuperNode's process, and a Flower whose internals moved is refused with a message saying what changed
+(`client.supernode_timings`, pinned to flwr 1.42.0)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from fedmeta.client import supernode_timings
+from fedmeta.client.supernode_timings import FlowerInternalsChanged
+
+
+def test_the_supernode_polls_and_heartbeats_at_our_intervals():
+    # In a fresh process, as `fedmeta client` starts it: apply() changes Flower's modules for good.
+    code = """
+import time
+from fedmeta.client import supernode_timings
+supernode_timings.apply()
+from flwr.supercore import heartbeat
+from flwr.supernode import fleet_http_connection, start_client_internal
+started = time.perf_counter()
+start_client_internal.time.sleep(3)
+idle = time.perf_counter() - started
+started = time.perf_counter()
+start_client_internal.time.sleep(0.5)
+reply = time.perf_counter() - started
+print(idle, reply, fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL, heartbeat.HEARTBEAT_DEFAULT_INTERVAL,
+      start_client_internal.time.monotonic() > 0)
+"""
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    idle, reply, connection, sender, clock = output.stdout.split()
+    assert supernode_timings.IDLE_PULL_S <= float(idle) < 1.5  # not Flower's 3 s
+    assert supernode_timings.REPLY_LOOK_S <= float(reply) < 0.4  # not Flower's 0.5 s
+    assert int(connection) == int(sender) == supernode_timings.HEARTBEAT_INTERVAL_S == 10
+    assert clock == "True"  # the rest of the time module is the real one
+
+
+def test_another_flower_version_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(supernode_timings.importlib.metadata, "version", lambda name: "1.43.0")
+    with pytest.raises(FlowerInternalsChanged, match=r"set for flwr 1\.42\.0, but flwr 1\.43\.0 is installed"):
+        supernode_timings.apply()
+
+
+def test_a_moved_wait_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(supernode_timings.inspect, "getsource", lambda module: "while True:\n    time.sleep(0.5)\n")
+    with pytest.raises(FlowerInternalsChanged, match=r"start_client_internal no longer calls time\.sleep\(3\)"):
+        supernode_timings.apply()
