@@ -68,6 +68,7 @@ class RunView:
         self.run_dir = run_dir
         self.writer = SummaryWriter(log_dir=str(run_dir.path), purge_step=first_round if first_round > 1 else None)
         self.warnings = _RecentWarnings()
+        self.printer: logging.Handler | None = None
         self.status: dict[str, Any] = {
             "algorithm": algorithm, "state": "waiting", "round": first_round - 1, "rounds": rounds,
             "started": _now(), "updated": _now(), "pid": os.getpid(), "host": socket.gethostname(),
@@ -75,13 +76,22 @@ class RunView:
         }
 
     def __enter__(self) -> RunView:
-        logging.getLogger("fedmeta").addHandler(self.warnings)
+        logger = logging.getLogger("fedmeta")
+        # With no handler anywhere, Python prints warnings to stderr by its last-resort handler (what the
+        # server's log shows); ours would silence that, so print them as it did.
+        self.printer = None if logger.hasHandlers() else logging.StreamHandler()
+        for handler in (self.printer, self.warnings):
+            if handler is not None:
+                handler.setLevel(logging.WARNING)
+                logger.addHandler(handler)
         self._write()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None
                  ) -> None:
-        logging.getLogger("fedmeta").removeHandler(self.warnings)
+        for handler in (self.printer, self.warnings):
+            if handler is not None:
+                logging.getLogger("fedmeta").removeHandler(handler)
         self.writer.close()
         if error is None:
             self._write(state="finished")

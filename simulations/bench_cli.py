@@ -249,6 +249,11 @@ def bench_deployment(
         typer.Option(help="Deployment isolation modes to run (repeat; default: subprocess and process).",
                      show_default=False),
     ] = None,
+    supernode: Annotated[
+        list[str] | None,
+        typer.Option(help="SuperNode timings to run each deployment with (repeat): stock (Flower's), tuned (the "
+                     "project's); default: both.", show_default=False),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
 ) -> None:
     """Round time of the same federation on the simulation engine and as real processes (TLS, node auth)."""
@@ -260,6 +265,7 @@ def bench_deployment(
             factories,
             rounds,
             isolations=isolation or deployment.ISOLATIONS,
+            supernodes=supernode or deployment.SUPERNODES,
             log=elapsed_log(console),
         )
     deployment.render(result, console)

@@ -10,6 +10,10 @@ The same federation runs three ways in one command, one after the other:
 - **deployment, process isolation**: the same, with a long-running ``flower-superexec``
   beside each SuperNode (``--isolation process``).
 
+Each deployment runs twice: with Flower's SuperNode as shipped (``--stock-supernode``: a 3 s poll
+for work when idle, a 0.5 s look for each reply) and with the project's timings
+(`client.supernode_timings`), so the overhead each removes is measured in the same run.
+
 The work is identical, to the bit: the synthetic factories are written to CSV tables
 (float32 values printed exactly) and the deployed factories carry the synthetic names, so
 model, data, task sampling and aggregation match; the first round's query loss is
@@ -44,6 +48,7 @@ from fedmeta.simulations.benchmarks.scaling import RAY_EXIT_TIMEOUT_S, WORK, wai
 
 __all__ = [
     "ISOLATIONS",
+    "SUPERNODES",
     "DeploymentBenchResult",
     "ModeResult",
     "deployment_rounds",
@@ -54,6 +59,7 @@ __all__ = [
 ]
 
 ISOLATIONS = ("subprocess", "process")
+SUPERNODES = ("stock", "tuned")  # Flower's SuperNode timings, the project's
 RUN_TIMEOUT_S = 600.0
 LOSS_TOLERANCE = 1e-5
 
@@ -86,6 +92,10 @@ class DeploymentBenchResult:
         """``mode``'s median round time over the simulation's."""
         return mode.median_s / self.modes[0].median_s
 
+    def overhead_s(self, mode: ModeResult) -> float:
+        """What ``mode`` adds to a round over the simulation, in seconds."""
+        return mode.median_s - self.modes[0].median_s
+
     def to_dict(self) -> dict[str, object]:
         return {
             "factories": self.factories,
@@ -93,7 +103,8 @@ class DeploymentBenchResult:
             "cpu_count": self.cpu_count,
             "load_average": self.load_average,
             "modes": [
-                {**asdict(mode), "median_s": mode.median_s, "ratio_to_simulation": self.ratio(mode)}
+                {**asdict(mode), "median_s": mode.median_s, "ratio_to_simulation": self.ratio(mode),
+                 "overhead_s": self.overhead_s(mode)}
                 for mode in self.modes
             ],
         }
@@ -145,8 +156,10 @@ def simulation_rounds(factories: int, rounds: int, folder: Path) -> ModeResult:
     return _mode_result("simulation", records, factories)
 
 
-def deployment_rounds(family: FactoryFamily, rounds: int, folder: Path, isolation: str, log: Log) -> ModeResult:
-    """The federation as ``fedmeta server`` and one ``fedmeta client`` per factory, TLS and node auth on."""
+def deployment_rounds(family: FactoryFamily, rounds: int, folder: Path, isolation: str, log: Log,
+                      supernode: str = "tuned") -> ModeResult:
+    """The federation as ``fedmeta server`` and one ``fedmeta client`` per factory, TLS and node auth on;
+    ``supernode`` "stock" runs Flower's SuperNode with its own timings."""
     certs = folder / "certs"
     create_server_certificate(certs, create_certificate_authority(certs), ["127.0.0.1"])
     for factory in family.train:
@@ -168,7 +181,8 @@ def deployment_rounds(family: FactoryFamily, rounds: int, folder: Path, isolatio
             [str(fedmeta), "client", "--server", f"127.0.0.1:{port}", "--data", str(folder / f"{factory.name}.csv"),
              "--schema", str(schema), "--key", str(certs / factory.name), "--ca", str(certs / "ca.crt"),
              "--factory", factory.name, "--device", "cpu", "--isolation", isolation,
-             "--runtime-port", str(free_port()), "--state", str(folder / factory.name)],
+             "--runtime-port", str(free_port()), "--state", str(folder / factory.name),
+             *(["--stock-supernode"] if supernode == "stock" else [])],
             log=folder / f"{factory.name}.log",
         )
         for factory in family.train
@@ -183,10 +197,12 @@ def deployment_rounds(family: FactoryFamily, rounds: int, folder: Path, isolatio
             for client in clients:
                 client.stop()
     if code != 0:
-        raise RuntimeError(f"deployment ({isolation}) failed with exit code {code}:\n{server.log_tail()}")
-    log(f"deployment with {isolation} isolation took {time.perf_counter() - started:.0f} s in all")
+        raise RuntimeError(f"deployment ({isolation}, {supernode}) failed with exit code {code}:\n"
+                           f"{server.log_tail()}")
+    mode = f"deployment, {isolation} isolation, {supernode} SuperNode"
+    log(f"{mode} took {time.perf_counter() - started:.0f} s in all")
     lines = (folder / "run" / str(WORK["algorithm"]) / "metrics.jsonl").read_text().splitlines()
-    return _mode_result(f"deployment, {isolation} isolation", [json.loads(line) for line in lines], len(family.train))
+    return _mode_result(mode, [json.loads(line) for line in lines], len(family.train))
 
 
 def run_deployment_benchmark(
@@ -194,6 +210,7 @@ def run_deployment_benchmark(
     rounds: int = 4,
     *,
     isolations: Sequence[str] = ISOLATIONS,
+    supernodes: Sequence[str] = SUPERNODES,
     log: Log = lambda message: None,
 ) -> DeploymentBenchResult:
     """Run the simulation, then each deployment, on the same work; raise if the work differed."""
@@ -202,6 +219,8 @@ def run_deployment_benchmark(
     unknown = sorted(set(isolations) - set(ISOLATIONS))
     if unknown or not isolations:
         raise ValueError(f"isolations must be among {list(ISOLATIONS)}, got {list(isolations)}")
+    if not supernodes or set(supernodes) - set(SUPERNODES):
+        raise ValueError(f"supernodes must be among {list(SUPERNODES)}, got {list(supernodes)}")
     family = make_family(FamilyConfig(str(WORK["family"]), num_factories=factories, num_held_out=0))
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="fedmeta-bench-deployment-") as temp:
@@ -210,9 +229,11 @@ def run_deployment_benchmark(
         modes = [simulation_rounds(factories, rounds, root / "simulation")]
         wait_for_descendants(RAY_EXIT_TIMEOUT_S)  # Ray ends its processes lazily: not during the deployments
         for isolation in isolations:
-            log(f"deployment, {isolation} isolation")
-            (root / isolation).mkdir()
-            modes.append(deployment_rounds(family, rounds, root / isolation, isolation, log))
+            for supernode in supernodes:
+                log(f"deployment, {isolation} isolation, {supernode} SuperNode")
+                folder = root / f"{isolation}-{supernode}"
+                folder.mkdir()
+                modes.append(deployment_rounds(family, rounds, folder, isolation, log, supernode))
     for mode in modes[1:]:
         if abs(mode.first_round_loss - modes[0].first_round_loss) > LOSS_TOLERANCE:
             raise RuntimeError(
@@ -229,14 +250,15 @@ def render(result: DeploymentBenchResult, console: Console) -> None:
         f"load average {result.load_average:.1f} at the start"
     )
     table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
-    for column in ("mode", "round s", "ratio", "first round s"):
+    for column in ("mode", "round s", "over simulation s", "ratio", "first round s"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     for mode in result.modes:
-        table.add_row(mode.mode, f"{mode.median_s:.2f}", f"{result.ratio(mode):.1f}x", f"{mode.round_seconds[0]:.2f}")
+        table.add_row(mode.mode, f"{mode.median_s:.2f}", f"{result.overhead_s(mode):+.2f}",
+                      f"{result.ratio(mode):.1f}x", f"{mode.round_seconds[0]:.2f}")
     console.print(table)
     console.print(
         "Same work in every mode (first-round query loss identical). round s: the server loop's time from "
         "sending the work to aggregating the replies. Deployment adds per message: the SuperNode's poll for "
-        "work (every 3 s when idle), its SuperExec's poll for tasks, a new flwr-clientapp process that imports "
-        "torch and the app, and Flower's upload and pull of the reply."
+        "work (stock: every 3 s when idle; tuned: 0.2 s), its SuperExec's poll for tasks, a new flwr-clientapp "
+        "process that imports torch and the app, and Flower's upload and pull of the reply."
     )

@@ -76,12 +76,16 @@ def test_status_names_the_finished_round_the_factories_and_the_failed_one(resume
     assert "injected crash on partition 0" in result.output
 
 
-def test_a_failed_run_says_why_and_a_run_whose_process_died_is_not_reported_running(tmp_path):
+def test_a_failed_run_says_why_and_a_run_whose_process_died_is_not_reported_running(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(logging.root, "handlers", [])  # as in the server's process: no handler configured
     run = RunDirectory(tmp_path / "maml")
     with pytest.raises(RuntimeError), RunView(run, "maml", rounds=5, first_round=1) as view:
         view.factories([("plant-a", "train"), ("plant-b", "train")])
         logging.getLogger("fedmeta.server.strategy").warning("delta of factory plant-b from node 7 left out: NaN")
         raise RuntimeError("only 1 training factories are connected; min_train_nodes is 2")
+    # Still printed, as Python prints a warning nobody configured a handler for (the server's log shows it).
+    assert "delta of factory plant-b from node 7 left out: NaN" in capsys.readouterr().err
+    assert not logging.getLogger("fedmeta").handlers  # the view's handlers go with it
     status = read_status(tmp_path / "maml")
     assert status["state"] == "failed" and "only 1 training factories" in status["error"]
     assert status["warnings"][-1]["message"] == "delta of factory plant-b from node 7 left out: NaN"

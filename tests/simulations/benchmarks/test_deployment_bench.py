@@ -22,21 +22,23 @@ def test_exported_tables_read_back_as_the_same_factories(tmp_path):
         assert torch.equal(table.y, factory.y)
 
 
-@pytest.mark.parametrize(("factories", "rounds", "isolations"), [(1, 2, ("process",)), (2, 1, ("process",)),
-                                                                  (2, 2, ("thread",)), (2, 2, ())])
-def test_bad_settings_are_refused_before_anything_runs(factories, rounds, isolations):
+@pytest.mark.parametrize(("factories", "rounds", "isolations", "supernodes"), [
+    (1, 2, ("process",), ("tuned",)), (2, 1, ("process",), ("tuned",)), (2, 2, ("thread",), ("tuned",)),
+    (2, 2, (), ("tuned",)), (2, 2, ("process",), ("fast",)), (2, 2, ("process",), ()),
+])
+def test_bad_settings_are_refused_before_anything_runs(factories, rounds, isolations, supernodes):
     with pytest.raises(ValueError):
-        run_deployment_benchmark(factories, rounds, isolations=isolations)
+        run_deployment_benchmark(factories, rounds, isolations=isolations, supernodes=supernodes)
 
 
 def test_tiny_benchmark_deploys_the_simulated_work():
-    result = run_deployment_benchmark(2, 2, isolations=("process",))
+    result = run_deployment_benchmark(2, 2, isolations=("process",), supernodes=("tuned",))
     simulation, deployed = result.modes
-    assert (simulation.mode, deployed.mode) == ("simulation", "deployment, process isolation")
+    assert (simulation.mode, deployed.mode) == ("simulation", "deployment, process isolation, tuned SuperNode")
     assert deployed.first_round_loss == pytest.approx(simulation.first_round_loss, abs=1e-5)
     assert len(deployed.round_seconds) == len(simulation.round_seconds) == 2
     assert result.ratio(deployed) > 1  # a process per message costs more than an in-memory call
     console = Console(record=True, width=150)
     render(result, console)
-    assert "deployment, process isolation" in console.export_text()
+    assert "deployment, process isolation, tuned SuperNode" in console.export_text()
     assert json.loads(json.dumps(result.to_dict()))["modes"][1]["ratio_to_simulation"] == result.ratio(deployed)
