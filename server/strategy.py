@@ -141,18 +141,28 @@ PULL_COST_FACTOR = 10.0
 PULL_MAX_INTERVAL_S = 0.5
 
 
+def _from_its_node(reply: Message, sent: Message) -> Message:
+    """``reply`` as from the node ``sent`` went to. The SuperLink answers itself for a node it lost
+    (missed heartbeats), as its own node: that error is the lost node's."""
+    if reply.has_error() and reply.metadata.src_node_id != sent.metadata.dst_node_id:
+        return Message(reply.error, reply_to=sent)
+    return reply
+
+
 def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float | None) -> list[Message]:
     """`Grid.send_and_receive`, polling every `PULL_INTERVAL_S` (or `PULL_COST_FACTOR` pulls'
     worth, at most `PULL_MAX_INTERVAL_S`) instead of every 0.1 s; replies that arrived by
-    ``timeout`` seconds."""
-    pending = set(grid.push_messages(messages))
+    ``timeout`` seconds, each from the node its message went to."""
+    messages = list(messages)
+    sent = dict(zip(grid.push_messages(messages), messages, strict=True))
+    pending = set(sent)
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
     while pending:
         started = time.monotonic()
         arrived = list(grid.pull_messages(pending))
         cost = time.monotonic() - started
-        replies.extend(arrived)
+        replies.extend(_from_its_node(reply, sent[reply.metadata.reply_to_message_id]) for reply in arrived)
         pending.difference_update(reply.metadata.reply_to_message_id for reply in arrived)
         if not pending or (deadline is not None and time.monotonic() >= deadline):
             break

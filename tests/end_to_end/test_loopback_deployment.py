@@ -66,6 +66,7 @@ class Federation:
     rogue_code: int | None = None
     rogue_output: str = ""
     metrics_before_restart: list[dict] = field(default_factory=list)
+    status_before_restart: dict = field(default_factory=dict)
     checkpoints_before_restart: dict[str, bytes] = field(default_factory=dict)
     first_server_code: int | None = None
     first_server_leftovers: list[int] = field(default_factory=list)
@@ -131,6 +132,9 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
         # A round appends its metrics first and then renames its checkpoint into place.
         round_two = checkpoints_dir / "round-000002.safetensors"
         wait_for(lambda: len(metrics(run)) >= 2 and round_two.exists(), 120, "round 2 without plant-c", logs)
+        status = run / "fomaml" / "status.json"  # rewritten after each round's checkpoint (`server.run_view`)
+        wait_for(lambda: json.loads(status.read_text())["round"] == 2, 30, "round 2's status", logs)
+        result.status_before_restart = json.loads(status.read_text())
         result.metrics_before_restart = metrics(run)
         checkpoints = sorted(checkpoints_dir.glob("*.safetensors"))
         result.checkpoints_before_restart = {path.name: path.read_bytes() for path in checkpoints}
@@ -195,8 +199,12 @@ def test_a_crashed_factory_is_noticed_by_its_missed_heartbeats_and_the_round_goe
     assert second_round["round"] == 2
     assert second_round["train/replies"] == 3.0  # plant-a, plant-b and plant-p; plant-c never answered
     assert second_round["seconds"] < ROUND_TIMEOUT_S - 10, second_round
-    log = federation.server_log()
-    assert re.search(r"factory plant-c on node \d+ failed this round: .*failed to report a heartbeat", log), log
+    # What the central team sees (`fedmeta status`): the run going, plant-c's failure and why.
+    status = federation.status_before_restart
+    assert (status["state"], status["round"]) == ("running", 2)
+    warnings = [warning["message"] for warning in status["warnings"]]
+    assert any(re.search(r"factory plant-c on node \d+ failed this round: .*failed to report a heartbeat", message)
+               for message in warnings), warnings
 
 
 def test_stopped_server_stops_its_processes(federation):

@@ -295,3 +295,26 @@ def test_exchange_collects_replies_over_several_pulls():
 def test_exchange_returns_what_arrived_when_the_timeout_passes():
     replies = exchange(_SlowGrid(never=1), [None] * 2, timeout=0.05)
     assert [r.metadata.reply_to_message_id for r in replies] == ["0"]
+
+
+class _LostNodeGrid:
+    """The SuperLink's own answer for a node that missed its heartbeats: an error from node 1 (the SuperLink)."""
+
+    def push_messages(self, messages):
+        self.sent = list(messages)
+        for message in self.sent:
+            message.metadata.__dict__["_message_id"] = message.object_id
+        return [message.metadata.message_id for message in self.sent]
+
+    def pull_messages(self, message_ids):
+        superlink = delivered(RecordDict(), "train", 1, message_id=self.sent[0].metadata.message_id)
+        return [Message(Error(code=0, reason="Node Unavailable: no heartbeat"), reply_to=superlink)]
+
+
+def test_a_lost_nodes_error_from_the_superlink_counts_as_that_nodes_reply(caplog):
+    strategy = _strategy()
+    sent = [Message(RecordDict(), dst_node_id=3, message_type=MessageType.TRAIN)]
+    (reply,) = exchange(_LostNodeGrid(), sent, timeout=10)
+    assert reply.metadata.src_node_id == 3 and reply.error.reason == "Node Unavailable: no heartbeat"
+    strategy.aggregate_train(1, [reply, _delta_reply(1, 1.0), _delta_reply(2, 1.0)])
+    assert "factory factory-3 on node 3 failed this round: Node Unavailable: no heartbeat" in caplog.text
