@@ -480,8 +480,8 @@ def _verdict(target: Target | None, limit: str) -> str:
     return f"{limit} {verdict}"
 
 
-def _row(size: SizeResult) -> list[str]:
-    ratio, memory = size.target(RATIO_TARGET), size.target(MEMORY_TARGET)
+def _time_row(size: SizeResult) -> list[str]:
+    ratio = size.target(RATIO_TARGET)
     return [
         f"{size.factories:,}",
         f"{size.nodes} x {size.factories_per_node}",
@@ -493,11 +493,27 @@ def _row(size: SizeResult) -> list[str]:
         f"{statistics.median(size.flower_cpu_s):.3f}",
         f"{size.cpu_ratio:.2f}x",
         _verdict(ratio, "" if ratio is None else f"<= {ratio.limit:.1f}x"),
+    ]
+
+
+def _memory_row(size: SizeResult) -> list[str]:
+    memory = size.target(MEMORY_TARGET)
+    return [
+        f"{size.factories:,}",
         f"{size.plain_peak_bytes / GB:.2f}",
         f"{size.flower_peak_bytes / GB:.2f}",
         f"{size.flower_processes}",
         _verdict(memory, "" if memory is None else f"< {memory.limit:.1f}"),
     ]
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[list[str]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def render(result: ScalingResult, console: Console) -> None:
@@ -508,14 +524,11 @@ def render(result: ScalingResult, console: Console) -> None:
         f"{result.rounds} timed rounds after 1 warm-up. Client work per factory: fomaml, 1 local meta-step "
         f"over 2 tasks (5 support + 15 query rows), 1 inner step, quality MLP (~4.7k parameters)."
     )
-    table = Table(box=box.SIMPLE_HEAD, title="round wall time and peak memory", title_justify="left")
-    columns = ("factories", "nodes x per node", "actors", "plain s", "flower s", "wall ratio", "plain CPU s",
-               "flower CPU s", "CPU ratio", "target", "plain GB", "flower GB", "procs", "target")
-    for column in columns:
-        table.add_column(column, justify="right", no_wrap=True)
-    for size in result.sizes:
-        table.add_row(*_row(size))
-    console.print(table)
+    console.print(_table("round time", ("factories", "nodes x per node", "actors", "plain s", "flower s",
+                                        "wall ratio", "plain CPU s", "flower CPU s", "CPU ratio", "target"),
+                         [_time_row(size) for size in result.sizes]))
+    console.print(_table("peak memory", ("factories", "plain GB", "flower GB", "procs", "target"),
+                         [_memory_row(size) for size in result.sizes]))
     console.print(
         "plain: the same client work and server aggregation in a loop in this process; flower: the real "
         "ServerApp and ClientApp on Flower's simulation engine, every factory's delta validated and "
