@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from fedmeta.client import supernode_timings
 from fedmeta.client.package import MODEL_DIR_KEY
 from fedmeta.client.policy import POLICY_KEY, load_policy
 from fedmeta.common import (
@@ -289,7 +290,7 @@ def run_factory(plan: FactoryPlan, report: Report) -> None:
         )
     if not probe_server(plan):
         report(f"server {plan.server} is not reachable yet; the factory keeps trying")
-    env = flower_env(plan.state / "flwr")
+    env = flower_env(plan.state / "flwr") | (supernode_timings.environment() if plan.tuned_supernode else {})
     plan.state.mkdir(parents=True, exist_ok=True)
     events = _Events()
     with ExitStack() as processes, plan.log.open("a", encoding="utf-8") as log:

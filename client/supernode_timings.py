@@ -10,6 +10,10 @@
   gone after its patience of 2 intervals: a killed factory is noticed after 60 s. Here:
   `HEARTBEAT_INTERVAL_S`, Flower's smallest allowed, so within 20 s.
 
+- The SuperExec, which starts an app process for each task, looks for tasks every second; Flower
+  reads the interval from ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (``supercore/superexec/run_superexec.py``).
+  Here: `TASK_POLL_S`, set in the environment of the SuperNode and SuperExec (`environment`).
+
 `apply` swaps them in and refuses to, naming what changed, under any other Flower version or when a
 wait is no longer where it was; ``python -m fedmeta.client.supernode_timings`` runs Flower's own
 ``flower-supernode`` entry point (same options) after it. Everything Flower-internal lives here.
@@ -22,13 +26,14 @@ import inspect
 import time
 from types import ModuleType
 
-__all__ = ["FLOWER_VERSION", "HEARTBEAT_INTERVAL_S", "IDLE_PULL_S", "REPLY_LOOK_S", "FlowerInternalsChanged",
-           "apply", "main"]
+__all__ = ["FLOWER_VERSION", "HEARTBEAT_INTERVAL_S", "IDLE_PULL_S", "REPLY_LOOK_S", "TASK_POLL_ENV", "TASK_POLL_S",
+           "FlowerInternalsChanged", "apply", "environment", "main"]
 
 FLOWER_VERSION = "1.42.0"  # the version whose internals this module knows
 IDLE_PULL_S = 0.2  # an idle factory asks its SuperLink for work five times a second (a small HTTP request)
 REPLY_LOOK_S = 0.02  # a local look into the node's own state
 HEARTBEAT_INTERVAL_S = 10  # Flower's HEARTBEAT_MIN_INTERVAL; times its patience of 2: gone after 20 s
+TASK_POLL_ENV, TASK_POLL_S = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", 0.1  # a local look, like REPLY_LOOK_S
 _WAITS = {3: IDLE_PULL_S, 0.5: REPLY_LOOK_S}  # Flower's sleep -> ours
 _SLEEPS = ("time.sleep(3)", "time.sleep(0.5)")
 
@@ -63,6 +68,7 @@ def apply() -> None:
                                      f"is installed: update fedmeta/client/supernode_timings.py")
     from flwr.common import constant
     from flwr.supercore import heartbeat
+    from flwr.supercore.superexec import run_superexec
     from flwr.supernode import fleet_http_connection, start_client_internal
 
     source = inspect.getsource(start_client_internal)
@@ -71,11 +77,18 @@ def apply() -> None:
     _check(start_client_internal, "no longer imports the time module", start_client_internal.time is time)
     for module in (fleet_http_connection, heartbeat):
         _check(module, "no longer reads HEARTBEAT_DEFAULT_INTERVAL", hasattr(module, "HEARTBEAT_DEFAULT_INTERVAL"))
+    _check(run_superexec, f"no longer reads its task poll interval from {TASK_POLL_ENV}",
+           getattr(run_superexec, "_TASK_POLL_INTERVAL_ENV", None) == TASK_POLL_ENV)
     _check(constant, f"allows no heartbeat of {HEARTBEAT_INTERVAL_S} s",
            constant.HEARTBEAT_MIN_INTERVAL <= HEARTBEAT_INTERVAL_S <= constant.HEARTBEAT_MAX_INTERVAL)
     start_client_internal.time = _ShorterWaits()
     fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_INTERVAL_S
     heartbeat.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_INTERVAL_S
+
+
+def environment() -> dict[str, str]:
+    """What the SuperNode's and SuperExec's environment needs for this module's timings."""
+    return {TASK_POLL_ENV: str(TASK_POLL_S)}
 
 
 def main() -> None:

@@ -38,6 +38,14 @@ print(idle, reply, fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL, heartbeat.H
     assert clock == "True"  # the rest of the time module is the real one
 
 
+def test_the_superexec_looks_for_tasks_at_our_interval(monkeypatch):
+    from flwr.supercore.superexec import run_superexec
+
+    for name, value in supernode_timings.environment().items():
+        monkeypatch.setenv(name, value)
+    assert run_superexec._get_task_poll_interval() == supernode_timings.TASK_POLL_S == 0.1  # Flower's: 1 s
+
+
 def test_another_flower_version_is_refused_by_name(monkeypatch):
     monkeypatch.setattr(supernode_timings.importlib.metadata, "version", lambda name: "1.43.0")
     with pytest.raises(FlowerInternalsChanged, match=r"set for flwr 1\.42\.0, but flwr 1\.43\.0 is installed"):
