@@ -70,7 +70,7 @@ def client(
     stock_supernode: Annotated[
         bool,
         typer.Option("--stock-supernode", help="Run Flower's SuperNode with its own timings (a 3 s idle poll, a "
-                     "killed factory noticed after 60 s) instead of the project's (0.2 s, 20 s)."),
+                     "killed factory noticed after 60 s) instead of the project's (0.5 s, 20 s)."),
     ] = False,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="No TLS and no key: for a trusted test network only.")

@@ -259,6 +259,6 @@ def render(result: DeploymentBenchResult, console: Console) -> None:
     console.print(
         "Same work in every mode (first-round query loss identical). round s: the server loop's time from "
         "sending the work to aggregating the replies. Deployment adds per message: the SuperNode's poll for "
-        "work (stock: every 3 s when idle; tuned: 0.2 s), its SuperExec's poll for tasks, a new flwr-clientapp "
+        "work (stock: every 3 s when idle; tuned: 0.5 s), its SuperExec's poll for tasks, a new flwr-clientapp "
         "process that imports torch and the app, and Flower's upload and pull of the reply."
     )

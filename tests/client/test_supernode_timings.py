@@ -43,7 +43,7 @@ def test_the_superexec_looks_for_tasks_at_our_interval(monkeypatch):
 
     for name, value in supernode_timings.environment().items():
         monkeypatch.setenv(name, value)
-    assert run_superexec._get_task_poll_interval() == supernode_timings.TASK_POLL_S == 0.1  # Flower's: 1 s
+    assert run_superexec._get_task_poll_interval() == supernode_timings.TASK_POLL_S < 1  # Flower's: 1 s
 
 
 def test_another_flower_version_is_refused_by_name(monkeypatch):
