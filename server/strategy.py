@@ -154,7 +154,9 @@ def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float | None) 
     worth, at most `PULL_MAX_INTERVAL_S`) instead of every 0.1 s; replies that arrived by
     ``timeout`` seconds, each from the node its message went to."""
     messages = list(messages)
-    sent = dict(zip(grid.push_messages(messages), messages, strict=True))
+    # Flower returns no ids when the batch was too large to push, and None for a message it could not push.
+    sent = {message_id: message for message_id, message in zip(grid.push_messages(messages), messages, strict=False)
+            if message_id is not None}
     pending = set(sent)
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []

@@ -318,3 +318,17 @@ def test_a_lost_nodes_error_from_the_superlink_counts_as_that_nodes_reply(caplog
     assert reply.metadata.src_node_id == 3 and reply.error.reason == "Node Unavailable: no heartbeat"
     strategy.aggregate_train(1, [reply, _delta_reply(1, 1.0), _delta_reply(2, 1.0)])
     assert "factory factory-3 on node 3 failed this round: Node Unavailable: no heartbeat" in caplog.text
+
+
+class _RefusingGrid:
+    """Flower's grid when the batch was too large to push: no ids (it logs why)."""
+
+    def push_messages(self, messages):
+        return []
+
+    def pull_messages(self, message_ids):
+        raise AssertionError("nothing was pushed, so nothing is pulled")
+
+
+def test_a_batch_flower_could_not_push_gets_no_replies():
+    assert exchange(_RefusingGrid(), [None] * 3, timeout=10) == []
