@@ -206,14 +206,13 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
         if POLICY_KEY in context.node_config:  # the factory's own rules, before anything runs
-            policy = load_policy(str(context.node_config[POLICY_KEY]))
-            policy.admit(RoundSettings.from_config(msg.content[protocol.CONFIG]), context.state)
+            load_policy(str(context.node_config[POLICY_KEY])).admit(settings, context.state)
         factories, device = factories_of(context)
         if protocol.SECAGG in msg.content:  # a secure round: the masked input instead of the delta
-            settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
             delta, metrics = local_update(_only(factories), _received_parameters(msg), settings, device)
-            return Message(masked_input(delta, metrics, msg, context.state), reply_to=msg)
+            return Message(masked_input(delta, metrics, settings, msg, context.state), reply_to=msg)
         if protocol.FACTORIES in msg.content:
             return Message(train_replies(factories, msg, device, context.state), reply_to=msg)
         return Message(train_reply(_only(factories), msg, device, context.state), reply_to=msg)

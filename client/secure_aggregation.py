@@ -64,17 +64,17 @@ def seal_shares(msg: Message, state: RecordDict) -> RecordDict:
     return RecordDict({SECAGG: ConfigRecord({str(peer): box for peer, box in sealed.items()})})
 
 
-def masked_input(delta: Mapping[str, Tensor], metrics: Mapping[str, float], msg: Message, state: RecordDict
-                 ) -> RecordDict:
-    """The round's local update ``delta`` clipped to the server's norm bound (the server cannot check a
-    masked delta), weighted by its examples, in fixed point and masked; the ``metrics`` beside it, but no
-    delta. In a round with differential privacy the delta is clipped to the DP bound instead, carries this
-    factory's share of the noise and weighs as much as any other (`common.privacy`)."""
+def masked_input(delta: Mapping[str, Tensor], metrics: Mapping[str, float], settings: RoundSettings, msg: Message,
+                 state: RecordDict) -> RecordDict:
+    """The round's local update ``delta`` (trained under the message's round ``settings``) clipped to the
+    server's norm bound (the server cannot check a masked delta), weighted by its examples, in fixed point
+    and masked; the ``metrics`` beside it, but no delta. In a round with differential privacy the delta is
+    clipped to the DP bound instead, carries this factory's share of the noise and weighs as much as any
+    other (`common.privacy`)."""
     fields = msg.content[SECAGG]
     party = _party(fields, state)
     bound, max_weight = float(fields["bound"]), float(fields["max-weight"])
     fixed = FixedPoint(bound, int(fields["participants"]))
-    settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
     if settings.dp_noise_multiplier > 0:
         privacy = DifferentialPrivacy(settings.dp_noise_multiplier, float(fields["dp-clip-norm"]), settings.dp_delta)
         noise = torch.Generator().manual_seed(secrets.randbits(63))  # nobody else may know this factory's noise

@@ -1,4 +1,4 @@
-"""Flower's SuperNode with this project's timings in place of three waits flwr 1.42.0 hard-codes.
+"""Flower's SuperNode with this project's timings in place of four waits flwr 1.42.0 fixes.
 
 - Between pulls that found no message, the SuperNode sleeps 3 s (``time.sleep(3)`` in
   ``flwr/supernode/start_client_internal.py``): every message then waits 1.5 s on average before a
@@ -9,7 +9,6 @@
   ``supernode/fleet_http_connection.py`` and ``supercore/heartbeat.py``), and the SuperLink calls a node
   gone after its patience of 2 intervals: a killed factory is noticed after 60 s. Here:
   `HEARTBEAT_INTERVAL_S`, Flower's smallest allowed, so within 20 s.
-
 - The SuperExec, which starts an app process for each task, looks for tasks every second; Flower
   reads the interval from ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (``supercore/superexec/run_superexec.py``).
   Here: `TASK_POLL_S`, set in the environment of the SuperNode and SuperExec (`environment`).

@@ -100,8 +100,10 @@ class AggregationRule:
         count = 1 if self.name == "krum" else (self.select or max(1, len(deltas) - self.malicious))
         return krum_selection(deltas, self.malicious, count)
 
-    def combine(self, deltas: Sequence[Delta], weights: Sequence[float]) -> dict[str, Tensor]:
-        """The round's update from the accepted ``deltas`` and their claimed ``weights``."""
+    def combine(self, deltas: Sequence[Delta], weights: Sequence[float], kept: Sequence[int] | None = None
+                ) -> dict[str, Tensor]:
+        """The round's update from the accepted ``deltas`` and their claimed ``weights``; ``kept``: a selecting
+        rule's choice (`kept`) when the caller has made it already (it is not made twice)."""
         if not deltas:
             raise ValueError("cannot aggregate an empty list of deltas")
         if self.name == "median":
@@ -109,7 +111,7 @@ class AggregationRule:
         if self.name == "trimmed-mean":
             return _per_coordinate(deltas, lambda values: _trimmed(values, self.trim_fraction))
         if self.selects:
-            kept = self.kept(deltas)
+            kept = self.kept(deltas) if kept is None else kept
             return weighted_average([deltas[i] for i in kept], [weights[i] for i in kept])
         if self.name == "capped-mean":
             cap = self.weight_cap or statistics.median(float(w) for w in weights)

@@ -1,8 +1,8 @@
 """What the central team sees of a run, live and afterwards: each round's metrics as TensorBoard scalars
 in the run folder beside ``metrics.jsonl``, and ``status.json``, which `fedmeta status` reads.
 
-``status.json`` is rewritten (atomically) when the run starts, once its factories are counted, after
-every round and when it ends: its state (``waiting`` for factories, ``running``, ``finished``,
+``status.json`` is rewritten (atomically) when the run starts, when its connected factories change,
+after every round and when it ends: its state (``waiting`` for factories, ``running``, ``finished``,
 ``stopped`` or ``failed`` with the error), the last finished round, the connected factories and their roles, the last
 round's metrics and the server's last warnings (a failed factory, a delta left out and why). The
 process's id and host are in it too, so that `fedmeta status` can tell a run that is still going from
@@ -101,8 +101,10 @@ class RunView:
             self._write(state="failed", error=f"{kind.__name__}: {error}")
 
     def factories(self, seats: Iterable[tuple[str, str]]) -> None:
-        """The connected factories as (name, role) pairs, before a round."""
-        self._write(state="running", factories=[{"name": name, "role": role} for name, role in seats])
+        """The connected factories as (name, role) pairs, before a round (written only when they changed)."""
+        connected = [{"name": name, "role": role} for name, role in seats]
+        if (self.status["state"], self.status["factories"]) != ("running", connected):
+            self._write(state="running", factories=connected)
 
     def round_finished(self, record: Mapping[str, object]) -> None:
         """One round's metrics record (as in ``metrics.jsonl``): scalars at step ``round``, and the status."""

@@ -109,8 +109,9 @@ class SamplingSettings:
         if self.secure.enabled and self.aggregation.name != "mean":
             raise ValueError(f"secure aggregation shows the server only the sum of a round's deltas: it needs "
                              f"aggregation 'mean', not {self.aggregation.name!r} (a robust rule needs each delta)")
-        reach = self.privacy.share_range(threshold=2)  # a round unmasks from at least 2 inputs
-        if self.secure.enabled and self.privacy.enabled and reach > self.max_delta_norm:
+        # A round unmasks from at least 2 inputs: the fewest to share the noise, so the widest shares.
+        reach = self.privacy.share_range(2) if self.secure.enabled and self.privacy.enabled else 0.0
+        if reach > self.max_delta_norm:
             raise ValueError(f"secure aggregation with differential privacy: a factory's noisy delta reaches "
                              f"{reach:.3g} per value (dp-clip-norm plus {NOISE_SIGMAS:g} noise deviations), beyond "
                              f"max-delta-norm {self.max_delta_norm:g}, the range the masked sum holds: raise "
@@ -310,7 +311,7 @@ class FedMetaStrategy(Strategy):
         return delta, metrics
 
     def apply_deltas(
-        self, server_round: int, accepted: Sequence[Accepted], offered: int
+        self, server_round: int, accepted: Sequence[Accepted], offered: int, factories: Sequence[str] | None = None
     ) -> tuple[dict[str, Tensor] | None, dict[str, float]]:
         """Combine the accepted deltas by the sampling settings' aggregation rule (by default their mean
         weighted by ``num-examples``) and step the outer optimizer.
@@ -318,7 +319,9 @@ class FedMetaStrategy(Strategy):
         ``offered`` counts every factory that answered, so the metrics say how many were
         rejected. Returns the new parameters and the round's metrics, or ``None`` and the
         counts alone (``model-unchanged`` set, so the run's record says why) when fewer than
-        ``min_train_nodes`` deltas were accepted.
+        ``min_train_nodes`` deltas were accepted. A selecting rule (krum, multi-krum) also
+        counts the deltas it left out (``left-out``) and, given the deltas' ``factories``, names them
+        in the log.
         """
         rejected = float(offered - len(accepted))
         if len(accepted) < self.sampling.min_train_nodes:
@@ -335,20 +338,24 @@ class FedMetaStrategy(Strategy):
             summary["dp-epsilon"] = spent_epsilon(server_round, self.sampling_rate, privacy.noise_multiplier,
                                                   privacy.delta)
         else:
-            update = self.sampling.aggregation.combine(deltas, [m[protocol.NUM_EXAMPLES] for m in metrics])
+            rule = self.sampling.aggregation
+            kept = rule.kept(deltas)
+            update = rule.combine(deltas, [m[protocol.NUM_EXAMPLES] for m in metrics], kept)
+            if rule.selects:
+                summary["left-out"] = float(len(deltas) - len(kept))
+                if factories is not None:
+                    self._log_left_out(server_round, factories, set(kept))
         params = self.optimizer.step(update)
         summary["rejected"] = rejected
         return params, summary
 
-    def _log_left_out(self, server_round: int, names: Sequence[str], deltas: Sequence[Mapping[str, Tensor]]) -> int:
-        """Say which factories' accepted deltas a selecting rule (krum, multi-krum) left out; how many."""
-        kept = set(self.sampling.aggregation.kept(deltas))
+    def _log_left_out(self, server_round: int, names: Sequence[str], kept: set[int]) -> None:
+        """Say which factories' accepted deltas a selecting rule (krum, multi-krum) left out."""
         left_out = [name for i, name in enumerate(names) if i not in kept]
         if left_out:
             log.warning("round %d: %s left out the deltas of %s (kept %s)", server_round,
                         self.sampling.aggregation.name, ", ".join(left_out),
                         ", ".join(name for i, name in enumerate(names) if i in kept))
-        return len(left_out)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -359,10 +366,8 @@ class FedMetaStrategy(Strategy):
         parts.sort(key=lambda part: part.factory)  # the same summation order however factories are placed
         checked = [(part.factory, self._accepted_delta(part)) for part in parts]
         accepted = [item for _, item in checked if item is not None]
-        params, summary = self.apply_deltas(server_round, accepted, offered=len(parts))
-        if params is not None and self.sampling.aggregation.selects:
-            names = [name for name, item in checked if item is not None]
-            summary["left-out"] = float(self._log_left_out(server_round, names, [delta for delta, _ in accepted]))
+        names = [name for name, item in checked if item is not None]
+        params, summary = self.apply_deltas(server_round, accepted, offered=len(parts), factories=names)
         summary["bytes-received"] = float(sum(recorddict_to_proto(reply.content).ByteSize() for reply in replies
                                               if reply.has_content()))
         return (None if params is None else ArrayRecord(torch_state_dict=params)), MetricRecord(summary)
