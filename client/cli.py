@@ -63,14 +63,16 @@ def client(
         str,
         typer.Option(
             click_type=click.Choice(["subprocess", "process"]),
-            help="Flower's isolation: the SuperNode starts its SuperExec (subprocess), or a long-running SuperExec "
-            "runs beside it (process); either starts one app process per message.",
+            help="Flower's isolation: the SuperNode starts its SuperExec, which starts an app process per message "
+            "(subprocess), or one warm worker beside it runs every message with torch and the app imported once, "
+            "restarted if it dies (process; with --stock-supernode Flower's SuperExec instead).",
         ),
     ] = "subprocess",
     stock_supernode: Annotated[
         bool,
         typer.Option("--stock-supernode", help="Run Flower's SuperNode with its own timings (a 3 s idle poll, a "
-                     "killed factory noticed after 60 s) instead of the project's (0.5 s, 20 s)."),
+                     "killed factory noticed after 60 s) instead of the project's (0.5 s, 20 s), and with "
+                     "--isolation process Flower's SuperExec instead of the warm worker."),
     ] = False,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="No TLS and no key: for a trusted test network only.")

@@ -15,6 +15,8 @@ import re
 import socket
 import ssl
 import sys
+import threading
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +25,7 @@ from pathlib import Path
 from fedmeta.client import supernode_timings
 from fedmeta.client.package import MODEL_DIR_KEY
 from fedmeta.client.policy import POLICY_KEY, load_policy
+from fedmeta.client.warm_worker import answer_dropped_task
 from fedmeta.common import (
     DEFAULT_RUNTIME_PORT,
     ROLES,
@@ -39,6 +42,7 @@ from fedmeta.common.connector import DataSchema, validate_table
 __all__ = [
     "FactoryError",
     "FactoryPlan",
+    "WarmWorkerSupervisor",
     "node_config",
     "parse_server_address",
     "plan_factory",
@@ -46,6 +50,7 @@ __all__ = [
     "run_factory",
     "superexec_command",
     "supernode_command",
+    "warm_worker_command",
 ]
 
 PROBE_TIMEOUT_S = 5.0
@@ -97,6 +102,11 @@ class FactoryPlan:
     @property
     def log(self) -> Path:
         return self.state / "supernode.log"
+
+    @property
+    def worker_record(self) -> Path:
+        """Where the warm worker keeps the claim of the task it is running (`client.warm_worker`)."""
+        return self.state / "warm-worker-task.json"
 
 
 def plan_factory(
@@ -202,8 +212,74 @@ def supernode_command(plan: FactoryPlan) -> list[str]:
 
 
 def superexec_command(plan: FactoryPlan) -> list[str]:
-    """With ``isolation="process"``: the long-running SuperExec that starts this node's app processes."""
+    """With ``isolation="process"`` and Flower's SuperNode: the long-running SuperExec that starts this node's
+    app processes."""
     return ["flower-superexec", "--insecure", "--runtime-api-address", f"127.0.0.1:{plan.runtime_port}"]
+
+
+def warm_worker_command(plan: FactoryPlan) -> list[str]:
+    """With ``isolation="process"`` and the project's SuperNode: the worker that runs every app task in itself."""
+    return [sys.executable, "-m", "fedmeta.client.warm_worker", "--runtime-api-address",
+            f"127.0.0.1:{plan.runtime_port}", "--record", str(plan.worker_record)]
+
+
+class WarmWorkerSupervisor:
+    """Keeps the warm worker (`client.warm_worker`) running beside the SuperNode: when it dies, the task it
+    dropped is answered as failed and a new one starts, after a pause that doubles (up to a minute) while
+    workers die within `STEADY_S` of starting. Its own thread starts the workers and outlives them (a child
+    is sent SIGTERM when the thread that started it ends)."""
+
+    STEADY_S = 30.0
+    FIRST_PAUSE_S = 0.5
+
+    def __init__(self, plan: FactoryPlan, env: dict[str, str], report: Report) -> None:
+        self.plan, self.env, self.report = plan, env, report
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._worker: ChildProcess | None = None
+        self._thread = threading.Thread(target=self._supervise, name="warm worker supervisor", daemon=True)
+
+    def __enter__(self) -> WarmWorkerSupervisor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        with self._lock:
+            worker = self._worker
+        if worker is not None:
+            worker.stop()
+        self._thread.join()
+
+    def _start(self) -> ChildProcess | None:
+        with self._lock:  # never a new worker once stopping: __exit__ would not know of it
+            if self._stopping.is_set():
+                return None
+            self._worker = ChildProcess("warm ClientApp worker", warm_worker_command(self.plan),
+                                        log=self.plan.state / "worker.log", env=self.env).start()
+            return self._worker
+
+    def _supervise(self) -> None:
+        pause = self.FIRST_PAUSE_S
+        while (worker := self._start()) is not None:
+            started = time.monotonic()
+            code = worker.wait()
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            reason = f"the warm ClientApp worker stopped (exit code {code}) while working on this message"
+            try:
+                answered = answer_dropped_task(self.plan.worker_record, f"127.0.0.1:{self.plan.runtime_port}", reason)
+            except Exception as error:  # reported; the node must keep a worker regardless
+                self.report(f"could not answer the task the warm worker dropped: {error}")
+                answered = None
+            dropped = f"; the {answered.message_type} message it was working on was answered as failed" \
+                if answered else ""
+            self.report(f"the warm ClientApp worker stopped (exit code {code}){dropped}; starting a new one "
+                        f"(its log: {worker.log})")
+            pause = self.FIRST_PAUSE_S if time.monotonic() - started > self.STEADY_S else min(2 * pause, 60.0)
+            self._stopping.wait(pause)
 
 
 def probe_server(plan: FactoryPlan) -> bool:
@@ -294,7 +370,9 @@ def run_factory(plan: FactoryPlan, report: Report) -> None:
     plan.state.mkdir(parents=True, exist_ok=True)
     events = _Events()
     with ExitStack() as processes, plan.log.open("a", encoding="utf-8") as log:
-        if plan.isolation == "process":
+        if plan.isolation == "process" and plan.tuned_supernode:
+            processes.enter_context(WarmWorkerSupervisor(plan, env, report))
+        elif plan.isolation == "process":
             superexec = ChildProcess("SuperExec", superexec_command(plan), log=plan.state / "superexec.log", env=env)
             processes.enter_context(superexec)
         node = processes.enter_context(ChildProcess("SuperNode", supernode_command(plan), env=env))

@@ -1,4 +1,4 @@
-"""Flower's SuperNode with this project's timings in place of four waits flwr 1.42.0 fixes.
+"""Flower's SuperNode with this project's timings in place of five waits flwr 1.42.0 fixes.
 
 - Between pulls that found no message, the SuperNode sleeps 3 s (``time.sleep(3)`` in
   ``flwr/supernode/start_client_internal.py``): every message then waits 1.5 s on average before a
@@ -12,6 +12,10 @@
 - The SuperExec, which starts an app process for each task, looks for tasks every second; Flower
   reads the interval from ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (``supercore/superexec/run_superexec.py``).
   Here: `TASK_POLL_S`, set in the environment of the SuperNode and SuperExec (`environment`).
+- A heartbeat that fails is retried with a delay doubling up to 20 s (``exponential(max_delay=20)`` in
+  ``supercore/heartbeat.py``). After a server restart the node then stays "unavailable" to the new
+  SuperLink for up to 20 s although it already pulls work, and the first round's messages to it fail.
+  Here: at most `HEARTBEAT_RETRY_S`.
 
 `apply` swaps them in and refuses to, naming what changed, under any other Flower version or when a
 wait is no longer where it was; ``python -m fedmeta.client.supernode_timings`` runs Flower's own
@@ -23,10 +27,11 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import time
+from collections.abc import Iterator
 from types import ModuleType
 
-__all__ = ["FLOWER_VERSION", "HEARTBEAT_INTERVAL_S", "IDLE_PULL_S", "REPLY_LOOK_S", "TASK_POLL_ENV", "TASK_POLL_S",
-           "FlowerInternalsChanged", "apply", "environment", "main"]
+__all__ = ["FLOWER_VERSION", "HEARTBEAT_INTERVAL_S", "HEARTBEAT_RETRY_S", "IDLE_PULL_S", "REPLY_LOOK_S",
+           "TASK_POLL_ENV", "TASK_POLL_S", "FlowerInternalsChanged", "apply", "environment", "main", "require_flower"]
 
 FLOWER_VERSION = "1.42.0"  # the version whose internals this module knows
 # Shorter, not minimal: on a busy 2-core machine, polls a few times faster than these slowed the rounds'
@@ -35,6 +40,8 @@ IDLE_PULL_S = 0.5  # an idle factory asks its SuperLink for work twice a second 
 REPLY_LOOK_S = 0.1  # a local look into the node's own state
 HEARTBEAT_INTERVAL_S = 10  # Flower's HEARTBEAT_MIN_INTERVAL; times its patience of 2: gone after 20 s
 TASK_POLL_ENV, TASK_POLL_S = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", 0.25  # a local look
+HEARTBEAT_RETRY_S = 2  # the longest wait before a failed heartbeat is tried again
+_RETRY_SOURCE = "exponential(max_delay=20)"
 _WAITS = {3: IDLE_PULL_S, 0.5: REPLY_LOOK_S}  # Flower's sleep -> ours
 _SLEEPS = ("time.sleep(3)", "time.sleep(0.5)")
 
@@ -54,6 +61,13 @@ class _ShorterWaits:
         return getattr(time, name)
 
 
+def _retry_delays(max_delay: int | None = None, **options: float) -> Iterator[float]:
+    """Flower's exponential back-off for heartbeats, capped at `HEARTBEAT_RETRY_S`."""
+    from flwr.supercore.retry import exponential
+
+    return exponential(max_delay=min(max_delay or HEARTBEAT_RETRY_S, HEARTBEAT_RETRY_S), **options)
+
+
 def _check(module: ModuleType, problem: str, holds: bool) -> None:
     if not holds:
         raise FlowerInternalsChanged(f"flwr {FLOWER_VERSION}'s {module.__name__} {problem}; the installed flwr "
@@ -61,12 +75,18 @@ def _check(module: ModuleType, problem: str, holds: bool) -> None:
                                      f"fedmeta/client/supernode_timings.py or run the stock flower-supernode")
 
 
-def apply() -> None:
-    """Replace the SuperNode's waits in this process (see the module docstring)."""
+def require_flower(what: str) -> None:
+    """`FlowerInternalsChanged` naming ``what`` unless the installed Flower is `FLOWER_VERSION`."""
     installed = importlib.metadata.version("flwr")
     if installed != FLOWER_VERSION:
-        raise FlowerInternalsChanged(f"the SuperNode's timings are set for flwr {FLOWER_VERSION}, but flwr {installed} "
-                                     f"is installed: update fedmeta/client/supernode_timings.py")
+        raise FlowerInternalsChanged(f"{what}: written for flwr {FLOWER_VERSION}'s internals, but flwr {installed} "
+                                     f"is installed: update it (fedmeta/client/) or run Flower's own processes "
+                                     f"(fedmeta client --stock-supernode)")
+
+
+def apply() -> None:
+    """Replace the SuperNode's waits in this process (see the module docstring)."""
+    require_flower("the SuperNode's timings")
     from flwr.common import constant
     from flwr.supercore import heartbeat
     from flwr.supercore.superexec import run_superexec
@@ -80,11 +100,13 @@ def apply() -> None:
         _check(module, "no longer reads HEARTBEAT_DEFAULT_INTERVAL", hasattr(module, "HEARTBEAT_DEFAULT_INTERVAL"))
     _check(run_superexec, f"no longer reads its task poll interval from {TASK_POLL_ENV}",
            getattr(run_superexec, "_TASK_POLL_INTERVAL_ENV", None) == TASK_POLL_ENV)
+    _check(heartbeat, f"no longer retries with {_RETRY_SOURCE}", _RETRY_SOURCE in inspect.getsource(heartbeat))
     _check(constant, f"allows no heartbeat of {HEARTBEAT_INTERVAL_S} s",
            constant.HEARTBEAT_MIN_INTERVAL <= HEARTBEAT_INTERVAL_S <= constant.HEARTBEAT_MAX_INTERVAL)
     start_client_internal.time = _ShorterWaits()
     fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_INTERVAL_S
     heartbeat.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_INTERVAL_S
+    heartbeat.exponential = _retry_delays
 
 
 def environment() -> dict[str, str]:

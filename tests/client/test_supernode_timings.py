@@ -1,6 +1,6 @@
-"""The SuperNode's timings: Flower's fixed 3 s idle poll, 0.5 s reply look and 30 s heartbeat are replaced in
-the SuperNode's process, and a Flower whose internals moved is refused with a message saying what changed
-(`client.supernode_timings`, pinned to flwr 1.42.0)."""
+"""The SuperNode's timings: Flower's fixed 3 s idle poll, 0.5 s reply look, 30 s heartbeat and 20 s heartbeat
+retry are replaced in the SuperNode's process, and a Flower whose internals moved is refused with a message saying
+what changed (`client.supernode_timings`, pinned to flwr 1.42.0)."""
 
 from __future__ import annotations
 
@@ -27,15 +27,18 @@ idle = time.perf_counter() - started
 started = time.perf_counter()
 start_client_internal.time.sleep(0.5)
 reply = time.perf_counter() - started
+delays = heartbeat.HeartbeatSender(lambda: True)._retry_invoker.wait_gen_factory()
+retry = max(next(delays) for _ in range(10))
 print(idle, reply, fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL, heartbeat.HEARTBEAT_DEFAULT_INTERVAL,
-      start_client_internal.time.monotonic() > 0)
+      start_client_internal.time.monotonic() > 0, retry)
 """
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    idle, reply, connection, sender, clock = output.stdout.split()
+    idle, reply, connection, sender, clock, retry = output.stdout.split()
     assert supernode_timings.IDLE_PULL_S <= float(idle) < 1.5  # not Flower's 3 s
     assert supernode_timings.REPLY_LOOK_S <= float(reply) < 0.4  # not Flower's 0.5 s
     assert int(connection) == int(sender) == supernode_timings.HEARTBEAT_INTERVAL_S == 10
     assert clock == "True"  # the rest of the time module is the real one
+    assert float(retry) == supernode_timings.HEARTBEAT_RETRY_S  # a failed heartbeat is retried soon: not 20 s
 
 
 def test_the_superexec_looks_for_tasks_at_our_interval(monkeypatch):
@@ -48,7 +51,8 @@ def test_the_superexec_looks_for_tasks_at_our_interval(monkeypatch):
 
 def test_another_flower_version_is_refused_by_name(monkeypatch):
     monkeypatch.setattr(supernode_timings.importlib.metadata, "version", lambda name: "1.43.0")
-    with pytest.raises(FlowerInternalsChanged, match=r"set for flwr 1\.42\.0, but flwr 1\.43\.0 is installed"):
+    wanted = r"timings: written for flwr 1\.42\.0's internals, but flwr 1\.43\.0 is installed"
+    with pytest.raises(FlowerInternalsChanged, match=wanted):
         supernode_timings.apply()
 
 
