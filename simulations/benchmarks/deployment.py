@@ -7,12 +7,14 @@ The same federation runs three ways in one command, one after the other:
 - **deployment, subprocess isolation**: ``fedmeta server`` (a SuperLink with TLS and node
   authentication) and one ``fedmeta client`` per factory (a SuperNode whose own SuperExec
   starts a ``flwr-clientapp`` process per message), all on loopback;
-- **deployment, process isolation**: the same, with a long-running ``flower-superexec``
-  beside each SuperNode (``--isolation process``).
+- **deployment, process isolation**: the same, with a long-running process beside each SuperNode
+  (``--isolation process``): Flower's ``flower-superexec``, which starts a ``flwr-clientapp`` per
+  message, or the project's warm worker, which runs every message in itself (`client.warm_worker`).
 
-Each deployment runs twice: with Flower's SuperNode as shipped (``--stock-supernode``: a 3 s poll
-for work when idle, a 0.5 s look for each reply) and with the project's timings
-(`client.supernode_timings`), so the overhead each removes is measured in the same run.
+Each deployment runs twice: with Flower's processes as shipped (``--stock-supernode``: a 3 s poll
+for work when idle, a 0.5 s look for each reply, Flower's SuperExec) and with the project's
+(`client.supernode_timings`, and the warm worker), so the overhead each removes is measured in the
+same run.
 
 The work is identical, to the bit: the synthetic factories are written to CSV tables
 (float32 values printed exactly) and the deployed factories carry the synthetic names, so
@@ -259,6 +261,7 @@ def render(result: DeploymentBenchResult, console: Console) -> None:
     console.print(
         "Same work in every mode (first-round query loss identical). round s: the server loop's time from "
         "sending the work to aggregating the replies. Deployment adds per message: the SuperNode's poll for "
-        "work (stock: every 3 s when idle; tuned: 0.5 s), its SuperExec's poll for tasks, a new flwr-clientapp "
-        "process that imports torch and the app, and Flower's upload and pull of the reply."
+        "work (stock: every 3 s when idle; tuned: 0.5 s), Flower's download of the message and upload of the "
+        "reply, and, but for process isolation with the tuned SuperNode (its warm worker), a new "
+        "flwr-clientapp process that imports torch and the app."
     )
