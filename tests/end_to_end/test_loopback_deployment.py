@@ -32,6 +32,7 @@ from tests.support.deployment import (
     FEDMETA,
     alive,
     metrics,
+    stop_all,
     supernode_group,
     wait_for,
     write_table,
@@ -150,10 +151,7 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
         result.second_server_code = second.poll()
         result.second_server_output = second.log.read_text()
     finally:
-        tree = {pid for process in started for pid in (process.pid, *descendants(process.pid))}
-        for process in reversed(started):
-            process.stop()
-    result.leftovers = alive(tree)
+        result.leftovers = stop_all(started)
     yield result
 
 

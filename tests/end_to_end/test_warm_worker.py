@@ -22,8 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fedmeta.common import ChildProcess, descendants, free_port
-from tests.support.deployment import ENV, FEATURES, FEDMETA, alive, wait_for, write_table
+from fedmeta.common import ChildProcess, free_port
+from tests.support.deployment import ENV, FEATURES, FEDMETA, stop_all, wait_for, write_table
 
 FACTORIES = ("plant-a", "plant-b")
 ROUND_TIMEOUT_S = 60  # far above the time a factory's failure takes to reach the server
@@ -125,10 +125,7 @@ def warm_runs(tmp_path_factory) -> Iterator[WarmRuns]:
         wait_for(lambda: len(_workers(clients)) == len(FACTORIES), 60, "the restarted worker", logs)
         result.workers.append(_workers(clients))
     finally:
-        tree = {pid for process in started for pid in (process.pid, *descendants(process.pid))}
-        for process in reversed(started):
-            process.stop()
-    result.leftovers = alive(tree)
+        result.leftovers = stop_all(started)
     yield result
 
 

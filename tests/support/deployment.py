@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from fedmeta.common import descendants
+
 FEATURES = ["temperature", "pressure", "speed"]
 FEDMETA = str(Path(sysconfig.get_path("scripts")) / "fedmeta")
 ENV = {**os.environ, "COLUMNS": "200"}  # one log line per message, unwrapped
@@ -54,6 +56,14 @@ def alive(pids: set[int]) -> list[int]:
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 running.append(pid)
     return sorted(running)
+
+
+def stop_all(started: list) -> list[int]:
+    """Stop the started `ChildProcess`es, last first; the processes of their trees still running after."""
+    tree = {pid for process in started for pid in (process.pid, *descendants(process.pid))}
+    for process in reversed(started):
+        process.stop()
+    return alive(tree)
 
 
 def supernode_group(client_pid: int) -> int | None:
