@@ -47,7 +47,7 @@ from fedmeta.common import (
     subtract,
     unpack_meta_parameters,
 )
-from fedmeta.common.compression import encode_delta
+from fedmeta.common.compression import VALUES, ParameterLayout, encode_delta, unpack_parameters
 
 __all__ = ["app", "check_model_fits", "local_update", "make_client_app", "train_replies", "train_reply"]
 
@@ -56,7 +56,9 @@ UNSENT = "unsent"  # the node state's record of what top-k left unsent, per fact
 
 
 def _received_parameters(msg: Message) -> dict[str, Tensor]:
-    return dict(msg.content[protocol.META_PARAMETERS].to_torch_state_dict())
+    """The global model the message carries, packed with its layout (`server.strategy.model_records`)."""
+    packed = msg.content[protocol.META_PARAMETERS].to_torch_state_dict()
+    return unpack_parameters(packed[VALUES], ParameterLayout.from_config(msg.content[protocol.PARAMETER_LAYOUT]))
 
 
 def check_model_fits(factory: LoadedFactory, global_params: Mapping[str, Tensor]) -> None:

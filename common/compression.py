@@ -1,6 +1,6 @@
-"""Smaller deltas on the wire: what a factory encodes and the server decodes.
+"""Smaller deltas on the wire: what a factory encodes and the server decodes; the global model packed.
 
-* ``none``: float32 as computed, one array per parameter;
+* ``none``: float32 as computed;
 * ``fp16``: every value in half precision (2 bytes);
 * ``int8``: each parameter's values as int8 codes with one float32 scale, ``value ~= code * scale``,
   the scale being the parameter's largest magnitude over 127 (1 byte a value); the scales' bytes
@@ -11,10 +11,13 @@
 
 An encoded delta is packed into one or two flat arrays (`VALUES`, `INDICES`), the parameters one after
 another in name order, because every array a message carries costs a header of its own (about 150
-bytes in Flower's serialisation): per parameter, a small model's int8 delta would be mostly headers.
-`decode_delta` rebuilds a float32 delta of the global parameters' names and shapes and raises
-`DeltaRejected` for anything that does not fit them, before `common.deltas.validate_delta` checks
-the result.
+bytes in Flower's serialisation) and, between processes, requests of its own: Flower moves a message
+as objects, two per array, each fetched and confirmed one by one, which made the transfers most of a
+deployed round. `decode_delta` rebuilds a float32 delta of the global parameters' names and shapes and
+raises `DeltaRejected` for anything that does not fit them, before `common.deltas.validate_delta`
+checks the result. The global model travels packed the same way (`pack_parameters`), with its names
+and shapes beside it (`ParameterLayout`), since a factory does not know them in advance (Meta-SGD adds
+its step sizes).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,12 +35,13 @@ from fedmeta.common.deltas import DeltaRejected
 from fedmeta.common.run_settings import COMPRESSIONS
 from fedmeta.common.validation import check_choice
 
-__all__ = ["COMPRESSIONS", "INDICES", "VALUES", "Compression", "decode_delta", "encode_delta"]
+__all__ = ["COMPRESSIONS", "INDICES", "VALUES", "Compression", "ParameterLayout", "decode_delta", "encode_delta",
+           "pack_parameters", "unpack_parameters"]
 
 VALUES, INDICES = "packed/values", "packed/indices"
 _INT8_LEVELS = 127
 _SCALE_BYTES = 4  # a float32 scale, as int8 bytes after the codes
-_PACKED = {"fp16": {VALUES: torch.float16}, "int8": {VALUES: torch.int8},
+_PACKED = {"none": {VALUES: torch.float32}, "fp16": {VALUES: torch.float16}, "int8": {VALUES: torch.int8},
            "topk": {VALUES: torch.float32, INDICES: torch.int32}}
 
 
@@ -61,14 +67,61 @@ def _flat(tensors: Mapping[str, Tensor]) -> list[tuple[str, Tensor]]:
     return [(name, tensors[name].detach().float().flatten()) for name in sorted(tensors)]
 
 
+@dataclass(frozen=True)
+class ParameterLayout:
+    """The names and shapes of packed parameters, in packing order, as plain lists (a Flower ConfigRecord's)."""
+
+    names: list[str]
+    ranks: list[int]  # each parameter's number of dimensions
+    dims: list[int]  # every parameter's dimensions, one after another
+
+    def to_config(self) -> dict[str, list[str] | list[int]]:
+        return {"names": self.names, "ranks": self.ranks, "dims": self.dims}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ParameterLayout:
+        try:
+            names, ranks, dims = (list(config[key]) for key in ("names", "ranks", "dims"))
+            return cls([str(n) for n in names], [int(r) for r in ranks], [int(d) for d in dims])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"the parameter layout needs lists 'names', 'ranks' and 'dims': {error}") from None
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Each parameter's shape; `ValueError` where the lists do not fit together."""
+        if len(self.ranks) != len(self.names) or sum(self.ranks) != len(self.dims) or min(self.dims, default=0) < 0:
+            raise ValueError(f"the parameter layout's {len(self.names)} names, {len(self.ranks)} ranks and "
+                             f"{len(self.dims)} dimensions do not fit together")
+        ends = list(accumulate(self.ranks))
+        return [tuple(self.dims[end - rank:end]) for rank, end in zip(self.ranks, ends, strict=True)]
+
+
+def pack_parameters(tensors: Mapping[str, Tensor]) -> tuple[Tensor, ParameterLayout]:
+    """``tensors`` as one flat float32 vector in name order, and their layout."""
+    names = sorted(tensors)
+    shapes = [tuple(tensors[name].shape) for name in names]
+    flat = torch.cat([values for _, values in _flat(tensors)]) if names else torch.zeros(0)
+    return flat, ParameterLayout(names, [len(s) for s in shapes], [d for shape in shapes for d in shape])
+
+
+def unpack_parameters(flat: Tensor, layout: ParameterLayout) -> dict[str, Tensor]:
+    """The tensors `pack_parameters` packed; `ValueError` naming the mismatch for anything else."""
+    shapes = layout.shapes()
+    sizes = [math.prod(shape) for shape in shapes]
+    if flat.ndim != 1 or len(flat) != sum(sizes):
+        raise ValueError(f"the packed parameters hold {tuple(flat.shape)} values, their layout {sum(sizes)}")
+    pieces = flat.float().split(sizes)
+    return {name: piece.reshape(shape).clone() for name, piece, shape in zip(layout.names, pieces, shapes,
+                                                                               strict=True)}
+
+
 def encode_delta(delta: Mapping[str, Tensor], compression: Compression,
                  residual: Mapping[str, Tensor] | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """``delta`` (plus the ``residual`` top-k left unsent last round) encoded, and what is left unsent now
     (empty but for top-k)."""
     method = compression.method
-    if method == "none":
-        return {name: tensor.detach().float() for name, tensor in delta.items()}, {}
     flat = _flat(delta)
+    if method == "none":
+        return {VALUES: torch.cat([values for _, values in flat])}, {}
     if method == "fp16":
         return {VALUES: torch.cat([values for _, values in flat]).half()}, {}
     if method == "int8":
@@ -110,10 +163,7 @@ def _scattered(encoded: Mapping[str, Tensor], compression: Compression, sizes: l
 
 def decode_delta(encoded: Mapping[str, Tensor], compression: Compression,
                  reference: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The float32 delta of ``reference``'s names and shapes that ``encoded`` carries (``none``: ``encoded``
-    itself, which `common.deltas.validate_delta` checks)."""
-    if compression.method == "none":
-        return dict(encoded)
+    """The float32 delta of ``reference``'s names and shapes that ``encoded`` carries."""
     wanted = _PACKED[compression.method]
     if set(encoded) != set(wanted):
         raise _reject(f"the {compression.method} delta holds the arrays {sorted(wanted)}, got {sorted(encoded)}")
@@ -137,6 +187,6 @@ def decode_delta(encoded: Mapping[str, Tensor], compression: Compression,
     else:
         full = encoded[VALUES].float()
         if len(full) != total:
-            raise _reject(f"the fp16 delta holds {total} values, got {len(full)}")
+            raise _reject(f"the {compression.method} delta holds {total} values, got {len(full)}")
     pieces = full.split(sizes)
     return {name: piece.reshape(reference[name].shape).clone() for name, piece in zip(names, pieces, strict=True)}

@@ -34,6 +34,7 @@ __all__ = [
     "MODEL_DELIVERY",
     "NAMES",
     "NUM_EXAMPLES",
+    "PARAMETER_LAYOUT",
     "ROLE",
     "ROLES",
     "ROLES_FIELD",
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 META_PARAMETERS = "meta-parameters"
+PARAMETER_LAYOUT = "meta-parameters-layout"  # the names and shapes of the packed global model
 CONFIG = "config"
 DELTA = "delta"
 METRICS = "metrics"

@@ -9,14 +9,13 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from torch import Tensor
 
 from fedmeta.common import DataSource, EvaluationSettings, pack_meta_parameters, protocol, unpack_meta_parameters
 from fedmeta.common.model_package import AdaptationPlan, Manifest, ModelPackage, load_package, save_package
 from fedmeta.server.checkpoint import RunDirectory
-from fedmeta.server.strategy import FedMetaStrategy, exchange
+from fedmeta.server.strategy import FedMetaStrategy, exchange, model_records
 
 __all__ = ["PACKAGE_FOLDER", "RUN_ID", "deliver_package", "write_run_package"]
 
@@ -69,8 +68,8 @@ def write_run_package(
 def deliver_package(grid: Grid, strategy: FedMetaStrategy, package: ModelPackage, timeout: float | None) -> int:
     """Send the package to every connected factory node; how many stored it. A node that fails or
     names no model folder is logged: the run's own copy in ``<run>/model`` is already safe."""
-    arrays = ArrayRecord(torch_state_dict=pack_meta_parameters(package.weights, package.inner_lrs))
-    messages = strategy.configure_delivery(arrays, json.dumps(package.manifest.to_json()))
+    model = model_records(pack_meta_parameters(package.weights, package.inner_lrs))
+    messages = strategy.configure_delivery(model, json.dumps(package.manifest.to_json()))
     stored = 0
     for reply in exchange(grid, messages, timeout=timeout):
         node = reply.metadata.src_node_id

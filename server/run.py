@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 from torch import Tensor
 
@@ -31,7 +31,7 @@ from fedmeta.server.package import RUN_ID, deliver_package, write_run_package
 from fedmeta.server.run_view import RunView
 from fedmeta.server.secure_round import secure_training_round
 from fedmeta.server.settings import ServerSettings
-from fedmeta.server.strategy import FedMetaStrategy, exchange
+from fedmeta.server.strategy import FedMetaStrategy, exchange, model_records
 
 __all__ = ["ProgressFn", "initial_meta_parameters", "run_experiment"]
 
@@ -123,23 +123,23 @@ def run_experiment(
             view.factories((seat.info.factory, role) for role in ("train", "evaluate")
                            for seat in strategy.seats_with_role(role))
             started = time.perf_counter()
-            arrays = ArrayRecord(torch_state_dict=optimizer.params)
+            model = model_records(optimizer.params)
             train_config = ConfigRecord(dataclasses.replace(round_config, server_round=server_round).to_config())
             if settings.sampling.secure.enabled:
-                _, train_metrics = secure_training_round(grid, strategy, server_round, arrays, train_config,
+                _, train_metrics = secure_training_round(grid, strategy, server_round, model, train_config,
                                                          f"{run_id}/{server_round}", settings.timeout)
             else:
                 replies = exchange(
-                    grid, strategy.configure_train(server_round, arrays, train_config, grid), timeout=settings.timeout
+                    grid, strategy.configure_train(server_round, model, train_config, grid), timeout=settings.timeout
                 )
                 _, train_metrics = strategy.aggregate_train(server_round, replies)
             record: dict[str, object] = {"round": server_round, "algorithm": algorithm}
             record.update({f"train/{k}": v for k, v in _finite_or_text(train_metrics or {}).items()})
             last = server_round == settings.num_rounds
             if last or (settings.eval_every and server_round % settings.eval_every == 0):
-                arrays = ArrayRecord(torch_state_dict=optimizer.params)
+                model = model_records(optimizer.params)
                 replies = exchange(
-                    grid, strategy.configure_evaluate(server_round, arrays, eval_config, grid),
+                    grid, strategy.configure_evaluate(server_round, model, eval_config, grid),
                     timeout=settings.timeout,
                 )
                 eval_metrics = strategy.aggregate_evaluate(server_round, replies)

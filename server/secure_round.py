@@ -23,7 +23,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from torch import Tensor
 
@@ -36,7 +36,7 @@ from fedmeta.common.secure_aggregation import (
     unmask_sum,
     weighted_mean,
 )
-from fedmeta.server.strategy import FedMetaStrategy, exchange, weighted_metrics
+from fedmeta.server.strategy import FedMetaStrategy, ModelRecords, exchange, weighted_metrics
 
 __all__ = ["secure_training_round"]
 
@@ -63,7 +63,7 @@ def _answers(grid: Grid, sent: Mapping[int, Message], timeout: float) -> dict[in
     return answers
 
 
-def secure_training_round(grid: Grid, strategy: FedMetaStrategy, server_round: int, arrays: ArrayRecord,
+def secure_training_round(grid: Grid, strategy: FedMetaStrategy, server_round: int, model: ModelRecords,
                           config: ConfigRecord, round_id: str, timeout: float
                           ) -> tuple[dict[str, Tensor] | None, dict[str, float]]:
     """One round under secure aggregation: the new parameters (None: the round failed) and its metrics."""
@@ -101,7 +101,7 @@ def secure_training_round(grid: Grid, strategy: FedMetaStrategy, server_round: i
 
         def train(i: int) -> RecordDict:
             mine = {f"inbox/{owner}": box for owner, box in inbox[i].items()}
-            return RecordDict({protocol.META_PARAMETERS: arrays, protocol.CONFIG: config,
+            return RecordDict({**model, protocol.CONFIG: config,
                                SECAGG: ConfigRecord({**keyed, **mine, "index": i})})
 
         inputs = send(MessageType.TRAIN, list(sealed), train)

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from fedmeta.common import DeltaRejected, OuterOptimizer, RoundSettings, protocol, validate_delta
 from fedmeta.common.aggregation import AggregationRule
-from fedmeta.common.compression import Compression, decode_delta
+from fedmeta.common.compression import VALUES, Compression, decode_delta, pack_parameters
 from fedmeta.common.privacy import NOISE_SIGMAS, DifferentialPrivacy, spent_epsilon
 from fedmeta.common.secure_aggregation import SecureAggregation
 
@@ -42,14 +42,27 @@ __all__ = [
     "PULL_INTERVAL_S",
     "PULL_MAX_INTERVAL_S",
     "FedMetaStrategy",
+    "ModelRecords",
     "NodeInfo",
     "SamplingSettings",
     "Seat",
     "exchange",
+    "model_records",
     "weighted_metrics",
 ]
 
 log = logging.getLogger(__name__)
+
+ModelRecords = Mapping[str, ArrayRecord | ConfigRecord]
+"""The global model as a message carries it (`model_records`)."""
+
+
+def model_records(params: Mapping[str, Tensor]) -> dict[str, ArrayRecord | ConfigRecord]:
+    """``params`` packed into one array with their names and shapes beside it (`common.compression`):
+    Flower moves each array of a message as objects of their own, one request each between processes."""
+    flat, layout = pack_parameters(params)
+    return {protocol.META_PARAMETERS: ArrayRecord(torch_state_dict={VALUES: flat}),
+            protocol.PARAMETER_LAYOUT: ConfigRecord(layout.to_config())}
 
 
 @dataclass(frozen=True)
@@ -259,20 +272,19 @@ class FedMetaStrategy(Strategy):
             return _Part(node, name, error=f"the reply has no {', '.join(missing)} (the factory failed)")
         return _Part(node, name, {record: content[key] for record, key in keys.items()})
 
-    def configure_delivery(self, arrays: ArrayRecord, manifest: str) -> list[Message]:
+    def configure_delivery(self, model: ModelRecords, manifest: str) -> list[Message]:
         """The final model package for every connected factory node, training or evaluate-only."""
         nodes = sorted((self.nodes.keys() | self.shared_nodes.keys()) & (self.connected or set()))
-        record = RecordDict({protocol.META_PARAMETERS: arrays,
-                             protocol.CONFIG: ConfigRecord({protocol.MANIFEST: manifest})})
+        record = RecordDict({**model, protocol.CONFIG: ConfigRecord({protocol.MANIFEST: manifest})})
         return [Message(record, dst_node_id=node, message_type=protocol.MODEL_DELIVERY) for node in nodes]
 
     # --- training ----------------------------------------------------------------
     def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        self, server_round: int, model: ModelRecords, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         chosen = self.sample_train(server_round)
         self.codec = RoundSettings.from_config(config).codec
-        record = RecordDict({protocol.META_PARAMETERS: arrays, protocol.CONFIG: config})
+        record = RecordDict({**model, protocol.CONFIG: config})
         return self._messages(chosen, record, MessageType.TRAIN)
 
     def sample_train(self, server_round: int) -> list[Seat]:
@@ -374,9 +386,9 @@ class FedMetaStrategy(Strategy):
 
     # --- evaluation --------------------------------------------------------------
     def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        self, server_round: int, model: ModelRecords, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        record = RecordDict({protocol.META_PARAMETERS: arrays, protocol.CONFIG: config})
+        record = RecordDict({**model, protocol.CONFIG: config})
         return self._messages(self.seats_with_role("evaluate"), record, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

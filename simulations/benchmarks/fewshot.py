@@ -296,7 +296,7 @@ def _scores(metrics: Mapping[str, float], suffix: str, prefix: str = "") -> dict
 
 
 def _bytes_per_reply(params: Mapping[str, Tensor]) -> int:
-    """A reply's delta: one float32 tensor per global parameter (the strategy checks names and shapes)."""
+    """A reply's delta: one float32 value per global parameter value (packed; headers not counted)."""
     return sum(t.numel() * 4 for t in params.values())
 
 

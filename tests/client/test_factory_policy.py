@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, MessageType, RecordDict
 
 from fedmeta.client import load_factory, make_client_app
 from fedmeta.client.policy import FactoryPolicy, PolicyRefusal, load_policy
 from fedmeta.common import RoundSettings
 from fedmeta.common.privacy import spent_epsilon
 from fedmeta.server import initial_meta_parameters
+from fedmeta.server.strategy import model_records
 from tests.support.flower_messages import delivered
 
 RUN_CONFIG = {"family": "quality", "num-factories": 3, "num-held-out": 1, "device": "cpu"}
@@ -31,7 +32,7 @@ def _policy_file(tmp_path, **rules) -> str:
 
 
 def _train(context: Context, params, settings: RoundSettings):
-    records = {"meta-parameters": ArrayRecord(torch_state_dict=params), "config": ConfigRecord(settings.to_config())}
+    records = {**model_records(params), "config": ConfigRecord(settings.to_config())}
     return make_client_app(RUN_CONFIG)(delivered(RecordDict(records), MessageType.TRAIN, 11), context)
 
 

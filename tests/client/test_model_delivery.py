@@ -7,13 +7,14 @@ import json
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, MetricRecord, RecordDict
 
 from fedmeta.client import make_client_app
 from fedmeta.common import EvaluationSettings, pack_meta_parameters, protocol, source_from_config
 from fedmeta.common.model_package import PackageError, load_package
 from fedmeta.server import RunDirectory, initial_meta_parameters
 from fedmeta.server.package import write_run_package
+from fedmeta.server.strategy import model_records
 from tests.support.flower_messages import delivered
 
 RUN_CONFIG = {"family": "quality", "num-factories": 3, "num-held-out": 1, "device": "cpu"}
@@ -31,7 +32,7 @@ def _run_package(tmp_path):
 def _deliver(app, package, node_config, weights_change: float = 0.0):
     weights = {name: t + weights_change for name, t in package.weights.items()}
     records = {
-        protocol.META_PARAMETERS: ArrayRecord(torch_state_dict=pack_meta_parameters(weights, package.inner_lrs)),
+        **model_records(pack_meta_parameters(weights, package.inner_lrs)),
         protocol.CONFIG: ConfigRecord({protocol.MANIFEST: json.dumps(package.manifest.to_json())}),
     }
     context = Context(run_id=1, node_id=3, node_config=node_config, state=RecordDict(), run_config={})

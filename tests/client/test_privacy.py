@@ -16,9 +16,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, MetricReco
 
 from fedmeta.client import load_factory, make_client_app, sampler_for
 from fedmeta.common import EvaluationSettings, RoundSettings, build_model, meta_train, protocol
-from fedmeta.common.compression import INDICES, VALUES, decode_delta
+from fedmeta.common.compression import INDICES, VALUES, Compression, decode_delta
 from fedmeta.common.secure_aggregation import Participant, PublicKeys
 from fedmeta.server import initial_meta_parameters
+from fedmeta.server.strategy import model_records
 from tests.support.flower_messages import delivered
 
 RUN_CONFIG = {"family": "quality", "num-factories": 3, "num-held-out": 1, "device": "cpu"}
@@ -46,7 +47,7 @@ def _send(app, partition, message_type, **records):
 
 
 def _round_records(params, settings) -> dict:
-    return {"meta-parameters": ArrayRecord(torch_state_dict=params), "config": ConfigRecord(settings.to_config())}
+    return {**model_records(params), "config": ConfigRecord(settings.to_config())}
 
 
 def factory_name(context: Context) -> str:
@@ -66,8 +67,10 @@ def test_train_reply_holds_exactly_the_delta_and_numeric_metrics(client_app, glo
     assert isinstance(reply.content["metrics"], MetricRecord)
     assert set(reply.content["metrics"].keys()) == TRAIN_METRICS and _only_numbers(reply.content["metrics"])
 
-    delta = reply.content["delta"].to_torch_state_dict()
-    assert list(delta) == list(global_params)  # parameter names only: nothing else rides along
+    packed = reply.content["delta"].to_torch_state_dict()
+    assert list(packed) == [VALUES]  # one flat array: nothing else rides along
+    assert packed[VALUES].numel() == sum(t.numel() for t in global_params.values())  # exactly one value a parameter
+    delta = decode_delta(packed, Compression(), global_params)
     # The values are exactly local - global: redo the factory's local training here.
     factory = load_factory({"partition-id": 1}, RUN_CONFIG)
     local = meta_train(
@@ -115,8 +118,8 @@ def test_a_compressed_reply_holds_only_the_packed_delta_and_what_topk_holds_back
     settings = RoundSettings(algorithm="maml", local_steps=3, server_round=4, seed=7, compression=method)
     message = delivered(RecordDict(_round_records(global_params, settings)), MessageType.TRAIN, 11)
     reply = client_app(message, context)
-    plain = _send(client_app, 1, MessageType.TRAIN, **_round_records(global_params, dataclasses.replace(
-        settings, compression="none"))).content["delta"].to_torch_state_dict()
+    plain = decode_delta(_send(client_app, 1, MessageType.TRAIN, **_round_records(global_params, dataclasses.replace(
+        settings, compression="none"))).content["delta"].to_torch_state_dict(), Compression(), global_params)
     packed = reply.content["delta"].to_torch_state_dict()
     assert set(reply.content.keys()) == {"delta", "metrics"}
     assert set(packed) == ({VALUES} if method == "int8" else {VALUES, INDICES})
@@ -156,5 +159,5 @@ def test_in_a_secure_round_the_reply_holds_a_masked_input_and_metrics_and_no_del
     assert masked.dtype == np.uint64 and len(masked) == sum(t.numel() for t in global_params.values()) + 1
     plain = _send(client_app, 1, MessageType.TRAIN, **_round_records(global_params, dataclasses.replace(
         settings, secure_aggregation=False))).content["delta"].to_torch_state_dict()
-    flat = np.concatenate([plain[name].flatten().numpy() for name in sorted(plain)])
+    flat = plain[VALUES].numpy()  # the delta, packed in name order
     assert abs(np.corrcoef(masked[:-1].astype(np.float64), flat)[0, 1]) < 0.1  # nothing of the delta shows

@@ -62,8 +62,8 @@ def test_topk_error_feedback_delivers_every_round_in_full_over_time():
 
 
 @pytest.mark.parametrize(("model", "least"), [
-    ({"name": "mlp", "input_shape": (6,), "output_dim": 1}, 3.9),
-    ({"name": "tcn", "input_shape": (14, 30), "output_dim": 1, "hidden": 32, "depth": 4, "kernel_size": 5}, 3.95),
+    ({"name": "mlp", "input_shape": (6,), "output_dim": 1}, 3.8),
+    ({"name": "tcn", "input_shape": (14, 30), "output_dim": 1, "hidden": 32, "depth": 4, "kernel_size": 5}, 3.9),
 ], ids=["mlp 4.7k parameters", "tcn 18k parameters"])
 def test_an_int8_reply_is_about_four_times_smaller_on_the_wire(model, least):
     params = {name: tensor.detach() for name, tensor in build_model(model).named_parameters()}
@@ -75,9 +75,10 @@ def test_an_int8_reply_is_about_four_times_smaller_on_the_wire(model, least):
                             "metrics": MetricRecord({"num-examples": 1.0})})
         return recorddict_to_proto(reply).ByteSize()
 
-    # measured: 4.02x (mlp: the array's header and the metrics weigh on a small model) and 4.06x (tcn); fp16 2.05x
+    # Against float32 packed in one array as well: measured 3.84x (mlp: the array's header and the metrics weigh
+    # on a small model) and 3.95x (tcn); fp16 1.98x and 1.99x.
     assert wire_bytes("none") / wire_bytes("int8") >= least
-    assert wire_bytes("none") / wire_bytes("fp16") >= 2.0
+    assert wire_bytes("none") / wire_bytes("fp16") >= 1.95
 
 
 @pytest.mark.parametrize(("method", "tamper", "problem"), [

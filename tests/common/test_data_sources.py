@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, MessageType, RecordDict
 
 from fedmeta.client import make_client_app
 from fedmeta.common import RoundSettings, SplitSource, default_lr, source_from_config
 from fedmeta.common.datasets import DATASETS_ENV, dataset_dir
 from fedmeta.server import initial_meta_parameters
+from fedmeta.server.strategy import model_records
 from tests.support.flower_messages import delivered
 
 try:
@@ -34,7 +35,7 @@ def test_a_factory_of_a_real_data_set_trains_and_replies_with_a_delta():
     run_config = {"dataset": "ai4i", "device": "cpu"}
     params = initial_meta_parameters(source_from_config(run_config), "maml", 0.05, seed=0)
     records = {
-        "meta-parameters": ArrayRecord(torch_state_dict=params),
+        **model_records(params),
         "config": ConfigRecord(RoundSettings(local_steps=1, server_round=1).to_config()),
     }
     context = Context(run_id=1, node_id=2, node_config={"partition-id": 0}, state=RecordDict(), run_config={})

@@ -14,7 +14,8 @@ from fedmeta.client import load_factories, make_client_app, train_reply
 from fedmeta.common import OuterOptimizer, OuterOptimizerConfig, RoundSettings
 from fedmeta.common.aggregation import AggregationRule
 from fedmeta.server import FedMetaStrategy, NodeInfo, SamplingSettings, exchange, initial_meta_parameters
-from tests.support.flower_messages import delivered, reply_from
+from fedmeta.server.strategy import model_records
+from tests.support.flower_messages import delivered, delta_record, reply_from
 
 PARAMS = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
 
@@ -36,7 +37,7 @@ def _strategy(min_train_nodes: int = 2, max_delta_norm: float = 50.0, fraction: 
 def _delta_reply(node: int, value: float, examples: int = 10, **overrides) -> object:
     delta = {"w": torch.full((2, 3), value), "b": torch.full((3,), value)} | overrides
     content = RecordDict({
-        "delta": ArrayRecord(torch_state_dict=delta),
+        "delta": delta_record(delta),
         "metrics": MetricRecord({"num-examples": examples, "query-loss": value}),
     })
     return reply_from(node, content)
@@ -58,7 +59,7 @@ def test_bad_deltas_and_failed_factories_are_left_out_and_the_round_goes_on():
         _delta_reply(1, 1.0),
         _delta_reply(2, 3.0),
         _delta_reply(3, 0.5, w=torch.full((2, 3), math.nan)),  # non-finite
-        _delta_reply(4, 0.5, w=torch.zeros(3, 2)),  # wrong shape
+        _delta_reply(4, 0.5, w=torch.zeros(2, 4)),  # too many values
         _delta_reply(5, 100.0),  # norm above the bound
         reply_from(6, Error(code=0, reason="factory crashed mid-round")),
     ]
@@ -91,17 +92,17 @@ def test_too_few_valid_deltas_leave_the_global_model_unchanged():
 
 def test_missing_num_examples_rejects_the_delta():
     strategy = _strategy(min_train_nodes=1)
-    bad = reply_from(1, RecordDict({"delta": ArrayRecord(torch_state_dict=PARAMS), "metrics": MetricRecord({})}))
+    bad = reply_from(1, RecordDict({"delta": delta_record(PARAMS), "metrics": MetricRecord({})}))
     arrays, _ = strategy.aggregate_train(1, [bad, _delta_reply(2, 1.0)])
     torch.testing.assert_close(arrays.to_torch_state_dict()["w"], torch.ones(2, 3))
 
 
 def test_training_samples_a_reproducible_fraction_of_training_factories_only():
     strategy = _strategy(fraction=0.5)
-    arrays, config = ArrayRecord(torch_state_dict=PARAMS), ConfigRecord({})
+    model, config = model_records(PARAMS), ConfigRecord({})
 
     def sampled(server_round: int) -> list[int]:
-        return [m.metadata.dst_node_id for m in strategy.configure_train(server_round, arrays, config, grid=None)]
+        return [m.metadata.dst_node_id for m in strategy.configure_train(server_round, model, config, grid=None)]
 
     assert sampled(3) == sampled(3) and len(sampled(3)) == 3
     rounds = [sampled(r) for r in range(1, 11)]
@@ -111,14 +112,14 @@ def test_training_samples_a_reproducible_fraction_of_training_factories_only():
 
 def test_evaluation_goes_to_evaluation_factories_only():
     strategy = _strategy()
-    messages = strategy.configure_evaluate(1, ArrayRecord(torch_state_dict=PARAMS), ConfigRecord({}), grid=None)
+    messages = strategy.configure_evaluate(1, model_records(PARAMS), ConfigRecord({}), grid=None)
     assert [m.metadata.dst_node_id for m in messages] == [9]
 
 
 def test_too_few_connected_training_factories_is_a_clear_error():
     strategy = _strategy(min_train_nodes=8)
     with pytest.raises(RuntimeError, match="only 6 training factories are connected; min_train_nodes is 8"):
-        strategy.configure_train(1, ArrayRecord(torch_state_dict=PARAMS), ConfigRecord({}), grid=None)
+        strategy.configure_train(1, model_records(PARAMS), ConfigRecord({}), grid=None)
 
 
 # --- nodes serving several factories (factories-per-node > 1) ----------------------
@@ -140,20 +141,20 @@ def _shared_reply(node: int, deltas: dict[str, float | torch.Tensor], examples: 
     for factory, value in deltas.items():
         w = value if isinstance(value, torch.Tensor) else torch.full((2, 3), value)
         delta = {"w": w, "b": torch.full((3,), 0.0 if isinstance(value, torch.Tensor) else value)}
-        content[f"delta/{factory}"] = ArrayRecord(torch_state_dict=delta)
+        content[f"delta/{factory}"] = delta_record(delta)
         content[f"metrics/{factory}"] = MetricRecord({"num-examples": examples, "query-loss": 1.0})
     return reply_from(node, content)
 
 
 def _train_messages(strategy: FedMetaStrategy) -> dict[int, list[str]]:
-    messages = strategy.configure_train(1, ArrayRecord(torch_state_dict=PARAMS), ConfigRecord({}), grid=None)
+    messages = strategy.configure_train(1, model_records(PARAMS), ConfigRecord({}), grid=None)
     return {m.metadata.dst_node_id: list(m.content["factories"]["names"]) for m in messages}
 
 
 def test_a_shared_node_gets_one_message_naming_its_sampled_training_factories():
     strategy = _shared_strategy()
     assert _train_messages(strategy) == {7: ["factory-a", "factory-b"], 8: ["factory-c", "factory-d"]}
-    evaluate = strategy.configure_evaluate(1, ArrayRecord(torch_state_dict=PARAMS), ConfigRecord({}), grid=None)
+    evaluate = strategy.configure_evaluate(1, model_records(PARAMS), ConfigRecord({}), grid=None)
     assert [(m.metadata.dst_node_id, list(m.content["factories"]["names"])) for m in evaluate] == [(7, ["new-1"])]
 
 
@@ -194,11 +195,11 @@ def test_sampling_picks_the_same_factories_however_they_are_placed_on_nodes():
     single, shared = _strategy(fraction=0.5), _strategy(fraction=0.5)
     shared.nodes = {}
     shared.shared_nodes = {20: tuple(single.nodes[n] for n in (1, 2, 3)), 21: tuple(single.nodes[n] for n in (4, 5, 6))}
-    arrays, config = ArrayRecord(torch_state_dict=PARAMS), ConfigRecord({})
+    model, config = model_records(PARAMS), ConfigRecord({})
     for server_round in range(1, 6):
         by_node = {single.nodes[m.metadata.dst_node_id].factory
-                   for m in single.configure_train(server_round, arrays, config, grid=None)}
-        by_name = {name for m in shared.configure_train(server_round, arrays, config, grid=None)
+                   for m in single.configure_train(server_round, model, config, grid=None)}
+        by_name = {name for m in shared.configure_train(server_round, model, config, grid=None)
                    for name in m.content["factories"]["names"]}
         assert by_node == by_name
 
@@ -240,9 +241,9 @@ def test_a_real_shared_node_sends_each_factory_its_own_delta_and_a_corrupt_one_i
     assert [info.role for info in strategy.shared_nodes[101]] == ["train", "train", "evaluate"]
 
     settings = RoundSettings(algorithm="fomaml", local_steps=1, server_round=1)
-    round_records = RecordDict({"meta-parameters": ArrayRecord(torch_state_dict=params),
-                                "config": ConfigRecord(settings.to_config())})
-    messages = strategy.configure_train(1, round_records["meta-parameters"], round_records["config"], grid=None)
+    model = model_records(params)
+    round_records = RecordDict({**model, "config": ConfigRecord(settings.to_config())})
+    messages = strategy.configure_train(1, model, round_records["config"], grid=None)
     replies = [_node_call(app, m.metadata.dst_node_id - 100, m.content, MessageType.TRAIN) for m in messages]
     sent = {name: delta for reply in replies for name, delta in _deltas(reply).items()}
     assert sorted(sent) == sorted(f.data.name for f in trainers)  # one delta per factory, the held-out one none

@@ -7,8 +7,12 @@ starting a simulation.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
-from flwr.app import Error, Message, Metadata, RecordDict
+from flwr.app import ArrayRecord, Error, Message, Metadata, RecordDict
+from torch import Tensor
+
+from fedmeta.common.compression import Compression, encode_delta
 
 
 def delivered(content: RecordDict, message_type: str, dst_node_id: int, message_id: str = "m") -> Message:
@@ -30,3 +34,8 @@ def delivered(content: RecordDict, message_type: str, dst_node_id: int, message_
 def reply_from(node_id: int, content: RecordDict | Error, message_type: str = "train") -> Message:
     """A reply from ``node_id`` carrying ``content`` or an error."""
     return Message(content, reply_to=delivered(RecordDict(), message_type, node_id))
+
+
+def delta_record(delta: Mapping[str, Tensor]) -> ArrayRecord:
+    """A factory's uncompressed ``delta`` as its reply carries it (packed, `common.compression.encode_delta`)."""
+    return ArrayRecord(torch_state_dict=encode_delta(delta, Compression())[0])
