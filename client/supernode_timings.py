@@ -1,4 +1,5 @@
-"""Flower's SuperNode with this project's timings in place of five waits flwr 1.42.0 fixes.
+"""Flower's SuperNode (and the warm worker beside it) with this project's timings in place of six waits
+flwr 1.42.0 fixes.
 
 - Between pulls that found no message, the SuperNode sleeps 3 s (``time.sleep(3)`` in
   ``flwr/supernode/start_client_internal.py``): every message then waits 1.5 s on average before a
@@ -16,6 +17,11 @@
   ``supercore/heartbeat.py``). After a server restart the node then stays "unavailable" to the new
   SuperLink for up to 20 s although it already pulls work, and the first round's messages to it fail.
   Here: at most `HEARTBEAT_RETRY_S`.
+- An app process pulls its message's objects (arrays, records) from the SuperNode one by one, and one
+  not there yet is tried again after 1 s, then 2, 4, up to 10 s (``pull_objects`` in
+  ``supercore/inflatable/inflatable_utils.py``). The SuperNode hands a message over while it is still
+  downloading it (0.1-0.2 s), so every message waited a second. Here: `OBJECT_RETRY_S` at first, at most
+  `OBJECT_RETRY_CAP_S`, in the warm worker (`shorten_object_pulls`).
 
 `apply` swaps them in and refuses to, naming what changed, under any other Flower version or when a
 wait is no longer where it was; ``python -m fedmeta.client.supernode_timings`` runs Flower's own
@@ -30,8 +36,9 @@ import time
 from collections.abc import Iterator
 from types import ModuleType
 
-__all__ = ["FLOWER_VERSION", "HEARTBEAT_INTERVAL_S", "HEARTBEAT_RETRY_S", "IDLE_PULL_S", "REPLY_LOOK_S",
-           "TASK_POLL_ENV", "TASK_POLL_S", "FlowerInternalsChanged", "apply", "environment", "main", "require_flower"]
+__all__ = ["FLOWER_VERSION", "HEARTBEAT_INTERVAL_S", "HEARTBEAT_RETRY_S", "IDLE_PULL_S", "OBJECT_RETRY_CAP_S",
+           "OBJECT_RETRY_S", "REPLY_LOOK_S", "TASK_POLL_ENV", "TASK_POLL_S", "FlowerInternalsChanged", "apply",
+           "environment", "main", "require_flower", "shorten_object_pulls"]
 
 FLOWER_VERSION = "1.42.0"  # the version whose internals this module knows
 # Shorter, not minimal: on a busy 2-core machine, polls a few times faster than these slowed the rounds'
@@ -41,6 +48,8 @@ REPLY_LOOK_S = 0.1  # a local look into the node's own state
 HEARTBEAT_INTERVAL_S = 10  # Flower's HEARTBEAT_MIN_INTERVAL; times its patience of 2: gone after 20 s
 TASK_POLL_ENV, TASK_POLL_S = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", 0.25  # a local look
 HEARTBEAT_RETRY_S = 2  # the longest wait before a failed heartbeat is tried again
+OBJECT_RETRY_S, OBJECT_RETRY_CAP_S = 0.02, 0.5  # an app's waits for an object its SuperNode is still downloading
+_OBJECT_RETRY_DEFAULTS = {"initial_backoff": 1, "backoff_cap": 10}  # flwr 1.42.0's
 _RETRY_SOURCE = "exponential(max_delay=20)"
 _WAITS = {3: IDLE_PULL_S, 0.5: REPLY_LOOK_S}  # Flower's sleep -> ours
 _SLEEPS = ("time.sleep(3)", "time.sleep(0.5)")
@@ -107,6 +116,21 @@ def apply() -> None:
     fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_INTERVAL_S
     heartbeat.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_INTERVAL_S
     heartbeat.exponential = _retry_delays
+
+
+def shorten_object_pulls() -> None:
+    """An app process's retries of an object not there yet, shortened in this process (the module docstring)."""
+    require_flower("the object pulls' timings")
+    from flwr.supercore.inflatable import inflatable_utils
+
+    for function in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
+        defaults = function.__kwdefaults__ or {}
+        _check(inflatable_utils, f"{function.__name__} no longer retries with {_OBJECT_RETRY_DEFAULTS}",
+               {key: defaults.get(key) for key in _OBJECT_RETRY_DEFAULTS} == _OBJECT_RETRY_DEFAULTS
+               and isinstance(defaults.get("max_tries_per_object"), int))
+        # As many more tries as the waits are shorter: an object may still take as long to arrive as in Flower.
+        tries = defaults["max_tries_per_object"] * _OBJECT_RETRY_DEFAULTS["backoff_cap"] // OBJECT_RETRY_CAP_S
+        defaults.update(initial_backoff=OBJECT_RETRY_S, backoff_cap=OBJECT_RETRY_CAP_S, max_tries_per_object=int(tries))
 
 
 def environment() -> dict[str, str]:

@@ -50,7 +50,7 @@ from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
-from fedmeta.client.supernode_timings import require_flower
+from fedmeta.client.supernode_timings import require_flower, shorten_object_pulls
 
 __all__ = ["TASK_POLL_S", "TaskRecord", "WarmWorker", "answer_dropped_task", "main"]
 
@@ -133,6 +133,7 @@ class WarmWorker:
 
     def __init__(self, runtime_api_address: str, record_path: Path) -> None:
         require_flower("the warm ClientApp worker")
+        shorten_object_pulls()  # its SuperNode hands each message over while still downloading it
         self.address = runtime_api_address
         self.record_path = record_path
         self._installed: set[str] = set()  # FAB hashes already unpacked into Flower's home
