@@ -112,14 +112,24 @@ def local_update(
     return delta, metrics
 
 
+def _unsent_key(factory: LoadedFactory, run_id: int, state: RecordDict) -> str:
+    """Where top-k's unsent rest of ``factory`` waits for its next round of run ``run_id``; the rest earlier
+    runs left is dropped. Flower keeps a node's state from one run to the next (flwr 1.42: one context per
+    run series, and every ordinary run is series 0), and another run's rest belongs to another model."""
+    prefix = f"{protocol.factory_key(UNSENT, factory.data.name)}@run-"
+    for stale in [key for key in state if key.startswith(prefix) and key != f"{prefix}{run_id}"]:
+        del state[stale]
+    return f"{prefix}{run_id}"
+
+
 def _train_records(
     factory: LoadedFactory, global_params: Mapping[str, Tensor], settings: RoundSettings, device: object,
-    state: RecordDict,
+    state: RecordDict, run_id: int,
 ) -> dict[str, ArrayRecord | MetricRecord]:
     """`local_update` as the records a reply carries: the delta, encoded as the round asks, and the metrics,
     nothing else. What top-k leaves unsent stays in the node's ``state`` for the factory's next round."""
     delta, metrics = local_update(factory, global_params, settings, device)
-    unsent_key = protocol.factory_key(UNSENT, factory.data.name)
+    unsent_key = _unsent_key(factory, run_id, state)
     unsent = state[unsent_key].to_torch_state_dict() if unsent_key in state else None
     encoded, unsent = encode_delta(delta, settings.codec, unsent)
     if unsent:
@@ -130,7 +140,7 @@ def _train_records(
 def train_reply(factory: LoadedFactory, msg: Message, device: object, state: RecordDict) -> RecordDict:
     """Local meta-training from the global meta-parameters: the delta and metrics."""
     settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
-    return RecordDict(_train_records(factory, _received_parameters(msg), settings, device, state))
+    return RecordDict(_train_records(factory, _received_parameters(msg), settings, device, state, msg.metadata.run_id))
 
 
 def _named_factories(factories: Sequence[LoadedFactory], msg: Message) -> list[LoadedFactory]:
@@ -169,7 +179,8 @@ def train_replies(factories: Sequence[LoadedFactory], msg: Message, device: obje
     global_params = _received_parameters(msg)
 
     return _per_factory(_named_factories(factories, msg),
-                        lambda factory: _train_records(factory, global_params, settings, device, state))
+                        lambda factory: _train_records(factory, global_params, settings, device, state,
+                                                       msg.metadata.run_id))
 
 
 def _evaluate_reply(factory: LoadedFactory, msg: Message, device: object) -> dict[str, MetricRecord]:

@@ -130,9 +130,28 @@ def test_a_compressed_reply_holds_only_the_packed_delta_and_what_topk_holds_back
         else:
             sent = value != 0
             torch.testing.assert_close(value[sent], plain[name][sent])
-            torch.testing.assert_close(context.state[f"unsent/{factory_name(context)}"].to_torch_state_dict()[name],
+            torch.testing.assert_close(context.state[_unsent(context, 1)].to_torch_state_dict()[name],
                                        torch.where(sent, 0.0, plain[name]))
-    assert (f"unsent/{factory_name(context)}" in context.state) == (method == "topk")
+    assert (_unsent(context, 1) in context.state) == (method == "topk")
+
+
+def _unsent(context: Context, run_id: int) -> str:
+    return f"unsent/{factory_name(context)}@run-{run_id}"
+
+
+def test_what_topk_held_back_in_one_run_never_reaches_the_next(client_app, global_params):
+    """Flower keeps a node's state from run to run: the next run's first delta is a fresh node's, and the
+    earlier run's rest is dropped, not kept beside the new one."""
+    settings = RoundSettings(algorithm="maml", local_steps=3, server_round=1, seed=7, compression="topk")
+    records = RecordDict(_round_records(global_params, settings))
+    context = _context(1)
+    client_app(delivered(records, MessageType.TRAIN, 11, run_id=1), context)
+    assert _unsent(context, 1) in context.state
+    second = client_app(delivered(records, MessageType.TRAIN, 11, run_id=2), context)
+    fresh = client_app(delivered(records, MessageType.TRAIN, 11, run_id=2), _context(1))
+    assert torch.equal(second.content["delta"].to_torch_state_dict()[VALUES],
+                       fresh.content["delta"].to_torch_state_dict()[VALUES])
+    assert [key for key in context.state if key.startswith("unsent/")] == [_unsent(context, 2)]
 
 
 def test_in_a_secure_round_the_reply_holds_a_masked_input_and_metrics_and_no_delta(client_app, global_params):

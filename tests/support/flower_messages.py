@@ -15,10 +15,11 @@ from torch import Tensor
 from fedmeta.common.compression import Compression, encode_delta
 
 
-def delivered(content: RecordDict, message_type: str, dst_node_id: int, message_id: str = "m") -> Message:
-    """A message from the server (node 0) as it arrives at ``dst_node_id``."""
+def delivered(content: RecordDict, message_type: str, dst_node_id: int, message_id: str = "m",
+              run_id: int = 1) -> Message:
+    """A message of run ``run_id`` from the server (node 0) as it arrives at ``dst_node_id``."""
     metadata = Metadata(
-        run_id=1,
+        run_id=run_id,
         message_id=message_id,
         src_node_id=0,
         dst_node_id=dst_node_id,
