@@ -215,6 +215,7 @@ def main() -> None:
     parser.add_argument("--record", type=Path, required=True, help="where a running task's claim is kept")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request: 20 a second while idle
     WarmWorker(args.runtime_api_address, args.record).serve()
 
 
