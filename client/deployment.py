@@ -234,7 +234,6 @@ class WarmWorkerSupervisor:
 
     def __init__(self, plan: FactoryPlan, env: dict[str, str], report: Report) -> None:
         self.plan, self.env, self.report = plan, env, report
-        self.restarts = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._worker: ChildProcess | None = None
@@ -267,7 +266,6 @@ class WarmWorkerSupervisor:
             code = worker.wait()
             if self._stopping.is_set():
                 return
-            self.restarts += 1
             reason = f"the warm ClientApp worker stopped (exit code {code}) while working on this message"
             try:
                 answered = answer_dropped_task(self.plan.worker_record, f"127.0.0.1:{self.plan.runtime_port}", reason)

@@ -75,6 +75,13 @@ class ParameterLayout:
     ranks: list[int]  # each parameter's number of dimensions
     dims: list[int]  # every parameter's dimensions, one after another
 
+    @classmethod
+    def of(cls, tensors: Mapping[str, Tensor]) -> ParameterLayout:
+        """The layout ``tensors`` pack in: name order (the order both sides pack in)."""
+        names = sorted(tensors)
+        shapes = [tuple(tensors[name].shape) for name in names]
+        return cls(names, [len(shape) for shape in shapes], [d for shape in shapes for d in shape])
+
     def to_config(self) -> dict[str, list[str] | list[int]]:
         return {"names": self.names, "ranks": self.ranks, "dims": self.dims}
 
@@ -97,10 +104,8 @@ class ParameterLayout:
 
 def pack_parameters(tensors: Mapping[str, Tensor]) -> tuple[Tensor, ParameterLayout]:
     """``tensors`` as one flat float32 vector in name order, and their layout."""
-    names = sorted(tensors)
-    shapes = [tuple(tensors[name].shape) for name in names]
-    flat = torch.cat([values for _, values in _flat(tensors)]) if names else torch.zeros(0)
-    return flat, ParameterLayout(names, [len(s) for s in shapes], [d for shape in shapes for d in shape])
+    flat = torch.cat([values for _, values in _flat(tensors)]) if tensors else torch.zeros(0)
+    return flat, ParameterLayout.of(tensors)
 
 
 def unpack_parameters(flat: Tensor, layout: ParameterLayout) -> dict[str, Tensor]:
@@ -170,7 +175,8 @@ def decode_delta(encoded: Mapping[str, Tensor], compression: Compression,
     for key, dtype in wanted.items():
         if encoded[key].dtype != dtype or encoded[key].ndim != 1:
             raise _reject(f"{key!r} must be a 1-D {dtype} array, got {encoded[key].dtype} {tuple(encoded[key].shape)}")
-    names = sorted(reference)
+    layout = ParameterLayout.of(reference)
+    names = layout.names
     sizes = [reference[name].numel() for name in names]
     total = sum(sizes)
     if compression.method == "topk":
@@ -188,5 +194,4 @@ def decode_delta(encoded: Mapping[str, Tensor], compression: Compression,
         full = encoded[VALUES].float()
         if len(full) != total:
             raise _reject(f"the {compression.method} delta holds {total} values, got {len(full)}")
-    pieces = full.split(sizes)
-    return {name: piece.reshape(reference[name].shape).clone() for name, piece in zip(names, pieces, strict=True)}
+    return unpack_parameters(full, layout)
