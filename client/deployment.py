@@ -25,6 +25,7 @@ from pathlib import Path
 from fedmeta.client import supernode_timings
 from fedmeta.client.package import MODEL_DIR_KEY
 from fedmeta.client.policy import POLICY_KEY, load_policy
+from fedmeta.client.supernode import REFUSED
 from fedmeta.client.warm_worker import answer_dropped_task
 from fedmeta.common import (
     DEFAULT_RUNTIME_PORT,
@@ -194,10 +195,10 @@ def node_config(plan: FactoryPlan) -> str:
 
 
 def supernode_command(plan: FactoryPlan) -> list[str]:
-    """Flower's ``flower-supernode`` for this factory (TLS with the CA, node authentication with the key), by
-    default with the project's shorter polls and heartbeat (`client.supernode_timings`)."""
-    tuned = [sys.executable, "-m", "fedmeta.client.supernode_timings"]
-    command = tuned if plan.tuned_supernode else ["flower-supernode"]
+    """Flower's SuperNode for this factory (TLS with the CA, node authentication with the key), running only
+    the federation's app (`client.supernode`), by default with the project's shorter polls and heartbeat."""
+    command = [sys.executable, "-m", "fedmeta.client.supernode"]
+    command += [] if plan.tuned_supernode else ["--flower-timings"]
     command += ["--superlink", plan.server, "--node-config", node_config(plan)]
     command += ["--port", str(plan.runtime_port), "--isolation", plan.isolation]
     if plan.ca is None:
@@ -309,6 +310,7 @@ _CONNECTED = re.compile(r"SuperNode ID: (\d+)")
 _WORK = re.compile(r"(Receiving|Sending): ([\w.]+) message")
 _RETRY = re.compile(r"Connection attempt failed, retrying in ([\d.]+) seconds")
 _REFUSED = "Failed to activate SuperNode"
+_FOREIGN_APP = re.compile(rf"{REFUSED} (\d+): (.*)")
 _TLS = "SSL/TLS handshake error"
 
 
@@ -332,6 +334,8 @@ def _interpret(line: str, plan: FactoryPlan, events: _Events, report: Report) ->
         if not events.retrying:
             report(f"server {plan.server} unreachable; retrying (next try in {float(match.group(1)):.0f} s)")
         events.retrying = True
+    elif match := _FOREIGN_APP.search(line):
+        report(f"{REFUSED} {match.group(1)}: {match.group(2)}")
     elif _REFUSED in line:
         events.refused = True
     elif _TLS in line:

@@ -17,7 +17,11 @@ leaves the factory. Every key is optional, and a key left out allows anything:
 ``require_secure_aggregation``
     ``true``: only rounds whose deltas the server sees summed, never alone (``secure-aggregation``);
 ``max_rounds``
-    the most rounds it trains in, over the whole run.
+    the most rounds it trains in, over the whole run;
+``app_version``
+    the one release of the federation's app (``fedmeta-factory``) the factory runs, e.g. ``"0.1.0"``.
+    Whatever it says, a factory runs only a bundle whose code is the app it installed
+    (`fedmeta.client.supernode`); with it, a server that upgraded is refused until the factory has too.
 
 A refused round is an error reply naming the rule (the server counts the factory as failed for that
 round and goes on); the rounds joined are counted in the node's state.
@@ -57,6 +61,7 @@ class FactoryPolicy:
     max_epsilon: float | None = None
     require_secure_aggregation: bool = False
     max_rounds: int | None = None
+    app_version: str | None = None
 
     def __post_init__(self) -> None:
         for key, allowed in (("algorithms", FEDERATED_ALGORITHMS), ("compression", COMPRESSIONS)):
@@ -78,6 +83,8 @@ class FactoryPolicy:
         if self.max_rounds is not None and (isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int)
                                             or self.max_rounds < 1):
             raise ValueError(f"policy 'max_rounds' must be a whole number >= 1, got {self.max_rounds!r}")
+        if self.app_version is not None and not (isinstance(self.app_version, str) and self.app_version.strip()):
+            raise ValueError(f"policy 'app_version' must be a version such as \"0.1.0\", got {self.app_version!r}")
 
     def admit(self, settings: RoundSettings, state: RecordDict) -> None:
         """Raise `PolicyRefusal` naming the first rule this round breaks; otherwise count it as joined."""

@@ -24,8 +24,8 @@ flwr 1.42.0 fixes.
   `OBJECT_RETRY_CAP_S`, in the warm worker (`shorten_object_pulls`).
 
 `apply` swaps them in and refuses to, naming what changed, under any other Flower version or when a
-wait is no longer where it was; ``python -m fedmeta.client.supernode_timings`` runs Flower's own
-``flower-supernode`` entry point (same options) after it. Everything Flower-internal lives here.
+wait is no longer where it was. `fedmeta.client.supernode`, the factory's SuperNode process, applies
+them unless told to keep Flower's.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ import time
 from collections.abc import Iterator
 from types import ModuleType
 
+from fedmeta.common.flower_pin import FLOWER_VERSION, FlowerInternalsChanged, require_flower
+
 __all__ = ["FLOWER_VERSION", "HEARTBEAT_INTERVAL_S", "HEARTBEAT_RETRY_S", "IDLE_PULL_S", "OBJECT_RETRY_CAP_S",
            "OBJECT_RETRY_S", "REPLY_LOOK_S", "TASK_POLL_ENV", "TASK_POLL_S", "FlowerInternalsChanged", "apply",
-           "environment", "main", "require_flower", "shorten_object_pulls"]
+           "environment", "require_flower", "shorten_object_pulls"]
 
-FLOWER_VERSION = "1.42.0"  # the version whose internals this module knows
 # Shorter, not minimal: on a busy 2-core machine, polls a few times faster than these slowed the rounds'
 # own work as much as they saved (`fedmeta bench deployment`).
 IDLE_PULL_S = 0.5  # an idle factory asks its SuperLink for work twice a second (a small HTTP request)
@@ -53,10 +54,6 @@ _OBJECT_RETRY_DEFAULTS = {"initial_backoff": 1, "backoff_cap": 10}  # flwr 1.42.
 _RETRY_SOURCE = "exponential(max_delay=20)"
 _WAITS = {3: IDLE_PULL_S, 0.5: REPLY_LOOK_S}  # Flower's sleep -> ours
 _SLEEPS = ("time.sleep(3)", "time.sleep(0.5)")
-
-
-class FlowerInternalsChanged(RuntimeError):
-    """The installed Flower is not the one whose hard-coded waits this module replaces."""
 
 
 class _ShorterWaits:
@@ -80,17 +77,8 @@ def _retry_delays(max_delay: int | None = None, **options: float) -> Iterator[fl
 def _check(module: ModuleType, problem: str, holds: bool) -> None:
     if not holds:
         raise FlowerInternalsChanged(f"flwr {FLOWER_VERSION}'s {module.__name__} {problem}; the installed flwr "
-                                     f"{importlib.metadata.version('flwr')} changed it: update "
-                                     f"fedmeta/client/supernode_timings.py or run the stock flower-supernode")
-
-
-def require_flower(what: str) -> None:
-    """`FlowerInternalsChanged` naming ``what`` unless the installed Flower is `FLOWER_VERSION`."""
-    installed = importlib.metadata.version("flwr")
-    if installed != FLOWER_VERSION:
-        raise FlowerInternalsChanged(f"{what}: written for flwr {FLOWER_VERSION}'s internals, but flwr {installed} "
-                                     f"is installed: update it (fedmeta/client/) or run Flower's own processes "
-                                     f"(fedmeta client --stock-supernode)")
+                                     f"{importlib.metadata.version('flwr')} changed it: update fedmeta/client/"
+                                     f"supernode_timings.py or run with Flower's timings (--stock-supernode)")
 
 
 def apply() -> None:
@@ -136,15 +124,3 @@ def shorten_object_pulls() -> None:
 def environment() -> dict[str, str]:
     """What the SuperNode's and SuperExec's environment needs for this module's timings."""
     return {TASK_POLL_ENV: str(TASK_POLL_S)}
-
-
-def main() -> None:
-    """``flower-supernode`` with this module's timings."""
-    apply()
-    from flwr.supernode.cli import flower_supernode
-
-    flower_supernode()
-
-
-if __name__ == "__main__":
-    main()

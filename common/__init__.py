@@ -80,6 +80,7 @@ if TYPE_CHECKING:
     )
     from fedmeta.common.protocol import (
         CONFIG,
+        DEFAULT_CONTROL_PORT,
         DEFAULT_PORT,
         DEFAULT_RUNTIME_PORT,
         DELTA,

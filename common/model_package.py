@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from fedmeta.common.app_identity import DISTRIBUTION
 from fedmeta.common.federation import local_algorithm, pack_meta_parameters, unpack_meta_parameters
 from fedmeta.common.losses import TASK_KINDS
 from fedmeta.common.models import ModelConfig, build_model
@@ -57,7 +58,6 @@ __all__ = [
 PACKAGE_FORMAT = 1
 MANIFEST_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
-DISTRIBUTION = "fedmeta-factory"
 # "factory-rows": each factory standardises its inputs with its own rows (`common.scaling`);
 # "source": inputs come scaled by the data source (a shared data set's loader, a synthetic
 # generator), so a factory's own table cannot be fed to the package.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "CONFIG",
+    "DEFAULT_CONTROL_PORT",
     "DEFAULT_PORT",
     "DEFAULT_RUNTIME_PORT",
     "DELTA",
@@ -72,9 +73,11 @@ SECAGG_KEYS, SECAGG_SHARES, SECAGG_REVEAL = "train.secagg_keys", "train.secagg_s
 SECAGG = "secagg"
 MASKED = "masked"
 
-# Where the two sides meet: Flower's own default ports, the SuperLink's (factories and runs connect to
-# it) and a SuperNode's local runtime API (its ClientApp processes connect to it).
+# Where the two sides meet: Flower's own default ports, the SuperLink's Fleet API (factories connect to
+# it), the server's own Control and runtime API (`flwr` and the ServerApp, on loopback: Flower's former
+# Control API port) and a SuperNode's local runtime API (its ClientApp processes connect to it).
 DEFAULT_PORT = 8000
+DEFAULT_CONTROL_PORT = 9093
 DEFAULT_RUNTIME_PORT = 9094
 
 # What a factory does in a federation: trains, or only adapts and evaluates (held out, or new).

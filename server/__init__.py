@@ -9,7 +9,7 @@ from fedmeta.common.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from fedmeta.server.app import make_server_app
-    from fedmeta.server.bundle import APP_PACKAGES, DISTRIBUTION, stage_app, toml_value
+    from fedmeta.server.bundle import stage_app, toml_value
     from fedmeta.server.certificates import (
         CertificateAuthority,
         create_certificate_authority,

@@ -6,22 +6,20 @@ list. The server therefore stages its own folder: the packages the apps import, 
 from where this installation runs them (a source checkout or an installed wheel alike),
 and a ``pyproject.toml`` whose app config *is* the run's config. Keys the code reads but
 the project's ``pyproject.toml`` does not list (``schema``, ``timeout``) work too.
+Factories run only a bundle whose code is, file for file, the app they installed
+(`common.app_identity`): server and factories run the same release.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["APP_PACKAGES", "DISTRIBUTION", "stage_app", "toml_value"]
+from fedmeta.common.app_identity import APP_PACKAGES, COMPONENTS, DISTRIBUTION, installed_version, package_folder
 
-# What `fedmeta.server.app:app` and `fedmeta.client.app:app` import.
-APP_PACKAGES = ("fedmeta.common", "fedmeta.client", "fedmeta.server")
-DISTRIBUTION = "fedmeta-factory"
+__all__ = ["stage_app", "toml_value"]
 
 
 def toml_value(value: object) -> str:
@@ -38,22 +36,15 @@ def toml_value(value: object) -> str:
 
 
 def _pyproject(run_config: Mapping[str, object]) -> str:
-    version = importlib.metadata.version(DISTRIBUTION)
     config = "\n".join(f"{json.dumps(key)} = {toml_value(value)}" for key, value in sorted(run_config.items()))
+    components = "\n".join(f"{key} = {json.dumps(value)}" for key, value in COMPONENTS.items())
     return (
-        f'[project]\nname = "{DISTRIBUTION}"\nversion = "{version}"\n'
+        f'[project]\nname = "{DISTRIBUTION}"\nversion = "{installed_version()}"\n'
         'description = "FedMeta Factory run submitted by fedmeta server"\nlicense = "Apache-2.0"\n\n'
         f'[tool.flwr.app]\npublisher = "{DISTRIBUTION}"\n\n'
-        '[tool.flwr.app.components]\nserverapp = "fedmeta.server.app:app"\nclientapp = "fedmeta.client.app:app"\n\n'
+        f"[tool.flwr.app.components]\n{components}\n\n"
         f"[tool.flwr.app.config]\n{config}\n"
     )
-
-
-def _package_folder(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"package {name!r} is not importable; is {DISTRIBUTION} installed?")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def stage_app(folder: Path, run_config: Mapping[str, object]) -> Path:
@@ -63,7 +54,7 @@ def stage_app(folder: Path, run_config: Mapping[str, object]) -> Path:
     folder.mkdir(parents=True)
     for name in APP_PACKAGES:
         shutil.copytree(
-            _package_folder(name),
+            package_folder(name),
             folder.joinpath(*name.split(".")),
             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         )

@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 _CURVE = ec.SECP384R1()
+LOOPBACK = "127.0.0.1"  # where the server's own processes reach its SuperLink
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,11 @@ def _subject_alternative_names(hostnames: list[str]) -> x509.SubjectAlternativeN
 def create_server_certificate(
     folder: Path, authority: CertificateAuthority, hostnames: list[str], *, days: int = 825, overwrite: bool = False
 ) -> Path:
-    """``server.crt`` and ``server.key`` valid for ``hostnames`` (DNS names or IP addresses)."""
+    """``server.crt`` and ``server.key`` valid for ``hostnames`` (DNS names or IP addresses) and for 127.0.0.1,
+    where the server's own processes reach its Control API (`server.superlink`)."""
     if not hostnames:
         raise ValueError("name at least one host name or IP address the server is reached at")
+    hostnames = [*hostnames, *([LOOPBACK] if LOOPBACK not in hostnames else [])]
     key = ec.generate_private_key(_CURVE)
     start, end = _validity(days)
     certificate = (

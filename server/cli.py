@@ -18,7 +18,7 @@ from rich.console import Console
 from fedmeta.common.console import elapsed_log, exit_on_errors
 from fedmeta.common.credentials import CredentialError
 from fedmeta.common.processes import ProcessError, sigterm_as_interrupt
-from fedmeta.common.protocol import DEFAULT_PORT
+from fedmeta.common.protocol import DEFAULT_CONTROL_PORT, DEFAULT_PORT
 from fedmeta.server.certificates import (
     create_certificate_authority,
     create_factory_keys,
@@ -50,9 +50,20 @@ def server(
         Path | None, typer.Option(help="The federation's table schema (JSON), when factories train on tables.")
     ] = None,
     host: Annotated[
-        str, typer.Option(help="Address to listen on: every interface, or 127.0.0.1 to stay on this machine.")
+        str, typer.Option(help="Address factories reach the Fleet API at: every interface, or 127.0.0.1 to stay "
+                          "on this machine.")
     ] = "0.0.0.0",
-    port: Annotated[int, typer.Option(help="Port for factories and the run (Flower's default).")] = DEFAULT_PORT,
+    port: Annotated[int, typer.Option(help="Port of the Fleet API, the one factories dial (Flower's default).")
+    ] = DEFAULT_PORT,
+    control_host: Annotated[
+        str, typer.Option(help="Address of the Control and runtime APIs (submit, list, stop runs; the ServerApp's "
+                          "own): loopback, for this server's processes only.")
+    ] = "127.0.0.1",
+    control_port: Annotated[int, typer.Option(help="Port of the Control and runtime APIs.")] = DEFAULT_CONTROL_PORT,
+    expose_control_api: Annotated[
+        bool, typer.Option("--expose-control-api", help="Allow a --control-host other machines can reach: anyone "
+                           "who reaches it can submit, list and stop runs (no authentication).")
+    ] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in run-dir from its last checkpoint.")
     ] = False,
@@ -69,6 +80,11 @@ def server(
     console = Console()
     report = elapsed_log(console)
 
+    if expose_control_api:
+        console.print(
+            f"[bold red]WARNING: --expose-control-api: whoever reaches {control_host}:{control_port} can submit, "
+            "list and stop runs; Flower authenticates no one there.[/bold red]"
+        )
     if insecure:
         console.print(
             "[bold red]WARNING: --insecure: no TLS and no node authentication. Model updates travel in clear "
@@ -85,6 +101,9 @@ def server(
             port=port,
             run_config=config,
             node_auth=node_auth and not insecure,
+            control_host=control_host,
+            control_port=control_port,
+            expose_control_api=expose_control_api,
         )
         with sigterm_as_interrupt():
             serve(plan, report)

@@ -1,11 +1,13 @@
 """The aggregation server as real processes: a SuperLink, the factories' keys, one run.
 
-`serve` first starts ``flower-superlink`` on a private loopback port to register each
+The SuperLink (`server.superlink`) serves the Fleet API alone on the public address factories
+dial, and its Control and runtime APIs on a control address that stays on loopback unless the
+operator exposes it by name. `serve` first starts it on private loopback ports to register each
 factory's public key (``flwr supernode register``) and to stop runs a killed earlier start
-left unfinished, then starts it on the real address (TLS and node authentication unless
-told otherwise), submits the run with ``flwr run --stream`` and reports every round from
-the run folder's ``metrics.jsonl`` as it is written. When the run ends, or on Ctrl-C /
-SIGTERM, the SuperLink and everything it started are stopped (`common.processes`).
+left unfinished, then on the real addresses (TLS and node authentication unless told
+otherwise), submits the run with ``flwr run --stream`` over the control address and reports
+every round from the run folder's ``metrics.jsonl`` as it is written. When the run ends, or on
+Ctrl-C / SIGTERM, the SuperLink and everything it started are stopped (`common.processes`).
 
 Everything Flower writes goes under the state folder: ``flwr/`` is the private
 ``FLWR_HOME`` (the CLI's connection file; ``~/.flwr`` is never touched), ``superlink.db``
@@ -16,9 +18,11 @@ default, ``run/`` the run folder.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import subprocess
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -28,6 +32,7 @@ import click
 from flwr.common.config import parse_config_args
 
 from fedmeta.common import (
+    DEFAULT_CONTROL_PORT,
     ChildProcess,
     ProcessError,
     Report,
@@ -49,6 +54,7 @@ __all__ = [
     "DeploymentError",
     "ServerPlan",
     "build_run_config",
+    "is_loopback",
     "local_host",
     "plan_server",
     "register_factory",
@@ -72,6 +78,16 @@ class DeploymentError(RuntimeError):
 def local_host(host: str) -> str:
     """The address this machine's own processes reach a server bound to ``host`` at."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _address(host: str, port: int) -> str:
@@ -125,6 +141,8 @@ class ServerPlan:
     certs: Path | None  # None: no TLS (--insecure)
     factory_keys: tuple[Path, ...] = ()  # public keys to register; empty without node authentication
     node_auth: bool = True
+    control_host: str = "127.0.0.1"  # the Control and runtime APIs (`server.superlink`)
+    control_port: int = DEFAULT_CONTROL_PORT
 
     @property
     def flwr_home(self) -> Path:
@@ -136,7 +154,8 @@ class ServerPlan:
 
     @property
     def local_address(self) -> str:
-        return _address(local_host(self.host), self.port)
+        """Where this machine's processes reach the Control and runtime APIs."""
+        return _address(local_host(self.control_host), self.control_port)
 
     @property
     def run_dir(self) -> Path:
@@ -152,16 +171,31 @@ def plan_server(
     port: int,
     run_config: Mapping[str, object],
     node_auth: bool = True,
+    control_host: str = "127.0.0.1",
+    control_port: int = DEFAULT_CONTROL_PORT,
+    expose_control_api: bool = False,
 ) -> ServerPlan:
-    """Check the TLS files and factory keys; ``certs=None`` runs without TLS (and so without node auth)."""
-    if not 0 < port < 65536:
-        raise DeploymentError(f"--port must be between 1 and 65535, got {port}")
+    """Check the addresses, TLS files and factory keys; ``certs=None`` runs without TLS (and so without node
+    auth). A control address other machines can reach is refused unless ``expose_control_api``."""
+    for flag, number in (("--port", port), ("--control-port", control_port)):
+        if not 0 < number < 65536:
+            raise DeploymentError(f"{flag} must be between 1 and 65535, got {number}")
+    if control_port == port:
+        raise DeploymentError(f"--control-port must differ from --port ({port}): factories must not reach "
+                              "the Control API")
+    if not is_loopback(control_host) and not expose_control_api:
+        raise DeploymentError(
+            f"--control-host {control_host} lets other machines reach the Control API, which lists, stops and "
+            "submits runs with no authentication of its own (open-source Flower has none): keep it on 127.0.0.1 "
+            "and administer over SSH (ssh -L), or pass --expose-control-api to accept that"
+        )
     if certs is None and node_auth:
         raise DeploymentError("node authentication needs TLS: drop --insecure, or add --no-node-auth")
     keys: tuple[Path, ...] = ()
     if certs is not None:
         certs = certs.resolve()
-        check_server_certificate(certs / "ca.crt", certs / "server.crt", certs / "server.key", local_host(host))
+        check_server_certificate(certs / "ca.crt", certs / "server.crt", certs / "server.key",
+                                 local_host(control_host))
     if node_auth:
         if factory_keys is None:
             raise DeploymentError("node authentication needs --factory-keys: a folder of the factories' *.pub files")
@@ -174,12 +208,14 @@ def plan_server(
             )
         for key in keys:
             load_factory_public_key(key)
-    return ServerPlan(state.resolve(), host, port, dict(run_config), certs, keys, node_auth)
+    return ServerPlan(state.resolve(), host, port, dict(run_config), certs, keys, node_auth, control_host, control_port)
 
 
 def superlink_command(plan: ServerPlan) -> list[str]:
-    """``flower-superlink`` with TLS files, node authentication and a database in the state folder."""
-    command = ["flower-superlink", "--host", plan.host, "--port", str(plan.port)]
+    """The SuperLink (`server.superlink`: the Fleet API alone on the public address) with TLS files, node
+    authentication and a database in the state folder."""
+    command = [sys.executable, "-m", "fedmeta.server.superlink", "--fleet-host", plan.host, "--fleet-port",
+               str(plan.port), "--host", plan.control_host, "--port", str(plan.control_port)]
     command += ["--database", str(plan.state / "superlink.db"), "--disable-runtime-dependency-installation"]
     if plan.certs is None:
         command.append("--insecure")
@@ -313,6 +349,7 @@ def _start_superlink(plan: ServerPlan, name: str) -> ChildProcess:
     _write_connection(plan)
     superlink = ChildProcess(name, superlink_command(plan), log=plan.log, env=flower_env(plan.flwr_home)).start()
     try:
+        wait_until_listening(superlink, local_host(plan.control_host), plan.control_port, START_TIMEOUT_S)
         wait_until_listening(superlink, local_host(plan.host), plan.port, START_TIMEOUT_S)
     except BaseException:
         superlink.stop()
@@ -339,7 +376,9 @@ def _prepare(plan: ServerPlan, report: Report) -> None:
     (both persist in its database): a factory that connects the moment the real port opens
     never meets a SuperLink that does not know its key yet (it would refuse it for good) or
     that still hands out an old run's messages."""
-    private = replace(plan, host=local_host(plan.host), port=free_port(local_host(plan.host)))
+    loopback = local_host(plan.control_host)
+    private = replace(plan, host=loopback, port=free_port(loopback), control_host=loopback,
+                      control_port=free_port(loopback))
     with _start_superlink(private, "SuperLink (preparing)"):
         for key in plan.factory_keys:
             report(register_factory(private, key))
@@ -351,16 +390,21 @@ def serve(plan: ServerPlan, report: Report) -> None:
 
     Raises `DeploymentError` (or `ProcessError`) naming the problem; a failed run is one too.
     """
-    if port_in_use(plan.host, plan.port):
-        raise DeploymentError(
-            f"port {plan.port} on {plan.host or 'all interfaces'} is in use (another server?); choose --port"
-        )
+    addresses = ((plan.host, plan.port, "--port"), (plan.control_host, plan.control_port, "--control-port"))
+    for host, port, flag in addresses:
+        if port_in_use(host, port):
+            raise DeploymentError(
+                f"port {port} on {host or 'all interfaces'} is in use (another server?); choose {flag}"
+            )
     plan.state.mkdir(parents=True, exist_ok=True)
     if plan.factory_keys or (plan.state / "superlink.db").exists():
         _prepare(plan, report)
     with _start_superlink(plan, "SuperLink") as superlink:
         secured = ("TLS, node authentication" if plan.node_auth else "TLS") if plan.certs is not None else "NO TLS"
-        report(f"SuperLink listening on {_address(plan.host, plan.port)} ({secured}); log {plan.log}")
+        control = _address(plan.control_host, plan.control_port)
+        reach = "this machine only" if is_loopback(plan.control_host) else "EXPOSED, no authentication"
+        report(f"SuperLink: Fleet API for factories on {_address(plan.host, plan.port)} ({secured}); Control and "
+               f"runtime APIs on {control} ({reach}); log {plan.log}")
         settings = ServerSettings.from_run_config(plan.run_config)
         for algorithm in (settings.round.algorithm, *settings.compare_with):
             latest = RunDirectory(plan.run_dir / algorithm).latest_round()

@@ -14,9 +14,9 @@ import torch
 from flwr.app import Message, RecordDict
 from flwr.cli.config_utils import load_and_validate
 
-from fedmeta.common import CredentialError, check_server_certificate
+from fedmeta.common import CredentialError, certificate_names, check_server_certificate, load_certificate
+from fedmeta.common.app_identity import APP_PACKAGES
 from fedmeta.server import (
-    APP_PACKAGES,
     FedMetaStrategy,
     NodeInfo,
     RunDirectory,
@@ -24,7 +24,9 @@ from fedmeta.server import (
     create_certificate_authority,
     create_server_certificate,
     exchange,
+    plan_server,
     stage_app,
+    superlink_command,
 )
 from tests.support.cli import run_fedmeta as run
 from tests.support.flower_messages import delivered
@@ -36,12 +38,41 @@ def test_server_names_a_missing_certificate_file(tmp_path):
     assert "CA certificate" in output and "does not exist" in output
 
 
-def test_server_refuses_a_certificate_not_valid_for_its_address(tmp_path):
+def test_server_refuses_a_certificate_not_valid_for_its_control_address(tmp_path):
+    """The server's own processes (its `flwr` CLI, the SuperExec, the ServerApp) check the certificate at the
+    control address: `fedmeta certs` always adds 127.0.0.1, the default, and another address is checked."""
     certs = tmp_path / "certs"
     create_server_certificate(certs, create_certificate_authority(certs), ["server.plant.example"])
-    code, output = run("server", "--certs", str(certs), "--state", str(tmp_path / "state"))
+    assert certificate_names(load_certificate(certs / "server.crt", "server certificate")) == [
+        "server.plant.example", "127.0.0.1"]
+    code, output = run("server", "--certs", str(certs), "--state", str(tmp_path / "s"), "--control-host", "127.0.0.2")
     assert code == 1
-    assert "not for 127.0.0.1" in output and "fedmeta certs --host 127.0.0.1" in output
+    assert "not for 127.0.0.2" in output and "fedmeta certs --host 127.0.0.2" in output
+
+
+def test_server_refuses_a_control_api_other_machines_reach_unless_asked_by_name(pki, tmp_path):
+    code, output = run("server", "--certs", str(pki), "--state", str(tmp_path / "s"), "--control-host", "0.0.0.0")
+    assert code == 1
+    assert "--control-host 0.0.0.0 lets other machines reach the Control API" in output
+    assert "keep it on 127.0.0.1 and administer over SSH" in output and "--expose-control-api" in output
+    exposed = plan_server(state=tmp_path / "s", certs=pki, factory_keys=pki, host="0.0.0.0", port=8000,
+                          run_config={}, control_host="0.0.0.0", control_port=9093, expose_control_api=True)
+    command = superlink_command(exposed)
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+
+
+def test_server_keeps_the_fleet_and_control_apis_apart(pki, tmp_path):
+    """The public address serves the Fleet API alone (`server.superlink`); the Control and runtime APIs listen
+    on loopback, where the server's own `flwr` CLI connects."""
+    plan = plan_server(state=tmp_path / "s", certs=pki, factory_keys=pki, host="0.0.0.0", port=8000, run_config={})
+    command = superlink_command(plan)
+    assert command[1:3] == ["-m", "fedmeta.server.superlink"]
+    options = dict(zip(command[3::2], command[4::2], strict=False))
+    assert (options["--fleet-host"], options["--fleet-port"]) == ("0.0.0.0", "8000")
+    assert (options["--host"], options["--port"]) == ("127.0.0.1", "9093")
+    assert plan.local_address == "127.0.0.1:9093"
+    code, output = run("server", "--certs", str(pki), "--state", str(tmp_path / "s"), "--control-port", "8000")
+    assert code == 1 and "--control-port must differ from --port (8000)" in output
 
 
 def test_server_certificate_must_match_its_key_and_ca(pki, tmp_path):
@@ -67,7 +98,11 @@ def test_server_reports_a_port_in_use(pki, tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         code, output = run("server", "--certs", str(pki), "--state", str(tmp_path / "s"), "--port", str(port))
-    assert code == 1 and f"port {port} on 0.0.0.0 is in use (another server?)" in output
+    assert code == 1 and f"port {port} on 0.0.0.0 is in use (another server?); choose --port" in output
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code, output = run("server", "--certs", str(pki), "--state", str(tmp_path / "s"), "--control-port", str(port))
+    assert code == 1 and f"port {port} on 127.0.0.1 is in use (another server?); choose --control-port" in output
 
 
 def test_server_refuses_bad_run_settings_and_an_existing_run_without_resume(pki, tmp_path):
