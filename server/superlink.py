@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import re
 import sys
@@ -98,8 +99,9 @@ def main() -> None:
     ours, flower_options = parser.parse_known_args()
     require_flower("the SuperLink's split addresses")
     from flwr.common.logger import log
-    from flwr.superlink.cli import flower_superlink
     from flwr.superlink.main import create_app
+
+    flower_superlink = importlib.import_module("flwr.superlink.cli.flower_superlink")  # the package hides it
 
     sys.argv = ["flower-superlink", *flower_options]
     config = flower_superlink._parse_superlink_lifespan_config()

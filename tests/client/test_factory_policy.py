@@ -86,6 +86,7 @@ def test_a_factory_trains_in_at_most_max_rounds():
     ('{"compression": "int8"}', "'compression' must be a list of names"),
     ('{"algorithms": ["maml", "sgd"]}', r"'algorithms' names \['sgd'\]"),
     ('{"max_rounds": 0}', "'max_rounds' must be a whole number >= 1"),
+    ('{"app_version": 1}', "'app_version' must be a version such as"),
     ('[1, 2]', "must hold a JSON object"),
     ('{"require_dp": tru', "is not valid JSON"),
 ])
