@@ -72,7 +72,8 @@ def client(
         bool,
         typer.Option("--stock-supernode", help="Run Flower's SuperNode with its own timings (a 3 s idle poll, a "
                      "killed factory noticed after 60 s) instead of the project's (0.5 s, 20 s), and with "
-                     "--isolation process Flower's SuperExec instead of the warm worker."),
+                     "--isolation process Flower's SuperExec instead of the warm worker. It still runs only the "
+                     "installed app."),
     ] = False,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="No TLS and no key: for a trusted test network only.")

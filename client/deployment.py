@@ -2,7 +2,7 @@
 
 `plan_factory` checks everything a factory can get wrong before it connects (the
 server address, the schema, the table against it, the key and the CA certificate),
-`run_factory` probes the server's TLS certificate, starts ``flower-supernode`` in its
+`run_factory` probes the server's TLS certificate, starts its SuperNode (`client.supernode`) in its
 own process group and translates its log into plain events. The data and schema paths
 go only into the SuperNode's node config: the client app reads them on this machine and
 they never reach the server. The SuperNode retries while the server is down (forever,

@@ -38,7 +38,8 @@ WORKDIR /app
 RUN mkdir -p /app/state
 VOLUME ["/app/state"]
 
-# SuperLink's HTTP API for factories and the flwr CLI (Flower's default port 8000).
+# The SuperLink's Fleet API, the one API factories reach (Flower's default port 8000). Its Control and
+# runtime APIs (9093) listen on the container's loopback only: `docker compose exec server flwr ...`.
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 8000), timeout=3).close()"]
