@@ -8,7 +8,7 @@ from fedmeta.common.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from fedmeta.client.app import check_model_fits, local_update, make_client_app, train_replies, train_reply
-    from fedmeta.client.deployment import (
+    from fedmeta.client.node.deployment import (
         FactoryError,
         FactoryPlan,
         node_config,
@@ -19,14 +19,8 @@ if TYPE_CHECKING:
         superexec_command,
         supernode_command,
     )
-    from fedmeta.client.evaluation import (
-        Adaptation,
-        evaluate_factory,
-        initial_weights,
-        local_only_adaptation,
-        prepare_adaptation,
-    )
-    from fedmeta.client.factory import (
+    from fedmeta.client.rounds.evaluation import evaluate_factory, local_only_adaptation, prepare_adaptation
+    from fedmeta.client.rounds.factory import (
         LoadedFactory,
         load_factories,
         load_factory,

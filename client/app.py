@@ -5,12 +5,12 @@ Handlers:
   or brand-new factory) and its factory key, so a held-out factory is never trained on
   and sampling is reproducible.
 - ``train``: receives the global meta-parameters and the round's settings, runs local
-  meta-training (`common.algorithms.meta_train`) on this factory's GPU or CPU and
+  meta-training (`common.meta.algorithms.meta_train`) on this factory's GPU or CPU and
   replies with ``local - global`` and metrics. Never raw data, never full weights.
 - ``evaluate``: adapts the received model to this factory's tasks from K labelled
   samples, for several K, and reports query metrics.
 - ``query.model``: after the last round, stores the final model package under the node's
-  ``model-dir`` (`fedmeta.client.package`) and replies only whether it did.
+  ``model-dir`` (`fedmeta.client.rounds.package`) and replies only whether it did.
 
 A node serving several factories (``factories-per-node`` > 1, see
 `common.data_sources`) lists them all in its query reply; the server's messages name
@@ -31,11 +31,11 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from torch import Tensor
 
-from fedmeta.client.evaluation import evaluate_factory
-from fedmeta.client.factory import LoadedFactory, load_factories, node_device, sampler_for
-from fedmeta.client.package import MODEL_DIR_KEY, store_delivered_package
-from fedmeta.client.policy import POLICY_KEY, load_policy
-from fedmeta.client.secure_aggregation import advertise_keys, masked_input, reveal_shares, seal_shares
+from fedmeta.client.rounds.evaluation import evaluate_factory
+from fedmeta.client.rounds.factory import LoadedFactory, load_factories, node_device, sampler_for
+from fedmeta.client.rounds.package import MODEL_DIR_KEY, store_delivered_package
+from fedmeta.client.rounds.policy import POLICY_KEY, load_policy
+from fedmeta.client.rounds.secure_aggregation import advertise_keys, masked_input, reveal_shares, seal_shares
 from fedmeta.common import (
     EvaluationSettings,
     ModelConfig,
@@ -43,11 +43,11 @@ from fedmeta.common import (
     build_model,
     meta_train,
     pack_meta_parameters,
-    protocol,
     subtract,
     unpack_meta_parameters,
 )
-from fedmeta.common.compression import VALUES, ParameterLayout, encode_delta, unpack_parameters
+from fedmeta.common.federation import protocol
+from fedmeta.common.federation.compression import VALUES, ParameterLayout, encode_delta, unpack_parameters
 
 __all__ = ["app", "check_model_fits", "local_update", "make_client_app", "train_replies", "train_reply"]
 
@@ -56,7 +56,7 @@ UNSENT = "unsent"  # the node state's record of what top-k left unsent, per fact
 
 
 def _received_parameters(msg: Message) -> dict[str, Tensor]:
-    """The global model the message carries, packed with its layout (`server.strategy.model_records`)."""
+    """The global model the message carries, packed with its layout (`server.strategy.fedmeta.model_records`)."""
     packed = msg.content[protocol.META_PARAMETERS].to_torch_state_dict()
     return unpack_parameters(packed[VALUES], ParameterLayout.from_config(msg.content[protocol.PARAMETER_LAYOUT]))
 

@@ -19,12 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedmeta.common.console import elapsed_log, exit_on_errors
-from fedmeta.common.processes import ProcessError, sigterm_as_interrupt
-from fedmeta.common.protocol import DEFAULT_RUNTIME_PORT, ROLES
+from fedmeta.common.federation.protocol import DEFAULT_RUNTIME_PORT, ROLES
+from fedmeta.common.runtime.console import elapsed_log, exit_on_errors
+from fedmeta.common.runtime.processes import ProcessError, sigterm_as_interrupt
 
 if TYPE_CHECKING:
-    from fedmeta.common.connector import ValidationReport
+    from fedmeta.common.data.connector import ValidationReport
 
 __all__ = ["cli", "client", "validate_data"]
 
@@ -91,7 +91,7 @@ def client(
     ] = None,
 ) -> None:
     """Start this factory: check its table, key and CA, then serve the server's runs until stopped."""
-    from fedmeta.client.deployment import FactoryError, plan_factory, run_factory
+    from fedmeta.client.node.deployment import FactoryError, plan_factory, run_factory
 
     console = Console()
     report = elapsed_log(console)
@@ -194,7 +194,7 @@ def validate_data(
     ] = None,
 ) -> None:
     """Check a factory's data file against its schema; list every problem and exit 1 if there are any."""
-    from fedmeta.common.connector import DataSchema, SchemaError, validate_table
+    from fedmeta.common.data.connector import DataSchema, SchemaError, validate_table
 
     console = Console()
     try:

@@ -10,37 +10,14 @@ from typing import TYPE_CHECKING
 from fedmeta.common.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
-    from fedmeta.common.adaptation_recipe import (
-        RECIPE_CANDIDATES,
-        Recipe,
-        RecipeChoice,
-        adapt_with_recipes,
-        choose_recipes,
-        recipe_candidates,
-        support_folds,
-    )
-    from fedmeta.common.algorithms import (
-        ALGORITHMS,
-        META_OPTIMIZERS,
-        MetaConfig,
-        MetaTrainResult,
-        NonFiniteLossError,
-        adapt_to_support,
-        adapted_names,
-        evaluate_adaptation,
-        init_inner_lrs,
-        meta_step,
-        meta_train,
-        query_metrics,
-    )
-    from fedmeta.common.console import Report, elapsed_log, exit_on_errors
-    from fedmeta.common.credentials import (
-        CredentialError,
-        certificate_names,
-        check_server_certificate,
-        load_certificate,
-        load_factory_private_key,
-        load_factory_public_key,
+    from fedmeta.common.data.synthetic import (
+        FAMILY_KINDS,
+        FAULT_CLASSES,
+        MIN_CLASS_SAMPLES,
+        FactoryFamily,
+        FamilyConfig,
+        make_family,
+        min_class_samples,
     )
     from fedmeta.common.data_sources import (
         DataSource,
@@ -51,34 +28,15 @@ if TYPE_CHECKING:
         TablesSource,
         source_from_config,
     )
-    from fedmeta.common.decision import BaseRateDecision, FailureDecisions, expected_f1_threshold, prior_shift
-    from fedmeta.common.deltas import DeltaRejected, add, global_norm, subtract, validate_delta, weighted_average
-    from fedmeta.common.device import DEVICE_CHOICES, resolve_device
-    from fedmeta.common.federation import (
-        FEDERATED_ALGORITHMS,
-        INNER_LR_PREFIX,
-        EvaluationSettings,
-        RoundSettings,
-        local_algorithm,
-        pack_meta_parameters,
-        unpack_meta_parameters,
+    from fedmeta.common.federation.deltas import (
+        DeltaRejected,
+        add,
+        global_norm,
+        subtract,
+        validate_delta,
+        weighted_average,
     )
-    from fedmeta.common.inner_loop import Params, adapt, expand_for_tasks, predict
-    from fedmeta.common.layers import TaskConv1d, TaskLinear
-    from fedmeta.common.losses import TASK_KINDS, task_accuracy, task_losses
-    from fedmeta.common.models import MLP, MODEL_NAMES, TCN, CNN1d, MetaModel, ModelConfig, build_model
-    from fedmeta.common.outer_optimizer import OUTER_OPTIMIZERS, OuterOptimizer, OuterOptimizerConfig
-    from fedmeta.common.processes import (
-        ChildProcess,
-        ProcessError,
-        descendants,
-        flower_env,
-        free_port,
-        port_in_use,
-        sigterm_as_interrupt,
-        wait_until_listening,
-    )
-    from fedmeta.common.protocol import (
+    from fedmeta.common.federation.protocol import (
         CONFIG,
         DEFAULT_CONTROL_PORT,
         DEFAULT_PORT,
@@ -96,6 +54,52 @@ if TYPE_CHECKING:
         factory_key,
         is_delta_key,
     )
+    from fedmeta.common.federation.rounds import (
+        FEDERATED_ALGORITHMS,
+        INNER_LR_PREFIX,
+        EvaluationSettings,
+        RoundSettings,
+        local_algorithm,
+        pack_meta_parameters,
+        unpack_meta_parameters,
+    )
+    from fedmeta.common.meta.adaptation import Adaptation, initial_weights
+    from fedmeta.common.meta.adaptation_recipe import (
+        RECIPE_CANDIDATES,
+        Recipe,
+        RecipeChoice,
+        adapt_with_recipes,
+        choose_recipes,
+        recipe_candidates,
+        support_folds,
+    )
+    from fedmeta.common.meta.algorithms import (
+        ALGORITHMS,
+        META_OPTIMIZERS,
+        MetaConfig,
+        MetaTrainResult,
+        NonFiniteLossError,
+        adapt_to_support,
+        adapted_names,
+        evaluate_adaptation,
+        init_inner_lrs,
+        meta_step,
+        meta_train,
+        query_metrics,
+    )
+    from fedmeta.common.meta.device import DEVICE_CHOICES, resolve_device
+    from fedmeta.common.meta.inner_loop import Params, adapt, expand_for_tasks, predict
+    from fedmeta.common.meta.layers import TaskConv1d, TaskLinear
+    from fedmeta.common.meta.losses import TASK_KINDS, task_accuracy, task_losses
+    from fedmeta.common.meta.models import MLP, MODEL_NAMES, TCN, CNN1d, MetaModel, ModelConfig, build_model
+    from fedmeta.common.meta.tasks import (
+        ClassificationTaskSampler,
+        FactoryData,
+        RegressionTaskSampler,
+        TaskBatch,
+        TaskSampler,
+    )
+    from fedmeta.common.package.decision import BaseRateDecision, FailureDecisions, expected_f1_threshold, prior_shift
     from fedmeta.common.run_settings import (
         ADAPTATION_RECIPES,
         DATA_EVAL_SHOTS,
@@ -111,22 +115,24 @@ if TYPE_CHECKING:
         parse_shots,
         resolve_run_config,
     )
-    from fedmeta.common.supervised import SupervisedRecipe, SupervisedResult, train_supervised
-    from fedmeta.common.synthetic import (
-        FAMILY_KINDS,
-        FAULT_CLASSES,
-        MIN_CLASS_SAMPLES,
-        FactoryFamily,
-        FamilyConfig,
-        make_family,
-        min_class_samples,
+    from fedmeta.common.runtime.console import Report, elapsed_log, exit_on_errors
+    from fedmeta.common.runtime.processes import (
+        ChildProcess,
+        ProcessError,
+        descendants,
+        flower_env,
+        free_port,
+        port_in_use,
+        sigterm_as_interrupt,
+        wait_until_listening,
     )
-    from fedmeta.common.tasks import (
-        ClassificationTaskSampler,
-        FactoryData,
-        RegressionTaskSampler,
-        TaskBatch,
-        TaskSampler,
+    from fedmeta.common.security.credentials import (
+        CredentialError,
+        certificate_names,
+        check_server_certificate,
+        load_certificate,
+        load_factory_private_key,
+        load_factory_public_key,
     )
     from fedmeta.common.validation import check_choice, check_positive_int
 

@@ -8,7 +8,7 @@ By default a node is one factory: ``partition-id`` N is factory N. With
 ``factories-per-node`` F > 1 (for simulating thousands of factories on a few cores)
 node N serves the contiguous block of factories ``N*F .. N*F+F-1``; each factory still
 trains on its own rows and sends its own delta, under the record keys
-`fedmeta.common.protocol.factory_key` gives, so the server validates and averages every factory separately.
+`fedmeta.common.federation.protocol.factory_key` gives, so the server validates and averages every factory separately.
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ from typing import Protocol
 
 import torch
 
-from fedmeta.common.connector import DataSchema, load_factory_table
-from fedmeta.common.connector.windows import read_window_table
-from fedmeta.common.datasets import TRANSFERS as CMAPSS_TRANSFERS
-from fedmeta.common.datasets import FactorySplit, load_ai4i, load_cmapss_transfer, load_cwru
-from fedmeta.common.model_package import PackageSchema
-from fedmeta.common.models import ModelConfig
-from fedmeta.common.protocol import ROLES
+from fedmeta.common.data.connector import DataSchema, load_factory_table
+from fedmeta.common.data.connector.windows import read_window_table
+from fedmeta.common.data.datasets import TRANSFERS as CMAPSS_TRANSFERS
+from fedmeta.common.data.datasets import FactorySplit, load_ai4i, load_cmapss_transfer, load_cwru
+from fedmeta.common.data.scaling import FeatureScaling
+from fedmeta.common.data.synthetic import FactoryFamily, FamilyConfig, make_family
+from fedmeta.common.federation.protocol import ROLES
+from fedmeta.common.meta.models import ModelConfig
+from fedmeta.common.meta.tasks import FactoryData
+from fedmeta.common.package.model_package import PackageSchema
 from fedmeta.common.run_settings import DATASETS, resolve_run_config
-from fedmeta.common.scaling import FeatureScaling
-from fedmeta.common.synthetic import FactoryFamily, FamilyConfig, make_family
-from fedmeta.common.tasks import FactoryData
 from fedmeta.common.validation import check_choice
 
 __all__ = [
@@ -85,7 +85,7 @@ class DataSource(Protocol):
 
     @property
     def scaling_rule(self) -> str:
-        """How inputs are scaled before the model sees them (`common.model_package.SCALING_RULES`)."""
+        """How inputs are scaled before the model sees them (`common.package.model_package.SCALING_RULES`)."""
         ...
 
     def node_factories(self, node_config: Mapping[str, object]) -> list[FactoryAssignment]: ...
@@ -135,7 +135,7 @@ class SyntheticSource:
 
     @property
     def scaling_rule(self) -> str:
-        """A quality factory standardises its own parameters (as `common.scaling` does); fault
+        """A quality factory standardises its own parameters (as `common.data.scaling` does); fault
         signals come centred per window from the generator."""
         return "factory-rows" if self.family.kind == "quality" else "source"
 
@@ -186,11 +186,11 @@ class SyntheticSource:
 
 @dataclass(frozen=True)
 class TableSource:
-    """Each factory's own table, read through `common.connector` (deployment and real data).
+    """Each factory's own table, read through `common.data.connector` (deployment and real data).
 
     The schema names the columns and, for classification, the class order every factory
     must map labels to; a schema with a ``window`` makes the model a TCN over windows of that many
-    rows of one unit (`common.connector.windows`). The server reads it from the run config (to build the model); a
+    rows of one unit (`common.data.connector.windows`). The server reads it from the run config (to build the model); a
     factory reads its own copy when its node config names one (``schema``), so no file
     has to exist at a path chosen by the server. Each node names its private file with
     ``node_config`` ``data-path`` and its ``role`` (``train``, default, or ``evaluate``).
@@ -217,7 +217,7 @@ class TableSource:
         channels = len(self.schema.features)
         if self.schema.window is None:
             return ModelConfig("mlp", (channels,), outputs)
-        # C-MAPSS' TCN (`common.datasets.cmapss`): 4 blocks of kernel 5 see 61 rows, more than most windows.
+        # C-MAPSS' TCN (`common.data.datasets.cmapss`): 4 blocks of kernel 5 see 61 rows, more than most windows.
         return ModelConfig("tcn", (channels, self.schema.window), outputs, hidden=32, depth=4, kernel_size=5)
 
     @property
@@ -242,7 +242,7 @@ class TableSource:
 
 
 def _own_rows_scaled(path: Path, schema: DataSchema, name: str | None = None) -> FactoryData:
-    """A factory table read in float64 and standardised with its own rows' statistics (`common.scaling`)
+    """A factory table read in float64 and standardised with its own rows' statistics (`common.data.scaling`)
     before the cast to float32: near 1e6, float32 cannot tell readings 0.06 apart. With the schema's
     ``window``, the examples are the windows of the scaled rows, each labelled with its last row's target
     and grouped by its unit (cross-validation holds out whole units: neighbouring windows share rows)."""
@@ -321,7 +321,7 @@ def _split(dataset: str, seed: int, validation: bool) -> FactorySplit:
 
 @dataclass(frozen=True)
 class SplitSource:
-    """A shared real data set (`common.datasets`): its training factories are partitions
+    """A shared real data set (`common.data.datasets`): its training factories are partitions
     0..N-1, its held-out factories the next ones (one factory per node)."""
 
     dataset: str

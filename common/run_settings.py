@@ -46,13 +46,13 @@ READERS = ("server", "client", "simulation")
 
 DATASETS = ("synthetic", "ai4i", "cmapss", "cmapss-fd004", "cwru", "cwru-fe")
 ADAPTATION_RECIPES = ("fixed", "cross-validated")
-# The server's ways of combining deltas (`common.aggregation`) and the factories' delta encodings
-# (`common.compression`), named here so that reading run settings never imports torch.
+# The server's ways of combining deltas (`server.strategy.aggregation`) and the factories' delta encodings
+# (`common.federation.compression`), named here so that reading run settings never imports torch.
 AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "capped-mean")
 COMPRESSIONS = ("none", "fp16", "int8", "topk")
 # Step sizes that keep the real data sets' models stable: on CWRU's raw windows first-order
 # MAML at 0.05 collapses to chance after ~150 meta-steps while 0.01 reaches ~98% (5-shot,
-# held-out load). C-MAPSS' TCN normalises its features (see `common.models.TCN`), so single
+# held-out load). C-MAPSS' TCN normalises its features (see `common.meta.models.TCN`), so single
 # windows fine-tune stably up to 0.1; 0.01 as for the other real data sets.
 DATASET_LR = {"synthetic": 0.05, "ai4i": 0.01, "cwru": 0.01, "cwru-fe": 0.01, "cmapss": 0.01, "cmapss-fd004": 0.01}
 # K values every held-out factory can supply, where fewer than 1,5,10,20: synthetic fault
@@ -125,7 +125,7 @@ _TABLE = (
     Setting("max-delta-norm", 100.0, "A delta with a larger L2 norm is rejected.", _SERVER),
     Setting("aggregation", "mean", "How accepted deltas combine: " + ", ".join(AGGREGATIONS) + " (mean: weighted by "
             "claimed examples; the others resist factories that send flipped, scaled or noisy deltas or claim too "
-            "many examples: see common/aggregation.py).", _SERVER),
+            "many examples: see server/strategy/aggregation.py).", _SERVER),
     Setting("trim-fraction", 0.2, "trimmed-mean: the share of values dropped at each end, per coordinate.", _SERVER),
     Setting("krum-malicious", 0, "krum, multi-krum: factories assumed malicious (f).", _SERVER),
     Setting("krum-select", 0, "multi-krum: deltas averaged (0: all but krum-malicious).", _SERVER),

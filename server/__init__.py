@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     )
     from fedmeta.server.run import ProgressFn, initial_meta_parameters, run_experiment
     from fedmeta.server.settings import ServerSettings
-    from fedmeta.server.strategy import (
+    from fedmeta.server.strategy.fedmeta import (
         PULL_COST_FACTOR,
         PULL_INTERVAL_S,
         PULL_MAX_INTERVAL_S,

@@ -7,7 +7,7 @@ from where this installation runs them (a source checkout or an installed wheel 
 and a ``pyproject.toml`` whose app config *is* the run's config. Keys the code reads but
 the project's ``pyproject.toml`` does not list (``schema``, ``timeout``) work too.
 Factories run only a bundle whose code is, file for file, the app they installed
-(`common.app_identity`): server and factories run the same release.
+(`common.federation.app_identity`): server and factories run the same release.
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedmeta.common.app_identity import APP_PACKAGES, COMPONENTS, DISTRIBUTION, installed_version, package_folder
+from fedmeta.common.federation.app_identity import (
+    APP_PACKAGES,
+    COMPONENTS,
+    DISTRIBUTION,
+    installed_version,
+    package_folder,
+)
 
 __all__ = ["stage_app", "toml_value"]
 

@@ -15,10 +15,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedmeta.common.console import elapsed_log, exit_on_errors
-from fedmeta.common.credentials import CredentialError
-from fedmeta.common.processes import ProcessError, sigterm_as_interrupt
-from fedmeta.common.protocol import DEFAULT_CONTROL_PORT, DEFAULT_PORT
+from fedmeta.common.federation.protocol import DEFAULT_CONTROL_PORT, DEFAULT_PORT
+from fedmeta.common.runtime.console import elapsed_log, exit_on_errors
+from fedmeta.common.runtime.processes import ProcessError, sigterm_as_interrupt
+from fedmeta.common.security.credentials import CredentialError
 from fedmeta.server.certificates import (
     create_certificate_authority,
     create_factory_keys,

@@ -7,7 +7,7 @@ factory's public key (``flwr supernode register``) and to stop runs a killed ear
 left unfinished, then on the real addresses (TLS and node authentication unless told
 otherwise), submits the run with ``flwr run --stream`` over the control address and reports
 every round from the run folder's ``metrics.jsonl`` as it is written. When the run ends, or on
-Ctrl-C / SIGTERM, the SuperLink and everything it started are stopped (`common.processes`).
+Ctrl-C / SIGTERM, the SuperLink and everything it started are stopped (`common.runtime.processes`).
 
 Everything Flower writes goes under the state folder: ``flwr/`` is the private
 ``FLWR_HOME`` (the CLI's connection file; ``~/.flwr`` is never touched), ``superlink.db``

@@ -1,5 +1,5 @@
-"""The run's model package (`common.model_package`): written into the run folder after the last round,
-then delivered to every connected factory, training or evaluate-only (`fedmeta.client.package`)."""
+"""The run's model package (`common.package.model_package`): written into the run folder after the last round,
+then delivered to every connected factory, training or evaluate-only (`fedmeta.client.rounds.package`)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from pathlib import Path
 from flwr.serverapp import Grid
 from torch import Tensor
 
-from fedmeta.common import DataSource, EvaluationSettings, pack_meta_parameters, protocol, unpack_meta_parameters
-from fedmeta.common.model_package import AdaptationPlan, Manifest, ModelPackage, load_package, save_package
+from fedmeta.common import DataSource, EvaluationSettings, pack_meta_parameters, unpack_meta_parameters
+from fedmeta.common.federation import protocol
+from fedmeta.common.package.model_package import AdaptationPlan, Manifest, ModelPackage, load_package, save_package
 from fedmeta.server.checkpoint import RunDirectory
-from fedmeta.server.strategy import FedMetaStrategy, exchange, model_records
+from fedmeta.server.strategy.fedmeta import FedMetaStrategy, exchange, model_records
 
 __all__ = ["PACKAGE_FOLDER", "RUN_ID", "deliver_package", "write_run_package"]
 

@@ -6,7 +6,7 @@ Flower's `Strategy.start` always begins at round 1, so the loop lives here and c
 the strategy's hooks itself. Each round appends its metrics first and then writes an
 atomic checkpoint; on resume, metrics of rounds after the last checkpoint are dropped,
 so a resumed run ends exactly where an uninterrupted one does. Messages go through
-`server.strategy.exchange`, which looks for replies every 10 ms rather than Flower's 0.1 s.
+`server.strategy.fedmeta.exchange`, which looks for replies every 10 ms rather than Flower's 0.1 s.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 from torch import Tensor
 
-from fedmeta.common import DataSource, OuterOptimizer, build_model, init_inner_lrs, pack_meta_parameters
+from fedmeta.common import DataSource, build_model, init_inner_lrs, pack_meta_parameters
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
 from fedmeta.server.package import RUN_ID, deliver_package, write_run_package
 from fedmeta.server.run_view import RunView
 from fedmeta.server.secure_round import secure_training_round
 from fedmeta.server.settings import ServerSettings
-from fedmeta.server.strategy import FedMetaStrategy, exchange, model_records
+from fedmeta.server.strategy.fedmeta import FedMetaStrategy, exchange, model_records
+from fedmeta.server.strategy.outer_optimizer import OuterOptimizer
 
 __all__ = ["ProgressFn", "initial_meta_parameters", "run_experiment"]
 

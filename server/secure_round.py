@@ -1,7 +1,7 @@
 """A training round under secure aggregation: four exchanges with the sampled factories, after which the
-server holds the weighted mean of their deltas and never saw one of them (`common.secure_aggregation`).
+server holds the weighted mean of their deltas and never saw one of them (`common.security.secure_aggregation`).
 With differential privacy on, each factory clips its delta and adds its share of the noise itself, and the
-inputs weigh the same (`common.privacy`).
+inputs weigh the same (`common.security.privacy`).
 
 1. ``train.secagg_keys``: each factory learns its index, the threshold and the round; it answers its
    two public keys.
@@ -27,16 +27,16 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from torch import Tensor
 
-from fedmeta.common import protocol
-from fedmeta.common.privacy import spent_epsilon
-from fedmeta.common.secure_aggregation import (
+from fedmeta.common.federation import protocol
+from fedmeta.common.security.privacy import spent_epsilon
+from fedmeta.common.security.secure_aggregation import (
     FixedPoint,
     PublicKeys,
     SecureAggregationError,
     unmask_sum,
     weighted_mean,
 )
-from fedmeta.server.strategy import FedMetaStrategy, ModelRecords, exchange, weighted_metrics
+from fedmeta.server.strategy.fedmeta import FedMetaStrategy, ModelRecords, exchange, weighted_metrics
 
 __all__ = ["secure_training_round"]
 
@@ -123,7 +123,7 @@ def secure_training_round(grid: Grid, strategy: FedMetaStrategy, server_round: i
         return None, failed
     summary = weighted_metrics([dict(a[protocol.METRICS]) for a in inputs.values()])
     summary |= {"replies": float(len(masked)), "rejected": 0.0, "secagg-participants": float(len(nodes))}
-    if privacy.enabled:  # every input carried its share of the noise (`common.privacy`)
+    if privacy.enabled:  # every input carried its share of the noise (`common.security.privacy`)
         summary["dp-epsilon"] = spent_epsilon(server_round, strategy.sampling_rate, privacy.noise_multiplier,
                                               privacy.delta)
     return strategy.optimizer.step(mean), summary

@@ -10,18 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fedmeta.common import (
-    EvaluationSettings,
-    OuterOptimizerConfig,
-    RoundSettings,
-    local_algorithm,
-    parse_shots,
-    resolve_run_config,
-)
-from fedmeta.common.aggregation import AggregationRule
-from fedmeta.common.privacy import DifferentialPrivacy
-from fedmeta.common.secure_aggregation import SecureAggregation
-from fedmeta.server.strategy import SamplingSettings
+from fedmeta.common import EvaluationSettings, RoundSettings, local_algorithm, parse_shots, resolve_run_config
+from fedmeta.common.security.privacy import DifferentialPrivacy
+from fedmeta.common.security.secure_aggregation import SecureAggregation
+from fedmeta.server.strategy.aggregation import AggregationRule
+from fedmeta.server.strategy.fedmeta import SamplingSettings
+from fedmeta.server.strategy.outer_optimizer import OuterOptimizerConfig
 
 __all__ = ["ServerSettings"]
 

@@ -35,7 +35,7 @@ import uvicorn
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fedmeta.common.flower_pin import require_flower
+from fedmeta.common.runtime.flower_pin import require_flower
 
 __all__ = ["FLEET_ROUTE", "NOT_SERVED", "FleetOnly", "main"]
 

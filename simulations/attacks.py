@@ -2,7 +2,7 @@
 (`simulations.faults`), free of Flower so that the benchmarks' plain loop runs the same attacks.
 
 Every attack stays inside the server's checks (finite, the right shapes, within ``max-delta-norm``):
-robust aggregation (`common.aggregation`) is the defence.
+robust aggregation (`server.strategy.aggregation`) is the defence.
 
 - ``sign-flip``: the honest delta reversed;
 - ``scaled``: the honest delta stretched to just inside the norm bound;

@@ -281,7 +281,7 @@ def bench_robustness(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
 ) -> None:
     """Every aggregation rule on a clean federation and under each attack by 2 of 10 factories."""
-    from fedmeta.common.aggregation import AGGREGATIONS
+    from fedmeta.server.strategy.aggregation import AGGREGATIONS
     from fedmeta.simulations.attacks import ATTACKS, DATA_ATTACKS
     from fedmeta.simulations.benchmarks import defences
 
@@ -396,9 +396,9 @@ def bench_references(
 ) -> None:
     """Full-data neural references trained centrally as the literature does (C-MAPSS test RMSE per subset,
     AI4I AUROC on H), and how far they carry to another subset's fault mode beside a tree model."""
-    from fedmeta.common import SupervisedRecipe
     from fedmeta.simulations.benchmarks import references  # reads the data sets: only when benchmarking
     from fedmeta.simulations.benchmarks.ai4i_reference import render_ai4i, run_ai4i_references
+    from fedmeta.simulations.benchmarks.supervised import SupervisedRecipe
 
     console = _wide_console()
     recipe = SupervisedRecipe(max_epochs=max_epochs)

@@ -19,8 +19,8 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from fedmeta.common.console import exit_on_errors
-from fedmeta.common.synthetic import FamilyConfig, make_family
+from fedmeta.common.data.synthetic import FamilyConfig, make_family
+from fedmeta.common.runtime.console import exit_on_errors
 
 __all__ = ["ADAPT_ROWS", "FEATURES", "HELD_OUT", "WEEK_ROWS", "example_plants", "write_example_plants"]
 

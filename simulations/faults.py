@@ -10,7 +10,7 @@ applies it to each of them. Faults the server's delta checks catch:
 - ``shape``: the client's delta has every tensor transposed/reshaped wrongly.
 
 The attacks of `simulations.attacks` (``sign-flip``, ``scaled``, ``noise``, ``claim``) pass them; robust
-aggregation (`common.aggregation`) is the defence. Noise is seeded by partition and round.
+aggregation (`server.strategy.aggregation`) is the defence. Noise is seeded by partition and round.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedmeta.common import is_delta_key, protocol
+from fedmeta.common import is_delta_key
+from fedmeta.common.federation import protocol
 from fedmeta.simulations.attacks import ATTACKS, CLAIM_FACTOR, attacked_delta
 
 __all__ = ["FAULTS", "fault_injection_mod", "parse_fault_spec"]

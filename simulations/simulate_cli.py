@@ -17,10 +17,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedmeta.common import FAMILY_KINDS, FEDERATED_ALGORITHMS, OUTER_OPTIMIZERS
-from fedmeta.common.console import exit_on_errors
+from fedmeta.common import FAMILY_KINDS, FEDERATED_ALGORITHMS
 from fedmeta.common.run_settings import AGGREGATIONS, COMPRESSIONS, DATASETS, RUN_SETTINGS, SettingValue
+from fedmeta.common.runtime.console import exit_on_errors
 from fedmeta.server import RunDirectory, ServerSettings
+from fedmeta.server.strategy import OUTER_OPTIMIZERS
 from fedmeta.simulations.report import comparison_rows
 
 __all__ = ["FLAG_SETTINGS", "SIMULATE_DEFAULTS", "simulate"]

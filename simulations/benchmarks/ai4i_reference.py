@@ -19,11 +19,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fedmeta.client import initial_weights
-from fedmeta.common import FactoryData, SupervisedRecipe, build_model, predict, train_supervised
-from fedmeta.common.datasets import FAILURE_MODES, auroc, load_ai4i
+from fedmeta.common import FactoryData, build_model, initial_weights, predict
+from fedmeta.common.data.datasets import FAILURE_MODES, auroc, load_ai4i
 from fedmeta.simulations.benchmarks.gradient_boosting import TREE_REFERENCES, GradientBoostingReference
 from fedmeta.simulations.benchmarks.references import mean_and_seeds
+from fedmeta.simulations.benchmarks.supervised import SupervisedRecipe, train_supervised
 
 __all__ = ["AUROC_AIM", "ai4i_reference", "render_ai4i", "run_ai4i_references"]
 

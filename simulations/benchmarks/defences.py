@@ -33,9 +33,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmeta.common import Report
-from fedmeta.common.compression import COMPRESSIONS, Compression, decode_delta, encode_delta
-from fedmeta.common.deltas import weighted_average
-from fedmeta.common.secure_aggregation import FixedPoint, aggregate_in_process
+from fedmeta.common.federation.compression import COMPRESSIONS, Compression, decode_delta, encode_delta
+from fedmeta.common.federation.deltas import weighted_average
+from fedmeta.common.security.secure_aggregation import FixedPoint, aggregate_in_process
 from fedmeta.simulations.attacks import ATTACKS, CLAIM_FACTOR, DATA_ATTACKS, attacked_delta, flipped_labels
 from fedmeta.simulations.benchmarks.scaling import PlainLoop, Sender, Sent, held_out_metrics
 

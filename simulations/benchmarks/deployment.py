@@ -9,11 +9,11 @@ The same federation runs three ways in one command, one after the other:
   starts a ``flwr-clientapp`` process per message), all on loopback;
 - **deployment, process isolation**: the same, with a long-running process beside each SuperNode
   (``--isolation process``): Flower's ``flower-superexec``, which starts a ``flwr-clientapp`` per
-  message, or the project's warm worker, which runs every message in itself (`client.warm_worker`).
+  message, or the project's warm worker, which runs every message in itself (`client.node.warm_worker`).
 
 Each deployment runs twice: with Flower's processes as shipped (``--stock-supernode``: a 3 s poll
 for work when idle, a 0.5 s look for each reply, Flower's SuperExec) and with the project's
-(`client.supernode_timings`, and the warm worker), so the overhead each removes is measured in the
+(`client.node.supernode_timings`, and the warm worker), so the overhead each removes is measured in the
 same run.
 
 The work is identical, to the bit: the synthetic factories are written to CSV tables

@@ -7,7 +7,7 @@ steps; gradient boosting refits on the pooled source windows plus them) and is s
 official target test split in cycles. Each K's held-out engines and test split are normalised
 with those engines' own sensor statistics, as in `load_cmapss_transfer`.
 
-Full-data references (`common.supervised.train_supervised`, the literature's recipe: a window
+Full-data references (`simulations.benchmarks.supervised.train_supervised`, the literature's recipe: a window
 at every cycle, Adam with early stopping on 10 whole validation engines): ``oracle`` trains on
 the target's other training engines, ``pooled-oracle`` on those plus the source engines; both
 need no adaptation and score the same test split.
@@ -24,18 +24,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fedmeta.client import Adaptation, LoadedFactory, local_only_adaptation, prepare_adaptation
-from fedmeta.common import (
-    DataSource,
-    EvaluationSettings,
-    FactoryData,
-    SupervisedRecipe,
-    TaskBatch,
-    predict,
-)
-from fedmeta.common.datasets import load_cmapss_transfer, rul_scores
+from fedmeta.client import LoadedFactory, local_only_adaptation, prepare_adaptation
+from fedmeta.common import Adaptation, DataSource, EvaluationSettings, FactoryData, TaskBatch, predict
+from fedmeta.common.data.datasets import load_cmapss_transfer, rul_scores
 from fedmeta.simulations.benchmarks.gradient_boosting import GradientBoostingReference
 from fedmeta.simulations.benchmarks.references import ENGINE_SHOTS, cmapss_reference
+from fedmeta.simulations.benchmarks.supervised import SupervisedRecipe
 
 __all__ = ["ENGINE_SHOTS", "EngineShots"]
 

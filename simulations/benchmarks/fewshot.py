@@ -3,7 +3,7 @@
 For each seed and each K of the evaluation shots, on the held-out factories (never trained on):
 
 - ``local-only``: a model trained from scratch on the K support rows only
-  (`EvaluationSettings.local_only_steps`, scored by `client.evaluation.evaluate_factory`).
+  (`EvaluationSettings.local_only_steps`, scored by `client.rounds.evaluation.evaluate_factory`).
 - ``fedavg``: federated averaging without adaptation (the K=0 column), and ``fedavg+ft``:
   the same model fine-tuned on the K rows.
 - ``maml``, ``fomaml``, ``reptile``, ``metasgd``: federated meta-learning, adapted on K rows.
@@ -56,7 +56,6 @@ from fedmeta.common import (
     FactoryData,
     MetaModel,
     SplitSource,
-    SupervisedRecipe,
     TaskBatch,
     build_model,
     default_lr,
@@ -68,7 +67,7 @@ from fedmeta.common import (
     resolve_run_config,
     source_from_config,
 )
-from fedmeta.common.datasets import TRANSFERS as CMAPSS_TRANSFERS
+from fedmeta.common.data.datasets import TRANSFERS as CMAPSS_TRANSFERS
 from fedmeta.server import ServerSettings, initial_meta_parameters, weighted_metrics
 from fedmeta.simulations.benchmarks.engine_shots import EngineShots
 from fedmeta.simulations.benchmarks.field_metrics import FIELD_METRICS, FieldRows, field_rows, row_matches, score_field
@@ -82,6 +81,7 @@ from fedmeta.simulations.benchmarks.provenance import provenance
 from fedmeta.simulations.benchmarks.reference_models import TrainedModel, train_from_scratch
 from fedmeta.simulations.benchmarks.scaling import PlainLoop
 from fedmeta.simulations.benchmarks.seed_records import SeedRecords, SeedSteps, Step, round_trip
+from fedmeta.simulations.benchmarks.supervised import SupervisedRecipe
 
 __all__ = [
     "FEDERATED_METHODS",
@@ -821,7 +821,7 @@ def _engine_note(plan: BenchmarkPlan, source: str, target: str) -> str:
         f"a window at every cycle (pooled-oracle: plus the source factories' windows), Adam lr {plan.reference.lr}, "
         f"batch {plan.reference.batch_size}, at most {plan.reference.max_epochs} epochs, stopped after "
         f"{plan.reference.patience} without a better loss on those 10 whole validation {target} engines, the best "
-        "epoch kept (common/supervised.py)."
+        "epoch kept (simulations/benchmarks/supervised.py)."
     )
 
 
@@ -867,7 +867,7 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         "the natural failure rate; cmapss: the official test split); mean over tasks. ai4i decisions are made at "
         "the factory's failure rate (its share of failed rows, known from its history): every model is trained "
         "or adapted at equal class priors, its probabilities are shifted to that rate and the failure threshold "
-        "maximises the expected F1 on the scored rows, unlabelled (common/decision.py); the oracles trained on "
+        "maximises the expected F1 on the scored rows, unlabelled (common/package/decision.py); the oracles trained on "
         "ai4i's field rows have none there. Compare ai4i's F1 within a K, not across: each task's K support "
         "failures leave the scored rows (H has 21), so at K=10 about half of them are gone and F1 falls with K "
         "for every method, the tree models included.",

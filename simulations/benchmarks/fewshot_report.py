@@ -50,7 +50,7 @@ PUBLISHED: dict[str, str] = {
     "cwru": "CWRU cross-load few-shot fault diagnosis: about 95 to 99% accuracy in the few-shot literature, "
     "usually 10 classes including healthy and often on spectral features; here 9 fault classes on raw windows, "
     "healthy excluded (see the loader notes). A linear model on log-spectrum features already exceeds 99% "
-    "across loads without adaptation (`common.datasets.cwru.linear_probe_accuracy`).",
+    "across loads without adaptation (`common.data.datasets.cwru.linear_probe_accuracy`).",
     "cwru-fe": "CWRU drive end -> fan end: the few-shot literature reports cross-sensor accuracy well below "
     "cross-load; a linear model on log-spectrum features that exceeds 99% across loads drops to about 27% here "
     "(`linear_probe_accuracy`), which is why adaptation is needed.",

@@ -2,7 +2,7 @@
 
 - AI4I (binary machine failure), on the held-out factory's rows at their natural failure
   rate (~2%), minus the task's support rows: F1 of the failure class with the decision at
-  the factory's own base rate (`common.decision.BaseRateDecision`: balanced-prior
+  the factory's own base rate (`common.package.decision.BaseRateDecision`: balanced-prior
   probabilities shifted to the factory's failure rate, threshold of the highest expected F1
   on those unlabelled rows), the threshold itself, the Brier score of the shifted
   probabilities (their calibration) and AUROC. The K-shot query sets are class-balanced,
@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from fedmeta.common import BaseRateDecision, FactoryData, TaskBatch
-from fedmeta.common.datasets import nasa_score, rmse
-from fedmeta.common.datasets.ai4i import auroc, f1_score
+from fedmeta.common.data.datasets import nasa_score, rmse
+from fedmeta.common.data.datasets.ai4i import auroc, f1_score
 
 __all__ = ["FIELD_METRICS", "FieldRows", "failure_scores", "field_rows", "row_matches", "rows_in", "score_field"]
 

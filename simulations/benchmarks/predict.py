@@ -25,10 +25,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fedmeta.client.adapt import table_schema
-from fedmeta.client.predict import forward_passes, forward_threads, predict_table
+from fedmeta.client.floor.adapt import table_schema
+from fedmeta.client.floor.predict import forward_passes, forward_threads, predict_table
 from fedmeta.common import Report, build_model
-from fedmeta.common.model_package import (
+from fedmeta.common.data.scaling import FeatureScaling
+from fedmeta.common.meta.models import ModelConfig
+from fedmeta.common.package.model_package import (
     AdaptationPlan,
     Manifest,
     ModelPackage,
@@ -36,8 +38,6 @@ from fedmeta.common.model_package import (
     load_package,
     save_package,
 )
-from fedmeta.common.models import ModelConfig
-from fedmeta.common.scaling import FeatureScaling
 from fedmeta.simulations.benchmarks.memory import current_rss_bytes, peak_rss_bytes, run_in_fresh_processes
 
 __all__ = ["FEATURES", "PredictBenchmark", "render", "run_predict_benchmark"]

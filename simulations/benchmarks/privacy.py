@@ -5,7 +5,7 @@ The federation is the data set's benchmark run (`simulations.benchmarks.fewshot.
 committed tuned hyper-parameters) on the plain loop: every training factory in every round, so each
 round is a Gaussian mechanism on all of them (sampling rate 1). For each target epsilon the noise
 multiplier is the smallest whose epsilon after the run's rounds, at delta 1e-5, stays at the target
-(`common.privacy.spent_epsilon`, solved by bisection). The clipping norm is the median L2 norm of the
+(`common.security.privacy.spent_epsilon`, solved by bisection). The clipping norm is the median L2 norm of the
 factories' deltas in the first round of the run without DP, the usual choice when it is set from a
 trial federation; the non-private run is scored with the same clipping, so the table separates what
 clipping costs from what noise costs.
@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmeta.common import Report, global_norm
-from fedmeta.common.privacy import spent_epsilon
+from fedmeta.common.security.privacy import spent_epsilon
 from fedmeta.simulations.benchmarks.fewshot import plan_for, primary_metric
 from fedmeta.simulations.benchmarks.scaling import PlainLoop, Sent, held_out_metrics
 from fedmeta.simulations.benchmarks.tuning import load_tuned, tuned_path

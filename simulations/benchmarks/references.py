@@ -23,10 +23,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fedmeta.client import initial_weights
-from fedmeta.common import FactoryData, MetaModel, SupervisedRecipe, build_model, predict, train_supervised
-from fedmeta.common.datasets import SUBSETS, CentralSplit, load_cmapss_central, load_cmapss_transfer, rul_scores
+from fedmeta.common import FactoryData, MetaModel, build_model, initial_weights, predict
+from fedmeta.common.data.datasets import SUBSETS, CentralSplit, load_cmapss_central, load_cmapss_transfer, rul_scores
 from fedmeta.simulations.benchmarks.gradient_boosting import GradientBoostingReference
+from fedmeta.simulations.benchmarks.supervised import SupervisedRecipe, train_supervised
 
 __all__ = [
     "ENGINE_SHOTS", "LITERATURE", "cmapss_reference", "mean_and_seeds", "render", "run_reference_benchmark",

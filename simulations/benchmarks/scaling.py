@@ -59,8 +59,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmeta.client import LoadedFactory, evaluate_factory, load_factories, local_update, node_device
-from fedmeta.common import OuterOptimizer, descendants, source_from_config
+from fedmeta.common import descendants, source_from_config
 from fedmeta.server import FedMetaStrategy, ServerSettings, initial_meta_parameters, weighted_metrics
+from fedmeta.server.strategy import OuterOptimizer
 
 __all__ = [
     "DEFAULT_FACTORIES",

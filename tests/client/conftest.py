@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fedmeta.common import MetaConfig, RegressionTaskSampler, build_model, meta_train
-from fedmeta.common.model_package import AdaptationPlan, Manifest, PackageSchema, save_package
-from fedmeta.common.synthetic import FamilyConfig, make_family
+from fedmeta.common.data.synthetic import FamilyConfig, make_family
+from fedmeta.common.package.model_package import AdaptationPlan, Manifest, PackageSchema, save_package
 
 FAMILY = FamilyConfig("quality", num_factories=12, num_held_out=4, seed=0)
 FEATURES = tuple(f"x{i}" for i in range(6))

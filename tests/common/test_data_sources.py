@@ -7,9 +7,9 @@ from flwr.app import ConfigRecord, Context, MessageType, RecordDict
 
 from fedmeta.client import make_client_app
 from fedmeta.common import RoundSettings, SplitSource, default_lr, source_from_config
-from fedmeta.common.datasets import DATASETS_ENV, dataset_dir
+from fedmeta.common.data.datasets import DATASETS_ENV, dataset_dir
 from fedmeta.server import initial_meta_parameters
-from fedmeta.server.strategy import model_records
+from fedmeta.server.strategy.fedmeta import model_records
 from tests.support.flower_messages import delivered
 
 try:

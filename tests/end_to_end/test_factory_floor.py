@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fedmeta.client.adapt import LOCAL_ONLY_STEPS, rows_alone_adaptation, rows_as_task
-from fedmeta.common.model_package import load_package
-from fedmeta.common.scaling import FeatureScaling
+from fedmeta.client.floor.adapt import LOCAL_ONLY_STEPS, rows_alone_adaptation, rows_as_task
+from fedmeta.common.data.scaling import FeatureScaling
+from fedmeta.common.package.model_package import load_package
 from fedmeta.simulations.example_plants import ADAPT_ROWS, FEATURES, WEEK_ROWS
 from tests.support.cli import run_fedmeta
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from fedmeta.common import ChildProcess, descendants, free_port, port_in_use
-from fedmeta.common.model_package import load_package
+from fedmeta.common.package.model_package import load_package
 from fedmeta.server import create_factory_keys
 from tests.support.deployment import (
     ENV,
@@ -189,7 +189,7 @@ def test_multi_krum_leaves_out_the_factory_trained_on_flipped_labels_in_every_ro
 
 
 def test_a_crashed_factory_is_noticed_by_its_missed_heartbeats_and_the_round_goes_on(federation):
-    """The SuperNode heartbeats every 10 s (`client.supernode_timings`, Flower's 30 s otherwise) and the
+    """The SuperNode heartbeats every 10 s (`client.node.supernode_timings`, Flower's 30 s otherwise) and the
     SuperLink calls a node gone after 2 missed intervals: the round learns of plant-c's death within 20 s
     of it and goes on without waiting out its timeout."""
     assert federation.killed_factory_code == 1  # `fedmeta client` reports that its SuperNode died

@@ -55,7 +55,7 @@ def _workers(clients: dict[str, ChildProcess]) -> dict[str, int]:
     found = {}
     for name, client in clients.items():
         for child in psutil.Process(client.pid).children():
-            if "fedmeta.client.warm_worker" in child.cmdline():
+            if "fedmeta.client.node.warm_worker" in child.cmdline():
                 found[name] = child.pid
     return found
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from fedmeta.common import OuterOptimizer, OuterOptimizerConfig
 from fedmeta.server import Checkpoint, CheckpointError, RunDirectory
+from fedmeta.server.strategy import OuterOptimizer, OuterOptimizerConfig
 
 
 def params() -> dict[str, Tensor]:

@@ -15,7 +15,7 @@ from flwr.app import Message, RecordDict
 from flwr.cli.config_utils import load_and_validate
 
 from fedmeta.common import CredentialError, certificate_names, check_server_certificate, load_certificate
-from fedmeta.common.app_identity import APP_PACKAGES
+from fedmeta.common.federation.app_identity import APP_PACKAGES
 from fedmeta.server import (
     FedMetaStrategy,
     NodeInfo,

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedmeta.common import OuterOptimizer, OuterOptimizerConfig
-from fedmeta.common.deltas import global_norm
-from fedmeta.common.privacy import ORDERS, DifferentialPrivacy, clip_delta, spent_epsilon
+from fedmeta.common.federation.deltas import global_norm
+from fedmeta.common.security.privacy import ORDERS, DifferentialPrivacy, clip_delta, spent_epsilon
 from fedmeta.server.settings import ServerSettings
-from fedmeta.server.strategy import FedMetaStrategy
+from fedmeta.server.strategy import OuterOptimizer, OuterOptimizerConfig
+from fedmeta.server.strategy.fedmeta import FedMetaStrategy
 
 
 def test_a_long_delta_is_clipped_to_the_bound_exactly_and_a_short_one_is_left_alone():

@@ -81,7 +81,8 @@ def test_a_failed_run_says_why_and_a_run_whose_process_died_is_not_reported_runn
     run = RunDirectory(tmp_path / "maml")
     with pytest.raises(RuntimeError), RunView(run, "maml", rounds=5, first_round=1) as view:
         view.factories([("plant-a", "train"), ("plant-b", "train")])
-        logging.getLogger("fedmeta.server.strategy").warning("delta of factory plant-b from node 7 left out: NaN")
+        strategy_log = logging.getLogger("fedmeta.server.strategy.fedmeta")
+        strategy_log.warning("delta of factory plant-b from node 7 left out: NaN")
         raise RuntimeError("only 1 training factories are connected; min_train_nodes is 2")
     # Still printed, as Python prints a warning nobody configured a handler for (the server's log shows it).
     assert "delta of factory plant-b from node 7 left out: NaN" in capsys.readouterr().err

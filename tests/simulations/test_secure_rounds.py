@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedmeta.common import source_from_config
-from fedmeta.common.privacy import spent_epsilon
+from fedmeta.common.security.privacy import spent_epsilon
 from fedmeta.server import RunDirectory, ServerSettings, initial_meta_parameters
 from fedmeta.simulations import run_federated_simulation
 

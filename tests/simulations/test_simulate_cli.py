@@ -7,7 +7,7 @@ import inspect
 import torch
 from typer.testing import CliRunner
 
-from fedmeta.common.model_package import load_package
+from fedmeta.common.package.model_package import load_package
 from fedmeta.common.run_settings import RUN_SETTINGS
 from fedmeta.server import RunDirectory
 from fedmeta.server.package import PACKAGE_FOLDER

@@ -14,8 +14,8 @@ import pytest
 
 import fedmeta.simulations.harness as harness
 from fedmeta.common import source_from_config
-from fedmeta.common.connector import DataSchema, DataValidationError, SchemaError
-from fedmeta.common.model_package import load_package
+from fedmeta.common.data.connector import DataSchema, DataValidationError, SchemaError
+from fedmeta.common.package.model_package import load_package
 from tests.support.cli import run_fedmeta
 
 SENSORS = ["s0", "s1", "s2"]

@@ -70,6 +70,6 @@ def supernode_group(client_pid: int) -> int | None:
     """The process group of the SuperNode a `fedmeta client` started (its child, leading its own group)."""
     with suppress(psutil.NoSuchProcess, ProcessLookupError):  # the client, or that child, ended meanwhile
         for child in psutil.Process(client_pid).children():
-            if "fedmeta.client.supernode" in child.cmdline():
+            if "fedmeta.client.node.supernode" in child.cmdline():
                 return os.getpgid(child.pid)
     return None

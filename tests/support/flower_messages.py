@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from flwr.app import ArrayRecord, Error, Message, Metadata, RecordDict
 from torch import Tensor
 
-from fedmeta.common.compression import Compression, encode_delta
+from fedmeta.common.federation.compression import Compression, encode_delta
 
 
 def delivered(content: RecordDict, message_type: str, dst_node_id: int, message_id: str = "m",
@@ -38,5 +38,6 @@ def reply_from(node_id: int, content: RecordDict | Error, message_type: str = "t
 
 
 def delta_record(delta: Mapping[str, Tensor]) -> ArrayRecord:
-    """A factory's uncompressed ``delta`` as its reply carries it (packed, `common.compression.encode_delta`)."""
+    """A factory's uncompressed ``delta`` as its reply carries it (packed,
+    `common.federation.compression.encode_delta`)."""
     return ArrayRecord(torch_state_dict=encode_delta(delta, Compression())[0])

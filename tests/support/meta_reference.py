@@ -1,7 +1,7 @@
 """Hand-written references the algorithm tests compare against.
 
 Deliberately naive: one task at a time, plain `torch.autograd.grad`, no batching,
-no foreach ops, so that they share no code with `common.inner_loop` beyond the model.
+no foreach ops, so that they share no code with `common.meta.inner_loop` beyond the model.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from fedmeta.common.datasets import dataset_dir
+from fedmeta.common.data.datasets import dataset_dir
 
 
 def needs_dataset(name: str) -> pytest.MarkDecorator:
-    """Skip unless ``$FEDMETA_DATASETS/<name>`` exists (`common.datasets.paths.dataset_dir`)."""
+    """Skip unless ``$FEDMETA_DATASETS/<name>`` exists (`common.data.datasets.paths.dataset_dir`)."""
     try:
         dataset_dir(name)
     except FileNotFoundError:

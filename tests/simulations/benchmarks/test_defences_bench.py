@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from fedmeta.common.privacy import spent_epsilon
+from fedmeta.common.security.privacy import spent_epsilon
 from fedmeta.simulations.benchmarks.privacy import noise_for_epsilon
 from tests.support.cli import run_fedmeta
 

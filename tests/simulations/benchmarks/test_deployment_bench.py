@@ -9,7 +9,7 @@ import torch
 from rich.console import Console
 
 from fedmeta.common import FamilyConfig, make_family
-from fedmeta.common.connector import DataSchema, load_factory_table
+from fedmeta.common.data.connector import DataSchema, load_factory_table
 from fedmeta.simulations.benchmarks.deployment import export_tables, render, run_deployment_benchmark
 
 

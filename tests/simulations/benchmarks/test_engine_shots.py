@@ -7,17 +7,18 @@ import math
 import pytest
 import torch
 
-from fedmeta.client import LoadedFactory, initial_weights, prepare_adaptation
+from fedmeta.client import LoadedFactory, prepare_adaptation
 from fedmeta.common import (
     EvaluationSettings,
     SplitSource,
-    SupervisedRecipe,
     build_model,
+    initial_weights,
     pack_meta_parameters,
     support_folds,
 )
-from fedmeta.common.datasets import rmse
+from fedmeta.common.data.datasets import rmse
 from fedmeta.simulations.benchmarks.engine_shots import ENGINE_SHOTS, EngineShots, _one_task
+from fedmeta.simulations.benchmarks.supervised import SupervisedRecipe
 from tests.support.shared_data import needs_dataset
 
 pytestmark = needs_dataset("cmapss")

@@ -165,7 +165,7 @@ def test_cli_rejects_bad_options(arguments, message):
 
 def test_package_does_not_import_the_benchmark():
     code = (
-        "import sys, fedmeta.common.algorithms, fedmeta.simulations.cli; "
+        "import sys, fedmeta.common.meta.algorithms, fedmeta.simulations.cli; "
         "assert 'fedmeta.simulations.benchmarks.inner_loop' not in sys.modules; "
         "assert 'torchopt' not in sys.modules"
     )

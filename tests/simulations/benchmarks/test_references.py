@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from typer.testing import CliRunner
 
-from fedmeta.common.datasets import FAILURE_MODES, dataset_dir
+from fedmeta.common.data.datasets import FAILURE_MODES, dataset_dir
 from fedmeta.simulations.benchmarks.ai4i_reference import _aurocs
 from fedmeta.simulations.cli import app
 from tests.support.shared_data import needs_dataset

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from fedmeta.common import FactoryData, ModelConfig, source_from_config
-from fedmeta.common.datasets import FactorySplit
+from fedmeta.common.data.datasets import FactorySplit
 from fedmeta.simulations.benchmarks import fewshot, tuning
 from fedmeta.simulations.benchmarks.gradient_boosting import TREE_DEFAULTS
 from fedmeta.simulations.cli import app

@@ -1,0 +1,74 @@
+"""How a model adapts to a factory's few rows: its weights, step sizes and adapted parameters, scored
+with or without a recipe cross-validated on the support rows. The federation's evaluation rounds and
+the factory floor's `fedmeta adapt` share it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fedmeta.common.meta.adaptation_recipe import (
+    Recipe,
+    RecipeChoice,
+    adapt_with_recipes,
+    choose_recipes,
+    recipe_candidates,
+)
+from fedmeta.common.meta.algorithms import adapt_to_support, evaluate_adaptation, query_metrics
+from fedmeta.common.meta.models import MetaModel
+from fedmeta.common.meta.tasks import TaskBatch
+
+__all__ = ["Adaptation", "initial_weights"]
+
+
+def initial_weights(model: torch.nn.Module, seed: int) -> dict[str, Tensor]:
+    """A freshly initialised model's weights, seeded: the local-only baseline's start."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if module is not model and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """How a factory adapts a global model: which weights, step sizes and parameters."""
+
+    model: MetaModel
+    kind: str
+    weights: dict[str, Tensor]
+    lr: float | dict[str, Tensor]
+    names: list[str]
+
+    def adapt(self, batch: TaskBatch, steps: int, *, cross_validate: bool = False,
+              candidates: Sequence[Recipe] | None = None) -> dict[str, Tensor]:
+        """Each task's parameters after ``steps`` steps on its support set (task-batched); with
+        ``cross_validate`` after the recipe each task chooses on its support folds instead
+        (``steps`` at the base step size is one candidate, and the fallback where no fold fits)."""
+        if not cross_validate or steps == 0:
+            return adapt_to_support(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
+                                    adapt_names=self.names)
+        return adapt_with_recipes(self.model, self.weights, batch, self.choose(batch, steps, candidates),
+                                  kind=self.kind, lr=self.lr, adapt_names=self.names)
+
+    def choose(self, batch: TaskBatch, steps: int, candidates: Sequence[Recipe] | None = None) -> RecipeChoice:
+        """Each task's recipe, cross-validated on its support rows (`common.meta.adaptation_recipe`), among
+        ``candidates`` (default: `recipe_candidates`), ordered from the least adaptation to the most."""
+        return choose_recipes(self.model, self.weights, batch, kind=self.kind, lr=self.lr, adapt_names=self.names,
+                              candidates=candidates or recipe_candidates(steps), default=Recipe(steps))
+
+    def score(self, batch: TaskBatch, steps: int, *, cross_validate: bool = False) -> dict[str, float]:
+        if not cross_validate or steps == 0:
+            return evaluate_adaptation(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
+                                       adapt_names=self.names)
+        choice = self.choose(batch, steps)
+        params = adapt_with_recipes(self.model, self.weights, batch, choice, kind=self.kind, lr=self.lr,
+                                    adapt_names=self.names)
+        metrics = query_metrics(self.model, params, batch, self.kind)
+        metrics["recipe-steps"] = float(sum(r.steps for r in choice.recipes()) / batch.num_tasks)
+        metrics["recipe-unadapted"] = float(sum(r.steps == 0 for r in choice.recipes()) / batch.num_tasks)
+        return metrics

@@ -1,0 +1,340 @@
+"""The model package: what a federation hands to every factory, and what a factory adapts and predicts with.
+
+A package is a folder::
+
+    model.json            the manifest: schema, model config, adaptation recipe, input scaling,
+                          where it came from (run, round, held-out metrics), package versions,
+                          the SHA-256 of the weights file and, once adapted, its lineage
+    weights.safetensors   the weights (Meta-SGD: its learned step sizes too, under ``inner_lr/``)
+
+A package is written to a temporary folder beside its final name and renamed into place, so a
+crash never leaves half a package under a final name, and an existing package is never
+overwritten. Loading checks the manifest, the weights' hash, names and shapes against the
+model config, and that every value is finite; each problem is a `PackageError` naming the
+folder. Version differences (the package built with another fedmeta or torch) are reported,
+not refused: a factory's machine rarely runs the server's exact versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from fedmeta.common.data.scaling import FeatureScaling
+from fedmeta.common.federation.app_identity import DISTRIBUTION
+from fedmeta.common.federation.rounds import local_algorithm, pack_meta_parameters, unpack_meta_parameters
+from fedmeta.common.meta.losses import TASK_KINDS
+from fedmeta.common.meta.models import ModelConfig, build_model
+from fedmeta.common.run_settings import ADAPTATION_RECIPES
+
+__all__ = [
+    "MANIFEST_FILE",
+    "PACKAGE_FORMAT",
+    "SCALING_RULES",
+    "WEIGHTS_FILE",
+    "AdaptationPlan",
+    "Manifest",
+    "ModelPackage",
+    "PackageError",
+    "PackageSchema",
+    "installed_versions",
+    "load_package",
+    "save_package",
+]
+
+PACKAGE_FORMAT = 1
+MANIFEST_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+# "factory-rows": each factory standardises its inputs with its own rows (`common.data.scaling`);
+# "source": inputs come scaled by the data source (a shared data set's loader, a synthetic
+# generator), so a factory's own table cannot be fed to the package.
+SCALING_RULES = ("factory-rows", "source")
+_VERSIONED = (DISTRIBUTION, "torch")
+
+
+class PackageError(RuntimeError):
+    """A package folder that is missing, corrupt, inconsistent or would be overwritten."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"model package {str(path)!r}: {problem}")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class PackageSchema:
+    """The input columns in the model's order (a window model: its channels), the target, the task and
+    (classification) the class order. A model that reads windows of sensor signals rebuilds them from a
+    long-format table, one row per time step: ``group_column`` names the unit or machine a row belongs to
+    and ``time_column`` orders its rows (None where the package does not say: a row model, or a package
+    from before windows were read from tables; the factory's own schema may name them)."""
+
+    features: tuple[str, ...]
+    target: str
+    task: str
+    classes: tuple[str, ...] | None = None
+    group_column: str | None = None
+    time_column: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        if self.task not in TASK_KINDS:
+            raise ValueError(f"task must be one of {TASK_KINDS}, got {self.task!r}")
+        if self.task == "classification" and not self.classes:
+            raise ValueError("a classification schema needs its classes")
+        roles = {"group_column": self.group_column, "time_column": self.time_column}
+        for key, name in roles.items():
+            if name is not None and (not isinstance(name, str) or not name or name == self.target):
+                raise ValueError(f"{key} must be a column name other than the target, got {name!r}")
+        if self.group_column is not None and self.group_column == self.time_column:
+            raise ValueError(f"group_column and time_column are both {self.group_column!r}")
+
+
+@dataclass(frozen=True)
+class AdaptationPlan:
+    """How a factory adapts the package: the federation's evaluation settings (`EvaluationSettings`)."""
+
+    algorithm: str
+    steps: int
+    lr: float
+    recipe: str = "fixed"
+
+    def __post_init__(self) -> None:
+        local_algorithm(self.algorithm)
+        if self.recipe not in ADAPTATION_RECIPES:
+            raise ValueError(f"recipe must be one of {ADAPTATION_RECIPES}, got {self.recipe!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"steps must be a non-negative integer, got {self.steps!r}")
+        if not (isinstance(self.lr, int | float) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+
+
+def _check_decision(decision: Mapping[str, Any], schema: PackageSchema) -> None:
+    if schema.task != "classification" or len(schema.classes or ()) != 2:
+        raise ValueError("a failure-rate decision applies to two-class models only")
+    keys = {"failure_class", "failure_rate", "adapted_rate", "threshold"}
+    if set(decision) != keys:
+        raise ValueError(f"a decision holds {sorted(keys)}, got {sorted(decision)}")
+    if decision["failure_class"] not in (schema.classes or ()):
+        raise ValueError(f"the decision's failure class {decision['failure_class']!r} is not one of {schema.classes}")
+    rates_ok = 0 < decision["failure_rate"] < 1 and 0 < decision["adapted_rate"] < 1
+    if not rates_ok or not 0 <= decision["threshold"] <= 1:
+        raise ValueError("a decision needs failure rates in (0, 1) and a threshold in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything but the weights. ``scaling`` is the factory's own input statistics once adapted
+    (None in a federation's package: it holds no factory's statistics); ``lineage`` says which
+    package and which rows an adapted package came from."""
+
+    schema: PackageSchema
+    model: ModelConfig
+    adaptation: AdaptationPlan
+    scaling_rule: str
+    run: str
+    round: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    weights_sha256: str = ""
+    scaling: FeatureScaling | None = None
+    lineage: dict[str, Any] | None = None
+    # Binary classification at a factory's failure rate (`common.package.decision`): failure_class, failure_rate (the
+    # factory's), adapted_rate (the failure share of the rows the model was adapted on) and threshold.
+    decision: dict[str, Any] | None = None
+    format: int = PACKAGE_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.scaling_rule not in SCALING_RULES:
+            raise ValueError(f"scaling_rule must be one of {SCALING_RULES}, got {self.scaling_rule!r}")
+        if self.model.input_shape[0] != len(self.schema.features):
+            inputs = "features" if self.window_length is None else "channels"
+            raise ValueError(f"the model reads {self.model.input_shape[0]} {inputs} but the schema lists "
+                             f"{len(self.schema.features)}")
+        if self.decision is not None:
+            _check_decision(self.decision, self.schema)
+        if self.scaling is not None and self.scaling.mean.numel() != len(self.schema.features):
+            raise ValueError(f"the scaling has {self.scaling.mean.numel()} features, the schema "
+                             f"{len(self.schema.features)}")
+
+    @property
+    def window_length(self) -> int | None:
+        """How many consecutive rows of a group one input spans: a window model's length (its config's
+        ``input_shape`` is ``(channels, length)``), None for a model that reads one row."""
+        return self.model.input_shape[1] if len(self.model.input_shape) == 2 else None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["schema"] = asdict(self.schema)
+        data["model"] = asdict(self.model)
+        data["adaptation"] = asdict(self.adaptation)
+        data["scaling"] = None if self.scaling is None else self.scaling.to_json()
+        return json.loads(json.dumps(data))  # tuples to lists: what loading sees
+
+    @classmethod
+    def from_json(cls, data: object) -> Manifest:
+        """Parse a manifest; a missing key or a bad value is a ``ValueError`` naming it."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"the manifest must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        required = ("schema", "model", "adaptation", "scaling_rule", "run", "round", "weights_sha256")
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise ValueError(f"the manifest lacks {', '.join(map(repr, missing))}")
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"the manifest has unknown keys {unknown}")
+        values = dict(data)
+        try:
+            values["schema"] = PackageSchema(**values["schema"])
+            values["model"] = ModelConfig.from_mapping(values["model"])
+            values["adaptation"] = AdaptationPlan(**values["adaptation"])
+            if values.get("scaling") is not None:
+                values["scaling"] = FeatureScaling.from_json(values["scaling"])
+        except TypeError as error:  # a sub-object with unknown or missing keys
+            raise ValueError(str(error)) from None
+        return cls(**values)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: holds tensors
+class ModelPackage:
+    """Weights and Meta-SGD step sizes (empty otherwise) with their manifest; ``version_notes`` lists
+    the versions that differ from this machine's (filled by `load_package`)."""
+
+    weights: dict[str, Tensor]
+    inner_lrs: dict[str, Tensor]
+    manifest: Manifest
+    version_notes: tuple[str, ...] = ()
+
+
+def installed_versions() -> dict[str, str]:
+    """This machine's fedmeta and torch versions, as a package records them."""
+    return {name: importlib.metadata.version(name) for name in _VERSIONED}
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _tensors(weights: Mapping[str, Tensor], inner_lrs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    packed = pack_meta_parameters(weights, inner_lrs)
+    return {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in packed.items()}
+
+
+def _check_tensors(path: Path, manifest: Manifest, weights: Mapping[str, Tensor],
+                   inner_lrs: Mapping[str, Tensor]) -> None:
+    """Names and shapes the model config builds; Meta-SGD rates for every weight; every value finite."""
+    expected = {n: tuple(p.shape) for n, p in build_model(manifest.model).named_parameters()}
+    got = {n: tuple(t.shape) for n, t in weights.items()}
+    if got != expected:
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        wrong = sorted(n for n in set(got) & set(expected) if got[n] != expected[n])
+        raise PackageError(path, f"the weights do not fit the {manifest.model.name} model config: missing {missing}, "
+                                 f"unexpected {extra}, wrong shapes {wrong}")
+    wants_rates = manifest.adaptation.algorithm == "metasgd"
+    if wants_rates and {n: tuple(t.shape) for n, t in inner_lrs.items()} != expected:
+        raise PackageError(path, "a Meta-SGD package needs a learned step size of every weight's shape")
+    if not wants_rates and inner_lrs:
+        raise PackageError(path, f"learned step sizes belong to Meta-SGD, not {manifest.adaptation.algorithm}")
+    bad = sorted(n for n, t in {**weights, **inner_lrs}.items() if not bool(torch.isfinite(t).all()))
+    if bad:
+        raise PackageError(path, f"non-finite values in {bad}")
+
+
+def save_package(
+    directory: str | os.PathLike[str],
+    weights: Mapping[str, Tensor],
+    inner_lrs: Mapping[str, Tensor],
+    manifest: Manifest,
+    extras: Mapping[str, str] | None = None,
+) -> ModelPackage:
+    """Write a package to the new folder ``directory``, with ``extras`` (file name -> text, such as
+    an adaptation report) beside it. The manifest's hash is filled in or, where it
+    holds one (a package received from the server), checked against the weights; its versions are
+    this machine's unless it records the ones it was built with. An existing ``directory`` is
+    refused, never overwritten."""
+    path = Path(directory)
+    if path.exists():
+        raise PackageError(path, "already exists; a package is never overwritten (choose another folder)")
+    tensors = _tensors(weights, inner_lrs)
+    plain, rates = unpack_meta_parameters(tensors)
+    _check_tensors(path, manifest, plain, rates)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(tensors, str(staging / WEIGHTS_FILE))
+        digest = _digest(staging / WEIGHTS_FILE)
+        if manifest.weights_sha256 and manifest.weights_sha256 != digest:
+            raise PackageError(path, f"the weights hash to {digest}, the manifest records {manifest.weights_sha256}: "
+                                     "they were changed or damaged on the way")
+        manifest = replace(manifest, weights_sha256=digest, versions=manifest.versions or installed_versions())
+        with (staging / MANIFEST_FILE).open("w", encoding="utf-8") as handle:
+            json.dump(manifest.to_json(), handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        for name, text in (extras or {}).items():
+            if name in (MANIFEST_FILE, WEIGHTS_FILE) or Path(name).name != name:
+                raise PackageError(path, f"{name!r} cannot be written beside a package's own files")
+            (staging / name).write_text(text, encoding="utf-8")
+        if path.exists():  # appeared while writing
+            raise PackageError(path, "already exists; a package is never overwritten (choose another folder)")
+        os.rename(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return ModelPackage(plain, rates, manifest)
+
+
+def _version_notes(recorded: Mapping[str, str]) -> tuple[str, ...]:
+    here = installed_versions()
+    return tuple(f"{name}: package built with {recorded.get(name, 'an unrecorded version')}, this machine has "
+                 f"{here[name]}" for name in _VERSIONED if recorded.get(name) != here[name])
+
+
+def load_package(directory: str | os.PathLike[str]) -> ModelPackage:
+    """Read and check a package (see the module docstring); every problem is a `PackageError`."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise PackageError(path, "is not a folder" if path.exists() else "does not exist")
+    for name in (MANIFEST_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise PackageError(path, f"has no {name}")
+    try:
+        data = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PackageError(path, f"{MANIFEST_FILE} is not valid JSON ({error})") from None
+    if isinstance(data, Mapping) and data.get("format") != PACKAGE_FORMAT:
+        raise PackageError(path, f"package format {data.get('format')!r}; this fedmeta reads format {PACKAGE_FORMAT}")
+    try:
+        manifest = Manifest.from_json(data)
+    except ValueError as error:
+        raise PackageError(path, f"{MANIFEST_FILE}: {error}") from None
+    digest = _digest(path / WEIGHTS_FILE)
+    if digest != manifest.weights_sha256:
+        raise PackageError(path, f"{WEIGHTS_FILE} has SHA-256 {digest}, the manifest records "
+                                 f"{manifest.weights_sha256}: the file was changed or damaged")
+    try:
+        tensors = load_file(str(path / WEIGHTS_FILE))
+    except SafetensorError as error:
+        raise PackageError(path, f"{WEIGHTS_FILE} cannot be read ({error})") from None
+    weights, inner_lrs = unpack_meta_parameters(tensors)
+    _check_tensors(path, manifest, weights, inner_lrs)
+    return ModelPackage(weights, inner_lrs, manifest, _version_notes(manifest.versions))
