@@ -87,6 +87,7 @@ def create_certificate_authority(
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
     )
     _write(folder / "ca.key", _pem_key(key), private=True, overwrite=overwrite)
@@ -137,6 +138,10 @@ def create_server_certificate(
         .add_extension(_subject_alternative_names(hostnames), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        # Which CA key signed it: the X.509 profile `common.security.credentials` verifies against requires it.
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.certificate.public_key()),
+                       critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(authority.private_key, hashes.SHA384())
     )
     _write(folder / "server.key", _pem_key(key), private=True, overwrite=overwrite)

@@ -2,9 +2,9 @@
 downward, and no module-level imports form a cycle.
 
 The graph is read from the source (``ast``), resolving a name imported from a package to the module that
-defines it (through the package's lazy exports), so ``from fedmeta.common import build_model`` counts as an
-import of ``fedmeta.common.meta.models``. Imports inside functions are left out: they are how a command
-loads what it runs only when it runs.
+defines it (through the package's ``__init__.pyi``, its lazily loaded exports), so ``from fedmeta.common
+import build_model`` counts as an import of ``fedmeta.common.meta.models``. Imports inside functions are
+left out: they are how a command loads what it runs only when it runs.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ALLOWED_COMPONENTS = {
 }
 # common/, bottom to top: a module imports from its own layer or those below.
 COMMON_LAYERS = [
-    ("fedmeta.common.validation", "fedmeta.common.run_settings", "fedmeta.common.lazy_exports"),
+    ("fedmeta.common.validation", "fedmeta.common.run_settings"),
     ("fedmeta.common.runtime",),
     ("fedmeta.common.meta",),
     ("fedmeta.common.data",),
@@ -64,9 +64,13 @@ def _top_level_imports(tree: ast.Module) -> list[ast.ImportFrom | ast.Import]:
 
 @cache
 def _exports(package: str) -> dict[str, str]:
-    """What a package's ``__init__`` exports, by name, and the module that defines it."""
-    tree = ast.parse(MODULES[package].read_text(encoding="utf-8"))
-    return {alias.asname or alias.name: node.module for node in _top_level_imports(tree)
+    """What a package exports (its ``__init__.pyi``, which lazy-loader reads), by name, and the module that
+    defines it."""
+    stub = MODULES[package].with_suffix(".pyi")
+    if not stub.exists():
+        return {}
+    return {alias.asname or alias.name: f"{package}.{node.module}" if node.level else str(node.module)
+            for node in ast.parse(stub.read_text(encoding="utf-8")).body
             if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
 
 

@@ -2,30 +2,8 @@
 carries for failure predictions.
 """
 
-from typing import TYPE_CHECKING
+import lazy_loader
 
-from fedmeta.common.lazy_exports import lazy_exports
-
-if TYPE_CHECKING:
-    from fedmeta.common.package.decision import (
-        BaseRateDecision,
-        FailureDecisions,
-        expected_f1_threshold,
-        prior_shift,
-    )
-    from fedmeta.common.package.model_package import (
-        MANIFEST_FILE,
-        PACKAGE_FORMAT,
-        SCALING_RULES,
-        WEIGHTS_FILE,
-        AdaptationPlan,
-        Manifest,
-        ModelPackage,
-        PackageError,
-        PackageSchema,
-        installed_versions,
-        load_package,
-        save_package,
-    )
-
-__getattr__, __all__ = lazy_exports(__file__, globals())
+# Exports listed in __init__.pyi, imported on first use: `fedmeta --help` and `fedmeta certs` never wait
+# for torch and Flower.
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

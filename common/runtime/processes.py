@@ -61,13 +61,13 @@ def descendants(pid: int) -> set[int]:
         return set()
 
 
-def _running(pids: Iterable[int], group: int) -> set[int]:
-    """Those of ``pids``, and members of ``group``, that run (zombies, exited but not reaped, do not)."""
-    wanted, found = set(pids), set()
-    for pid in psutil.pids():
+def _members(pids: Iterable[int], group: int) -> list[psutil.Process]:
+    """``pids`` and the members of ``group`` that exist now (one scan of the process table, for the group)."""
+    wanted, found = set(pids), []
+    for process in psutil.process_iter():
         with suppress(psutil.Error, OSError):  # it ended while being read (or is not ours to read)
-            if (pid in wanted or os.getpgid(pid) == group) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                found.add(pid)
+            if process.pid in wanted or os.getpgid(process.pid) == group:
+                found.append(process)
     return found
 
 
@@ -79,13 +79,12 @@ def _signal(pids: Iterable[int], group: int, signum: int) -> None:
 
 
 def _end(pids: set[int], group: int, timeout: float) -> None:
-    """SIGTERM ``pids`` and ``group``; SIGKILL whatever still runs after ``timeout`` s."""
+    """SIGTERM ``pids`` and ``group``; SIGKILL whatever still runs after ``timeout`` s (`psutil.wait_procs`)."""
+    members = _members(pids, group)
     _signal(pids, group, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while (left := _running(pids, group)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _, left = psutil.wait_procs(members, timeout=timeout)
     if left:
-        _signal(left, group, signal.SIGKILL)
+        _signal({process.pid for process in left}, group, signal.SIGKILL)
 
 
 class ProcessError(RuntimeError):

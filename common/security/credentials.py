@@ -13,9 +13,10 @@ import ipaddress
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 __all__ = [
     "CredentialError",
@@ -69,12 +70,14 @@ def certificate_names(certificate: x509.Certificate) -> list[str]:
     return [*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress))]
 
 
-def _covers(names: list[str], host: str) -> bool:
+def _verify(authority: x509.Certificate, certificate: x509.Certificate, host: str) -> None:
+    """`cryptography`'s X.509 path validation of ``certificate`` for ``host`` (a DNS name, wildcards
+    included, or an IP address) against ``authority``; `VerificationError` if it fails."""
     try:
-        address = ipaddress.ip_address(host)
+        subject: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
-        return host.lower() in (name.lower() for name in names)
-    return any(name == str(address) for name in names)
+        subject = x509.DNSName(host)
+    PolicyBuilder().store(Store([authority])).build_server_verifier(subject).verify(certificate, [])
 
 
 def check_server_certificate(ca_path: Path, cert_path: Path, key_path: Path, host: str) -> None:
@@ -92,16 +95,27 @@ def check_server_certificate(ca_path: Path, cert_path: Path, key_path: Path, hos
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ):
         raise CredentialError(f"server key {key_path} does not belong to the server certificate {cert_path}")
-    try:
-        certificate.verify_directly_issued_by(authority)
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm) as error:
-        raise CredentialError(f"server certificate {cert_path} was not issued by the CA {ca_path} ({error})") from None
     names = certificate_names(certificate)
-    if not _covers(names, host):
-        raise CredentialError(
-            f"server certificate {cert_path} is valid for {', '.join(names) or 'no host'}, not for {host}; "
+    try:
+        _verify(authority, certificate, host)
+    except VerificationError as failure:
+        # A name the certificate is for (a wildcard's first level filled in): does it verify at all?
+        own = [name.replace("*", "a", 1) for name in names[:1]]
+        if not own or not _verifies(authority, certificate, own[0]):
+            raise CredentialError(f"server certificate {cert_path} was not issued by the CA {ca_path} ({failure}); "
+                                  "create it again with `fedmeta certs --overwrite`") from None
+        raise CredentialError(  # valid for a name of its own: only the host is wrong
+            f"server certificate {cert_path} is valid for {', '.join(names)}, not for {host}; "
             f"create it with `fedmeta certs --host {host} ...`"
-        )
+        ) from None
+
+
+def _verifies(authority: x509.Certificate, certificate: x509.Certificate, host: str) -> bool:
+    try:
+        _verify(authority, certificate, host)
+    except VerificationError:
+        return False
+    return True
 
 
 def _check_curve(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey, path: Path, what: str) -> None:

@@ -2,33 +2,8 @@
 ``flwr/serverapp/strategy/``: robust aggregation and the outer optimizer.
 """
 
-from typing import TYPE_CHECKING
+import lazy_loader
 
-from fedmeta.common.lazy_exports import lazy_exports
-
-if TYPE_CHECKING:
-    from fedmeta.server.strategy.aggregation import (
-        AGGREGATIONS,
-        AggregationRule,
-        krum_selection,
-    )
-    from fedmeta.server.strategy.fedmeta import (
-        PULL_COST_FACTOR,
-        PULL_INTERVAL_S,
-        PULL_MAX_INTERVAL_S,
-        FedMetaStrategy,
-        ModelRecords,
-        NodeInfo,
-        SamplingSettings,
-        Seat,
-        exchange,
-        model_records,
-        weighted_metrics,
-    )
-    from fedmeta.server.strategy.outer_optimizer import (
-        OUTER_OPTIMIZERS,
-        OuterOptimizer,
-        OuterOptimizerConfig,
-    )
-
-__getattr__, __all__ = lazy_exports(__file__, globals())
+# Exports listed in __init__.pyi, imported on first use: `fedmeta --help` and `fedmeta certs` never wait
+# for torch and Flower.
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmeta.common import FactoryData, build_model, initial_weights, predict
-from fedmeta.common.data.datasets import FAILURE_MODES, auroc, load_ai4i
+from fedmeta.common.data.datasets import FAILURE_MODES, load_ai4i
+from fedmeta.simulations.benchmarks.field_metrics import auroc
 from fedmeta.simulations.benchmarks.gradient_boosting import TREE_REFERENCES, GradientBoostingReference
 from fedmeta.simulations.benchmarks.references import mean_and_seeds
 from fedmeta.simulations.benchmarks.supervised import SupervisedRecipe, train_supervised

@@ -174,7 +174,7 @@ def deployment_rounds(family: FactoryFamily, rounds: int, folder: Path, isolatio
     server = ChildProcess(
         "server",
         [str(fedmeta), "server", "--certs", str(certs), "--state", str(folder / "server"), "--port", str(port),
-         "--schema", str(schema), "--run-config", run_config],
+         "--control-port", str(free_port()), "--schema", str(schema), "--run-config", run_config],
         log=folder / "server.log",
     )
     clients = [

@@ -21,19 +21,26 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.metrics import f1_score, roc_auc_score
 from torch import Tensor
 
 from fedmeta.common import BaseRateDecision, FactoryData, TaskBatch
 from fedmeta.common.data.datasets import nasa_score, rmse
-from fedmeta.common.data.datasets.ai4i import auroc, f1_score
 
-__all__ = ["FIELD_METRICS", "FieldRows", "failure_scores", "field_rows", "row_matches", "rows_in", "score_field"]
+__all__ = ["FIELD_METRICS", "FieldRows", "auroc", "failure_scores", "field_rows", "row_matches", "rows_in",
+           "score_field"]
 
 FIELD_METRICS: dict[str, tuple[str, ...]] = {
     "ai4i": ("f1", "auroc", "brier", "threshold"),
     "cmapss": ("rmse", "nasa"),
     "cmapss-fd004": ("rmse", "nasa"),
 }
+
+
+def auroc(positive: np.ndarray, score: np.ndarray) -> float:
+    """scikit-learn's ROC AUC, NaN where it is undefined (no positive or no negative row) instead of an error:
+    a held-out split may hold no failure of some mode."""
+    return float(roc_auc_score(positive, score)) if 0 < positive.sum() < positive.size else float("nan")
 
 
 def row_matches(rows: Tensor, some: Tensor) -> Tensor:
@@ -80,7 +87,7 @@ def failure_scores(y: Tensor, logits: Tensor, base_rate: float) -> dict[str, flo
     # AUROC on the logit margin: monotone in the probability, without ties where it rounds to 1.
     margin = (logits[:, 1] - logits[:, 0]).double().numpy()
     return {
-        "f1": f1_score(failed, decisions.flags.numpy()),
+        "f1": float(f1_score(failed, decisions.flags.numpy(), zero_division=0.0)),
         "auroc": auroc(failed, margin),
         "brier": float(((decisions.probabilities - torch.from_numpy(failed).double()) ** 2).mean()),
         "threshold": decisions.threshold,

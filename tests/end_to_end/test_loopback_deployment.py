@@ -100,6 +100,7 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
 
     def server(extra: str, *flags: str) -> ChildProcess:
         command = [FEDMETA, "server", "--certs", str(certs), "--state", str(state), "--port", str(port), *flags]
+        command += ["--control-port", str(free_port())]
         command += ["--schema", str(schema), "--run-config", f"{WORK} {extra}"]
         return ChildProcess("server", command, log=root / f"server-{time.monotonic_ns()}.log", env=ENV)
 

@@ -49,7 +49,8 @@ def secure_run(tmp_path_factory) -> Iterator[SecureRun]:
     schema.write_text(json.dumps({"features": FEATURES, "target": "quality", "task": "regression"}))
     port, state = free_port(), root / "server"
     server = ChildProcess("server", [FEDMETA, "server", "--certs", str(certs), "--state", str(state), "--port",
-                                     str(port), "--schema", str(schema), "--run-config", WORK],
+                                     str(port), "--control-port", str(free_port()), "--schema", str(schema),
+                                     "--run-config", WORK],
                           log=root / "server.log", env=ENV)
     clients = {}
     for seed, name in enumerate(FACTORIES):

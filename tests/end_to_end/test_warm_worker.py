@@ -109,6 +109,7 @@ def warm_runs(tmp_path_factory) -> Iterator[WarmRuns]:
             # One server state for all three (its SuperLink remembers the nodes), a run folder each.
             run_dir = root / f"run-{run}"
             command = [FEDMETA, "server", "--insecure", "--state", str(root / "server"), "--port", str(port),
+                       "--control-port", str(free_port()),
                        "--schema", str(schema), "--run-config", f"{config} run-dir='{run_dir}'"]
             server = ChildProcess("server", command, log=root / f"server-{run}.log", env=ENV)
             started.append(server.start())

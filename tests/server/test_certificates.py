@@ -11,6 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
+from fedmeta.common import CredentialError, check_server_certificate
 from fedmeta.server import (
     create_certificate_authority,
     create_factory_keys,
@@ -103,3 +104,20 @@ def test_certs_command_creates_everything_then_reuses_the_ca_and_refuses_to_over
     assert (tmp_path / "ca.crt").read_bytes() == ca_before
     again = runner.invoke(app, ["certs", "--out", str(tmp_path), "--factory", "plant-a"])
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_the_server_check_verifies_the_chain_and_host_as_tls_clients_do(tmp_path):
+    """`cryptography`'s X.509 path validation: a wildcard covers one level of names, an IP address only itself,
+    and a certificate of another CA is refused however its names read."""
+    authority = create_certificate_authority(tmp_path)
+    create_server_certificate(tmp_path, authority, ["*.plant.example"])
+    files = (tmp_path / "ca.crt", tmp_path / "server.crt", tmp_path / "server.key")
+    for host in ("server.plant.example", "backup.plant.example", "127.0.0.1"):
+        check_server_certificate(*files, host)
+    for host in ("plant.example", "a.b.plant.example", "127.0.0.2"):
+        with pytest.raises(CredentialError, match=f"valid for \\*.plant.example, 127.0.0.1, not for {host}"):
+            check_server_certificate(*files, host)
+    other = tmp_path / "other"
+    create_certificate_authority(other)
+    with pytest.raises(CredentialError, match="was not issued by the CA"):
+        check_server_certificate(other / "ca.crt", *files[1:], "127.0.0.1")

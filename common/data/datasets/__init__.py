@@ -8,9 +8,6 @@ from fedmeta.common.data.datasets.ai4i import (
     FAILURE_TYPE_CLASSES,
     TASKS,
     VARIANTS,
-    auroc,
-    f1_auroc,
-    f1_score,
     load_ai4i,
 )
 from fedmeta.common.data.datasets.base import CentralSplit, FactorySplit
@@ -73,10 +70,7 @@ __all__ = [
     "FactorySplit",
     "add_operating_condition",
     "add_rul",
-    "auroc",
     "dataset_dir",
-    "f1_auroc",
-    "f1_score",
     "linear_probe_accuracy",
     "load_ai4i",
     "load_cmapss_central",

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
 
 from fedmeta.common.data.datasets.base import FactorySplit
 from fedmeta.common.data.datasets.paths import dataset_dir
@@ -30,9 +29,6 @@ __all__ = [
     "FAILURE_TYPE_CLASSES",
     "TASKS",
     "VARIANTS",
-    "auroc",
-    "f1_auroc",
-    "f1_score",
     "load_ai4i",
 ]
 
@@ -191,7 +187,7 @@ def load_ai4i(
         f"K + query_shots rows of it (ClassificationTaskSampler drops rarer classes), so K + query_shots is capped by "
         f"the rarest class used: held-out {'; '.join(capacity)}. Support sets are "
         f"therefore class-balanced, unlike the ~2-4% failure rate; judge adapted models with F1 and AUROC "
-        f"(f1_auroc) on the held-out rows not used as support, never with accuracy."
+        f"(the benchmark's field metrics) on the held-out rows not used as support, never with accuracy."
     )
     return FactorySplit(
         name=f"ai4i2020-{task}",
@@ -202,63 +198,3 @@ def load_ai4i(
         num_classes=len(classes),
         notes=notes,
     )
-
-
-def _as_numpy(values: Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
-    if isinstance(values, Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
-def auroc(positive: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula; ties count one half. NaN if undefined."""
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = (ends - (counts - 1) / 2.0)[inverse.reshape(-1)]  # 1-based average ranks
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def f1_score(true: np.ndarray, pred: np.ndarray) -> float:
-    """F1 of boolean predictions against boolean truth; 0 where there is neither a positive nor a flag."""
-    tp = int(np.sum(true & pred))
-    denominator = 2 * tp + int(np.sum(~true & pred)) + int(np.sum(true & ~pred))
-    return 2 * tp / denominator if denominator else 0.0
-
-
-def f1_auroc(y_true: Tensor | np.ndarray, scores: Tensor | np.ndarray) -> dict[str, float]:
-    """F1 and AUROC of class scores ``[n, C]`` (logits) against integer labels ``[n]``.
-
-    Binary (``C == 2``): ``f1`` is the F1 of class 1 with the prediction at argmax; ``auroc`` ranks rows by
-    ``scores[:, 1] - scores[:, 0]`` (monotone in the softmax probability of class 1). Multi-class: ``f1`` is
-    the macro-F1 over the classes present in ``y_true`` or the predictions; ``auroc`` is the macro one-vs-rest
-    AUROC of the softmax probabilities over the classes with both positive and negative rows (so pass logits
-    or log-probabilities). AUROC is NaN where no class allows it. Also returns ``accuracy``.
-    """
-    y = _as_numpy(y_true)
-    s = _as_numpy(scores).astype(np.float64)
-    if y.ndim != 1 or s.ndim != 2 or s.shape[0] != y.shape[0] or s.shape[1] < 2:
-        raise ValueError(f"need y_true [n] and scores [n, C >= 2], got {y.shape} and {s.shape}")
-    if y.size == 0:
-        raise ValueError("need at least one row")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"y_true must hold integer class ids, got dtype {y.dtype}")
-    num_classes = s.shape[1]
-    if y.min() < 0 or y.max() >= num_classes:
-        raise ValueError(f"y_true has class ids outside 0..{num_classes - 1}")
-    if not np.isfinite(s).all():
-        raise ValueError("scores has non-finite values")
-    pred = s.argmax(axis=1)
-    accuracy = float(np.mean(pred == y))
-    if num_classes == 2:
-        return {"f1": f1_score(y == 1, pred == 1), "auroc": auroc(y == 1, s[:, 1] - s[:, 0]), "accuracy": accuracy}
-    present = np.union1d(np.unique(y), np.unique(pred))
-    f1 = float(np.mean([f1_score(y == c, pred == c) for c in present]))
-    prob = np.exp(s - s.max(axis=1, keepdims=True))
-    prob /= prob.sum(axis=1, keepdims=True)
-    aucs = [auroc(y == c, prob[:, c]) for c in range(num_classes)]
-    aucs = [a for a in aucs if not np.isnan(a)]
-    return {"f1": f1, "auroc": float(np.mean(aucs)) if aucs else float("nan"), "accuracy": accuracy}

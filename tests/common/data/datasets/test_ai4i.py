@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,7 +14,6 @@ from fedmeta.common.data.datasets import (
     FAILURE_MODES,
     FAILURE_TYPE_CLASSES,
     dataset_dir,
-    f1_auroc,
     load_ai4i,
 )
 
@@ -152,36 +149,6 @@ def test_two_way_five_shot_on_h(failure):
     # 21 failures: K + query_shots may not exceed 21.
     with pytest.raises(ValueError, match="with >= 22 samples"):
         ClassificationTaskSampler([h], ways=2, shots=5, query_shots=17, seed=0)
-
-
-def test_metrics_binary_by_hand():
-    y = torch.tensor([0, 0, 1, 1])
-    scores = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
-    # margins 1, -1, 2, -1 -> predictions 1, 0, 1, 0: tp 1, fp 1, fn 1 -> F1 = 2/4.
-    # AUROC: positives {2, -1} vs negatives {1, -1}: 1 + 1 + 0 + 0.5 = 2.5 of 4 pairs.
-    m = f1_auroc(y, scores)
-    assert m["f1"] == pytest.approx(0.5)
-    assert m["auroc"] == pytest.approx(0.625)
-    assert m["accuracy"] == pytest.approx(0.5)
-    perfect = f1_auroc(np.array([0, 1, 1]), np.array([[0.0, -1.0], [0.0, 3.0], [0.0, 1.0]]))
-    assert perfect["f1"] == 1.0 and perfect["auroc"] == 1.0
-    assert math.isnan(f1_auroc(torch.tensor([0, 0]), torch.zeros(2, 2))["auroc"])
-
-
-def test_metrics_multiclass_by_hand():
-    y = torch.tensor([0, 1, 2, 2])
-    scores = torch.tensor([[2.0, 0, 0], [0, 2.0, 0], [0, 0, 2.0], [0, 2.0, 0]])
-    # Per-class F1: class 0: 1; class 1: tp 1, fp 1 -> 2/3; class 2: tp 1, fn 1 -> 2/3; macro 7/9.
-    # One-vs-rest AUROC on softmax probs (a = high, b = low): class 0: 1; class 1: pos a vs negs b, b, a -> 2.5/3;
-    # class 2: pos a, b vs negs b, b -> 3/4. Macro (1 + 5/6 + 3/4) / 3 = 31/36.
-    m = f1_auroc(y, scores)
-    assert m["f1"] == pytest.approx(7 / 9)
-    assert m["auroc"] == pytest.approx(31 / 36)
-    assert m["accuracy"] == pytest.approx(0.75)
-    with pytest.raises(ValueError, match="scores"):
-        f1_auroc(y, torch.zeros(4))
-    with pytest.raises(ValueError, match="class ids"):
-        f1_auroc(torch.tensor([0, 1, 2, 3]), scores)
 
 
 def test_missing_file_and_column(tmp_path, raw):
