@@ -6,6 +6,13 @@ The commands (`fedmeta simulate`, `benchmark`, `bench`) and the benchmarks
 
 import lazy_loader
 
-# Exports listed in __init__.pyi, imported on first use: `fedmeta --help` and `fedmeta certs` never wait
-# for torch and Flower.
-__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)
+# Each export, by the module that defines it, imported on first use: `fedmeta --help` and `fedmeta certs`
+# never wait for torch and Flower.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "faults": ["FAULTS", "fault_injection_mod", "parse_fault_spec"],
+        "harness": ["run_federated_simulation"],
+        "report": ["ComparisonRow", "comparison_rows", "final_evaluation"],
+    },
+)

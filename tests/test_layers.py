@@ -2,7 +2,7 @@
 downward, and no module-level imports form a cycle.
 
 The graph is read from the source (``ast``), resolving a name imported from a package to the module that
-defines it (through the package's ``__init__.pyi``, its lazily loaded exports), so ``from fedmeta.common
+defines it (through the table of lazily loaded exports in its ``__init__``), so ``from fedmeta.common
 import build_model`` counts as an import of ``fedmeta.common.meta.models``. Imports inside functions are
 left out: they are how a command loads what it runs only when it runs.
 """
@@ -64,14 +64,13 @@ def _top_level_imports(tree: ast.Module) -> list[ast.ImportFrom | ast.Import]:
 
 @cache
 def _exports(package: str) -> dict[str, str]:
-    """What a package exports (its ``__init__.pyi``, which lazy-loader reads), by name, and the module that
-    defines it."""
-    stub = MODULES[package].with_suffix(".pyi")
-    if not stub.exists():
-        return {}
-    return {alias.asname or alias.name: f"{package}.{node.module}" if node.level else str(node.module)
-            for node in ast.parse(stub.read_text(encoding="utf-8")).body
-            if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
+    """What a package exports (the ``submod_attrs`` its ``__init__`` hands to ``lazy_loader.attach``), by name,
+    and the module that defines it."""
+    for node in ast.walk(ast.parse(MODULES[package].read_text(encoding="utf-8"))):
+        if isinstance(node, ast.keyword) and node.arg == "submod_attrs":
+            table = ast.literal_eval(node.value)
+            return {name: f"{package}.{module}" for module, names in table.items() for name in names}
+    return {}
 
 
 def _defining(module: str, name: str) -> str:

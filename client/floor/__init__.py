@@ -4,6 +4,30 @@ readers they share.
 
 import lazy_loader
 
-# Exports listed in __init__.pyi, imported on first use: `fedmeta --help` and `fedmeta certs` never wait
-# for torch and Flower.
-__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)
+# Each export, by the module that defines it, imported on first use: `fedmeta --help` and `fedmeta certs`
+# never wait for torch and Flower.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "adapt": [
+            "LOCAL_ONLY_STEPS", "AdaptationReport", "AdaptedPackage", "adapt_package", "factory_candidates",
+            "failure_probabilities", "labelled_examples", "package_adaptation", "require_factory_scaling",
+            "rows_alone_adaptation", "rows_as_task", "rows_digest", "stratified_units", "table_schema",
+        ],
+        "cli": ["REPORT_FILE", "adapt", "export", "optimize", "predict", "update"],
+        "csv_rows": [
+            "BLOCK_BYTES", "RowAlignmentError", "appended", "csv_cell", "csv_pieces", "header_line", "row_ends",
+        ],
+        "export": ["FORMATS", "TOLERANCE", "ExportResult", "deployable_model", "export_onnx"],
+        "optimize": ["GOALS", "Bounds", "Recommendation", "recommend_settings"],
+        "predict": [
+            "PredictionError", "PredictionSummary", "forward_passes", "forward_threads", "output_columns",
+            "predict_table", "window_passes",
+        ],
+        "table_blocks": [
+            "Block", "TableError", "column_names", "model_columns", "read_blocks", "read_features", "table_scaling",
+        ],
+        "update": ["DRIFT_THRESHOLD", "DriftReport", "ModelStore", "UpdateResult"],
+        "windows": ["BlockWindows", "WindowStream", "read_windows"],
+    },
+)

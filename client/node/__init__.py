@@ -5,6 +5,17 @@ The process entry points (`supernode`, `warm_worker`, `supernode_timings`) are r
 
 import lazy_loader
 
-# Exports listed in __init__.pyi, imported on first use: `fedmeta --help` and `fedmeta certs` never wait
-# for torch and Flower.
-__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)
+# Each export, by the module that defines it, imported on first use: `fedmeta --help` and `fedmeta certs`
+# never wait for torch and Flower.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "deployment": [
+            "FactoryError", "FactoryPlan", "WarmWorkerSupervisor", "node_config", "parse_server_address",
+            "plan_factory", "probe_server", "run_factory", "superexec_command", "supernode_command",
+            "warm_worker_command",
+        ],
+        "supernode": ["REFUSED", "ForeignApp", "app_refusal", "guard_runs"],
+        "warm_worker": ["TaskRecord", "WarmWorker", "answer_dropped_task"],
+    },
+)

@@ -4,6 +4,15 @@ each factory's own scaling.
 
 import lazy_loader
 
-# Exports listed in __init__.pyi, imported on first use: `fedmeta --help` and `fedmeta certs` never wait
-# for torch and Flower.
-__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)
+# Each export, by the module that defines it, imported on first use: `fedmeta --help` and `fedmeta certs`
+# never wait for torch and Flower.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "scaling": ["FeatureScaling"],
+        "synthetic": [
+            "FAMILY_KINDS", "FAULT_CLASSES", "MIN_CLASS_SAMPLES", "FactoryFamily", "FamilyConfig", "make_family",
+            "min_class_samples",
+        ],
+    },
+)

@@ -4,6 +4,16 @@ prints, and the Flower release the process wrappers know.
 
 import lazy_loader
 
-# Exports listed in __init__.pyi, imported on first use: `fedmeta --help` and `fedmeta certs` never wait
-# for torch and Flower.
-__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)
+# Each export, by the module that defines it, imported on first use: `fedmeta --help` and `fedmeta certs`
+# never wait for torch and Flower.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "console": ["Report", "elapsed_log", "exit_on_errors"],
+        "flower_pin": ["FLOWER_VERSION", "FlowerInternalsChanged", "require_flower"],
+        "processes": [
+            "ChildProcess", "ProcessError", "descendants", "flower_env", "free_port", "port_in_use",
+            "sigterm_as_interrupt", "wait_until_listening",
+        ],
+    },
+)

@@ -4,6 +4,20 @@ certificate and key checks.
 
 import lazy_loader
 
-# Exports listed in __init__.pyi, imported on first use: `fedmeta --help` and `fedmeta certs` never wait
-# for torch and Flower.
-__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)
+# Each export, by the module that defines it, imported on first use: `fedmeta --help` and `fedmeta certs`
+# never wait for torch and Flower.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "credentials": [
+            "CredentialError", "certificate_names", "check_server_certificate", "load_certificate",
+            "load_factory_private_key", "load_factory_public_key",
+        ],
+        "privacy": ["NOISE_SIGMAS", "ORDERS", "DifferentialPrivacy", "clip_delta", "spent_epsilon"],
+        "secure_aggregation": [
+            "FIELD_BITS", "PRIME", "FixedPoint", "Participant", "PublicKeys", "SecureAggregation",
+            "SecureAggregationError", "aggregate_in_process", "participant_from_state", "participant_state",
+            "reconstruct", "shamir_shares", "unmask_sum", "weighted_input", "weighted_mean",
+        ],
+    },
+)

@@ -4,6 +4,16 @@
 
 import lazy_loader
 
-# Exports listed in __init__.pyi, imported on first use: `fedmeta --help` and `fedmeta certs` never wait
-# for torch and Flower.
-__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)
+# Each export, by the module that defines it, imported on first use: `fedmeta --help` and `fedmeta certs`
+# never wait for torch and Flower.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "aggregation": ["AGGREGATIONS", "AggregationRule", "krum_selection"],
+        "fedmeta": [
+            "PULL_COST_FACTOR", "PULL_INTERVAL_S", "PULL_MAX_INTERVAL_S", "FedMetaStrategy", "ModelRecords",
+            "NodeInfo", "SamplingSettings", "Seat", "exchange", "model_records", "weighted_metrics",
+        ],
+        "outer_optimizer": ["OUTER_OPTIMIZERS", "OuterOptimizer", "OuterOptimizerConfig"],
+    },
+)
