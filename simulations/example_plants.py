@@ -1,4 +1,4 @@
-"""``fedmeta example-plants``: the example tables README's factory-floor walkthrough runs on.
+"""``fedmeta example-plants``: the example tables the factory-floor walkthrough (docs/factory-operator.md) runs on.
 
 Twelve plant tables in each plant's own units (a scale and an offset per feature), drawn from a
 synthetic quality family whose plants share a nonlinear response to their process parameters
@@ -77,7 +77,7 @@ def example_plants(
         "floor"),
 ) -> None:
     """Write example plant tables, a schema, production rows, labelled rows and process bounds for the
-    factory-floor walkthrough in README (synthetic; the plants share a nonlinear response)."""
+    factory-floor walkthrough of docs/factory-operator.md (synthetic; the plants share a nonlinear response)."""
     console = Console()
     with exit_on_errors(console, FileExistsError):
         written = write_example_plants(out)

@@ -1,5 +1,5 @@
-"""From the federation to the factory floor: README's walkthrough, run as written (example plants ->
-simulate on their tables -> adapt to 20 rows of a new line -> predict its production -> update ->
+"""From the federation to the factory floor: the walkthrough of docs/factory-operator.md, run as written
+(example plants -> simulate on their tables -> adapt to 20 rows of a new line -> predict its production -> update ->
 rollback -> optimize), and what it promises: the adapted model predicts the line's production rows
 better than the unadapted package and than what the line could fit on those 20 rows alone (the same
 network from fresh weights, and a least-squares line).
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sysconfig
 from pathlib import Path
@@ -27,17 +26,13 @@ from fedmeta.common.data.scaling import FeatureScaling
 from fedmeta.common.package.model_package import load_package
 from fedmeta.simulations.example_plants import ADAPT_ROWS, FEATURES, WEEK_ROWS
 from tests.support.cli import run_fedmeta
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-SECTION = "### Using the model at a factory"
+from tests.support.docs import example
 
 
 def walkthrough() -> str:
-    """The first bash block of README's factory-floor section."""
-    section = README.read_text(encoding="utf-8").split(SECTION, 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
-    assert block is not None, f"README's {SECTION!r} has no bash block"
-    return block.group(1)
+    """The bash block of factory-operator.md that says this module runs it."""
+    (block,) = example("docs/factory-operator.md", "bash", marker="run by tests/end_to_end/test_factory_floor.py")
+    return block
 
 
 def _rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
@@ -46,7 +41,7 @@ def _rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def floor(tmp_path_factory) -> Path:
-    """The folder README's walkthrough ran in."""
+    """The folder the walkthrough ran in."""
     root = tmp_path_factory.mktemp("walkthrough")
     scripts = sysconfig.get_path("scripts")
     env = {**os.environ, "PATH": f"{scripts}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}

@@ -1,4 +1,4 @@
-"""``fedmeta example-plants`` writes README's walkthrough tables: readable by the schema it writes, the
+"""``fedmeta example-plants`` writes the factory operator's walkthrough tables: readable by the schema it writes, the
 production rows without their target, bounds inside the line's range; an existing folder is refused."""
 
 from __future__ import annotations
