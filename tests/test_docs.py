@@ -106,3 +106,10 @@ def test_the_core_example_runs():
 def test_the_results_table_names_where_trees_win(page):
     text = (ROOT / page).read_text(encoding="utf-8")
     assert "trees" in text and "still ahead" in text
+
+
+def test_every_file_the_pages_name_exists():
+    """A page that names a module or a test names one that is there (files move; the pages must follow)."""
+    path = re.compile(r"\b((?:common|client|server|simulations|tests|docker)/[\w/.-]+\.(?:py|yaml|txt))\b")
+    named = {match for page in PAGES for match in path.findall(page.read_text(encoding="utf-8"))}
+    assert named and sorted(name for name in named if not (ROOT / name).is_file()) == []
