@@ -38,9 +38,8 @@ from types import ModuleType
 
 from fedmeta.common.runtime.flower_pin import FLOWER_VERSION, FlowerInternalsChanged, require_flower
 
-__all__ = ["FLOWER_VERSION", "HEARTBEAT_INTERVAL_S", "HEARTBEAT_RETRY_S", "IDLE_PULL_S", "OBJECT_RETRY_CAP_S",
-           "OBJECT_RETRY_S", "REPLY_LOOK_S", "TASK_POLL_ENV", "TASK_POLL_S", "FlowerInternalsChanged", "apply",
-           "environment", "require_flower", "shorten_object_pulls"]
+__all__ = ["HEARTBEAT_INTERVAL_S", "HEARTBEAT_RETRY_S", "IDLE_PULL_S", "OBJECT_RETRY_CAP_S", "OBJECT_RETRY_S",
+           "REPLY_LOOK_S", "TASK_POLL_ENV", "TASK_POLL_S", "apply", "environment", "shorten_object_pulls"]
 
 # Shorter, not minimal: on a busy 2-core machine, polls a few times faster than these slowed the rounds'
 # own work as much as they saved (`fedmeta bench deployment`).

@@ -50,7 +50,8 @@ from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
-from fedmeta.client.node.supernode_timings import require_flower, shorten_object_pulls
+from fedmeta.client.node.supernode_timings import shorten_object_pulls
+from fedmeta.common.runtime.flower_pin import require_flower
 
 __all__ = ["TASK_POLL_S", "TaskRecord", "WarmWorker", "answer_dropped_task", "main"]
 

@@ -70,14 +70,19 @@ def certificate_names(certificate: x509.Certificate) -> list[str]:
     return [*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress))]
 
 
-def _verify(authority: x509.Certificate, certificate: x509.Certificate, host: str) -> None:
-    """`cryptography`'s X.509 path validation of ``certificate`` for ``host`` (a DNS name, wildcards
-    included, or an IP address) against ``authority``; `VerificationError` if it fails."""
+def _verification_failure(authority: x509.Certificate, certificate: x509.Certificate, host: str
+                          ) -> VerificationError | None:
+    """Why `cryptography`'s X.509 path validation of ``certificate`` for ``host`` (a DNS name, wildcards
+    included, or an IP address) against ``authority`` fails; None where it passes."""
     try:
         subject: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         subject = x509.DNSName(host)
-    PolicyBuilder().store(Store([authority])).build_server_verifier(subject).verify(certificate, [])
+    try:
+        PolicyBuilder().store(Store([authority])).build_server_verifier(subject).verify(certificate, [])
+    except VerificationError as failure:
+        return failure
+    return None
 
 
 def check_server_certificate(ca_path: Path, cert_path: Path, key_path: Path, host: str) -> None:
@@ -95,27 +100,18 @@ def check_server_certificate(ca_path: Path, cert_path: Path, key_path: Path, hos
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ):
         raise CredentialError(f"server key {key_path} does not belong to the server certificate {cert_path}")
+    failure = _verification_failure(authority, certificate, host)
+    if failure is None:
+        return
     names = certificate_names(certificate)
-    try:
-        _verify(authority, certificate, host)
-    except VerificationError as failure:
-        # A name the certificate is for (a wildcard's first level filled in): does it verify at all?
-        own = [name.replace("*", "a", 1) for name in names[:1]]
-        if not own or not _verifies(authority, certificate, own[0]):
-            raise CredentialError(f"server certificate {cert_path} was not issued by the CA {ca_path} ({failure}); "
-                                  "create it again with `fedmeta certs --overwrite`") from None
-        raise CredentialError(  # valid for a name of its own: only the host is wrong
-            f"server certificate {cert_path} is valid for {', '.join(names)}, not for {host}; "
-            f"create it with `fedmeta certs --host {host} ...`"
-        ) from None
-
-
-def _verifies(authority: x509.Certificate, certificate: x509.Certificate, host: str) -> bool:
-    try:
-        _verify(authority, certificate, host)
-    except VerificationError:
-        return False
-    return True
+    # A name the certificate is for (a wildcard's first level filled in): does it verify at all?
+    if not names or _verification_failure(authority, certificate, names[0].replace("*", "a", 1)) is not None:
+        raise CredentialError(f"server certificate {cert_path} was not issued by the CA {ca_path} ({failure}); "
+                              "create it again with `fedmeta certs --overwrite`")
+    raise CredentialError(  # valid for a name of its own: only the host is wrong
+        f"server certificate {cert_path} is valid for {', '.join(names)}, not for {host}; "
+        f"create it with `fedmeta certs --host {host} ...`"
+    )
 
 
 def _check_curve(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey, path: Path, what: str) -> None:

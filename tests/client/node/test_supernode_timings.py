@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from fedmeta.client.node import supernode_timings
-from fedmeta.client.node.supernode_timings import FlowerInternalsChanged
+from fedmeta.common.runtime.flower_pin import FlowerInternalsChanged
 
 
 def test_the_supernode_polls_and_heartbeats_at_our_intervals():

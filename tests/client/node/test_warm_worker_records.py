@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from fedmeta.client.node import supernode_timings
-from fedmeta.client.node.supernode_timings import FlowerInternalsChanged
 from fedmeta.client.node.warm_worker import TaskRecord, WarmWorker, answer_dropped_task
+from fedmeta.common.runtime.flower_pin import FlowerInternalsChanged
 
 
 def test_a_record_reads_back_as_written_and_replaces_the_previous_one_whole(tmp_path):
