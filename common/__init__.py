@@ -18,7 +18,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         "data_sources": [
             "DataSource", "FactoryAssignment", "SplitSource", "SyntheticSource", "TableSource", "TablesSource",
-            "source_from_config",
+            "source_from_config", "standardizes_targets",
         ],
         "federation.deltas": ["DeltaRejected", "add", "global_norm", "subtract", "validate_delta", "weighted_average"],
         "federation.protocol": [
@@ -38,7 +38,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "meta.algorithms": [
             "ALGORITHMS", "META_OPTIMIZERS", "MetaConfig", "MetaTrainResult", "NonFiniteLossError",
             "adapt_to_support", "adapted_names", "evaluate_adaptation", "init_inner_lrs", "meta_step", "meta_train",
-            "query_metrics",
+            "prediction_metrics", "query_metrics",
         ],
         "meta.device": ["DEVICE_CHOICES", "resolve_device"],
         "meta.inner_loop": ["Params", "adapt", "expand_for_tasks", "predict"],

@@ -44,6 +44,7 @@ __all__ = [
     "TableSource",
     "TablesSource",
     "source_from_config",
+    "standardizes_targets",
 ]
 
 # Run-config key (dashes, as in Flower configs) -> FamilyConfig field.
@@ -89,6 +90,14 @@ class DataSource(Protocol):
         ...
 
     def node_factories(self, node_config: Mapping[str, object]) -> list[FactoryAssignment]: ...
+
+
+def standardizes_targets(source: DataSource) -> bool:
+    """Whether a factory standardises its regression target with its own labelled rows: wherever it scales
+    its inputs from its own rows. A plant regresses grams, bar or cycles in its own units; the network
+    regresses them standardised and the adapted package maps its predictions back
+    (`common.data.scaling.TargetScaling`). The shared data sets' targets come as their loaders give them."""
+    return source.task_kind == "regression" and source.scaling_rule == "factory-rows"
 
 
 def _generic_schema(model_config: ModelConfig, task_kind: str) -> PackageSchema:
@@ -247,7 +256,7 @@ def _own_rows_scaled(path: Path, schema: DataSchema, name: str | None = None) ->
     ``window``, the examples are the windows of the scaled rows, each labelled with its last row's target
     and grouped by its unit (cross-validation holds out whole units: neighbouring windows share rows)."""
     if schema.window is None:
-        data = load_factory_table(path, schema, name=name, features_dtype=torch.float64)
+        data = load_factory_table(path, schema, name=name, dtype=torch.float64)
         return dataclasses.replace(data, x=FeatureScaling.fit(data.x).apply(data.x))
     table = read_window_table(path, schema, schema.window)
     windows = table.windows

@@ -10,9 +10,13 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "adapt": [
-            "LOCAL_ONLY_STEPS", "AdaptationReport", "AdaptedPackage", "adapt_package", "factory_candidates",
-            "failure_probabilities", "labelled_examples", "package_adaptation", "require_factory_scaling",
-            "rows_alone_adaptation", "rows_as_task", "rows_digest", "stratified_units", "table_schema",
+            "AdaptationReport", "AdaptedPackage", "adapt_package", "factory_candidates", "failure_probabilities",
+            "labelled_examples", "require_factory_scaling", "rows_as_task", "rows_digest", "stratified_units",
+            "table_schema",
+        ],
+        "candidates": [
+            "CANDIDATES", "LOCAL_ONLY_STEPS", "Fitted", "candidate_names", "fit_candidate", "linear_name",
+            "package_adaptation", "rows_alone_adaptation",
         ],
         "cli": ["REPORT_FILE", "adapt", "export", "optimize", "predict", "update"],
         "csv_rows": [

@@ -1,16 +1,18 @@
 """`fedmeta adapt`: a model package adapted to a factory's own labelled rows, with an honest report.
 
-The factory's rows are scaled with its own statistics (`common.data.scaling`: every row of its table,
-whether or not the rows adapted on are all of them), then adapted with the package's recipe
-(`common.package.model_package.AdaptationPlan`): its fixed steps, or, for a cross-validated recipe, the
-recipe chosen by cross-validation on those rows (`common.meta.adaptation_recipe`, one-standard-error
-rule) among no adaptation, the package's steps and a wider grid than the federation's evaluation
-affords (`factory_candidates`: a factory adapts once). The report says what the factory can
-expect on rows it has not labelled yet: the error on held-out folds of its rows (up to 5,
-stratified by class) of the adapted model, the unadapted package, the same network trained on
-those rows alone and, for a regression on table rows, a least-squares line on those rows alone
-(a few rows of a nearly linear process are fitted well by one), each fitted on the other folds
-only. The adapted package records its lineage: which package, which rows (by hash).
+The factory's inputs are scaled with its own statistics (`common.data.scaling`: every row of its table,
+whether or not the rows adapted on are all of them) and a regression target with the rows adapted on
+(`TargetScaling`; a constant target is refused). Then every model the factory could use
+(`client.floor.candidates`: the package adapted with its recipe, the package unadapted, a closed-form head
+on its features, least squares or logistic regression on the rows, the same network trained on the rows
+alone) is fitted on all folds of those rows but one and scored on that one (up to 5 folds, stratified by
+class; each fold's target scale from its own training rows). The package written is the best by that
+score, fitted on all the rows, unless ``keep`` names another: a factory is never handed a model its own
+report shows worse without asking for it. The report and the manifest name the choice and every
+candidate's score. The adapted recipe is the package's fixed steps or, for a cross-validated recipe, the
+one chosen on those rows (`common.meta.adaptation_recipe`, one-standard-error rule) among no adaptation,
+the package's steps and a wider grid than the federation's evaluation affords (`factory_candidates`: a
+factory adapts once). The adapted package records its lineage: which package, which rows (by hash).
 
 A window model learns from windows instead of rows (`windows`): the window ending at each row
 that has a full window in its group, labelled with that row's target; the scaling still comes
@@ -35,43 +37,28 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedmeta.common import (
-    Recipe,
-    TaskBatch,
-    adapt_with_recipes,
-    adapted_names,
-    build_model,
-    expected_f1_threshold,
-    local_algorithm,
-    prior_shift,
-    query_metrics,
-    support_folds,
-)
+from fedmeta.client.floor.candidates import candidate_names, fit_candidate
+from fedmeta.common import Recipe, TaskBatch, expected_f1_threshold, prior_shift, support_folds
 from fedmeta.common.data.connector import DataSchema
 from fedmeta.common.data.connector.windows import Windows
-from fedmeta.common.data.scaling import FeatureScaling
-from fedmeta.common.meta.adaptation import Adaptation, initial_weights
+from fedmeta.common.data.scaling import FeatureScaling, TargetScaling
 from fedmeta.common.meta.adaptation_recipe import MAX_FOLDS, fold_batch
 from fedmeta.common.package.model_package import Manifest, ModelPackage, PackageSchema
 
 __all__ = [
-    "LOCAL_ONLY_STEPS",
     "AdaptationReport",
     "AdaptedPackage",
     "adapt_package",
     "factory_candidates",
     "failure_probabilities",
     "labelled_examples",
-    "package_adaptation",
     "require_factory_scaling",
-    "rows_alone_adaptation",
     "rows_as_task",
     "rows_digest",
     "stratified_units",
     "table_schema",
 ]
 
-LOCAL_ONLY_STEPS = 100  # the rows-alone network: seeded fresh weights, this many steps at the package's step size
 # A factory adapts once, not once per evaluation task, so it can afford a wider search than the
 # federation's evaluation (`RECIPE_CANDIDATES`): up to as many steps as the rows-alone network gets.
 FACTORY_STEPS, FACTORY_SCALES = (1, 3, 10, 30, 100), (0.3, 1.0, 3.0)
@@ -124,8 +111,10 @@ def _checked_schema(wanted: PackageSchema, schema: DataSchema) -> DataSchema:
 
 @dataclass(frozen=True)
 class AdaptationReport:
-    """Held-out-fold scores of the adapted model, the unadapted package and the rows-alone network;
-    ``rows`` counts the labelled examples, which are ``examples`` ("rows", or "windows")."""
+    """Held-out-fold scores of every candidate (`client.floor.candidates`), the one ``best`` by them and the
+    one ``chosen`` (the best, unless ``--keep`` named another); ``rows`` counts the labelled examples, which
+    are ``examples`` ("rows", or "windows"); the recipe is the chosen model's (no adaptation for a model
+    fitted otherwise)."""
 
     rows: int
     folds: int
@@ -133,7 +122,9 @@ class AdaptationReport:
     scores: dict[str, dict[str, float]]
     recipe_steps: int
     recipe_lr_scale: float
-    examples: str = "rows"
+    examples: str
+    chosen: str
+    best: str
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,23 +138,6 @@ class AdaptedPackage:
     inner_lrs: dict[str, Tensor]
     manifest: Manifest
     report: AdaptationReport
-
-
-def package_adaptation(package: ModelPackage) -> Adaptation:
-    """The package's weights, step sizes (Meta-SGD: its learned ones) and adapted parameters."""
-    manifest = package.manifest
-    model = build_model(manifest.model)
-    lr = package.inner_lrs or manifest.adaptation.lr
-    names = adapted_names(model, local_algorithm(manifest.adaptation.algorithm))
-    return Adaptation(model, manifest.schema.task, package.weights, lr, names)
-
-
-def rows_alone_adaptation(package: ModelPackage, seed: int) -> Adaptation:
-    """What a factory could build from its rows alone: the package's network with seeded fresh weights,
-    trained ``LOCAL_ONLY_STEPS`` steps at the package's step size (every parameter)."""
-    model = build_model(package.manifest.model)
-    weights = initial_weights(model, seed)
-    return Adaptation(model, package.manifest.schema.task, weights, package.manifest.adaptation.lr, list(weights))
 
 
 def stratified_units(y: Tensor, kind: str) -> Tensor:
@@ -199,42 +173,27 @@ def _scores(metrics: dict[str, float], kind: str) -> dict[str, float]:
     return {"mse": metrics["query_loss"], "rmse": math.sqrt(metrics["query_loss"])}
 
 
-def _cross_validated(package: ModelPackage, batch: TaskBatch, seed: int) -> tuple[int, dict[str, dict[str, float]]]:
-    """Each way of getting a model fitted on all folds but one and scored on that one; the number of
-    folds and the mean scores."""
-    plan, adaptation = package.manifest.adaptation, package_adaptation(package)
-    kind = adaptation.kind
+def _cross_validated(package: ModelPackage, batch: TaskBatch, seed: int,
+                     names: tuple[str, ...]) -> tuple[int, dict[str, dict[str, float]]]:
+    """Each candidate (`client.floor.candidates`) fitted on all folds but one and scored on that one; the number
+    of folds and the mean scores, in the factory's units."""
+    kind = package.manifest.schema.task
     folds = support_folds(batch.support_y, kind, MAX_FOLDS, groups=batch.support_groups)
     if folds is None:
         raise ValueError("adapting needs at least 2 labelled rows, so that one can be held out to report the error")
     folded = fold_batch(batch, folds)
-    alone = rows_alone_adaptation(package, seed)
-    cross_validate = plan.recipe == "cross-validated"
-    fitted = {  # a cross-validated recipe is chosen on each fold's own training part: nested, so the score is honest
-        "adapted": adaptation.adapt(folded, plan.steps, cross_validate=cross_validate,
-                                    candidates=factory_candidates(plan.steps)),
-        "unadapted": adaptation.adapt(folded, 0),
-        "rows alone": alone.adapt(folded, LOCAL_ONLY_STEPS),
-    }
-    models = {"rows alone": alone.model}
-    scores = {name: _scores(query_metrics(models.get(name, adaptation.model), params, folded, kind), kind)
-              for name, params in fitted.items()}
-    if kind == "regression" and folded.support_x.dim() == 3:  # table rows [folds, rows, features], not windows
-        scores["rows alone, least squares"] = _scores({"query_loss": _least_squares_loss(folded)}, kind)
+    if package.manifest.standardized_target:  # each fold's target scale from its own training rows, as at a factory
+        folded = folded.standardize_targets()
+    recipes = factory_candidates(package.manifest.adaptation.steps)
+    scores = {name: _scores(fit_candidate(name, package, folded, seed, recipes).scores(folded, kind), kind)
+              for name in names}
     return folded.num_tasks, scores
 
 
-def _least_squares_loss(folded: TaskBatch) -> float:
-    """Mean squared error on each fold of a line (with intercept) fitted by least squares on the fold's
-    other rows; minimum-norm where those rows do not determine it."""
-
-    def design(x: Tensor) -> Tensor:
-        x = x.double()
-        return torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], dim=-1)
-
-    fitted = torch.linalg.pinv(design(folded.support_x)) @ folded.support_y.double().unsqueeze(-1)
-    predicted = (design(folded.query_x) @ fitted).squeeze(-1)
-    return float(((predicted - folded.query_y.double()) ** 2).mean())
+def _best(scores: dict[str, dict[str, float]], kind: str) -> str:
+    """The candidate of least held-out error (ties: the first listed)."""
+    metric = "cross-entropy" if kind == "classification" else "mse"
+    return min(scores, key=lambda name: scores[name][metric])
 
 
 def failure_probabilities(logits: Tensor, decision: Mapping[str, Any], classes: Sequence[str]) -> Tensor:
@@ -248,11 +207,11 @@ def failure_probabilities(logits: Tensor, decision: Mapping[str, Any], classes: 
     return shifted[:, 1].exp().float()
 
 
-def _decision(adaptation: Adaptation, weights: Mapping[str, Tensor], x: Tensor, y_adapted: Tensor,
+def _decision(model: torch.nn.Module, weights: Mapping[str, Tensor], x: Tensor, y_adapted: Tensor,
               classes: Sequence[str], failure_class: str | None, failure_rate: float) -> dict[str, Any]:
     """The failure threshold that maximises the expected F1 on the factory's own rows ``x`` (scaled,
     labels unused) at its failure rate; ``y_adapted`` are the labels the model was adapted on."""
-    if adaptation.kind != "classification" or len(classes) != 2:
+    if len(classes) != 2:
         raise ValueError("--failure-rate applies to two-class models only")
     failure_class = classes[1] if failure_class is None else failure_class
     if failure_class not in classes:
@@ -262,7 +221,7 @@ def _decision(adaptation: Adaptation, weights: Mapping[str, Tensor], x: Tensor, 
     decision: dict[str, Any] = {"failure_class": failure_class, "failure_rate": failure_rate,
                                 "adapted_rate": adapted_rate}
     with torch.no_grad():
-        logits = torch.func.functional_call(adaptation.model, dict(weights), (x,))
+        logits = torch.func.functional_call(model, dict(weights), (x,))
     decision["threshold"] = expected_f1_threshold(failure_probabilities(logits, decision, classes).numpy())
     return decision
 
@@ -284,9 +243,20 @@ def require_factory_scaling(manifest: Manifest) -> None:
                          "factory's own rows, so it cannot be adapted to a table")
 
 
+def _target_scaling(manifest: Manifest, y: Tensor, examples: str) -> TargetScaling | None:
+    """The target statistics of the labelled ``y`` where the package standardises its target; a constant
+    target is a ``ValueError`` (nothing to adapt to, and no spread to scale by)."""
+    if not manifest.standardized_target:
+        return None
+    if bool((y == y[0]).all()):
+        raise ValueError(f"the target {manifest.schema.target!r} is {float(y[0]):g} in every one of the {len(y)} "
+                         f"labelled {examples} adapted on: there is no variation to adapt to")
+    return TargetScaling.fit(y)
+
+
 def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | None = None, seed: int = 0,
                   table: str = "", failure_rate: float | None = None, failure_class: str | None = None,
-                  windows: Windows | None = None) -> AdaptedPackage:
+                  windows: Windows | None = None, keep: str | None = None) -> AdaptedPackage:
     """Adapt ``package`` to the first ``rows`` (default: all) labelled examples of a factory's rows
     ``x [n, features]`` (raw, as in its table) with labels ``y [n]``: the rows themselves or, for a
     window model, its ``windows`` (`common.data.connector.windows.read_window_table`). The input scaling comes from
@@ -301,35 +271,37 @@ def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | No
     rows = total if rows is None else rows
     if not 2 <= rows <= total:
         raise ValueError(f"--rows must be between 2 and the table's {total} labelled {examples}, got {rows}")
+    kind = manifest.schema.task
+    names = candidate_names(kind)
+    if keep is not None and keep not in names:
+        raise ValueError(f"--keep must name one of the candidates {list(names)}, got {keep!r}")
     scaling = FeatureScaling.fit(x)
     scaled = scaling.apply(x)
-    adaptation = package_adaptation(package)
-    x_rows, y_rows, units = labelled_examples(scaled, y, adaptation.kind, windows, rows)
-    batch = rows_as_task(x_rows, y_rows, units)
-    folds, scores = _cross_validated(package, batch, seed)
-    plan = manifest.adaptation
-    if plan.recipe == "cross-validated":
-        choice = adaptation.choose(batch, plan.steps, factory_candidates(plan.steps))
-        recipe = choice.recipes()[0]
-        params = adapt_with_recipes(adaptation.model, adaptation.weights, batch, choice, kind=adaptation.kind,
-                                    lr=adaptation.lr, adapt_names=adaptation.names)
-    else:
-        recipe = Recipe(plan.steps)
-        params = adaptation.adapt(batch, plan.steps)
-    weights = {name: params[name][0].detach().clone() for name in package.weights}
-    report = AdaptationReport(rows, folds, adaptation.kind, scores, recipe.steps, recipe.lr_scale, examples)
-    raw_x, raw_y, _ = labelled_examples(x, y, adaptation.kind, windows, rows)
+    x_rows, y_rows, units = labelled_examples(scaled, y, kind, windows, rows)
+    target = _target_scaling(manifest, y_rows, examples)
+    folds, scores = _cross_validated(package, rows_as_task(x_rows, y_rows, units), seed, names)
+    best = _best(scores, kind)
+    chosen = best if keep is None else keep
+    batch = rows_as_task(x_rows, y_rows if target is None else target.apply(y_rows), units)
+    fitted = fit_candidate(chosen, package, batch, seed, factory_candidates(manifest.adaptation.steps))
+    weights = fitted.task_weights(0)
+    recipe = fitted.recipe or Recipe(0)
+    report = AdaptationReport(rows, folds, kind, scores, recipe.steps, recipe.lr_scale, examples, chosen, best)
+    raw_x, raw_y, _ = labelled_examples(x, y, kind, windows, rows)
     lineage = {"package_sha256": manifest.weights_sha256, "package_run": manifest.run, "package_round": manifest.round,
                "table": table, "rows": rows, "rows_sha256": rows_digest(raw_x, raw_y), "scaling_rows": len(y)}
     decision = None
     if failure_rate is not None:
-        decision = _decision(adaptation, weights, labelled_examples(scaled, y, adaptation.kind, windows)[0], y_rows,
+        decision = _decision(fitted.model, weights, labelled_examples(scaled, y, kind, windows)[0], y_rows,
                              list(manifest.schema.classes or ()), failure_class, failure_rate)
     schema = manifest.schema
     if windows is not None:  # how the windows were read: predict and update rebuild them the same way
         schema = dataclasses.replace(schema, group_column=windows.group_column, time_column=windows.time_column)
-    adapted = dataclasses.replace(manifest, schema=schema, scaling=scaling, lineage=lineage, weights_sha256="",
-                                  versions={}, decision=decision,
+    network = fitted.model.config == manifest.model  # the package's own architecture (adapted, or from scratch)
+    adaptation = manifest.adaptation if network else dataclasses.replace(manifest.adaptation, algorithm="closed-form")
+    adapted = dataclasses.replace(manifest, schema=schema, model=fitted.model.config, adaptation=adaptation,
+                                  scaling=scaling, target_scaling=target, lineage=lineage, weights_sha256="",
+                                  versions={}, decision=decision, chosen=chosen,
                                   metrics={f"{name}/{metric}": value for name, values in scores.items()
                                            for metric, value in values.items()})
-    return AdaptedPackage(weights, dict(package.inner_lrs), adapted, report)
+    return AdaptedPackage(weights, dict(package.inner_lrs) if network else {}, adapted, report)

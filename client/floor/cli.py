@@ -55,11 +55,18 @@ def _print_report(report: AdaptationReport, console: Console) -> None:
     for metric in metrics:
         table.add_column(metric, justify="right")
     for name, values in report.scores.items():
-        table.add_row(name, *(f"{values[metric]:.4g}" for metric in metrics))
+        mark = " (kept)" if name == report.chosen else ""
+        table.add_row(f"{name}{mark}", *(f"{values[metric]:.4g}" for metric in metrics))
     console.print(table)
-    adapted = "no adaptation" if report.recipe_steps == 0 else (
-        f"{report.recipe_steps} steps at {report.recipe_lr_scale:g}x the package's step size")
-    console.print(f"recipe chosen on all {report.rows} {report.examples}: {adapted}")
+    if report.chosen != report.best:
+        console.print(f"[yellow]warning:[/yellow] kept {report.chosen!r} as --keep asks, though {report.best!r} has "
+                      "the least error on the held-out folds")
+    else:
+        console.print(f"kept {report.chosen!r}: the least error on the held-out folds")
+    if report.chosen == "adapted":
+        adapted = "no adaptation" if report.recipe_steps == 0 else (
+            f"{report.recipe_steps} steps at {report.recipe_lr_scale:g}x the package's step size")
+        console.print(f"recipe chosen on all {report.rows} {report.examples}: {adapted}")
 
 
 def _package(model: Path, console: Console) -> ModelPackage:
@@ -87,7 +94,7 @@ def _labelled_rows(data: Path, schema: DataSchema, manifest: Manifest,
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     checked.raise_for_problems()
     if manifest.window_length is None:
-        rows = load_factory_table(data, schema, features_dtype=torch.float64)
+        rows = load_factory_table(data, schema, dtype=torch.float64)
         return rows.x, rows.y, None
     table = read_window_table(data, schema, manifest.window_length)
     return table.x, table.y, table.windows
@@ -113,8 +120,17 @@ def adapt(
     failure_class: Annotated[
         str | None, typer.Option(help="The failure class (default: the second).", show_default=False)
     ] = None,
+    keep: Annotated[
+        str | None,
+        typer.Option(help="Keep this candidate instead of the one of least held-out error (with a warning): "
+                     "adapted, unadapted, closed-form head, least squares (regression), logistic regression "
+                     "(classification), rows alone.", show_default=False),
+    ] = None,
 ) -> None:
-    """Adapt a model package to this factory's labelled rows with the package's recipe."""
+    """Adapt a model package to this factory's labelled rows: every candidate model (the package adapted with
+    its recipe, unadapted, a closed-form head on its features, least squares or logistic regression on the
+    rows, the network trained on the rows alone) is scored on held-out folds of the rows, and the best is
+    written."""
     console = Console()
     with exit_on_errors(console, PackageError, SchemaError, DataValidationError, ValueError):
         package = _package(model, console)
@@ -122,7 +138,7 @@ def adapt(
         reading = _reading(package, schema)
         x, y, windows = _labelled_rows(data, reading, package.manifest, console)
         adapted = adapt_package(package, x, y, rows=rows, table=data.name, failure_rate=failure_rate,
-                                failure_class=failure_class, windows=windows)
+                                failure_class=failure_class, windows=windows, keep=keep)
         report_text = json.dumps(adapted.report.to_json(), indent=2)
         save_package(out, adapted.weights, adapted.inner_lrs, adapted.manifest, extras={REPORT_FILE: report_text})
     _print_report(adapted.report, console)

@@ -5,10 +5,11 @@ or ``[rows, channels, length]`` for windows of signals) and does everything `fed
 after reading: the package's input scaling in float64 (a reading near 1e6 varies below float32's
 resolution there), then the cast to the model's float32 (an adapted package's; a package without one is
 exported without scaling and says so), the model, and for classification the softmax
-(``probabilities``: ``[rows, classes]``; regression: ``prediction``: ``[rows]``). The number of
-rows is free. Exported with PyTorch's ``torch.export``-based exporter; after writing, onnxruntime
-runs the file on check rows and its outputs must match torch's within `TOLERANCE`, or nothing
-is written.
+(``probabilities``: ``[rows, classes]``; regression: ``prediction``: ``[rows]``, mapped back to the
+factory's units in float64 where the package standardises its target). The number of rows is free.
+Exported with PyTorch's ``torch.export``-based exporter; after writing, onnxruntime runs the file on
+check rows and its outputs must match torch's within `TOLERANCE` (in the model's own output units: a
+prediction in the factory's units is divided by its target's spread), or nothing is written.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedmeta.common import build_model
-from fedmeta.common.package.model_package import ModelPackage
+from fedmeta.common.package.model_package import ModelPackage, package_model
 
 __all__ = ["FORMATS", "TOLERANCE", "ExportResult", "deployable_model", "export_onnx"]
 
@@ -37,8 +37,7 @@ class _Deployable(nn.Module):
     def __init__(self, package: ModelPackage) -> None:
         super().__init__()
         manifest = package.manifest
-        self.model = build_model(manifest.model)
-        self.model.load_state_dict(package.weights)
+        self.model = package_model(package)
         self.classification = manifest.schema.task == "classification"
         scaling = manifest.scaling
         features = manifest.model.input_shape[0]
@@ -98,7 +97,8 @@ def export_onnx(package: ModelPackage, out: Path, check: Tensor | None = None) -
         exported = session.run(None, {"features": check.numpy()})[0]
         with torch.no_grad():
             expected = module(check).numpy()
-        difference = float(np.abs(exported - expected).max())
+        target = package.manifest.target_scaling
+        difference = float(np.abs(exported - expected).max()) / (1.0 if target is None else target.std)
         if not difference <= TOLERANCE:
             raise ValueError(f"onnxruntime's outputs differ from torch's by {difference:.3g} (> {TOLERANCE}); "
                              "nothing was written")

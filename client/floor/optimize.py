@@ -30,8 +30,7 @@ import torch
 from scipy.optimize import minimize
 from scipy.stats import qmc
 
-from fedmeta.common import build_model
-from fedmeta.common.package.model_package import ModelPackage
+from fedmeta.common.package.model_package import ModelPackage, package_model
 
 __all__ = ["GOALS", "Bounds", "Recommendation", "recommend_settings"]
 
@@ -118,9 +117,7 @@ def recommend_settings(package: ModelPackage, bounds: Bounds, *, starts: int = 2
     if manifest.scaling is None or manifest.model.name != "mlp":
         raise ValueError("recommending settings needs an adapted tabular package (it knows the factory's units): "
                          "adapt it with `fedmeta adapt` first")
-    model = build_model(manifest.model)
-    model.load_state_dict(package.weights)
-    model.eval()
+    model = package_model(package)
     features = list(manifest.schema.features)
     mean, std = manifest.scaling.mean.double(), manifest.scaling.std.double()
     free = [features.index(name) for name in bounds.controllable]
@@ -135,7 +132,7 @@ def recommend_settings(package: ModelPackage, bounds: Bounds, *, starts: int = 2
     def outcome(z: torch.Tensor) -> torch.Tensor:
         x = ((base - mean) / std).clone()
         x[free] = z
-        out = model(x.float()[None])[0]
+        out = model(x.float()[None])[0].double()
         return out[0] if class_index is None else torch.softmax(out, dim=-1)[class_index]
 
     def objective(z: np.ndarray) -> tuple[float, np.ndarray]:

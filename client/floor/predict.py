@@ -41,11 +41,10 @@ from fedmeta.client.floor.adapt import failure_probabilities
 from fedmeta.client.floor.csv_rows import appended, csv_cell, header_line
 from fedmeta.client.floor.table_blocks import Block, TableError, model_columns, read_blocks, table_scaling
 from fedmeta.client.floor.windows import BlockWindows, WindowStream
-from fedmeta.common import build_model
 from fedmeta.common.data.connector import DataSchema
 from fedmeta.common.data.connector.readers import is_parquet
 from fedmeta.common.data.connector.windows import window_chunks
-from fedmeta.common.package.model_package import ModelPackage
+from fedmeta.common.package.model_package import ModelPackage, package_model
 
 __all__ = [
     "PredictionError", "PredictionSummary", "forward_passes", "forward_threads", "output_columns", "predict_table",
@@ -117,7 +116,7 @@ def _predicted(package: ModelPackage, out: torch.Tensor) -> list[pa.Array]:
     """The model's outputs ``out`` as the columns `output_columns` names."""
     schema = package.manifest.schema
     if schema.task == "regression":
-        return [pa.array(out[:, 0].numpy())]  # float32: the model's own precision, and cheaper to write
+        return [pa.array(out[:, 0].double().numpy())]  # float64: a target near 1e6 is mapped back to its units
     decision = package.manifest.decision
     if decision is None:  # no failure rate given: the most likely class
         probabilities = torch.softmax(out, dim=1).numpy()
@@ -233,6 +232,7 @@ def predict_table(package: ModelPackage, path: Path, out: Path, schema: DataSche
     clash = [name for name in added if name in names]
     if clash:
         raise PredictionError(f"{path}: already has column(s) {clash}, which the predictions would add")
+    model = package_model(package)  # before any reading: a package that cannot predict says so at once
     summary = PredictionSummary()
     read = {*schema.features, schema.target, schema.id_column, schema.time_column, schema.group_column}
     extra = [name for name in names if name not in read]
@@ -243,9 +243,6 @@ def predict_table(package: ModelPackage, path: Path, out: Path, schema: DataSche
         scaling = table_scaling(path, schema)
         summary.scaled_with_table = True
     mean, std = scaling.mean.numpy(), scaling.std.numpy()
-    model = build_model(package.manifest.model)
-    model.load_state_dict(package.weights)
-    model.eval()
     as_rows = not is_parquet(path) and not is_parquet(out)  # CSV to CSV: rows kept as bytes
     stream = None if length is None else WindowStream(length, schema, path)
     output: _Output | None = None

@@ -10,7 +10,8 @@ A model store is a folder::
 
 Each update first predicts the new rows with the current version (the errors a factory would
 have seen in production), then adapts the current version to them with the package's recipe,
-starting from its weights and keeping its input scaling. The errors since the store began are
+starting from its weights and keeping its input and target scaling (a model whose head `fedmeta adapt`
+solved in closed form solves it again on the new rows). The errors since the store began are
 replayed through a Page-Hinkley test
 (`river.drift.PageHinkley`, increases only), each row's error divided by the adapted model's
 cross-validated error from its adaptation report so the test's threshold means the same on every
@@ -40,10 +41,20 @@ import torch
 from river.drift import PageHinkley
 from torch import Tensor
 
-from fedmeta.client.floor.adapt import labelled_examples, package_adaptation, rows_as_task, rows_digest
-from fedmeta.common import build_model
+from fedmeta.client.floor.adapt import labelled_examples, rows_as_task, rows_digest
+from fedmeta.client.floor.candidates import Fitted, package_adaptation
+from fedmeta.common import TaskBatch, build_model
 from fedmeta.common.data.connector.windows import Windows
-from fedmeta.common.package.model_package import ModelPackage, PackageError, load_package, save_package
+from fedmeta.common.meta.closed_form_head import solve_head
+from fedmeta.common.meta.models import PENALTY
+from fedmeta.common.package.model_package import (
+    CLOSED_FORM,
+    ModelPackage,
+    PackageError,
+    load_package,
+    package_model,
+    save_package,
+)
 
 __all__ = ["DRIFT_THRESHOLD", "DriftReport", "ModelStore", "UpdateResult"]
 
@@ -147,10 +158,9 @@ class ModelStore:
         kind = package.manifest.schema.task
         examples, targets, units = labelled_examples(scaling.apply(x), y, kind, windows)
         errors = _row_errors(package, examples, targets)
-        adaptation = package_adaptation(package)
-        plan = package.manifest.adaptation
-        params = adaptation.adapt(rows_as_task(examples, targets, units), plan.steps)
-        weights = {name: params[name][0].detach().clone() for name in package.weights}
+        target = package.manifest.target_scaling  # kept: the versions of a store predict on one scale
+        learned = targets if target is None else target.apply(targets)
+        weights = _updated_weights(package, rows_as_task(examples, learned, units))
         new_version = self.versions()[-1] + 1
         raw, _, _ = labelled_examples(x, y, kind, windows)
         lineage = {"previous_version": version, "previous_sha256": package.manifest.weights_sha256,
@@ -183,15 +193,28 @@ class ModelStore:
         return DriftReport(len(errors), None, reference)
 
 
+def _updated_weights(package: ModelPackage, batch: TaskBatch) -> dict[str, Tensor]:
+    """The package's weights after its recipe on the new rows ``batch`` (one task): gradient steps from its
+    weights, or, for a head solved in closed form, the head solved again with the penalty it records."""
+    if package.manifest.adaptation.algorithm == CLOSED_FORM:
+        model = build_model(package.manifest.model)
+        with torch.no_grad():
+            params = solve_head(model, package.weights, batch, package.manifest.schema.task,
+                                package.weights[PENALTY].double().exp())
+    else:
+        adaptation = package_adaptation(package)
+        model, params = adaptation.model, adaptation.adapt(batch, package.manifest.adaptation.steps)
+    return Fitted(model, params).task_weights(0)
+
+
 def _row_errors(package: ModelPackage, scaled: Tensor, y: Tensor) -> np.ndarray:
-    """Each example's error: absolute error (regression) or 1 for a wrong class (classification)."""
-    model = build_model(package.manifest.model)
-    model.load_state_dict(package.weights)
+    """Each example's error: absolute error in the factory's units (regression) or 1 for a wrong class
+    (classification)."""
     with torch.no_grad():
-        out = model(scaled)
+        out = package_model(package)(scaled)
     if package.manifest.schema.task == "classification":
         return (out.argmax(dim=1) != y).double().numpy()
-    return (out[:, 0] - y).abs().double().numpy()
+    return (out[:, 0].double() - y.double()).abs().numpy()
 
 
 def _reference_error(package: ModelPackage) -> float:

@@ -17,6 +17,7 @@ from fedmeta.common import (
     resolve_device,
     resolve_run_config,
     source_from_config,
+    standardizes_targets,
 )
 
 __all__ = ["LoadedFactory", "load_factories", "load_factory", "node_device", "sampler_for", "task_sampler"]
@@ -62,12 +63,15 @@ def task_sampler(
     """K-shot tasks drawn from ``factories``; for classification K shots per class, fixed labels.
 
     Labels keep their meaning (``shuffle_labels=False``) because fault classes are the
-    same in every factory; ``query_size`` is split evenly over the classes.
+    same in every factory; ``query_size`` is split evenly over the classes. Regression targets
+    come standardised per task where the source says a factory standardises them
+    (`common.data_sources.standardizes_targets`).
     """
     source = factories[0].source
     data = [factory.data for factory in factories]
     if source.task_kind == "regression":
-        return RegressionTaskSampler(data, shots, query_size, seed=seed)
+        return RegressionTaskSampler(data, shots, query_size, seed=seed,
+                                     standardize_targets=standardizes_targets(source))
     ways = source.model_config.output_dim
     return ClassificationTaskSampler(data, ways, shots, max(1, query_size // ways), seed=seed, shuffle_labels=False)
 

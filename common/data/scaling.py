@@ -8,17 +8,25 @@ statistics: a factory computes its own when it adapts, and the adapted package k
 so that its predictions see inputs scaled exactly as its adaptation did. A model that reads windows
 of sensor signals is scaled the same way, per channel: a channel is a feature column of the
 factory's long-format table, standardised row by row before the windows are cut from it.
+
+A regression target is standardised too, with the factory's own labelled rows (`TargetScaling`): a
+plant's part weight in grams, a pressure in bar or a life in cycles sits far from the unit scale a
+network's weights are meant for. The adapted package keeps the statistics and maps its predictions
+back to the factory's units; none of them leaves the factory.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["FeatureScaling"]
+from fedmeta.common.meta.tasks import target_spread
+
+__all__ = ["FeatureScaling", "TargetScaling"]
 
 _MIN_STD = 1e-6  # below this a feature counts as constant: centred, never divided
 
@@ -68,3 +76,48 @@ class FeatureScaling:
         if not isinstance(mean, Sequence) or not isinstance(std, Sequence) or not isinstance(data.get("rows"), int):
             raise ValueError("scaling needs lists 'mean' and 'std' and an integer 'rows'")
         return cls(torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64), int(data["rows"]))
+
+
+@dataclass(frozen=True)
+class TargetScaling:
+    """A regression target's mean and spread over the ``rows`` labelled rows a factory adapted on (the
+    spread as `common.meta.tasks.target_spread` takes it, as the federation's tasks were standardised):
+    the model predicts ``(y - mean) / std``."""
+
+    mean: float
+    std: float
+    rows: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
+            raise ValueError(f"a target scaling needs a finite mean and a positive finite std, got {self.mean}, "
+                             f"{self.std}")
+        if isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 1:
+            raise ValueError(f"a target scaling comes from one labelled row or more, got rows={self.rows!r}")
+
+    @classmethod
+    def fit(cls, y: Tensor) -> TargetScaling:
+        """The statistics of the labelled targets ``y [rows]`` (finite, one or more)."""
+        if y.ndim != 1 or len(y) < 1 or not bool(torch.isfinite(y).all()):
+            raise ValueError(f"need one or more finite targets [rows], got shape {tuple(y.shape)}")
+        y = y.double()
+        return cls(float(y.mean()), float(target_spread(y[None])[0]), len(y))
+
+    def apply(self, y: Tensor) -> Tensor:
+        """Targets in the factory's units, standardised (float32, computed in float64)."""
+        return ((y.double() - self.mean) / self.std).float()
+
+    def invert(self, predictions: Tensor) -> Tensor:
+        """Standardised predictions in the factory's units (float64)."""
+        return predictions.double() * self.std + self.mean
+
+    def to_json(self) -> dict[str, object]:
+        return {"mean": self.mean, "std": self.std, "rows": self.rows}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> TargetScaling:
+        values = {key: data.get(key) for key in ("mean", "std", "rows")}
+        if set(data) != set(values) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                               for v in values.values()):
+            raise ValueError("a target scaling holds numbers 'mean', 'std' and an integer 'rows'")
+        return cls(float(values["mean"]), float(values["std"]), values["rows"])

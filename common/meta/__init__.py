@@ -17,7 +17,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "algorithms": [
             "ALGORITHMS", "META_OPTIMIZERS", "MetaConfig", "MetaTrainResult", "NonFiniteLossError",
             "adapt_to_support", "adapted_names", "evaluate_adaptation", "init_inner_lrs", "meta_step", "meta_train",
-            "query_metrics",
+            "prediction_metrics", "query_metrics",
         ],
         "device": ["DEVICE_CHOICES", "resolve_device"],
         "inner_loop": ["Params", "adapt", "expand_for_tasks", "predict"],

@@ -43,6 +43,7 @@ __all__ = [
     "init_inner_lrs",
     "meta_step",
     "meta_train",
+    "prediction_metrics",
     "query_metrics",
 ]
 
@@ -103,7 +104,7 @@ def adapted_names(model: nn.Module, algorithm: str) -> list[str]:
     """Names of the parameters the algorithm's inner loop adapts (ANIL: the head only)."""
     if algorithm == "anil":
         return list(model.head_parameter_names())
-    return [name for name, _ in model.named_parameters()]
+    return list(model.forward_parameter_names())
 
 
 def init_inner_lrs(weights: Mapping[str, Tensor], value: float) -> Params:
@@ -370,10 +371,18 @@ def evaluate_adaptation(
 
 
 def query_metrics(model: nn.Module, params: Mapping[str, Tensor], batch: TaskBatch, kind: str) -> dict[str, float]:
-    """Mean query loss (and accuracy) of task-batched ``params`` on each task's query set."""
+    """Mean query loss (and accuracy) of task-batched ``params`` on each task's query set; where the
+    targets are standardised per task (`TaskBatch.standardize_targets`), in the factory's units."""
     with torch.no_grad():
-        query, accuracy = _query_metrics(model, dict(params), batch, kind)
+        return prediction_metrics(predict(model, dict(params), batch.query_x), batch, kind)
+
+
+def prediction_metrics(predictions: Tensor, batch: TaskBatch, kind: str) -> dict[str, float]:
+    """`query_metrics` of any model's query predictions ``[T, Q, outputs]`` (a closed-form head's, a baseline's)."""
+    query = task_losses(predictions, batch.query_y, kind)
+    if batch.target_std is not None:
+        query = query.double() * batch.target_std.to(query.device).square()
     metrics = {"query_loss": float(query.mean())}
-    if accuracy is not None:
-        metrics["query_accuracy"] = float(accuracy)
+    if kind == "classification":
+        metrics["query_accuracy"] = float(task_accuracy(predictions, batch.query_y).mean())
     return metrics

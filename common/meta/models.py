@@ -27,6 +27,7 @@ from fedmeta.common.validation import check_positive_int
 __all__ = [
     "MLP",
     "MODEL_NAMES",
+    "PENALTY",
     "TCN",
     "CNN1d",
     "MetaModel",
@@ -56,6 +57,11 @@ class ModelConfig:
     # cnn1d only: stride of the first convolution, whose kernel is then 4x as wide (as in
     # WDCNN for raw vibration) so a long raw window is shortened cheaply without aliasing.
     stem_stride: int = 1
+    # The head also reads the (factory-scaled) inputs beside the learned features (a window model: its last
+    # step's channels), the features times a learned scale: the closed-form head (`common.meta.closed_form`)
+    # that the ``r2d2`` algorithm meta-learns and a factory fits on its rows, which with a zero scale is a
+    # linear model of the inputs (least squares). The model then also holds the ridge penalty it is solved with.
+    skip_inputs: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in _INPUT_LAYOUT:
@@ -72,6 +78,8 @@ class ModelConfig:
         }
         for field, value in sizes.items():
             check_positive_int(field, value)
+        if not isinstance(self.skip_inputs, bool):
+            raise ValueError(f"skip_inputs must be true or false, got {self.skip_inputs!r}")
         layout = _INPUT_LAYOUT[self.name]
         if len(self.input_shape) != len(layout):
             raise ValueError(
@@ -111,29 +119,56 @@ def _max_pool_by_2(x: Tensor) -> Tensor:
     return x[..., :length].unflatten(-1, (length // 2, 2)).max(dim=-1).values
 
 
+PENALTY = "head_log_penalty"  # the closed-form head's ridge penalty (its log), a parameter the forward pass never reads
+
+
 class MetaModel(nn.Module):
-    """A feature extractor ``body`` and a linear ``head``, the split ANIL adapts."""
+    """A feature extractor ``body`` and a linear ``head``, the split ANIL adapts; with the config's
+    ``skip_inputs`` the head reads ``[feature_scale * body features, inputs]`` (see `ModelConfig`)."""
 
     def __init__(self, config: ModelConfig, body: nn.Module, num_features: int) -> None:
         super().__init__()
         self.config = config
         self.body = body
-        self.head = TaskLinear(num_features, config.output_dim)
+        inputs = config.input_shape[0] if config.skip_inputs else 0
+        self.head = TaskLinear(num_features + inputs, config.output_dim)
+        if config.skip_inputs:
+            self.feature_scale = nn.Parameter(torch.ones(1))
+            self.head_log_penalty = nn.Parameter(torch.zeros(1))
 
-    def features(self, x: Tensor) -> Tensor:
-        """One feature vector per example, ``[..., N, num_features]``.
-
-        With a fixed body (ANIL's inner loop) it can be computed once per task.
-        """
+    def body_features(self, x: Tensor) -> Tensor:
+        """The body's feature vector per example, ``[..., N, num_features]``."""
         return self.body(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Map ``[N, *input_shape]`` to ``[N, output_dim]``, or the same with a leading T."""
-        return self.head(self.features(x))
+    def features(self, x: Tensor) -> Tensor:
+        """What the head reads per example, ``[..., N, head inputs]``.
+
+        With a fixed body (ANIL's inner loop, a closed-form head) it can be computed once per task.
+        """
+        learned = self.body_features(x)
+        if not self.config.skip_inputs:
+            return learned
+        scale = self.feature_scale
+        if scale.dim() == 2:  # task-batched [T, 1]: one scale per task
+            scale = scale.unsqueeze(1)
+        inputs = x if len(self.config.input_shape) == 1 else x[..., -1]  # a window's last step
+        return torch.cat([learned * scale, inputs.expand(*learned.shape[:-1], inputs.shape[-1])], dim=-1)
+
+    def forward(self, x: Tensor, head: bool = True) -> Tensor:
+        """Map ``[N, *input_shape]`` to ``[N, output_dim]``, or the same with a leading T; without ``head``,
+        to what the head reads (`features`: a closed-form head is solved on them with the model's parameters
+        passed through `torch.func.functional_call`)."""
+        features = self.features(x)
+        return self.head(features) if head else features
 
     def head_parameter_names(self) -> list[str]:
         """Names (as in ``state_dict``) of the head's parameters, the ones ANIL adapts."""
         return [f"head.{name}" for name, _ in self.head.named_parameters()]
+
+    def forward_parameter_names(self) -> list[str]:
+        """Every parameter the forward pass reads: all but the closed-form head's penalty (gradient steps
+        adapt these)."""
+        return [name for name, _ in self.named_parameters() if name != PENALTY]
 
 
 class MLP(MetaModel):
@@ -175,7 +210,7 @@ class CNN1d(MetaModel):
         ]
         super().__init__(config, nn.Sequential(*blocks), channels[-1])
 
-    def features(self, x: Tensor) -> Tensor:
+    def body_features(self, x: Tensor) -> Tensor:
         return self.body(x).mean(dim=-1)
 
 
@@ -234,10 +269,10 @@ class TCN(MetaModel):
             for i, (channels_in, channels_out) in enumerate(pairwise(channels))
         ]
         super().__init__(config, nn.Sequential(*blocks), channels[-1])
-        self.feature_scale = 1.0 / math.sqrt(channels[-1])
+        self.feature_norm = 1.0 / math.sqrt(channels[-1])
 
-    def features(self, x: Tensor) -> Tensor:
-        return _rms_norm(self.body(x))[..., -1] * self.feature_scale
+    def body_features(self, x: Tensor) -> Tensor:
+        return _rms_norm(self.body(x))[..., -1] * self.feature_norm
 
 
 _MODELS: dict[str, type[MetaModel]] = {"mlp": MLP, "cnn1d": CNN1d, "tcn": TCN}

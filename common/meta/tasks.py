@@ -11,8 +11,9 @@ reproduces the run without touching (or being disturbed by) the global RNG.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "RegressionTaskSampler",
     "TaskBatch",
     "TaskSampler",
+    "target_spread",
 ]
 
 # Below this many rows ``randperm`` is as cheap as rejection sampling; see `_sample_distinct`.
@@ -144,10 +146,18 @@ class TaskBatch:
     query_x: Tensor
     query_y: Tensor
     support_groups: Tensor | None = None  # [T, S] unit of each support row (`FactoryData.groups`)
+    # [T] each: where regression targets are standardised per task (`standardized`), the mean and standard
+    # deviation that map them back to the factory's units (None: the targets are in those units).
+    target_mean: Tensor | None = None
+    target_std: Tensor | None = None
 
     def __post_init__(self) -> None:
         sx, sy, qx, qy = self.support_x, self.support_y, self.query_x, self.query_y
         groups = self.support_groups
+        if (self.target_mean is None) != (self.target_std is None):
+            raise ValueError("target_mean and target_std come together")
+        if self.target_std is not None and self.target_std.shape != sy.shape[:1]:
+            raise ValueError(f"target_std must be [T] for {sy.shape[0]} tasks, got {tuple(self.target_std.shape)}")
         if groups is not None and groups.shape != sy.shape:
             raise ValueError(f"support_groups must be [T, S] like support_y {tuple(sy.shape)}, "
                              f"got {tuple(groups.shape)}")
@@ -176,15 +186,36 @@ class TaskBatch:
         """Rows in the batch, ``T * (S + Q)``: the unit for throughput figures."""
         return self.num_tasks * (self.support_x.shape[1] + self.query_x.shape[1])
 
+    @property
+    def standardized(self) -> bool:
+        """Whether the targets are each task's standardised ones (`standardize_targets`)."""
+        return self.target_std is not None
+
+    def _map(self, transform: Callable[[Tensor], Tensor]) -> TaskBatch:
+        """Every tensor of the batch through ``transform`` (a device move, a slice of tasks)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return TaskBatch(**{name: None if value is None else transform(value) for name, value in values.items()})
+
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> TaskBatch:
-        groups = self.support_groups
-        return TaskBatch(
-            self.support_x.to(device, non_blocking=non_blocking),
-            self.support_y.to(device, non_blocking=non_blocking),
-            self.query_x.to(device, non_blocking=non_blocking),
-            self.query_y.to(device, non_blocking=non_blocking),
-            None if groups is None else groups.to(device, non_blocking=non_blocking),
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def standardize_targets(self) -> TaskBatch:
+        """Regression targets standardised per task with its support rows' mean and standard deviation
+        (`target_spread`), support and query alike, in float64 before the cast to float32 (a target near
+        1e6 varies below float32's resolution there). A factory knows only its support rows' labels, so
+        that is all the scale may come from; the batch keeps the statistics to report errors in the
+        factory's units."""
+        if self.standardized:
+            raise ValueError("the targets are standardised already")
+        support = self.support_y.double()
+        mean = support.mean(dim=1)
+        std = target_spread(support)
+
+        def standard(y: Tensor) -> Tensor:
+            return ((y.double() - mean[:, None]) / std[:, None]).float()
+
+        return dataclasses.replace(self, support_y=standard(self.support_y), query_y=standard(self.query_y),
+                                   target_mean=mean, target_std=std)
 
     def task(self, i: int) -> TaskBatch:
         """Task ``i`` alone, as a batch with ``T == 1`` (views, no copy).
@@ -196,13 +227,7 @@ class TaskBatch:
         if not -t <= i < t:
             raise IndexError(f"task index {i} out of range for {t} tasks")
         i %= t
-        return TaskBatch(
-            self.support_x[i : i + 1],
-            self.support_y[i : i + 1],
-            self.query_x[i : i + 1],
-            self.query_y[i : i + 1],
-            None if self.support_groups is None else self.support_groups[i : i + 1],
-        )
+        return self._map(lambda tensor: tensor[i : i + 1])
 
 
 @runtime_checkable
@@ -210,6 +235,18 @@ class TaskSampler(Protocol):
     """Anything that yields meta-batches; the meta-learners depend only on this."""
 
     def sample(self, num_tasks: int) -> TaskBatch: ...
+
+
+def target_spread(y: Tensor) -> Tensor:
+    """The standard deviation (n - 1) of each row of targets ``y [T, S]``, in float64; where it is zero or
+    below float32's resolution at the targets' size (one row, or equal targets) the targets' own size
+    instead (their mean's magnitude, 1 for zero), so a standardised target stays in proportion to
+    the factory's units."""
+    y = y.double()
+    mean = y.mean(dim=1)
+    std = y.std(dim=1) if y.shape[1] > 1 else torch.zeros_like(mean)
+    size = torch.where(mean.abs() > 0, mean.abs(), 1.0)
+    return torch.where(std > 1e-6 * size, std, size)
 
 
 def _sample_distinct(n: int, k: int, generator: torch.Generator) -> Tensor:
@@ -266,16 +303,20 @@ class RegressionTaskSampler:
     Each task picks a factory uniformly at random (so small factories weigh as much as
     large ones, as in federated averaging over clients) and then ``shots + query_size``
     distinct rows of it; the first ``shots`` form the support set. Support and query never
-    share a row, so the query loss measures generalisation, not memorisation.
+    share a row, so the query loss measures generalisation, not memorisation. With
+    ``standardize_targets`` every task's targets come standardised by its support rows
+    (`TaskBatch.standardize_targets`), as a factory standardises the few rows it labels.
     """
 
     def __init__(
-        self, factories: Sequence[FactoryData], shots: int, query_size: int, seed: int
+        self, factories: Sequence[FactoryData], shots: int, query_size: int, seed: int,
+        standardize_targets: bool = False,
     ) -> None:
         _check_positive(shots=shots, query_size=query_size)
         self.factories = _check_factories(factories)
         self.shots = shots
         self.query_size = query_size
+        self.standardize_targets = standardize_targets
         needed = shots + query_size
         for f in self.factories:
             if not f.y.is_floating_point():
@@ -306,7 +347,8 @@ class RegressionTaskSampler:
         x, y = torch.stack(xs), torch.stack(ys)
         s = self.shots
         support_groups = None if any(group is None for group in groups) else torch.stack(groups)
-        return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:], support_groups)
+        batch = TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:], support_groups)
+        return batch.standardize_targets() if self.standardize_targets else batch
 
 
 class ClassificationTaskSampler:

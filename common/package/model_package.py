@@ -2,7 +2,7 @@
 
 A package is a folder::
 
-    model.json            the manifest: schema, model config, adaptation recipe, input scaling,
+    model.json            the manifest: schema, model config, adaptation recipe, input and target scaling,
                           where it came from (run, round, held-out metrics), package versions,
                           the SHA-256 of the weights file and, once adapted, its lineage
     weights.safetensors   the weights (Meta-SGD: its learned step sizes too, under ``inner_lr/``)
@@ -13,6 +13,11 @@ overwritten. Loading checks the manifest, the weights' hash, names and shapes ag
 model config, and that every value is finite; each problem is a `PackageError` naming the
 folder. Version differences (the package built with another fedmeta or torch) are reported,
 not refused: a factory's machine rarely runs the server's exact versions.
+
+A regression package scaled from a factory's rows predicts the target standardised; only an adapted
+package knows the factory's target scale (`Manifest.target_scaling`), so only it predicts in the factory's
+units (`package_model`). With no labelled row (K = 0) there is no scale to map back to, and every command
+that would show a prediction says so instead of printing a number in no unit.
 """
 
 from __future__ import annotations
@@ -31,16 +36,17 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
-from fedmeta.common.data.scaling import FeatureScaling
+from fedmeta.common.data.scaling import FeatureScaling, TargetScaling
 from fedmeta.common.federation.app_identity import DISTRIBUTION
 from fedmeta.common.federation.rounds import local_algorithm, pack_meta_parameters, unpack_meta_parameters
 from fedmeta.common.meta.losses import TASK_KINDS
-from fedmeta.common.meta.models import ModelConfig, build_model
+from fedmeta.common.meta.models import MetaModel, ModelConfig, build_model
 from fedmeta.common.run_settings import ADAPTATION_RECIPES
 
 __all__ = [
+    "CLOSED_FORM",
     "MANIFEST_FILE",
     "PACKAGE_FORMAT",
     "SCALING_RULES",
@@ -52,10 +58,15 @@ __all__ = [
     "PackageSchema",
     "installed_versions",
     "load_package",
+    "package_model",
     "save_package",
 ]
 
-PACKAGE_FORMAT = 1
+# 2: a regression package scaled from a factory's rows predicts its target standardised (`target_scaling`).
+PACKAGE_FORMAT = 2
+# An adapted package whose head is solved in closed form on the factory's rows (`client.floor.candidates`):
+# updating it solves the head again, with the penalty it records.
+CLOSED_FORM = "closed-form"
 MANIFEST_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 # "factory-rows": each factory standardises its inputs with its own rows (`common.data.scaling`);
@@ -106,7 +117,8 @@ class PackageSchema:
 
 @dataclass(frozen=True)
 class AdaptationPlan:
-    """How a factory adapts the package: the federation's evaluation settings (`EvaluationSettings`)."""
+    """How a factory adapts the package: the federation's evaluation settings (`EvaluationSettings`), or
+    `CLOSED_FORM` where the factory chose a model whose head is solved on its rows (its steps unused)."""
 
     algorithm: str
     steps: int
@@ -114,7 +126,8 @@ class AdaptationPlan:
     recipe: str = "fixed"
 
     def __post_init__(self) -> None:
-        local_algorithm(self.algorithm)
+        if self.algorithm != CLOSED_FORM:
+            local_algorithm(self.algorithm)
         if self.recipe not in ADAPTATION_RECIPES:
             raise ValueError(f"recipe must be one of {ADAPTATION_RECIPES}, got {self.recipe!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
@@ -156,6 +169,10 @@ class Manifest:
     # Binary classification at a factory's failure rate (`common.package.decision`): failure_class, failure_rate (the
     # factory's), adapted_rate (the failure share of the rows the model was adapted on) and threshold.
     decision: dict[str, Any] | None = None
+    # An adapted regression package of a factory's table: the target statistics of the rows it adapted on.
+    target_scaling: TargetScaling | None = None
+    # An adapted package: which of the factory's candidates it is (`client.floor.candidates`).
+    chosen: str | None = None
     format: int = PACKAGE_FORMAT
 
     def __post_init__(self) -> None:
@@ -170,6 +187,13 @@ class Manifest:
         if self.scaling is not None and self.scaling.mean.numel() != len(self.schema.features):
             raise ValueError(f"the scaling has {self.scaling.mean.numel()} features, the schema "
                              f"{len(self.schema.features)}")
+        if self.target_scaling is not None and not self.standardized_target:
+            raise ValueError("a target scaling belongs to a regression package scaled from a factory's rows")
+
+    @property
+    def standardized_target(self) -> bool:
+        """Whether the model predicts the target standardised with a factory's own labelled rows."""
+        return self.schema.task == "regression" and self.scaling_rule == "factory-rows"
 
     @property
     def window_length(self) -> int | None:
@@ -183,6 +207,7 @@ class Manifest:
         data["model"] = asdict(self.model)
         data["adaptation"] = asdict(self.adaptation)
         data["scaling"] = None if self.scaling is None else self.scaling.to_json()
+        data["target_scaling"] = None if self.target_scaling is None else self.target_scaling.to_json()
         return json.loads(json.dumps(data))  # tuples to lists: what loading sees
 
     @classmethod
@@ -205,6 +230,8 @@ class Manifest:
             values["adaptation"] = AdaptationPlan(**values["adaptation"])
             if values.get("scaling") is not None:
                 values["scaling"] = FeatureScaling.from_json(values["scaling"])
+            if values.get("target_scaling") is not None:
+                values["target_scaling"] = TargetScaling.from_json(values["target_scaling"])
         except TypeError as error:  # a sub-object with unknown or missing keys
             raise ValueError(str(error)) from None
         return cls(**values)
@@ -219,6 +246,36 @@ class ModelPackage:
     inner_lrs: dict[str, Tensor]
     manifest: Manifest
     version_notes: tuple[str, ...] = ()
+
+
+class _InFactoryUnits(nn.Module):
+    """A regression model's standardised prediction mapped to the factory's units (float64)."""
+
+    def __init__(self, model: MetaModel, target: TargetScaling) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config  # what the model reads and writes, as on the model itself
+        self.mean, self.std = target.mean, target.std
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x).double() * self.std + self.mean
+
+
+def package_model(package: ModelPackage) -> nn.Module:
+    """The package's model with its weights, in eval mode, reading scaled inputs and predicting in the
+    factory's units; a ``ValueError`` where it cannot (a standardised target and no labelled row to
+    scale it by: K = 0)."""
+    manifest = package.manifest
+    model = build_model(manifest.model)
+    model.load_state_dict(package.weights)
+    model.eval()
+    if not manifest.standardized_target:
+        return model
+    if manifest.target_scaling is None:
+        raise ValueError(f"this package predicts {manifest.schema.target!r} relative to a factory's own typical value "
+                         "and spread, which only its labelled rows tell: adapt it to 2 or more labelled rows with "
+                         "`fedmeta adapt` first")
+    return _InFactoryUnits(model, manifest.target_scaling).eval()
 
 
 def installed_versions() -> dict[str, str]:

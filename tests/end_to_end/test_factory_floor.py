@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fedmeta.client.floor.adapt import LOCAL_ONLY_STEPS, rows_alone_adaptation, rows_as_task
+from fedmeta.client.floor.adapt import rows_as_task
+from fedmeta.client.floor.candidates import LOCAL_ONLY_STEPS, rows_alone_adaptation
 from fedmeta.common.data.scaling import FeatureScaling
 from fedmeta.common.package.model_package import load_package
 from fedmeta.simulations.example_plants import ADAPT_ROWS, FEATURES, WEEK_ROWS

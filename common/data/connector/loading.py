@@ -117,14 +117,14 @@ def load_factory_table(
     shots: int | None = None,
     ways: int | None = None,
     min_rows: int = 1,
-    features_dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32,
 ) -> FactoryData:
     """Validate then load a factory's table; `DataValidationError` lists every problem if it is unusable.
 
-    ``x`` is ``[rows, features]`` in the schema's feature order, float32 unless ``features_dtype``
-    says otherwise (raw readings to be scaled by the factory's own statistics are read in float64:
-    near 1e6 float32 cannot tell readings 0.06 apart); ``y`` is float32
-    (regression) or int64 class ids in ``schema.classes`` order (sorted labels without it).
+    ``x`` is ``[rows, features]`` in the schema's feature order and ``y`` a regression target, both
+    float32 unless ``dtype`` says otherwise (raw readings and targets to be scaled by the factory's own
+    statistics are read in float64: near 1e6 float32 cannot tell values 0.06 apart), or int64 class
+    ids in ``schema.classes`` order (sorted labels without it).
     Rows are ordered by the time column when the schema names one (ties keep file order).
     ``name`` defaults to the file name without its suffix.
     """
@@ -137,6 +137,7 @@ def load_factory_table(
         x, y = x[parsed.order], y[parsed.order]
     return FactoryData(
         name or path.stem,
-        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(features_dtype),
-        torch.from_numpy(np.array(y, dtype=np.float32 if schema.task == "regression" else np.int64)),
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(dtype),
+        torch.from_numpy(np.array(y, dtype=np.float64 if schema.task == "regression" else np.int64)).to(
+            dtype if schema.task == "regression" else torch.int64),
     )

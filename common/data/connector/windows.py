@@ -124,7 +124,7 @@ def read_window_table(path: Path, schema: DataSchema, length: int) -> WindowTabl
         raise ValueError("a window table needs the schema's group_column and time_column")
     # In file order (no time column to sort by): the order is set here, within each group.
     rows = load_factory_table(path, dataclasses.replace(schema, time_column=None, window=None, extra_columns="ignore"),
-                              features_dtype=torch.float64)
+                              dtype=torch.float64)
     problems: list[DataProblem] = []
     table = read_table(path, schema, problems)
     if table is None or table.frame is None or problems or len(table.frame) != len(rows.y):

@@ -11,9 +11,16 @@ import pytest
 import torch
 
 from fedmeta.client.floor.adapt import adapt_package, factory_candidates
+from fedmeta.client.floor.candidates import candidate_names
 from fedmeta.client.floor.cli import REPORT_FILE
 from fedmeta.common import Recipe
-from fedmeta.common.package.model_package import WEIGHTS_FILE, load_package, save_package
+from fedmeta.common.package.model_package import (
+    WEIGHTS_FILE,
+    ModelPackage,
+    load_package,
+    package_model,
+    save_package,
+)
 from tests.client.conftest import FEATURES
 from tests.support.cli import run_fedmeta
 
@@ -35,18 +42,44 @@ def test_adapting_to_twenty_rows_writes_a_package_with_lineage_scaling_and_repor
     report = json.loads((tmp_path / "adapted" / REPORT_FILE).read_text())
     assert report["rows"] == 20 and report["folds"] == 5
     scores = report["scores"]
-    assert scores["adapted"]["rmse"] < 0.7 * scores["unadapted"]["rmse"], scores  # measured 0.34 vs 1.07
-    assert set(scores) == {"adapted", "unadapted", "rows alone", "rows alone, least squares"}
+    assert scores["adapted"]["rmse"] < 0.7 * scores["unadapted"]["rmse"], scores
+    assert set(scores) == set(candidate_names("regression"))
+    assert report["chosen"] == report["best"] == min(scores, key=lambda name: scores[name]["mse"])
+    assert adapted.manifest.chosen == report["chosen"] and f"kept {report['chosen']!r}" in output
     assert adapted.manifest.metrics["adapted/rmse"] == scores["adapted"]["rmse"]
+    target = adapted.manifest.target_scaling  # the 20 rows' own, in the plant's units
+    assert target.rows == 20 and target.mean == pytest.approx(table["quality"][:20].mean(), rel=1e-9)
 
 
-def test_the_report_shows_a_least_squares_line_fitting_a_linear_plants_rows_exactly(plant_package):
+def test_on_a_linear_plant_the_package_written_is_the_line_through_its_rows(plant_package):
+    """Least squares fits a linear plant's rows exactly, so the factory gets it (or a model at least as good),
+    never the network the federation trained on other plants; it predicts rows it never saw."""
     root, _ = plant_package
-    x = torch.randn(20, len(FEATURES), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 7 + 40
-    y = (x @ torch.arange(1.0, len(FEATURES) + 1, dtype=torch.float64) - 3).float()
-    scores = adapt_package(load_package(root / "package"), x, y).report.scores
-    assert scores["rows alone, least squares"]["rmse"] < 1e-3 * y.std()  # the line is the plant
-    assert scores["adapted"]["rmse"] > 10 * scores["rows alone, least squares"]["rmse"]
+    x = torch.randn(40, len(FEATURES), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 7 + 40
+    y = x @ torch.arange(1.0, len(FEATURES) + 1, dtype=torch.float64) - 3
+    adapted = adapt_package(load_package(root / "package"), x, y, rows=20)
+    scores = adapted.report.scores
+    assert scores["least squares"]["rmse"] < 1e-3 * y.std()  # the line is the plant
+    assert scores["adapted"]["rmse"] > 10 * scores["least squares"]["rmse"]
+    assert scores[adapted.report.chosen]["mse"] <= scores["least squares"]["mse"]
+    package = ModelPackage(adapted.weights, adapted.inner_lrs, adapted.manifest)
+    with torch.no_grad():
+        predicted = package_model(package)(adapted.manifest.scaling.apply(x[20:]))[:, 0]
+    assert float((predicted - y[20:]).abs().max()) < 1e-3 * float(y.std())
+
+
+def test_keep_overrides_the_choice_with_a_warning_and_an_unknown_name_is_refused(plant_package, tmp_path):
+    root, _ = plant_package
+    args = ("adapt", "--model", str(root / "package"), "--data", str(root / "plant.csv"), "--rows", "20")
+    code, output = run_fedmeta(*args, "--out", str(tmp_path / "kept"), "--keep", "unadapted")
+    assert code == 0, output
+    report = json.loads((tmp_path / "kept" / REPORT_FILE).read_text())
+    assert report["chosen"] == "unadapted" != report["best"]
+    assert "warning" in output and "kept 'unadapted' as --keep asks" in output
+    assert load_package(tmp_path / "kept").manifest.chosen == "unadapted"
+    code, output = run_fedmeta(*args, "--out", str(tmp_path / "other"), "--keep", "forest")
+    assert code == 1 and "--keep must name one of the candidates" in output and "'forest'" in output
+    assert not (tmp_path / "other").exists()
 
 
 def test_an_existing_output_folder_is_never_overwritten(plant_package, tmp_path):
@@ -85,6 +118,9 @@ def test_bad_input_is_refused_by_name(plant_package, tmp_path):
     assert "SHA-256" in refused(damaged, root / "plant.csv")
     assert "'scrap'" in refused(root / "package", root / "plant.csv", "--schema", str(schema))
     assert "between 2 and the table's" in refused(root / "package", root / "plant.csv", "--rows", "100000")
+    table.assign(quality=54.0).to_csv(tmp_path / "constant.csv", index=False)
+    assert "'quality' is 54 in every one of the 20 labelled rows" in refused(root / "package", tmp_path / "constant.csv",
+                                                                           "--rows", "20")
 
 
 def test_a_cross_validated_recipe_is_chosen_among_the_factory_candidates(plant_package, tmp_path):
@@ -94,7 +130,7 @@ def test_a_cross_validated_recipe_is_chosen_among_the_factory_candidates(plant_p
     save_package(tmp_path / "cv-package", base.weights, {}, dataclasses.replace(
         base.manifest, adaptation=plan, weights_sha256="", versions={}))
     code, output = run_fedmeta("adapt", "--model", str(tmp_path / "cv-package"), "--data", str(root / "plant.csv"),
-                               "--rows", "20", "--out", str(tmp_path / "adapted"))
+                               "--rows", "20", "--out", str(tmp_path / "adapted"), "--keep", "adapted")
     assert code == 0, output
     report = json.loads((tmp_path / "adapted" / REPORT_FILE).read_text())
     assert Recipe(report["recipe_steps"], report["recipe_lr_scale"]) in factory_candidates(10)

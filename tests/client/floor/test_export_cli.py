@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedmeta.common import build_model
-from fedmeta.common.data.scaling import FeatureScaling
+from fedmeta.common.data.scaling import FeatureScaling, TargetScaling
 from fedmeta.common.package.model_package import AdaptationPlan, Manifest, PackageSchema, save_package
 from tests.support.cli import run_fedmeta
 
@@ -68,19 +68,22 @@ def test_an_existing_file_is_never_overwritten(adapted, tmp_path):
 
 
 def test_a_reading_near_a_million_reaches_the_model_with_its_hundredths(tmp_path):
-    """The graph takes float64 and scales before the cast: in float32, 1e6 + 0.01 is 1e6."""
+    """The graph takes float64 and scales before the cast: in float32, 1e6 + 0.01 is 1e6; a prediction near
+    1e6 comes back in float64, mapped to the plant's units after the model's float32."""
     torch.manual_seed(0)
     model = build_model({"name": "mlp", "input_shape": (2,), "output_dim": 1, "hidden": 8})
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     scaling = FeatureScaling(torch.tensor([1e6, 5.0], dtype=torch.float64), torch.tensor([0.03, 2.0]), 100)
     manifest = Manifest(PackageSchema(("flow", "temperature"), "quality", "regression"), model.config,
-                        AdaptationPlan("maml", 5, 0.1), "factory-rows", "run", 1, scaling=scaling)
+                        AdaptationPlan("maml", 5, 0.1), "factory-rows", "run", 1, scaling=scaling,
+                        target_scaling=TargetScaling(1e6, 1e3, 100))
     save_package(tmp_path / "package", weights, {}, manifest)
     assert run_fedmeta("export", "--model", str(tmp_path / "package"), "--out", str(tmp_path / "m.onnx"))[0] == 0
     rows = torch.tensor([[1e6 - 0.04, 5.0], [1e6 + 0.01, 5.0], [1e6 + 0.05, 5.0]], dtype=torch.float64)
     session = onnxruntime.InferenceSession(tmp_path / "m.onnx", providers=["CPUExecutionProvider"])
     exported = session.run(None, {"features": rows.numpy()})[0]
     with torch.no_grad():
-        expected = model(scaling.apply(rows))[:, 0].numpy()
-    np.testing.assert_allclose(exported, expected, atol=1e-5, rtol=0)
+        expected = 1e6 + 1e3 * model(scaling.apply(rows))[:, 0].double().numpy()
+    assert exported.dtype == np.float64
+    np.testing.assert_allclose(exported, expected, atol=1e-3, rtol=0)
     assert len(set(exported.tolist())) == 3  # three readings, three predictions

@@ -15,7 +15,7 @@ import fedmeta.client.floor.csv_rows as csv_rows
 import fedmeta.client.floor.table_blocks as table_blocks
 from fedmeta.common import build_model, expected_f1_threshold
 from fedmeta.common.data.connector import DataSchema
-from fedmeta.common.data.scaling import FeatureScaling
+from fedmeta.common.data.scaling import FeatureScaling, TargetScaling
 from fedmeta.common.package.model_package import AdaptationPlan, Manifest, PackageSchema, load_package, save_package
 from tests.client.conftest import FEATURES
 from tests.support.cli import run_fedmeta
@@ -35,9 +35,10 @@ def _expected(package_path, features: np.ndarray) -> np.ndarray:
     package = load_package(package_path)
     model = build_model(package.manifest.model)
     model.load_state_dict(package.weights)
-    scaling = package.manifest.scaling
+    scaling, target = package.manifest.scaling, package.manifest.target_scaling
     with torch.no_grad():
-        return model(scaling.apply(torch.tensor(features, dtype=torch.float32)))[:, 0].numpy()
+        standardized = model(scaling.apply(torch.tensor(features, dtype=torch.float32)))[:, 0].double()
+    return (standardized * target.std + target.mean).numpy()  # in the plant's units
 
 
 def test_every_row_comes_back_with_its_columns_and_the_adapted_models_prediction(plant_package, adapted, tmp_path,
@@ -182,8 +183,9 @@ def _random_package(path, classes=None):
     model = build_model({"name": "mlp", "input_shape": (2,), "output_dim": len(classes or [0]), "hidden": 4})
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     task = "classification" if classes else "regression"
+    target = None if classes else TargetScaling(10.0, 2.0, 20)  # predictions y = 10 + 2 * the model's output
     manifest = Manifest(PackageSchema(("a", "b"), "y", task, classes), model.config, AdaptationPlan("maml", 5, 0.1),
-                        "factory-rows", "run", 1)
+                        "factory-rows", "run", 1, target_scaling=target)
     save_package(path, weights, {}, manifest)
 
 
@@ -207,7 +209,7 @@ def test_a_csv_row_comes_back_byte_for_byte_with_the_predicted_cells_after_it(tm
     model = build_model(package.manifest.model)
     model.load_state_dict(package.weights)
     with torch.no_grad():
-        np.testing.assert_allclose(np.array(cells, dtype=float), model(scaled)[:, 0].numpy(), rtol=1e-6)
+        np.testing.assert_allclose(np.array(cells, dtype=float), 10 + 2 * model(scaled)[:, 0].numpy(), rtol=1e-6)
 
 
 def test_a_class_label_holding_the_delimiter_is_quoted_in_the_csv_it_is_written_to(tmp_path):

@@ -16,7 +16,7 @@ import fedmeta.client.floor.csv_rows as csv_rows
 from fedmeta.common import build_model, support_folds
 from fedmeta.common.data.connector import DataSchema
 from fedmeta.common.data.connector.windows import read_window_table
-from fedmeta.common.data.scaling import FeatureScaling
+from fedmeta.common.data.scaling import FeatureScaling, TargetScaling
 from fedmeta.common.package.model_package import AdaptationPlan, Manifest, PackageSchema, load_package, save_package
 from tests.support.cli import run_fedmeta
 
@@ -43,8 +43,9 @@ def _package(path, name: str = "cnn1d", *, task: str = "regression", seed: int =
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     target = "state" if classes else "wear"
     schema = PackageSchema(CHANNELS, target, task, classes, group_column=columns[0], time_column=columns[1])
+    target_scaling = None if classes else TargetScaling(0.0, 1.0, 20)  # as if adapted: wear in the model's units
     manifest = Manifest(schema, model.config, AdaptationPlan("maml", steps, 0.3), "factory-rows", "run", 1,
-                        scaling=scaling)
+                        scaling=scaling, target_scaling=target_scaling)
     save_package(path, weights, {}, manifest)
     return model
 

@@ -1,0 +1,164 @@
+"""The models a factory could use, each fitted on its own labelled rows: what `fedmeta adapt` chooses among.
+
+A factory judges a federation by one thing: is the model it gets better than what it could build itself?
+So `fedmeta adapt` fits every way of getting a model on folds of the factory's rows, scores each on the
+fold it did not see, and keeps the best (`client.floor.adapt`). The candidates:
+
+- ``adapted``: the package adapted with its recipe (`common.meta.adaptation`).
+- ``unadapted``: the package as the federation delivered it, its predictions put on the rows' target scale.
+- ``rows alone``: the package's network from seeded fresh weights, trained on the rows alone.
+- ``least squares`` (regression) or ``logistic regression`` (classification): a linear model of the
+  factory-scaled inputs (a window model: its last step's channels) fitted on the rows; the ridge penalty
+  chosen by leave-one-out, the logistic one fixed (`common.meta.closed_form_head.LOGISTIC_PENALTY`).
+- ``closed-form head``: the package's learned features beside those inputs with a linear head solved on the
+  rows (`common.meta.closed_form_head`), as R2-D2 adapts (Bertinetto et al., ICLR 2019), at feature
+  scale 1 and the same penalty rule.
+
+The linear candidates are packages of the same architecture with the head reading the inputs too
+(`common.meta.models.ModelConfig.skip_inputs`): least squares is the closed-form head at feature scale 0.
+So every candidate is a model and its parameters, scored one way and written one way, and `predict`,
+`update`, `export` and `optimize` work whichever is chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fedmeta.common import (
+    Recipe,
+    TaskBatch,
+    adapt_with_recipes,
+    adapted_names,
+    build_model,
+    local_algorithm,
+    query_metrics,
+)
+from fedmeta.common.meta.adaptation import Adaptation, initial_weights
+from fedmeta.common.meta.closed_form_head import solve_head
+from fedmeta.common.meta.models import PENALTY, MetaModel
+from fedmeta.common.package.model_package import ModelPackage
+
+__all__ = [
+    "CANDIDATES",
+    "LOCAL_ONLY_STEPS",
+    "Fitted",
+    "candidate_names",
+    "fit_candidate",
+    "linear_name",
+    "package_adaptation",
+    "rows_alone_adaptation",
+]
+
+LOCAL_ONLY_STEPS = 100  # the rows-alone network: seeded fresh weights, this many steps at the package's step size
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: holds tensors
+class Fitted:
+    """A candidate's model and its parameters for each of ``T`` tasks (task-batched, or shared where no
+    task changed them); ``recipe`` is the adaptation recipe of task 0 where the candidate has one."""
+
+    model: MetaModel
+    params: dict[str, Tensor]
+    recipe: Recipe | None = None
+
+    def task_weights(self, task: int) -> dict[str, Tensor]:
+        """Task ``task``'s weights, shaped as the model's own parameters."""
+        shapes = {name: p.shape for name, p in self.model.named_parameters()}
+        return {name: (value[task] if value.dim() > len(shapes[name]) else value).detach().clone()
+                for name, value in self.params.items()}
+
+    def scores(self, batch: TaskBatch, kind: str) -> dict[str, float]:
+        return query_metrics(self.model, self.params, batch, kind)
+
+
+def package_adaptation(package: ModelPackage) -> Adaptation:
+    """The package's weights, step sizes (Meta-SGD: its learned ones) and adapted parameters."""
+    manifest = package.manifest
+    model = build_model(manifest.model)
+    lr = package.inner_lrs or manifest.adaptation.lr
+    names = adapted_names(model, local_algorithm(manifest.adaptation.algorithm))
+    return Adaptation(model, manifest.schema.task, package.weights, lr, names)
+
+
+def rows_alone_adaptation(package: ModelPackage, seed: int) -> Adaptation:
+    """What a factory could build from its rows alone: the package's network with seeded fresh weights,
+    trained ``LOCAL_ONLY_STEPS`` steps at the package's step size (every parameter)."""
+    model = build_model(package.manifest.model)
+    weights = initial_weights(model, seed)
+    return Adaptation(model, package.manifest.schema.task, weights, package.manifest.adaptation.lr,
+                      model.forward_parameter_names())
+
+
+def linear_name(kind: str) -> str:
+    return "least squares" if kind == "regression" else "logistic regression"
+
+
+def candidate_names(kind: str) -> tuple[str, ...]:
+    """Every candidate for a task ``kind``, in the order ties are broken in (the federation's first)."""
+    return ("adapted", "unadapted", "closed-form head", linear_name(kind), "rows alone")
+
+
+def _adapted(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> Fitted:
+    adaptation, plan = package_adaptation(package), package.manifest.adaptation
+    if plan.recipe != "cross-validated" or plan.steps == 0:
+        return Fitted(adaptation.model, adaptation.adapt(batch, plan.steps), Recipe(plan.steps))
+    choice = adaptation.choose(batch, plan.steps, candidates)  # on each task's own rows: nested in the folds
+    params = adapt_with_recipes(adaptation.model, adaptation.weights, batch, choice, kind=adaptation.kind,
+                                lr=adaptation.lr, adapt_names=adaptation.names)
+    return Fitted(adaptation.model, params, choice.recipes()[0])
+
+
+def _unadapted(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> Fitted:
+    adaptation = package_adaptation(package)
+    return Fitted(adaptation.model, adaptation.adapt(batch, 0), Recipe(0))
+
+
+def _rows_alone(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> Fitted:
+    alone = rows_alone_adaptation(package, seed)
+    return Fitted(alone.model, alone.adapt(batch, LOCAL_ONLY_STEPS))
+
+
+def _head_model(package: ModelPackage, feature_scale: float) -> tuple[MetaModel, dict[str, Tensor]]:
+    """The package's architecture with a head that reads the inputs too, and its weights: the package's body,
+    the learned features at ``feature_scale`` beside the inputs (head and penalty still to solve)."""
+    config = dataclasses.replace(package.manifest.model, skip_inputs=True)
+    model = build_model(config)
+    weights = {name: value for name, value in package.weights.items() if not name.startswith("head.")}
+    fresh = {name: value.detach() for name, value in model.named_parameters() if name.startswith("head.")}
+    return model, {**weights, **fresh, "feature_scale": torch.full((1,), feature_scale), PENALTY: torch.zeros(1)}
+
+
+def _closed_form(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> Fitted:
+    model, weights = _head_model(package, 1.0)
+    with torch.no_grad():
+        return Fitted(model, solve_head(model, weights, batch, package.manifest.schema.task, None))
+
+
+def _linear(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> Fitted:
+    model, weights = _head_model(package, 0.0)
+    with torch.no_grad():
+        return Fitted(model, solve_head(model, weights, batch, package.manifest.schema.task, None))
+
+
+Fit = Callable[[ModelPackage, TaskBatch, int, tuple[Recipe, ...]], Fitted]
+CANDIDATES: dict[str, Fit] = {
+    "adapted": _adapted,
+    "unadapted": _unadapted,
+    "closed-form head": _closed_form,
+    "least squares": _linear,
+    "logistic regression": _linear,
+    "rows alone": _rows_alone,
+}
+
+
+def fit_candidate(name: str, package: ModelPackage, batch: TaskBatch, seed: int,
+                  recipes: tuple[Recipe, ...]) -> Fitted:
+    """Candidate ``name`` fitted on each task's support rows of ``batch`` (targets as the package
+    predicts them: standardised where it standardises them); ``recipes`` are the adapted candidate's
+    choices where its recipe is cross-validated."""
+    return CANDIDATES[name](package, batch, seed, recipes)

@@ -1,0 +1,58 @@
+"""A model's linear head solved in closed form on each task's support rows: how the ``r2d2`` algorithm adapts.
+
+The head reads the model's learned features (times a learned scale) beside the factory-scaled inputs
+(`common.meta.models.ModelConfig.skip_inputs`) and is solved exactly on the support rows: ridge regression
+for a regression target, a few Newton steps of L2-penalised logistic regression for classes
+(`common.meta.closed_form`). Meta-training differentiates through the solve into the body, the feature
+scale and the penalty (R2-D2, Bertinetto et al., ICLR 2019; MetaOptNet, Lee et al., CVPR 2019). On a plant
+that is linear in its inputs a zero feature scale leaves least squares on the rows; the federation learns
+how much of its features to add.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from fedmeta.common.meta.closed_form import LinearHead, logistic_fit, ridge_fit, ridge_fit_loo
+from fedmeta.common.meta.models import PENALTY
+from fedmeta.common.meta.tasks import TaskBatch
+
+__all__ = ["LOGISTIC_PENALTY", "NEWTON_STEPS", "head_features", "solve_head"]
+
+LOGISTIC_PENALTY = 1.0  # a logistic head's L2 penalty where none is learned: scikit-learn's default (C = 1)
+NEWTON_STEPS = 10  # a logistic head's Newton steps from zero: converged on a few rows of a few classes
+_FEW_ROWS_PENALTY = 1.0  # ridge on fewer than 3 rows, where leave-one-out has nothing to choose by
+
+
+def head_features(model: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """What the head reads, ``[..., N, D]``, with ``params`` in place of the model's own."""
+    return functional_call(model, dict(params), (x,), {"head": False})
+
+
+def _solve(z: Tensor, y: Tensor, kind: str, classes: int, penalty: Tensor | None) -> tuple[LinearHead, Tensor]:
+    tasks, rows = z.shape[:2]
+    if penalty is None and kind == "regression" and rows >= 3:
+        return ridge_fit_loo(z, y)
+    if penalty is None:
+        default = LOGISTIC_PENALTY if kind == "classification" else _FEW_ROWS_PENALTY
+        penalty = torch.full((tasks,), default, dtype=torch.float64)
+    lam = penalty.reshape(-1).expand(tasks) if penalty.numel() == 1 else penalty
+    if kind == "classification":
+        return logistic_fit(z, y, classes, lam, steps=NEWTON_STEPS), lam
+    return ridge_fit(z, y, lam), lam
+
+
+def solve_head(model: nn.Module, params: Mapping[str, Tensor], batch: TaskBatch, kind: str,
+               penalty: Tensor | None) -> dict[str, Tensor]:
+    """``params`` with the head solved on each task's support rows (task-batched ``[T, ...]``) and the log of
+    the penalty it was solved with: ``penalty`` (one, or ``[T]``; differentiable) or, where None, ridge at the
+    penalty of least leave-one-out error and logistic regression at `LOGISTIC_PENALTY`."""
+    z = head_features(model, params, batch.support_x)
+    head, lam = _solve(z, batch.support_y, kind, model.config.output_dim, penalty)
+    tasks = batch.num_tasks
+    return {**params, "head.weight": head.coef.mT, "head.bias": head.intercept,
+            PENALTY: lam.log().to(z.dtype).view(tasks, 1)}
