@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from fedmeta.common.meta.device import resolve_device
 from fedmeta.common.meta.inner_loop import Params, adapt, expand_for_tasks, predict
 from fedmeta.common.meta.losses import TASK_KINDS, task_accuracy, task_losses
+from fedmeta.common.meta.models import PENALTY
 from fedmeta.common.meta.tasks import TaskBatch, TaskSampler
 from fedmeta.common.validation import check_choice, check_positive_int
 
@@ -104,7 +105,7 @@ def adapted_names(model: nn.Module, algorithm: str) -> list[str]:
     """Names of the parameters the algorithm's inner loop adapts (ANIL: the head only)."""
     if algorithm == "anil":
         return list(model.head_parameter_names())
-    return list(model.forward_parameter_names())
+    return [name for name, _ in model.named_parameters() if name != PENALTY]  # what the forward pass reads
 
 
 def init_inner_lrs(weights: Mapping[str, Tensor], value: float) -> Params:

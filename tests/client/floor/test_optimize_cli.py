@@ -23,7 +23,7 @@ BOUNDS = {"controllable": {"temperature": [170, 230], "speed": [0.5, 3.5]}, "fix
 
 @pytest.fixture(scope="module")
 def adapted(tmp_path_factory):
-    """A fresh network adapted to 400 rows of the plant (2000 full-batch steps: its recipe)."""
+    """A fresh network adapted to 400 rows of the plant (4000 full-batch steps: its recipe)."""
     root = tmp_path_factory.mktemp("optimize")
     generator = np.random.default_rng(0)
     t, p, s = generator.uniform(170, 230, 400), generator.uniform(1.0, 1.4, 400), generator.uniform(0.5, 3.5, 400)
@@ -35,7 +35,7 @@ def adapted(tmp_path_factory):
     config = ModelConfig("mlp", (3,), 1, hidden=32)
     weights = {n: q.detach().clone() for n, q in build_model(config).named_parameters()}
     manifest = Manifest(PackageSchema(FEATURES, "quality", "regression"), config,
-                        AdaptationPlan("fomaml", 2000, 0.05), "factory-rows", "run", 1)
+                        AdaptationPlan("fomaml", 4000, 0.05), "factory-rows", "run", 1)
     save_package(root / "package", weights, {}, manifest)
     code, output = run_fedmeta("adapt", "--model", str(root / "package"), "--data", str(root / "plant.csv"),
                                "--out", str(root / "adapted"))
@@ -53,7 +53,7 @@ def test_the_recommended_settings_land_at_the_plants_known_optimum(adapted, tmp_
     assert code == 0, output
     assert "pressure=1.2 held" in output
     best = json.loads((tmp_path / "settings.json").read_text())[0]
-    # Tolerance: 3% of each range (measured with 3 plant seeds: within 0.5% and 1.6%).
+    # Tolerance: 3% of each range (measured on plant seed 0: 2.0% and 0.04%; 2000 steps gave 3.1%).
     assert abs(best["settings"]["temperature"] - BEST_TEMPERATURE) < 0.03 * 60, best
     assert abs(best["settings"]["speed"] - BEST_SPEED) < 0.03 * 3, best
     assert abs(best["predicted"] - 10.0) < 0.5, best
