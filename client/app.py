@@ -40,7 +40,9 @@ from fedmeta.common import (
     EvaluationSettings,
     ModelConfig,
     RoundSettings,
+    algorithm_model_config,
     build_model,
+    local_algorithm,
     meta_train,
     pack_meta_parameters,
     subtract,
@@ -61,14 +63,14 @@ def _received_parameters(msg: Message) -> dict[str, Tensor]:
     return unpack_parameters(packed[VALUES], ParameterLayout.from_config(msg.content[protocol.PARAMETER_LAYOUT]))
 
 
-def check_model_fits(factory: LoadedFactory, global_params: Mapping[str, Tensor]) -> None:
+def check_model_fits(factory: LoadedFactory, global_params: Mapping[str, Tensor], algorithm: str) -> None:
     """The server's model must be the one this factory's data gives (same schema: features and outputs).
 
     A factory with its own schema file can disagree with the server's; say so instead of
     failing deep inside a matrix product.
     """
     weights, _ = unpack_meta_parameters(global_params)
-    for name, shape in _parameter_shapes(factory.source.model_config).items():
+    for name, shape in _parameter_shapes(algorithm_model_config(factory.source.model_config, algorithm)).items():
         received = weights.get(name)
         if received is None or tuple(received.shape) != shape:
             got = "nothing" if received is None else f"shape {tuple(received.shape)}"
@@ -95,13 +97,14 @@ def local_update(
     if factory.role != "train":
         raise ValueError(f"factory {factory.data.name!r} is held out (role {factory.role!r}) and never trains")
     source = factory.source
-    check_model_fits(factory, global_params)
+    meta = settings.meta_config(source.task_kind)
+    check_model_fits(factory, global_params, meta.algorithm)
     weights, inner_lrs = unpack_meta_parameters(global_params)
     result = meta_train(
-        build_model(source.model_config),
+        build_model(algorithm_model_config(source.model_config, meta.algorithm)),
         weights,
         sampler_for(factory, settings.shots, settings.query_size, seed=settings.seed, stream=settings.server_round),
-        settings.meta_config(source.task_kind),
+        meta,
         inner_lrs=inner_lrs or None,
         device=device,
     )
@@ -187,7 +190,7 @@ def _evaluate_reply(factory: LoadedFactory, msg: Message, device: object) -> dic
     """K-shot adaptation on the factory's tasks for each K the server asks for."""
     settings = EvaluationSettings.from_config(msg.content[protocol.CONFIG])
     global_params = _received_parameters(msg)
-    check_model_fits(factory, global_params)
+    check_model_fits(factory, global_params, local_algorithm(settings.algorithm))
     return {protocol.METRICS: MetricRecord(evaluate_factory(factory, global_params, settings, device=device))}
 
 

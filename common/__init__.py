@@ -37,7 +37,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         "meta.algorithms": [
             "ALGORITHMS", "META_OPTIMIZERS", "MetaConfig", "MetaTrainResult", "NonFiniteLossError",
-            "adapt_to_support", "adapted_names", "evaluate_adaptation", "init_inner_lrs", "meta_step", "meta_train",
+            "adapt_to_support", "adapted_names", "algorithm_model_config", "evaluate_adaptation", "init_inner_lrs",
+            "meta_step", "meta_train",
             "prediction_metrics", "query_metrics",
         ],
         "meta.device": ["DEVICE_CHOICES", "resolve_device"],

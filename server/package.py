@@ -12,7 +12,14 @@ from pathlib import Path
 from flwr.serverapp import Grid
 from torch import Tensor
 
-from fedmeta.common import DataSource, EvaluationSettings, pack_meta_parameters, unpack_meta_parameters
+from fedmeta.common import (
+    DataSource,
+    EvaluationSettings,
+    algorithm_model_config,
+    local_algorithm,
+    pack_meta_parameters,
+    unpack_meta_parameters,
+)
 from fedmeta.common.federation import protocol
 from fedmeta.common.package.model_package import AdaptationPlan, Manifest, ModelPackage, load_package, save_package
 from fedmeta.server.checkpoint import RunDirectory
@@ -56,7 +63,7 @@ def write_run_package(
     weights, inner_lrs = unpack_meta_parameters(params)
     manifest = Manifest(
         schema=source.package_schema,
-        model=source.model_config,
+        model=algorithm_model_config(source.model_config, local_algorithm(evaluation.algorithm)),
         adaptation=AdaptationPlan(evaluation.algorithm, evaluation.steps, evaluation.lr, evaluation.recipe),
         scaling_rule=source.scaling_rule,
         run=_run_name(run_dir),

@@ -25,7 +25,14 @@ from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 from torch import Tensor
 
-from fedmeta.common import DataSource, build_model, init_inner_lrs, pack_meta_parameters
+from fedmeta.common import (
+    DataSource,
+    algorithm_model_config,
+    build_model,
+    init_inner_lrs,
+    local_algorithm,
+    pack_meta_parameters,
+)
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
 from fedmeta.server.package import RUN_ID, deliver_package, write_run_package
 from fedmeta.server.run_view import RunView
@@ -47,7 +54,7 @@ def initial_meta_parameters(source: DataSource, algorithm: str, inner_lr: float,
     """The first global model, seeded so every run and every method starts alike."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = build_model(source.model_config)
+        model = build_model(algorithm_model_config(source.model_config, local_algorithm(algorithm)))
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     return pack_meta_parameters(weights, init_inner_lrs(weights, inner_lr) if algorithm == "metasgd" else {})
 

@@ -2,8 +2,10 @@
 
 Reads the last evaluation each algorithm's run folder logged. Rows: the meta-learned
 model adapted on K samples, FedAvg without and with fine-tuning on the same K samples,
-and local-only training from scratch on those K samples; all measured in the same run
-on the same held-out tasks.
+local-only training from scratch on those K samples, a linear model (least squares or
+logistic regression) on those K samples, and the model each factory keeps by
+cross-validation on its K samples among them (`common.meta.factory_choice`); all measured
+in the same run on the same held-out tasks.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from fedmeta.server import RunDirectory
 
 __all__ = ["ComparisonRow", "comparison_rows", "final_evaluation"]
 
-_LOSS_KEY = re.compile(r"eval/(local-)?(loss|accuracy)-k(\d+)")
+_LOSS_KEY = re.compile(r"eval/(local-|linear-|chosen-)?(loss|accuracy)-k(\d+)")
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,11 @@ def final_evaluation(run_dir: Path) -> dict[str, object]:
     return records[-1]
 
 
-def _rows_of(record: dict[str, object], method: str, local: bool, with_k0: bool) -> list[ComparisonRow]:
+def _rows_of(record: dict[str, object], method: str, prefix: str, with_k0: bool) -> list[ComparisonRow]:
     by_metric: dict[str, dict[int, float]] = {}
     for key, value in record.items():
         match = _LOSS_KEY.fullmatch(key)
-        if match is None or bool(match.group(1)) != local:
+        if match is None or (match.group(1) or "") != prefix:
             continue
         shots = int(match.group(3))
         if shots == 0 and not with_k0:
@@ -48,11 +50,15 @@ def _rows_of(record: dict[str, object], method: str, local: bool, with_k0: bool)
 
 
 def comparison_rows(run_root: Path, algorithm: str, baselines: tuple[str, ...]) -> list[ComparisonRow]:
-    """Rows for the meta-learned ``algorithm``, each baseline, and local-only training."""
+    """Rows for the meta-learned ``algorithm``, each baseline, local-only training, the linear model on the
+    K rows and the model the factory keeps (among ``algorithm``'s, the linear model and local-only)."""
     main = final_evaluation(run_root / algorithm)
-    rows = _rows_of(main, f"{algorithm} (meta-learned, adapted)", local=False, with_k0=True)
+    rows = _rows_of(main, f"{algorithm} (meta-learned, adapted)", "", with_k0=True)
     for baseline in baselines:
         label = "fedavg + fine-tune" if baseline == "fedavg" else f"{baseline} (adapted)"
-        rows += _rows_of(final_evaluation(run_root / baseline), label, local=False, with_k0=True)
-    rows += _rows_of(main, "local only (from scratch)", local=True, with_k0=False)
+        rows += _rows_of(final_evaluation(run_root / baseline), label, "", with_k0=True)
+    rows += _rows_of(main, "local only (from scratch)", "local-", with_k0=False)
+    linear = "logistic regression" if any(key.startswith("eval/linear-accuracy") for key in main) else "least squares"
+    rows += _rows_of(main, f"{linear} on the K rows", "linear-", with_k0=False)
+    rows += _rows_of(main, f"chosen at the factory ({algorithm})", "chosen-", with_k0=False)
     return rows

@@ -81,8 +81,9 @@ def package_adaptation(package: ModelPackage) -> Adaptation:
     manifest = package.manifest
     model = build_model(manifest.model)
     lr = package.inner_lrs or manifest.adaptation.lr
-    names = adapted_names(model, local_algorithm(manifest.adaptation.algorithm))
-    return Adaptation(model, manifest.schema.task, package.weights, lr, names)
+    algorithm = local_algorithm(manifest.adaptation.algorithm)
+    return Adaptation(model, manifest.schema.task, package.weights, lr, adapted_names(model, algorithm),
+                      closed_form=algorithm == "r2d2")
 
 
 def rows_alone_adaptation(package: ModelPackage, seed: int) -> Adaptation:

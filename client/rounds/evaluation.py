@@ -13,11 +13,15 @@ from fedmeta.common import (
     DataSource,
     EvaluationSettings,
     adapted_names,
+    algorithm_model_config,
     build_model,
     local_algorithm,
     unpack_meta_parameters,
 )
 from fedmeta.common.meta.adaptation import Adaptation, initial_weights
+from fedmeta.common.meta.factory_choice import Predictor, chosen_losses, linear_predictor, task_scores
+from fedmeta.common.meta.inner_loop import predict
+from fedmeta.common.meta.tasks import TaskBatch
 
 __all__ = ["evaluate_factory", "local_only_adaptation", "prepare_adaptation"]
 
@@ -26,13 +30,13 @@ def prepare_adaptation(
     factory: LoadedFactory, params: Mapping[str, Tensor], settings: EvaluationSettings, *, device: torch.device
 ) -> Adaptation:
     """The adaptation `evaluate_factory` runs: the global weights (Meta-SGD: its learned rates)."""
-    source = factory.source
-    model = build_model(source.model_config)
+    source, algorithm = factory.source, local_algorithm(settings.algorithm)
+    model = build_model(algorithm_model_config(source.model_config, algorithm))
     weights, inner_lrs = unpack_meta_parameters(params)
     weights = {n: w.to(device) for n, w in weights.items()}
     lr = {n: t.to(device) for n, t in inner_lrs.items()} if inner_lrs else settings.lr
-    names = adapted_names(model, local_algorithm(settings.algorithm))
-    return Adaptation(model, source.task_kind, weights, lr, names)
+    names = adapted_names(model, algorithm)
+    return Adaptation(model, source.task_kind, weights, lr, names, closed_form=algorithm == "r2d2")
 
 
 def local_only_adaptation(source: DataSource, settings: EvaluationSettings) -> Adaptation:
@@ -42,29 +46,49 @@ def local_only_adaptation(source: DataSource, settings: EvaluationSettings) -> A
     return Adaptation(model, source.task_kind, weights, settings.local_only_lr, list(weights))
 
 
+def _predictor(adaptation: Adaptation, steps: int, cross_validate: bool = False) -> Predictor:
+    """Each task's query predictions after ``adaptation`` on its support rows."""
+
+    def predictions(batch: TaskBatch) -> Tensor:
+        params = adaptation.adapt(batch, steps, cross_validate=cross_validate)
+        with torch.no_grad():
+            return predict(adaptation.model, params, batch.query_x)
+
+    return predictions
+
+
 def evaluate_factory(
     factory: LoadedFactory, params: Mapping[str, Tensor], settings: EvaluationSettings, *, device: torch.device
 ) -> dict[str, float]:
-    """Metrics ``loss-k{K}`` (and ``accuracy-k{K}``, ``local-loss-k{K}``) for each K.
+    """Metrics ``loss-k{K}`` (and ``accuracy-k{K}``) for each K, with the same tasks' ``local-`` (the
+    local-only network, where on), ``linear-`` (least squares or logistic regression on the K rows) and
+    ``chosen-`` ones (the model each task keeps by cross-validation on its K rows, `common.meta.factory_choice`).
 
-    ``k0`` is the global model without adaptation.
+    ``k0`` is the global model without adaptation (a standardised target put on the support rows' scale).
     """
     adaptation = prepare_adaptation(factory, params, settings, device=device)
-    local_only = local_only_adaptation(factory.source, settings) if settings.local_only_steps else None
+    kind = factory.source.task_kind
+    cross_validate = settings.recipe == "cross-validated"
+    predictors = {"adapted": _predictor(adaptation, settings.steps, cross_validate), "unadapted": _predictor(
+        adaptation, 0), "linear": linear_predictor(kind, factory.source.model_config.output_dim)}
+    if settings.local_only_steps:
+        predictors["local"] = _predictor(local_only_adaptation(factory.source, settings), settings.local_only_steps)
     metrics: dict[str, float] = {NUM_EXAMPLES: 0}
     for k in settings.shots:
         sampler = sampler_for(factory, k, settings.query_size, seed=settings.seed, stream=f"eval-k{k}")
         batch = sampler.sample(settings.tasks).to(device)
         if k == settings.shots[0]:
             _record(metrics, "k0", adaptation.score(batch, steps=0))
-        _record(metrics, f"k{k}", adaptation.score(batch, steps=settings.steps,
-                                                    cross_validate=settings.recipe == "cross-validated"))
-        if local_only is not None:
-            _record(metrics, f"k{k}", local_only.score(batch, settings.local_only_steps), prefix="local-")
+        _record(metrics, f"k{k}", adaptation.score(batch, steps=settings.steps, cross_validate=cross_validate))
+        for name in ("local", "linear"):
+            if name in predictors:
+                _record(metrics, f"k{k}", task_scores(predictors[name](batch), batch, kind), prefix=f"{name}-")
+        _record(metrics, f"k{k}", chosen_losses(predictors, batch, kind)[0], prefix="chosen-")
         metrics[NUM_EXAMPLES] += batch.query_y.numel()
     return metrics
 
 
-def _record(metrics: dict[str, float], suffix: str, scores: Mapping[str, float], prefix: str = "") -> None:
+def _record(metrics: dict[str, float], suffix: str, scores: Mapping[str, float | Tensor], prefix: str = "") -> None:
     for name, value in scores.items():
-        metrics[f"{prefix}{name.removeprefix('query_')}-{suffix}"] = value
+        metrics[f"{prefix}{name.removeprefix('query_')}-{suffix}"] = float(value.mean() if isinstance(value, Tensor)
+                                                                          else value)

@@ -37,7 +37,7 @@ _Settings = TypeVar("_Settings")
 _DEFAULT = resolve_run_config({})
 
 # What a user picks; "fedavg" is the baseline whose local work is plain training.
-FEDERATED_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "fedavg")
+FEDERATED_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "r2d2", "fedavg")
 
 
 def local_algorithm(algorithm: str) -> str:

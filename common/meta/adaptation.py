@@ -18,7 +18,8 @@ from fedmeta.common.meta.adaptation_recipe import (
     recipe_candidates,
 )
 from fedmeta.common.meta.algorithms import adapt_to_support, evaluate_adaptation, query_metrics
-from fedmeta.common.meta.models import MetaModel
+from fedmeta.common.meta.closed_form_head import solve_head
+from fedmeta.common.meta.models import PENALTY, MetaModel
 from fedmeta.common.meta.tasks import TaskBatch
 
 __all__ = ["Adaptation", "initial_weights"]
@@ -43,12 +44,17 @@ class Adaptation:
     weights: dict[str, Tensor]
     lr: float | dict[str, Tensor]
     names: list[str]
+    closed_form: bool = False  # ``r2d2``: the head is solved on the support rows (with its learned penalty)
 
     def adapt(self, batch: TaskBatch, steps: int, *, cross_validate: bool = False,
               candidates: Sequence[Recipe] | None = None) -> dict[str, Tensor]:
         """Each task's parameters after ``steps`` steps on its support set (task-batched); with
         ``cross_validate`` after the recipe each task chooses on its support folds instead
-        (``steps`` at the base step size is one candidate, and the fallback where no fold fits)."""
+        (``steps`` at the base step size is one candidate, and the fallback where no fold fits).
+        A closed-form head is solved on the support rows instead (any ``steps`` but 0: none)."""
+        if self.closed_form and steps > 0:
+            with torch.no_grad():
+                return solve_head(self.model, self.weights, batch, self.kind, self.weights[PENALTY].exp())
         if not cross_validate or steps == 0:
             return adapt_to_support(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
                                     adapt_names=self.names)
@@ -62,6 +68,8 @@ class Adaptation:
                               candidates=candidates or recipe_candidates(steps), default=Recipe(steps))
 
     def score(self, batch: TaskBatch, steps: int, *, cross_validate: bool = False) -> dict[str, float]:
+        if self.closed_form:
+            return query_metrics(self.model, self.adapt(batch, steps), batch, self.kind)
         if not cross_validate or steps == 0:
             return evaluate_adaptation(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
                                        adapt_names=self.names)

@@ -11,12 +11,18 @@ algorithm is a small step function over the shared inner loop in
 - ``reptile``: the pseudo-gradient ``theta - mean(adapted)``.
 - ``metasgd``: second-order MAML with a learned step size per weight entry.
 - ``anil``: second-order MAML whose inner loop adapts only the head.
+- ``r2d2``: the head is solved in closed form on each task's support rows (ridge regression, or
+  Newton steps of logistic regression) on the learned features beside the inputs, and the
+  meta-gradient flows through the solve into the body, the feature scale and the ridge penalty
+  (`common.meta.closed_form_head`; R2-D2, Bertinetto et al., ICLR 2019). Its model reads the
+  inputs in its head (`algorithm_model_config`).
 - ``pretrain``: no inner loop; plain training on the tasks' data (the FedAvg
   baseline's local work and the "jointly pre-trained" reference).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -25,10 +31,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from fedmeta.common.meta.closed_form_head import solve_head
 from fedmeta.common.meta.device import resolve_device
 from fedmeta.common.meta.inner_loop import Params, adapt, expand_for_tasks, predict
 from fedmeta.common.meta.losses import TASK_KINDS, task_accuracy, task_losses
-from fedmeta.common.meta.models import PENALTY
+from fedmeta.common.meta.models import PENALTY, ModelConfig
 from fedmeta.common.meta.tasks import TaskBatch, TaskSampler
 from fedmeta.common.validation import check_choice, check_positive_int
 
@@ -40,6 +47,7 @@ __all__ = [
     "NonFiniteLossError",
     "adapt_to_support",
     "adapted_names",
+    "algorithm_model_config",
     "evaluate_adaptation",
     "init_inner_lrs",
     "meta_step",
@@ -48,7 +56,7 @@ __all__ = [
     "query_metrics",
 ]
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "pretrain")
+ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "r2d2", "pretrain")
 # The optimizer of a factory's own meta-update (`MetaConfig.outer_optimizer`); the server's, which
 # applies the averaged deltas, are `fedmeta.server.strategy.outer_optimizer.OUTER_OPTIMIZERS`.
 META_OPTIMIZERS = ("adam", "sgd")
@@ -106,6 +114,11 @@ def adapted_names(model: nn.Module, algorithm: str) -> list[str]:
     if algorithm == "anil":
         return list(model.head_parameter_names())
     return [name for name, _ in model.named_parameters() if name != PENALTY]  # what the forward pass reads
+
+
+def algorithm_model_config(config: ModelConfig, algorithm: str) -> ModelConfig:
+    """The model an algorithm trains: ``r2d2``'s head reads the inputs beside the learned features."""
+    return dataclasses.replace(config, skip_inputs=True) if algorithm == "r2d2" else config
 
 
 def init_inner_lrs(weights: Mapping[str, Tensor], value: float) -> Params:
@@ -204,12 +217,24 @@ def _pretrain_step(
     return StepLosses(loss.detach().unsqueeze(0), query.mean(), accuracy)
 
 
+def _closed_form_step(
+    model: nn.Module, weights: Params, inner_lrs: Params, batch: TaskBatch, config: MetaConfig
+) -> StepLosses:
+    adapted = solve_head(model, weights, batch, config.task_kind, weights[PENALTY].exp())
+    query, accuracy = _query_metrics(model, adapted, batch, config.task_kind)
+    query.mean().backward()
+    with torch.no_grad():
+        support = task_losses(predict(model, adapted, batch.support_x), batch.support_y, config.task_kind)
+    return StepLosses(support.mean().unsqueeze(0), query.detach().mean(), _detached(accuracy))
+
+
 StepFn = Callable[[nn.Module, Params, Params, TaskBatch, MetaConfig], StepLosses]
 
 _STEP_FUNCTIONS: dict[str, StepFn] = {
     "maml": _second_order_step,
     "metasgd": _second_order_step,
     "anil": _second_order_step,
+    "r2d2": _closed_form_step,
     "fomaml": _fomaml_step,
     "reptile": _reptile_step,
     "pretrain": _pretrain_step,

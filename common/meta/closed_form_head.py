@@ -21,7 +21,7 @@ from fedmeta.common.meta.closed_form import LinearHead, logistic_fit, ridge_fit,
 from fedmeta.common.meta.models import PENALTY
 from fedmeta.common.meta.tasks import TaskBatch
 
-__all__ = ["LOGISTIC_PENALTY", "NEWTON_STEPS", "head_features", "solve_head"]
+__all__ = ["LOGISTIC_PENALTY", "NEWTON_STEPS", "head_features", "solve_head", "solve_linear"]
 
 LOGISTIC_PENALTY = 1.0  # a logistic head's L2 penalty where none is learned: scikit-learn's default (C = 1)
 NEWTON_STEPS = 10  # a logistic head's Newton steps from zero: converged on a few rows of a few classes
@@ -33,7 +33,9 @@ def head_features(model: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> 
     return functional_call(model, dict(params), (x,), {"head": False})
 
 
-def _solve(z: Tensor, y: Tensor, kind: str, classes: int, penalty: Tensor | None) -> tuple[LinearHead, Tensor]:
+def solve_linear(z: Tensor, y: Tensor, kind: str, classes: int, penalty: Tensor | None) -> tuple[LinearHead, Tensor]:
+    """Each task's linear head on its support features ``z [T, S, D]`` and targets ``y [T, S]``, and the penalty
+    it was solved with ``[T]`` (see `solve_head`)."""
     tasks, rows = z.shape[:2]
     if penalty is None and kind == "regression" and rows >= 3:
         return ridge_fit_loo(z, y)
@@ -52,7 +54,7 @@ def solve_head(model: nn.Module, params: Mapping[str, Tensor], batch: TaskBatch,
     the penalty it was solved with: ``penalty`` (one, or ``[T]``; differentiable) or, where None, ridge at the
     penalty of least leave-one-out error and logistic regression at `LOGISTIC_PENALTY`."""
     z = head_features(model, params, batch.support_x)
-    head, lam = _solve(z, batch.support_y, kind, model.config.output_dim, penalty)
+    head, lam = solve_linear(z, batch.support_y, kind, model.config.output_dim, penalty)
     tasks = batch.num_tasks
     return {**params, "head.weight": head.coef.mT, "head.bias": head.intercept,
             PENALTY: lam.log().to(z.dtype).view(tasks, 1)}

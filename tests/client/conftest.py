@@ -24,8 +24,8 @@ def plant_package(tmp_path_factory):
     model = build_model(family.model_config)
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     config = MetaConfig("fomaml", inner_steps=5, inner_lr=0.05, outer_lr=3e-3, meta_batch_size=8, local_steps=300)
-    trained = meta_train(model, weights, RegressionTaskSampler(list(family.train), 10, 10, seed=0, standardize_targets=True), config,
-                         device="cpu")
+    sampler = RegressionTaskSampler(list(family.train), 10, 10, seed=0, standardize_targets=True)
+    trained = meta_train(model, weights, sampler, config, device="cpu")
     manifest = Manifest(PackageSchema(FEATURES, "quality", "regression"), family.model_config,
                         AdaptationPlan("fomaml", 10, 0.05), "factory-rows", "run-1", 5)
     save_package(root / "package", trained.weights, {}, manifest)

@@ -119,8 +119,8 @@ def test_bad_input_is_refused_by_name(plant_package, tmp_path):
     assert "'scrap'" in refused(root / "package", root / "plant.csv", "--schema", str(schema))
     assert "between 2 and the table's" in refused(root / "package", root / "plant.csv", "--rows", "100000")
     table.assign(quality=54.0).to_csv(tmp_path / "constant.csv", index=False)
-    assert "'quality' is 54 in every one of the 20 labelled rows" in refused(root / "package", tmp_path / "constant.csv",
-                                                                           "--rows", "20")
+    constant = refused(root / "package", tmp_path / "constant.csv", "--rows", "20")
+    assert "'quality' is 54 in every one of the 20 labelled rows" in constant
 
 
 def test_a_cross_validated_recipe_is_chosen_among_the_factory_candidates(plant_package, tmp_path):

@@ -129,7 +129,7 @@ def test_a_model_that_does_not_fit_the_factorys_schema_is_named(table):
     _, schema = table
     source = TableSource(DataSchema.from_json(schema))
     factory = LoadedFactory(FactoryData("plant-a", torch.zeros(8, 3), torch.zeros(8)), "train", source)
-    check_model_fits(factory, initial_meta_parameters(source, "maml", 0.1, 0))
+    check_model_fits(factory, initial_meta_parameters(source, "maml", 0.1, 0), "maml")
     two_features = TableSource(DataSchema(("a", "b"), "y", "regression"))
     with pytest.raises(ValueError, match="does not fit this factory's schema"):
-        check_model_fits(factory, initial_meta_parameters(two_features, "maml", 0.1, 0))
+        check_model_fits(factory, initial_meta_parameters(two_features, "maml", 0.1, 0), "maml")

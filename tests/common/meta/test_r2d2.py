@@ -1,0 +1,127 @@
+"""The ``r2d2`` algorithm: a closed-form head on the learned features beside the inputs, meta-learned through the
+solve. Checked against a hand-written reference (normal equations, one task at a time), against finite
+differences, by construction on a linear plant, and by learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedmeta.common import (
+    FamilyConfig,
+    MetaConfig,
+    ModelConfig,
+    RegressionTaskSampler,
+    TaskBatch,
+    algorithm_model_config,
+    build_model,
+    make_family,
+    meta_step,
+    meta_train,
+)
+from fedmeta.common.meta.adaptation import Adaptation
+from fedmeta.common.meta.closed_form_head import solve_head
+from fedmeta.common.meta.models import PENALTY
+
+CONFIG = ModelConfig("mlp", (3,), 1, hidden=4, depth=1, skip_inputs=True)
+
+
+def _batch(seed: int, tasks: int = 2, support: int = 6, query: int = 5) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tasks, support + query, 3, generator=g, dtype=torch.float64)
+    y = torch.sin(x[..., 0]) + x[..., 1] * x[..., 2] + 0.1 * torch.randn(tasks, support + query, generator=g,
+                                                                          dtype=torch.float64)
+    return TaskBatch(x[:, :support], y[:, :support], x[:, support:], y[:, support:])
+
+
+def _model_and_weights(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(CONFIG).double()
+    weights = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        weights["feature_scale"].fill_(0.7)
+        weights[PENALTY].fill_(-0.5)
+    return model, weights
+
+
+def _reference_query_loss(weights: dict[str, torch.Tensor], batch: TaskBatch) -> torch.Tensor:
+    """One task at a time: z = [s relu(x W^T + b), x, 1]; the head from the normal equations with the
+    intercept unpenalised; the mean query MSE over tasks."""
+    losses = []
+    for t in range(batch.num_tasks):
+        def design(x: torch.Tensor) -> torch.Tensor:
+            hidden = torch.relu(x @ weights["body.0.weight"].T + weights["body.0.bias"])
+            return torch.cat([weights["feature_scale"] * hidden, x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+
+        z, y = design(batch.support_x[t]), batch.support_y[t]
+        penalty = torch.diag(torch.cat([weights[PENALTY].exp().expand(z.shape[1] - 1), torch.zeros(1)]))
+        coef = torch.linalg.solve(z.T @ z + penalty, z.T @ y)
+        losses.append(((design(batch.query_x[t]) @ coef - batch.query_y[t]) ** 2).mean())
+    return torch.stack(losses).mean()
+
+
+def test_the_meta_gradient_matches_a_hand_written_closed_form_reference():
+    model, weights = _model_and_weights()
+    batch = _batch(0)
+    losses = meta_step(model, weights, {}, batch, MetaConfig("r2d2", inner_steps=1))
+    reference = {n: w.detach().clone().requires_grad_() for n, w in weights.items()}
+    expected = _reference_query_loss(reference, batch)
+    expected.backward()
+    assert float(losses.query) == pytest.approx(float(expected), rel=1e-9)
+    for name in ("body.0.weight", "body.0.bias", "feature_scale", PENALTY):
+        torch.testing.assert_close(weights[name].grad, reference[name].grad, rtol=1e-7, atol=1e-10)
+    assert weights["head.weight"].grad is None  # the head is solved, never learned
+
+
+def test_the_meta_gradient_matches_finite_differences():
+    model, weights = _model_and_weights(1)
+    batch = _batch(1)
+    names = ("body.0.weight", "feature_scale", PENALTY)
+
+    def query_loss(*values: torch.Tensor) -> torch.Tensor:
+        params = {**{n: w.detach() for n, w in weights.items()}, **dict(zip(names, values, strict=True))}
+        adapted = solve_head(model, params, batch, "regression", params[PENALTY].exp())
+        predictions = torch.func.functional_call(model, adapted, (batch.query_x,))
+        return ((predictions[..., 0] - batch.query_y) ** 2).mean()
+
+    assert torch.autograd.gradcheck(query_loss, tuple(weights[n].detach().clone().requires_grad_() for n in names))
+
+
+def test_at_feature_scale_zero_the_head_is_least_squares_on_the_rows():
+    """A plant linear in its inputs: with the learned features weighted zero, the solved head is the ridge line
+    through the support rows, which at a tiny penalty is least squares (numpy's)."""
+    model, weights = _model_and_weights()
+    weights = {n: w.detach() for n, w in weights.items()}
+    weights["feature_scale"] = torch.zeros(1, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 20, 3, generator=g, dtype=torch.float64)
+    y = x[..., 0] * 2 - x[..., 2] + 5 + 0.01 * torch.randn(1, 20, generator=g, dtype=torch.float64)
+    batch = TaskBatch(x[:, :12], y[:, :12], x[:, 12:], y[:, 12:])
+    adapted = solve_head(model, weights, batch, "regression", torch.tensor(1e-10, dtype=torch.float64))
+    predicted = torch.func.functional_call(model, adapted, (batch.query_x,))[0, :, 0]
+    design = torch.cat([x[0, :12], torch.ones(12, 1, dtype=x.dtype)], 1)
+    line = torch.linalg.lstsq(design, y[0, :12]).solution
+    expected = torch.cat([x[0, 12:], torch.ones(8, 1, dtype=x.dtype)], 1) @ line
+    torch.testing.assert_close(predicted, expected, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_r2d2_meta_training_beats_first_order_maml_on_a_nonlinear_family(seed):
+    """Held-out plants of a nonlinear quality family, 10 labelled rows each: the meta-learned closed-form head
+    errs less than first-order MAML trained as long (measured MSE ratios 0.85, 0.63 and 0.59 at seeds 0-2)."""
+    family = make_family(FamilyConfig("quality", num_factories=10, num_held_out=2, seed=3 + seed, min_nonlinearity=1.0,
+                                      min_samples=120, max_samples=300))
+    errors = {}
+    for algorithm in ("r2d2", "fomaml"):
+        torch.manual_seed(seed)
+        model = build_model(algorithm_model_config(family.model_config, algorithm))
+        weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+        sampler = RegressionTaskSampler(list(family.train), 10, 10, seed=seed, standardize_targets=True)
+        config = MetaConfig(algorithm, inner_steps=5, inner_lr=0.05, outer_lr=3e-3, meta_batch_size=8,
+                            local_steps=300)
+        trained = meta_train(model, weights, sampler, config, device="cpu")
+        held_out = RegressionTaskSampler(list(family.held_out), 10, 50, seed=100, standardize_targets=True).sample(50)
+        adaptation = Adaptation(model, "regression", trained.weights, 0.05, model.forward_parameter_names(),
+                                closed_form=algorithm == "r2d2")
+        errors[algorithm] = adaptation.score(held_out, 10)["query_loss"]
+    assert errors["r2d2"] < 0.95 * errors["fomaml"], errors
