@@ -199,6 +199,18 @@ class TaskBatch:
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> TaskBatch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
+    def in_factory_units(self) -> TaskBatch:
+        """The batch with its targets back in the factory's units (itself where they never left them): for
+        models that fit the factory's own values (a tree on pooled rows, a model trained from scratch)."""
+        if self.target_std is None or self.target_mean is None:
+            return self
+
+        def raw(y: Tensor) -> Tensor:
+            return y.double() * self.target_std[:, None] + self.target_mean[:, None]
+
+        return dataclasses.replace(self, support_y=raw(self.support_y), query_y=raw(self.query_y), target_mean=None,
+                                   target_std=None)
+
     def standardize_targets(self) -> TaskBatch:
         """Regression targets standardised per task with its support rows' mean and standard deviation
         (`target_spread`), support and query alike, in float64 before the cast to float32 (a target near

@@ -388,8 +388,8 @@ def _train_and_score(
         torch.cat([factory.data.y[keep], *(f.y for f in pooled)]),
     )
     reference = train_from_scratch(factory.source, data, steps=plan.oracle_steps, seed=seed)
-    scores = evaluate_adaptation(reference.model, reference.weights, batch, kind=factory.source.task_kind, steps=0,
-                                 lr=0.0)
+    scores = evaluate_adaptation(reference.model, reference.weights, batch.in_factory_units(),
+                                 kind=factory.source.task_kind, steps=0, lr=0.0)
     scores = {name.removeprefix("query_"): v for name, v in scores.items()} | {NUM_EXAMPLES: batch.query_y.numel()}
     return Trained(scores, reference)
 

@@ -137,6 +137,7 @@ class GradientBoostingReference:
         return _LIBRARIES[self.name](self.task_kind, self.seed, self.params)
 
     def fit(self, batch: TaskBatch) -> list[Any]:
+        batch = batch.in_factory_units()  # the trees fit the pooled rows' own values
         return [
             self._model().fit(
                 np.concatenate([self.pooled_x, window_features(batch.support_x[t])]),
@@ -166,7 +167,7 @@ class GradientBoostingReference:
     def query_scores(self, models: Sequence[object], batch: TaskBatch) -> dict[str, float]:
         """Mean query ``loss`` (MSE, or cross-entropy) and ``accuracy`` over the tasks, plus ``num-examples``."""
         out = self.predict(models, list(batch.query_x)).double()
-        y = batch.query_y
+        y = batch.in_factory_units().query_y
         scores: dict[str, float] = {NUM_EXAMPLES: y.numel()}
         if self.task_kind == "regression":
             scores["loss"] = float(((out[..., 0] - y) ** 2).mean())

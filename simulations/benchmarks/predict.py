@@ -28,7 +28,7 @@ from rich.table import Table
 from fedmeta.client.floor.adapt import table_schema
 from fedmeta.client.floor.predict import forward_passes, forward_threads, predict_table
 from fedmeta.common import Report, build_model
-from fedmeta.common.data.scaling import FeatureScaling
+from fedmeta.common.data.scaling import FeatureScaling, TargetScaling
 from fedmeta.common.meta.models import ModelConfig
 from fedmeta.common.package.model_package import (
     AdaptationPlan,
@@ -77,13 +77,13 @@ def _write_table(path: Path, rows: int) -> None:
 
 
 def _write_package(path: Path) -> None:
-    """A regression MLP with a factory's scaling, as `fedmeta adapt` leaves it."""
+    """A regression MLP with a factory's input and target scaling, as `fedmeta adapt` leaves it."""
     torch.manual_seed(0)
     config = ModelConfig("mlp", (len(FEATURES),), 1)
     weights = {n: p.detach().clone() for n, p in build_model(config).named_parameters()}
     scaling = FeatureScaling(torch.full((len(FEATURES),), 10.0), torch.full((len(FEATURES),), 3.0), 1000)
     manifest = Manifest(PackageSchema(FEATURES, "quality", "regression"), config, AdaptationPlan("fomaml", 10, 0.01),
-                        "factory-rows", "bench", 1, scaling=scaling)
+                        "factory-rows", "bench", 1, scaling=scaling, target_scaling=TargetScaling(54.0, 1.5, 20))
     save_package(path, weights, {}, manifest)
 
 

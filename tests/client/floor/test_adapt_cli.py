@@ -151,3 +151,21 @@ def test_a_reading_near_a_million_is_scaled_by_its_own_variation(plant_package, 
     scaling = load_package(tmp_path / "adapted").manifest.scaling
     assert float(scaling.std[0]) == pytest.approx(float(metered["x0"].std()), rel=1e-6)
     assert float(scaling.mean[0]) == pytest.approx(float(metered["x0"].mean()), rel=1e-12)
+
+
+@pytest.mark.parametrize(("offset", "scale"), [(1e-3, 1e-5), (1e6, 1e3)])
+def test_a_target_in_units_far_from_one_is_adapted_as_in_its_own_units(plant_package, offset, scale):
+    """The plant's quality as 1e-3 + 1e-5 q or 1e6 + 1e3 q: the same model is kept, its report scaled by the
+    units, and it predicts offset + scale times what it predicts for q."""
+    root, table = plant_package
+    package = load_package(root / "package")
+    x = torch.tensor(table[list(FEATURES)].to_numpy(), dtype=torch.float64)
+    y = torch.tensor(table["quality"].to_numpy(), dtype=torch.float64)
+    plain, far = (adapt_package(package, x, target, rows=20) for target in (y, offset + scale * y))
+    assert far.report.chosen == plain.report.chosen
+    for name, scores in plain.report.scores.items():
+        assert far.report.scores[name]["rmse"] == pytest.approx(scale * scores["rmse"], rel=1e-4), name
+    predictions = [package_model(ModelPackage(a.weights, a.inner_lrs, a.manifest))(a.manifest.scaling.apply(x[20:]))
+                   for a in (plain, far)]
+    torch.testing.assert_close(predictions[1][:, 0], offset + scale * predictions[0][:, 0], rtol=1e-9,
+                               atol=1e-5 * scale)

@@ -14,12 +14,13 @@ from tests.support.cli import run_fedmeta
 
 
 def test_robustness_prints_each_rule_clean_and_attacked_beside_the_plain_mean(tmp_path):
-    code, output = run_fedmeta("bench", "robustness", "--rounds", "2", "--rules", "mean,median", "--attacks",
+    code, output = run_fedmeta("bench", "robustness", "--rounds", "4", "--rules", "mean,median", "--attacks",
                                "scaled", "--json", str(tmp_path / "robustness.json"))
     assert code == 0, output
     loss = json.loads((tmp_path / "robustness.json").read_text())["loss"]
     assert set(loss) == {"mean", "median"} and all(set(row) == {"clean", "scaled"} for row in loss.values())
-    # Two factories at the norm bound drag the plain mean far off; the median stays near the clean run.
+    # Two factories at the norm bound drag the plain mean far off; the median stays near the clean run (4 rounds:
+    # after 2, standardised targets still let adaptation mend the mean's model, measured 0.39 against 0.43 clean).
     assert loss["mean"]["scaled"] > 1.5 * loss["mean"]["clean"] and loss["median"]["scaled"] < loss["mean"]["scaled"]
     assert "scaled: plain mean" in output
 
