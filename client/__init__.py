@@ -14,7 +14,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "FactoryError", "FactoryPlan", "node_config", "parse_server_address", "plan_factory", "probe_server",
             "run_factory", "superexec_command", "supernode_command",
         ],
-        "rounds.evaluation": ["evaluate_factory", "local_only_adaptation", "prepare_adaptation"],
+        "rounds.evaluation": ["evaluate_factory", "factory_predictors", "local_only_adaptation", "prepare_adaptation"],
         "rounds.factory": [
             "LoadedFactory", "load_factories", "load_factory", "node_device", "sampler_for", "task_sampler",
         ],

@@ -129,9 +129,9 @@ def _head_model(package: ModelPackage, feature_scale: float) -> tuple[MetaModel,
     the learned features at ``feature_scale`` beside the inputs (head and penalty still to solve)."""
     config = dataclasses.replace(package.manifest.model, skip_inputs=True)
     model = build_model(config)
-    weights = {name: value for name, value in package.weights.items() if not name.startswith("head.")}
-    fresh = {name: value.detach() for name, value in model.named_parameters() if name.startswith("head.")}
-    return model, {**weights, **fresh, "feature_scale": torch.full((1,), feature_scale), PENALTY: torch.zeros(1)}
+    weights = {name: value.detach() for name, value in model.named_parameters()}
+    weights.update({name: value for name, value in package.weights.items() if name.startswith("body.")})
+    return model, {**weights, "feature_scale": torch.full((1,), feature_scale), PENALTY: torch.zeros(1)}
 
 
 def _closed_form(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> Fitted:

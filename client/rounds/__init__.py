@@ -9,7 +9,7 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "evaluation": ["evaluate_factory", "local_only_adaptation", "prepare_adaptation"],
+        "evaluation": ["evaluate_factory", "factory_predictors", "local_only_adaptation", "prepare_adaptation"],
         "factory": ["LoadedFactory", "load_factories", "load_factory", "node_device", "sampler_for", "task_sampler"],
         "package": ["MODEL_DIR_KEY", "package_path", "store_delivered_package"],
         "policy": ["POLICY_KEY", "FactoryPolicy", "PolicyRefusal", "load_policy"],

@@ -23,7 +23,7 @@ from fedmeta.common.meta.factory_choice import Predictor, chosen_losses, linear_
 from fedmeta.common.meta.inner_loop import predict
 from fedmeta.common.meta.tasks import TaskBatch
 
-__all__ = ["evaluate_factory", "local_only_adaptation", "prepare_adaptation"]
+__all__ = ["evaluate_factory", "factory_predictors", "local_only_adaptation", "prepare_adaptation"]
 
 
 def prepare_adaptation(
@@ -57,6 +57,22 @@ def _predictor(adaptation: Adaptation, steps: int, cross_validate: bool = False)
     return predictions
 
 
+def factory_predictors(factory: LoadedFactory, adaptation: Adaptation,
+                       settings: EvaluationSettings) -> dict[str, Predictor]:
+    """What a factory can do with its K rows, each fitted on a task's support rows: the federation's model
+    adapted (``adaptation``, as evaluated) and unadapted, the linear model on the rows and, where the
+    evaluation trains it, the local-only network; the candidates `common.meta.factory_choice` chooses among."""
+    source = factory.source
+    predictors = {
+        "adapted": _predictor(adaptation, settings.steps, settings.recipe == "cross-validated"),
+        "unadapted": _predictor(adaptation, 0),
+        "linear": linear_predictor(source.task_kind, source.model_config.output_dim),
+    }
+    if settings.local_only_steps:
+        predictors["local"] = _predictor(local_only_adaptation(source, settings), settings.local_only_steps)
+    return predictors
+
+
 def evaluate_factory(
     factory: LoadedFactory, params: Mapping[str, Tensor], settings: EvaluationSettings, *, device: torch.device
 ) -> dict[str, float]:
@@ -69,10 +85,7 @@ def evaluate_factory(
     adaptation = prepare_adaptation(factory, params, settings, device=device)
     kind = factory.source.task_kind
     cross_validate = settings.recipe == "cross-validated"
-    predictors = {"adapted": _predictor(adaptation, settings.steps, cross_validate), "unadapted": _predictor(
-        adaptation, 0), "linear": linear_predictor(kind, factory.source.model_config.output_dim)}
-    if settings.local_only_steps:
-        predictors["local"] = _predictor(local_only_adaptation(factory.source, settings), settings.local_only_steps)
+    predictors = factory_predictors(factory, adaptation, settings)
     metrics: dict[str, float] = {NUM_EXAMPLES: 0}
     for k in settings.shots:
         sampler = sampler_for(factory, k, settings.query_size, seed=settings.seed, stream=f"eval-k{k}")

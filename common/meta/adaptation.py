@@ -18,8 +18,8 @@ from fedmeta.common.meta.adaptation_recipe import (
     recipe_candidates,
 )
 from fedmeta.common.meta.algorithms import adapt_to_support, evaluate_adaptation, query_metrics
-from fedmeta.common.meta.closed_form_head import solve_head
-from fedmeta.common.meta.models import PENALTY, MetaModel
+from fedmeta.common.meta.closed_form_head import solve_learned_head
+from fedmeta.common.meta.models import MetaModel
 from fedmeta.common.meta.tasks import TaskBatch
 
 __all__ = ["Adaptation", "initial_weights"]
@@ -54,7 +54,7 @@ class Adaptation:
         A closed-form head is solved on the support rows instead (any ``steps`` but 0: none)."""
         if self.closed_form and steps > 0:
             with torch.no_grad():
-                return solve_head(self.model, self.weights, batch, self.kind, self.weights[PENALTY].exp())
+                return solve_learned_head(self.model, self.weights, batch, self.kind)
         if not cross_validate or steps == 0:
             return adapt_to_support(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
                                     adapt_names=self.names)

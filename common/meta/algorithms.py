@@ -11,8 +11,8 @@ algorithm is a small step function over the shared inner loop in
 - ``reptile``: the pseudo-gradient ``theta - mean(adapted)``.
 - ``metasgd``: second-order MAML with a learned step size per weight entry.
 - ``anil``: second-order MAML whose inner loop adapts only the head.
-- ``r2d2``: the head is solved in closed form on each task's support rows (ridge regression, or
-  Newton steps of logistic regression) on the learned features beside the inputs, and the
+- ``r2d2``: the head is solved in closed form on each task's support rows (ridge regression; for
+  classes onto one-hot targets, with a learned logit scale) on the learned features beside the inputs, and the
   meta-gradient flows through the solve into the body, the feature scale and the ridge penalty
   (`common.meta.closed_form_head`; R2-D2, Bertinetto et al., ICLR 2019). Its model reads the
   inputs in its head (`algorithm_model_config`).
@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from fedmeta.common.meta.closed_form_head import solve_head
+from fedmeta.common.meta.closed_form_head import solve_learned_head
 from fedmeta.common.meta.device import resolve_device
 from fedmeta.common.meta.inner_loop import Params, adapt, expand_for_tasks, predict
 from fedmeta.common.meta.losses import TASK_KINDS, task_accuracy, task_losses
-from fedmeta.common.meta.models import PENALTY, ModelConfig
+from fedmeta.common.meta.models import SOLVE_PARAMETERS, ModelConfig
 from fedmeta.common.meta.tasks import TaskBatch, TaskSampler
 from fedmeta.common.validation import check_choice, check_positive_int
 
@@ -113,7 +113,7 @@ def adapted_names(model: nn.Module, algorithm: str) -> list[str]:
     """Names of the parameters the algorithm's inner loop adapts (ANIL: the head only)."""
     if algorithm == "anil":
         return list(model.head_parameter_names())
-    return [name for name, _ in model.named_parameters() if name != PENALTY]  # what the forward pass reads
+    return [name for name, _ in model.named_parameters() if name not in SOLVE_PARAMETERS]  # what forward reads
 
 
 def algorithm_model_config(config: ModelConfig, algorithm: str) -> ModelConfig:
@@ -220,7 +220,10 @@ def _pretrain_step(
 def _closed_form_step(
     model: nn.Module, weights: Params, inner_lrs: Params, batch: TaskBatch, config: MetaConfig
 ) -> StepLosses:
-    adapted = solve_head(model, weights, batch, config.task_kind, weights[PENALTY].exp())
+    if not bool(torch.isfinite(batch.support_x).all() and torch.isfinite(batch.support_y.double()).all()):
+        nothing = torch.full((1,), torch.inf)  # no solve fits a non-finite row: reported as a non-finite support loss
+        return StepLosses(nothing, nothing[0] * torch.nan)
+    adapted = solve_learned_head(model, weights, batch, config.task_kind)
     query, accuracy = _query_metrics(model, adapted, batch, config.task_kind)
     query.mean().backward()
     with torch.no_grad():

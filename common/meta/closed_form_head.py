@@ -1,10 +1,14 @@
 """A model's linear head solved in closed form on each task's support rows: how the ``r2d2`` algorithm adapts.
 
 The head reads the model's learned features (times a learned scale) beside the factory-scaled inputs
-(`common.meta.models.ModelConfig.skip_inputs`) and is solved exactly on the support rows: ridge regression
-for a regression target, a few Newton steps of L2-penalised logistic regression for classes
-(`common.meta.closed_form`). Meta-training differentiates through the solve into the body, the feature
-scale and the penalty (R2-D2, Bertinetto et al., ICLR 2019; MetaOptNet, Lee et al., CVPR 2019). On a plant
+(`common.meta.models.ModelConfig.skip_inputs`) and is solved exactly on the support rows
+(`common.meta.closed_form`). ``r2d2`` (`solve_learned_head`) solves ridge regression with its learned
+penalty, for classes onto one-hot targets with a learned logit scale, as R2-D2 does: one S x S system per
+task whatever the classes, where a Newton step of logistic regression over 9 classes of 65 features solves
+a 594 x 594 one. Meta-training differentiates through the solve into the body, the feature scale, the
+penalty and the logit scale (R2-D2, Bertinetto et al., ICLR 2019; MetaOptNet, Lee et al., CVPR 2019). A
+factory's own closed-form candidates (`solve_head`) solve once: ridge at the penalty of least
+leave-one-out error, or a few Newton steps of L2-penalised logistic regression for classes. On a plant
 that is linear in its inputs a zero feature scale leaves least squares on the rows; the federation learns
 how much of its features to add.
 """
@@ -18,10 +22,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from fedmeta.common.meta.closed_form import LinearHead, logistic_fit, ridge_fit, ridge_fit_loo
-from fedmeta.common.meta.models import PENALTY
+from fedmeta.common.meta.models import LOGIT_SCALE, PENALTY
 from fedmeta.common.meta.tasks import TaskBatch
 
-__all__ = ["LOGISTIC_PENALTY", "NEWTON_STEPS", "head_features", "solve_head", "solve_linear"]
+__all__ = ["LOGISTIC_PENALTY", "NEWTON_STEPS", "head_features", "solve_head", "solve_learned_head", "solve_linear"]
 
 LOGISTIC_PENALTY = 1.0  # a logistic head's L2 penalty where none is learned: scikit-learn's default (C = 1)
 NEWTON_STEPS = 10  # a logistic head's Newton steps from zero: converged on a few rows of a few classes
@@ -58,3 +62,17 @@ def solve_head(model: nn.Module, params: Mapping[str, Tensor], batch: TaskBatch,
     tasks = batch.num_tasks
     return {**params, "head.weight": head.coef.mT, "head.bias": head.intercept,
             PENALTY: lam.log().to(z.dtype).view(tasks, 1)}
+
+
+def solve_learned_head(model: nn.Module, params: Mapping[str, Tensor], batch: TaskBatch,
+                       kind: str) -> dict[str, Tensor]:
+    """``params`` with the head solved as ``r2d2`` learns it: ridge at its learned penalty, for classes onto
+    one-hot targets with its logit scale folded into the head (differentiable in every parameter)."""
+    if kind != "classification":
+        return solve_head(model, params, batch, kind, params[PENALTY].exp())
+    z = head_features(model, params, batch.support_x)
+    classes = model.config.output_dim
+    one_hot = torch.nn.functional.one_hot(batch.support_y, classes).to(z.dtype)
+    head = ridge_fit(z, one_hot, params[PENALTY].exp().reshape(()))
+    scale = params[LOGIT_SCALE].exp().reshape(())
+    return {**params, "head.weight": scale * head.coef.mT, "head.bias": scale * head.intercept}

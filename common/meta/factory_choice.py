@@ -11,6 +11,7 @@ federation's evaluation scores that model: so a researcher sees at once when the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import torch
@@ -21,7 +22,7 @@ from fedmeta.common.meta.closed_form_head import solve_linear
 from fedmeta.common.meta.losses import task_accuracy, task_losses
 from fedmeta.common.meta.tasks import TaskBatch
 
-__all__ = ["Predictor", "TaskScores", "chosen_losses", "linear_predictor", "task_scores"]
+__all__ = ["Predictor", "TaskScores", "chosen_losses", "chosen_outputs", "linear_predictor", "on_rows", "task_scores"]
 
 # Each task's query predictions ``[T, Q, outputs]`` of a model fitted on its support rows.
 Predictor = Callable[[TaskBatch], Tensor]
@@ -76,3 +77,18 @@ def chosen_losses(predictors: Mapping[str, Predictor], batch: TaskBatch, kind: s
 def _stacked(values: list[Tensor]) -> Tensor:
     """One row per predictor ``[P, T]``, float64 on the CPU."""
     return torch.stack([value.detach().double().cpu() for value in values])
+
+
+def on_rows(batch: TaskBatch, x: Tensor) -> TaskBatch:
+    """``batch`` with the rows ``x [n, *features]`` as every task's query set (their targets unknown: zeros), so a
+    predictor fitted on each task's support rows predicts them (field rows, a test split)."""
+    rows = x.to(batch.query_x.device, batch.query_x.dtype).expand(batch.num_tasks, *x.shape)
+    return dataclasses.replace(batch, query_x=rows, query_y=batch.query_y.new_zeros(batch.num_tasks, len(x)))
+
+
+def chosen_outputs(predictors: Mapping[str, Predictor], batch: TaskBatch, kind: str, x: Tensor) -> Tensor:
+    """Each task's outputs ``[T, n, outputs]`` on the rows ``x`` from the predictor it keeps (`chosen_losses`)."""
+    choice = chosen_losses(predictors, batch, kind)[1]
+    rows = on_rows(batch, x)
+    outputs = torch.stack([predictors[name](rows).detach().float().cpu() for name in predictors])
+    return outputs[choice, torch.arange(batch.num_tasks)]

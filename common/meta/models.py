@@ -25,9 +25,11 @@ from fedmeta.common.meta.layers import TaskConv1d, TaskLinear
 from fedmeta.common.validation import check_positive_int
 
 __all__ = [
+    "LOGIT_SCALE",
     "MLP",
     "MODEL_NAMES",
     "PENALTY",
+    "SOLVE_PARAMETERS",
     "TCN",
     "CNN1d",
     "MetaModel",
@@ -119,7 +121,11 @@ def _max_pool_by_2(x: Tensor) -> Tensor:
     return x[..., :length].unflatten(-1, (length // 2, 2)).max(dim=-1).values
 
 
-PENALTY = "head_log_penalty"  # the closed-form head's ridge penalty (its log), a parameter the forward pass never reads
+# Parameters of a closed-form head's solve that the forward pass never reads: the ridge penalty (its log) and, for
+# classes that ``r2d2`` solves by ridge regression onto one-hot targets, the scale of the logits (its log).
+PENALTY = "head_log_penalty"
+LOGIT_SCALE = "head_log_logit_scale"
+SOLVE_PARAMETERS = (PENALTY, LOGIT_SCALE)
 
 
 class MetaModel(nn.Module):
@@ -135,6 +141,8 @@ class MetaModel(nn.Module):
         if config.skip_inputs:
             self.feature_scale = nn.Parameter(torch.ones(1))
             self.head_log_penalty = nn.Parameter(torch.zeros(1))
+            if config.output_dim > 1:
+                self.head_log_logit_scale = nn.Parameter(torch.zeros(1))
 
     def body_features(self, x: Tensor) -> Tensor:
         """The body's feature vector per example, ``[..., N, num_features]``."""
@@ -166,9 +174,9 @@ class MetaModel(nn.Module):
         return [f"head.{name}" for name, _ in self.head.named_parameters()]
 
     def forward_parameter_names(self) -> list[str]:
-        """Every parameter the forward pass reads: all but the closed-form head's penalty (gradient steps
-        adapt these)."""
-        return [name for name, _ in self.named_parameters() if name != PENALTY]
+        """Every parameter the forward pass reads: all but the closed-form head's solve parameters (gradient
+        steps adapt these)."""
+        return [name for name, _ in self.named_parameters() if name not in SOLVE_PARAMETERS]
 
 
 class MLP(MetaModel):

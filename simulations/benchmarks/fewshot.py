@@ -4,9 +4,15 @@ For each seed and each K of the evaluation shots, on the held-out factories (nev
 
 - ``local-only``: a model trained from scratch on the K support rows only
   (`EvaluationSettings.local_only_steps`, scored by `client.rounds.evaluation.evaluate_factory`).
+- ``linear``: least squares (regression) or logistic regression (classes) on the K support rows'
+  inputs (a window model: the last step's channels), `common.meta.factory_choice.linear_predictor`.
 - ``fedavg``: federated averaging without adaptation (the K=0 column), and ``fedavg+ft``:
   the same model fine-tuned on the K rows.
-- ``maml``, ``fomaml``, ``reptile``, ``metasgd``: federated meta-learning, adapted on K rows.
+- ``maml``, ``fomaml``, ``reptile``, ``metasgd``, ``r2d2``: federated meta-learning, adapted on K rows
+  (``r2d2``: its closed-form head solved on them).
+- ``chosen``: the model each task keeps by cross-validation on its own K rows among the first
+  meta-learner's (of `CHOSEN_WITH`) adapted and unadapted model and the linear model, the rule
+  ``fedmeta adapt`` applies: what a factory ends up with.
 - ``centralized-maml``: MAML meta-trained on the pooled training factories' data (one task
   sampler over all of them), with as many sampled tasks as the federated runs; the upper bound.
 - ``gradient-boosting``, ``lightgbm``: tree models on the pooled training rows plus the K rows.
@@ -40,6 +46,7 @@ from torch import Tensor
 from fedmeta.client import (
     LoadedFactory,
     evaluate_factory,
+    factory_predictors,
     load_factories,
     local_only_adaptation,
     prepare_adaptation,
@@ -68,6 +75,8 @@ from fedmeta.common import (
     source_from_config,
 )
 from fedmeta.common.data.datasets import TRANSFERS as CMAPSS_TRANSFERS
+from fedmeta.common.meta.closed_form_head import LOGISTIC_PENALTY
+from fedmeta.common.meta.factory_choice import chosen_outputs, on_rows
 from fedmeta.server import ServerSettings, initial_meta_parameters, weighted_metrics
 from fedmeta.simulations.benchmarks.engine_shots import EngineShots
 from fedmeta.simulations.benchmarks.field_metrics import FIELD_METRICS, FieldRows, field_rows, row_matches, score_field
@@ -98,13 +107,14 @@ __all__ = [
     "run_seed",
 ]
 
-META_METHODS = ("maml", "fomaml", "reptile", "metasgd")
+META_METHODS = ("maml", "fomaml", "reptile", "metasgd", "r2d2")
+CHOSEN_WITH = ("r2d2", "maml", "fomaml", "reptile", "metasgd")  # whose run scores "chosen": the first run
 FEDERATED_METHODS = ("fedavg", *META_METHODS)
 FULL_DATA_REFERENCES = ("oracle", "pooled-oracle")
 REFERENCES = (*TREE_REFERENCES, *FULL_DATA_REFERENCES)
-METHODS = ("local-only", "fedavg", "fedavg+ft", *META_METHODS, "centralized-maml", *REFERENCES)
-# Methods that come out of FedAvg's run: its global model, fine-tuned, and the local-only baseline beside it.
-FROM_FEDAVG = ("local-only", "fedavg", "fedavg+ft")
+METHODS = ("local-only", "linear", "fedavg", "fedavg+ft", *META_METHODS, "chosen", "centralized-maml", *REFERENCES)
+# What comes out of FedAvg's run: its global model, fine-tuned, and the local-only and linear baselines.
+FROM_FEDAVG = ("local-only", "linear", "fedavg", "fedavg+ft")
 TARGET_K = 5
 DEFAULT_SHOTS = (1, 5, 10, 20)
 DATASET_SHOTS = {"ai4i": (1, 5, 10)}
@@ -181,7 +191,10 @@ class BenchmarkPlan:
             return self.tree_params(method)
         if method in FULL_DATA_REFERENCES:
             return {"oracle-steps": self.oracle_steps, "reference": dataclasses.asdict(self.reference)}
-        run = {"centralized-maml": "maml"}.get(method, "fedavg" if method in FROM_FEDAVG else method)
+        if method == "linear":  # nothing to tune: the penalty is chosen on each task's rows
+            return {"ridge-penalty": "least leave-one-out error", "logistic-penalty": LOGISTIC_PENALTY}
+        run = {"centralized-maml": "maml", "chosen": chosen_with(self)}.get(
+            method, "fedavg" if method in FROM_FEDAVG else method)
         config = resolve_run_config(self.run_config(0, run))
         keys = ("inner-lr", "local-lr", "eval-steps", "eval-lr", "inner-steps", "local-steps", "meta-batch-size")
         if method == "local-only":
@@ -230,6 +243,8 @@ def plan_for(
         raise BenchmarkError(f"unknown method(s) {unknown or 'none given'}; choose from {', '.join(METHODS)}")
     if shots is not None and (not shots or min(shots) < 1):
         raise BenchmarkError(f"shots must be K values >= 1, got {list(shots)}")
+    if "chosen" in chosen and not set(chosen) & set(CHOSEN_WITH):
+        raise BenchmarkError(f"'chosen' is scored with a meta-learner's run: add one of {', '.join(CHOSEN_WITH)}")
     return BenchmarkPlan(dataset=dataset, seeds=tuple(range(count)), quick=quick, family=family, recipe=recipe,
                          methods=tuple(m for m in METHODS if m in chosen), shots=tuple(sorted(set(shots or ()))),
                          tuned={m: dict(v) for m, v in (tuned or {}).items()}, tuned_from=tuned_from, **sizes)
@@ -414,6 +429,28 @@ def _adapted_outputs(params: Mapping[str, Tensor], settings: EvaluationSettings,
     return outputs
 
 
+def _choice_outputs(params: Mapping[str, Tensor], settings: EvaluationSettings, name: str | None) -> Outputs:
+    """A factory's own predictor ``name`` of `client.rounds.evaluation.factory_predictors` (None: the one each
+    task keeps by cross-validation on its K rows) on field rows."""
+
+    def outputs(factory: LoadedFactory, batch: TaskBatch, x: Tensor) -> Tensor:
+        adaptation = prepare_adaptation(factory, params, settings, device=torch.device("cpu"))
+        predictors = factory_predictors(factory, adaptation, settings)
+        if name is None:
+            return chosen_outputs(predictors, batch, factory.source.task_kind, x)
+        with torch.no_grad():
+            return predictors[name](on_rows(batch, x))
+
+    return outputs
+
+
+def chosen_with(plan: BenchmarkPlan) -> str | None:
+    """The federated run that scores the ``chosen`` column (`CHOSEN_WITH`), None where it is not chosen."""
+    if "chosen" not in plan.methods:
+        return None
+    return next((method for method in CHOSEN_WITH if method in plan.methods), None)
+
+
 def _local_only_outputs(settings: EvaluationSettings) -> Outputs:
     """The local-only baseline of `evaluate_factory`: from a seeded fresh model, trained on the support rows."""
 
@@ -572,9 +609,15 @@ def _federated_step(
         if "local-only" in plan.methods:
             scores["local-only"] = {k: _scores(run.final, f"k{k}", "local-") for k in shots}
             field["local-only"] = held.field(_local_only_outputs(run_eval))
+        if "linear" in plan.methods:
+            scores["linear"] = {k: _scores(run.final, f"k{k}", "linear-") for k in shots}
+            field["linear"] = held.field(_choice_outputs(run.params, run_eval, "linear"))
     else:
         scores[method] = {k: _scores(run.final, f"k{k}") for k in shots}
         field[method] = held.field(_adapted_outputs(run.params, run_eval, run_eval.steps))
+        if method == chosen_with(plan):
+            scores["chosen"] = {k: _scores(run.final, f"k{k}", "chosen-") for k in shots}
+            field["chosen"] = held.field(_choice_outputs(run.params, run_eval, None))
     return {"scores": scores, "field": field, "federated": {"bytes_sent": run.bytes_sent, "curve": run.curve}}, \
         run.params
 
@@ -861,7 +904,14 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         + (f"tuned by `fedmeta tune` on the training side's validation factory ({plan.tuned_from}) for "
            + ", ".join(sorted(plan.tuned)) + "; the others at the shared defaults" if plan.tuned else
            "the shared defaults for every method (no tuned configuration)")
-        + " (results.json: hyper_parameters). The oracles and local-only are never tuned.",
+        + " (results.json: hyper_parameters). The oracles, local-only and linear are never tuned; chosen uses the "
+        "hyper-parameters of the run it comes from.",
+        "linear: least squares (ridge, the penalty of least leave-one-out error on the K rows) or logistic regression "
+        "(L2 penalty 1, 10 Newton steps) on each task's K support rows, on the factory-scaled inputs (windows: the "
+        "last step's channels).",
+        f"chosen: each task keeps, by 5-fold cross-validation on its own K support rows (strict least error), one "
+        f"of the adapted and the unadapted model of the first of {'/'.join(CHOSEN_WITH)} in the plan, and linear: "
+        "the rule `fedmeta adapt` applies, so what a factory ends up with.",
         "field metrics (ai4i: F1/AUROC/Brier/threshold; cmapss: RMSE/NASA in cycles): each evaluation task's "
         "adapted model scores the field rows (ai4i: the held-out factory's rows minus that task's support rows, at "
         "the natural failure rate; cmapss: the official test split); mean over tasks. ai4i decisions are made at "

@@ -335,7 +335,7 @@ def markdown(results: Mapping[str, object]) -> str:
         "is better).",
         "",
         *_ordered(results, [*_markdown_table(header, rows), ""], _field_markdown(results)),
-        "Aims (best federated meta-learner of maml/fomaml/reptile/metasgd, by mean over seeds):",
+        f"Aims (best federated meta-learner of {'/'.join(META_METHODS)}, by mean over seeds):",
         "",
         *(f"- {line}" for line in _all_aims_lines(results)),
         "",

@@ -11,6 +11,7 @@ from fedmeta.common import (
     FamilyConfig,
     MetaConfig,
     ModelConfig,
+    NonFiniteLossError,
     RegressionTaskSampler,
     TaskBatch,
     algorithm_model_config,
@@ -20,8 +21,9 @@ from fedmeta.common import (
     meta_train,
 )
 from fedmeta.common.meta.adaptation import Adaptation
-from fedmeta.common.meta.closed_form_head import solve_head
-from fedmeta.common.meta.models import PENALTY
+from fedmeta.common.meta.closed_form_head import solve_head, solve_learned_head
+from fedmeta.common.meta.models import LOGIT_SCALE, PENALTY
+from tests.support.meta_reference import FixedSampler
 
 CONFIG = ModelConfig("mlp", (3,), 1, hidden=4, depth=1, skip_inputs=True)
 
@@ -85,6 +87,36 @@ def test_the_meta_gradient_matches_finite_differences():
         return ((predictions[..., 0] - batch.query_y) ** 2).mean()
 
     assert torch.autograd.gradcheck(query_loss, tuple(weights[n].detach().clone().requires_grad_() for n in names))
+
+
+def test_a_non_finite_support_label_stops_naming_the_step_and_leaves_parameters_untouched():
+    model, weights = _model_and_weights()
+    batch = _batch(0)
+    batch.support_y[1, 2] = float("inf")
+    before = {n: w.detach().clone() for n, w in weights.items()}
+    with pytest.raises(NonFiniteLossError, match=r"support loss became non-finite at meta-step 1, inner step 1"):
+        meta_train(model, weights, FixedSampler(batch), MetaConfig("r2d2", meta_batch_size=2), device="cpu")
+    for name, tensor in weights.items():
+        torch.testing.assert_close(tensor.detach(), before[name])
+
+
+def test_a_classifier_head_is_ridge_onto_one_hot_targets_with_its_learned_logit_scale():
+    """R2-D2's classifier: the logits are the ridge fit of the one-hot labels, times exp(log scale)."""
+    config = ModelConfig("mlp", (3,), 3, hidden=4, depth=1, skip_inputs=True)
+    torch.manual_seed(0)
+    model = build_model(config).double()
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    weights[LOGIT_SCALE] = torch.full((1,), 0.7, dtype=torch.float64)
+    x = torch.randn(1, 12, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    y = torch.arange(12).remainder(3)[None]
+    batch = TaskBatch(x[:, :9], y[:, :9], x[:, 9:], y[:, 9:])
+    adapted = solve_learned_head(model, weights, batch, "classification")
+    logits = torch.func.functional_call(model, adapted, (batch.support_x,))[0]
+    z = torch.func.functional_call(model, weights, (batch.support_x,), {"head": False})[0]
+    design = torch.cat([z, torch.ones(9, 1, dtype=z.dtype)], 1)
+    penalty = torch.diag(torch.cat([weights[PENALTY].exp().expand(z.shape[1]), torch.zeros(1)]))
+    coef = torch.linalg.solve(design.T @ design + penalty, design.T @ torch.nn.functional.one_hot(y[0, :9]).double())
+    torch.testing.assert_close(logits, torch.exp(torch.tensor(0.7, dtype=torch.float64)) * (design @ coef))
 
 
 def test_at_feature_scale_zero_the_head_is_least_squares_on_the_rows():
