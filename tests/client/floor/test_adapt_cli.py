@@ -121,6 +121,10 @@ def test_bad_input_is_refused_by_name(plant_package, tmp_path):
     table.assign(quality=54.0).to_csv(tmp_path / "constant.csv", index=False)
     constant = refused(root / "package", tmp_path / "constant.csv", "--rows", "20")
     assert "'quality' is 54 in every one of the 20 labelled rows" in constant
+    table.assign(quality=float("nan")).to_csv(tmp_path / "no-labels.csv", index=False)
+    assert "'quality'" in refused(root / "package", tmp_path / "no-labels.csv")
+    table.iloc[:1].to_csv(tmp_path / "one-row.csv", index=False)  # fewer rows than any fold needs
+    assert "between 2 and the table's 1 labelled rows" in refused(root / "package", tmp_path / "one-row.csv")
 
 
 def test_a_cross_validated_recipe_is_chosen_among_the_factory_candidates(plant_package, tmp_path):
