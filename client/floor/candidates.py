@@ -95,6 +95,9 @@ def rows_alone_adaptation(package: ModelPackage, seed: int) -> Adaptation:
                       model.forward_parameter_names())
 
 
+Fit = Callable[[ModelPackage, TaskBatch, int, tuple[Recipe, ...]], Fitted]
+
+
 def linear_name(kind: str) -> str:
     return "least squares" if kind == "regression" else "logistic regression"
 
@@ -134,25 +137,24 @@ def _head_model(package: ModelPackage, feature_scale: float) -> tuple[MetaModel,
     return model, {**weights, "feature_scale": torch.full((1,), feature_scale), PENALTY: torch.zeros(1)}
 
 
-def _closed_form(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> Fitted:
-    model, weights = _head_model(package, 1.0)
-    with torch.no_grad():
-        return Fitted(model, solve_head(model, weights, batch, package.manifest.schema.task, None))
+def _solved_head(feature_scale: float) -> Fit:
+    """The head solved on the rows over the package's features at ``feature_scale`` beside its inputs (0: the
+    inputs alone, a linear model)."""
+
+    def fit(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> Fitted:
+        model, weights = _head_model(package, feature_scale)
+        with torch.no_grad():
+            return Fitted(model, solve_head(model, weights, batch, package.manifest.schema.task, None))
+
+    return fit
 
 
-def _linear(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> Fitted:
-    model, weights = _head_model(package, 0.0)
-    with torch.no_grad():
-        return Fitted(model, solve_head(model, weights, batch, package.manifest.schema.task, None))
-
-
-Fit = Callable[[ModelPackage, TaskBatch, int, tuple[Recipe, ...]], Fitted]
 CANDIDATES: dict[str, Fit] = {
     "adapted": _adapted,
     "unadapted": _unadapted,
-    "closed-form head": _closed_form,
-    "least squares": _linear,
-    "logistic regression": _linear,
+    "closed-form head": _solved_head(1.0),
+    "least squares": _solved_head(0.0),
+    "logistic regression": _solved_head(0.0),
     "rows alone": _rows_alone,
 }
 
