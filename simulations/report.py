@@ -51,7 +51,7 @@ def _rows_of(record: dict[str, object], method: str, prefix: str, with_k0: bool)
 
 def comparison_rows(run_root: Path, algorithm: str, baselines: tuple[str, ...]) -> list[ComparisonRow]:
     """Rows for the meta-learned ``algorithm``, each baseline, local-only training, the linear model on the
-    K rows and the model the factory keeps (among ``algorithm``'s, the linear model and local-only)."""
+    K rows and the model the factory keeps (among ``algorithm``'s adapted and unadapted model and the linear one)."""
     main = final_evaluation(run_root / algorithm)
     rows = _rows_of(main, f"{algorithm} (meta-learned, adapted)", "", with_k0=True)
     for baseline in baselines:

@@ -60,17 +60,15 @@ def _predictor(adaptation: Adaptation, steps: int, cross_validate: bool = False)
 def factory_predictors(factory: LoadedFactory, adaptation: Adaptation,
                        settings: EvaluationSettings) -> dict[str, Predictor]:
     """What a factory can do with its K rows, each fitted on a task's support rows: the federation's model
-    adapted (``adaptation``, as evaluated) and unadapted, the linear model on the rows and, where the
-    evaluation trains it, the local-only network; the candidates `common.meta.factory_choice` chooses among."""
+    adapted (``adaptation``, as evaluated) and unadapted, and the linear model on the rows; the candidates
+    `common.meta.factory_choice` chooses among. The local-only network is left out of the choice: trained
+    again on every fold of every task, it would multiply the evaluation's cost several times over."""
     source = factory.source
-    predictors = {
+    return {
         "adapted": _predictor(adaptation, settings.steps, settings.recipe == "cross-validated"),
         "unadapted": _predictor(adaptation, 0),
         "linear": linear_predictor(source.task_kind, source.model_config.output_dim),
     }
-    if settings.local_only_steps:
-        predictors["local"] = _predictor(local_only_adaptation(source, settings), settings.local_only_steps)
-    return predictors
 
 
 def evaluate_factory(
@@ -78,14 +76,18 @@ def evaluate_factory(
 ) -> dict[str, float]:
     """Metrics ``loss-k{K}`` (and ``accuracy-k{K}``) for each K, with the same tasks' ``local-`` (the
     local-only network, where on), ``linear-`` (least squares or logistic regression on the K rows) and
-    ``chosen-`` ones (the model each task keeps by cross-validation on its K rows, `common.meta.factory_choice`).
+    ``chosen-`` ones (the model each task keeps by cross-validation on its K rows among `factory_predictors`,
+    `common.meta.factory_choice`).
 
     ``k0`` is the global model without adaptation (a standardised target put on the support rows' scale).
     """
     adaptation = prepare_adaptation(factory, params, settings, device=device)
     kind = factory.source.task_kind
     cross_validate = settings.recipe == "cross-validated"
-    predictors = factory_predictors(factory, adaptation, settings)
+    choices = factory_predictors(factory, adaptation, settings)
+    extra = {"linear": choices["linear"]}
+    if settings.local_only_steps:
+        extra["local"] = _predictor(local_only_adaptation(factory.source, settings), settings.local_only_steps)
     metrics: dict[str, float] = {NUM_EXAMPLES: 0}
     for k in settings.shots:
         sampler = sampler_for(factory, k, settings.query_size, seed=settings.seed, stream=f"eval-k{k}")
@@ -93,10 +95,9 @@ def evaluate_factory(
         if k == settings.shots[0]:
             _record(metrics, "k0", adaptation.score(batch, steps=0))
         _record(metrics, f"k{k}", adaptation.score(batch, steps=settings.steps, cross_validate=cross_validate))
-        for name in ("local", "linear"):
-            if name in predictors:
-                _record(metrics, f"k{k}", task_scores(predictors[name](batch), batch, kind), prefix=f"{name}-")
-        _record(metrics, f"k{k}", chosen_losses(predictors, batch, kind)[0], prefix="chosen-")
+        for name, predictor in extra.items():
+            _record(metrics, f"k{k}", task_scores(predictor(batch), batch, kind), prefix=f"{name}-")
+        _record(metrics, f"k{k}", chosen_losses(choices, batch, kind)[0], prefix="chosen-")
         metrics[NUM_EXAMPLES] += batch.query_y.numel()
     return metrics
 
