@@ -39,7 +39,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "ALGORITHMS", "META_OPTIMIZERS", "MetaConfig", "MetaTrainResult", "NonFiniteLossError",
             "adapt_to_support", "adapted_names", "algorithm_model_config", "evaluate_adaptation", "init_inner_lrs",
             "meta_step", "meta_train",
-            "prediction_metrics", "query_metrics",
+            "query_metrics", "task_scores",
         ],
         "meta.device": ["DEVICE_CHOICES", "resolve_device"],
         "meta.inner_loop": ["Params", "adapt", "expand_for_tasks", "predict"],

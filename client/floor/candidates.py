@@ -32,7 +32,6 @@ from torch import Tensor
 from fedmeta.common import (
     Recipe,
     TaskBatch,
-    adapt_with_recipes,
     adapted_names,
     build_model,
     local_algorithm,
@@ -111,9 +110,7 @@ def _adapted(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tup
     adaptation, plan = package_adaptation(package), package.manifest.adaptation
     if plan.recipe != "cross-validated" or plan.steps == 0:
         return Fitted(adaptation.model, adaptation.adapt(batch, plan.steps), Recipe(plan.steps))
-    choice = adaptation.choose(batch, plan.steps, candidates)  # on each task's own rows: nested in the folds
-    params = adapt_with_recipes(adaptation.model, adaptation.weights, batch, choice, kind=adaptation.kind,
-                                lr=adaptation.lr, adapt_names=adaptation.names)
+    params, choice = adaptation.adapt_choosing(batch, plan.steps, candidates)  # on each task's own rows: nested
     return Fitted(adaptation.model, params, choice.recipes()[0])
 
 

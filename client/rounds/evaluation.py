@@ -19,7 +19,8 @@ from fedmeta.common import (
     unpack_meta_parameters,
 )
 from fedmeta.common.meta.adaptation import Adaptation, initial_weights
-from fedmeta.common.meta.factory_choice import Predictor, chosen_losses, linear_predictor, task_scores
+from fedmeta.common.meta.algorithms import task_scores
+from fedmeta.common.meta.factory_choice import Predictor, chosen_losses, linear_predictor
 from fedmeta.common.meta.inner_loop import predict
 from fedmeta.common.meta.tasks import TaskBatch
 
@@ -85,24 +86,29 @@ def evaluate_factory(
     kind = factory.source.task_kind
     cross_validate = settings.recipe == "cross-validated"
     choices = factory_predictors(factory, adaptation, settings)
-    extra = {"linear": choices["linear"]}
+    predictors = dict(choices)
     if settings.local_only_steps:
-        extra["local"] = _predictor(local_only_adaptation(factory.source, settings), settings.local_only_steps)
+        predictors["local"] = _predictor(local_only_adaptation(factory.source, settings), settings.local_only_steps)
     metrics: dict[str, float] = {NUM_EXAMPLES: 0}
     for k in settings.shots:
         sampler = sampler_for(factory, k, settings.query_size, seed=settings.seed, stream=f"eval-k{k}")
         batch = sampler.sample(settings.tasks).to(device)
+        scores = {name: task_scores(predictor(batch), batch, kind) for name, predictor in predictors.items()}
         if k == settings.shots[0]:
-            _record(metrics, "k0", adaptation.score(batch, steps=0))
-        _record(metrics, f"k{k}", adaptation.score(batch, steps=settings.steps, cross_validate=cross_validate))
-        for name, predictor in extra.items():
-            _record(metrics, f"k{k}", task_scores(predictor(batch), batch, kind), prefix=f"{name}-")
-        _record(metrics, f"k{k}", chosen_losses(choices, batch, kind)[0], prefix="chosen-")
+            _record(metrics, "k0", scores["unadapted"])
+        # A cross-validated recipe also reports what the tasks chose (adapting them once more).
+        _record(metrics, f"k{k}", adaptation.score(batch, steps=settings.steps, cross_validate=True)
+                if cross_validate else scores["adapted"])
+        for name in ("local", "linear"):
+            if name in scores:
+                _record(metrics, f"k{k}", scores[name], prefix=f"{name}-")
+        _record(metrics, f"k{k}", chosen_losses(choices, batch, kind, scores)[0], prefix="chosen-")
         metrics[NUM_EXAMPLES] += batch.query_y.numel()
     return metrics
 
 
 def _record(metrics: dict[str, float], suffix: str, scores: Mapping[str, float | Tensor], prefix: str = "") -> None:
+    """``scores`` (means, or per-task values averaged here) as ``{prefix}{name}-{suffix}``."""
     for name, value in scores.items():
-        metrics[f"{prefix}{name.removeprefix('query_')}-{suffix}"] = float(value.mean() if isinstance(value, Tensor)
-                                                                          else value)
+        mean = float(value.mean()) if isinstance(value, Tensor) else value
+        metrics[f"{prefix}{name.removeprefix('query_')}-{suffix}"] = mean

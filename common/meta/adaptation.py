@@ -58,8 +58,15 @@ class Adaptation:
         if not cross_validate or steps == 0:
             return adapt_to_support(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
                                     adapt_names=self.names)
-        return adapt_with_recipes(self.model, self.weights, batch, self.choose(batch, steps, candidates),
-                                  kind=self.kind, lr=self.lr, adapt_names=self.names)
+        return self.adapt_choosing(batch, steps, candidates)[0]
+
+    def adapt_choosing(self, batch: TaskBatch, steps: int,
+                       candidates: Sequence[Recipe] | None = None) -> tuple[dict[str, Tensor], RecipeChoice]:
+        """Each task's parameters after the recipe it chooses on its support folds (`choose`), and the choice."""
+        choice = self.choose(batch, steps, candidates)
+        params = adapt_with_recipes(self.model, self.weights, batch, choice, kind=self.kind, lr=self.lr,
+                                    adapt_names=self.names)
+        return params, choice
 
     def choose(self, batch: TaskBatch, steps: int, candidates: Sequence[Recipe] | None = None) -> RecipeChoice:
         """Each task's recipe, cross-validated on its support rows (`common.meta.adaptation_recipe`), among
@@ -73,9 +80,7 @@ class Adaptation:
         if not cross_validate or steps == 0:
             return evaluate_adaptation(self.model, self.weights, batch, kind=self.kind, steps=steps, lr=self.lr,
                                        adapt_names=self.names)
-        choice = self.choose(batch, steps)
-        params = adapt_with_recipes(self.model, self.weights, batch, choice, kind=self.kind, lr=self.lr,
-                                    adapt_names=self.names)
+        params, choice = self.adapt_choosing(batch, steps)
         metrics = query_metrics(self.model, params, batch, self.kind)
         metrics["recipe-steps"] = float(sum(r.steps for r in choice.recipes()) / batch.num_tasks)
         metrics["recipe-unadapted"] = float(sum(r.steps == 0 for r in choice.recipes()) / batch.num_tasks)

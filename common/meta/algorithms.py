@@ -52,8 +52,8 @@ __all__ = [
     "init_inner_lrs",
     "meta_step",
     "meta_train",
-    "prediction_metrics",
     "query_metrics",
+    "task_scores",
 ]
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "r2d2", "pretrain")
@@ -403,15 +403,18 @@ def query_metrics(model: nn.Module, params: Mapping[str, Tensor], batch: TaskBat
     """Mean query loss (and accuracy) of task-batched ``params`` on each task's query set; where the
     targets are standardised per task (`TaskBatch.standardize_targets`), in the factory's units."""
     with torch.no_grad():
-        return prediction_metrics(predict(model, dict(params), batch.query_x), batch, kind)
+        scores = task_scores(predict(model, dict(params), batch.query_x), batch, kind)
+    return {f"query_{name}": float(values.mean()) for name, values in scores.items()}
 
 
-def prediction_metrics(predictions: Tensor, batch: TaskBatch, kind: str) -> dict[str, float]:
-    """`query_metrics` of any model's query predictions ``[T, Q, outputs]`` (a closed-form head's, a baseline's)."""
-    query = task_losses(predictions, batch.query_y, kind)
+def task_scores(predictions: Tensor, batch: TaskBatch, kind: str) -> dict[str, Tensor]:
+    """Each task's query ``loss`` (and ``accuracy``) ``[T]`` of any model's query predictions ``[T, Q, outputs]``
+    (a network's, a closed-form head's, a baseline's), in the factory's units where the batch's targets are
+    standardised."""
+    loss = task_losses(predictions, batch.query_y, kind).double()
     if batch.target_std is not None:
-        query = query.double() * batch.target_std.to(query.device).square()
-    metrics = {"query_loss": float(query.mean())}
+        loss = loss * batch.target_std.to(loss.device).square()
+    scores = {"loss": loss}
     if kind == "classification":
-        metrics["query_accuracy"] = float(task_accuracy(predictions, batch.query_y).mean())
-    return metrics
+        scores["accuracy"] = task_accuracy(predictions, batch.query_y).double()
+    return scores

@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 
 from fedmeta.common.meta.adaptation_recipe import MAX_FOLDS, fold_batch, support_folds
+from fedmeta.common.meta.algorithms import task_scores
 from fedmeta.common.meta.closed_form_head import solve_linear
-from fedmeta.common.meta.losses import task_accuracy, task_losses
+from fedmeta.common.meta.losses import task_losses
 from fedmeta.common.meta.tasks import TaskBatch
 
-__all__ = ["Predictor", "TaskScores", "chosen_losses", "chosen_outputs", "linear_predictor", "on_rows", "task_scores"]
+__all__ = ["Predictor", "TaskScores", "chosen_losses", "chosen_outputs", "linear_predictor", "on_rows"]
 
 # Each task's query predictions ``[T, Q, outputs]`` of a model fitted on its support rows.
 Predictor = Callable[[TaskBatch], Tensor]
@@ -44,21 +45,12 @@ def linear_predictor(kind: str, classes: int) -> Predictor:
     return predict
 
 
-def task_scores(predictions: Tensor, batch: TaskBatch, kind: str) -> TaskScores:
-    """Per-task query loss (in the factory's units where the batch's targets are standardised) and accuracy."""
-    loss = task_losses(predictions, batch.query_y, kind).double()
-    if batch.target_std is not None:
-        loss = loss * batch.target_std.to(loss.device).square()
-    scores = {"loss": loss}
-    if kind == "classification":
-        scores["accuracy"] = task_accuracy(predictions, batch.query_y).double()
-    return scores
-
-
-def chosen_losses(predictors: Mapping[str, Predictor], batch: TaskBatch, kind: str) -> tuple[TaskScores, Tensor]:
+def chosen_losses(predictors: Mapping[str, Predictor], batch: TaskBatch, kind: str,
+                  scores: Mapping[str, TaskScores] | None = None) -> tuple[TaskScores, Tensor]:
     """The query scores of the predictor each task keeps by its held-out-fold error on its own support rows
     (ties: the first listed), and the index of each task's choice in ``predictors`` ``[T]``. A task with too
-    few rows to fold keeps the first."""
+    few rows to fold keeps the first. ``scores``: each predictor's `task_scores` on ``batch`` where the caller
+    has them already."""
     names = list(predictors)
     folds = support_folds(batch.support_y, kind, MAX_FOLDS, groups=batch.support_groups)
     tasks = batch.num_tasks
@@ -69,9 +61,10 @@ def chosen_losses(predictors: Mapping[str, Predictor], batch: TaskBatch, kind: s
         held_out = [task_losses(predictors[name](folded), folded.query_y, kind).view(-1, tasks).mean(0)
                     for name in names]
         choice = _stacked(held_out).argmin(0)
-    per_name = [task_scores(predictors[name](batch), batch, kind) for name in names]
-    scores = {metric: _stacked([s[metric] for s in per_name]).gather(0, choice[None])[0] for metric in per_name[0]}
-    return scores, choice
+    per_name = [scores[name] if scores is not None else task_scores(predictors[name](batch), batch, kind)
+                for name in names]
+    kept = {metric: _stacked([s[metric] for s in per_name]).gather(0, choice[None])[0] for metric in per_name[0]}
+    return kept, choice
 
 
 def _stacked(values: list[Tensor]) -> Tensor:

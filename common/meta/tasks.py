@@ -202,11 +202,12 @@ class TaskBatch:
     def in_factory_units(self) -> TaskBatch:
         """The batch with its targets back in the factory's units (itself where they never left them): for
         models that fit the factory's own values (a tree on pooled rows, a model trained from scratch)."""
-        if self.target_std is None or self.target_mean is None:
+        mean, std = self.target_mean, self.target_std
+        if mean is None or std is None:
             return self
 
         def raw(y: Tensor) -> Tensor:
-            return y.double() * self.target_std[:, None] + self.target_mean[:, None]
+            return y.double() * std[:, None] + mean[:, None]
 
         return dataclasses.replace(self, support_y=raw(self.support_y), query_y=raw(self.query_y), target_mean=None,
                                    target_std=None)
