@@ -40,10 +40,10 @@ from fedmeta.common import (
     EvaluationSettings,
     ModelConfig,
     RoundSettings,
-    algorithm_model_config,
     build_model,
     local_algorithm,
     meta_train,
+    model_config_for,
     pack_meta_parameters,
     subtract,
     unpack_meta_parameters,
@@ -70,7 +70,7 @@ def check_model_fits(factory: LoadedFactory, global_params: Mapping[str, Tensor]
     failing deep inside a matrix product.
     """
     weights, _ = unpack_meta_parameters(global_params)
-    for name, shape in _parameter_shapes(algorithm_model_config(factory.source.model_config, algorithm)).items():
+    for name, shape in _parameter_shapes(model_config_for(factory.source, algorithm)).items():
         received = weights.get(name)
         if received is None or tuple(received.shape) != shape:
             got = "nothing" if received is None else f"shape {tuple(received.shape)}"
@@ -101,7 +101,7 @@ def local_update(
     check_model_fits(factory, global_params, meta.algorithm)
     weights, inner_lrs = unpack_meta_parameters(global_params)
     result = meta_train(
-        build_model(algorithm_model_config(source.model_config, meta.algorithm)),
+        build_model(model_config_for(source, meta.algorithm)),
         weights,
         sampler_for(factory, settings.shots, settings.query_size, seed=settings.seed, stream=settings.server_round),
         meta,

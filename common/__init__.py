@@ -18,7 +18,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         "data_sources": [
             "DataSource", "FactoryAssignment", "SplitSource", "SyntheticSource", "TableSource", "TablesSource",
-            "source_from_config", "standardizes_targets",
+            "model_config_for", "source_from_config", "standardizes_targets",
         ],
         "federation.deltas": ["DeltaRejected", "add", "global_norm", "subtract", "validate_delta", "weighted_average"],
         "federation.protocol": [

@@ -30,6 +30,7 @@ from fedmeta.common.data.datasets import FactorySplit, load_ai4i, load_cmapss_tr
 from fedmeta.common.data.scaling import FeatureScaling
 from fedmeta.common.data.synthetic import FactoryFamily, FamilyConfig, make_family
 from fedmeta.common.federation.protocol import ROLES
+from fedmeta.common.meta.algorithms import algorithm_model_config
 from fedmeta.common.meta.models import ModelConfig
 from fedmeta.common.meta.tasks import FactoryData
 from fedmeta.common.package.model_package import PackageSchema
@@ -43,6 +44,7 @@ __all__ = [
     "SyntheticSource",
     "TableSource",
     "TablesSource",
+    "model_config_for",
     "source_from_config",
     "standardizes_targets",
 ]
@@ -98,6 +100,15 @@ def standardizes_targets(source: DataSource) -> bool:
     regresses them standardised and the adapted package maps its predictions back
     (`common.data.scaling.TargetScaling`). The shared data sets' targets come as their loaders give them."""
     return source.task_kind == "regression" and source.scaling_rule == "factory-rows"
+
+
+def model_config_for(source: DataSource, algorithm: str) -> ModelConfig:
+    """The model ``algorithm`` trains on the source's factories (`algorithm_model_config`). ``r2d2``'s head is
+    solved toward the federation's own where the factories' targets share units (classes, or a target no
+    factory standardises): what a head learned across factories knows then carries over. A target each
+    factory standardises with its own rows shares no level: there the head is solved from zero (synthetic
+    quality plants: docs/benchmarks.md)."""
+    return algorithm_model_config(source.model_config, algorithm, head_prior=not standardizes_targets(source))
 
 
 def _generic_schema(model_config: ModelConfig, task_kind: str) -> PackageSchema:

@@ -15,8 +15,8 @@ from torch import Tensor
 from fedmeta.common import (
     DataSource,
     EvaluationSettings,
-    algorithm_model_config,
     local_algorithm,
+    model_config_for,
     pack_meta_parameters,
     unpack_meta_parameters,
 )
@@ -63,7 +63,7 @@ def write_run_package(
     weights, inner_lrs = unpack_meta_parameters(params)
     manifest = Manifest(
         schema=source.package_schema,
-        model=algorithm_model_config(source.model_config, local_algorithm(evaluation.algorithm)),
+        model=model_config_for(source, local_algorithm(evaluation.algorithm)),
         adaptation=AdaptationPlan(evaluation.algorithm, evaluation.steps, evaluation.lr, evaluation.recipe),
         scaling_rule=source.scaling_rule,
         run=_run_name(run_dir),

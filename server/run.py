@@ -27,10 +27,10 @@ from torch import Tensor
 
 from fedmeta.common import (
     DataSource,
-    algorithm_model_config,
     build_model,
     init_inner_lrs,
     local_algorithm,
+    model_config_for,
     pack_meta_parameters,
 )
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
@@ -54,7 +54,7 @@ def initial_meta_parameters(source: DataSource, algorithm: str, inner_lr: float,
     """The first global model, seeded so every run and every method starts alike."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = build_model(algorithm_model_config(source.model_config, local_algorithm(algorithm)))
+        model = build_model(model_config_for(source, local_algorithm(algorithm)))
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     return pack_meta_parameters(weights, init_inner_lrs(weights, inner_lr) if algorithm == "metasgd" else {})
 

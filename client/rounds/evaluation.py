@@ -13,9 +13,9 @@ from fedmeta.common import (
     DataSource,
     EvaluationSettings,
     adapted_names,
-    algorithm_model_config,
     build_model,
     local_algorithm,
+    model_config_for,
     unpack_meta_parameters,
 )
 from fedmeta.common.meta.adaptation import Adaptation, initial_weights
@@ -32,7 +32,7 @@ def prepare_adaptation(
 ) -> Adaptation:
     """The adaptation `evaluate_factory` runs: the global weights (Meta-SGD: its learned rates)."""
     source, algorithm = factory.source, local_algorithm(settings.algorithm)
-    model = build_model(algorithm_model_config(source.model_config, algorithm))
+    model = build_model(model_config_for(source, algorithm))
     weights, inner_lrs = unpack_meta_parameters(params)
     weights = {n: w.to(device) for n, w in weights.items()}
     lr = {n: t.to(device) for n, t in inner_lrs.items()} if inner_lrs else settings.lr

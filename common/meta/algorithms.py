@@ -60,6 +60,7 @@ ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "r2d2", "pretrain"
 # The optimizer of a factory's own meta-update (`MetaConfig.outer_optimizer`); the server's, which
 # applies the averaged deltas, are `fedmeta.server.strategy.outer_optimizer.OUTER_OPTIMIZERS`.
 META_OPTIMIZERS = ("adam", "sgd")
+SOLVE_LR_GAIN = 10.0
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -116,9 +117,12 @@ def adapted_names(model: nn.Module, algorithm: str) -> list[str]:
     return [name for name, _ in model.named_parameters() if name not in SOLVE_PARAMETERS]  # what forward reads
 
 
-def algorithm_model_config(config: ModelConfig, algorithm: str) -> ModelConfig:
-    """The model an algorithm trains: ``r2d2``'s head reads the inputs beside the learned features."""
-    return dataclasses.replace(config, skip_inputs=True) if algorithm == "r2d2" else config
+def algorithm_model_config(config: ModelConfig, algorithm: str, *, head_prior: bool = False) -> ModelConfig:
+    """The model an algorithm trains: ``r2d2``'s head reads the inputs beside the learned features (and, with
+    ``head_prior``, is solved toward the model's own head)."""
+    if algorithm != "r2d2":
+        return config
+    return dataclasses.replace(config, skip_inputs=True, head_prior=head_prior)
 
 
 def init_inner_lrs(weights: Mapping[str, Tensor], value: float) -> Params:
@@ -275,10 +279,15 @@ def _raise_if_not_finite(losses: StepLosses, trainable: list[Tensor], meta_step_
         )
 
 
-def _outer_optimizer(config: MetaConfig, tensors: list[Tensor]) -> torch.optim.Optimizer:
+def _outer_optimizer(config: MetaConfig, trainable: Params, others: list[Tensor]) -> torch.optim.Optimizer:
+    """The outer optimizer; a closed-form head's solve parameters (log penalty and logit scale, whose useful
+    values span orders of magnitude) step `SOLVE_LR_GAIN` times faster than the weights."""
+    solve = [trainable[name] for name in SOLVE_PARAMETERS if name in trainable]
+    rest = [tensor for name, tensor in trainable.items() if name not in SOLVE_PARAMETERS] + others
+    groups = [{"params": rest}] + ([{"params": solve, "lr": config.outer_lr * SOLVE_LR_GAIN}] if solve else [])
     if config.outer_optimizer == "adam":
-        return torch.optim.Adam(tensors, lr=config.outer_lr)
-    return torch.optim.SGD(tensors, lr=config.outer_lr)
+        return torch.optim.Adam(groups, lr=config.outer_lr)
+    return torch.optim.SGD(groups, lr=config.outer_lr)
 
 
 def _trainable_copy(tensors: Mapping[str, Tensor], device: torch.device) -> Params:
@@ -312,7 +321,7 @@ def meta_train(
             run_device,
         )
     tensors = [*trainable.values(), *lrs.values()]
-    optimizer = _outer_optimizer(config, tensors)
+    optimizer = _outer_optimizer(config, trainable, list(lrs.values()))
     totals: dict[str, float] = {}
     examples = 0
     for index in range(1, config.local_steps + 1):

@@ -65,16 +65,20 @@ def _penalty(penalty: Tensor | float, tasks: int, like: Tensor, positive: bool =
     return lam.expand(tasks)
 
 
-def _centred(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """float64 ``z``, ``y`` less their support means, and the means: the intercept then needs no penalty."""
+def _centred(z: Tensor, y: Tensor, centre: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """float64 ``z``, ``y`` less their support means, and the means: the intercept then needs no penalty
+    (without ``centre``, means of zero: no intercept)."""
     z = z.to(_F64)
     y = (y.unsqueeze(-1) if y.dim() == 2 else y).to(_F64)
+    if not centre:
+        return z, y, torch.zeros_like(z[:, :1]), torch.zeros_like(y[:, :1])
     zbar, ybar = z.mean(1, keepdim=True), y.mean(1, keepdim=True)
     return z - zbar, y - ybar, zbar, ybar
 
 
-def ridge_fit(z: Tensor, y: Tensor, penalty: Tensor | float) -> LinearHead:
-    """Ridge regression per task, ``min ||y - z coef - intercept||^2 + penalty ||coef||^2``, intercept unpenalised.
+def ridge_fit(z: Tensor, y: Tensor, penalty: Tensor | float, intercept: bool = True) -> LinearHead:
+    """Ridge regression per task, ``min ||y - z coef - intercept||^2 + penalty ||coef||^2``, intercept unpenalised
+    (without ``intercept``, none: a column of ones in ``z`` then gives a penalised one).
 
     ``z [T, S, D]``, ``y [T, S]`` (one output, C = 1) or ``[T, S, C]``, ``penalty`` a number or ``[T]``. With
     S > D it solves the D x D primal system, otherwise the S x S dual (Woodbury) one, so the cost follows the
@@ -82,7 +86,7 @@ def ridge_fit(z: Tensor, y: Tensor, penalty: Tensor | float) -> LinearHead:
     is not unique (through the pseudo-inverse). Differentiable with respect to ``z``, ``y`` and ``penalty``.
     """
     _check(z, y)
-    zc, yc, zbar, ybar = _centred(z, y)
+    zc, yc, zbar, ybar = _centred(z, y, intercept)
     tasks, rows, dims = zc.shape
     lam = _penalty(penalty, tasks, zc).view(-1, 1, 1)
     zero = lam == 0

@@ -2,15 +2,18 @@
 
 The head reads the model's learned features (times a learned scale) beside the factory-scaled inputs
 (`common.meta.models.ModelConfig.skip_inputs`) and is solved exactly on the support rows
-(`common.meta.closed_form`). ``r2d2`` (`solve_learned_head`) solves ridge regression with its learned
-penalty, for classes onto one-hot targets with a learned logit scale, as R2-D2 does: one S x S system per
-task whatever the classes, where a Newton step of logistic regression over 9 classes of 65 features solves
-a 594 x 594 one. Meta-training differentiates through the solve into the body, the feature scale, the
-penalty and the logit scale (R2-D2, Bertinetto et al., ICLR 2019; MetaOptNet, Lee et al., CVPR 2019). A
-factory's own closed-form candidates (`solve_head`) solve once: ridge at the penalty of least
-leave-one-out error, or a few Newton steps of L2-penalised logistic regression for classes. On a plant
-that is linear in its inputs a zero feature scale leaves least squares on the rows; the federation learns
-how much of its features to add.
+(`common.meta.closed_form`). ``r2d2`` (`solve_learned_head`) solves ridge regression toward the federation's
+own head, each column at its learned penalty, for classes onto one-hot targets with a learned logit scale, as
+R2-D2 does: one S x S system per task whatever the classes, where a Newton step of logistic regression over 9
+classes of 65 features solves a 594 x 594 one. Solved from zero instead, a head fitted to five windows of one
+engine or five rows of a rare failure forgets what the federation knew (C-MAPSS K = 5 query MSE 0.077
+against 0.031 toward the prior, AI4I F1 0.36 against 0.57: docs/benchmarks.md). Meta-training
+differentiates through the solve into the body, the prior head, the feature scale, the penalties and the
+logit scale (R2-D2, Bertinetto et al., ICLR 2019; MetaOptNet, Lee et al., CVPR 2019). A factory's own
+closed-form candidates (`solve_head`) solve once, from zero: ridge at the penalty of least leave-one-out
+error, or a few Newton steps of L2-penalised logistic regression for classes. On a plant that is linear in
+its inputs a zero feature scale leaves least squares on the rows (at a small penalty); the federation
+learns how much of its features to add.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from fedmeta.common.meta.closed_form import LinearHead, logistic_fit, ridge_fit, ridge_fit_loo
-from fedmeta.common.meta.models import LOGIT_SCALE, PENALTY
+from fedmeta.common.meta.models import COLUMN_PENALTY, LOGIT_SCALE, PENALTY
 from fedmeta.common.meta.tasks import TaskBatch
 
 __all__ = ["LOGISTIC_PENALTY", "NEWTON_STEPS", "head_features", "solve_head", "solve_learned_head", "solve_linear"]
@@ -66,13 +69,26 @@ def solve_head(model: nn.Module, params: Mapping[str, Tensor], batch: TaskBatch,
 
 def solve_learned_head(model: nn.Module, params: Mapping[str, Tensor], batch: TaskBatch,
                        kind: str) -> dict[str, Tensor]:
-    """``params`` with the head solved as ``r2d2`` learns it: ridge at its learned penalty, for classes onto
-    one-hot targets with its logit scale folded into the head (differentiable in every parameter)."""
-    if kind != "classification":
-        return solve_head(model, params, batch, kind, params[PENALTY].exp())
+    """``params`` with the head solved as ``r2d2`` learns it (differentiable in every parameter).
+
+    Ridge regression toward the federation's own head (``params``' head, the prior: a task with few or noisy
+    rows keeps close to it), each column of ``[features, 1]`` (the intercept's too) at its learned penalty
+    ``exp(PENALTY + COLUMN_PENALTY[d])``: the federation learns which directions a factory's rows may move.
+    For classes the targets are one-hot and the logits ``exp(LOGIT_SCALE)`` times the fit.
+    """
     z = head_features(model, params, batch.support_x)
-    classes = model.config.output_dim
-    one_hot = torch.nn.functional.one_hot(batch.support_y, classes).to(z.dtype)
-    head = ridge_fit(z, one_hot, params[PENALTY].exp().reshape(()))
-    scale = params[LOGIT_SCALE].exp().reshape(())
-    return {**params, "head.weight": scale * head.coef.mT, "head.bias": scale * head.intercept}
+    design = torch.cat([z, z.new_ones(*z.shape[:-1], 1)], -1)
+    if kind == "classification":
+        scale = params[LOGIT_SCALE].exp().reshape(())
+        target = torch.nn.functional.one_hot(batch.support_y, model.config.output_dim).to(z.dtype)
+    else:
+        scale = z.new_ones(())
+        target = batch.support_y.unsqueeze(-1).to(z.dtype)
+    prior = torch.cat([params["head.weight"], params["head.bias"].unsqueeze(-1)], -1).mT / scale  # [..., D+1, C]
+    if not model.config.head_prior:
+        prior = torch.zeros_like(prior)
+    # Per-column penalties are ridge at penalty 1 on columns divided by their roots.
+    shrink = (params[PENALTY] + params[COLUMN_PENALTY]).mul(-0.5).exp()
+    step = ridge_fit(design * shrink.unsqueeze(-2), target - design @ prior, 1.0, intercept=False)
+    head = scale * (prior + shrink.unsqueeze(-1) * step.coef)
+    return {**params, "head.weight": head[..., :-1, :].mT, "head.bias": head[..., -1, :]}

@@ -25,6 +25,7 @@ from fedmeta.common.meta.layers import TaskConv1d, TaskLinear
 from fedmeta.common.validation import check_positive_int
 
 __all__ = [
+    "COLUMN_PENALTY",
     "LOGIT_SCALE",
     "MLP",
     "MODEL_NAMES",
@@ -64,6 +65,9 @@ class ModelConfig:
     # that the ``r2d2`` algorithm meta-learns and a factory fits on its rows, which with a zero scale is a
     # linear model of the inputs (least squares). The model then also holds the ridge penalty it is solved with.
     skip_inputs: bool = False
+    # ``r2d2`` only: the head is solved toward the model's own head (the federation's prior), not from zero.
+    # Set where the factories' targets share units (`common.data_sources.model_config_for`).
+    head_prior: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in _INPUT_LAYOUT:
@@ -80,8 +84,11 @@ class ModelConfig:
         }
         for field, value in sizes.items():
             check_positive_int(field, value)
-        if not isinstance(self.skip_inputs, bool):
-            raise ValueError(f"skip_inputs must be true or false, got {self.skip_inputs!r}")
+        for flag in ("skip_inputs", "head_prior"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if self.head_prior and not self.skip_inputs:
+            raise ValueError("head_prior applies to a closed-form head only (skip_inputs true)")
         layout = _INPUT_LAYOUT[self.name]
         if len(self.input_shape) != len(layout):
             raise ValueError(
@@ -121,11 +128,13 @@ def _max_pool_by_2(x: Tensor) -> Tensor:
     return x[..., :length].unflatten(-1, (length // 2, 2)).max(dim=-1).values
 
 
-# Parameters of a closed-form head's solve that the forward pass never reads: the ridge penalty (its log) and, for
-# classes that ``r2d2`` solves by ridge regression onto one-hot targets, the scale of the logits (its log).
+# Parameters of a closed-form head's solve that the forward pass never reads: the ridge penalty (its log), each
+# head column's own factor of it (its log: ``r2d2`` only, see `common.meta.closed_form_head.solve_learned_head`)
+# and, for classes that ``r2d2`` solves by ridge regression onto one-hot targets, the scale of the logits (its log).
 PENALTY = "head_log_penalty"
+COLUMN_PENALTY = "head_log_column_penalty"
 LOGIT_SCALE = "head_log_logit_scale"
-SOLVE_PARAMETERS = (PENALTY, LOGIT_SCALE)
+SOLVE_PARAMETERS = (PENALTY, COLUMN_PENALTY, LOGIT_SCALE)
 
 
 class MetaModel(nn.Module):
@@ -138,9 +147,12 @@ class MetaModel(nn.Module):
         self.body = body
         inputs = config.input_shape[0] if config.skip_inputs else 0
         self.head = TaskLinear(num_features + inputs, config.output_dim)
-        if config.skip_inputs:
+        if config.skip_inputs:  # a closed-form head, solved toward this one: it starts with no prior
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
             self.feature_scale = nn.Parameter(torch.ones(1))
             self.head_log_penalty = nn.Parameter(torch.zeros(1))
+            self.head_log_column_penalty = nn.Parameter(torch.zeros(num_features + inputs + 1))
             if config.output_dim > 1:
                 self.head_log_logit_scale = nn.Parameter(torch.zeros(1))
 

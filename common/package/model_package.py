@@ -63,7 +63,8 @@ __all__ = [
 ]
 
 # 2: a regression package scaled from a factory's rows predicts its target standardised (`target_scaling`).
-PACKAGE_FORMAT = 2
+# 3: an ``r2d2`` head is solved toward the package's own head, each column at its own penalty.
+PACKAGE_FORMAT = 3
 # An adapted package whose head is solved in closed form on the factory's rows (`client.floor.candidates`):
 # updating it solves the head again, with the penalty it records.
 CLOSED_FORM = "closed-form"

@@ -4,6 +4,8 @@ differences, by construction on a linear plant, and by learning."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -19,13 +21,16 @@ from fedmeta.common import (
     make_family,
     meta_step,
     meta_train,
+    model_config_for,
+    source_from_config,
 )
 from fedmeta.common.meta.adaptation import Adaptation
+from fedmeta.common.meta.algorithms import SOLVE_LR_GAIN
 from fedmeta.common.meta.closed_form_head import solve_head, solve_learned_head
-from fedmeta.common.meta.models import LOGIT_SCALE, PENALTY
+from fedmeta.common.meta.models import COLUMN_PENALTY, LOGIT_SCALE, PENALTY
 from tests.support.meta_reference import FixedSampler
 
-CONFIG = ModelConfig("mlp", (3,), 1, hidden=4, depth=1, skip_inputs=True)
+CONFIG = ModelConfig("mlp", (3,), 1, hidden=4, depth=1, skip_inputs=True, head_prior=True)
 
 
 def _batch(seed: int, tasks: int = 2, support: int = 6, query: int = 5) -> TaskBatch:
@@ -37,29 +42,39 @@ def _batch(seed: int, tasks: int = 2, support: int = 6, query: int = 5) -> TaskB
 
 
 def _model_and_weights(seed: int = 0):
+    """A double-precision r2d2 model whose prior head, penalties and feature scale are all away from their
+    initial values, so every term of the solve is exercised."""
     torch.manual_seed(seed)
     model = build_model(CONFIG).double()
     weights = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(seed + 10)
     with torch.no_grad():
         weights["feature_scale"].fill_(0.7)
         weights[PENALTY].fill_(-0.5)
+        for name in ("head.weight", "head.bias", COLUMN_PENALTY):
+            weights[name].copy_(0.5 * torch.randn(weights[name].shape, generator=g, dtype=torch.float64))
     return model, weights
 
 
 def _reference_query_loss(weights: dict[str, torch.Tensor], batch: TaskBatch) -> torch.Tensor:
-    """One task at a time: z = [s relu(x W^T + b), x, 1]; the head from the normal equations with the
-    intercept unpenalised; the mean query MSE over tasks."""
+    """One task at a time: z = [s relu(x W^T + b), x, 1]; the head from the normal equations of ridge toward the
+    prior head theta0 = [head weight, head bias] with column d's penalty exp(penalty + column penalty d):
+    theta = theta0 + (Z^T Z + diag(penalties))^-1 Z^T (y - Z theta0); the mean query MSE over tasks."""
     losses = []
+    prior = torch.cat([weights["head.weight"][0], weights["head.bias"]])
+    penalty = torch.diag((weights[PENALTY] + weights[COLUMN_PENALTY]).exp())
     for t in range(batch.num_tasks):
         def design(x: torch.Tensor) -> torch.Tensor:
             hidden = torch.relu(x @ weights["body.0.weight"].T + weights["body.0.bias"])
             return torch.cat([weights["feature_scale"] * hidden, x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
 
         z, y = design(batch.support_x[t]), batch.support_y[t]
-        penalty = torch.diag(torch.cat([weights[PENALTY].exp().expand(z.shape[1] - 1), torch.zeros(1)]))
-        coef = torch.linalg.solve(z.T @ z + penalty, z.T @ y)
+        coef = prior + torch.linalg.solve(z.T @ z + penalty, z.T @ (y - z @ prior))
         losses.append(((design(batch.query_x[t]) @ coef - batch.query_y[t]) ** 2).mean())
     return torch.stack(losses).mean()
+
+
+LEARNED = ("body.0.weight", "body.0.bias", "feature_scale", PENALTY, COLUMN_PENALTY, "head.weight", "head.bias")
 
 
 def test_the_meta_gradient_matches_a_hand_written_closed_form_reference():
@@ -70,23 +85,76 @@ def test_the_meta_gradient_matches_a_hand_written_closed_form_reference():
     expected = _reference_query_loss(reference, batch)
     expected.backward()
     assert float(losses.query) == pytest.approx(float(expected), rel=1e-9)
-    for name in ("body.0.weight", "body.0.bias", "feature_scale", PENALTY):
+    for name in LEARNED:
         torch.testing.assert_close(weights[name].grad, reference[name].grad, rtol=1e-7, atol=1e-10)
-    assert weights["head.weight"].grad is None  # the head is solved, never learned
 
 
 def test_the_meta_gradient_matches_finite_differences():
     model, weights = _model_and_weights(1)
     batch = _batch(1)
-    names = ("body.0.weight", "feature_scale", PENALTY)
 
     def query_loss(*values: torch.Tensor) -> torch.Tensor:
-        params = {**{n: w.detach() for n, w in weights.items()}, **dict(zip(names, values, strict=True))}
-        adapted = solve_head(model, params, batch, "regression", params[PENALTY].exp())
+        params = {**{n: w.detach() for n, w in weights.items()}, **dict(zip(LEARNED, values, strict=True))}
+        adapted = solve_learned_head(model, params, batch, "regression")
         predictions = torch.func.functional_call(model, adapted, (batch.query_x,))
         return ((predictions[..., 0] - batch.query_y) ** 2).mean()
 
-    assert torch.autograd.gradcheck(query_loss, tuple(weights[n].detach().clone().requires_grad_() for n in names))
+    assert torch.autograd.gradcheck(query_loss, tuple(weights[n].detach().clone().requires_grad_() for n in LEARNED))
+
+
+def test_a_large_penalty_keeps_the_federations_head_and_a_vanishing_one_fits_the_rows():
+    """The prior's two limits: a factory whose penalty is huge keeps the federation's head; one whose penalty
+    vanishes gets least squares through its rows (more rows than columns), whatever the prior."""
+    model, weights = _model_and_weights()
+    weights = {n: w.detach() for n, w in weights.items()}
+    batch = _batch(2, tasks=1, support=12)
+    kept = solve_learned_head(model, {**weights, PENALTY: torch.full((1,), 40.0, dtype=torch.float64)}, batch,
+                              "regression")
+    torch.testing.assert_close(kept["head.weight"][0], weights["head.weight"], rtol=0, atol=1e-8)
+    torch.testing.assert_close(kept["head.bias"][0], weights["head.bias"], rtol=0, atol=1e-8)
+    fitted = solve_learned_head(model, {**weights, PENALTY: torch.full((1,), -40.0, dtype=torch.float64)}, batch,
+                                "regression")
+    z = torch.func.functional_call(model, weights, (batch.support_x,), {"head": False})[0]
+    design = torch.cat([z, torch.ones(12, 1, dtype=z.dtype)], 1)
+    line = torch.linalg.lstsq(design, batch.support_y[0]).solution
+    torch.testing.assert_close(torch.cat([fitted["head.weight"][0, 0], fitted["head.bias"][0]]), line,
+                               rtol=0, atol=1e-6)
+
+
+def test_without_a_prior_the_head_is_solved_from_zero():
+    """A model without ``head_prior`` (targets each factory standardises) ignores its own head: the solve equals
+    that of the same model whose head is zero."""
+    model, weights = _model_and_weights()
+    weights = {n: w.detach() for n, w in weights.items()}
+    plain = build_model(dataclasses.replace(CONFIG, head_prior=False)).double()
+    batch = _batch(3)
+    solved = solve_learned_head(plain, weights, batch, "regression")
+    zero_head = {**weights, "head.weight": torch.zeros_like(weights["head.weight"]),
+                 "head.bias": torch.zeros_like(weights["head.bias"])}
+    expected = solve_learned_head(model, zero_head, batch, "regression")
+    for name in ("head.weight", "head.bias"):
+        torch.testing.assert_close(solved[name], expected[name])
+
+
+@pytest.mark.parametrize(("family", "prior"), [("quality", False), ("fault", True)])
+def test_r2d2_solves_toward_the_federations_head_only_where_the_factories_targets_share_units(family, prior):
+    """Classes are shared; a quality target each plant standardises with its own rows has no shared level."""
+    source = source_from_config({"family": family})
+    assert model_config_for(source, "r2d2").head_prior is prior
+    assert model_config_for(source, "maml") == source.model_config
+
+
+def test_the_solve_parameters_step_faster_than_the_weights():
+    """Adam's first step moves every parameter by its step size: the log penalties by SOLVE_LR_GAIN times the
+    weights' (their useful values span orders of magnitude)."""
+    model, weights = _model_and_weights()
+    before = {n: w.detach().clone() for n, w in weights.items()}
+    config = MetaConfig("r2d2", meta_batch_size=2, local_steps=1, outer_lr=1e-3)
+    after = meta_train(model, weights, FixedSampler(_batch(0)), config, device="cpu").weights
+    moved = {n: float((after[n] - before[n]).abs().max()) for n in before}
+    assert moved[PENALTY] == pytest.approx(SOLVE_LR_GAIN * 1e-3, rel=1e-3)
+    assert moved[COLUMN_PENALTY] == pytest.approx(SOLVE_LR_GAIN * 1e-3, rel=1e-3)
+    assert moved["body.0.weight"] == pytest.approx(1e-3, rel=1e-3)
 
 
 def test_a_non_finite_support_label_stops_naming_the_step_and_leaves_parameters_untouched():
@@ -100,12 +168,14 @@ def test_a_non_finite_support_label_stops_naming_the_step_and_leaves_parameters_
         torch.testing.assert_close(tensor.detach(), before[name])
 
 
-def test_a_classifier_head_is_ridge_onto_one_hot_targets_with_its_learned_logit_scale():
-    """R2-D2's classifier: the logits are the ridge fit of the one-hot labels, times exp(log scale)."""
-    config = ModelConfig("mlp", (3,), 3, hidden=4, depth=1, skip_inputs=True)
+def test_a_classifier_head_is_ridge_onto_one_hot_targets_toward_its_prior_with_its_learned_logit_scale():
+    """R2-D2's classifier: the logits are exp(log scale) times the ridge fit of the one-hot labels toward the
+    prior head divided by that scale."""
+    config = ModelConfig("mlp", (3,), 3, hidden=4, depth=1, skip_inputs=True, head_prior=True)
     torch.manual_seed(0)
     model = build_model(config).double()
-    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(5)
+    weights = {n: 0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64) for n, p in model.named_parameters()}
     weights[LOGIT_SCALE] = torch.full((1,), 0.7, dtype=torch.float64)
     x = torch.randn(1, 12, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     y = torch.arange(12).remainder(3)[None]
@@ -114,9 +184,12 @@ def test_a_classifier_head_is_ridge_onto_one_hot_targets_with_its_learned_logit_
     logits = torch.func.functional_call(model, adapted, (batch.support_x,))[0]
     z = torch.func.functional_call(model, weights, (batch.support_x,), {"head": False})[0]
     design = torch.cat([z, torch.ones(9, 1, dtype=z.dtype)], 1)
-    penalty = torch.diag(torch.cat([weights[PENALTY].exp().expand(z.shape[1]), torch.zeros(1)]))
-    coef = torch.linalg.solve(design.T @ design + penalty, design.T @ torch.nn.functional.one_hot(y[0, :9]).double())
-    torch.testing.assert_close(logits, torch.exp(torch.tensor(0.7, dtype=torch.float64)) * (design @ coef))
+    scale = torch.exp(torch.tensor(0.7, dtype=torch.float64))
+    prior = torch.cat([weights["head.weight"], weights["head.bias"][:, None]], 1).T / scale
+    penalty = torch.diag((weights[PENALTY] + weights[COLUMN_PENALTY]).exp())
+    target = torch.nn.functional.one_hot(y[0, :9]).double()
+    coef = prior + torch.linalg.solve(design.T @ design + penalty, design.T @ (target - design @ prior))
+    torch.testing.assert_close(logits, scale * (design @ coef))
 
 
 def test_at_feature_scale_zero_the_head_is_least_squares_on_the_rows():
