@@ -127,7 +127,7 @@ def _rows_alone(package: ModelPackage, batch: TaskBatch, seed: int, candidates: 
 def _head_model(package: ModelPackage, feature_scale: float) -> tuple[MetaModel, dict[str, Tensor]]:
     """The package's architecture with a head that reads the inputs too, and its weights: the package's body,
     the learned features at ``feature_scale`` beside the inputs (head and penalty still to solve)."""
-    config = dataclasses.replace(package.manifest.model, skip_inputs=True)
+    config = dataclasses.replace(package.manifest.model, skip_inputs=True, head_prior=False)  # solved from zero
     model = build_model(config)
     weights = {name: value.detach() for name, value in model.named_parameters()}
     weights.update({name: value for name, value in package.weights.items() if name.startswith("body.")})

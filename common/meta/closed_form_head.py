@@ -2,12 +2,12 @@
 
 The head reads the model's learned features (times a learned scale) beside the factory-scaled inputs
 (`common.meta.models.ModelConfig.skip_inputs`) and is solved exactly on the support rows
-(`common.meta.closed_form`). ``r2d2`` (`solve_learned_head`) solves ridge regression toward the federation's
-own head, each column at its learned penalty, for classes onto one-hot targets with a learned logit scale, as
-R2-D2 does: one S x S system per task whatever the classes, where a Newton step of logistic regression over 9
-classes of 65 features solves a 594 x 594 one. Solved from zero instead, a head fitted to five windows of one
-engine or five rows of a rare failure forgets what the federation knew (C-MAPSS K = 5 query MSE 0.077
-against 0.031 toward the prior, AI4I F1 0.36 against 0.57: docs/benchmarks.md). Meta-training
+(`common.meta.closed_form`). ``r2d2`` (`solve_learned_head`) solves ridge regression, each column at its
+learned penalty, for classes onto one-hot targets with a learned logit scale, as R2-D2 does: one S x S system
+per task whatever the classes, where a Newton step of logistic regression over 9 classes of 65 features
+solves a 594 x 594 one. Where the factories' targets share units (`ModelConfig.head_prior`) it solves toward
+the federation's own head: solved from zero, a head fitted to five windows of one engine or five rows of a
+rare failure forgets what the federation knew (docs/benchmarks.md). Meta-training
 differentiates through the solve into the body, the prior head, the feature scale, the penalties and the
 logit scale (R2-D2, Bertinetto et al., ICLR 2019; MetaOptNet, Lee et al., CVPR 2019). A factory's own
 closed-form candidates (`solve_head`) solve once, from zero: ridge at the penalty of least leave-one-out
@@ -71,8 +71,9 @@ def solve_learned_head(model: nn.Module, params: Mapping[str, Tensor], batch: Ta
                        kind: str) -> dict[str, Tensor]:
     """``params`` with the head solved as ``r2d2`` learns it (differentiable in every parameter).
 
-    Ridge regression toward the federation's own head (``params``' head, the prior: a task with few or noisy
-    rows keeps close to it), each column of ``[features, 1]`` (the intercept's too) at its learned penalty
+    Ridge regression toward the federation's own head where the model's ``head_prior`` says the targets share
+    units (``params``' head, the prior: a task with few or noisy rows keeps close to it), else from zero, each
+    column of ``[features, 1]`` (the intercept's too) at its learned penalty
     ``exp(PENALTY + COLUMN_PENALTY[d])``: the federation learns which directions a factory's rows may move.
     For classes the targets are one-hot and the logits ``exp(LOGIT_SCALE)`` times the fit.
     """

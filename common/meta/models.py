@@ -63,7 +63,7 @@ class ModelConfig:
     # The head also reads the (factory-scaled) inputs beside the learned features (a window model: its last
     # step's channels), the features times a learned scale: the closed-form head (`common.meta.closed_form`)
     # that the ``r2d2`` algorithm meta-learns and a factory fits on its rows, which with a zero scale is a
-    # linear model of the inputs (least squares). The model then also holds the ridge penalty it is solved with.
+    # linear model of the inputs (least squares). The model then also holds the ridge penalties it is solved with.
     skip_inputs: bool = False
     # ``r2d2`` only: the head is solved toward the model's own head (the federation's prior), not from zero.
     # Set where the factories' targets share units (`common.data_sources.model_config_for`).
