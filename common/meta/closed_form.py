@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "INTERCEPT_RIDGE", "RIDGE_PENALTIES", "LinearHead", "logistic_fit", "ridge_fit", "ridge_fit_loo",
-    "ridge_loo_errors",
+    "INTERCEPT_RIDGE", "RIDGE_PENALTIES", "LinearHead", "logistic_fit", "logistic_fit_toward", "ridge_fit",
+    "ridge_fit_loo", "ridge_loo_errors",
 ]
 
 # Log-spaced down to 1e-4, so a nearly noiseless linear plant is fitted close to least squares.
@@ -176,24 +176,50 @@ def logistic_fit(z: Tensor, y: Tensor, num_classes: int, penalty: Tensor | float
     lam = _penalty(penalty, tasks, x, positive=True)
     ridge = torch.cat([lam[:, None].expand(tasks, width - 1), x.new_full((tasks, 1), INTERCEPT_RIDGE)], -1)
     ridge = ridge[..., None].expand(tasks, width, num_classes)  # each parameter's penalty, [T, J, C]
-    target = F.one_hot(y, num_classes).to(_F64)
+    theta = _newton_logistic(x, F.one_hot(y, num_classes).to(_F64), ridge, x.new_zeros(tasks, width, num_classes),
+                             steps)
+    return LinearHead(theta[:, :-1].to(z.dtype), theta[:, -1].to(z.dtype))
+
+
+def logistic_fit_toward(design: Tensor, y: Tensor, num_classes: int, penalties: Tensor, prior: Tensor,
+                        steps: int = 10) -> Tensor:
+    """Multinomial logistic regression per task toward ``prior``, by ``steps`` Newton steps from it.
+
+    Minimises ``sum_i cross_entropy_i + 1/2 sum_jc penalties_j (theta_jc - prior_jc)^2`` over ``theta [T, J, C]``
+    (``logits = design @ theta``; ``design [T, S, J]`` holds its own intercept column), ``penalties`` ``[J]`` or
+    ``[T, J]`` > 0, ``prior`` ``[J, C]`` or ``[T, J, C]``; differentiable in all of them. Returns theta in
+    ``design``'s dtype.
+    """
+    _check(design, y)
+    x = design.to(_F64)
+    tasks, _, width = x.shape
+    ridge = penalties.to(_F64).expand(tasks, width)[..., None].expand(tasks, width, num_classes)
+    start = prior.to(_F64).expand(tasks, width, num_classes)
+    return _newton_logistic(x, F.one_hot(y, num_classes).to(_F64), ridge, start, steps).to(design.dtype)
+
+
+def _newton_logistic(x: Tensor, target: Tensor, ridge: Tensor, prior: Tensor, steps: int) -> Tensor:
+    """``theta [T, J, C]`` minimising ``sum cross_entropy + 1/2 sum ridge (theta - prior)^2``, ``steps`` Newton steps
+    from ``prior``, each backtracking until the objective falls (separable data never makes it diverge)."""
+    tasks, _, width = x.shape
+    classes = target.shape[-1]
 
     def objective(theta: Tensor) -> Tensor:  # [..., T, J, C] -> [..., T]
         logits = x @ theta
         loss = (torch.logsumexp(logits, -1) - (logits * target).sum(-1)).sum(-1)
-        return loss + 0.5 * (ridge * theta.square()).sum((-2, -1))
+        return loss + 0.5 * (ridge * (theta - prior).square()).sum((-2, -1))
 
-    size = width * num_classes
-    theta = x.new_zeros(tasks, width, num_classes)
+    size = width * classes
+    theta = prior
     for _ in range(steps):
         p = torch.softmax(x @ theta, -1)
-        grad = x.mT @ (p - target) + ridge * theta
+        grad = x.mT @ (p - target) + ridge * (theta - prior)
         curvature = torch.diag_embed(p) - p[..., :, None] * p[..., None, :]  # [T, S, C, C]
         hessian = torch.einsum("tsj,tsk,tscd->tjckd", x, x, curvature).reshape(tasks, size, size)
         hessian = hessian + torch.diag_embed(ridge.reshape(tasks, size))
-        step = -torch.linalg.solve(hessian, grad.reshape(tasks, size, 1)).view(tasks, width, num_classes)
+        step = -torch.linalg.solve(hessian, grad.reshape(tasks, size, 1)).view(tasks, width, classes)
         theta = theta + _step_size(objective, theta, grad, step).view(-1, 1, 1) * step
-        # Exact steps keep every row summing to zero over classes (the optimum does); re-centring stops rounding
-        # from drifting along the intercepts' common shift, which only the tiny ridge pins (a 1e6-fold gain).
-        theta = theta - theta.mean(-1, keepdim=True)
-    return LinearHead(theta[:, :-1].to(z.dtype), theta[:, -1].to(z.dtype))
+        # Exact steps keep each row's sum over classes at the prior's (the optimum does); re-centring stops
+        # rounding from drifting along the logits' common shift, which only the ridge pins.
+        theta = theta - theta.mean(-1, keepdim=True) + prior.mean(-1, keepdim=True)
+    return theta

@@ -3,10 +3,11 @@
 The head reads the model's learned features (times a learned scale) beside the factory-scaled inputs
 (`common.meta.models.ModelConfig.skip_inputs`) and is solved exactly on the support rows
 (`common.meta.closed_form`). ``r2d2`` (`solve_learned_head`) solves ridge regression, each column at its
-learned penalty, for classes onto one-hot targets with a learned logit scale, as R2-D2 does: one S x S system
-per task whatever the classes, where a Newton step of logistic regression over 9 classes of 65 features
-solves a 594 x 594 one. Where the factories' targets share units (`ModelConfig.head_prior`) it solves toward
-the federation's own head: solved from zero, a head fitted to five windows of one engine or five rows of a
+learned penalty; for a failure/no-failure decision a few Newton steps of logistic regression; for fault
+classes ridge onto one-hot targets with a learned logit scale, as R2-D2 does: one S x S system per task
+whatever the classes, where a Newton step of logistic regression over 9 classes of 65 features solves a
+594 x 594 one. Where the factories' targets share units (`ModelConfig.head_prior`) it solves toward the
+federation's own head: solved from zero, a head fitted to five windows of one engine or five rows of a
 rare failure forgets what the federation knew (docs/benchmarks.md). Meta-training
 differentiates through the solve into the body, the prior head, the feature scale, the penalties and the
 logit scale (R2-D2, Bertinetto et al., ICLR 2019; MetaOptNet, Lee et al., CVPR 2019). A factory's own
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fedmeta.common.meta.closed_form import LinearHead, logistic_fit, ridge_fit, ridge_fit_loo
+from fedmeta.common.meta.closed_form import LinearHead, logistic_fit, logistic_fit_toward, ridge_fit, ridge_fit_loo
 from fedmeta.common.meta.models import COLUMN_PENALTY, LOGIT_SCALE, PENALTY
 from fedmeta.common.meta.tasks import TaskBatch
 
@@ -71,25 +72,32 @@ def solve_learned_head(model: nn.Module, params: Mapping[str, Tensor], batch: Ta
                        kind: str) -> dict[str, Tensor]:
     """``params`` with the head solved as ``r2d2`` learns it (differentiable in every parameter).
 
-    Ridge regression toward the federation's own head where the model's ``head_prior`` says the targets share
-    units (``params``' head, the prior: a task with few or noisy rows keeps close to it), else from zero, each
-    column of ``[features, 1]`` (the intercept's too) at its learned penalty
-    ``exp(PENALTY + COLUMN_PENALTY[d])``: the federation learns which directions a factory's rows may move.
-    For classes the targets are one-hot and the logits ``exp(LOGIT_SCALE)`` times the fit.
+    Each column of ``[features, 1]`` (the intercept's too) at its learned penalty ``exp(PENALTY +
+    COLUMN_PENALTY[d])`` (the federation learns which directions a factory's rows may move), toward the
+    model's own head where its ``head_prior`` says the factories' targets share units (a task with few or
+    noisy rows keeps close to it), else from zero. Regression: ridge. Two classes: `NEWTON_STEPS` Newton steps
+    of logistic regression, whose calibrated probabilities a failure decision at the factory's failure rate
+    needs. More classes (decided by the largest score): ridge onto one-hot targets, one S x S system
+    whatever their number, the logits ``exp(LOGIT_SCALE)`` times the fit.
     """
     z = head_features(model, params, batch.support_x)
     design = torch.cat([z, z.new_ones(*z.shape[:-1], 1)], -1)
+    prior = torch.cat([params["head.weight"], params["head.bias"].unsqueeze(-1)], -1).mT  # [..., D+1, C]
+    if not model.config.head_prior:
+        prior = torch.zeros_like(prior)
+    penalties = (params[PENALTY] + params[COLUMN_PENALTY]).exp()
+    if kind == "classification" and model.config.output_dim == 2:
+        head = logistic_fit_toward(design, batch.support_y, 2, penalties, prior, NEWTON_STEPS)
+        return {**params, "head.weight": head[..., :-1, :].mT, "head.bias": head[..., -1, :]}
     if kind == "classification":
         scale = params[LOGIT_SCALE].exp().reshape(())
         target = torch.nn.functional.one_hot(batch.support_y, model.config.output_dim).to(z.dtype)
     else:
         scale = z.new_ones(())
         target = batch.support_y.unsqueeze(-1).to(z.dtype)
-    prior = torch.cat([params["head.weight"], params["head.bias"].unsqueeze(-1)], -1).mT / scale  # [..., D+1, C]
-    if not model.config.head_prior:
-        prior = torch.zeros_like(prior)
+    prior = prior / scale
     # Per-column penalties are ridge at penalty 1 on columns divided by their roots.
-    shrink = (params[PENALTY] + params[COLUMN_PENALTY]).mul(-0.5).exp()
+    shrink = penalties.rsqrt()
     step = ridge_fit(design * shrink.unsqueeze(-2), target - design @ prior, 1.0, intercept=False)
     head = scale * (prior + shrink.unsqueeze(-1) * step.coef)
     return {**params, "head.weight": head[..., :-1, :].mT, "head.bias": head[..., -1, :]}

@@ -130,7 +130,7 @@ def _max_pool_by_2(x: Tensor) -> Tensor:
 
 # Parameters of a closed-form head's solve that the forward pass never reads: the ridge penalty (its log), each
 # head column's own factor of it (its log: ``r2d2`` only, see `common.meta.closed_form_head.solve_learned_head`)
-# and, for classes that ``r2d2`` solves by ridge regression onto one-hot targets, the scale of the logits (its log).
+# and, for the fault classes ``r2d2`` solves by ridge regression onto one-hot targets, the logits' scale (its log).
 PENALTY = "head_log_penalty"
 COLUMN_PENALTY = "head_log_column_penalty"
 LOGIT_SCALE = "head_log_logit_scale"
@@ -153,7 +153,7 @@ class MetaModel(nn.Module):
             self.feature_scale = nn.Parameter(torch.ones(1))
             self.head_log_penalty = nn.Parameter(torch.zeros(1))
             self.head_log_column_penalty = nn.Parameter(torch.zeros(num_features + inputs + 1))
-            if config.output_dim > 1:
+            if config.output_dim > 2:  # two classes are solved by logistic regression, needing no scale
                 self.head_log_logit_scale = nn.Parameter(torch.zeros(1))
 
     def body_features(self, x: Tensor) -> Tensor:

@@ -192,6 +192,38 @@ def test_a_classifier_head_is_ridge_onto_one_hot_targets_toward_its_prior_with_i
     torch.testing.assert_close(logits, scale * (design @ coef))
 
 
+def test_a_two_class_head_is_logistic_regression_toward_its_prior():
+    """A failure/no-failure head: at the solve, the gradient of the cross-entropy plus each column's penalty
+    times its distance from the prior head vanishes (the optimality condition, checked by hand), and the
+    meta-gradient through the Newton steps matches finite differences."""
+    config = ModelConfig("mlp", (3,), 2, hidden=4, depth=1, skip_inputs=True, head_prior=True)
+    torch.manual_seed(0)
+    model = build_model(config).double()
+    g = torch.Generator().manual_seed(6)
+    weights = {n: 0.5 * torch.randn(p.shape, generator=g, dtype=torch.float64) for n, p in model.named_parameters()}
+    x = torch.randn(2, 14, 3, dtype=torch.float64, generator=g)
+    y = (x[..., 0] + 0.5 * torch.randn(2, 14, generator=g, dtype=torch.float64) > 0).long()
+    batch = TaskBatch(x[:, :10], y[:, :10], x[:, 10:], y[:, 10:])
+    adapted = solve_learned_head(model, weights, batch, "classification")
+    z = torch.func.functional_call(model, weights, (batch.support_x,), {"head": False})
+    design = torch.cat([z, torch.ones(2, 10, 1, dtype=z.dtype)], -1)
+    theta = torch.cat([adapted["head.weight"], adapted["head.bias"][..., None]], -1).mT
+    prior = torch.cat([weights["head.weight"], weights["head.bias"][:, None]], 1).T
+    penalties = (weights[PENALTY] + weights[COLUMN_PENALTY]).exp()
+    residual = torch.softmax(design @ theta, -1) - torch.nn.functional.one_hot(batch.support_y, 2).double()
+    gradient = design.mT @ residual + penalties[:, None] * (theta - prior)
+    torch.testing.assert_close(gradient, torch.zeros_like(gradient), rtol=0, atol=1e-8)
+    names = ("body.0.weight", PENALTY, COLUMN_PENALTY, "head.weight", "head.bias")
+
+    def query_loss(*values: torch.Tensor) -> torch.Tensor:
+        params = {**weights, **dict(zip(names, values, strict=True))}
+        logits = torch.func.functional_call(model, solve_learned_head(model, params, batch, "classification"),
+                                            (batch.query_x,))
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+
+    assert torch.autograd.gradcheck(query_loss, tuple(weights[n].clone().requires_grad_() for n in names))
+
+
 def test_at_feature_scale_zero_the_head_is_least_squares_on_the_rows():
     """A plant linear in its inputs: with the learned features weighted zero, the solved head is the ridge line
     through the support rows, which at a tiny penalty is least squares (numpy's)."""
