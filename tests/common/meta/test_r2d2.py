@@ -245,7 +245,7 @@ def test_at_feature_scale_zero_the_head_is_least_squares_on_the_rows():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_r2d2_meta_training_beats_first_order_maml_on_a_nonlinear_family(seed):
     """Held-out plants of a nonlinear quality family, 10 labelled rows each: the meta-learned closed-form head
-    errs less than first-order MAML trained as long (measured MSE ratios 0.85, 0.63 and 0.59 at seeds 0-2)."""
+    errs less than first-order MAML trained as long (measured MSE ratios 0.67, 0.52 and 0.47 at seeds 0-2)."""
     family = make_family(FamilyConfig("quality", num_factories=10, num_held_out=2, seed=3 + seed, min_nonlinearity=1.0,
                                       min_samples=120, max_samples=300))
     errors = {}
@@ -261,4 +261,4 @@ def test_r2d2_meta_training_beats_first_order_maml_on_a_nonlinear_family(seed):
         adaptation = Adaptation(model, "regression", trained.weights, 0.05, model.forward_parameter_names(),
                                 closed_form=algorithm == "r2d2")
         errors[algorithm] = adaptation.score(held_out, 10)["query_loss"]
-    assert errors["r2d2"] < 0.95 * errors["fomaml"], errors
+    assert errors["r2d2"] < 0.85 * errors["fomaml"], errors
