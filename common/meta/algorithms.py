@@ -60,6 +60,7 @@ ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "r2d2", "pretrain"
 # The optimizer of a factory's own meta-update (`MetaConfig.outer_optimizer`); the server's, which
 # applies the averaged deltas, are `fedmeta.server.strategy.outer_optimizer.OUTER_OPTIMIZERS`.
 META_OPTIMIZERS = ("adam", "sgd")
+# How much faster than the weights a closed-form head's solve parameters step (`_outer_optimizer`).
 SOLVE_LR_GAIN = 10.0
 
 
@@ -280,8 +281,9 @@ def _raise_if_not_finite(losses: StepLosses, trainable: list[Tensor], meta_step_
 
 
 def _outer_optimizer(config: MetaConfig, trainable: Params, others: list[Tensor]) -> torch.optim.Optimizer:
-    """The outer optimizer; a closed-form head's solve parameters (log penalty and logit scale, whose useful
-    values span orders of magnitude) step `SOLVE_LR_GAIN` times faster than the weights."""
+    """The outer optimizer; a closed-form head's solve parameters (`SOLVE_PARAMETERS`: log penalties and logit
+    scale, whose useful values span orders of magnitude) step `SOLVE_LR_GAIN` times faster than the weights: at
+    the weights' rate a 20-round run moved C-MAPSS's log penalty by 0.67 at most."""
     solve = [trainable[name] for name in SOLVE_PARAMETERS if name in trainable]
     rest = [tensor for name, tensor in trainable.items() if name not in SOLVE_PARAMETERS] + others
     groups = [{"params": rest}] + ([{"params": solve, "lr": config.outer_lr * SOLVE_LR_GAIN}] if solve else [])

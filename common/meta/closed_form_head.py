@@ -88,16 +88,22 @@ def solve_learned_head(model: nn.Module, params: Mapping[str, Tensor], batch: Ta
     penalties = (params[PENALTY] + params[COLUMN_PENALTY]).exp()
     if kind == "classification" and model.config.output_dim == 2:
         head = logistic_fit_toward(design, batch.support_y, 2, penalties, prior, NEWTON_STEPS)
-        return {**params, "head.weight": head[..., :-1, :].mT, "head.bias": head[..., -1, :]}
+    else:
+        head = _ridge_toward(model, params, design, batch.support_y, kind, penalties, prior)
+    return {**params, "head.weight": head[..., :-1, :].mT, "head.bias": head[..., -1, :]}
+
+
+def _ridge_toward(model: nn.Module, params: Mapping[str, Tensor], design: Tensor, y: Tensor, kind: str,
+                  penalties: Tensor, prior: Tensor) -> Tensor:
+    """Ridge of ``y`` (classes: one-hot, the logits ``exp(LOGIT_SCALE)`` times the fit) on ``design`` toward
+    ``prior``, column d at ``penalties[d]``: ridge at penalty 1 on the columns divided by their penalties' roots."""
     if kind == "classification":
         scale = params[LOGIT_SCALE].exp().reshape(())
-        target = torch.nn.functional.one_hot(batch.support_y, model.config.output_dim).to(z.dtype)
+        target = torch.nn.functional.one_hot(y, model.config.output_dim).to(design.dtype)
     else:
-        scale = z.new_ones(())
-        target = batch.support_y.unsqueeze(-1).to(z.dtype)
+        scale = design.new_ones(())
+        target = y.unsqueeze(-1).to(design.dtype)
     prior = prior / scale
-    # Per-column penalties are ridge at penalty 1 on columns divided by their roots.
     shrink = penalties.rsqrt()
     step = ridge_fit(design * shrink.unsqueeze(-2), target - design @ prior, 1.0, intercept=False)
-    head = scale * (prior + shrink.unsqueeze(-1) * step.coef)
-    return {**params, "head.weight": head[..., :-1, :].mT, "head.bias": head[..., -1, :]}
+    return scale * (prior + shrink.unsqueeze(-1) * step.coef)
