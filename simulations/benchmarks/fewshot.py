@@ -77,13 +77,13 @@ from fedmeta.common import (
 from fedmeta.common.data.datasets import TRANSFERS as CMAPSS_TRANSFERS
 from fedmeta.common.meta.closed_form_head import LOGISTIC_PENALTY
 from fedmeta.common.meta.factory_choice import chosen_outputs, on_rows
+from fedmeta.common.trees.features import WINDOW_STATISTICS
 from fedmeta.server import ServerSettings, initial_meta_parameters, weighted_metrics
 from fedmeta.simulations.benchmarks.engine_shots import EngineShots
 from fedmeta.simulations.benchmarks.field_metrics import FIELD_METRICS, FieldRows, field_rows, row_matches, score_field
 from fedmeta.simulations.benchmarks.gradient_boosting import (
     TREE_DEFAULTS,
     TREE_REFERENCES,
-    WINDOW_STATISTICS,
     GradientBoostingReference,
 )
 from fedmeta.simulations.benchmarks.provenance import provenance

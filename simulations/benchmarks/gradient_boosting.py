@@ -10,7 +10,7 @@ support rows (what a central team could do if the factories shared their data), 
 on the task's query rows, exactly the rows the neural methods are scored on.
 
 Features: a table row is used as it is; a window ``[channels, length]`` (sensor sequence or
-vibration segment) becomes ten classic statistics per channel (`window_features`), the
+vibration segment) becomes ten classic statistics per channel (`common.trees.features.window_features`), the
 hand-made features gradient boosting is usually given in RUL and bearing-fault work.
 """
 
@@ -26,15 +26,14 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from torch import Tensor
 
 from fedmeta.common import NUM_EXAMPLES, FactoryData, TaskBatch
+from fedmeta.common.trees.features import window_features
 from fedmeta.simulations.benchmarks.search_space import Range, SearchSpace
 
 __all__ = [
     "TREE_DEFAULTS",
     "TREE_REFERENCES",
     "TREE_SEARCH_SPACES",
-    "WINDOW_STATISTICS",
     "GradientBoostingReference",
-    "window_features",
 ]
 
 TREE_REFERENCES = ("gradient-boosting", "lightgbm")
@@ -62,32 +61,7 @@ TREE_SEARCH_SPACES: dict[str, SearchSpace] = {
         "colsample_bytree": Range(0.3, 1.0, log=False),
     },
 }
-WINDOW_STATISTICS = (
-    "mean", "std", "min", "max", "last", "slope", "skewness", "kurtosis", "crest factor", "mean |x|"
-)
-_EPS = 1e-8
-
-
-def window_features(x: Tensor) -> np.ndarray:
-    """``[n, features]`` rows as they are; ``[n, channels, length]`` windows -> `WINDOW_STATISTICS` per channel."""
-    values = x.detach().cpu().double().numpy()
-    if values.ndim == 2:
-        return values
-    if values.ndim != 3:
-        raise ValueError(f"expected [n, features] or [n, channels, length] inputs, got shape {tuple(values.shape)}")
-    mean = values.mean(axis=-1)
-    centred = values - mean[..., None]
-    std = values.std(axis=-1)
-    time = np.arange(values.shape[-1]) - (values.shape[-1] - 1) / 2
-    slope = (centred * time).sum(axis=-1) / (time**2).sum()
-    scale = std + _EPS
-    skewness = (centred**3).mean(axis=-1) / scale**3
-    kurtosis = (centred**4).mean(axis=-1) / scale**4
-    rms = np.sqrt((values**2).mean(axis=-1))
-    crest = np.abs(values).max(axis=-1) / (rms + _EPS)
-    stats = [mean, std, values.min(axis=-1), values.max(axis=-1), values[..., -1], slope, skewness, kurtosis, crest,
-             np.abs(values).mean(axis=-1)]
-    return np.concatenate(stats, axis=-1)
+_EPS = 1e-8  # the probability floor of the log-probabilities
 
 
 def _sklearn(task_kind: str, seed: int, params: Mapping[str, Any]) -> Any:
