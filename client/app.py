@@ -6,7 +6,9 @@ Handlers:
   and sampling is reproducible.
 - ``train``: receives the global meta-parameters and the round's settings, runs local
   meta-training (`common.meta.algorithms.meta_train`) on this factory's GPU or CPU and
-  replies with ``local - global`` and metrics. Never raw data, never full weights.
+  replies with ``local - global`` and metrics. Never raw data, never full weights. With a tree
+  algorithm it receives the global ensemble and replies with the trees it boosted on its rows
+  (`client.rounds.trees`) and metrics.
 - ``evaluate``: adapts the received model to this factory's tasks from K labelled
   samples, for several K, and reports query metrics.
 - ``query.model``: after the last round, stores the final model package under the node's
@@ -26,21 +28,24 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from torch import Tensor
 
-from fedmeta.client.rounds.evaluation import evaluate_factory
+from fedmeta.client.rounds.evaluation import evaluate_factory, evaluate_trees
 from fedmeta.client.rounds.factory import LoadedFactory, load_factories, node_device, sampler_for
 from fedmeta.client.rounds.package import MODEL_DIR_KEY, store_delivered_package
 from fedmeta.client.rounds.policy import POLICY_KEY, load_policy
 from fedmeta.client.rounds.secure_aggregation import advertise_keys, masked_input, reveal_shares, seal_shares
+from fedmeta.client.rounds.trees import tree_update
 from fedmeta.common import (
     EvaluationSettings,
     ModelConfig,
     RoundSettings,
     build_model,
+    is_tree_algorithm,
     local_algorithm,
     meta_train,
     model_config_for,
@@ -140,9 +145,26 @@ def _train_records(
     return {protocol.DELTA: ArrayRecord(torch_state_dict=encoded), protocol.METRICS: MetricRecord(metrics)}
 
 
+def _received_ensemble(msg: Message) -> bytes:
+    """The global tree ensemble the message carries (one uint8 array: `server.strategy.trees`)."""
+    record = msg.content[protocol.ENSEMBLE]
+    if len(record) != 1:
+        raise ValueError(f"the server's ensemble must be one array of bytes, got {len(record)} arrays")
+    return next(iter(record.values())).numpy().tobytes()
+
+
+def _tree_records(factory: LoadedFactory, ensemble: bytes, settings: RoundSettings) -> dict[str, object]:
+    """`tree_update` as the records a reply carries: the new trees and the metrics, nothing else."""
+    trees, metrics = tree_update(factory, ensemble, settings)
+    return {protocol.TREES: ArrayRecord([np.frombuffer(trees, dtype=np.uint8)]),
+            protocol.METRICS: MetricRecord(metrics)}
+
+
 def train_reply(factory: LoadedFactory, msg: Message, device: object, state: RecordDict) -> RecordDict:
-    """Local meta-training from the global meta-parameters: the delta and metrics."""
+    """Local meta-training from the global meta-parameters: the delta and metrics (trees: the new trees)."""
     settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
+    if is_tree_algorithm(settings.algorithm):
+        return RecordDict(_tree_records(factory, _received_ensemble(msg), settings))
     return RecordDict(_train_records(factory, _received_parameters(msg), settings, device, state, msg.metadata.run_id))
 
 
@@ -179,8 +201,11 @@ def _per_factory(
 def train_replies(factories: Sequence[LoadedFactory], msg: Message, device: object, state: RecordDict) -> RecordDict:
     """`train_reply` for each factory the message names, each under its own keys."""
     settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
+    if is_tree_algorithm(settings.algorithm):
+        ensemble = _received_ensemble(msg)
+        return _per_factory(_named_factories(factories, msg),
+                            lambda factory: _tree_records(factory, ensemble, settings))
     global_params = _received_parameters(msg)
-
     return _per_factory(_named_factories(factories, msg),
                         lambda factory: _train_records(factory, global_params, settings, device, state,
                                                        msg.metadata.run_id))
@@ -189,6 +214,8 @@ def train_replies(factories: Sequence[LoadedFactory], msg: Message, device: obje
 def _evaluate_reply(factory: LoadedFactory, msg: Message, device: object) -> dict[str, MetricRecord]:
     """K-shot adaptation on the factory's tasks for each K the server asks for."""
     settings = EvaluationSettings.from_config(msg.content[protocol.CONFIG])
+    if is_tree_algorithm(settings.algorithm):
+        return {protocol.METRICS: MetricRecord(evaluate_trees(factory, _received_ensemble(msg), settings))}
     global_params = _received_parameters(msg)
     check_model_fits(factory, global_params, local_algorithm(settings.algorithm))
     return {protocol.METRICS: MetricRecord(evaluate_factory(factory, global_params, settings, device=device))}
@@ -226,7 +253,7 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
         if POLICY_KEY in context.node_config:  # the factory's own rules, before anything runs
             load_policy(str(context.node_config[POLICY_KEY])).admit(settings, context.state)
         factories, device = factories_of(context)
-        if protocol.SECAGG in msg.content:  # a secure round: the masked input instead of the delta
+        if protocol.SECAGG in msg.content:  # a secure round (never trees: the server refuses): the masked input
             delta, metrics = local_update(_only(factories), _received_parameters(msg), settings, device)
             return Message(masked_input(delta, metrics, settings, msg, context.state), reply_to=msg)
         if protocol.FACTORIES in msg.content:

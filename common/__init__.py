@@ -27,8 +27,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "is_delta_key",
         ],
         "federation.rounds": [
-            "FEDERATED_ALGORITHMS", "INNER_LR_PREFIX", "EvaluationSettings", "RoundSettings", "local_algorithm",
-            "pack_meta_parameters", "unpack_meta_parameters",
+            "FEDERATED_ALGORITHMS", "INNER_LR_PREFIX", "TREE_ALGORITHMS", "EvaluationSettings", "RoundSettings",
+            "is_tree_algorithm", "local_algorithm", "pack_meta_parameters", "unpack_meta_parameters",
         ],
         "meta.adaptation": ["Adaptation", "initial_weights"],
         "meta.adaptation_recipe": [

@@ -88,7 +88,9 @@ _SERVER, _CLIENT, _BOTH, _SIM = ("server",), ("client",), ("server", "client"), 
 
 _TABLE = (
     # The run
-    Setting("algorithm", "maml", "Meta-learning algorithm: maml, fomaml, reptile, metasgd, anil, or fedavg.", _SERVER),
+    Setting("algorithm", "maml", "Algorithm: maml, fomaml, reptile, metasgd, anil, r2d2, fedavg, or federated "
+            "XGBoost trees: xgb-bagging (every factory's new trees each round) or xgb-cyclic (one factory a round).",
+            _SERVER),
     Setting("compare-with", "", "Baselines trained in the same run on the same factories (comma-separated).", _SERVER),
     Setting("num-server-rounds", 10, "Federated rounds.", _SERVER),
     Setting("run-dir", "runs/latest", "Run folder: config, metrics per round, checkpoints.", _SERVER),
@@ -117,12 +119,19 @@ _TABLE = (
     Setting("meta-batch-size", 4, "Tasks per local meta-step.", _SERVER),
     Setting("shots", 5, "Support samples per training task (per class for classification).", _SERVER),
     Setting("query-size", 15, "Query samples per training task.", _SERVER),
+    # A factory's local work each round, tree algorithms
+    Setting("tree-depth", 6, "Trees: the depth of each tree.", _SERVER),
+    Setting("tree-rate", 0.1, "Trees: the boosting rate (xgb-bagging divides it among the round's factories).",
+            _SERVER),
+    Setting("tree-subsample", 0.8, "Trees: the share of a factory's rows each tree sees.", _SERVER),
+    Setting("local-trees", 1, "Trees: boosting rounds each factory adds per federated round.", _SERVER),
     # The server's aggregation
     Setting("outer-optimizer", "sgd", "Server optimizer: sgd, momentum or adam.", _SERVER),
     Setting("outer-lr", 1.0, "Server step size (sgd 1.0 = plain averaging of deltas).", _SERVER),
     Setting("fraction-train", 1.0, "Fraction of the training factories sampled per round.", _SERVER),
     Setting("min-train-nodes", 2, "Fewest training factories a round needs.", _SERVER),
-    Setting("max-delta-norm", 100.0, "A delta with a larger L2 norm is rejected.", _SERVER),
+    Setting("max-delta-norm", 100.0, "A delta with a larger L2 norm is rejected (trees: a tree with a larger leaf "
+            "value).", _SERVER),
     Setting("aggregation", "mean", "How accepted deltas combine: " + ", ".join(AGGREGATIONS) + " (mean: weighted by "
             "claimed examples; the others resist factories that send flipped, scaled or noisy deltas or claim too "
             "many examples: see server/strategy/aggregation.py).", _SERVER),

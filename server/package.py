@@ -23,7 +23,7 @@ from fedmeta.common import (
 from fedmeta.common.federation import protocol
 from fedmeta.common.package.model_package import AdaptationPlan, Manifest, ModelPackage, load_package, save_package
 from fedmeta.server.checkpoint import RunDirectory
-from fedmeta.server.strategy.fedmeta import FedMetaStrategy, exchange, model_records
+from fedmeta.server.strategy.fedmeta import FactorySeats, exchange, model_records
 
 __all__ = ["PACKAGE_FOLDER", "RUN_ID", "deliver_package", "write_run_package"]
 
@@ -73,7 +73,7 @@ def write_run_package(
     return save_package(path, weights, inner_lrs, manifest)
 
 
-def deliver_package(grid: Grid, strategy: FedMetaStrategy, package: ModelPackage, timeout: float | None) -> int:
+def deliver_package(grid: Grid, strategy: FactorySeats, package: ModelPackage, timeout: float | None) -> int:
     """Send the package to every connected factory node; how many stored it. A node that fails or
     names no model folder is logged: the run's own copy in ``<run>/model`` is already safe."""
     model = model_records(pack_meta_parameters(package.weights, package.inner_lrs))

@@ -29,17 +29,22 @@ from fedmeta.common import (
     DataSource,
     build_model,
     init_inner_lrs,
+    is_tree_algorithm,
     local_algorithm,
     model_config_for,
     pack_meta_parameters,
 )
+from fedmeta.common.trees.continuation import best_recipes
+from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE
+from fedmeta.common.trees.shape import tree_shape
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
 from fedmeta.server.package import RUN_ID, deliver_package, write_run_package
 from fedmeta.server.run_view import RunView
 from fedmeta.server.secure_round import secure_training_round
 from fedmeta.server.settings import ServerSettings
-from fedmeta.server.strategy.fedmeta import FedMetaStrategy, exchange, model_records
+from fedmeta.server.strategy.fedmeta import FactorySeats, FedMetaStrategy, ModelRecords, exchange, model_records
 from fedmeta.server.strategy.outer_optimizer import OuterOptimizer
+from fedmeta.server.strategy.trees import TreeStrategy, ensemble_records
 
 __all__ = ["ProgressFn", "initial_meta_parameters", "run_experiment"]
 
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[Mapping[str, object]], None]
 
 FACTORY_POLL_S = 1.0  # how often to look for factories while too few are connected
+ENSEMBLE_PARAMETER = "ensemble"  # a tree run's checkpoint: the ensemble's JSON bytes as one uint8 tensor
+TREE_RECIPES_KEY = "tree-recipes"  # ... and the recipe kept for each K (JSON), once the last round chose them
 
 
 def initial_meta_parameters(source: DataSource, algorithm: str, inner_lr: float, seed: int) -> dict[str, Tensor]:
@@ -74,26 +81,98 @@ def _run_id(run_dir: RunDirectory) -> str:
     return f"{run_dir.path.name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
 
 
-def _start_state(run_dir: RunDirectory, settings: ServerSettings, source: DataSource, algorithm: str):
-    """Fresh parameters, or the last checkpoint's when resuming; never overwrite a run."""
+class _NetworkRounds:
+    """A network's rounds: the outer optimizer steps with the factories' averaged deltas."""
+
+    def __init__(self, run_dir: RunDirectory, settings: ServerSettings, source: DataSource, algorithm: str,
+                 config: Mapping[str, object]) -> None:
+        latest = run_dir.latest_round()
+        if latest is None:
+            params = initial_meta_parameters(source, algorithm, settings.round.inner_lr, settings.round.seed)
+            run_dir.write_config(config, overwrite=settings.resume)
+            self.optimizer = OuterOptimizer(params, settings.outer)
+        else:
+            checkpoint = run_dir.load_checkpoint(latest)
+            self.optimizer = OuterOptimizer(checkpoint.params, settings.outer)
+            self.optimizer.load_state_dict(checkpoint.optimizer_tensors, checkpoint.metadata)
+        self.strategy = FedMetaStrategy(self.optimizer, settings.sampling)
+        self.recipes: dict[str, str] = {}
+
+    def model(self) -> ModelRecords:
+        return model_records(self.optimizer.params)
+
+    def train(self, grid: Grid, server_round: int, config: ConfigRecord, secure_name: str,
+              settings: ServerSettings) -> Mapping[str, float]:
+        model = self.model()
+        if settings.sampling.secure.enabled:
+            _, metrics = secure_training_round(grid, self.strategy, server_round, model, config, secure_name,
+                                               settings.timeout)
+        else:
+            replies = exchange(grid, self.strategy.configure_train(server_round, model, config, grid),
+                               timeout=settings.timeout)
+            _, metrics = self.strategy.aggregate_train(server_round, replies)
+        return metrics or {}
+
+    def checkpoint(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, str]]:
+        return self.optimizer.params, self.optimizer.state_dict(), self.optimizer.metadata()
+
+
+class _TreeRounds:
+    """Federated trees' rounds (`server.strategy.trees`): the factories' new trees appended to the ensemble;
+    in the last round each factory also scores the adaptation recipes, and the best for each K is kept."""
+
+    def __init__(self, run_dir: RunDirectory, settings: ServerSettings, source: DataSource, algorithm: str,
+                 config: Mapping[str, object]) -> None:
+        latest = run_dir.latest_round()
+        ensemble, self.recipes = EMPTY_ENSEMBLE, {}
+        if latest is None:
+            run_dir.write_config(config, overwrite=settings.resume)
+        else:
+            checkpoint = run_dir.load_checkpoint(latest)
+            ensemble = checkpoint.params[ENSEMBLE_PARAMETER].numpy().tobytes()
+            self.recipes = json.loads(checkpoint.metadata.get(TREE_RECIPES_KEY, "{}"))
+        self.strategy = TreeStrategy(ensemble, settings.sampling, tree_shape(source.model_config, source.task_kind),
+                                     settings.round.tree_settings(), cyclic=algorithm == "xgb-cyclic")
+        self.shots = settings.evaluation.shots
+        self.last_round = settings.num_rounds
+
+    def model(self) -> ModelRecords:
+        return ensemble_records(self.strategy.ensemble)
+
+    def train(self, grid: Grid, server_round: int, config: ConfigRecord, secure_name: str,
+              settings: ServerSettings) -> Mapping[str, float]:
+        if server_round == self.last_round:
+            config = ConfigRecord({**config, "recipe-shots": list(self.shots)})
+        replies = exchange(grid, self.strategy.configure_train(server_round, self.model(), config, grid),
+                           timeout=settings.timeout)
+        _, metrics = self.strategy.aggregate_train(server_round, replies)
+        if server_round == self.last_round:
+            self.recipes = {str(k): recipe.name for k, recipe in best_recipes(metrics, self.shots).items()}
+        return metrics
+
+    def checkpoint(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, str]]:
+        ensemble = torch.frombuffer(bytearray(self.strategy.ensemble), dtype=torch.uint8) if self.strategy.ensemble \
+            else torch.zeros(0, dtype=torch.uint8)
+        return {ENSEMBLE_PARAMETER: ensemble}, {}, {TREE_RECIPES_KEY: json.dumps(self.recipes)}
+
+
+def _start_rounds(run_dir: RunDirectory, settings: ServerSettings, source: DataSource, algorithm: str):
+    """The run's rounds, fresh or from the last checkpoint when resuming; never overwrite a run."""
     config = {RUN_ID: _run_id(run_dir), "algorithm": algorithm,
               **json.loads(json.dumps(dataclasses.asdict(settings), default=list))}
     latest = run_dir.latest_round()
     if latest is not None and not settings.resume:
         raise CheckpointError(run_dir.path, "already holds checkpoints; resume it or choose a new run folder")
+    rounds = (_TreeRounds if is_tree_algorithm(algorithm) else _NetworkRounds)(run_dir, settings, source, algorithm,
+                                                                                config)
     if latest is None:
-        params = initial_meta_parameters(source, algorithm, settings.round.inner_lr, settings.round.seed)
-        run_dir.write_config(config, overwrite=settings.resume)
-        return OuterOptimizer(params, settings.outer), 1
-    checkpoint = run_dir.load_checkpoint(latest)
-    optimizer = OuterOptimizer(checkpoint.params, settings.outer)
-    optimizer.load_state_dict(checkpoint.optimizer_tensors, checkpoint.metadata)
+        return rounds, 1
     run_dir.truncate_metrics_after(latest)
     log.info("resuming %s from round %d", run_dir.path, latest)
-    return optimizer, latest + 1
+    return rounds, latest + 1
 
 
-def _await_factories(grid: Grid, strategy: FedMetaStrategy, settings: ServerSettings, wanted: int) -> None:
+def _await_factories(grid: Grid, strategy: FactorySeats, settings: ServerSettings, wanted: int) -> None:
     """Discover the connected factories (asking only nodes not met yet: late ones join).
 
     In a deployment factories connect when they are ready, so wait up to the run's
@@ -116,12 +195,11 @@ def run_experiment(
 ) -> None:
     """Federated meta-training of ``algorithm`` for ``settings.num_rounds`` rounds."""
     run_dir = RunDirectory(run_path)
-    optimizer, first_round = _start_state(run_dir, settings, source, algorithm)
-    strategy = FedMetaStrategy(optimizer, settings.sampling)
+    rounds, first_round = _start_rounds(run_dir, settings, source, algorithm)
+    strategy = rounds.strategy
     run_id = str(run_dir.read_config()[RUN_ID])  # secure rounds are named by run and round
     round_config = dataclasses.replace(settings.round, algorithm=algorithm)
     evaluation = dataclasses.replace(settings.evaluation, algorithm=algorithm)
-    eval_config = ConfigRecord(evaluation.to_config())
     with RunView(run_dir, algorithm, settings.num_rounds, first_round) as view:
         for server_round in range(first_round, settings.num_rounds + 1):
             wanted = settings.sampling.min_train_nodes
@@ -131,37 +209,30 @@ def run_experiment(
             view.factories((seat.info.factory, role) for role in ("train", "evaluate")
                            for seat in strategy.seats_with_role(role))
             started = time.perf_counter()
-            model = model_records(optimizer.params)
             train_config = ConfigRecord(dataclasses.replace(round_config, server_round=server_round).to_config())
-            if settings.sampling.secure.enabled:
-                _, train_metrics = secure_training_round(grid, strategy, server_round, model, train_config,
-                                                         f"{run_id}/{server_round}", settings.timeout)
-            else:
-                replies = exchange(
-                    grid, strategy.configure_train(server_round, model, train_config, grid), timeout=settings.timeout
-                )
-                _, train_metrics = strategy.aggregate_train(server_round, replies)
+            train_metrics = rounds.train(grid, server_round, train_config, f"{run_id}/{server_round}", settings)
             record: dict[str, object] = {"round": server_round, "algorithm": algorithm}
-            record.update({f"train/{k}": v for k, v in _finite_or_text(train_metrics or {}).items()})
+            record.update({f"train/{k}": v for k, v in _finite_or_text(train_metrics).items()})
+            record.update({f"train/tree-recipe-k{k}": name for k, name in rounds.recipes.items()} if
+                          server_round == settings.num_rounds else {})
             last = server_round == settings.num_rounds
             if last or (settings.eval_every and server_round % settings.eval_every == 0):
-                model = model_records(optimizer.params)
+                recipes = tuple(f"{k}={recipe}" for k, recipe in rounds.recipes.items())
+                eval_config = ConfigRecord(dataclasses.replace(evaluation, tree_recipes=recipes).to_config())
                 replies = exchange(
-                    grid, strategy.configure_evaluate(server_round, model, eval_config, grid),
+                    grid, strategy.configure_evaluate(server_round, rounds.model(), eval_config, grid),
                     timeout=settings.timeout,
                 )
                 eval_metrics = strategy.aggregate_evaluate(server_round, replies)
                 record.update({f"eval/{k}": v for k, v in _finite_or_text(eval_metrics or {}).items()})
             record["seconds"] = time.perf_counter() - started
             run_dir.append_metrics(record)
-            run_dir.save_checkpoint(
-                server_round,
-                optimizer.params,
-                optimizer.state_dict(),
-                {**optimizer.metadata(), "algorithm": algorithm},
-            )
+            params, optimizer_state, metadata = rounds.checkpoint()
+            run_dir.save_checkpoint(server_round, params, optimizer_state, {**metadata, "algorithm": algorithm})
             view.round_finished(record)
             if progress is not None:
                 progress(record)
-        package = write_run_package(run_dir, optimizer.params, source, evaluation, settings.num_rounds)
+        if is_tree_algorithm(algorithm):  # the trees' package: not yet; the ensemble is in the last checkpoint
+            return
+        package = write_run_package(run_dir, rounds.optimizer.params, source, evaluation, settings.num_rounds)
         deliver_package(grid, strategy, package, settings.timeout)

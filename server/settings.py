@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fedmeta.common import EvaluationSettings, RoundSettings, local_algorithm, parse_shots, resolve_run_config
+from fedmeta.common import (
+    EvaluationSettings,
+    RoundSettings,
+    is_tree_algorithm,
+    local_algorithm,
+    parse_shots,
+    resolve_run_config,
+)
 from fedmeta.common.security.privacy import DifferentialPrivacy
 from fedmeta.common.security.secure_aggregation import SecureAggregation
 from fedmeta.server.strategy.aggregation import AggregationRule
@@ -65,6 +72,10 @@ class ServerSettings:
                 dp_noise_multiplier=float(get["dp-noise-multiplier"]),
                 dp_delta=float(get["dp-delta"]),
                 secure_aggregation=bool(get["secure-aggregation"]),
+                tree_depth=int(get["tree-depth"]),
+                tree_rate=float(get["tree-rate"]),
+                tree_subsample=float(get["tree-subsample"]),
+                local_trees=int(get["local-trees"]),
             ),
             evaluation=EvaluationSettings(
                 algorithm=algorithm,
@@ -77,6 +88,8 @@ class ServerSettings:
                 seed=seed,
                 local_only_steps=int(get["local-only-steps"]),
                 local_only_lr=float(get["local-only-lr"]),
+                tree_depth=int(get["tree-depth"]),
+                tree_subsample=float(get["tree-subsample"]),
             ),
             outer=OuterOptimizerConfig(kind=str(get["outer-optimizer"]), lr=float(get["outer-lr"])),
             sampling=SamplingSettings(
@@ -101,4 +114,25 @@ class ServerSettings:
             raise ValueError(f"eval-every must be >= 0 (0: only after the last round), got {settings.eval_every}")
         if settings.sampling.secure.enabled and settings.round.compression != "none":
             raise ValueError("secure aggregation masks the whole delta in fixed point: it needs compression 'none'")
+        for name in (algorithm, *compare):
+            if is_tree_algorithm(name):
+                _check_tree_run(name, settings)
         return settings
+
+
+def _check_tree_run(algorithm: str, settings: ServerSettings) -> None:
+    """Refuse what the tree family cannot honour: a factory's trees are appended as they are, so no sum of
+    masked deltas hides them, no clipping and noise bound what they say, and there is no delta to compress."""
+    if settings.sampling.secure.enabled:
+        raise ValueError(f"{algorithm}: secure aggregation sums deltas, and trees are appended, not summed: "
+                         "run the tree family without secure-aggregation")
+    if settings.sampling.privacy.enabled:
+        raise ValueError(f"{algorithm}: client-level differential privacy clips and noises deltas; trees carry "
+                         "split thresholds and leaf values it does not bound: run the tree family without "
+                         "dp-noise-multiplier")
+    if settings.round.compression != "none":
+        raise ValueError(f"{algorithm}: compression encodes deltas; trees travel as XGBoost's JSON: use "
+                         "compression 'none'")
+    if settings.sampling.aggregation.name != "mean":
+        raise ValueError(f"{algorithm}: trees are appended; a robust rule ({settings.sampling.aggregation.name}) "
+                         "combines deltas: use aggregation 'mean'")

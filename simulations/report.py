@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedmeta.common import is_tree_algorithm
 from fedmeta.server import RunDirectory
 
 __all__ = ["ComparisonRow", "comparison_rows", "final_evaluation"]
@@ -53,7 +54,8 @@ def comparison_rows(run_root: Path, algorithm: str, baselines: tuple[str, ...]) 
     """Rows for the meta-learned ``algorithm``, each baseline, local-only training, the linear model on the
     K rows and the model the factory keeps (among ``algorithm``'s adapted and unadapted model and the linear one)."""
     main = final_evaluation(run_root / algorithm)
-    rows = _rows_of(main, f"{algorithm} (meta-learned, adapted)", "", with_k0=True)
+    kind = "federated trees, boosted on the K rows" if is_tree_algorithm(algorithm) else "meta-learned, adapted"
+    rows = _rows_of(main, f"{algorithm} ({kind})", "", with_k0=True)
     for baseline in baselines:
         label = "fedavg + fine-tune" if baseline == "fedavg" else f"{baseline} (adapted)"
         rows += _rows_of(final_evaluation(run_root / baseline), label, "", with_k0=True)

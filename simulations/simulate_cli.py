@@ -84,10 +84,11 @@ def _progress(console: Console, rounds: int):
     started = time.perf_counter()
 
     def show(record) -> None:
-        loss = record.get("train/query-loss", float("nan"))
         replies = int(record.get("train/replies", 0))
+        # A tree round has no query loss: its factories boost on all their rows.
+        loss = f"query loss {float(record['train/query-loss']):.4f}  " if "train/query-loss" in record else ""
         line = (
-            f"{record['algorithm']:>8} round {record['round']:>3}/{rounds}  query loss {float(loss):.4f}  "
+            f"{record['algorithm']:>8} round {record['round']:>3}/{rounds}  {loss}"
             f"{replies} factories  {record['seconds']:.2f} s  "
             f"[dim](elapsed {time.perf_counter() - started:.0f} s)[/dim]"
         )

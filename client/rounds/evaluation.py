@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from fedmeta.client.rounds.factory import LoadedFactory, sampler_for
+from fedmeta.client.rounds.trees import chosen_recipe, tree_predictor
 from fedmeta.common import (
     NUM_EXAMPLES,
     DataSource,
@@ -23,8 +24,12 @@ from fedmeta.common.meta.algorithms import task_scores
 from fedmeta.common.meta.factory_choice import Predictor, chosen_losses, linear_predictor
 from fedmeta.common.meta.inner_loop import predict
 from fedmeta.common.meta.tasks import TaskBatch
+from fedmeta.common.trees.continuation import TreeRecipe
 
-__all__ = ["evaluate_factory", "factory_predictors", "local_only_adaptation", "prepare_adaptation"]
+__all__ = [
+    "evaluate_factory", "evaluate_trees", "factory_predictors", "local_only_adaptation", "prepare_adaptation",
+    "score_shots",
+]
 
 
 def prepare_adaptation(
@@ -83,26 +88,53 @@ def evaluate_factory(
     ``k0`` is the global model without adaptation (a standardised target put on the support rows' scale).
     """
     adaptation = prepare_adaptation(factory, params, settings, device=device)
-    kind = factory.source.task_kind
-    cross_validate = settings.recipe == "cross-validated"
     choices = factory_predictors(factory, adaptation, settings)
-    predictors = dict(choices)
+    others = {}
     if settings.local_only_steps:
-        predictors["local"] = _predictor(local_only_adaptation(factory.source, settings), settings.local_only_steps)
+        others["local"] = _predictor(local_only_adaptation(factory.source, settings), settings.local_only_steps)
+    adapted = None
+    if settings.recipe == "cross-validated":  # also reports what the tasks chose (adapting them once more)
+        def adapted(batch: TaskBatch) -> Mapping[str, float | Tensor]:
+            return adaptation.score(batch, steps=settings.steps, cross_validate=True)
+    return score_shots(factory, settings, lambda k: choices, others, device=device, adapted=adapted)
+
+
+def evaluate_trees(factory: LoadedFactory, ensemble: bytes, settings: EvaluationSettings) -> dict[str, float]:
+    """`evaluate_factory`'s metrics for federated trees: ``adapted`` is the ensemble after each K's recipe
+    (`client.rounds.trees.chosen_recipe`), ``unadapted`` the ensemble as it is."""
+    kind, classes = factory.source.task_kind, factory.source.model_config.output_dim
+    linear = linear_predictor(kind, classes)
+
+    def choices(k: int) -> dict[str, Predictor]:
+        return {"adapted": tree_predictor(factory, ensemble, chosen_recipe(settings, k), settings),
+                "unadapted": tree_predictor(factory, ensemble, TreeRecipe(0, 0.0), settings),
+                "linear": linear}
+
+    return score_shots(factory, settings, choices, {}, device=torch.device("cpu"))
+
+
+def score_shots(
+    factory: LoadedFactory, settings: EvaluationSettings, choices: Callable[[int], Mapping[str, Predictor]],
+    others: Mapping[str, Predictor], *, device: torch.device,
+    adapted: Callable[[TaskBatch], Mapping[str, float | Tensor]] | None = None,
+) -> dict[str, float]:
+    """For each K, the same tasks scored by each of ``choices(K)`` (``adapted``, ``unadapted``, ``linear``:
+    what a factory can do with its K rows), by ``others`` and by the choice each task makes among
+    ``choices(K)`` (``chosen-``); ``adapted`` replaces the adapted model's scores where given."""
+    kind = factory.source.task_kind
     metrics: dict[str, float] = {NUM_EXAMPLES: 0}
     for k in settings.shots:
         sampler = sampler_for(factory, k, settings.query_size, seed=settings.seed, stream=f"eval-k{k}")
         batch = sampler.sample(settings.tasks).to(device)
-        scores = {name: task_scores(predictor(batch), batch, kind) for name, predictor in predictors.items()}
+        options = choices(k)
+        scores = {name: task_scores(predictor(batch), batch, kind) for name, predictor in {**options, **others}.items()}
         if k == settings.shots[0]:
             _record(metrics, "k0", scores["unadapted"])
-        # A cross-validated recipe also reports what the tasks chose (adapting them once more).
-        _record(metrics, f"k{k}", adaptation.score(batch, steps=settings.steps, cross_validate=True)
-                if cross_validate else scores["adapted"])
+        _record(metrics, f"k{k}", adapted(batch) if adapted is not None else scores["adapted"])
         for name in ("local", "linear"):
             if name in scores:
                 _record(metrics, f"k{k}", scores[name], prefix=f"{name}-")
-        _record(metrics, f"k{k}", chosen_losses(choices, batch, kind, scores)[0], prefix="chosen-")
+        _record(metrics, f"k{k}", chosen_losses(options, batch, kind, scores)[0], prefix="chosen-")
         metrics[NUM_EXAMPLES] += batch.query_y.numel()
     return metrics
 

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_RUNTIME_PORT",
     "DELTA",
+    "ENSEMBLE",
     "FACTORIES",
     "FACTORY",
     "MANIFEST",
@@ -44,6 +45,7 @@ __all__ = [
     "SECAGG_REVEAL",
     "SECAGG_SHARES",
     "STORED",
+    "TREES",
     "factory_key",
     "is_delta_key",
 ]
@@ -53,6 +55,10 @@ PARAMETER_LAYOUT = "meta-parameters-layout"  # the names and shapes of the packe
 CONFIG = "config"
 DELTA = "delta"
 METRICS = "metrics"
+# Tree algorithms: the global ensemble the server sends, and the new trees a factory replies with (both
+# XGBoost JSON models as one uint8 array: `common.trees.ensemble`).
+ENSEMBLE = "ensemble"
+TREES = "trees"
 NUM_EXAMPLES = "num-examples"
 
 # The query reply and the records of a node serving several factories.

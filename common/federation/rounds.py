@@ -18,13 +18,17 @@ from torch import Tensor
 from fedmeta.common.federation.compression import Compression
 from fedmeta.common.meta.algorithms import MetaConfig
 from fedmeta.common.run_settings import ADAPTATION_RECIPES, parse_shots, resolve_run_config
+from fedmeta.common.trees.continuation import TreeRecipe
+from fedmeta.common.trees.ensemble import TreeSettings
 from fedmeta.common.validation import check_choice, check_positive_int
 
 __all__ = [
     "FEDERATED_ALGORITHMS",
     "INNER_LR_PREFIX",
+    "TREE_ALGORITHMS",
     "EvaluationSettings",
     "RoundSettings",
+    "is_tree_algorithm",
     "local_algorithm",
     "pack_meta_parameters",
     "unpack_meta_parameters",
@@ -36,12 +40,20 @@ _Settings = TypeVar("_Settings")
 # below take theirs from here, so they cannot drift from the table.
 _DEFAULT = resolve_run_config({})
 
+# Federated gradient-boosted trees (`common.trees`): every factory's new trees appended each round
+# (bagging), or one factory's a round in turn (cyclic), as Flower's FedXgbBagging and FedXgbCyclic.
+TREE_ALGORITHMS = ("xgb-bagging", "xgb-cyclic")
 # What a user picks; "fedavg" is the baseline whose local work is plain training.
-FEDERATED_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "r2d2", "fedavg")
+FEDERATED_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "r2d2", "fedavg", *TREE_ALGORITHMS)
+
+
+def is_tree_algorithm(algorithm: str) -> bool:
+    """Whether ``algorithm`` federates trees (`TREE_ALGORITHMS`) rather than a network."""
+    return algorithm in TREE_ALGORITHMS
 
 
 def local_algorithm(algorithm: str) -> str:
-    """The `common.meta.algorithms` name a factory runs for a federated algorithm."""
+    """The `common.meta.algorithms` name a factory runs for a federated algorithm (a tree algorithm: its own)."""
     check_choice("algorithm", algorithm, FEDERATED_ALGORITHMS)
     return "pretrain" if algorithm == "fedavg" else algorithm
 
@@ -104,12 +116,28 @@ class RoundSettings:
     dp_delta: float = _DEFAULT["dp-delta"]
     secure_aggregation: bool = _DEFAULT["secure-aggregation"]
     server_round: int = 0
+    # Tree algorithms only: how each factory boosts (`common.trees.ensemble.TreeSettings`), how many factories
+    # boost this round (their rate is divided among them), and the K values whose adaptation recipes each
+    # factory scores this round (the last one: `common.trees.continuation`).
+    tree_depth: int = _DEFAULT["tree-depth"]
+    tree_rate: float = _DEFAULT["tree-rate"]
+    tree_subsample: float = _DEFAULT["tree-subsample"]
+    local_trees: int = _DEFAULT["local-trees"]
+    tree_factories: int = 1
+    recipe_shots: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "recipe_shots", tuple(int(k) for k in self.recipe_shots))
         local_algorithm(self.algorithm)
-        for name in ("shots", "query_size"):
+        for name in ("shots", "query_size", "tree_factories"):
             check_positive_int(name, getattr(self, name))
         Compression(self.compression, self.topk_fraction)  # a bad method or share is refused here
+        self.tree_settings()  # bad tree settings are refused here
+
+    def tree_settings(self) -> TreeSettings:
+        """How a factory boosts its trees (tree algorithms)."""
+        return TreeSettings(depth=self.tree_depth, rate=self.tree_rate, subsample=self.tree_subsample,
+                            local_trees=self.local_trees)
 
     @property
     def codec(self) -> Compression:
@@ -158,13 +186,31 @@ class EvaluationSettings:
     seed: int = _DEFAULT["seed"]
     local_only_steps: int = _DEFAULT["local-only-steps"]
     local_only_lr: float = _DEFAULT["local-only-lr"]
+    # Tree algorithms: the recipe the federation chose for each K, as ``K=recipe`` (`common.trees.continuation`),
+    # and the trees' depth and row share, which adaptation boosts with too.
+    tree_recipes: tuple[str, ...] = ()
+    tree_depth: int = _DEFAULT["tree-depth"]
+    tree_subsample: float = _DEFAULT["tree-subsample"]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shots", tuple(int(k) for k in self.shots))
+        object.__setattr__(self, "tree_recipes", tuple(str(r) for r in self.tree_recipes))
+        self.recipes()  # a malformed recipe is refused here
         local_algorithm(self.algorithm)
         check_choice("recipe", self.recipe, ADAPTATION_RECIPES)
         if not self.shots or min(self.shots) < 1:
             raise ValueError(f"shots must list positive K values, got {self.shots}")
+
+    def tree_settings(self) -> TreeSettings:
+        """How a factory boosts when it adapts the trees (the recipe sets the count and the rate)."""
+        return TreeSettings(depth=self.tree_depth, subsample=self.tree_subsample)
+
+    def recipes(self) -> dict[int, TreeRecipe]:
+        """The tree recipe for each K the federation chose one for."""
+        pairs = [entry.partition("=") for entry in self.tree_recipes]
+        if any(not sep or not k.isdigit() for k, sep, _ in pairs):
+            raise ValueError(f"tree recipes are K=recipe entries, got {list(self.tree_recipes)}")
+        return {int(k): TreeRecipe.parse(recipe) for k, _, recipe in pairs}
 
     def to_config(self) -> dict[str, object]:
         return _to_wire(self)

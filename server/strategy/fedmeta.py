@@ -43,6 +43,7 @@ __all__ = [
     "PULL_COST_FACTOR",
     "PULL_INTERVAL_S",
     "PULL_MAX_INTERVAL_S",
+    "FactorySeats",
     "FedMetaStrategy",
     "ModelRecords",
     "NodeInfo",
@@ -188,11 +189,13 @@ def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float | None) 
     return replies
 
 
-class FedMetaStrategy(Strategy):
-    """Meta-updates from deltas with a persistent server-side outer optimizer."""
+class FactorySeats(Strategy):
+    """The factories a server works with, whatever it federates: which nodes serve which factories in
+    which role, a reproducible sample of the training ones each round, messages to them (a shared node's
+    naming its factories), each factory's part of a reply, evaluation on the held-out factories, and the
+    final package's delivery. Subclasses say what a training round sends and how replies combine."""
 
-    def __init__(self, optimizer: OuterOptimizer, sampling: SamplingSettings) -> None:
-        self.optimizer = optimizer
+    def __init__(self, sampling: SamplingSettings) -> None:
         self.sampling = sampling
         self.nodes: dict[int, NodeInfo] = {}  # nodes serving one factory (the default)
         self.shared_nodes: dict[int, tuple[NodeInfo, ...]] = {}  # nodes serving several
@@ -200,10 +203,7 @@ class FedMetaStrategy(Strategy):
         self.connected: set[int] | None = None
         # Per message type: the factories each shared node was last asked to work on.
         self._requested: dict[str, dict[int, tuple[str, ...]]] = {}
-        self.codec = Compression()  # how the factories encode this round's deltas (set by configure_train)
         self.sampling_rate = sampling.fraction_train  # the share of training factories a round samples
-        # DP noise must be unpredictable: a seed anyone could know would let them subtract it.
-        self._noise = torch.Generator().manual_seed(secrets.randbits(63))
 
     # --- node discovery ----------------------------------------------------------
     def discover_nodes(self, grid: Grid, timeout: float) -> None:
@@ -280,15 +280,6 @@ class FedMetaStrategy(Strategy):
         record = RecordDict({**model, protocol.CONFIG: ConfigRecord({protocol.MANIFEST: manifest})})
         return [Message(record, dst_node_id=node, message_type=protocol.MODEL_DELIVERY) for node in nodes]
 
-    # --- training ----------------------------------------------------------------
-    def configure_train(
-        self, server_round: int, model: ModelRecords, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        chosen = self.sample_train(server_round)
-        self.codec = RoundSettings.from_config(config).codec
-        record = RecordDict({**model, protocol.CONFIG: config})
-        return self._messages(chosen, record, MessageType.TRAIN)
-
     def sample_train(self, server_round: int) -> list[Seat]:
         """The training factories of ``server_round``: a reproducible sample of ``fraction_train``."""
         candidates = self.seats_with_role("train")
@@ -302,6 +293,43 @@ class FedMetaStrategy(Strategy):
         self.sampling_rate = size / len(candidates)
         log.info("round %d: training on %d of %d factories", server_round, size, len(candidates))
         return chosen
+
+    # --- evaluation --------------------------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, model: ModelRecords, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        record = RecordDict({**model, protocol.CONFIG: config})
+        return self._messages(self.seats_with_role("evaluate"), record, MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        records = []
+        for reply in replies:
+            for part in self._parts(reply, MessageType.EVALUATE, (protocol.METRICS,)):
+                if part.error is not None:
+                    log.warning("evaluation of factory %s on node %d failed: %s", part.factory, part.node, part.error)
+                else:
+                    records.append(dict(part.records[protocol.METRICS]))
+        return MetricRecord(weighted_metrics(records)) if records else None
+
+
+class FedMetaStrategy(FactorySeats):
+    """Meta-updates from deltas with a persistent server-side outer optimizer."""
+
+    def __init__(self, optimizer: OuterOptimizer, sampling: SamplingSettings) -> None:
+        super().__init__(sampling)
+        self.optimizer = optimizer
+        self.codec = Compression()  # how the factories encode this round's deltas (set by configure_train)
+        # DP noise must be unpredictable: a seed anyone could know would let them subtract it.
+        self._noise = torch.Generator().manual_seed(secrets.randbits(63))
+
+    # --- training ----------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, model: ModelRecords, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        chosen = self.sample_train(server_round)
+        self.codec = RoundSettings.from_config(config).codec
+        record = RecordDict({**model, protocol.CONFIG: config})
+        return self._messages(chosen, record, MessageType.TRAIN)
 
     def check_delta(self, delta: Mapping[str, Tensor], metrics: Mapping[str, float]) -> None:
         """Raise `DeltaRejected` unless the delta fits the global model and the weight is positive."""
@@ -385,23 +413,6 @@ class FedMetaStrategy(Strategy):
         summary["bytes-received"] = float(sum(recorddict_to_proto(reply.content).ByteSize() for reply in replies
                                               if reply.has_content()))
         return (None if params is None else ArrayRecord(torch_state_dict=params)), MetricRecord(summary)
-
-    # --- evaluation --------------------------------------------------------------
-    def configure_evaluate(
-        self, server_round: int, model: ModelRecords, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        record = RecordDict({**model, protocol.CONFIG: config})
-        return self._messages(self.seats_with_role("evaluate"), record, MessageType.EVALUATE)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        records = []
-        for reply in replies:
-            for part in self._parts(reply, MessageType.EVALUATE, (protocol.METRICS,)):
-                if part.error is not None:
-                    log.warning("evaluation of factory %s on node %d failed: %s", part.factory, part.node, part.error)
-                else:
-                    records.append(dict(part.records[protocol.METRICS]))
-        return MetricRecord(weighted_metrics(records)) if records else None
 
     def summary(self) -> None:
         log.info("FedMetaStrategy: %s, outer optimizer %s", self.sampling, self.optimizer.metadata())

@@ -1,0 +1,108 @@
+"""How a factory adapts the federation's trees to its own K rows: it boosts more trees on them from the
+global ensemble (continued boosting). How many trees and at what rate is a recipe the federation learns:
+each training factory scores every candidate recipe on K-shot tasks of its own rows (support rows to boost
+on, query rows to score) and reports only the query losses (`recipe_losses`); the server keeps the recipe
+with the lowest mean loss for each K (`best_recipes`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedmeta.common.meta.algorithms import task_scores
+from fedmeta.common.meta.tasks import TaskBatch
+from fedmeta.common.trees.ensemble import TreeSettings, boost, booster_params, load_ensemble, margins
+from fedmeta.common.trees.features import window_features
+from fedmeta.common.trees.shape import TreeShape
+
+__all__ = [
+    "RECIPE_LOSS_PREFIX",
+    "TREE_RECIPES",
+    "TreeRecipe",
+    "best_recipes",
+    "recipe_losses",
+    "tree_predictions",
+]
+
+RECIPE_LOSS_PREFIX = "recipe-loss"  # a training factory's metric ``recipe-loss-k{K}/{recipe}``
+
+
+@dataclass(frozen=True)
+class TreeRecipe:
+    """``trees`` more trees boosted at ``rate`` on the factory's K rows (0 trees: the ensemble as it is)."""
+
+    trees: int
+    rate: float
+
+    @property
+    def name(self) -> str:
+        return "none" if self.trees == 0 else f"{self.trees}x{self.rate:g}"
+
+    @classmethod
+    def parse(cls, name: str) -> TreeRecipe:
+        """The recipe `name` spells, e.g. ``20x0.1`` or ``none``."""
+        if name == "none":
+            return cls(0, 0.0)
+        try:
+            trees, rate = name.split("x")
+            recipe = cls(int(trees), float(rate))
+        except ValueError:
+            raise ValueError(f"a tree recipe is 'none' or TREESxRATE (e.g. 20x0.1), got {name!r}") from None
+        if recipe.trees < 1 or not 0 < recipe.rate <= 1:
+            raise ValueError(f"a tree recipe boosts >= 1 trees at a rate in (0, 1], got {name!r}")
+        return recipe
+
+
+# Every factory scores the same candidates: none, and 5-50 trees at three rates.
+TREE_RECIPES = (TreeRecipe(0, 0.0), *(TreeRecipe(trees, rate) for rate in (0.03, 0.1, 0.3) for trees in (5, 20, 50)))
+
+
+def _rows(x: Tensor) -> np.ndarray:
+    return window_features(x)
+
+
+def tree_predictions(ensemble: bytes, batch: TaskBatch, shape: TreeShape, settings: TreeSettings,
+                     recipes: Sequence[TreeRecipe], *, seed: int) -> dict[str, Tensor]:
+    """Each recipe's query predictions ``[T, Q, outputs]`` after boosting on each task's support rows.
+    One boosting a rate serves every tree count (the predictions use its first trees)."""
+    start = load_ensemble(ensemble)
+    base = 0 if start is None else start.num_boosted_rounds()
+    out: dict[str, list[np.ndarray]] = {recipe.name: [] for recipe in recipes}
+    for task in range(batch.num_tasks):
+        support, query = _rows(batch.support_x[task]), _rows(batch.query_x[task])
+        labels = batch.support_y[task].detach().cpu().double().numpy()
+        for rate in sorted({recipe.rate for recipe in recipes if recipe.trees}):
+            most = max(recipe.trees for recipe in recipes if recipe.rate == rate)
+            params = booster_params(shape, settings, rate=rate, seed=seed + task)
+            boosted = boost(start, support, labels, params, most, kind=shape.kind)
+            for recipe in recipes:
+                if recipe.trees and recipe.rate == rate:
+                    out[recipe.name].append(margins(boosted, query, shape, rounds=(0, base + recipe.trees)))
+        for recipe in recipes:
+            if not recipe.trees:
+                out[recipe.name].append(margins(start, query, shape))
+    return {name: torch.from_numpy(np.stack(values)).float() for name, values in out.items()}
+
+
+def recipe_losses(ensemble: bytes, batch: TaskBatch, shape: TreeShape, settings: TreeSettings,
+                  recipes: Sequence[TreeRecipe] = TREE_RECIPES, *, seed: int) -> dict[str, float]:
+    """Each recipe's mean query loss over the tasks (in the factory's units): all a factory reports of it."""
+    predictions = tree_predictions(ensemble, batch, shape, settings, recipes, seed=seed)
+    return {name: float(task_scores(values, batch, shape.kind)["loss"].mean()) for name, values in predictions.items()}
+
+
+def best_recipes(metrics: Mapping[str, float], shots: Sequence[int]) -> dict[int, TreeRecipe]:
+    """For each K, the recipe whose ``recipe-loss-k{K}/{recipe}`` is lowest (ties: the fewer trees), where the
+    factories reported any."""
+    chosen = {}
+    for k in shots:
+        prefix = f"{RECIPE_LOSS_PREFIX}-k{k}/"
+        losses = {TreeRecipe.parse(key.removeprefix(prefix)): value for key, value in metrics.items()
+                  if key.startswith(prefix)}
+        if losses:
+            chosen[k] = min(losses, key=lambda recipe: (losses[recipe], recipe.trees, recipe.rate))
+    return chosen

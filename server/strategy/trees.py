@@ -1,0 +1,110 @@
+"""Federated gradient-boosted trees: Flower's FedXgbBagging and FedXgbCyclic, on this server's factories.
+
+Bagging: every sampled training factory boosts new trees from the global ensemble on its own rows, at
+the rate divided among the round's factories, and the server appends them all. Cyclic: one training
+factory a round, in turn by factory key, boosts at the full rate. As in Flower's strategies a factory
+sends only its new trees (`common.trees.ensemble`); unlike them, this strategy samples only training
+factories (Flower's sample every connected node, held-out ones too), keeps each tree's class when
+appending (Flower's ``aggregate_bagging`` files every tree under class 0), and checks each reply
+(`check_trees`) before XGBoost reads it. Seats, shared nodes, evaluation and delivery are
+`FactorySeats`', as for the networks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
+from flwr.serverapp import Grid
+
+from fedmeta.common.federation import protocol
+from fedmeta.common.trees.ensemble import TreeSettings, TreesRejected, append_trees, check_trees
+from fedmeta.common.trees.shape import TreeShape
+from fedmeta.server.strategy.fedmeta import FactorySeats, ModelRecords, SamplingSettings, Seat, weighted_metrics
+
+__all__ = ["MAX_TREE_BYTES", "TreeStrategy", "ensemble_bytes", "ensemble_records"]
+
+log = logging.getLogger(__name__)
+
+MAX_TREE_BYTES = 64 * 2**20  # a reply's trees in JSON: a depth-6 tree takes about 10 kB
+
+
+def ensemble_records(ensemble: bytes) -> dict[str, ArrayRecord]:
+    """The ensemble as a message carries it: one uint8 array, as Flower's FedXgb strategies send it."""
+    return {protocol.ENSEMBLE: ArrayRecord([np.frombuffer(ensemble, dtype=np.uint8)])}
+
+
+def ensemble_bytes(record: ArrayRecord) -> bytes:
+    """The bytes of a one-array record (`ensemble_records`, a factory's trees)."""
+    if len(record) != 1:
+        raise TreesRejected(f"expected one array of trees, got {len(record)}")
+    return next(iter(record.values())).numpy().tobytes()
+
+
+class TreeStrategy(FactorySeats):
+    """The global ensemble and the rounds that grow it (bagging, or ``cyclic``)."""
+
+    def __init__(self, ensemble: bytes, sampling: SamplingSettings, shape: TreeShape, trees: TreeSettings, *,
+                 cyclic: bool) -> None:
+        super().__init__(sampling)
+        self.ensemble, self.shape, self.trees, self.cyclic = ensemble, shape, trees, cyclic
+
+    def sample_train(self, server_round: int) -> list[Seat]:
+        if not self.cyclic:
+            return super().sample_train(server_round)
+        candidates = self.seats_with_role("train")
+        if not candidates:
+            raise RuntimeError("no training factory is connected")
+        return [candidates[(server_round - 1) % len(candidates)]]
+
+    def configure_train(
+        self, server_round: int, model: ModelRecords, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        chosen = self.sample_train(server_round)
+        config = ConfigRecord({**config, "tree-factories": len(chosen)})
+        return self._messages(chosen, RecordDict({**model, protocol.CONFIG: config}), MessageType.TRAIN)
+
+    def _accepted_trees(self, factory: str, node: int, records: dict, error: str | None):
+        if error is not None:
+            log.warning("factory %s on node %d failed this round: %s", factory, node, error)
+            return None
+        try:
+            trees = ensemble_bytes(records[protocol.TREES])
+            check_trees(trees, self.shape, max_rounds=self.trees.local_trees,
+                        max_leaf=self.sampling.max_delta_norm, max_bytes=MAX_TREE_BYTES)
+            metrics = dict(records[protocol.METRICS])
+            if not float(metrics.get(protocol.NUM_EXAMPLES, 0)) > 0:
+                raise TreesRejected(f"{protocol.NUM_EXAMPLES} must be a positive number")
+        except (KeyError, TypeError, ValueError) as error:  # TreesRejected is a ValueError
+            log.warning("trees of factory %s from node %d left out: %s", factory, node, error)
+            return None
+        return trees, metrics
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[None, MetricRecord]:
+        """Append every accepted factory's trees, in factory-key order, to the ensemble."""
+        replies = list(replies)
+        parts = [part for reply in replies
+                 for part in self._parts(reply, MessageType.TRAIN, (protocol.TREES, protocol.METRICS))]
+        parts.sort(key=lambda part: part.factory)
+        accepted = [item for part in parts
+                    if (item := self._accepted_trees(part.factory, part.node, part.records, part.error)) is not None]
+        needed = 1 if self.cyclic else self.sampling.min_train_nodes
+        summary: dict[str, float]
+        if len(accepted) < needed:
+            log.warning("round %d: %d factories' trees accepted, fewer than %d; ensemble unchanged",
+                        server_round, len(accepted), needed)
+            summary = {"replies": float(len(accepted)), "model-unchanged": 1.0}
+        else:
+            for trees, _ in accepted:
+                self.ensemble = append_trees(self.ensemble, trees)
+            summary = weighted_metrics([metrics for _, metrics in accepted])
+        summary["rejected"] = float(len(parts) - len(accepted))
+        summary["bytes-received"] = float(sum(recorddict_to_proto(reply.content).ByteSize() for reply in replies
+                                              if reply.has_content()))
+        return None, MetricRecord(summary)
+
+    def summary(self) -> None:
+        log.info("TreeStrategy: %s, %s, %s", "cyclic" if self.cyclic else "bagging", self.trees, self.sampling)
