@@ -1,0 +1,44 @@
+"""Federated trees in the real Flower simulation: a resumed xgb-bagging run ends with the ensemble an
+uninterrupted one ends with, byte for byte; the last round chooses a recipe for each K from the factories'
+query losses; the held-out table has the trees' rows; an xgb-cyclic run grows one factory's trees a round."""
+
+from __future__ import annotations
+
+import json
+
+from fedmeta.common.trees.ensemble import load_ensemble
+from fedmeta.server import RunDirectory
+from fedmeta.simulations import final_evaluation, run_federated_simulation
+
+SMALL = {"family": "quality", "num-factories": 4, "num-held-out": 1, "eval-shots": "5,10", "eval-tasks": 4,
+         "device": "cpu"}
+
+
+def _ensemble(run_dir, round_: int) -> bytes:
+    return RunDirectory(run_dir).load_checkpoint(round_).params["ensemble"].numpy().tobytes()
+
+
+def test_a_resumed_bagging_run_ends_with_the_same_ensemble_and_chooses_recipes(tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    trees = {**SMALL, "algorithm": "xgb-bagging", "local-trees": 2}
+    run_federated_simulation({**trees, "num-server-rounds": 3, "run-dir": str(whole)})
+    run_federated_simulation({**trees, "num-server-rounds": 2, "run-dir": str(split)})
+    run_federated_simulation({**trees, "num-server-rounds": 3, "run-dir": str(split), "resume": True})
+    assert _ensemble(split / "xgb-bagging", 3) == _ensemble(whole / "xgb-bagging", 3)
+    assert load_ensemble(_ensemble(whole / "xgb-bagging", 3)).num_boosted_rounds() == 3 * 4 * 2
+
+    last = RunDirectory(whole / "xgb-bagging").read_metrics()[-1]
+    assert {key for key in last if key.startswith("train/tree-recipe-")} == {"train/tree-recipe-k5",
+                                                                             "train/tree-recipe-k10"}
+    recorded = json.loads(RunDirectory(whole / "xgb-bagging").load_checkpoint(3).metadata["tree-recipes"])
+    assert recorded == {"5": last["train/tree-recipe-k5"], "10": last["train/tree-recipe-k10"]}
+    held_out = final_evaluation(whole / "xgb-bagging")
+    for key in ("eval/loss-k0", "eval/loss-k5", "eval/linear-loss-k5", "eval/chosen-loss-k10"):
+        assert key in held_out, key
+
+
+def test_a_cyclic_run_grows_one_factorys_trees_a_round(tmp_path):
+    run_federated_simulation({**SMALL, "algorithm": "xgb-cyclic", "num-server-rounds": 3, "run-dir": str(tmp_path)})
+    records = RunDirectory(tmp_path / "xgb-cyclic").read_metrics()
+    assert [record["train/replies"] for record in records] == [1.0, 1.0, 1.0]
+    assert load_ensemble(_ensemble(tmp_path / "xgb-cyclic", 3)).num_boosted_rounds() == 3
