@@ -45,13 +45,15 @@ def test_simulation_only_settings_are_not_in_the_app_config():
 def test_round_and_evaluation_defaults_are_the_tables():
     defaults = resolve_run_config({})
     round_settings, evaluation = RoundSettings(), EvaluationSettings()
+    per_round = {"server_round", "tree_factories", "recipe_shots"}  # the server sets these round by round
     for field in dataclasses.fields(RoundSettings):
-        if field.name != "server_round":
+        if field.name not in per_round:
             assert getattr(round_settings, field.name) == defaults[field.name.replace("_", "-")], field.name
     assert evaluation.shots == parse_shots(str(defaults["eval-shots"]))
     for field, key in [("steps", "eval-steps"), ("lr", "eval-lr"), ("recipe", "eval-recipe"), ("tasks", "eval-tasks"),
                        ("query_size", "eval-query-size"), ("local_only_steps", "local-only-steps"),
-                       ("local_only_lr", "local-only-lr"), ("seed", "seed"), ("algorithm", "algorithm")]:
+                       ("local_only_lr", "local-only-lr"), ("seed", "seed"), ("algorithm", "algorithm"),
+                       ("tree_depth", "tree-depth"), ("tree_subsample", "tree-subsample")]:
         assert getattr(evaluation, field) == defaults[key], field
 
 
