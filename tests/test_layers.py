@@ -29,6 +29,7 @@ COMMON_LAYERS = [
     ("fedmeta.common.validation", "fedmeta.common.run_settings"),
     ("fedmeta.common.runtime",),
     ("fedmeta.common.meta",),
+    ("fedmeta.common.trees",),
     ("fedmeta.common.data",),
     ("fedmeta.common.federation",),
     ("fedmeta.common.security",),
