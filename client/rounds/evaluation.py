@@ -24,7 +24,7 @@ from fedmeta.common.meta.algorithms import task_scores
 from fedmeta.common.meta.factory_choice import Predictor, chosen_losses, linear_predictor
 from fedmeta.common.meta.inner_loop import predict
 from fedmeta.common.meta.tasks import TaskBatch
-from fedmeta.common.trees.continuation import TreeRecipe
+from fedmeta.common.trees.settings import TreeRecipe
 
 __all__ = [
     "evaluate_factory", "evaluate_trees", "factory_predictors", "local_only_adaptation", "prepare_adaptation",

@@ -14,12 +14,12 @@ from fedmeta.common.meta.factory_choice import Predictor
 from fedmeta.common.meta.tasks import TaskBatch
 from fedmeta.common.trees.continuation import (
     RECIPE_LOSS_PREFIX,
-    TreeRecipe,
     recipe_losses,
     tree_predictions,
 )
 from fedmeta.common.trees.ensemble import booster_params, new_trees
 from fedmeta.common.trees.features import window_features
+from fedmeta.common.trees.settings import TreeRecipe
 from fedmeta.common.trees.shape import TreeShape, tree_shape
 
 __all__ = ["RECIPE_TASKS", "chosen_recipe", "factory_tree_shape", "tree_predictor", "tree_update"]

@@ -18,8 +18,7 @@ from torch import Tensor
 from fedmeta.common.federation.compression import Compression
 from fedmeta.common.meta.algorithms import MetaConfig
 from fedmeta.common.run_settings import ADAPTATION_RECIPES, parse_shots, resolve_run_config
-from fedmeta.common.trees.continuation import TreeRecipe
-from fedmeta.common.trees.ensemble import TreeSettings
+from fedmeta.common.trees.settings import TreeRecipe, TreeSettings
 from fedmeta.common.validation import check_choice, check_positive_int
 
 __all__ = [

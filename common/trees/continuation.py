@@ -7,7 +7,6 @@ with the lowest mean loss for each K (`best_recipes`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,14 +14,14 @@ from torch import Tensor
 
 from fedmeta.common.meta.algorithms import task_scores
 from fedmeta.common.meta.tasks import TaskBatch
-from fedmeta.common.trees.ensemble import TreeSettings, boost, booster_params, load_ensemble, margins
+from fedmeta.common.trees.ensemble import boost, booster_params, load_ensemble, margins
 from fedmeta.common.trees.features import window_features
+from fedmeta.common.trees.settings import TreeRecipe, TreeSettings
 from fedmeta.common.trees.shape import TreeShape
 
 __all__ = [
     "RECIPE_LOSS_PREFIX",
     "TREE_RECIPES",
-    "TreeRecipe",
     "best_recipes",
     "recipe_losses",
     "tree_predictions",
@@ -31,38 +30,8 @@ __all__ = [
 RECIPE_LOSS_PREFIX = "recipe-loss"  # a training factory's metric ``recipe-loss-k{K}/{recipe}``
 
 
-@dataclass(frozen=True)
-class TreeRecipe:
-    """``trees`` more trees boosted at ``rate`` on the factory's K rows (0 trees: the ensemble as it is)."""
-
-    trees: int
-    rate: float
-
-    @property
-    def name(self) -> str:
-        return "none" if self.trees == 0 else f"{self.trees}x{self.rate:g}"
-
-    @classmethod
-    def parse(cls, name: str) -> TreeRecipe:
-        """The recipe `name` spells, e.g. ``20x0.1`` or ``none``."""
-        if name == "none":
-            return cls(0, 0.0)
-        try:
-            trees, rate = name.split("x")
-            recipe = cls(int(trees), float(rate))
-        except ValueError:
-            raise ValueError(f"a tree recipe is 'none' or TREESxRATE (e.g. 20x0.1), got {name!r}") from None
-        if recipe.trees < 1 or not 0 < recipe.rate <= 1:
-            raise ValueError(f"a tree recipe boosts >= 1 trees at a rate in (0, 1], got {name!r}")
-        return recipe
-
-
 # Every factory scores the same candidates: none, and 5-50 trees at three rates.
 TREE_RECIPES = (TreeRecipe(0, 0.0), *(TreeRecipe(trees, rate) for rate in (0.03, 0.1, 0.3) for trees in (5, 20, 50)))
-
-
-def _rows(x: Tensor) -> np.ndarray:
-    return window_features(x)
 
 
 def tree_predictions(ensemble: bytes, batch: TaskBatch, shape: TreeShape, settings: TreeSettings,
@@ -73,7 +42,7 @@ def tree_predictions(ensemble: bytes, batch: TaskBatch, shape: TreeShape, settin
     base = 0 if start is None else start.num_boosted_rounds()
     out: dict[str, list[np.ndarray]] = {recipe.name: [] for recipe in recipes}
     for task in range(batch.num_tasks):
-        support, query = _rows(batch.support_x[task]), _rows(batch.query_x[task])
+        support, query = window_features(batch.support_x[task]), window_features(batch.query_x[task])
         labels = batch.support_y[task].detach().cpu().double().numpy()
         for rate in sorted({recipe.rate for recipe in recipes if recipe.trees}):
             most = max(recipe.trees for recipe in recipes if recipe.rate == rate)

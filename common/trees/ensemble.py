@@ -19,17 +19,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xgboost
 
+from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
 
 __all__ = [
     "EMPTY_ENSEMBLE",
-    "TreeSettings",
     "TreesRejected",
     "append_trees",
     "balanced_weights",
@@ -47,28 +46,6 @@ EMPTY_ENSEMBLE = b""  # the first round's global model: no trees yet
 
 class TreesRejected(ValueError):
     """A factory's trees that the server leaves out, and why."""
-
-
-@dataclass(frozen=True)
-class TreeSettings:
-    """How the federation boosts: each factory's trees a round, their depth, rate and row sample."""
-
-    depth: int = 6
-    rate: float = 0.1
-    subsample: float = 0.8
-    local_trees: int = 1
-    min_child_weight: float = 1.0
-    reg_lambda: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.depth < 1 or self.local_trees < 1:
-            raise ValueError(f"tree depth and local trees must be >= 1, got {self.depth} and {self.local_trees}")
-        if not (0 < self.rate <= 1 and 0 < self.subsample <= 1):
-            raise ValueError(f"tree rate and subsample must be in (0, 1], got {self.rate} and {self.subsample}")
-
-    def round_rate(self, factories: int) -> float:
-        """Each factory's rate in a bagging round of ``factories``: their average then steps at ``rate``."""
-        return self.rate / max(1, factories)
 
 
 def booster_params(shape: TreeShape, settings: TreeSettings, *, rate: float, seed: int) -> dict[str, Any]:

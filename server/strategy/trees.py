@@ -21,7 +21,8 @@ from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 
 from fedmeta.common.federation import protocol
-from fedmeta.common.trees.ensemble import TreeSettings, TreesRejected, append_trees, check_trees
+from fedmeta.common.trees.ensemble import TreesRejected, append_trees, check_trees
+from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
 from fedmeta.server.strategy.fedmeta import FactorySeats, ModelRecords, SamplingSettings, Seat, weighted_metrics
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from fedmeta.common.meta.tasks import TaskBatch
-from fedmeta.common.trees.continuation import TREE_RECIPES, TreeRecipe, best_recipes, recipe_losses, tree_predictions
+from fedmeta.common.trees.continuation import TREE_RECIPES, best_recipes, recipe_losses, tree_predictions
 from fedmeta.common.trees.ensemble import (
     EMPTY_ENSEMBLE,
-    TreeSettings,
     booster_params,
     load_ensemble,
     margins,
     new_trees,
 )
+from fedmeta.common.trees.settings import TreeRecipe, TreeSettings
 from fedmeta.common.trees.shape import TreeShape
 
 SHAPE = TreeShape(3, "regression")

@@ -11,7 +11,6 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_bagging
 
 from fedmeta.common.trees.ensemble import (
     EMPTY_ENSEMBLE,
-    TreeSettings,
     TreesRejected,
     append_trees,
     balanced_weights,
@@ -22,6 +21,7 @@ from fedmeta.common.trees.ensemble import (
     margins,
     new_trees,
 )
+from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
 
 FEATURES = 4
