@@ -278,7 +278,10 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
         model_dir = context.node_config.get(MODEL_DIR_KEY)
         if model_dir:
             manifest = str(msg.content[protocol.CONFIG][protocol.MANIFEST])
-            path = store_delivered_package(_received_parameters(msg), manifest, Path(str(model_dir)))
+            if protocol.ENSEMBLE in msg.content:
+                path = store_delivered_package({}, manifest, Path(str(model_dir)), _received_ensemble(msg))
+            else:
+                path = store_delivered_package(_received_parameters(msg), manifest, Path(str(model_dir)))
             log.info("model package stored in %s", path)
         stored = MetricRecord({protocol.STORED: 1 if model_dir else 0})
         return Message(RecordDict({protocol.METRICS: stored}), reply_to=msg)

@@ -1,5 +1,6 @@
 """The run's model package (`common.package.model_package`): written into the run folder after the last round,
-then delivered to every connected factory, training or evaluate-only (`fedmeta.client.rounds.package`)."""
+then delivered to every connected factory, training or evaluate-only (`fedmeta.client.rounds.package`). A tree
+run's package holds its ensemble and the recipe the federation chose for each K."""
 
 from __future__ import annotations
 
@@ -21,11 +22,20 @@ from fedmeta.common import (
     unpack_meta_parameters,
 )
 from fedmeta.common.federation import protocol
-from fedmeta.common.package.model_package import AdaptationPlan, Manifest, ModelPackage, load_package, save_package
+from fedmeta.common.package.model_package import (
+    AdaptationPlan,
+    Manifest,
+    ModelPackage,
+    PackageError,
+    load_package,
+    save_package,
+    save_tree_package,
+)
 from fedmeta.server.checkpoint import RunDirectory
 from fedmeta.server.strategy.fedmeta import FactorySeats, exchange, model_records
+from fedmeta.server.strategy.trees import ensemble_records
 
-__all__ = ["PACKAGE_FOLDER", "RUN_ID", "deliver_package", "write_run_package"]
+__all__ = ["PACKAGE_FOLDER", "RUN_ID", "deliver_package", "write_run_package", "write_tree_package"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,30 @@ def _run_name(run_dir: RunDirectory) -> str:
     return recorded if isinstance(recorded, str) else Path(run_dir.path).name
 
 
+def _kept_package(path: Path, round: int) -> ModelPackage | None:
+    """The package already at ``path`` if it is of ``round`` (a resumed run that had finished gets it back). One of
+    an earlier round (a finished run resumed for more rounds) is moved aside to ``model-round-NNNNNN``, never
+    overwritten: the new package takes its place."""
+    if not path.exists():
+        return None
+    existing = load_package(path)
+    if existing.manifest.round == round:
+        return existing
+    aside = path.with_name(f"{path.name}-round-{existing.manifest.round:06d}")
+    if aside.exists():
+        raise PackageError(aside, "already exists; the earlier package cannot be moved aside")
+    path.rename(aside)
+    log.info("the package of round %d moved to %s", existing.manifest.round, aside)
+    return None
+
+
+def _manifest(run_dir: RunDirectory, source: DataSource, evaluation: EvaluationSettings, round: int,
+              **fields: object) -> Manifest:
+    """The run package's manifest: the source's schema and scaling, the run and its held-out metrics."""
+    return Manifest(schema=source.package_schema, scaling_rule=source.scaling_rule, run=_run_name(run_dir),
+                    round=round, metrics=_held_out_metrics(run_dir, round), **fields)
+
+
 def write_run_package(
     run_dir: RunDirectory,
     params: Mapping[str, Tensor],
@@ -56,27 +90,38 @@ def write_run_package(
     round: int,
 ) -> ModelPackage:
     """``<run>/model``: the final global model with the run's adaptation recipe. A run resumed after
-    its package was written gets the same package back (it is never rewritten)."""
+    its package was written gets the same package back (it is never rewritten, `_kept_package`)."""
     path = Path(run_dir.path) / PACKAGE_FOLDER
-    if path.exists():
-        return load_package(path)
+    if (kept := _kept_package(path, round)) is not None:
+        return kept
     weights, inner_lrs = unpack_meta_parameters(params)
-    manifest = Manifest(
-        schema=source.package_schema,
+    manifest = _manifest(
+        run_dir, source, evaluation, round,
         model=model_config_for(source, local_algorithm(evaluation.algorithm)),
         adaptation=AdaptationPlan(evaluation.algorithm, evaluation.steps, evaluation.lr, evaluation.recipe),
-        scaling_rule=source.scaling_rule,
-        run=_run_name(run_dir),
-        round=round,
-        metrics=_held_out_metrics(run_dir, round),
     )
     return save_package(path, weights, inner_lrs, manifest)
+
+
+def write_tree_package(run_dir: RunDirectory, ensemble: bytes, source: DataSource, evaluation: EvaluationSettings,
+                       round: int) -> ModelPackage:
+    """``<run>/model`` of a tree run: the ensemble and how a factory continues it (``evaluation.tree_plan()``:
+    the recipe chosen for each K). Its adaptation names the tree algorithm; the network config it records says
+    what the trees read (a table's columns or windows) and is what a factory's rows-alone network is built as."""
+    path = Path(run_dir.path) / PACKAGE_FOLDER
+    if (kept := _kept_package(path, round)) is not None:
+        return kept
+    manifest = _manifest(run_dir, source, evaluation, round, model=source.model_config,
+                         adaptation=AdaptationPlan(evaluation.algorithm, 0, evaluation.lr),
+                         trees=evaluation.tree_plan())
+    return save_tree_package(path, ensemble, manifest)
 
 
 def deliver_package(grid: Grid, strategy: FactorySeats, package: ModelPackage, timeout: float | None) -> int:
     """Send the package to every connected factory node; how many stored it. A node that fails or
     names no model folder is logged: the run's own copy in ``<run>/model`` is already safe."""
-    model = model_records(pack_meta_parameters(package.weights, package.inner_lrs))
+    model = ensemble_records(package.ensemble) if package.manifest.trees is not None else \
+        model_records(pack_meta_parameters(package.weights, package.inner_lrs))
     messages = strategy.configure_delivery(model, json.dumps(package.manifest.to_json()))
     stored = 0
     for reply in exchange(grid, messages, timeout=timeout):

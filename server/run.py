@@ -27,6 +27,7 @@ from torch import Tensor
 
 from fedmeta.common import (
     DataSource,
+    EvaluationSettings,
     build_model,
     init_inner_lrs,
     is_tree_algorithm,
@@ -34,11 +35,12 @@ from fedmeta.common import (
     model_config_for,
     pack_meta_parameters,
 )
+from fedmeta.common.package.model_package import ModelPackage
 from fedmeta.common.trees.continuation import best_recipes
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE
 from fedmeta.common.trees.shape import tree_shape
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
-from fedmeta.server.package import RUN_ID, deliver_package, write_run_package
+from fedmeta.server.package import RUN_ID, deliver_package, write_run_package, write_tree_package
 from fedmeta.server.run_view import RunView
 from fedmeta.server.secure_round import secure_training_round
 from fedmeta.server.settings import ServerSettings
@@ -116,6 +118,13 @@ class _NetworkRounds:
     def checkpoint(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, str]]:
         return self.optimizer.params, self.optimizer.state_dict(), self.optimizer.metadata()
 
+    def package(self, run_dir: RunDirectory, source: DataSource, evaluation: EvaluationSettings,
+                server_round: int) -> ModelPackage:
+        return write_run_package(run_dir, self.optimizer.params, source, evaluation, server_round)
+
+    def evaluation(self, evaluation: EvaluationSettings) -> EvaluationSettings:
+        return evaluation
+
 
 class _TreeRounds:
     """Federated trees' rounds (`server.strategy.trees`): the factories' new trees appended to the ensemble;
@@ -154,6 +163,15 @@ class _TreeRounds:
         ensemble = torch.frombuffer(bytearray(self.strategy.ensemble), dtype=torch.uint8) if self.strategy.ensemble \
             else torch.zeros(0, dtype=torch.uint8)
         return {ENSEMBLE_PARAMETER: ensemble}, {}, {TREE_RECIPES_KEY: json.dumps(self.recipes)}
+
+    def package(self, run_dir: RunDirectory, source: DataSource, evaluation: EvaluationSettings,
+                server_round: int) -> ModelPackage:
+        return write_tree_package(run_dir, self.strategy.ensemble, source, self.evaluation(evaluation), server_round)
+
+    def evaluation(self, evaluation: EvaluationSettings) -> EvaluationSettings:
+        """The evaluation settings with the recipe chosen for each K (none before the last round)."""
+        recipes = tuple(f"{k}={recipe}" for k, recipe in self.recipes.items())
+        return dataclasses.replace(evaluation, tree_recipes=recipes)
 
 
 def _start_rounds(run_dir: RunDirectory, settings: ServerSettings, source: DataSource, algorithm: str):
@@ -217,8 +235,7 @@ def run_experiment(
                           server_round == settings.num_rounds else {})
             last = server_round == settings.num_rounds
             if last or (settings.eval_every and server_round % settings.eval_every == 0):
-                recipes = tuple(f"{k}={recipe}" for k, recipe in rounds.recipes.items())
-                eval_config = ConfigRecord(dataclasses.replace(evaluation, tree_recipes=recipes).to_config())
+                eval_config = ConfigRecord(rounds.evaluation(evaluation).to_config())
                 replies = exchange(
                     grid, strategy.configure_evaluate(server_round, rounds.model(), eval_config, grid),
                     timeout=settings.timeout,
@@ -232,7 +249,5 @@ def run_experiment(
             view.round_finished(record)
             if progress is not None:
                 progress(record)
-        if is_tree_algorithm(algorithm):  # the trees' package: not yet; the ensemble is in the last checkpoint
-            return
-        package = write_run_package(run_dir, rounds.optimizer.params, source, evaluation, settings.num_rounds)
+        package = rounds.package(run_dir, source, evaluation, settings.num_rounds)
         deliver_package(grid, strategy, package, settings.timeout)

@@ -16,7 +16,13 @@ from pathlib import Path
 from torch import Tensor
 
 from fedmeta.common import unpack_meta_parameters
-from fedmeta.common.package.model_package import Manifest, PackageError, load_package, save_package
+from fedmeta.common.package.model_package import (
+    Manifest,
+    PackageError,
+    load_package,
+    save_package,
+    save_tree_package,
+)
 
 __all__ = ["MODEL_DIR_KEY", "package_path", "store_delivered_package"]
 
@@ -28,9 +34,11 @@ def package_path(model_dir: Path, manifest: Manifest) -> Path:
     return model_dir / manifest.run / f"round-{manifest.round:06d}"
 
 
-def store_delivered_package(params: Mapping[str, Tensor], manifest_text: str, model_dir: Path) -> Path:
-    """Write the delivered package under ``model_dir``; its path. Raises `PackageError` for a damaged
-    package or one that differs from the package already stored for that run and round."""
+def store_delivered_package(params: Mapping[str, Tensor], manifest_text: str, model_dir: Path,
+                            ensemble: bytes = b"") -> Path:
+    """Write the delivered package under ``model_dir`` (its weights ``params``, or a tree package's ``ensemble``);
+    its path. Raises `PackageError` for a damaged package or one that differs from the package already stored
+    for that run and round."""
     try:
         manifest = Manifest.from_json(json.loads(manifest_text))
     except (json.JSONDecodeError, ValueError) as error:
@@ -39,7 +47,10 @@ def store_delivered_package(params: Mapping[str, Tensor], manifest_text: str, mo
     if not path.exists():
         weights, inner_lrs = unpack_meta_parameters(params)
         try:
-            save_package(path, weights, inner_lrs, manifest)
+            if manifest.trees is None:
+                save_package(path, weights, inner_lrs, manifest)
+            else:
+                save_tree_package(path, ensemble, manifest)
             return path
         except PackageError:
             if not path.exists():  # not a race with another factory of this machine: a real problem

@@ -70,9 +70,5 @@ def tree_predictor(factory: LoadedFactory, ensemble: bytes, recipe: TreeRecipe,
 
 
 def chosen_recipe(settings: EvaluationSettings, k: int) -> TreeRecipe:
-    """The federation's recipe for K (the nearest K it chose one for; none chosen: 20 trees at 0.1)."""
-    recipes = settings.recipes()
-    if not recipes:
-        return TreeRecipe(20, 0.1)
-    nearest = min(recipes, key=lambda chosen: (abs(chosen - k), chosen))
-    return recipes[nearest]
+    """The federation's recipe for K (`common.trees.settings.TreePlan.recipe_for`)."""
+    return settings.tree_plan().recipe_for(k)

@@ -18,7 +18,7 @@ from torch import Tensor
 from fedmeta.common.federation.compression import Compression
 from fedmeta.common.meta.algorithms import MetaConfig
 from fedmeta.common.run_settings import ADAPTATION_RECIPES, parse_shots, resolve_run_config
-from fedmeta.common.trees.settings import TreeRecipe, TreeSettings
+from fedmeta.common.trees.settings import TreePlan, TreeRecipe, TreeSettings
 from fedmeta.common.validation import check_choice, check_positive_int
 
 __all__ = [
@@ -210,6 +210,10 @@ class EvaluationSettings:
         if any(not sep or not k.isdigit() for k, sep, _ in pairs):
             raise ValueError(f"tree recipes are K=recipe entries, got {list(self.tree_recipes)}")
         return {int(k): TreeRecipe.parse(recipe) for k, _, recipe in pairs}
+
+    def tree_plan(self) -> TreePlan:
+        """How a factory adapts the federation's trees: its boosting settings and the recipe for each K."""
+        return TreePlan(self.tree_settings(), self.recipes())
 
     def to_config(self) -> dict[str, object]:
         return _to_wire(self)

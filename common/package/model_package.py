@@ -7,6 +7,10 @@ A package is a folder::
                           the SHA-256 of the weights file and, once adapted, its lineage
     weights.safetensors   the weights (Meta-SGD: its learned step sizes too, under ``inner_lr/``)
 
+or, for a federation's gradient-boosted trees (`common.trees`), ``trees.json`` in place of the weights: the
+ensemble as XGBoost's own JSON model, readable by XGBoost in any language; the manifest's ``trees`` says how
+a factory continues boosting them (`common.trees.settings.TreePlan`) and ``weights_sha256`` hashes that file.
+
 A package is written to a temporary folder beside its final name and renamed into place, so a
 crash never leaves half a package under a final name, and an existing package is never
 overwritten. Loading checks the manifest, the weights' hash, names and shapes against the
@@ -25,10 +29,12 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -40,16 +46,23 @@ from torch import Tensor, nn
 
 from fedmeta.common.data.scaling import FeatureScaling, TargetScaling
 from fedmeta.common.federation.app_identity import DISTRIBUTION
-from fedmeta.common.federation.rounds import local_algorithm, pack_meta_parameters, unpack_meta_parameters
+from fedmeta.common.federation.rounds import (
+    TREE_ALGORITHMS,
+    local_algorithm,
+    pack_meta_parameters,
+    unpack_meta_parameters,
+)
 from fedmeta.common.meta.losses import TASK_KINDS
-from fedmeta.common.meta.models import MetaModel, ModelConfig, build_model
+from fedmeta.common.meta.models import ModelConfig, build_model
 from fedmeta.common.run_settings import ADAPTATION_RECIPES
+from fedmeta.common.trees.settings import TreePlan
 
 __all__ = [
     "CLOSED_FORM",
     "MANIFEST_FILE",
     "PACKAGE_FORMAT",
     "SCALING_RULES",
+    "TREES_FILE",
     "WEIGHTS_FILE",
     "AdaptationPlan",
     "Manifest",
@@ -60,6 +73,7 @@ __all__ = [
     "load_package",
     "package_model",
     "save_package",
+    "save_tree_package",
 ]
 
 # 2: a regression package scaled from a factory's rows predicts its target standardised (`target_scaling`).
@@ -70,6 +84,8 @@ PACKAGE_FORMAT = 3
 CLOSED_FORM = "closed-form"
 MANIFEST_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
+TREES_FILE = "trees.json"  # a tree package's model, in place of the weights
+MAX_TREES_BYTES = 1 << 30  # a tree package's model file at most (a federation's trees take a few MB)
 # "factory-rows": each factory standardises its inputs with its own rows (`common.data.scaling`);
 # "source": inputs come scaled by the data source (a shared data set's loader, a synthetic
 # generator), so a factory's own table cannot be fed to the package.
@@ -174,6 +190,8 @@ class Manifest:
     target_scaling: TargetScaling | None = None
     # An adapted package: which of the factory's candidates it is (`client.floor.candidates`).
     chosen: str | None = None
+    # A package of gradient-boosted trees (its model in `TREES_FILE`): how a factory continues boosting them.
+    trees: TreePlan | None = None
     format: int = PACKAGE_FORMAT
 
     def __post_init__(self) -> None:
@@ -190,6 +208,14 @@ class Manifest:
                              f"{len(self.schema.features)}")
         if self.target_scaling is not None and not self.standardized_target:
             raise ValueError("a target scaling belongs to a regression package scaled from a factory's rows")
+        if self.trees is not None and self.adaptation.algorithm not in TREE_ALGORITHMS:
+            raise ValueError(f"a tree package adapts as {' or '.join(TREE_ALGORITHMS)}, not "
+                             f"{self.adaptation.algorithm!r}")
+
+    @property
+    def model_file(self) -> str:
+        """The file holding the model: the weights, or a tree package's trees."""
+        return WEIGHTS_FILE if self.trees is None else TREES_FILE
 
     @property
     def standardized_target(self) -> bool:
@@ -209,6 +235,7 @@ class Manifest:
         data["adaptation"] = asdict(self.adaptation)
         data["scaling"] = None if self.scaling is None else self.scaling.to_json()
         data["target_scaling"] = None if self.target_scaling is None else self.target_scaling.to_json()
+        data["trees"] = None if self.trees is None else self.trees.to_json()
         return json.loads(json.dumps(data))  # tuples to lists: what loading sees
 
     @classmethod
@@ -233,6 +260,8 @@ class Manifest:
                 values["scaling"] = FeatureScaling.from_json(values["scaling"])
             if values.get("target_scaling") is not None:
                 values["target_scaling"] = TargetScaling.from_json(values["target_scaling"])
+            if values.get("trees") is not None:
+                values["trees"] = TreePlan.from_json(values["trees"])
         except TypeError as error:  # a sub-object with unknown or missing keys
             raise ValueError(str(error)) from None
         return cls(**values)
@@ -240,19 +269,21 @@ class Manifest:
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds tensors
 class ModelPackage:
-    """Weights and Meta-SGD step sizes (empty otherwise) with their manifest; ``version_notes`` lists
-    the versions that differ from this machine's (filled by `load_package`)."""
+    """Weights and Meta-SGD step sizes (empty otherwise) with their manifest, or a tree package's ``ensemble``
+    (XGBoost JSON; its weights empty); ``version_notes`` lists the versions that differ from this machine's
+    (filled by `load_package`)."""
 
     weights: dict[str, Tensor]
     inner_lrs: dict[str, Tensor]
     manifest: Manifest
     version_notes: tuple[str, ...] = ()
+    ensemble: bytes = b""
 
 
 class _InFactoryUnits(nn.Module):
     """A regression model's standardised prediction mapped to the factory's units (float64)."""
 
-    def __init__(self, model: MetaModel, target: TargetScaling) -> None:
+    def __init__(self, model: nn.Module, target: TargetScaling) -> None:
         super().__init__()
         self.model = model
         self.config = model.config  # what the model reads and writes, as on the model itself
@@ -267,8 +298,13 @@ def package_model(package: ModelPackage) -> nn.Module:
     factory's units; a ``ValueError`` where it cannot (a standardised target and no labelled row to
     scale it by: K = 0)."""
     manifest = package.manifest
-    model = build_model(manifest.model)
-    model.load_state_dict(package.weights)
+    if manifest.trees is not None:
+        from fedmeta.common.package.tree_model import TreeModel  # imports XGBoost: only for a tree package
+
+        model: nn.Module = TreeModel(package.ensemble, manifest.model, manifest.schema.task)
+    else:
+        model = build_model(manifest.model)
+        model.load_state_dict(package.weights)
     model.eval()
     if not manifest.standardized_target:
         return model
@@ -317,6 +353,38 @@ def _check_tensors(path: Path, manifest: Manifest, weights: Mapping[str, Tensor]
         raise PackageError(path, f"non-finite values in {bad}")
 
 
+def _write_package(path: Path, manifest: Manifest, write_model: Callable[[Path], None],
+                   extras: Mapping[str, str] | None) -> Manifest:
+    """Write a package into the new folder ``path`` through a staging folder renamed into place (see the module
+    docstring): ``write_model`` writes the model file into the folder it is given. The manifest written."""
+    if path.exists():
+        raise PackageError(path, "already exists; a package is never overwritten (choose another folder)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write_model(staging / manifest.model_file)
+        digest = _digest(staging / manifest.model_file)
+        if manifest.weights_sha256 and manifest.weights_sha256 != digest:
+            raise PackageError(path, f"the {manifest.model_file} hashes to {digest}, the manifest records "
+                                     f"{manifest.weights_sha256}: it was changed or damaged on the way")
+        manifest = replace(manifest, weights_sha256=digest, versions=manifest.versions or installed_versions())
+        with (staging / MANIFEST_FILE).open("w", encoding="utf-8") as handle:
+            json.dump(manifest.to_json(), handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        for name, text in (extras or {}).items():
+            if name in (MANIFEST_FILE, WEIGHTS_FILE, TREES_FILE) or Path(name).name != name:
+                raise PackageError(path, f"{name!r} cannot be written beside a package's own files")
+            (staging / name).write_text(text, encoding="utf-8")
+        if path.exists():  # appeared while writing
+            raise PackageError(path, "already exists; a package is never overwritten (choose another folder)")
+        os.rename(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return manifest
+
+
 def save_package(
     directory: str | os.PathLike[str],
     weights: Mapping[str, Tensor],
@@ -330,35 +398,39 @@ def save_package(
     this machine's unless it records the ones it was built with. An existing ``directory`` is
     refused, never overwritten."""
     path = Path(directory)
-    if path.exists():
-        raise PackageError(path, "already exists; a package is never overwritten (choose another folder)")
+    if manifest.trees is not None:
+        raise PackageError(path, "a tree package holds trees, not weights: save it with save_tree_package")
     tensors = _tensors(weights, inner_lrs)
     plain, rates = unpack_meta_parameters(tensors)
     _check_tensors(path, manifest, plain, rates)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    written = _write_package(path, manifest, lambda file: save_file(tensors, str(file)), extras)
+    return ModelPackage(plain, rates, written)
+
+
+def _check_ensemble(path: Path, manifest: Manifest, ensemble: bytes) -> None:
+    """The trees fit the manifest's inputs, task and classes; every leaf is finite; XGBoost reads them."""
+    from fedmeta.common.trees.ensemble import TreesRejected, check_trees  # imports XGBoost: tree packages only
+    from fedmeta.common.trees.shape import tree_shape
+
+    if not ensemble:
+        raise PackageError(path, "a tree package needs at least one tree")
     try:
-        save_file(tensors, str(staging / WEIGHTS_FILE))
-        digest = _digest(staging / WEIGHTS_FILE)
-        if manifest.weights_sha256 and manifest.weights_sha256 != digest:
-            raise PackageError(path, f"the weights hash to {digest}, the manifest records {manifest.weights_sha256}: "
-                                     "they were changed or damaged on the way")
-        manifest = replace(manifest, weights_sha256=digest, versions=manifest.versions or installed_versions())
-        with (staging / MANIFEST_FILE).open("w", encoding="utf-8") as handle:
-            json.dump(manifest.to_json(), handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        for name, text in (extras or {}).items():
-            if name in (MANIFEST_FILE, WEIGHTS_FILE) or Path(name).name != name:
-                raise PackageError(path, f"{name!r} cannot be written beside a package's own files")
-            (staging / name).write_text(text, encoding="utf-8")
-        if path.exists():  # appeared while writing
-            raise PackageError(path, "already exists; a package is never overwritten (choose another folder)")
-        os.rename(staging, path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return ModelPackage(plain, rates, manifest)
+        check_trees(ensemble, tree_shape(manifest.model, manifest.schema.task), max_rounds=sys.maxsize,
+                    max_leaf=math.inf, max_bytes=MAX_TREES_BYTES)
+    except TreesRejected as error:
+        raise PackageError(path, f"{TREES_FILE}: {error}") from None
+
+
+def save_tree_package(directory: str | os.PathLike[str], ensemble: bytes, manifest: Manifest,
+                      extras: Mapping[str, str] | None = None) -> ModelPackage:
+    """`save_package` for a package of trees: ``ensemble`` is the XGBoost JSON model, ``manifest.trees`` says
+    how a factory continues it."""
+    path = Path(directory)
+    if manifest.trees is None:
+        raise PackageError(path, "the manifest names no tree plan; a network's package is saved with save_package")
+    _check_ensemble(path, manifest, ensemble)
+    written = _write_package(path, manifest, lambda file: file.write_bytes(ensemble), extras)
+    return ModelPackage({}, {}, written, ensemble=ensemble)
 
 
 def _version_notes(recorded: Mapping[str, str]) -> tuple[str, ...]:
@@ -372,9 +444,8 @@ def load_package(directory: str | os.PathLike[str]) -> ModelPackage:
     path = Path(directory)
     if not path.is_dir():
         raise PackageError(path, "is not a folder" if path.exists() else "does not exist")
-    for name in (MANIFEST_FILE, WEIGHTS_FILE):
-        if not (path / name).is_file():
-            raise PackageError(path, f"has no {name}")
+    if not (path / MANIFEST_FILE).is_file():
+        raise PackageError(path, f"has no {MANIFEST_FILE}")
     try:
         data = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -385,14 +456,22 @@ def load_package(directory: str | os.PathLike[str]) -> ModelPackage:
         manifest = Manifest.from_json(data)
     except ValueError as error:
         raise PackageError(path, f"{MANIFEST_FILE}: {error}") from None
-    digest = _digest(path / WEIGHTS_FILE)
+    model_file = path / manifest.model_file
+    if not model_file.is_file():
+        raise PackageError(path, f"has no {manifest.model_file}")
+    digest = _digest(model_file)
     if digest != manifest.weights_sha256:
-        raise PackageError(path, f"{WEIGHTS_FILE} has SHA-256 {digest}, the manifest records "
+        raise PackageError(path, f"{manifest.model_file} has SHA-256 {digest}, the manifest records "
                                  f"{manifest.weights_sha256}: the file was changed or damaged")
+    notes = _version_notes(manifest.versions)
+    if manifest.trees is not None:
+        ensemble = model_file.read_bytes()
+        _check_ensemble(path, manifest, ensemble)
+        return ModelPackage({}, {}, manifest, notes, ensemble)
     try:
-        tensors = load_file(str(path / WEIGHTS_FILE))
+        tensors = load_file(str(model_file))
     except SafetensorError as error:
         raise PackageError(path, f"{WEIGHTS_FILE} cannot be read ({error})") from None
     weights, inner_lrs = unpack_meta_parameters(tensors)
     _check_tensors(path, manifest, weights, inner_lrs)
-    return ModelPackage(weights, inner_lrs, manifest, _version_notes(manifest.versions))
+    return ModelPackage(weights, inner_lrs, manifest, notes)

@@ -3,9 +3,11 @@ XGBoost so that reading a round's settings never imports it (about a second of e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-__all__ = ["TreeRecipe", "TreeSettings"]
+__all__ = ["DEFAULT_RECIPE", "TreePlan", "TreeRecipe", "TreeSettings"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +56,44 @@ class TreeRecipe:
         if recipe.trees < 1 or not 0 < recipe.rate <= 1:
             raise ValueError(f"a tree recipe boosts >= 1 trees at a rate in (0, 1], got {name!r}")
         return recipe
+
+
+DEFAULT_RECIPE = TreeRecipe(20, 0.1)  # where the federation chose none: a common continuation of boosted trees
+
+
+@dataclass(frozen=True)
+class TreePlan:
+    """How a factory adapts a federation's trees, as a model package carries it: how they were boosted
+    (depth, row share and the rest of ``settings``; the recipe sets the count and the rate) and the recipe the
+    federation chose for each K."""
+
+    settings: TreeSettings = field(default_factory=TreeSettings)
+    recipes: Mapping[int, TreeRecipe] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recipes", {int(k): recipe for k, recipe in sorted(self.recipes.items())})
+
+    def recipe_for(self, k: int) -> TreeRecipe:
+        """The recipe for K labelled rows: the one chosen for the nearest K (ties: the smaller), else
+        `DEFAULT_RECIPE`."""
+        if not self.recipes:
+            return DEFAULT_RECIPE
+        return self.recipes[min(self.recipes, key=lambda chosen: (abs(chosen - k), chosen))]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"settings": asdict(self.settings), "recipes": {str(k): r.name for k, r in self.recipes.items()}}
+
+    @classmethod
+    def from_json(cls, data: object) -> TreePlan:
+        """Parse a plan; a missing key or a bad value is a ``ValueError`` naming it."""
+        if not isinstance(data, Mapping) or set(data) != {"settings", "recipes"}:
+            raise ValueError(f"a tree plan holds 'settings' and 'recipes', got {data!r:.200}")
+        settings, recipes = data["settings"], data["recipes"]
+        if not isinstance(settings, Mapping) or not isinstance(recipes, Mapping):
+            raise ValueError("a tree plan's settings and recipes are JSON objects")
+        if not all(isinstance(k, str) and k.isdigit() and isinstance(r, str) for k, r in recipes.items()):
+            raise ValueError(f"a tree plan's recipes map K to a recipe name, got {dict(recipes)!r:.200}")
+        try:
+            return cls(TreeSettings(**settings), {int(k): TreeRecipe.parse(r) for k, r in recipes.items()})
+        except TypeError as error:  # unknown or missing settings
+            raise ValueError(f"tree settings: {error}") from None

@@ -13,7 +13,7 @@ appending (Flower's ``aggregate_bagging`` files every tree under class 0), and c
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -26,7 +26,7 @@ from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
 from fedmeta.server.strategy.fedmeta import FactorySeats, ModelRecords, SamplingSettings, Seat, weighted_metrics
 
-__all__ = ["MAX_TREE_BYTES", "TreeStrategy", "ensemble_bytes", "ensemble_records"]
+__all__ = ["MAX_TREE_BYTES", "TreeStrategy", "append_replies", "check_reply", "ensemble_bytes", "ensemble_records"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,26 @@ def ensemble_bytes(record: ArrayRecord) -> bytes:
     if len(record) != 1:
         raise TreesRejected(f"expected one array of trees, got {len(record)}")
     return next(iter(record.values())).numpy().tobytes()
+
+
+def check_reply(trees: bytes, metrics: Mapping[str, float], shape: TreeShape, settings: TreeSettings, *,
+                max_leaf: float) -> None:
+    """Raise `TreesRejected` unless ``trees`` are one round's trees of this federation (`check_trees`) and
+    ``metrics`` count the rows they grew on: what a factory's reply must pass before XGBoost reads it."""
+    check_trees(trees, shape, max_rounds=settings.local_trees, max_leaf=max_leaf, max_bytes=MAX_TREE_BYTES)
+    if not float(metrics.get(protocol.NUM_EXAMPLES, 0)) > 0:
+        raise TreesRejected(f"{protocol.NUM_EXAMPLES} must be a positive number")
+
+
+def append_replies(ensemble: bytes, accepted: Sequence[tuple[bytes, Mapping[str, float]]]) -> tuple[
+    bytes, dict[str, float]
+]:
+    """``ensemble`` with every accepted reply's trees appended in the order given (factory-key order), and the
+    replies' metrics averaged by their rows: a round's aggregation, shared with the benchmark's in-process
+    rounds."""
+    for trees, _ in accepted:
+        ensemble = append_trees(ensemble, trees)
+    return ensemble, weighted_metrics([metrics for _, metrics in accepted])
 
 
 class TreeStrategy(FactorySeats):
@@ -74,11 +94,8 @@ class TreeStrategy(FactorySeats):
             return None
         try:
             trees = ensemble_bytes(records[protocol.TREES])
-            check_trees(trees, self.shape, max_rounds=self.trees.local_trees,
-                        max_leaf=self.sampling.max_delta_norm, max_bytes=MAX_TREE_BYTES)
             metrics = dict(records[protocol.METRICS])
-            if not float(metrics.get(protocol.NUM_EXAMPLES, 0)) > 0:
-                raise TreesRejected(f"{protocol.NUM_EXAMPLES} must be a positive number")
+            check_reply(trees, metrics, self.shape, self.trees, max_leaf=self.sampling.max_delta_norm)
         except (KeyError, TypeError, ValueError) as error:  # TreesRejected is a ValueError
             log.warning("trees of factory %s from node %d left out: %s", factory, node, error)
             return None
@@ -99,9 +116,7 @@ class TreeStrategy(FactorySeats):
                         server_round, len(accepted), needed)
             summary = {"replies": float(len(accepted)), "model-unchanged": 1.0}
         else:
-            for trees, _ in accepted:
-                self.ensemble = append_trees(self.ensemble, trees)
-            summary = weighted_metrics([metrics for _, metrics in accepted])
+            self.ensemble, summary = append_replies(self.ensemble, accepted)
         summary["rejected"] = float(len(parts) - len(accepted))
         summary["bytes-received"] = float(sum(recorddict_to_proto(reply.content).ByteSize() for reply in replies
                                               if reply.has_content()))

@@ -15,7 +15,20 @@ For each seed and each K of the evaluation shots, on the held-out factories (nev
   ``fedmeta adapt`` applies: what a factory ends up with.
 - ``centralized-maml``: MAML meta-trained on the pooled training factories' data (one task
   sampler over all of them), with as many sampled tasks as the federated runs; the upper bound.
-- ``gradient-boosting``, ``lightgbm``: tree models on the pooled training rows plus the K rows.
+- ``xgb-bagging``, ``xgb-cyclic``: federated XGBoost trees (`tree_rounds`), the plan's rounds in-process
+  with the client's own `tree_update` and the server's own checks and appending (bagging: every training
+  factory's new trees each round; cyclic: one factory's a round, in turn). In the last round the training
+  factories score the continued-boosting recipes on K-shot tasks of their rows and the lowest mean loss is
+  kept for each K; a held-out factory boosts its K's recipe from the ensemble on each task's K rows, as
+  `client.rounds.evaluation.evaluate_trees` does. What a factory spends on a tree round's update is
+  timed beside one meta-learning round's update of the same factories (``meta-round``).
+- ``trees-alone``: XGBoost on each task's K support rows and nothing else (window statistics for windows),
+  from no trees, 20 trees at rate 0.1: the recipe a factory boosts where the federation chose none
+  (`client.rounds.trees.chosen_recipe`), at the federated trees' depth and row share. What a factory gets
+  from its own rows alone.
+- ``gradient-boosting``, ``lightgbm``: tree models on the pooled training rows plus the K rows; like
+  ``centralized-maml`` and ``pooled-oracle`` they pool every training factory's rows (`POOLED`), so they
+  are references, not private.
 - ``oracle``: a model trained from scratch on the held-out factory's own rows except every
   row of the evaluation query sets, scored on those query sets without adaptation.
 
@@ -53,11 +66,13 @@ from fedmeta.client import (
     sampler_for,
     task_sampler,
 )
+from fedmeta.client.rounds.trees import chosen_recipe, tree_predictor
 from fedmeta.common import (
     ADAPTATION_RECIPES,
     DATASETS,
     NUM_EXAMPLES,
     RUN_SETTINGS,
+    TREE_ALGORITHMS,
     DataSource,
     EvaluationSettings,
     FactoryData,
@@ -73,10 +88,12 @@ from fedmeta.common import (
     predict,
     resolve_run_config,
     source_from_config,
+    task_scores,
 )
 from fedmeta.common.data.datasets import TRANSFERS as CMAPSS_TRANSFERS
 from fedmeta.common.meta.closed_form_head import LOGISTIC_PENALTY
-from fedmeta.common.meta.factory_choice import chosen_outputs, on_rows
+from fedmeta.common.meta.factory_choice import Predictor, chosen_outputs, on_rows
+from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE
 from fedmeta.common.trees.features import WINDOW_STATISTICS
 from fedmeta.server import ServerSettings, initial_meta_parameters, weighted_metrics
 from fedmeta.simulations.benchmarks.engine_shots import EngineShots
@@ -91,13 +108,25 @@ from fedmeta.simulations.benchmarks.reference_models import TrainedModel, train_
 from fedmeta.simulations.benchmarks.scaling import PlainLoop
 from fedmeta.simulations.benchmarks.seed_records import SeedRecords, SeedSteps, Step, round_trip
 from fedmeta.simulations.benchmarks.supervised import SupervisedRecipe
+from fedmeta.simulations.benchmarks.tree_rounds import (
+    engine_predictor,
+    ensemble_of,
+    ensemble_tensor,
+    meta_round_seconds,
+    recipe_settings,
+    run_tree_rounds,
+)
 
 __all__ = [
     "FEDERATED_METHODS",
+    "FEDERATED_TREES",
     "FULL_DATA_REFERENCES",
     "METHODS",
+    "POOLED",
     "REFERENCES",
     "TARGET_K",
+    "TREES_ALONE",
+    "TREE_METHODS",
     "BenchmarkError",
     "BenchmarkPlan",
     "available_shots",
@@ -112,7 +141,13 @@ CHOSEN_WITH = ("r2d2", "maml", "fomaml", "reptile", "metasgd")  # whose run scor
 FEDERATED_METHODS = ("fedavg", *META_METHODS)
 FULL_DATA_REFERENCES = ("oracle", "pooled-oracle")
 REFERENCES = (*TREE_REFERENCES, *FULL_DATA_REFERENCES)
-METHODS = ("local-only", "linear", "fedavg", "fedavg+ft", *META_METHODS, "chosen", "centralized-maml", *REFERENCES)
+FEDERATED_TREES = TREE_ALGORITHMS
+TREES_ALONE = "trees-alone"
+TREE_METHODS = (*FEDERATED_TREES, TREES_ALONE)
+METHODS = ("local-only", "linear", "fedavg", "fedavg+ft", *META_METHODS, "chosen", "centralized-maml", *TREE_METHODS,
+           *REFERENCES)
+# The methods that pool every training factory's rows in one place: references, not private.
+POOLED = ("centralized-maml", *TREE_REFERENCES, "pooled-oracle")
 # What comes out of FedAvg's run: its global model, fine-tuned, and the local-only and linear baselines.
 FROM_FEDAVG = ("local-only", "linear", "fedavg", "fedavg+ft")
 TARGET_K = 5
@@ -154,10 +189,10 @@ class BenchmarkPlan:
     validation: bool = False  # score on the training side's validation factory (`fedmeta tune`), never held out
     curves: bool = True  # score the held-out factories after every round (False: after the last only)
 
-    def run_config(self, seed: int, algorithm: str = "maml") -> dict[str, object]:
-        """The Flower-style run config of one seed and federated algorithm, with its tuned values
-        (centralized MAML runs with MAML's)."""
-        tuned = self.tuned.get(algorithm, {})
+    def run_config(self, seed: int, algorithm: str = "maml", tuned_as: str | None = None) -> dict[str, object]:
+        """The Flower-style run config of one seed and federated algorithm, with the tuned values of
+        ``tuned_as`` (default: the algorithm's own; centralized MAML runs with MAML's)."""
+        tuned = self.tuned.get(tuned_as or algorithm, {})
         base = {
             "dataset": self.dataset,
             **self.family,
@@ -191,6 +226,9 @@ class BenchmarkPlan:
             return self.tree_params(method)
         if method in FULL_DATA_REFERENCES:
             return {"oracle-steps": self.oracle_steps, "reference": dataclasses.asdict(self.reference)}
+        if method in TREE_METHODS:
+            config = self.run_config(0, tree_algorithm(method), tuned_as=method)
+            return _tree_hyper_parameters(resolve_run_config(config), method)
         if method == "linear":  # nothing to tune: the penalty is chosen on each task's rows
             return {"ridge-penalty": "least leave-one-out error", "logistic-penalty": LOGISTIC_PENALTY}
         run = {"centralized-maml": "maml", "chosen": chosen_with(self)}.get(
@@ -200,6 +238,19 @@ class BenchmarkPlan:
         if method == "local-only":
             keys = ("local-only-steps", "local-only-lr")
         return {key: config[key] for key in keys}
+
+
+def tree_algorithm(method: str) -> str:
+    """The tree algorithm whose run settings a tree method boosts with (trees alone: xgb-bagging's)."""
+    return FEDERATED_TREES[0] if method == TREES_ALONE else method
+
+
+def _tree_hyper_parameters(config: Mapping[str, object], method: str) -> dict[str, object]:
+    if method == TREES_ALONE:
+        return {"tree-depth": config["tree-depth"], "tree-subsample": config["tree-subsample"],
+                "recipe": chosen_recipe(EvaluationSettings(), 0).name}
+    keys = ("tree-depth", "tree-rate", "tree-subsample", "local-trees")
+    return {**{key: config[key] for key in keys}, "recipe": "chosen per K by the training factories' query losses"}
 
 
 def plan_for(
@@ -487,10 +538,11 @@ class HeldOut:
         sampler = sampler_for(factory, k, self.evaluation.query_size, seed=self.evaluation.seed, stream=f"eval-k{k}")
         return sampler.sample(self.evaluation.tasks)
 
-    def query(self, score: Callable[[LoadedFactory, TaskBatch], list[dict[str, float]]]) -> dict[int, dict[str, float]]:
-        """``score`` of every factory's evaluation batch per K, averaged by query rows."""
+    def query(self, score: Callable[[LoadedFactory, TaskBatch], list[dict[str, float]]],
+              shots: Sequence[int] | None = None) -> dict[int, dict[str, float]]:
+        """``score`` of every factory's evaluation batch per K (of ``shots``, default all), averaged by query rows."""
         out: dict[int, dict[str, float]] = {}
-        for k in self.evaluation.shots:
+        for k in self.evaluation.shots if shots is None else shots:
             merged = weighted_metrics([record for f in self.factories for record in score(f, self.batch(f, k))])
             out[k] = {name: merged[name] for name in ("loss", "accuracy") if name in merged}
         return out
@@ -563,6 +615,29 @@ def _tree(held: HeldOut, train: Sequence[FactoryData], seed: int, name: str, par
     )
 
 
+def _query_scores(predictions: Tensor, batch: TaskBatch, kind: str) -> dict[str, float]:
+    """The query scores of ``predictions`` averaged over the batch's tasks, with the query rows that weigh them."""
+    scores = {name: float(values.mean()) for name, values in task_scores(predictions, batch, kind).items()}
+    return scores | {NUM_EXAMPLES: batch.query_y.numel()}
+
+
+def _boosted_trees(held: HeldOut, ensemble: bytes, settings: EvaluationSettings) -> Scored:
+    """Trees adapted as `evaluate_trees` adapts them: each K's recipe (`chosen_recipe`) boosted from ``ensemble``
+    on every task's support rows, scored on the task's query rows and on the field rows."""
+    kind = held.factories[0].source.task_kind
+
+    def at(k: int) -> Scored:
+        def predictor(factory: LoadedFactory) -> Predictor:
+            return tree_predictor(factory, ensemble, chosen_recipe(settings, k), settings)
+
+        return Scored(held.query(lambda factory, batch: [_query_scores(predictor(factory)(batch), batch, kind)], (k,)),
+                      held.field(lambda factory, batch, x: predictor(factory)(on_rows(batch, x)), (k,)))
+
+    per_k = [at(k) for k in settings.shots]
+    return Scored({k: v for scored in per_k for k, v in scored.query.items()},
+                  {k: v for scored in per_k for k, v in scored.field.items()})
+
+
 def _rounds_to(curve: Sequence[float], target: float, higher_better: bool) -> int | None:
     for index, value in enumerate(curve, start=1):
         if (value >= target) if higher_better else (value <= target):
@@ -573,10 +648,12 @@ def _rounds_to(curve: Sequence[float], target: float, higher_better: bool) -> in
 # --------------------------------------------------------------------------- running
 
 
-def _method_evaluation(plan: BenchmarkPlan, seed: int, method: str, shots: Sequence[int]) -> EvaluationSettings:
-    """The evaluation a federated method's run scores with: its own (tuned) steps and step sizes;
-    FedAvg's run also trains the local-only baseline where it is chosen."""
-    evaluation = ServerSettings.from_run_config(plan.run_config(seed, method)).evaluation
+def _method_evaluation(plan: BenchmarkPlan, seed: int, method: str, shots: Sequence[int],
+                       tuned_as: str | None = None) -> EvaluationSettings:
+    """The evaluation a federated method's run scores with: its own (tuned) steps and step sizes (tree methods:
+    the trees' depth and row share), or those ``tuned_as`` has; FedAvg's run also trains the local-only baseline
+    where it is chosen."""
+    evaluation = ServerSettings.from_run_config(plan.run_config(seed, method, tuned_as=tuned_as)).evaluation
     local_only = method == "fedavg" and "local-only" in plan.methods
     return dataclasses.replace(evaluation, shots=tuple(shots), algorithm=method,
                                local_only_steps=evaluation.local_only_steps if local_only else 0)
@@ -620,6 +697,39 @@ def _federated_step(
             field["chosen"] = held.field(_choice_outputs(run.params, run_eval, None))
     return {"scores": scores, "field": field, "federated": {"bytes_sent": run.bytes_sent, "curve": run.curve}}, \
         run.params
+
+
+def _tree_run_step(
+    plan: BenchmarkPlan, seed: int, method: str, held: HeldOut, evaluation: EvaluationSettings,
+    advance: Callable[[], None],
+) -> Step:
+    """One federated tree method's rounds (`tree_rounds`), its held-out factories scored after each K's chosen
+    recipe: its scores and field metrics, bytes, trees, recipes and round costs; the ensemble as its parameters."""
+    config = plan.run_config(seed, method)
+    run = run_tree_rounds(config, _factories(config, "train"), evaluation.shots, advance)
+    summary = run.summary()
+    scored = _boosted_trees(held, run.ensemble, recipe_settings(evaluation, summary["recipes"]))
+    return {"scores": {method: scored.query}, "field": {method: scored.field}, "tree_rounds": {method: summary}}, \
+        ensemble_tensor(run.ensemble)
+
+
+def _trees_alone_step(held: HeldOut, evaluation: EvaluationSettings) -> Step:
+    """XGBoost on each task's K rows alone: from no trees, the recipe of a federation that chose none."""
+    scored = _boosted_trees(held, EMPTY_ENSEMBLE, evaluation)
+    return {"scores": {TREES_ALONE: scored.query}, "field": {TREES_ALONE: scored.field}}, None
+
+
+def meta_learner(plan: BenchmarkPlan) -> str:
+    """The meta-learner a tree round's cost is set beside: the plan's first of `META_METHODS`, else MAML."""
+    return next((method for method in META_METHODS if method in plan.methods), META_METHODS[0])
+
+
+def _meta_round_step(plan: BenchmarkPlan, seed: int) -> Step:
+    """The mean seconds a training factory spends on one round's update of the plan's meta-learner."""
+    algorithm = meta_learner(plan)
+    config = plan.run_config(seed, algorithm)
+    seconds = meta_round_seconds(config, _factories(config, "train"))
+    return {"meta_round": {"algorithm": algorithm, "seconds": seconds}}, None
 
 
 def _timed(compute: Callable[[], Step]) -> Step:
@@ -692,6 +802,24 @@ def run_seed(
         _, central_params = record("centralized-maml", centralized, 0)
         final["centralized-maml"] = (central_params, central_eval)
         advance()
+    trees: dict[str, tuple[bytes, EvaluationSettings]] = {}  # each tree method's ensemble and adaptation
+    tree_rounds: dict[str, dict[str, object]] = {}
+    for method in (m for m in FEDERATED_TREES if m in plan.methods):
+        tree_eval = _method_evaluation(plan, seed, method, shots)
+        results, params = record(
+            method, lambda method=method, tree_eval=tree_eval: _tree_run_step(plan, seed, method, held, tree_eval,
+                                                                              advance), plan.rounds)
+        tree_rounds[method] = results["tree_rounds"][method]
+        trees[method] = (ensemble_of(params), recipe_settings(tree_eval, tree_rounds[method]["recipes"]))
+    if TREES_ALONE in plan.methods:
+        alone_eval = _method_evaluation(plan, seed, tree_algorithm(TREES_ALONE), shots, tuned_as=TREES_ALONE)
+        record(TREES_ALONE, lambda: _trees_alone_step(held, alone_eval), 0)
+        trees[TREES_ALONE] = (EMPTY_ENSEMBLE, alone_eval)
+        advance()
+    meta_round: dict[str, object] = {}
+    if tree_rounds:  # a tree round's cost to a factory, beside a meta-learning round's on the same factories
+        meta_round = record("meta-round", lambda: _meta_round_step(plan, seed), 0)[0]["meta_round"]
+        advance()
     train = [factory.data for factory in _factories(config, "train")]
     references: dict[str, Callable[[], Scored]] = {
         name: (lambda name=name: _tree(held, train, seed, name, plan.tree_params(name))) for name in TREE_REFERENCES
@@ -710,18 +838,21 @@ def run_seed(
     engines = {}
     if plan.dataset in CMAPSS_TRANSFERS and not plan.validation:  # the engine tables adapt to the real target
         results, _ = record("engine-shots", lambda: ({"engine_shots": _engine_shots(plan, held_out[0].source, seed,
-                                                                                     final)}, None), 0)
+                                                                                     final, trees)}, None), 0)
         engines = results["engine_shots"]
     return {"seed": seed, "task_kind": task_kind, "shots": list(shots), "target": target, "scores": scores,
-            "field": field, "engine_shots": engines, "federated": federated, "seconds": seconds,
+            "field": field, "engine_shots": engines, "federated": federated, "tree_rounds": tree_rounds,
+            "meta_round": meta_round, "seconds": seconds,
             "held_out": [f.data.name for f in held_out], "train_factories": len(train)}
 
 
 def _engine_shots(
     plan: BenchmarkPlan, source: DataSource, seed: int,
     final: Mapping[str, tuple[Mapping[str, Tensor], EvaluationSettings]],
+    trees: Mapping[str, tuple[bytes, EvaluationSettings]],
 ) -> dict[str, dict[int, dict[str, float]]]:
-    """C-MAPSS adapted on K whole target engines (`engine_shots`), every chosen method."""
+    """C-MAPSS adapted on K whole target engines (`engine_shots`), every chosen method (``trees``: each tree
+    method's ensemble and adaptation settings, `tree_rounds.engine_predictor`)."""
     engines = EngineShots(source, seed, transfer=CMAPSS_TRANSFERS[plan.dataset])
 
     def adapted(run: str, steps: int | None = None) -> dict[int, dict[str, float]]:
@@ -733,6 +864,8 @@ def _engine_shots(
         "fedavg+ft": lambda: adapted("fedavg"),
         "local-only": lambda: engines.score(engines.local_only(final["fedavg"][1])),
         **{method: (lambda method=method: adapted(method)) for method in (*META_METHODS, "centralized-maml")},
+        **{method: (lambda method=method: engines.score(engine_predictor(source, *trees[method])))
+           for method in trees},
         **{name: (lambda name=name: engines.score(engines.gradient_boosting(seed, name, plan.tree_params(name))))
            for name in TREE_REFERENCES},
         "oracle": lambda: engines.full_data(plan.reference),
@@ -761,6 +894,34 @@ def _per_seed_summary(runs: Sequence[Mapping[str, object]], key: str) -> dict[st
     }
 
 
+def _steps_per_seed(plan: BenchmarkPlan) -> int:
+    """The progress ticks of one seed: a round of each federated run (trees too), and every other step."""
+    federated_trees = sum(method in plan.methods for method in FEDERATED_TREES)
+    rounds = (len(_federated_runs(plan)) + federated_trees) * plan.rounds
+    others = ("centralized-maml", TREES_ALONE, *REFERENCES)
+    return rounds + sum(name in plan.methods for name in others) + (federated_trees > 0)  # the meta-round
+
+
+def _tree_round_summary(runs: Sequence[Mapping[str, object]]) -> dict[str, dict[str, object]]:
+    """Per federated tree method, over seeds: bytes sent, trees, each seed's recipes, and the seconds a factory
+    spends on a tree round's update (a boosting round; the last, which also scores the recipes) beside one
+    meta-learning round's update of the same factories."""
+    out = {}
+    for method in runs[0].get("tree_rounds", {}):
+        seeds = [run["tree_rounds"][method] for run in runs]
+        boosting = [entry["round_seconds"] for entry in seeds]
+        out[method] = {
+            "bytes_sent": _summary([entry["bytes_sent"] for entry in seeds]),
+            "trees": [entry["trees"] for entry in seeds],
+            "recipes": [entry["recipes"] for entry in seeds],
+            "round_seconds": None if None in boosting else _summary(boosting),  # None: one round, the last
+            "recipe_round_seconds": _summary([entry["recipe_round_seconds"] for entry in seeds]),
+            "meta_algorithm": runs[0]["meta_round"]["algorithm"],
+            "meta_round_seconds": _summary([run["meta_round"]["seconds"] for run in runs]),
+        }
+    return out
+
+
 def run_benchmark(
     plan: BenchmarkPlan, *, progress: Callable[[int, int], None] | None = None, records: SeedRecords | None = None,
 ) -> dict[str, object]:
@@ -770,8 +931,7 @@ def run_benchmark(
     what was recorded before is loaded instead of run; ``seconds`` is then the sum of the seeds' own
     wall times, a seed resumed midway counting its loaded steps' recorded times.
     """
-    steps_per_seed = (len(_federated_runs(plan)) * plan.rounds + ("centralized-maml" in plan.methods)
-                      + sum(name in plan.methods for name in REFERENCES))
+    steps_per_seed = _steps_per_seed(plan)
     total = len(plan.seeds) * steps_per_seed
     done = 0
 
@@ -844,6 +1004,7 @@ def run_benchmark(
         "engine_shots": _per_seed_summary(runs, "engine_shots") if first["engine_shots"] else {},
         "engine_transfer": list(CMAPSS_TRANSFERS.get(plan.dataset, ())),
         "federated": federated,
+        "tree_rounds": _tree_round_summary(runs),
         "seconds": sum(seed_seconds),
         "seconds_per_seed": seed_seconds,
         "seed_commits": seed_commits,

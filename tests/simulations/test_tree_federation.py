@@ -1,12 +1,15 @@
 """Federated trees in the real Flower simulation: a resumed xgb-bagging run ends with the ensemble an
 uninterrupted one ends with, byte for byte; the last round chooses a recipe for each K from the factories'
-query losses; the held-out table has the trees' rows; an xgb-cyclic run grows one factory's trees a round."""
+query losses; the run's model package holds the ensemble and those recipes; the held-out table has the trees'
+rows; an xgb-cyclic run grows one factory's trees a round."""
 
 from __future__ import annotations
 
 import json
 
+from fedmeta.common.package.model_package import load_package
 from fedmeta.common.trees.ensemble import load_ensemble
+from fedmeta.common.trees.settings import TreeRecipe
 from fedmeta.server import RunDirectory
 from fedmeta.simulations import final_evaluation, run_federated_simulation
 
@@ -32,6 +35,10 @@ def test_a_resumed_bagging_run_ends_with_the_same_ensemble_and_chooses_recipes(t
                                                                              "train/tree-recipe-k10"}
     recorded = json.loads(RunDirectory(whole / "xgb-bagging").load_checkpoint(3).metadata["tree-recipes"])
     assert recorded == {"5": last["train/tree-recipe-k5"], "10": last["train/tree-recipe-k10"]}
+    package = load_package(whole / "xgb-bagging" / "model")
+    assert package.ensemble == _ensemble(whole / "xgb-bagging", 3)
+    assert package.manifest.trees.recipes == {int(k): TreeRecipe.parse(name) for k, name in recorded.items()}
+    assert load_package(split / "xgb-bagging" / "model").manifest.weights_sha256 == package.manifest.weights_sha256
     held_out = final_evaluation(whole / "xgb-bagging")
     for key in ("eval/loss-k0", "eval/loss-k5", "eval/linear-loss-k5", "eval/chosen-loss-k10"):
         assert key in held_out, key

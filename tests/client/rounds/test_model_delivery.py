@@ -1,5 +1,6 @@
 """The final model package reaches a factory: stored under its model folder per run and round, checked by
-its hash, never written over, and the factory's reply says only whether it stored it."""
+its hash, never written over, and the factory's reply says only whether it stored it. A tree run's package
+travels as its ensemble; a finished run resumed for more rounds moves its earlier package aside."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ from fedmeta.client import make_client_app
 from fedmeta.common import EvaluationSettings, pack_meta_parameters, source_from_config
 from fedmeta.common.federation import protocol
 from fedmeta.common.package.model_package import PackageError, load_package
+from fedmeta.common.trees.ensemble import boost, booster_params
+from fedmeta.common.trees.settings import TreeSettings
+from fedmeta.common.trees.shape import tree_shape
 from fedmeta.server import RunDirectory, initial_meta_parameters
-from fedmeta.server.package import write_run_package
+from fedmeta.server.package import write_run_package, write_tree_package
 from fedmeta.server.strategy.fedmeta import model_records
+from fedmeta.server.strategy.trees import ensemble_records
 from tests.support.flower_messages import delivered
 
 RUN_CONFIG = {"family": "quality", "num-factories": 3, "num-held-out": 1, "device": "cpu"}
@@ -32,8 +37,10 @@ def _run_package(tmp_path):
 
 def _deliver(app, package, node_config, weights_change: float = 0.0):
     weights = {name: t + weights_change for name, t in package.weights.items()}
+    model = ensemble_records(package.ensemble) if package.manifest.trees else \
+        model_records(pack_meta_parameters(weights, package.inner_lrs))
     records = {
-        **model_records(pack_meta_parameters(weights, package.inner_lrs)),
+        **model,
         protocol.CONFIG: ConfigRecord({protocol.MANIFEST: json.dumps(package.manifest.to_json())}),
     }
     context = Context(run_id=1, node_id=3, node_config=node_config, state=RecordDict(), run_config={})
@@ -90,3 +97,37 @@ def test_a_damaged_or_different_package_is_refused_and_nothing_stored_is_changed
 def test_a_node_without_a_model_folder_says_it_stored_nothing(tmp_path):
     reply = _deliver(make_client_app(RUN_CONFIG), _run_package(tmp_path), {"partition-id": 3})
     assert not reply.has_error() and dict(reply.content["metrics"]) == {"stored": 0}
+
+
+def test_a_finished_run_resumed_for_more_rounds_moves_its_earlier_package_aside(tmp_path):
+    first = _run_package(tmp_path)
+    run_dir = RunDirectory(tmp_path / "run-7")
+    run_dir.append_metrics({"round": 6, "eval/loss-k5": 0.2})
+    params = {n: t * 0.5 for n, t in pack_meta_parameters(first.weights, first.inner_lrs).items()}
+    later = write_run_package(run_dir, params, source_from_config(RUN_CONFIG),
+                              EvaluationSettings(algorithm="metasgd", steps=10, lr=0.05), round=6)
+    assert load_package(tmp_path / "run-7" / "model").manifest.round == 6 == later.manifest.round
+    aside = load_package(tmp_path / "run-7" / "model-round-000004")
+    assert aside.manifest.weights_sha256 == first.manifest.weights_sha256  # kept, not overwritten
+
+
+def _tree_package(tmp_path):
+    source = source_from_config(RUN_CONFIG)
+    shape = tree_shape(source.model_config, source.task_kind)
+    x = torch.randn(60, shape.num_feature).double().numpy()
+    trees = boost(None, x, x[:, 0], booster_params(shape, TreeSettings(), rate=0.3, seed=0), 4, kind="regression")
+    run_dir = RunDirectory(tmp_path / "run-8")
+    run_dir.append_metrics({"round": 4, "eval/loss-k5": 0.4})
+    evaluation = EvaluationSettings(algorithm="xgb-bagging", tree_recipes=("5=5x0.3", "10=20x0.1"))
+    return write_tree_package(run_dir, bytes(trees.save_raw("json")), source, evaluation, round=4)
+
+
+def test_a_tree_runs_package_reaches_the_factory_as_its_ensemble_and_recipes(tmp_path):
+    package = _tree_package(tmp_path)
+    assert package.manifest.trees.recipes[5].name == "5x0.3" and package.manifest.metrics == {"loss-k5": 0.4}
+    models = tmp_path / "plant-models"
+    reply = _deliver(make_client_app(RUN_CONFIG), package, {"partition-id": 3, "model-dir": str(models)})
+    assert not reply.has_error(), reply.error
+    assert dict(reply.content["metrics"]) == {"stored": 1}
+    stored = load_package(models / "run-8" / "round-000004")
+    assert stored.ensemble == package.ensemble and stored.manifest.to_json() == package.manifest.to_json()

@@ -1,0 +1,156 @@
+"""Federated trees (``xgb-bagging``, ``xgb-cyclic``) in-process for ``fedmeta benchmark``, as `scaling.PlainLoop`
+runs the networks: the same client and server code, without Flower.
+
+Each round the round's training factories (bagging: every one; cyclic: one, in turn by factory key, the
+factory `TreeStrategy.sample_train` picks) run the client's own `tree_update` on their rows from the global
+ensemble, and the server's own `check_reply` and `append_replies` check their trees and append them in
+factory-key order. The last round asks each factory to score the adaptation recipes on K-shot tasks of its
+rows, and `best_recipes` keeps one per K, as `server.run` does. A held-out factory then adapts as
+`client.rounds.evaluation.evaluate_trees` does: its K's chosen recipe boosted from the ensemble on its K
+rows (`tree_predictor`, `chosen_recipe`).
+
+Every factory's update is timed, and one meta-learning round's update (`client.app.local_update`) of the
+same factories, so the report can set what a tree round costs a factory beside a network's round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fedmeta.client import LoadedFactory, local_update, node_device
+from fedmeta.client.rounds.trees import chosen_recipe, factory_tree_shape, tree_predictor, tree_update
+from fedmeta.common import DataSource, EvaluationSettings, FactoryData, RoundSettings, TaskBatch
+from fedmeta.common.trees.continuation import best_recipes
+from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, num_rounds
+from fedmeta.common.trees.settings import TreeRecipe
+from fedmeta.server import ServerSettings, initial_meta_parameters
+from fedmeta.server.strategy.trees import append_replies, check_reply
+
+__all__ = [
+    "TreeRun",
+    "engine_predictor",
+    "ensemble_of",
+    "ensemble_tensor",
+    "meta_round_seconds",
+    "recipe_settings",
+    "round_factories",
+    "run_tree_rounds",
+]
+
+ENSEMBLE = "ensemble"  # a tree step's trained parameters: the ensemble's JSON bytes as one uint8 tensor
+
+
+@dataclass
+class TreeRun:
+    """A federation's trees after its rounds, the recipe it chose for each K, what the factories sent and how
+    long each factory's update took (``update_seconds``: per round, one value per factory that trained)."""
+
+    ensemble: bytes
+    recipes: dict[int, TreeRecipe]
+    bytes_sent: int
+    trees: int
+    update_seconds: list[list[float]]
+
+    def summary(self) -> dict[str, object]:
+        """What the results keep: the trees' bytes and count, the recipes, and the mean seconds a factory spends
+        on a round's update: a boosting round (``None`` with one round: the last one alone) and the last, which
+        also scores the recipes."""
+        boosting = [seconds for round_seconds in self.update_seconds[:-1] for seconds in round_seconds]
+        return {
+            "bytes_sent": self.bytes_sent,
+            "trees": self.trees,
+            "recipes": {str(k): recipe.name for k, recipe in self.recipes.items()},
+            "round_seconds": statistics.fmean(boosting) if boosting else None,
+            "recipe_round_seconds": statistics.fmean(self.update_seconds[-1]),
+        }
+
+
+def round_factories(factories: Sequence[LoadedFactory], server_round: int, *, cyclic: bool) -> list[LoadedFactory]:
+    """The factories that boost in ``server_round``, in factory-key order: every one (bagging), or one in turn
+    (cyclic), the rule of `TreeStrategy.sample_train` with every training factory sampled."""
+    ordered = sorted(factories, key=lambda factory: factory.data.name)
+    return [ordered[(server_round - 1) % len(ordered)]] if cyclic else ordered
+
+
+def _timed_update(factory: LoadedFactory, ensemble: bytes,
+                  settings: RoundSettings) -> tuple[tuple[bytes, dict[str, float]], float]:
+    """The factory's reply (`tree_update`: its new trees and metrics) and the seconds it took."""
+    started = time.perf_counter()
+    reply = tree_update(factory, ensemble, settings)
+    return reply, time.perf_counter() - started
+
+
+def run_tree_rounds(config: Mapping[str, object], factories: Sequence[LoadedFactory], shots: Sequence[int],
+                    advance: Callable[[], None]) -> TreeRun:
+    """The run's rounds of its tree algorithm on ``factories`` (the training ones), the last one scoring the
+    recipes for ``shots``; ``advance`` is called after each round."""
+    settings = ServerSettings.from_run_config(config)
+    tree_settings, shape = settings.round.tree_settings(), factory_tree_shape(factories[0])
+    cyclic = settings.round.algorithm == "xgb-cyclic"
+    ensemble, sent, seconds = EMPTY_ENSEMBLE, 0, []
+    recipes: dict[int, TreeRecipe] = {}
+    for server_round in range(1, settings.num_rounds + 1):
+        chosen = round_factories(factories, server_round, cyclic=cyclic)
+        last = server_round == settings.num_rounds
+        round_settings = dataclasses.replace(settings.round, server_round=server_round, tree_factories=len(chosen),
+                                             recipe_shots=tuple(shots) if last else ())
+        replies, took = zip(*(_timed_update(factory, ensemble, round_settings) for factory in chosen), strict=True)
+        for trees, metrics in replies:  # honest factories: a rejected reply is a bug here, never left out
+            check_reply(trees, metrics, shape, tree_settings, max_leaf=settings.sampling.max_delta_norm)
+        ensemble, merged = append_replies(ensemble, replies)
+        if last:
+            recipes = best_recipes(merged, shots)
+        sent += sum(len(trees) for trees, _ in replies)
+        seconds.append(list(took))
+        advance()
+    return TreeRun(ensemble, recipes, sent, num_rounds(ensemble) * shape.groups, seconds)
+
+
+def recipe_settings(evaluation: EvaluationSettings, recipes: Mapping[int | str, str]) -> EvaluationSettings:
+    """``evaluation`` with the federation's recipe for each K (``{K: name}``), as the server sends it."""
+    return dataclasses.replace(evaluation, tree_recipes=tuple(f"{k}={name}" for k, name in recipes.items()))
+
+
+def ensemble_tensor(ensemble: bytes) -> dict[str, Tensor]:
+    """The ensemble as a step's trained parameters (`seed_records`)."""
+    return {ENSEMBLE: torch.frombuffer(bytearray(ensemble), dtype=torch.uint8)}
+
+
+def ensemble_of(params: Mapping[str, Tensor]) -> bytes:
+    """The ensemble `ensemble_tensor` holds."""
+    return params[ENSEMBLE].numpy().tobytes()
+
+
+def meta_round_seconds(config: Mapping[str, object], factories: Sequence[LoadedFactory]) -> float:
+    """The mean seconds a factory spends on one round's update of the run's meta-learner (`local_update` from
+    the seeded first global model, the run's settings), over ``factories``."""
+    settings = ServerSettings.from_run_config(config).round
+    params = initial_meta_parameters(factories[0].source, settings.algorithm, settings.inner_lr, settings.seed)
+    device, first_round = node_device({}, config), dataclasses.replace(settings, server_round=1)
+    seconds = []
+    for factory in factories:
+        started = time.perf_counter()
+        local_update(factory, params, first_round, device)
+        seconds.append(time.perf_counter() - started)
+    return statistics.fmean(seconds)
+
+
+def engine_predictor(source: DataSource, ensemble: bytes,
+                     settings: EvaluationSettings) -> Callable[[FactoryData, Tensor], Tensor]:
+    """`engine_shots.EngineShots`' predictor for trees: the recipe chosen for the K nearest the target engines'
+    window count (`chosen_recipe`) boosted from ``ensemble`` on all those windows, predicting ``x [n, ...]``."""
+
+    def predict(engines: FactoryData, x: Tensor) -> Tensor:
+        batch = TaskBatch(engines.x[None], engines.y[None], x[None], engines.y.new_zeros(1, len(x)))
+        recipe = chosen_recipe(settings, len(engines.y))
+        factory = LoadedFactory(engines, "evaluate", source)
+        return tree_predictor(factory, ensemble, recipe, settings)(batch)[0]
+
+    return predict
