@@ -122,7 +122,8 @@ def benchmark(
         str, typer.Option(click_type=click.Choice(list(ADAPTATION_RECIPES)), help=RUN_SETTINGS["eval-recipe"].help)
     ] = "fixed",
     methods: Annotated[
-        str | None, typer.Option(help="Comma-separated methods to run (default: all).", show_default=False)
+        str | None, typer.Option(help="Comma-separated methods to run (default: all; e.g. maml,xgb-bagging,"
+                                 "xgb-cyclic,trees-alone,gradient-boosting).", show_default=False)
     ] = None,
     shots: Annotated[
         str | None, typer.Option(help="Comma-separated K values (default: the data set's).", show_default=False)
@@ -140,7 +141,8 @@ def benchmark(
     ] = None,
 ) -> None:
     """Few-shot quality of local-only, FedAvg(+FT), federated MAML/FOMAML/Reptile/Meta-SGD, centralized MAML,
-    tree models and full-data oracles on the held-out factories, per K; mean and std over seeds."""
+    federated XGBoost trees (bagging, cyclic) and trees on the K rows alone, pooled tree models and full-data
+    oracles on the held-out factories, per K; mean and std over seeds."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     # Imports torch, scikit-learn and the data sets: only when benchmarking.

@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedmeta.client.floor.candidates import candidate_names, fit_candidate
+from fedmeta.client.floor.candidates import FittedTrees, candidate_names, fit_candidate
 from fedmeta.common import Recipe, TaskBatch, expected_f1_threshold, prior_shift, support_folds
 from fedmeta.common.data.connector import DataSchema
 from fedmeta.common.data.connector.windows import Windows
 from fedmeta.common.data.scaling import FeatureScaling, TargetScaling
 from fedmeta.common.meta.adaptation_recipe import MAX_FOLDS, fold_batch
-from fedmeta.common.package.model_package import Manifest, ModelPackage, PackageSchema
+from fedmeta.common.package.model_package import BOOSTED, CLOSED_FORM, Manifest, ModelPackage, PackageSchema
 
 __all__ = [
     "AdaptationReport",
@@ -132,12 +132,16 @@ class AdaptationReport:
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds tensors
 class AdaptedPackage:
-    """What `adapt_package` gives: the adapted weights (Meta-SGD rates kept), its manifest and report."""
+    """What `adapt_package` gives: the adapted weights (Meta-SGD rates kept) or trees, its manifest and report."""
 
     weights: dict[str, Tensor]
     inner_lrs: dict[str, Tensor]
     manifest: Manifest
     report: AdaptationReport
+    ensemble: bytes = b""
+
+    def package(self) -> ModelPackage:
+        return ModelPackage(self.weights, self.inner_lrs, self.manifest, ensemble=self.ensemble)
 
 
 def stratified_units(y: Tensor, kind: str) -> Tensor:
@@ -272,7 +276,7 @@ def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | No
     if not 2 <= rows <= total:
         raise ValueError(f"--rows must be between 2 and the table's {total} labelled {examples}, got {rows}")
     kind = manifest.schema.task
-    names = candidate_names(kind)
+    names = candidate_names(kind, trees=manifest.trees is not None)
     if keep is not None and keep not in names:
         raise ValueError(f"--keep must name one of the candidates {list(names)}, got {keep!r}")
     scaling = FeatureScaling.fit(x)
@@ -297,11 +301,15 @@ def adapt_package(package: ModelPackage, x: Tensor, y: Tensor, *, rows: int | No
     schema = manifest.schema
     if windows is not None:  # how the windows were read: predict and update rebuild them the same way
         schema = dataclasses.replace(schema, group_column=windows.group_column, time_column=windows.time_column)
-    network = fitted.model.config == manifest.model  # the package's own architecture (adapted, or from scratch)
-    adaptation = manifest.adaptation if network else dataclasses.replace(manifest.adaptation, algorithm="closed-form")
-    adapted = dataclasses.replace(manifest, schema=schema, model=fitted.model.config, adaptation=adaptation,
-                                  scaling=scaling, target_scaling=target, lineage=lineage, weights_sha256="",
-                                  versions={}, decision=decision, chosen=chosen,
+    trees = fitted if isinstance(fitted, FittedTrees) else None
+    # the package's own network (adapted, or from scratch) keeps its recipe; a solved head or trees theirs
+    network = trees is None and manifest.trees is None and fitted.model.config == manifest.model
+    algorithm = manifest.adaptation.algorithm if network else BOOSTED if trees else CLOSED_FORM
+    adapted = dataclasses.replace(manifest, schema=schema, model=fitted.model.config, scaling=scaling,
+                                  adaptation=dataclasses.replace(manifest.adaptation, algorithm=algorithm),
+                                  trees=None if trees is None else trees.plan, target_scaling=target,
+                                  lineage=lineage, weights_sha256="", versions={}, decision=decision, chosen=chosen,
                                   metrics={f"{name}/{metric}": value for name, values in scores.items()
                                            for metric, value in values.items()})
-    return AdaptedPackage(weights, dict(package.inner_lrs) if network else {}, adapted, report)
+    return AdaptedPackage(weights, dict(package.inner_lrs) if network else {}, adapted, report,
+                          b"" if trees is None else trees.ensembles[0])

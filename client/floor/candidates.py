@@ -13,6 +13,13 @@ fold it did not see, and keeps the best (`client.floor.adapt`). The candidates:
 - ``closed-form head``: the package's learned features beside those inputs with a linear head solved on the
   rows (`common.meta.closed_form_head`), as R2-D2 adapts (Bertinetto et al., ICLR 2019), at feature
   scale 1 and the same penalty rule.
+- ``trees alone``: gradient-boosted trees on the rows alone (`TREES_ALONE`: 20 trees of depth 3 at rate 0.3,
+  XGBoost), the other model a factory would build itself.
+
+A tree package (the federation's gradient-boosted trees) is ``adapted`` by boosting more trees on the rows,
+as many and at the rate the federation chose for that many rows (`common.trees.continuation`), and
+``unadapted`` as it is; it has no learned features for a closed-form head, and its ``rows alone`` model is
+``trees alone``.
 
 The linear candidates are packages of the same architecture with the head reading the inputs too
 (`common.meta.models.ModelConfig.skip_inputs`): least squares is the closed-form head at feature scale 0.
@@ -38,14 +45,22 @@ from fedmeta.common import (
     query_metrics,
 )
 from fedmeta.common.meta.adaptation import Adaptation, initial_weights
+from fedmeta.common.meta.algorithms import task_scores
 from fedmeta.common.meta.closed_form_head import solve_head
-from fedmeta.common.meta.models import PENALTY, MetaModel
+from fedmeta.common.meta.models import PENALTY, MetaModel, ModelConfig
 from fedmeta.common.package.model_package import ModelPackage
+from fedmeta.common.package.tree_model import TreeModel
+from fedmeta.common.trees.continuation import continue_boosting
+from fedmeta.common.trees.settings import TreePlan, TreeRecipe, TreeSettings
+from fedmeta.common.trees.shape import tree_shape
 
 __all__ = [
     "CANDIDATES",
     "LOCAL_ONLY_STEPS",
+    "TREES_ALONE",
     "Fitted",
+    "FittedTrees",
+    "boosted_trees",
     "candidate_names",
     "fit_candidate",
     "linear_name",
@@ -54,6 +69,8 @@ __all__ = [
 ]
 
 LOCAL_ONLY_STEPS = 100  # the rows-alone network: seeded fresh weights, this many steps at the package's step size
+# Trees on a factory's rows alone: shallow (a few rows), at a rate that fits them in 20 trees.
+TREES_ALONE = TreePlan(TreeSettings(depth=3, subsample=1.0), {1: TreeRecipe(20, 0.3)})
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds tensors
@@ -75,6 +92,41 @@ class Fitted:
         return query_metrics(self.model, self.params, batch, kind)
 
 
+@dataclass(frozen=True)
+class FittedTrees:
+    """A tree candidate: its ensemble (XGBoost JSON) for each of ``T`` tasks, reading what a network of
+    ``config`` reads, and the plan an update continues it by."""
+
+    ensembles: tuple[bytes, ...]
+    config: ModelConfig
+    kind: str
+    plan: TreePlan
+    recipe: Recipe | None = None  # no gradient steps
+
+    @property
+    def model(self) -> TreeModel:
+        """Task 0's trees as a model."""
+        return TreeModel(self.ensembles[0], self.config, self.kind)
+
+    def task_weights(self, task: int) -> dict[str, Tensor]:
+        return {}  # trees have no weights: their model is the ensemble
+
+    def scores(self, batch: TaskBatch, kind: str) -> dict[str, float]:
+        predictions = torch.stack([TreeModel(ensemble, self.config, kind)(batch.query_x[task])
+                                   for task, ensemble in enumerate(self.ensembles)])
+        return {f"query_{name}": float(values.mean()) for name, values in task_scores(predictions, batch, kind).items()}
+
+
+def boosted_trees(start: bytes, plan: TreePlan, recipe: TreeRecipe, config: ModelConfig, kind: str,
+                  batch: TaskBatch, seed: int) -> FittedTrees:
+    """``start`` (empty: no trees) continued on each task's support rows by ``recipe``, boosting as ``plan`` says
+    (which an update then follows)."""
+    shape = tree_shape(config, kind)
+    ensembles = tuple(continue_boosting(start, batch.support_x[task], batch.support_y[task], shape, plan.settings,
+                                        recipe, seed=seed + task) for task in range(batch.num_tasks))
+    return FittedTrees(ensembles, config, kind, plan)
+
+
 def package_adaptation(package: ModelPackage) -> Adaptation:
     """The package's weights, step sizes (Meta-SGD: its learned ones) and adapted parameters."""
     manifest = package.manifest
@@ -94,19 +146,35 @@ def rows_alone_adaptation(package: ModelPackage, seed: int) -> Adaptation:
                       model.forward_parameter_names())
 
 
-Fit = Callable[[ModelPackage, TaskBatch, int, tuple[Recipe, ...]], Fitted]
+Fit = Callable[[ModelPackage, TaskBatch, int, tuple[Recipe, ...]], Fitted | FittedTrees]
 
 
 def linear_name(kind: str) -> str:
     return "least squares" if kind == "regression" else "logistic regression"
 
 
-def candidate_names(kind: str) -> tuple[str, ...]:
-    """Every candidate for a task ``kind``, in the order ties are broken in (the federation's first)."""
-    return ("adapted", "unadapted", "closed-form head", linear_name(kind), "rows alone")
+def candidate_names(kind: str, trees: bool = False) -> tuple[str, ...]:
+    """Every candidate for a task ``kind`` (of a tree package: ``trees``), in the order ties are broken in (the
+    federation's first)."""
+    if trees:
+        return ("adapted", "unadapted", linear_name(kind), "trees alone")
+    return ("adapted", "unadapted", "closed-form head", linear_name(kind), "rows alone", "trees alone")
+
+
+def _support_rows(batch: TaskBatch) -> int:
+    return batch.support_y.shape[1]
+
+
+def _tree_package(package: ModelPackage, batch: TaskBatch, seed: int, boost: bool) -> FittedTrees:
+    """The package's trees continued by the federation's recipe for the rows' count (``boost``), or as they are."""
+    manifest, plan = package.manifest, package.manifest.trees
+    recipe = plan.recipe_for(_support_rows(batch)) if boost else TreeRecipe(0, 0.0)
+    return boosted_trees(package.ensemble, plan, recipe, manifest.model, manifest.schema.task, batch, seed)
 
 
 def _adapted(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> Fitted:
+    if package.manifest.trees is not None:
+        return _tree_package(package, batch, seed, boost=True)
     adaptation, plan = package_adaptation(package), package.manifest.adaptation
     if plan.recipe != "cross-validated" or plan.steps == 0:
         return Fitted(adaptation.model, adaptation.adapt(batch, plan.steps), Recipe(plan.steps))
@@ -115,6 +183,8 @@ def _adapted(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tup
 
 
 def _unadapted(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> Fitted:
+    if package.manifest.trees is not None:
+        return _tree_package(package, batch, seed, boost=False)
     adaptation = package_adaptation(package)
     return Fitted(adaptation.model, adaptation.adapt(batch, 0), Recipe(0))
 
@@ -146,6 +216,12 @@ def _solved_head(feature_scale: float) -> Fit:
     return fit
 
 
+def _trees_alone(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> FittedTrees:
+    manifest = package.manifest
+    recipe = TREES_ALONE.recipe_for(_support_rows(batch))
+    return boosted_trees(b"", TREES_ALONE, recipe, manifest.model, manifest.schema.task, batch, seed)
+
+
 CANDIDATES: dict[str, Fit] = {
     "adapted": _adapted,
     "unadapted": _unadapted,
@@ -153,11 +229,12 @@ CANDIDATES: dict[str, Fit] = {
     "least squares": _solved_head(0.0),
     "logistic regression": _solved_head(0.0),
     "rows alone": _rows_alone,
+    "trees alone": _trees_alone,
 }
 
 
 def fit_candidate(name: str, package: ModelPackage, batch: TaskBatch, seed: int,
-                  recipes: tuple[Recipe, ...]) -> Fitted:
+                  recipes: tuple[Recipe, ...]) -> Fitted | FittedTrees:
     """Candidate ``name`` fitted on each task's support rows of ``batch`` (targets as the package
     predicts them: standardised where it standardises them); ``recipes`` are the adapted candidate's
     choices where its recipe is cross-validated."""

@@ -33,7 +33,7 @@ from fedmeta.common.data.connector import (
     validate_table,
 )
 from fedmeta.common.data.connector.windows import Windows, read_window_table
-from fedmeta.common.package.model_package import Manifest, ModelPackage, PackageError, load_package, save_package
+from fedmeta.common.package.model_package import Manifest, ModelPackage, PackageError, load_package, write_package
 
 __all__ = ["REPORT_FILE", "adapt", "export", "optimize", "predict", "update"]
 
@@ -124,13 +124,14 @@ def adapt(
         str | None,
         typer.Option(help="Keep this candidate instead of the one of least held-out error (with a warning): "
                      "adapted, unadapted, closed-form head, least squares (regression), logistic regression "
-                     "(classification), rows alone.", show_default=False),
+                     "(classification), rows alone, trees alone; a tree package's: adapted, unadapted, least "
+                     "squares or logistic regression, trees alone.", show_default=False),
     ] = None,
 ) -> None:
     """Adapt a model package to this factory's labelled rows: every candidate model (the package adapted with
     its recipe, unadapted, a closed-form head on its features, least squares or logistic regression on the
-    rows, the network trained on the rows alone) is scored on held-out folds of the rows, and the best is
-    written."""
+    rows, the network and gradient-boosted trees trained on the rows alone) is scored on held-out folds of the
+    rows, and the best is written."""
     console = Console()
     with exit_on_errors(console, PackageError, SchemaError, DataValidationError, ValueError):
         package = _package(model, console)
@@ -140,7 +141,7 @@ def adapt(
         adapted = adapt_package(package, x, y, rows=rows, table=data.name, failure_rate=failure_rate,
                                 failure_class=failure_class, windows=windows, keep=keep)
         report_text = json.dumps(adapted.report.to_json(), indent=2)
-        save_package(out, adapted.weights, adapted.inner_lrs, adapted.manifest, extras={REPORT_FILE: report_text})
+        write_package(out, adapted.package(), extras={REPORT_FILE: report_text})
     _print_report(adapted.report, console)
     decision = adapted.manifest.decision
     if decision is not None:

@@ -9,13 +9,16 @@ exported without scaling and says so), the model, and for classification the sof
 factory's units in float64 where the package standardises its target). The number of rows is free.
 Exported with PyTorch's ``torch.export``-based exporter; after writing, onnxruntime runs the file on
 check rows and its outputs must match torch's within `TOLERANCE` (in the model's own output units: a
-prediction in the factory's units is divided by its target's spread), or nothing is written.
+prediction in the factory's units is divided by its target's spread), or nothing is written. A tree package's
+graph is built around onnxmltools' conversion of its trees (`client.floor.export_trees`) and checked the same
+way against `fedmeta predict`'s outputs.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +68,19 @@ class ExportResult:
     scaled: bool
 
 
+def _onnx_writer(package: ModelPackage, module: _Deployable, check: Tensor) -> Callable[[str], None]:
+    """What writes the ONNX file: torch's exporter for a network, the tree graph for trees."""
+    if package.manifest.trees is not None:
+        from fedmeta.client.floor.export_trees import tree_onnx  # onnxmltools: only for a tree package
+
+        model = tree_onnx(package)
+        return lambda path: Path(path).write_bytes(model.SerializeToString())
+    name = "probabilities" if module.classification else "prediction"
+    program = torch.onnx.export(module, (check[:2],), input_names=["features"], output_names=[name],
+                                dynamic_shapes=({0: torch.export.Dim("rows")},), dynamo=True, verbose=False)
+    return program.save
+
+
 def export_onnx(package: ModelPackage, out: Path, check: Tensor | None = None) -> ExportResult:
     """Write ``package`` as ONNX to the new file ``out``; ``check`` rows (raw features; default: 64 random
     rows around the scaling) must give the same outputs in onnxruntime as in torch."""
@@ -85,14 +101,12 @@ def export_onnx(package: ModelPackage, out: Path, check: Tensor | None = None) -
         raise ValueError(f"check rows must have shape [rows, {', '.join(map(str, input_shape))}], "
                          f"got {tuple(check.shape)}")
     check = check.double()
-    name = "probabilities" if module.classification else "prediction"
-    program = torch.onnx.export(module, (check[:2],), input_names=["features"], output_names=[name],
-                                dynamic_shapes=({0: torch.export.Dim("rows")},), dynamo=True, verbose=False)
+    save = _onnx_writer(package, module, check)
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     os.close(handle)
     try:
-        program.save(temporary)
+        save(temporary)
         session = onnxruntime.InferenceSession(temporary, providers=["CPUExecutionProvider"])
         exported = session.run(None, {"features": check.numpy()})[0]
         with torch.no_grad():

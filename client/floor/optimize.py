@@ -117,6 +117,10 @@ def recommend_settings(package: ModelPackage, bounds: Bounds, *, starts: int = 2
     if manifest.scaling is None or manifest.model.name != "mlp":
         raise ValueError("recommending settings needs an adapted tabular package (it knows the factory's units): "
                          "adapt it with `fedmeta adapt` first")
+    if manifest.trees is not None:
+        raise ValueError("recommending settings follows the model's gradients, and trees have none (their "
+                         "prediction is a step function of the settings): adapt with --keep 'least squares' or "
+                         "'logistic regression', or keep a network package, to optimise")
     model = package_model(package)
     features = list(manifest.schema.features)
     mean, std = manifest.scaling.mean.double(), manifest.scaling.std.double()

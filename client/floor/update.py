@@ -11,7 +11,8 @@ A model store is a folder::
 Each update first predicts the new rows with the current version (the errors a factory would
 have seen in production), then adapts the current version to them with the package's recipe,
 starting from its weights and keeping its input and target scaling (a model whose head `fedmeta adapt`
-solved in closed form solves it again on the new rows). The errors since the store began are
+solved in closed form solves it again on the new rows; trees get more trees boosted on the new rows, as many and
+at the rate their plan gives for that many rows). The errors since the store began are
 replayed through a Page-Hinkley test
 (`river.drift.PageHinkley`, increases only), each row's error divided by the adapted model's
 cross-validated error from its adaptation report so the test's threshold means the same on every
@@ -42,7 +43,7 @@ from river.drift import PageHinkley
 from torch import Tensor
 
 from fedmeta.client.floor.adapt import labelled_examples, rows_as_task, rows_digest
-from fedmeta.client.floor.candidates import Fitted, package_adaptation
+from fedmeta.client.floor.candidates import Fitted, boosted_trees, package_adaptation
 from fedmeta.common import TaskBatch, build_model
 from fedmeta.common.data.connector.windows import Windows
 from fedmeta.common.meta.closed_form_head import solve_head
@@ -53,7 +54,7 @@ from fedmeta.common.package.model_package import (
     PackageError,
     load_package,
     package_model,
-    save_package,
+    write_package,
 )
 
 __all__ = ["DRIFT_THRESHOLD", "DriftReport", "ModelStore", "UpdateResult"]
@@ -160,14 +161,14 @@ class ModelStore:
         errors = _row_errors(package, examples, targets)
         target = package.manifest.target_scaling  # kept: the versions of a store predict on one scale
         learned = targets if target is None else target.apply(targets)
-        weights = _updated_weights(package, rows_as_task(examples, learned, units))
+        updated = _updated(package, rows_as_task(examples, learned, units))
         new_version = self.versions()[-1] + 1
         raw, _, _ = labelled_examples(x, y, kind, windows)
         lineage = {"previous_version": version, "previous_sha256": package.manifest.weights_sha256,
                    "rows": len(targets), "rows_sha256": rows_digest(raw, targets)}
         manifest = dataclasses.replace(package.manifest, lineage={**(package.manifest.lineage or {}), **lineage},
                                        weights_sha256="", versions={})
-        save_package(self.version_dir(new_version), weights, dict(package.inner_lrs), manifest)
+        write_package(self.version_dir(new_version), dataclasses.replace(updated, manifest=manifest))
         with self.errors_file.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"version": version, "errors": errors.tolist()}) + "\n")
         self._point_at(new_version)
@@ -193,10 +194,17 @@ class ModelStore:
         return DriftReport(len(errors), None, reference)
 
 
-def _updated_weights(package: ModelPackage, batch: TaskBatch) -> dict[str, Tensor]:
-    """The package's weights after its recipe on the new rows ``batch`` (one task): gradient steps from its
-    weights, or, for a head solved in closed form, the head solved again with the penalty it records."""
-    if package.manifest.adaptation.algorithm == CLOSED_FORM:
+def _updated(package: ModelPackage, batch: TaskBatch) -> ModelPackage:
+    """The package after its recipe on the new rows ``batch`` (one task): gradient steps from its weights; for a
+    head solved in closed form, the head solved again with the penalty it records; for trees, more trees boosted
+    by the recipe their plan gives for the rows' count (`client.floor.candidates.boosted_trees`)."""
+    manifest = package.manifest
+    if manifest.trees is not None:
+        recipe = manifest.trees.recipe_for(batch.support_y.shape[1])
+        fitted = boosted_trees(package.ensemble, manifest.trees, recipe, manifest.model, manifest.schema.task, batch,
+                               seed=0)
+        return dataclasses.replace(package, ensemble=fitted.ensembles[0])
+    if manifest.adaptation.algorithm == CLOSED_FORM:
         model = build_model(package.manifest.model)
         with torch.no_grad():
             params = solve_head(model, package.weights, batch, package.manifest.schema.task,
@@ -204,7 +212,7 @@ def _updated_weights(package: ModelPackage, batch: TaskBatch) -> dict[str, Tenso
     else:
         adaptation = package_adaptation(package)
         model, params = adaptation.model, adaptation.adapt(batch, package.manifest.adaptation.steps)
-    return Fitted(model, params).task_weights(0)
+    return dataclasses.replace(package, weights=Fitted(model, params).task_weights(0))
 
 
 def _row_errors(package: ModelPackage, scaled: Tensor, y: Tensor) -> np.ndarray:

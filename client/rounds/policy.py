@@ -16,6 +16,9 @@ leaves the factory. Every key is optional, and a key left out allows anything:
     sampling, which it cannot check), at the round's delta; an upper bound on what the server reports;
 ``require_secure_aggregation``
     ``true``: only rounds whose deltas the server sees summed, never alone (``secure-aggregation``);
+``trees``
+    ``false``: no round of federated trees (``xgb-bagging``, ``xgb-cyclic``): a tree's split thresholds are
+    values of the factory's own features, which a network's delta does not show as plainly (docs/security.md);
 ``max_rounds``
     the most rounds it trains in, over the whole run;
 ``app_version``
@@ -35,7 +38,7 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, RecordDict
 
-from fedmeta.common import RoundSettings
+from fedmeta.common import RoundSettings, is_tree_algorithm
 from fedmeta.common.data.connector.text import suggest
 from fedmeta.common.federation.compression import COMPRESSIONS
 from fedmeta.common.federation.rounds import FEDERATED_ALGORITHMS
@@ -60,6 +63,7 @@ class FactoryPolicy:
     require_dp: bool = False
     max_epsilon: float | None = None
     require_secure_aggregation: bool = False
+    trees: bool = True
     max_rounds: int | None = None
     app_version: str | None = None
 
@@ -74,7 +78,7 @@ class FactoryPolicy:
             if unknown:
                 raise ValueError(f"policy {key!r} names {unknown}; known: {', '.join(allowed)}")
             object.__setattr__(self, key, tuple(value))
-        for key in ("require_dp", "require_secure_aggregation"):
+        for key in ("require_dp", "require_secure_aggregation", "trees"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"policy {key!r} must be true or false, got {getattr(self, key)!r}")
         if self.max_epsilon is not None and (isinstance(self.max_epsilon, bool) or not isinstance(
@@ -91,6 +95,9 @@ class FactoryPolicy:
         joined = int(state[_JOINED]["rounds"]) if _JOINED in state else 0
         if self.algorithms is not None and settings.algorithm not in self.algorithms:
             raise PolicyRefusal(f"policy: algorithm {settings.algorithm!r} is not among {list(self.algorithms)}")
+        if not self.trees and is_tree_algorithm(settings.algorithm):
+            raise PolicyRefusal(f"policy: no tree rounds (trees: false), and this round boosts trees "
+                                f"({settings.algorithm})")
         if self.compression is not None and settings.compression not in self.compression:
             raise PolicyRefusal(f"policy: compression {settings.compression!r} is not among {list(self.compression)}")
         if self.require_secure_aggregation and not settings.secure_aggregation:

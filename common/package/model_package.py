@@ -58,6 +58,7 @@ from fedmeta.common.run_settings import ADAPTATION_RECIPES
 from fedmeta.common.trees.settings import TreePlan
 
 __all__ = [
+    "BOOSTED",
     "CLOSED_FORM",
     "MANIFEST_FILE",
     "PACKAGE_FORMAT",
@@ -74,6 +75,7 @@ __all__ = [
     "package_model",
     "save_package",
     "save_tree_package",
+    "write_package",
 ]
 
 # 2: a regression package scaled from a factory's rows predicts its target standardised (`target_scaling`).
@@ -82,6 +84,8 @@ PACKAGE_FORMAT = 3
 # An adapted package whose head is solved in closed form on the factory's rows (`client.floor.candidates`):
 # updating it solves the head again, with the penalty it records.
 CLOSED_FORM = "closed-form"
+# An adapted tree package (`client.floor.candidates`): updating it boosts more trees on the new rows, by its plan.
+BOOSTED = "boosted"
 MANIFEST_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 TREES_FILE = "trees.json"  # a tree package's model, in place of the weights
@@ -135,7 +139,8 @@ class PackageSchema:
 @dataclass(frozen=True)
 class AdaptationPlan:
     """How a factory adapts the package: the federation's evaluation settings (`EvaluationSettings`), or
-    `CLOSED_FORM` where the factory chose a model whose head is solved on its rows (its steps unused)."""
+    `CLOSED_FORM` where the factory chose a model whose head is solved on its rows, or `BOOSTED` where it chose
+    trees boosted on its rows (their steps and step size unused)."""
 
     algorithm: str
     steps: int
@@ -143,7 +148,7 @@ class AdaptationPlan:
     recipe: str = "fixed"
 
     def __post_init__(self) -> None:
-        if self.algorithm != CLOSED_FORM:
+        if self.algorithm not in (CLOSED_FORM, BOOSTED):
             local_algorithm(self.algorithm)
         if self.recipe not in ADAPTATION_RECIPES:
             raise ValueError(f"recipe must be one of {ADAPTATION_RECIPES}, got {self.recipe!r}")
@@ -208,9 +213,11 @@ class Manifest:
                              f"{len(self.schema.features)}")
         if self.target_scaling is not None and not self.standardized_target:
             raise ValueError("a target scaling belongs to a regression package scaled from a factory's rows")
-        if self.trees is not None and self.adaptation.algorithm not in TREE_ALGORITHMS:
-            raise ValueError(f"a tree package adapts as {' or '.join(TREE_ALGORITHMS)}, not "
-                             f"{self.adaptation.algorithm!r}")
+        tree_plans = (*TREE_ALGORITHMS, BOOSTED)
+        if (self.trees is not None) != (self.adaptation.algorithm in tree_plans):
+            raise ValueError(f"a package adapting as {self.adaptation.algorithm!r} needs its tree plan"
+                             if self.trees is None else
+                             f"a tree package adapts as {', '.join(tree_plans)}, not {self.adaptation.algorithm!r}")
 
     @property
     def model_file(self) -> str:
@@ -431,6 +438,14 @@ def save_tree_package(directory: str | os.PathLike[str], ensemble: bytes, manife
     _check_ensemble(path, manifest, ensemble)
     written = _write_package(path, manifest, lambda file: file.write_bytes(ensemble), extras)
     return ModelPackage({}, {}, written, ensemble=ensemble)
+
+
+def write_package(directory: str | os.PathLike[str], package: ModelPackage,
+                  extras: Mapping[str, str] | None = None) -> ModelPackage:
+    """`save_package` or `save_tree_package`, whichever ``package`` is."""
+    if package.manifest.trees is not None:
+        return save_tree_package(directory, package.ensemble, package.manifest, extras)
+    return save_package(directory, package.weights, package.inner_lrs, package.manifest, extras)
 
 
 def _version_notes(recorded: Mapping[str, str]) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ __all__ = [
     "RECIPE_LOSS_PREFIX",
     "TREE_RECIPES",
     "best_recipes",
+    "continue_boosting",
     "recipe_losses",
     "tree_predictions",
 ]
@@ -32,6 +33,17 @@ RECIPE_LOSS_PREFIX = "recipe-loss"  # a training factory's metric ``recipe-loss-
 
 # Every factory scores the same candidates: none, and 5-50 trees at three rates.
 TREE_RECIPES = (TreeRecipe(0, 0.0), *(TreeRecipe(trees, rate) for rate in (0.03, 0.1, 0.3) for trees in (5, 20, 50)))
+
+
+def continue_boosting(ensemble: bytes, x: Tensor, y: Tensor, shape: TreeShape, settings: TreeSettings,
+                      recipe: TreeRecipe, *, seed: int) -> bytes:
+    """``ensemble`` (XGBoost JSON; empty: none) with ``recipe``'s trees boosted on the rows ``x``, ``y``: how a
+    factory adapts or updates a tree package (no trees: the ensemble as it is)."""
+    if not recipe.trees:
+        return ensemble
+    params = booster_params(shape, settings, rate=recipe.rate, seed=seed)
+    labels = y.detach().cpu().double().numpy()
+    return bytes(boost(ensemble, window_features(x), labels, params, recipe.trees, kind=shape.kind).save_raw("json"))
 
 
 def tree_predictions(ensemble: bytes, batch: TaskBatch, shape: TreeShape, settings: TreeSettings,

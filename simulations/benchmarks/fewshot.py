@@ -20,8 +20,9 @@ For each seed and each K of the evaluation shots, on the held-out factories (nev
   factory's new trees each round; cyclic: one factory's a round, in turn). In the last round the training
   factories score the continued-boosting recipes on K-shot tasks of their rows and the lowest mean loss is
   kept for each K; a held-out factory boosts its K's recipe from the ensemble on each task's K rows, as
-  `client.rounds.evaluation.evaluate_trees` does. What a factory spends on a tree round's update is
-  timed beside one meta-learning round's update of the same factories (``meta-round``).
+  `client.rounds.evaluation.evaluate_trees` does (C-MAPSS engine tables: the recipe of the K nearest the
+  target engines' window count). What a factory spends on a tree round's update is timed beside one
+  meta-learning round's update of the same factories (``meta-round``).
 - ``trees-alone``: XGBoost on each task's K support rows and nothing else (window statistics for windows),
   from no trees, 20 trees at rate 0.1: the recipe a factory boosts where the federation chose none
   (`client.rounds.trees.chosen_recipe`), at the federated trees' depth and row share. What a factory gets
@@ -34,7 +35,9 @@ For each seed and each K of the evaluation shots, on the held-out factories (nev
 
 ``BenchmarkPlan.methods`` and ``shots`` select a slice; ``tuned`` holds each method's
 hyper-parameters from ``fedmeta tune`` (`tuning`), recorded in the results with the commit,
-package versions and wall time per method.
+package versions and wall time per method. The tree methods read their run settings (tree-depth,
+tree-rate, tree-subsample, local-trees) from it the same way (`BenchmarkPlan.run_config`); ``fedmeta tune``
+does not search them yet, so they run at the run settings' defaults.
 
 Federated methods run the in-process loop of the scaling benchmark (`scaling.PlainLoop`):
 every training factory each round, the client's own `client.app.local_update`, the
@@ -66,7 +69,7 @@ from fedmeta.client import (
     sampler_for,
     task_sampler,
 )
-from fedmeta.client.rounds.trees import chosen_recipe, tree_predictor
+from fedmeta.client.rounds.trees import RECIPE_TASKS, chosen_recipe, tree_predictor
 from fedmeta.common import (
     ADAPTATION_RECIPES,
     DATASETS,
@@ -93,6 +96,7 @@ from fedmeta.common import (
 from fedmeta.common.data.datasets import TRANSFERS as CMAPSS_TRANSFERS
 from fedmeta.common.meta.closed_form_head import LOGISTIC_PENALTY
 from fedmeta.common.meta.factory_choice import Predictor, chosen_outputs, on_rows
+from fedmeta.common.trees.continuation import TREE_RECIPES
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE
 from fedmeta.common.trees.features import WINDOW_STATISTICS
 from fedmeta.server import ServerSettings, initial_meta_parameters, weighted_metrics
@@ -144,6 +148,8 @@ REFERENCES = (*TREE_REFERENCES, *FULL_DATA_REFERENCES)
 FEDERATED_TREES = TREE_ALGORITHMS
 TREES_ALONE = "trees-alone"
 TREE_METHODS = (*FEDERATED_TREES, TREES_ALONE)
+# What trees alone boost on the K rows: the recipe of a factory whose federation chose none.
+ALONE_RECIPE = chosen_recipe(EvaluationSettings(), 0)
 METHODS = ("local-only", "linear", "fedavg", "fedavg+ft", *META_METHODS, "chosen", "centralized-maml", *TREE_METHODS,
            *REFERENCES)
 # The methods that pool every training factory's rows in one place: references, not private.
@@ -248,7 +254,7 @@ def tree_algorithm(method: str) -> str:
 def _tree_hyper_parameters(config: Mapping[str, object], method: str) -> dict[str, object]:
     if method == TREES_ALONE:
         return {"tree-depth": config["tree-depth"], "tree-subsample": config["tree-subsample"],
-                "recipe": chosen_recipe(EvaluationSettings(), 0).name}
+                "recipe": ALONE_RECIPE.name}
     keys = ("tree-depth", "tree-rate", "tree-subsample", "local-trees")
     return {**{key: config[key] for key in keys}, "recipe": "chosen per K by the training factories' query losses"}
 
@@ -1061,6 +1067,22 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         "stopping, classes weighted to balance (as the query sets are), per task on the training factories' pooled "
         "rows plus the task's K support rows, scored on the same query rows; windows become per-channel statistics ("
         + ", ".join(WINDOW_STATISTICS) + "), table rows are used as they are.",
+        f"federated trees (xgb-bagging, xgb-cyclic): {plan.rounds} rounds of XGBoost in-process, each factory's "
+        "tree_update and the server's check_reply and append_replies as TreeStrategy runs them: bagging appends "
+        "every training factory's new trees each round (each boosted at the rate divided among them), cyclic one "
+        f"factory's a round, in turn by factory key. In the last round each training factory scores the recipes "
+        f"({', '.join(recipe.name for recipe in TREE_RECIPES)}: trees x rate) on {RECIPE_TASKS} K-shot tasks of "
+        "its rows and the lowest mean query loss is kept for each K; each held-out task boosts the recipe of the "
+        "nearest K from the ensemble on its K support rows. trees-alone: "
+        f"{ALONE_RECIPE.name} from no trees on the K support rows. The same features as "
+        "the tree models; MB sent: the new trees' XGBoost JSON over rounds and replies.",
+        "round cost (federated trees): the mean seconds of one factory's tree_update in the rounds before the last "
+        "(the last also scores the recipes, shown apart) beside one local_update of "
+        f"{meta_learner(plan)} on each training factory from the seeded first global model (after one untimed "
+        "update: a process's first costs tens of times more).",
+        f"private: {', '.join(POOLED)} pool every training factory's rows in one place, so they are references, "
+        "not private (the query table's last column); every other method sees only a factory's own rows, or what "
+        "a federation sends (deltas, new trees).",
         "hyper-parameters: "
         + (f"tuned by `fedmeta tune` on the training side's validation factory ({plan.tuned_from}) for "
            + ", ".join(sorted(plan.tuned)) + "; the others at the shared defaults" if plan.tuned else

@@ -20,7 +20,9 @@ from fedmeta.simulations.benchmarks.fewshot import (
     FULL_DATA_REFERENCES,
     META_METHODS,
     METHODS,
+    POOLED,
     TARGET_K,
+    TREE_METHODS,
     BenchmarkError,
 )
 from fedmeta.simulations.benchmarks.gradient_boosting import TREE_REFERENCES
@@ -33,6 +35,7 @@ __all__ = [
     "check_out_dir",
     "markdown",
     "render",
+    "round_cost_lines",
     "table_rows",
     "write_plots",
     "write_results",
@@ -94,12 +97,14 @@ def _best(table: Mapping[str, Mapping[str, object]], methods: Sequence[str], k: 
 
 def aims_of(table: Mapping[str, Mapping[str, object]], metric: str, higher: bool, shots: Sequence[int]) -> dict:
     """The aims on one score table (method -> K -> metric -> mean/std): the best federated meta-learner
-    against FedAvg+FT and the best tree model (of the tuned tree references) at every K <= 10, and its
-    share of the best full-data reference at the largest K."""
+    against FedAvg+FT and the best tree model (of the tuned tree references, which pool the factories' rows)
+    at every K <= 10, and its share of the best full-data reference at the largest K. Beside them, the best
+    private tree model (federated trees, trees alone) at each K and whether the meta-learner beats it."""
     per_k = {}
     for k in (k for k in shots if k <= 10):
         best, value = _best(table, META_METHODS, k, metric, higher)
         tree, tree_value = _best(table, TREE_REFERENCES, k, metric, higher)
+        private, private_value = _best(table, TREE_METHODS, k, metric, higher)
         fedavg_ft = _mean(table, "fedavg+ft", k, metric)
         per_k[str(k)] = {
             "best_meta": best,
@@ -109,6 +114,10 @@ def aims_of(table: Mapping[str, Mapping[str, object]], metric: str, higher: bool
             "best_tree_value": tree_value,
             "beats_both": value is not None and all(v is not None and _better(value, v, higher)
                                                     for v in (fedavg_ft, tree_value)),
+            "best_private_tree": private,
+            "best_private_tree_value": private_value,
+            "beats_private_trees": value is not None and private_value is not None
+            and _better(value, private_value, higher),
         }
     top_k = max(shots)
     _, best_meta = _best(table, META_METHODS, top_k, metric, higher)
@@ -162,6 +171,11 @@ def _aims_lines(verdicts: Mapping[str, object], what: str = "") -> list[str]:
         line = (f"{what}K={k}: best federated meta-learner {v['best_meta']} ({_fmt(v['best_meta_value'])}) "
                 f"{verdict} FedAvg+FT ({_fmt(v['fedavg+ft_value'])}) and the best tree model {v['best_tree']} "
                 f"({_fmt(v['best_tree_value'])})")
+        if v["best_tree"] is not None:
+            line += ", which pools the factories' rows (not private)"
+        if v["best_private_tree"] is not None:
+            line += (f"; the best private tree model {v['best_private_tree']} ({_fmt(v['best_private_tree_value'])}) "
+                     f"is {'beaten' if v['beats_private_trees'] else 'NOT beaten'}")
         if "best_meta_auroc" in v:
             line += (f"; its AUROC {_fmt(v['best_meta_auroc'])} (aim {AUROC_AIM}: "
                      f"{'met' if v['auroc_aim_met'] else 'NOT met'})")
@@ -213,21 +227,43 @@ def _per_seed_cell(values: Sequence[float | None] | None, scale: float = 1.0, di
 
 
 def table_rows(results: Mapping[str, object]) -> tuple[list[str], list[list[str]]]:
+    """The query table: each method's score per K, what its federation sent (networks: deltas, trees: new trees),
+    the rounds and bytes it took to reach FedAvg+FT's K=5 score (networks), and whether it keeps the factories'
+    rows private (`POOLED`: no)."""
     metric, shots = results["metric"], results["shots"]
     header = ["method", "K=0", *(f"K={k}" for k in shots), "MB sent",
-              f"rounds to FedAvg+FT K={TARGET_K}", "MB to target"]
+              f"rounds to FedAvg+FT K={TARGET_K}", "MB to target", "private"]
     rows = []
     for method in (m for m in METHODS if m in results["results"]):
         columns = results["results"][method]
         fed = results["federated"].get("fedavg" if method == "fedavg+ft" else method)
+        sent = fed or results.get("tree_rounds", {}).get(method)
         has_target = fed is not None and method != "fedavg"
         rows.append([
             method, _cell(columns.get("0"), metric), *(_cell(columns.get(str(k)), metric) for k in shots),
-            f"{fed['bytes_sent']['mean'] / 1e6:.3f}" if fed else "-",
+            f"{sent['bytes_sent']['mean'] / 1e6:.3f}" if sent else "-",
             _per_seed_cell(fed["rounds_to_target"]) if has_target else "-",
             _per_seed_cell(fed.get("bytes_to_target"), 1e6, 2) if has_target else "-",
+            "no (pooled rows)" if method in POOLED else "yes",
         ])
     return header, rows
+
+
+def round_cost_lines(results: Mapping[str, object]) -> list[str]:
+    """Per federated tree method: what one round's update costs a factory, beside a meta-learning round's
+    update of the same factories, and the recipe the factories chose for each K (per seed)."""
+    lines = []
+    for method, trees in results.get("tree_rounds", {}).items():
+        meta = trees["meta_round_seconds"]["mean"]
+        boosting = trees["round_seconds"]
+        cost = "n/a (one round, the last)" if boosting is None else (
+            f"{boosting['mean']:.4f} s ({boosting['mean'] / meta:.3g} x a meta-learning round)")
+        recipes = "; ".join(", ".join(f"K={k} {name}" for k, name in seed.items()) for seed in trees["recipes"])
+        lines.append(f"{method}: a tree round costs a factory {cost}, a meta-learning round "
+                     f"({trees['meta_algorithm']}) {meta:.4f} s; the last tree round, which also scores the recipes, "
+                     f"{trees['recipe_round_seconds']['mean']:.4f} s (means over seeds); trees per seed "
+                     f"{', '.join(map(str, trees['trees']))}; recipes per seed: {recipes or 'none'}")
+    return lines
 
 
 def field_table_rows(
@@ -305,6 +341,9 @@ def _run_markdown(results: Mapping[str, object]) -> list[str]:
     lines += ["", f"Wall time {results['seconds']:.0f} s; per method and seed (s): "
               + "; ".join(f"{m} " + ", ".join("-" if v is None else f"{v:.0f}" for v in values)
                           for m, values in seconds.items()), ""]
+    costs = round_cost_lines(results)
+    if costs:
+        lines += ["Federated trees, a factory's update per round:", "", *(f"- {line}" for line in costs), ""]
     if results.get("resumed_seeds"):
         commits = dict(zip(results["seeds"], results["seed_commits"], strict=True))
         lines += ["Seeds resumed from the records of an earlier process (`seeds/` beside this file): "
@@ -370,6 +409,8 @@ def render(results: Mapping[str, object], console: Console) -> None:
         console.print(printed)
     for line in _all_aims_lines(results):
         console.print(f"aim: {line}", highlight=False)
+    for line in round_cost_lines(results):
+        console.print(f"round cost: {line}", highlight=False)
     if results["dataset"] in PUBLISHED:
         console.print(f"published reference: {PUBLISHED[results['dataset']]}", highlight=False)
     for note in results["notes"]:

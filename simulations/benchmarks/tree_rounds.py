@@ -130,10 +130,12 @@ def ensemble_of(params: Mapping[str, Tensor]) -> bytes:
 
 def meta_round_seconds(config: Mapping[str, object], factories: Sequence[LoadedFactory]) -> float:
     """The mean seconds a factory spends on one round's update of the run's meta-learner (`local_update` from
-    the seeded first global model, the run's settings), over ``factories``."""
+    the seeded first global model, the run's settings), over ``factories``. One update runs untimed first: a
+    process's first meta-training step costs tens of times a later one (torch's lazy set-up)."""
     settings = ServerSettings.from_run_config(config).round
     params = initial_meta_parameters(factories[0].source, settings.algorithm, settings.inner_lr, settings.seed)
     device, first_round = node_device({}, config), dataclasses.replace(settings, server_round=1)
+    local_update(factories[0], params, first_round, device)
     seconds = []
     for factory in factories:
         started = time.perf_counter()

@@ -74,7 +74,7 @@ def test_a_tree_manifest_needs_trees_and_a_tree_algorithm(tmp_path):
         save_tree_package(tmp_path / "model", b"", tree_manifest())
     with pytest.raises(PackageError, match="save_tree_package"):
         save_package(tmp_path / "model", {}, {}, tree_manifest())
-    with pytest.raises(ValueError, match="adapts as xgb-bagging or xgb-cyclic"):
+    with pytest.raises(ValueError, match="a tree package adapts as xgb-bagging, xgb-cyclic, boosted"):
         tree_manifest(adaptation=tree_manifest().adaptation.__class__("fomaml", 5, 0.1))
 
 
