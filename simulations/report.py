@@ -19,7 +19,7 @@ from fedmeta.server import RunDirectory
 
 __all__ = ["ComparisonRow", "comparison_rows", "final_evaluation"]
 
-_LOSS_KEY = re.compile(r"eval/(local-|linear-|chosen-)?(loss|accuracy)-k(\d+)")
+_LOSS_KEY = re.compile(r"eval/(local-|linear-|trees-alone-|chosen-)?(loss|accuracy)-k(\d+)")
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,9 @@ def _rows_of(record: dict[str, object], method: str, prefix: str, with_k0: bool)
 
 
 def comparison_rows(run_root: Path, algorithm: str, baselines: tuple[str, ...]) -> list[ComparisonRow]:
-    """Rows for the meta-learned ``algorithm``, each baseline, local-only training, the linear model on the
-    K rows and the model the factory keeps (among ``algorithm``'s adapted and unadapted model and the linear one)."""
+    """Rows for the meta-learned ``algorithm``, each baseline, local-only training, the linear model and trees on
+    the K rows and the model the factory keeps (among ``algorithm``'s adapted and unadapted model, the linear model
+    and the trees)."""
     main = final_evaluation(run_root / algorithm)
     kind = "federated trees, boosted on the K rows" if is_tree_algorithm(algorithm) else "meta-learned, adapted"
     rows = _rows_of(main, f"{algorithm} ({kind})", "", with_k0=True)
@@ -62,5 +63,6 @@ def comparison_rows(run_root: Path, algorithm: str, baselines: tuple[str, ...]) 
     rows += _rows_of(main, "local only (from scratch)", "local-", with_k0=False)
     linear = "logistic regression" if any(key.startswith("eval/linear-accuracy") for key in main) else "least squares"
     rows += _rows_of(main, f"{linear} on the K rows", "linear-", with_k0=False)
+    rows += _rows_of(main, "trees on the K rows alone", "trees-alone-", with_k0=False)
     rows += _rows_of(main, f"chosen at the factory ({algorithm})", "chosen-", with_k0=False)
     return rows

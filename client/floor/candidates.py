@@ -13,8 +13,8 @@ fold it did not see, and keeps the best (`client.floor.adapt`). The candidates:
 - ``closed-form head``: the package's learned features beside those inputs with a linear head solved on the
   rows (`common.meta.closed_form_head`), as R2-D2 adapts (Bertinetto et al., ICLR 2019), at feature
   scale 1 and the same penalty rule.
-- ``trees alone``: gradient-boosted trees on the rows alone (`TREES_ALONE`: 20 trees of depth 3 at rate 0.3,
-  XGBoost), the other model a factory would build itself.
+- ``trees alone``: gradient-boosted trees on the rows alone (`common.trees.settings.ROWS_ALONE_TREES`: 20 trees
+  of depth 3 at rate 0.3, XGBoost), the other model a factory would build itself.
 
 A tree package (the federation's gradient-boosted trees) is ``adapted`` by boosting more trees on the rows,
 as many and at the rate the federation chose for that many rows (`common.trees.continuation`), and
@@ -51,13 +51,12 @@ from fedmeta.common.meta.models import PENALTY, MetaModel, ModelConfig
 from fedmeta.common.package.model_package import ModelPackage
 from fedmeta.common.package.tree_model import TreeModel
 from fedmeta.common.trees.continuation import continue_boosting
-from fedmeta.common.trees.settings import TreePlan, TreeRecipe, TreeSettings
+from fedmeta.common.trees.settings import ROWS_ALONE_TREES, TreePlan, TreeRecipe
 from fedmeta.common.trees.shape import tree_shape
 
 __all__ = [
     "CANDIDATES",
     "LOCAL_ONLY_STEPS",
-    "TREES_ALONE",
     "Fitted",
     "FittedTrees",
     "boosted_trees",
@@ -69,8 +68,6 @@ __all__ = [
 ]
 
 LOCAL_ONLY_STEPS = 100  # the rows-alone network: seeded fresh weights, this many steps at the package's step size
-# Trees on a factory's rows alone: shallow (a few rows), at a rate that fits them in 20 trees.
-TREES_ALONE = TreePlan(TreeSettings(depth=3, subsample=1.0), {1: TreeRecipe(20, 0.3)})
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds tensors
@@ -218,8 +215,8 @@ def _solved_head(feature_scale: float) -> Fit:
 
 def _trees_alone(package: ModelPackage, batch: TaskBatch, seed: int, candidates: tuple[Recipe, ...]) -> FittedTrees:
     manifest = package.manifest
-    recipe = TREES_ALONE.recipe_for(_support_rows(batch))
-    return boosted_trees(b"", TREES_ALONE, recipe, manifest.model, manifest.schema.task, batch, seed)
+    recipe = ROWS_ALONE_TREES.recipe_for(_support_rows(batch))
+    return boosted_trees(b"", ROWS_ALONE_TREES, recipe, manifest.model, manifest.schema.task, batch, seed)
 
 
 CANDIDATES: dict[str, Fit] = {

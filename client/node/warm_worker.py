@@ -201,9 +201,11 @@ class WarmWorker:
             log.exception("failed to push the reply message")
             status = SubStatus.FAILED
         finally:
-            push_task_output(client=client, context=context, sub_status=status, details=details)
+            # The heartbeat stops first: one sent after the task's output is in gets "no such task", on which
+            # Flower's sender raises SIGINT in this process (ending a one-task flwr-clientapp, but this worker).
             if heartbeat.is_running:
                 heartbeat.stop()
+            push_task_output(client=client, context=context, sub_status=status, details=details)
             client.close()
             self.record_path.unlink(missing_ok=True)
         return status

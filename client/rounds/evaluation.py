@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from fedmeta.client.rounds.factory import LoadedFactory, sampler_for
-from fedmeta.client.rounds.trees import chosen_recipe, tree_predictor
+from fedmeta.client.rounds.trees import chosen_recipe, rows_alone_trees, tree_predictor
 from fedmeta.common import (
     NUM_EXAMPLES,
     DataSource,
@@ -66,15 +66,22 @@ def _predictor(adaptation: Adaptation, steps: int, cross_validate: bool = False)
 def factory_predictors(factory: LoadedFactory, adaptation: Adaptation,
                        settings: EvaluationSettings) -> dict[str, Predictor]:
     """What a factory can do with its K rows, each fitted on a task's support rows: the federation's model
-    adapted (``adaptation``, as evaluated) and unadapted, and the linear model on the rows; the candidates
-    `common.meta.factory_choice` chooses among. The local-only network is left out of the choice: trained
-    again on every fold of every task, it would multiply the evaluation's cost several times over."""
-    source = factory.source
+    adapted (``adaptation``, as evaluated) and unadapted, the linear model and trees on the rows alone; the
+    candidates `common.meta.factory_choice` chooses among, as `fedmeta adapt` does. The local-only network is
+    left out of the choice: trained again on every fold of every task, it would multiply the evaluation's cost
+    several times over."""
     return {
         "adapted": _predictor(adaptation, settings.steps, settings.recipe == "cross-validated"),
         "unadapted": _predictor(adaptation, 0),
-        "linear": linear_predictor(source.task_kind, source.model_config.output_dim),
+        **_own_models(factory, settings),
     }
+
+
+def _own_models(factory: LoadedFactory, settings: EvaluationSettings) -> dict[str, Predictor]:
+    """What a factory builds from its K rows alone: the linear model and gradient-boosted trees."""
+    source = factory.source
+    return {"linear": linear_predictor(source.task_kind, source.model_config.output_dim),
+            "trees-alone": rows_alone_trees(factory, settings.seed)}
 
 
 def evaluate_factory(
@@ -102,13 +109,11 @@ def evaluate_factory(
 def evaluate_trees(factory: LoadedFactory, ensemble: bytes, settings: EvaluationSettings) -> dict[str, float]:
     """`evaluate_factory`'s metrics for federated trees: ``adapted`` is the ensemble after each K's recipe
     (`client.rounds.trees.chosen_recipe`), ``unadapted`` the ensemble as it is."""
-    kind, classes = factory.source.task_kind, factory.source.model_config.output_dim
-    linear = linear_predictor(kind, classes)
+    own = _own_models(factory, settings)
 
     def choices(k: int) -> dict[str, Predictor]:
         return {"adapted": tree_predictor(factory, ensemble, chosen_recipe(settings, k), settings),
-                "unadapted": tree_predictor(factory, ensemble, TreeRecipe(0, 0.0), settings),
-                "linear": linear}
+                "unadapted": tree_predictor(factory, ensemble, TreeRecipe(0, 0.0), settings), **own}
 
     return score_shots(factory, settings, choices, {}, device=torch.device("cpu"))
 
@@ -118,8 +123,8 @@ def score_shots(
     others: Mapping[str, Predictor], *, device: torch.device,
     adapted: Callable[[TaskBatch], Mapping[str, float | Tensor]] | None = None,
 ) -> dict[str, float]:
-    """For each K, the same tasks scored by each of ``choices(K)`` (``adapted``, ``unadapted``, ``linear``:
-    what a factory can do with its K rows), by ``others`` and by the choice each task makes among
+    """For each K, the same tasks scored by each of ``choices(K)`` (``adapted``, ``unadapted``, ``linear``,
+    ``trees-alone``: what a factory can do with its K rows), by ``others`` and by the choice each task makes among
     ``choices(K)`` (``chosen-``); ``adapted`` replaces the adapted model's scores where given."""
     kind = factory.source.task_kind
     metrics: dict[str, float] = {NUM_EXAMPLES: 0}
@@ -131,7 +136,7 @@ def score_shots(
         if k == settings.shots[0]:
             _record(metrics, "k0", scores["unadapted"])
         _record(metrics, f"k{k}", adapted(batch) if adapted is not None else scores["adapted"])
-        for name in ("local", "linear"):
+        for name in ("local", "linear", "trees-alone"):
             if name in scores:
                 _record(metrics, f"k{k}", scores[name], prefix=f"{name}-")
         _record(metrics, f"k{k}", chosen_losses(options, batch, kind, scores)[0], prefix="chosen-")

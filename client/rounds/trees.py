@@ -17,12 +17,14 @@ from fedmeta.common.trees.continuation import (
     recipe_losses,
     tree_predictions,
 )
-from fedmeta.common.trees.ensemble import booster_params, new_trees
+from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, booster_params, new_trees
 from fedmeta.common.trees.features import window_features
-from fedmeta.common.trees.settings import TreeRecipe
+from fedmeta.common.trees.settings import ROWS_ALONE_TREES, TreePlan, TreeRecipe
 from fedmeta.common.trees.shape import TreeShape, tree_shape
 
-__all__ = ["RECIPE_TASKS", "chosen_recipe", "factory_tree_shape", "tree_predictor", "tree_update"]
+__all__ = [
+    "RECIPE_TASKS", "chosen_recipe", "factory_tree_shape", "rows_alone_trees", "tree_predictor", "tree_update",
+]
 
 RECIPE_TASKS = 10  # K-shot tasks a factory scores the recipes on, for each K
 
@@ -58,15 +60,29 @@ def tree_update(factory: LoadedFactory, ensemble: bytes, settings: RoundSettings
     return update, metrics
 
 
+def _boosting(factory: LoadedFactory, ensemble: bytes, plan: TreePlan, recipe: TreeRecipe | None,
+              seed: int) -> Predictor:
+    """Each task's query predictions after ``recipe`` (None: the plan's for the support rows' count) on its
+    support rows, from ``ensemble``."""
+    shape = factory_tree_shape(factory)
+
+    def predict(batch: TaskBatch) -> Tensor:
+        chosen = plan.recipe_for(batch.support_y.shape[1]) if recipe is None else recipe
+        return tree_predictions(ensemble, batch, shape, plan.settings, [chosen], seed=seed)[chosen.name]
+
+    return predict
+
+
 def tree_predictor(factory: LoadedFactory, ensemble: bytes, recipe: TreeRecipe,
                    settings: EvaluationSettings) -> Predictor:
     """Each task's query predictions after ``recipe`` on its support rows (trees as the federation grew them)."""
-    shape, trees = factory_tree_shape(factory), settings.tree_settings()
+    return _boosting(factory, ensemble, settings.tree_plan(), recipe, settings.seed)
 
-    def predict(batch: TaskBatch) -> Tensor:
-        return tree_predictions(ensemble, batch, shape, trees, [recipe], seed=settings.seed)[recipe.name]
 
-    return predict
+def rows_alone_trees(factory: LoadedFactory, seed: int) -> Predictor:
+    """Each task's query predictions of trees boosted on its support rows alone (`ROWS_ALONE_TREES`): what the
+    factory could build itself, a candidate of its choice beside the federation's model."""
+    return _boosting(factory, EMPTY_ENSEMBLE, ROWS_ALONE_TREES, None, seed)
 
 
 def chosen_recipe(settings: EvaluationSettings, k: int) -> TreeRecipe:

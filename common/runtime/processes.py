@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -234,10 +235,31 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_LOWEST_FREE_PORT = 10_000  # below: ports that well-known services listen on
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _first_ephemeral_port() -> int:
+    """The lowest port the OS gives an outgoing connection (Linux's default range starts at 32768)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port on ``host`` that nothing listens on now (the OS picks it)."""
+    """A port on ``host`` that nothing listens on now, below the OS's range for outgoing connections: a port
+    from that range (what binding port 0 gives) can be taken by any connection another process opens before
+    the process it is meant for binds it, as a factory's local app API once was while four others connected."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
+        upper = _first_ephemeral_port()
+        for port in random.sample(range(_LOWEST_FREE_PORT, upper), min(200, max(0, upper - _LOWEST_FREE_PORT))):
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+        probe.bind((host, 0))  # no such port free: the OS's choice
         return int(probe.getsockname()[1])
 
 

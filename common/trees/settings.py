@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_RECIPE", "TreePlan", "TreeRecipe", "TreeSettings"]
+__all__ = ["DEFAULT_RECIPE", "ROWS_ALONE_TREES", "TreePlan", "TreeRecipe", "TreeSettings"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,8 @@ class TreePlan:
             return cls(TreeSettings(**settings), {int(k): TreeRecipe.parse(r) for k, r in recipes.items()})
         except TypeError as error:  # unknown or missing settings
             raise ValueError(f"tree settings: {error}") from None
+
+
+# Trees a factory boosts on its K rows alone, the other model it could build itself: shallow (a few rows), at a
+# rate that fits them in 20 trees. `fedmeta adapt`, the federation's evaluation and the benchmark share it.
+ROWS_ALONE_TREES = TreePlan(TreeSettings(depth=3, subsample=1.0), {1: TreeRecipe(20, 0.3)})

@@ -11,8 +11,8 @@ For each seed and each K of the evaluation shots, on the held-out factories (nev
 - ``maml``, ``fomaml``, ``reptile``, ``metasgd``, ``r2d2``: federated meta-learning, adapted on K rows
   (``r2d2``: its closed-form head solved on them).
 - ``chosen``: the model each task keeps by cross-validation on its own K rows among the first
-  meta-learner's (of `CHOSEN_WITH`) adapted and unadapted model and the linear model, the rule
-  ``fedmeta adapt`` applies: what a factory ends up with.
+  meta-learner's (of `CHOSEN_WITH`) adapted and unadapted model, the linear model and trees on the K rows
+  alone, the rule ``fedmeta adapt`` applies: what a factory ends up with.
 - ``centralized-maml``: MAML meta-trained on the pooled training factories' data (one task
   sampler over all of them), with as many sampled tasks as the federated runs; the upper bound.
 - ``xgb-bagging``, ``xgb-cyclic``: federated XGBoost trees (`tree_rounds`), the plan's rounds in-process
@@ -24,9 +24,9 @@ For each seed and each K of the evaluation shots, on the held-out factories (nev
   target engines' window count). What a factory spends on a tree round's update is timed beside one
   meta-learning round's update of the same factories (``meta-round``).
 - ``trees-alone``: XGBoost on each task's K support rows and nothing else (window statistics for windows),
-  from no trees, 20 trees at rate 0.1: the recipe a factory boosts where the federation chose none
-  (`client.rounds.trees.chosen_recipe`), at the federated trees' depth and row share. What a factory gets
-  from its own rows alone.
+  from no trees, as `fedmeta adapt` and the federation's evaluation fit a factory's own trees
+  (`common.trees.settings.ROWS_ALONE_TREES`: 20 trees of depth 3 at rate 0.3). What a factory gets from its
+  own rows alone; also among the models ``chosen`` keeps.
 - ``gradient-boosting``, ``lightgbm``: tree models on the pooled training rows plus the K rows; like
   ``centralized-maml`` and ``pooled-oracle`` they pool every training factory's rows (`POOLED`), so they
   are references, not private.
@@ -69,7 +69,7 @@ from fedmeta.client import (
     sampler_for,
     task_sampler,
 )
-from fedmeta.client.rounds.trees import RECIPE_TASKS, chosen_recipe, tree_predictor
+from fedmeta.client.rounds.trees import RECIPE_TASKS, chosen_recipe, rows_alone_trees, tree_predictor
 from fedmeta.common import (
     ADAPTATION_RECIPES,
     DATASETS,
@@ -97,8 +97,8 @@ from fedmeta.common.data.datasets import TRANSFERS as CMAPSS_TRANSFERS
 from fedmeta.common.meta.closed_form_head import LOGISTIC_PENALTY
 from fedmeta.common.meta.factory_choice import Predictor, chosen_outputs, on_rows
 from fedmeta.common.trees.continuation import TREE_RECIPES
-from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE
 from fedmeta.common.trees.features import WINDOW_STATISTICS
+from fedmeta.common.trees.settings import ROWS_ALONE_TREES
 from fedmeta.server import ServerSettings, initial_meta_parameters, weighted_metrics
 from fedmeta.simulations.benchmarks.engine_shots import EngineShots
 from fedmeta.simulations.benchmarks.field_metrics import FIELD_METRICS, FieldRows, field_rows, row_matches, score_field
@@ -149,7 +149,6 @@ FEDERATED_TREES = TREE_ALGORITHMS
 TREES_ALONE = "trees-alone"
 TREE_METHODS = (*FEDERATED_TREES, TREES_ALONE)
 # What trees alone boost on the K rows: the recipe of a factory whose federation chose none.
-ALONE_RECIPE = chosen_recipe(EvaluationSettings(), 0)
 METHODS = ("local-only", "linear", "fedavg", "fedavg+ft", *META_METHODS, "chosen", "centralized-maml", *TREE_METHODS,
            *REFERENCES)
 # The methods that pool every training factory's rows in one place: references, not private.
@@ -253,8 +252,9 @@ def tree_algorithm(method: str) -> str:
 
 def _tree_hyper_parameters(config: Mapping[str, object], method: str) -> dict[str, object]:
     if method == TREES_ALONE:
-        return {"tree-depth": config["tree-depth"], "tree-subsample": config["tree-subsample"],
-                "recipe": ALONE_RECIPE.name}
+        alone = ROWS_ALONE_TREES  # fedmeta adapt's, never tuned (like the linear model)
+        return {"tree-depth": alone.settings.depth, "tree-subsample": alone.settings.subsample,
+                "recipe": alone.recipe_for(1).name}
     keys = ("tree-depth", "tree-rate", "tree-subsample", "local-trees")
     return {**{key: config[key] for key in keys}, "recipe": "chosen per K by the training factories' query losses"}
 
@@ -627,19 +627,31 @@ def _query_scores(predictions: Tensor, batch: TaskBatch, kind: str) -> dict[str,
     return scores | {NUM_EXAMPLES: batch.query_y.numel()}
 
 
+TreePredictor = Callable[[LoadedFactory, int], Predictor]  # a factory's tree model for K support rows
+
+
+def federated_trees(ensemble: bytes, settings: EvaluationSettings) -> TreePredictor:
+    """Trees adapted as `evaluate_trees` adapts them: each K's recipe (`chosen_recipe`) boosted from ``ensemble``."""
+    return lambda factory, k: tree_predictor(factory, ensemble, chosen_recipe(settings, k), settings)
+
+
 def _boosted_trees(held: HeldOut, ensemble: bytes, settings: EvaluationSettings) -> Scored:
-    """Trees adapted as `evaluate_trees` adapts them: each K's recipe (`chosen_recipe`) boosted from ``ensemble``
-    on every task's support rows, scored on the task's query rows and on the field rows."""
+    """`federated_trees` on every task's support rows, scored on the task's query rows and on the field rows."""
+    return _tree_scores(held, settings.shots, federated_trees(ensemble, settings))
+
+
+def _tree_scores(held: HeldOut, shots: Sequence[int], predictor_at: TreePredictor) -> Scored:
+    """Each K's tree predictor (``predictor_at(factory, K)``) scored on the tasks' query rows and on the field rows."""
     kind = held.factories[0].source.task_kind
 
     def at(k: int) -> Scored:
         def predictor(factory: LoadedFactory) -> Predictor:
-            return tree_predictor(factory, ensemble, chosen_recipe(settings, k), settings)
+            return predictor_at(factory, k)
 
         return Scored(held.query(lambda factory, batch: [_query_scores(predictor(factory)(batch), batch, kind)], (k,)),
                       held.field(lambda factory, batch, x: predictor(factory)(on_rows(batch, x)), (k,)))
 
-    per_k = [at(k) for k in settings.shots]
+    per_k = [at(k) for k in shots]
     return Scored({k: v for scored in per_k for k, v in scored.query.items()},
                   {k: v for scored in per_k for k, v in scored.field.items()})
 
@@ -719,9 +731,9 @@ def _tree_run_step(
         ensemble_tensor(run.ensemble)
 
 
-def _trees_alone_step(held: HeldOut, evaluation: EvaluationSettings) -> Step:
-    """XGBoost on each task's K rows alone: from no trees, the recipe of a federation that chose none."""
-    scored = _boosted_trees(held, EMPTY_ENSEMBLE, evaluation)
+def _trees_alone_step(held: HeldOut, shots: Sequence[int], seed: int) -> Step:
+    """XGBoost on each task's K rows alone (`ROWS_ALONE_TREES`), as `fedmeta adapt` fits it."""
+    scored = _tree_scores(held, shots, lambda factory, k: rows_alone_trees(factory, seed))
     return {"scores": {TREES_ALONE: scored.query}, "field": {TREES_ALONE: scored.field}}, None
 
 
@@ -808,7 +820,7 @@ def run_seed(
         _, central_params = record("centralized-maml", centralized, 0)
         final["centralized-maml"] = (central_params, central_eval)
         advance()
-    trees: dict[str, tuple[bytes, EvaluationSettings]] = {}  # each tree method's ensemble and adaptation
+    trees: dict[str, TreePredictor] = {}  # each tree method's model at a factory
     tree_rounds: dict[str, dict[str, object]] = {}
     for method in (m for m in FEDERATED_TREES if m in plan.methods):
         tree_eval = _method_evaluation(plan, seed, method, shots)
@@ -816,11 +828,10 @@ def run_seed(
             method, lambda method=method, tree_eval=tree_eval: _tree_run_step(plan, seed, method, held, tree_eval,
                                                                               advance), plan.rounds)
         tree_rounds[method] = results["tree_rounds"][method]
-        trees[method] = (ensemble_of(params), recipe_settings(tree_eval, tree_rounds[method]["recipes"]))
+        trees[method] = federated_trees(ensemble_of(params), recipe_settings(tree_eval, tree_rounds[method]["recipes"]))
     if TREES_ALONE in plan.methods:
-        alone_eval = _method_evaluation(plan, seed, tree_algorithm(TREES_ALONE), shots, tuned_as=TREES_ALONE)
-        record(TREES_ALONE, lambda: _trees_alone_step(held, alone_eval), 0)
-        trees[TREES_ALONE] = (EMPTY_ENSEMBLE, alone_eval)
+        record(TREES_ALONE, lambda: _trees_alone_step(held, shots, seed), 0)
+        trees[TREES_ALONE] = lambda factory, k: rows_alone_trees(factory, seed)
         advance()
     meta_round: dict[str, object] = {}
     if tree_rounds:  # a tree round's cost to a factory, beside a meta-learning round's on the same factories
@@ -855,10 +866,10 @@ def run_seed(
 def _engine_shots(
     plan: BenchmarkPlan, source: DataSource, seed: int,
     final: Mapping[str, tuple[Mapping[str, Tensor], EvaluationSettings]],
-    trees: Mapping[str, tuple[bytes, EvaluationSettings]],
+    trees: Mapping[str, TreePredictor],
 ) -> dict[str, dict[int, dict[str, float]]]:
     """C-MAPSS adapted on K whole target engines (`engine_shots`), every chosen method (``trees``: each tree
-    method's ensemble and adaptation settings, `tree_rounds.engine_predictor`)."""
+    method's model at a factory, `tree_rounds.engine_predictor`)."""
     engines = EngineShots(source, seed, transfer=CMAPSS_TRANSFERS[plan.dataset])
 
     def adapted(run: str, steps: int | None = None) -> dict[int, dict[str, float]]:
@@ -870,7 +881,7 @@ def _engine_shots(
         "fedavg+ft": lambda: adapted("fedavg"),
         "local-only": lambda: engines.score(engines.local_only(final["fedavg"][1])),
         **{method: (lambda method=method: adapted(method)) for method in (*META_METHODS, "centralized-maml")},
-        **{method: (lambda method=method: engines.score(engine_predictor(source, *trees[method])))
+        **{method: (lambda method=method: engines.score(engine_predictor(source, trees[method])))
            for method in trees},
         **{name: (lambda name=name: engines.score(engines.gradient_boosting(seed, name, plan.tree_params(name))))
            for name in TREE_REFERENCES},
@@ -1074,7 +1085,8 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         f"({', '.join(recipe.name for recipe in TREE_RECIPES)}: trees x rate) on {RECIPE_TASKS} K-shot tasks of "
         "its rows and the lowest mean query loss is kept for each K; each held-out task boosts the recipe of the "
         "nearest K from the ensemble on its K support rows. trees-alone: "
-        f"{ALONE_RECIPE.name} from no trees on the K support rows. The same features as "
+        f"{ROWS_ALONE_TREES.recipe_for(1).name} at depth {ROWS_ALONE_TREES.settings.depth} from no trees on the K "
+        "support rows, as fedmeta adapt's trees alone. The same features as "
         "the tree models; MB sent: the new trees' XGBoost JSON over rounds and replies.",
         "round cost (federated trees): the mean seconds of one factory's tree_update in the rounds before the last "
         "(the last also scores the recipes, shown apart) beside one local_update of "
@@ -1087,14 +1099,16 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         + (f"tuned by `fedmeta tune` on the training side's validation factory ({plan.tuned_from}) for "
            + ", ".join(sorted(plan.tuned)) + "; the others at the shared defaults" if plan.tuned else
            "the shared defaults for every method (no tuned configuration)")
-        + " (results.json: hyper_parameters). The oracles, local-only and linear are never tuned; chosen uses the "
+        + " (results.json: hyper_parameters). The oracles, local-only, linear and trees-alone are never tuned; "
+        "the federated trees run at the run settings' tree defaults (the tuner has no search space for them); "
+        "chosen uses the "
         "hyper-parameters of the run it comes from.",
         "linear: least squares (ridge, the penalty of least leave-one-out error on the K rows) or logistic regression "
         "(L2 penalty 1, 10 Newton steps) on each task's K support rows, on the factory-scaled inputs (windows: the "
         "last step's channels).",
         f"chosen: each task keeps, by 5-fold cross-validation on its own K support rows (strict least error), one "
-        f"of the adapted and the unadapted model of the first of {'/'.join(CHOSEN_WITH)} in the plan, and linear: "
-        "the rule `fedmeta adapt` applies, so what a factory ends up with.",
+        f"of the adapted and the unadapted model of the first of {'/'.join(CHOSEN_WITH)} in the plan, linear and "
+        "trees-alone: the rule `fedmeta adapt` applies, so what a factory ends up with.",
         "field metrics (ai4i: F1/AUROC/Brier/threshold; cmapss: RMSE/NASA in cycles): each evaluation task's "
         "adapted model scores the field rows (ai4i: the held-out factory's rows minus that task's support rows, at "
         "the natural failure rate; cmapss: the official test split); mean over tasks. ai4i decisions are made at "

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from fedmeta.simulations.benchmarks.engine_shots import ENGINE_SHOTS
 from fedmeta.simulations.benchmarks.fewshot import (
+    FEDERATED_TREES,
     FULL_DATA_REFERENCES,
     META_METHODS,
     METHODS,
@@ -31,6 +32,7 @@ from fedmeta.simulations.benchmarks.provenance import strict_json
 __all__ = [
     "PUBLISHED",
     "RESULTS_FILES",
+    "TREE_FAMILY_AIMS",
     "aims",
     "check_out_dir",
     "markdown",
@@ -191,6 +193,55 @@ def _aims_lines(verdicts: Mapping[str, object], what: str = "") -> list[str]:
     return lines
 
 
+# What a factory ends up with in each family, held to the aims the tree family was added for: the model
+# `fedmeta adapt` keeps of a network federation (``chosen``) and a tree federation's adapted trees. Each aim:
+# (the results table, its metric, K, higher is better, the bound: a number, or "pooled tree": the best pooled
+# tree reference of the same run). C-MAPSS engine tables have no ``chosen``: the best meta-learner stands in.
+TREE_FAMILY_AIMS: dict[str, tuple[tuple[str, str, int, bool, float | str], ...]] = {
+    "cmapss": (("engine_shots", "rmse", 5, False, "pooled tree"), ("engine_shots", "rmse", 10, False, "pooled tree"),
+               ("engine_shots", "rmse", 10, False, 15.0)),
+    "cmapss-fd004": (("engine_shots", "rmse", 10, False, 18.3),),
+    "ai4i": (("field", "f1", 5, True, "pooled tree"), ("field", "f1", 10, True, "pooled tree"),
+             ("field", "auroc", 5, True, AUROC_AIM), ("field", "auroc", 10, True, AUROC_AIM)),
+    "cwru": (("results", "accuracy", 5, True, 0.99),),
+    "cwru-fe": (("results", "accuracy", 5, True, 0.90),),
+}
+
+
+def _factory_models(table: Mapping[str, Mapping[str, object]], k: int, metric: str, higher: bool) -> dict[str, float]:
+    """Each family's model a factory ends up with at K (see `TREE_FAMILY_AIMS`), where the run has it."""
+    networks = "chosen" if "chosen" in table else _best(table, META_METHODS, k, metric, higher)[0]
+    candidates = [name for name in (networks, *FEDERATED_TREES) if name is not None]
+    return {name: value for name in candidates if (value := _mean(table, name, k, metric)) is not None}
+
+
+def tree_family_aims(results: Mapping[str, object]) -> list[dict[str, object]]:
+    """`TREE_FAMILY_AIMS` of the run's data set: each aim's bound and every family's value and verdict."""
+    verdicts = []
+    for key, metric, k, higher, bound in TREE_FAMILY_AIMS.get(results["dataset"], ()):
+        table = results.get(key) or {}
+        limit = _best(table, TREE_REFERENCES, k, metric, higher)[1] if bound == "pooled tree" else bound
+        models = _factory_models(table, k, metric, higher)
+        verdicts.append({"table": key, "metric": metric, "k": k, "higher_is_better": higher, "bound": bound,
+                         "limit": limit, "values": models,
+                         "met": {name: limit is not None and (value >= limit if higher else value <= limit)
+                                 for name, value in models.items()}})
+    return verdicts
+
+
+def _tree_family_lines(results: Mapping[str, object]) -> list[str]:
+    lines = []
+    for aim in tree_family_aims(results):
+        sign = ">=" if aim["higher_is_better"] else "<="
+        bound = f"the pooled tree ({_fmt(aim['limit'])})" if aim["bound"] == "pooled tree" else _fmt(aim["limit"])
+        what = {"engine_shots": "after K whole target engines", "field": "at the factory's failure rate",
+                "results": "on the K-shot query sets"}[aim["table"]]
+        values = "; ".join(f"{name} {_fmt(value)}: {'met' if aim['met'][name] else 'NOT met'}"
+                           for name, value in aim["values"].items()) or "no method of either family ran"
+        lines.append(f"factory's model, {aim['metric']} {what}, K={aim['k']} {sign} {bound}: {values}")
+    return lines
+
+
 def _all_aims_lines(results: Mapping[str, object]) -> list[str]:
     lines = _aims_lines(aims(results))
     failure = field_aims(results)
@@ -199,7 +250,7 @@ def _all_aims_lines(results: Mapping[str, object]) -> list[str]:
     engines = engine_shot_aims(results)
     if engines is not None:
         lines += _aims_lines(engines, "test RMSE after K whole target engines, ")
-    return lines
+    return lines + _tree_family_lines(results)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -427,7 +478,7 @@ def write_results(results: Mapping[str, object], out: Path) -> None:
     check_out_dir(out)
     strict = strict_json(results)
     results = strict_json({**results, "aims": aims(strict), "field_aims": field_aims(strict),
-                            "engine_shot_aims": engine_shot_aims(strict)})
+                            "engine_shot_aims": engine_shot_aims(strict), "tree_family_aims": tree_family_aims(strict)})
     with (out / "results.json").open("x", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2, allow_nan=False)
     with (out / "results.md").open("x", encoding="utf-8") as handle:

@@ -7,7 +7,7 @@ ensemble, and the server's own `check_reply` and `append_replies` check their tr
 factory-key order. The last round asks each factory to score the adaptation recipes on K-shot tasks of its
 rows, and `best_recipes` keeps one per K, as `server.run` does. A held-out factory then adapts as
 `client.rounds.evaluation.evaluate_trees` does: its K's chosen recipe boosted from the ensemble on its K
-rows (`tree_predictor`, `chosen_recipe`).
+rows (`fewshot.federated_trees`).
 
 Every factory's update is timed, and one meta-learning round's update (`client.app.local_update`) of the
 same factories, so the report can set what a tree round costs a factory beside a network's round.
@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from fedmeta.client import LoadedFactory, local_update, node_device
-from fedmeta.client.rounds.trees import chosen_recipe, factory_tree_shape, tree_predictor, tree_update
+from fedmeta.client.rounds.trees import factory_tree_shape, tree_update
 from fedmeta.common import DataSource, EvaluationSettings, FactoryData, RoundSettings, TaskBatch
+from fedmeta.common.meta.factory_choice import Predictor
 from fedmeta.common.trees.continuation import best_recipes
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, num_rounds
 from fedmeta.common.trees.settings import TreeRecipe
@@ -144,15 +145,14 @@ def meta_round_seconds(config: Mapping[str, object], factories: Sequence[LoadedF
     return statistics.fmean(seconds)
 
 
-def engine_predictor(source: DataSource, ensemble: bytes,
-                     settings: EvaluationSettings) -> Callable[[FactoryData, Tensor], Tensor]:
-    """`engine_shots.EngineShots`' predictor for trees: the recipe chosen for the K nearest the target engines'
-    window count (`chosen_recipe`) boosted from ``ensemble`` on all those windows, predicting ``x [n, ...]``."""
+def engine_predictor(source: DataSource, predictor_at: Callable[[LoadedFactory, int], Predictor]
+                     ) -> Callable[[FactoryData, Tensor], Tensor]:
+    """`engine_shots.EngineShots`' predictor for trees: ``predictor_at(factory, K)`` for K the target engines'
+    window count, fitted on all those windows, predicting ``x [n, ...]``."""
 
     def predict(engines: FactoryData, x: Tensor) -> Tensor:
         batch = TaskBatch(engines.x[None], engines.y[None], x[None], engines.y.new_zeros(1, len(x)))
-        recipe = chosen_recipe(settings, len(engines.y))
         factory = LoadedFactory(engines, "evaluate", source)
-        return tree_predictor(factory, ensemble, recipe, settings)(batch)[0]
+        return predictor_at(factory, len(engines.y))(batch)[0]
 
     return predict

@@ -1,12 +1,13 @@
 """The warm ClientApp worker over real processes (`fedmeta client --isolation process`, on loopback).
 
 Two factories serve three federations, one after the other, each from a `fedmeta server` of its own on
-the same address: A (first-order MAML), B (Reptile with other step counts and top-k compression) and A
-again. A and B run through the same worker process in each factory, and A's repeat computes exactly
-what A computed in its first round: B left nothing behind that changes a later run. In the repeat's
-second round one factory's worker is killed while it holds a task: the server gets that factory's
-failure at once, not after a timeout, the factory starts a new worker, and the third round has both
-factories again.
+the same address: A (first-order MAML), B (federated XGBoost trees, bagging) and A again. A and B run
+through the same worker process in each factory, and A's repeat computes exactly what A computed in its
+first round: B left nothing behind that changes a later run. B grows both factories' trees each round,
+chooses its adaptation recipes in the last and delivers its tree package, which each factory stores. In
+the repeat's second round one factory's worker is killed while it holds a task: the server gets that
+factory's failure at once, not after a timeout, the factory starts a new worker, and the third round has
+both factories again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import psutil
 import pytest
 
 from fedmeta.common import ChildProcess, free_port
+from fedmeta.common.package.model_package import load_package
+from fedmeta.common.trees.ensemble import load_ensemble
 from tests.support.deployment import ENV, FEATURES, FEDMETA, stop_all, wait_for, write_table
 
 FACTORIES = ("plant-a", "plant-b")
@@ -31,7 +34,7 @@ ROUND_TIMEOUT_S = 60  # far above the time a factory's failure takes to reach th
 COMMON = (f"local-steps=300 meta-batch-size=2 shots=5 query-size=10 min-train-nodes=1 timeout={ROUND_TIMEOUT_S} "
           f"device='cpu' wait-for-factories={len(FACTORIES)}")
 RUN_A = f"{COMMON} algorithm='fomaml' inner-steps=1 num-server-rounds=2"
-RUN_B = f"{COMMON} algorithm='reptile' inner-steps=3 num-server-rounds=2 compression='topk' topk-fraction=0.2"
+RUN_B = f"{COMMON} algorithm='xgb-bagging' num-server-rounds=2 eval-shots='5,10'"
 RUN_A_AGAIN = f"{COMMON} algorithm='fomaml' inner-steps=1 num-server-rounds=3"
 VICTIM = "plant-b"
 
@@ -114,7 +117,7 @@ def warm_runs(tmp_path_factory) -> Iterator[WarmRuns]:
             server = ChildProcess("server", command, log=root / f"server-{run}.log", env=ENV)
             started.append(server.start())
             logs.append(server.log)
-            algorithm = "reptile" if config is RUN_B else "fomaml"
+            algorithm = "xgb-bagging" if config is RUN_B else "fomaml"
             if config is RUN_A_AGAIN:
                 wait_for(lambda: _records(root / "run-2", "fomaml"), 180, "the repeat's round 1", logs)
                 result.killed = _kill_worker_training(root, clients, logs)
@@ -141,12 +144,23 @@ def test_two_runs_with_different_configs_go_through_one_worker(warm_runs):
 
 
 def test_a_run_after_another_computes_what_it_computed_before(warm_runs):
-    """Run B (another algorithm, other steps, top-k state in the factories' contexts) passed through the
-    worker between A and its repeat: the repeat's first round is A's, value for value."""
+    """Run B (another model family, XGBoost in the worker) passed through the worker between A and its repeat:
+    the repeat's first round is A's, value for value."""
     before, after = warm_runs.rounds[0][0], warm_runs.rounds[2][0]
     assert after["train/query-loss"] == before["train/query-loss"]
     assert after["train/replies"] == before["train/replies"] == 2.0
-    assert warm_runs.rounds[1][0]["train/query-loss"] != before["train/query-loss"]  # B did other work
+
+
+def test_a_tree_run_grows_both_factories_trees_and_delivers_its_tree_package(warm_runs):
+    records = warm_runs.rounds[1]
+    assert {key for key in records[-1] if key.startswith("train/tree-recipe-")} == {"train/tree-recipe-k5",
+                                                                                    "train/tree-recipe-k10"}
+    package = load_package(warm_runs.root / "run-1" / "xgb-bagging" / "model")
+    assert load_ensemble(package.ensemble).num_boosted_rounds() == 2 * len(FACTORIES)
+    assert package.manifest.schema.features == tuple(FEATURES) and set(package.manifest.trees.recipes) == {5, 10}
+    for name in FACTORIES:
+        stored = load_package(warm_runs.root / f"state-{name}" / "models" / package.manifest.run / "round-000002")
+        assert stored.ensemble == package.ensemble
 
 
 def test_a_killed_worker_is_answered_as_failed_and_replaced(warm_runs):

@@ -93,9 +93,10 @@ def test_evaluate_reply_holds_only_k_shot_metrics(client_app, global_params):
     assert set(reply.content.keys()) == {"metrics"}
     metrics = reply.content["metrics"]
     assert _only_numbers(metrics)
-    pattern = re.compile(r"(local-|linear-|chosen-)?loss-k\d+|num-examples")
+    pattern = re.compile(r"(local-|linear-|trees-alone-|chosen-)?loss-k\d+|num-examples")
     assert all(pattern.fullmatch(key) for key in metrics), sorted(metrics)
-    assert {"loss-k0", "loss-k1", "loss-k5", "local-loss-k5", "linear-loss-k5", "chosen-loss-k5"} <= set(metrics)
+    assert {"loss-k0", "loss-k1", "loss-k5", "local-loss-k5", "linear-loss-k5", "trees-alone-loss-k5",
+            "chosen-loss-k5"} <= set(metrics)
 
 
 def test_query_reply_holds_only_role_and_factory_key(client_app):

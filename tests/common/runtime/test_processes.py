@@ -1,12 +1,15 @@
-"""Child processes are stopped with every helper they started, even in other sessions."""
+"""Child processes are stopped with every helper they started, even in other sessions; a free port for a
+process to listen on is one no outgoing connection can take meanwhile."""
 
 from __future__ import annotations
 
+import socket
 import time
+from pathlib import Path
 
 import psutil
 
-from fedmeta.common import ChildProcess, descendants
+from fedmeta.common import ChildProcess, descendants, free_port
 
 
 def test_child_process_stops_helpers_in_other_sessions():
@@ -41,3 +44,11 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_free_port_is_bindable_and_below_the_range_outgoing_connections_take():
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(10_000 <= port < low for port in ports) and len(ports) > 1
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", ports.pop()))

@@ -1,5 +1,6 @@
 """The benchmark's aims check on hand-made results: the best meta-learner against FedAvg + FT and the best
-tree model, and AI4I's F1 at the failure rate with its AUROC aim."""
+tree model, AI4I's F1 at the failure rate with its AUROC aim, and each family's factory model against the
+tree family's aims (C-MAPSS engines: a number and the pooled tree of the same run)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,21 @@ def test_no_f1_aims_without_an_f1_and_missing_methods_are_no_verdict():
     verdicts = fewshot_report.aims_of({"maml": {"5": _entry(loss=0.1)}}, "loss", False, [5])
     assert verdicts["per_k"]["5"]["best_tree"] is None and not verdicts["per_k"]["5"]["beats_both"]
     assert verdicts["share_of_best_full_data_reference"] is None
+
+
+def test_each_familys_factory_model_is_held_to_the_tree_family_aims():
+    engines = {
+        "maml": {"5": _entry(rmse=21.0), "10": _entry(rmse=19.0)},
+        "r2d2": {"5": _entry(rmse=18.0), "10": _entry(rmse=18.5)},
+        "xgb-bagging": {"5": _entry(rmse=16.0), "10": _entry(rmse=14.5)},
+        "gradient-boosting": {"5": _entry(rmse=16.4), "10": _entry(rmse=14.6)},
+    }
+    verdicts = fewshot_report.tree_family_aims({"dataset": "cmapss", "engine_shots": engines})
+    five, ten, absolute = verdicts
+    assert (five["limit"], five["values"], five["met"]) == (16.4, {"r2d2": 18.0, "xgb-bagging": 16.0},
+                                                           {"r2d2": False, "xgb-bagging": True})
+    assert ten["met"] == {"r2d2": False, "xgb-bagging": True} and absolute["limit"] == 15.0
+    lines = fewshot_report._tree_family_lines({"dataset": "cmapss", "engine_shots": engines})
+    assert lines[2] == ("factory's model, rmse after K whole target engines, K=10 <= 15.000: r2d2 18.500: NOT met; "
+                        "xgb-bagging 14.500: met")
+    assert fewshot_report.tree_family_aims({"dataset": "synthetic"}) == []

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fedmeta.client import LoadedFactory
-from fedmeta.common import EvaluationSettings, FactoryData
-from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE
+from fedmeta.client.rounds.trees import rows_alone_trees
+from fedmeta.common import FactoryData
 from fedmeta.simulations.benchmarks import fewshot, fewshot_report
 from fedmeta.simulations.benchmarks.seed_records import SeedRecords, SeedSteps
 from fedmeta.simulations.benchmarks.tree_rounds import (
@@ -42,7 +42,7 @@ def test_every_tree_method_scores_every_k_on_the_shared_tasks(tree_run):
     cyclic = results["hyper_parameters"]["xgb-cyclic"]
     assert {key: cyclic[key] for key in ("tree-depth", "tree-rate", "tree-subsample", "local-trees")} == {
         "tree-depth": 6, "tree-rate": 0.1, "tree-subsample": 0.8, "local-trees": 1}
-    assert results["hyper_parameters"]["trees-alone"]["recipe"] == "20x0.1"
+    assert results["hyper_parameters"]["trees-alone"] == {"tree-depth": 3, "tree-subsample": 1.0, "recipe": "20x0.3"}
 
 
 def test_wall_time_and_a_tree_rounds_cost_beside_a_meta_learning_rounds(tree_run):
@@ -92,7 +92,8 @@ def test_the_report_marks_pooled_references_not_private_and_federated_trees_priv
 def test_trees_predict_target_engines_and_their_ensemble_survives_a_step_record(tmp_path):
     source = fewshot._factories(fewshot.plan_for("synthetic", quick=True).run_config(0), "evaluate")[0].source
     engines = FactoryData("engines", torch.randn(30, 6), torch.randn(30))
-    predicted = engine_predictor(source, EMPTY_ENSEMBLE, EvaluationSettings())(engines, torch.randn(7, 6))
+    predicted = engine_predictor(source, lambda factory, k: rows_alone_trees(factory, seed=0))(engines,
+                                                                                            torch.randn(7, 6))
     assert predicted.shape == (7, 1) and bool(torch.isfinite(predicted).all())
     plan = fewshot.plan_for("synthetic", quick=True, methods=("xgb-cyclic",))
     ensemble = b'{"learner": "trees"}'
