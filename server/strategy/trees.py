@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -26,7 +27,10 @@ from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
 from fedmeta.server.strategy.fedmeta import FactorySeats, ModelRecords, SamplingSettings, Seat, weighted_metrics
 
-__all__ = ["MAX_TREE_BYTES", "TreeStrategy", "append_replies", "check_reply", "ensemble_bytes", "ensemble_records"]
+__all__ = [
+    "MAX_TREE_BYTES", "TreeStrategy", "append_replies", "check_reply", "cyclic_turn", "ensemble_bytes",
+    "ensemble_records",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,14 @@ def append_replies(ensemble: bytes, accepted: Sequence[tuple[bytes, Mapping[str,
     return ensemble, weighted_metrics([metrics for _, metrics in accepted])
 
 
+Turn = TypeVar("Turn")
+
+
+def cyclic_turn(candidates: Sequence[Turn], server_round: int) -> Turn:
+    """The one of ``candidates`` (in the federation's order) that boosts in ``server_round`` of a cyclic run."""
+    return candidates[(server_round - 1) % len(candidates)]
+
+
 class TreeStrategy(FactorySeats):
     """The global ensemble and the rounds that grow it (bagging, or ``cyclic``)."""
 
@@ -79,7 +91,7 @@ class TreeStrategy(FactorySeats):
         candidates = self.seats_with_role("train")
         if not candidates:
             raise RuntimeError("no training factory is connected")
-        return [candidates[(server_round - 1) % len(candidates)]]
+        return [cyclic_turn(candidates, server_round)]
 
     def configure_train(
         self, server_round: int, model: ModelRecords, config: ConfigRecord, grid: Grid

@@ -32,7 +32,7 @@ from fedmeta.common.trees.continuation import best_recipes
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, num_rounds
 from fedmeta.common.trees.settings import TreeRecipe
 from fedmeta.server import ServerSettings, initial_meta_parameters
-from fedmeta.server.strategy.trees import append_replies, check_reply
+from fedmeta.server.strategy.trees import append_replies, check_reply, cyclic_turn
 
 __all__ = [
     "TreeRun",
@@ -77,7 +77,7 @@ def round_factories(factories: Sequence[LoadedFactory], server_round: int, *, cy
     """The factories that boost in ``server_round``, in factory-key order: every one (bagging), or one in turn
     (cyclic), the rule of `TreeStrategy.sample_train` with every training factory sampled."""
     ordered = sorted(factories, key=lambda factory: factory.data.name)
-    return [ordered[(server_round - 1) % len(ordered)]] if cyclic else ordered
+    return [cyclic_turn(ordered, server_round)] if cyclic else ordered
 
 
 def _timed_update(factory: LoadedFactory, ensemble: bytes,
