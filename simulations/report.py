@@ -52,8 +52,8 @@ def _rows_of(record: dict[str, object], method: str, prefix: str, with_k0: bool)
 
 def comparison_rows(run_root: Path, algorithm: str, baselines: tuple[str, ...]) -> list[ComparisonRow]:
     """Rows for the meta-learned ``algorithm``, each baseline, local-only training, the linear model and trees on
-    the K rows and the model the factory keeps (among ``algorithm``'s adapted and unadapted model, the linear model
-    and the trees)."""
+    the K rows and the model the factory keeps (among ``algorithm``'s adapted and unadapted model and the linear
+    one)."""
     main = final_evaluation(run_root / algorithm)
     kind = "federated trees, boosted on the K rows" if is_tree_algorithm(algorithm) else "meta-learned, adapted"
     rows = _rows_of(main, f"{algorithm} ({kind})", "", with_k0=True)

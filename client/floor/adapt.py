@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedmeta.client.floor.candidates import FittedTrees, candidate_names, fit_candidate
+from fedmeta.client.floor.candidates import REPORTED, FittedTrees, candidate_names, fit_candidate
 from fedmeta.common import Recipe, TaskBatch, expected_f1_threshold, prior_shift, support_folds
 from fedmeta.common.data.connector import DataSchema
 from fedmeta.common.data.connector.windows import Windows
@@ -195,9 +195,9 @@ def _cross_validated(package: ModelPackage, batch: TaskBatch, seed: int,
 
 
 def _best(scores: dict[str, dict[str, float]], kind: str) -> str:
-    """The candidate of least held-out error (ties: the first listed)."""
+    """The candidate of least held-out error (ties: the first listed), of those a factory keeps unasked."""
     metric = "cross-entropy" if kind == "classification" else "mse"
-    return min(scores, key=lambda name: scores[name][metric])
+    return min((name for name in scores if name not in REPORTED), key=lambda name: scores[name][metric])
 
 
 def failure_probabilities(logits: Tensor, decision: Mapping[str, Any], classes: Sequence[str]) -> Tensor:

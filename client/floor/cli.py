@@ -124,14 +124,15 @@ def adapt(
         str | None,
         typer.Option(help="Keep this candidate instead of the one of least held-out error (with a warning): "
                      "adapted, unadapted, closed-form head, least squares (regression), logistic regression "
-                     "(classification), rows alone, trees alone; a tree package's: adapted, unadapted, least "
-                     "squares or logistic regression, trees alone.", show_default=False),
+                     "(classification), rows alone, trees alone (scored, kept only when named here); a tree "
+                     "package's: adapted, unadapted, least squares or logistic regression, trees alone.",
+                     show_default=False),
     ] = None,
 ) -> None:
     """Adapt a model package to this factory's labelled rows: every candidate model (the package adapted with
     its recipe, unadapted, a closed-form head on its features, least squares or logistic regression on the
-    rows, the network and gradient-boosted trees trained on the rows alone) is scored on held-out folds of the
-    rows, and the best is written."""
+    rows, the network trained on the rows alone; gradient-boosted trees on the rows alone, reported) is scored on
+    held-out folds of the rows, and the best is written."""
     console = Console()
     with exit_on_errors(console, PackageError, SchemaError, DataValidationError, ValueError):
         package = _package(model, console)

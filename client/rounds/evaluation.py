@@ -66,22 +66,19 @@ def _predictor(adaptation: Adaptation, steps: int, cross_validate: bool = False)
 def factory_predictors(factory: LoadedFactory, adaptation: Adaptation,
                        settings: EvaluationSettings) -> dict[str, Predictor]:
     """What a factory can do with its K rows, each fitted on a task's support rows: the federation's model
-    adapted (``adaptation``, as evaluated) and unadapted, the linear model and trees on the rows alone; the
-    candidates `common.meta.factory_choice` chooses among, as `fedmeta adapt` does. The local-only network is
-    left out of the choice: trained again on every fold of every task, it would multiply the evaluation's cost
-    several times over."""
+    adapted (``adaptation``, as evaluated) and unadapted, and the linear model on the rows; the candidates
+    `common.meta.factory_choice` chooses among, as `fedmeta adapt` does. The local-only network is left out of
+    the choice: trained again on every fold of every task, it would multiply the evaluation's cost several times
+    over. Trees on the rows alone are scored beside the choice, not in it (`client.floor.candidates.REPORTED`)."""
     return {
         "adapted": _predictor(adaptation, settings.steps, settings.recipe == "cross-validated"),
         "unadapted": _predictor(adaptation, 0),
-        **_own_models(factory, settings),
+        "linear": _linear(factory),
     }
 
 
-def _own_models(factory: LoadedFactory, settings: EvaluationSettings) -> dict[str, Predictor]:
-    """What a factory builds from its K rows alone: the linear model and gradient-boosted trees."""
-    source = factory.source
-    return {"linear": linear_predictor(source.task_kind, source.model_config.output_dim),
-            "trees-alone": rows_alone_trees(factory, settings.seed)}
+def _linear(factory: LoadedFactory) -> Predictor:
+    return linear_predictor(factory.source.task_kind, factory.source.model_config.output_dim)
 
 
 def evaluate_factory(
@@ -96,7 +93,7 @@ def evaluate_factory(
     """
     adaptation = prepare_adaptation(factory, params, settings, device=device)
     choices = factory_predictors(factory, adaptation, settings)
-    others = {}
+    others = {"trees-alone": rows_alone_trees(factory, settings.seed)}
     if settings.local_only_steps:
         others["local"] = _predictor(local_only_adaptation(factory.source, settings), settings.local_only_steps)
     adapted = None
@@ -109,13 +106,14 @@ def evaluate_factory(
 def evaluate_trees(factory: LoadedFactory, ensemble: bytes, settings: EvaluationSettings) -> dict[str, float]:
     """`evaluate_factory`'s metrics for federated trees: ``adapted`` is the ensemble after each K's recipe
     (`client.rounds.trees.chosen_recipe`), ``unadapted`` the ensemble as it is."""
-    own = _own_models(factory, settings)
+    linear = _linear(factory)
 
     def choices(k: int) -> dict[str, Predictor]:
         return {"adapted": tree_predictor(factory, ensemble, chosen_recipe(settings, k), settings),
-                "unadapted": tree_predictor(factory, ensemble, TreeRecipe(0, 0.0), settings), **own}
+                "unadapted": tree_predictor(factory, ensemble, TreeRecipe(0, 0.0), settings), "linear": linear}
 
-    return score_shots(factory, settings, choices, {}, device=torch.device("cpu"))
+    return score_shots(factory, settings, choices, {"trees-alone": rows_alone_trees(factory, settings.seed)},
+                       device=torch.device("cpu"))
 
 
 def score_shots(
@@ -123,9 +121,9 @@ def score_shots(
     others: Mapping[str, Predictor], *, device: torch.device,
     adapted: Callable[[TaskBatch], Mapping[str, float | Tensor]] | None = None,
 ) -> dict[str, float]:
-    """For each K, the same tasks scored by each of ``choices(K)`` (``adapted``, ``unadapted``, ``linear``,
-    ``trees-alone``: what a factory can do with its K rows), by ``others`` and by the choice each task makes among
-    ``choices(K)`` (``chosen-``); ``adapted`` replaces the adapted model's scores where given."""
+    """For each K, the same tasks scored by each of ``choices(K)`` (``adapted``, ``unadapted``, ``linear``: what a
+    factory can do with its K rows), by ``others`` (``local``, ``trees-alone``) and by the choice each task makes
+    among ``choices(K)`` (``chosen-``); ``adapted`` replaces the adapted model's scores where given."""
     kind = factory.source.task_kind
     metrics: dict[str, float] = {NUM_EXAMPLES: 0}
     for k in settings.shots:

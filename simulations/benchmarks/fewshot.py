@@ -11,8 +11,8 @@ For each seed and each K of the evaluation shots, on the held-out factories (nev
 - ``maml``, ``fomaml``, ``reptile``, ``metasgd``, ``r2d2``: federated meta-learning, adapted on K rows
   (``r2d2``: its closed-form head solved on them).
 - ``chosen``: the model each task keeps by cross-validation on its own K rows among the first
-  meta-learner's (of `CHOSEN_WITH`) adapted and unadapted model, the linear model and trees on the K rows
-  alone, the rule ``fedmeta adapt`` applies: what a factory ends up with.
+  meta-learner's (of `CHOSEN_WITH`) adapted and unadapted model and the linear model, the rule
+  ``fedmeta adapt`` applies: what a factory ends up with.
 - ``centralized-maml``: MAML meta-trained on the pooled training factories' data (one task
   sampler over all of them), with as many sampled tasks as the federated runs; the upper bound.
 - ``xgb-bagging``, ``xgb-cyclic``: federated XGBoost trees (`tree_rounds`), the plan's rounds in-process
@@ -26,7 +26,7 @@ For each seed and each K of the evaluation shots, on the held-out factories (nev
 - ``trees-alone``: XGBoost on each task's K support rows and nothing else (window statistics for windows),
   from no trees, as `fedmeta adapt` and the federation's evaluation fit a factory's own trees
   (`common.trees.settings.ROWS_ALONE_TREES`: 20 trees of depth 3 at rate 0.3). What a factory gets from its
-  own rows alone; also among the models ``chosen`` keeps.
+  own rows alone (scored beside ``chosen``, not in it, as `fedmeta adapt` reports it).
 - ``gradient-boosting``, ``lightgbm``: tree models on the pooled training rows plus the K rows; like
   ``centralized-maml`` and ``pooled-oracle`` they pool every training factory's rows (`POOLED`), so they
   are references, not private.
@@ -1107,8 +1107,8 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         "(L2 penalty 1, 10 Newton steps) on each task's K support rows, on the factory-scaled inputs (windows: the "
         "last step's channels).",
         f"chosen: each task keeps, by 5-fold cross-validation on its own K support rows (strict least error), one "
-        f"of the adapted and the unadapted model of the first of {'/'.join(CHOSEN_WITH)} in the plan, linear and "
-        "trees-alone: the rule `fedmeta adapt` applies, so what a factory ends up with.",
+        f"of the adapted and the unadapted model of the first of {'/'.join(CHOSEN_WITH)} in the plan, and linear: "
+        "the rule `fedmeta adapt` applies, so what a factory ends up with.",
         "field metrics (ai4i: F1/AUROC/Brier/threshold; cmapss: RMSE/NASA in cycles): each evaluation task's "
         "adapted model scores the field rows (ai4i: the held-out factory's rows minus that task's support rows, at "
         "the natural failure rate; cmapss: the official test split); mean over tasks. ai4i decisions are made at "

@@ -90,9 +90,8 @@ def test_a_failure_model_recommends_settings_where_failures_are_unlikely(tmp_pat
     manifest = Manifest(PackageSchema(("temperature", "speed"), "state", "classification", ("ok", "scrap")), config,
                         AdaptationPlan("fomaml", 300, 0.1), "factory-rows", "run", 1)
     save_package(tmp_path / "package", weights, {}, manifest)
-    # the network (a threshold on temperature is a tree's shape: trees alone fit it best, and have no gradient)
     assert run_fedmeta("adapt", "--model", str(tmp_path / "package"), "--data", str(tmp_path / "plant.csv"),
-                       "--out", str(tmp_path / "adapted"), "--keep", "adapted")[0] == 0
+                       "--out", str(tmp_path / "adapted"))[0] == 0
     bounds = {"controllable": {"temperature": [180, 230]}, "fixed": {"speed": 2.0}, "goal": "minimize",
               "class": "scrap"}
     code, output = _optimize(tmp_path / "adapted", bounds, tmp_path, "--out", str(tmp_path / "settings.json"))

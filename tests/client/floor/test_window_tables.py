@@ -230,7 +230,7 @@ def test_an_update_on_a_window_table_adds_a_version_learned_from_the_windows_its
     new = table[table["cycle"] > 16 - (LENGTH - 1)]  # each engine's new rows, after the LENGTH - 1 rows before them
     new.to_csv(tmp_path / "new.csv", index=False)
     assert run_fedmeta("adapt", "--model", str(tmp_path / "package"), "--data", str(tmp_path / "first.csv"),
-                       "--out", str(tmp_path / "adapted"), "--keep", "adapted")[0] == 0  # the network's update
+                       "--out", str(tmp_path / "adapted"))[0] == 0
     store = tmp_path / "store"
     assert run_fedmeta("update", "--store", str(store), "--from", str(tmp_path / "adapted"))[0] == 0
     code, output = run_fedmeta("update", "--store", str(store), "--data", str(tmp_path / "new.csv"))
