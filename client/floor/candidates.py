@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -104,9 +105,9 @@ class FittedTrees:
     plan: TreePlan
     recipe: Recipe | None = None  # no gradient steps
 
-    @property
+    @cached_property
     def model(self) -> TreeModel:
-        """Task 0's trees as a model."""
+        """Task 0's trees as a model (read once: adapting asks for its config and its decision threshold)."""
         return TreeModel(self.ensembles[0], self.config, self.kind)
 
     def task_weights(self, task: int) -> dict[str, Tensor]:

@@ -474,13 +474,13 @@ def load_package(directory: str | os.PathLike[str]) -> ModelPackage:
     model_file = path / manifest.model_file
     if not model_file.is_file():
         raise PackageError(path, f"has no {manifest.model_file}")
-    digest = _digest(model_file)
+    ensemble = model_file.read_bytes() if manifest.trees is not None else b""  # read once: hashed, then checked
+    digest = hashlib.sha256(ensemble).hexdigest() if ensemble else _digest(model_file)
     if digest != manifest.weights_sha256:
         raise PackageError(path, f"{manifest.model_file} has SHA-256 {digest}, the manifest records "
                                  f"{manifest.weights_sha256}: the file was changed or damaged")
     notes = _version_notes(manifest.versions)
     if manifest.trees is not None:
-        ensemble = model_file.read_bytes()
         _check_ensemble(path, manifest, ensemble)
         return ModelPackage({}, {}, manifest, notes, ensemble)
     try:

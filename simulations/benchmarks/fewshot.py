@@ -194,10 +194,10 @@ class BenchmarkPlan:
     validation: bool = False  # score on the training side's validation factory (`fedmeta tune`), never held out
     curves: bool = True  # score the held-out factories after every round (False: after the last only)
 
-    def run_config(self, seed: int, algorithm: str = "maml", tuned_as: str | None = None) -> dict[str, object]:
-        """The Flower-style run config of one seed and federated algorithm, with the tuned values of
-        ``tuned_as`` (default: the algorithm's own; centralized MAML runs with MAML's)."""
-        tuned = self.tuned.get(tuned_as or algorithm, {})
+    def run_config(self, seed: int, algorithm: str = "maml") -> dict[str, object]:
+        """The Flower-style run config of one seed and federated algorithm, with its tuned values
+        (centralized MAML runs with MAML's)."""
+        tuned = self.tuned.get(algorithm, {})
         base = {
             "dataset": self.dataset,
             **self.family,
@@ -231,9 +231,15 @@ class BenchmarkPlan:
             return self.tree_params(method)
         if method in FULL_DATA_REFERENCES:
             return {"oracle-steps": self.oracle_steps, "reference": dataclasses.asdict(self.reference)}
-        if method in TREE_METHODS:
-            config = self.run_config(0, tree_algorithm(method), tuned_as=method)
-            return _tree_hyper_parameters(resolve_run_config(config), method)
+        if method == TREES_ALONE:  # fedmeta adapt's, never tuned (like the linear model)
+            alone = ROWS_ALONE_TREES
+            return {"tree-depth": alone.settings.depth, "tree-subsample": alone.settings.subsample,
+                    "recipe": alone.recipe_for(1).name}
+        if method in FEDERATED_TREES:
+            config = resolve_run_config(self.run_config(0, method))
+            keys = ("tree-depth", "tree-rate", "tree-subsample", "local-trees")
+            return {**{key: config[key] for key in keys},
+                    "recipe": "chosen per K by the training factories' query losses"}
         if method == "linear":  # nothing to tune: the penalty is chosen on each task's rows
             return {"ridge-penalty": "least leave-one-out error", "logistic-penalty": LOGISTIC_PENALTY}
         run = {"centralized-maml": "maml", "chosen": chosen_with(self)}.get(
@@ -243,20 +249,6 @@ class BenchmarkPlan:
         if method == "local-only":
             keys = ("local-only-steps", "local-only-lr")
         return {key: config[key] for key in keys}
-
-
-def tree_algorithm(method: str) -> str:
-    """The tree algorithm whose run settings a tree method boosts with (trees alone: xgb-bagging's)."""
-    return FEDERATED_TREES[0] if method == TREES_ALONE else method
-
-
-def _tree_hyper_parameters(config: Mapping[str, object], method: str) -> dict[str, object]:
-    if method == TREES_ALONE:
-        alone = ROWS_ALONE_TREES  # fedmeta adapt's, never tuned (like the linear model)
-        return {"tree-depth": alone.settings.depth, "tree-subsample": alone.settings.subsample,
-                "recipe": alone.recipe_for(1).name}
-    keys = ("tree-depth", "tree-rate", "tree-subsample", "local-trees")
-    return {**{key: config[key] for key in keys}, "recipe": "chosen per K by the training factories' query losses"}
 
 
 def plan_for(
@@ -666,12 +658,10 @@ def _rounds_to(curve: Sequence[float], target: float, higher_better: bool) -> in
 # --------------------------------------------------------------------------- running
 
 
-def _method_evaluation(plan: BenchmarkPlan, seed: int, method: str, shots: Sequence[int],
-                       tuned_as: str | None = None) -> EvaluationSettings:
+def _method_evaluation(plan: BenchmarkPlan, seed: int, method: str, shots: Sequence[int]) -> EvaluationSettings:
     """The evaluation a federated method's run scores with: its own (tuned) steps and step sizes (tree methods:
-    the trees' depth and row share), or those ``tuned_as`` has; FedAvg's run also trains the local-only baseline
-    where it is chosen."""
-    evaluation = ServerSettings.from_run_config(plan.run_config(seed, method, tuned_as=tuned_as)).evaluation
+    the trees' depth and row share); FedAvg's run also trains the local-only baseline where it is chosen."""
+    evaluation = ServerSettings.from_run_config(plan.run_config(seed, method)).evaluation
     local_only = method == "fedavg" and "local-only" in plan.methods
     return dataclasses.replace(evaluation, shots=tuple(shots), algorithm=method,
                                local_only_steps=evaluation.local_only_steps if local_only else 0)

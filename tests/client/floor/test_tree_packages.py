@@ -16,6 +16,7 @@ import xgboost
 
 from fedmeta.client.floor.candidates import REPORTED, candidate_names
 from fedmeta.common.data.scaling import TargetScaling
+from fedmeta.common.data.synthetic import make_family
 from fedmeta.common.package.model_package import (
     BOOSTED,
     TREES_FILE,
@@ -29,7 +30,7 @@ from fedmeta.common.package.model_package import (
 from fedmeta.common.trees.ensemble import boost, booster_params
 from fedmeta.common.trees.settings import TreePlan, TreeRecipe, TreeSettings
 from fedmeta.common.trees.shape import tree_shape
-from tests.client.conftest import FEATURES
+from tests.client.conftest import FAMILY, FEATURES
 from tests.support.cli import run_fedmeta
 from tests.support.tree_packages import CLASSES, small_ensemble, tree_manifest
 
@@ -41,9 +42,6 @@ FEDERATION_ROUNDS = 30
 def tree_package(plant_package, tmp_path_factory):
     """Trees boosted on the training plants' rows (each plant's target standardised with its own rows, as a
     federation's factories do), as the package a tree run ends with; the plant's table of `plant_package`."""
-    from fedmeta.common.data.synthetic import make_family
-    from tests.client.conftest import FAMILY
-
     root, table = plant_package
     family = make_family(FAMILY)
     x = torch.cat([plant.x for plant in family.train]).double().numpy()

@@ -13,6 +13,7 @@ import xgboost
 from fedmeta.common.data.scaling import TargetScaling
 from fedmeta.common.package.model_package import (
     TREES_FILE,
+    AdaptationPlan,
     Manifest,
     ModelPackage,
     PackageError,
@@ -75,7 +76,7 @@ def test_a_tree_manifest_needs_trees_and_a_tree_algorithm(tmp_path):
     with pytest.raises(PackageError, match="save_tree_package"):
         save_package(tmp_path / "model", {}, {}, tree_manifest())
     with pytest.raises(ValueError, match="a tree package adapts as xgb-bagging, xgb-cyclic, boosted"):
-        tree_manifest(adaptation=tree_manifest().adaptation.__class__("fomaml", 5, 0.1))
+        tree_manifest(adaptation=AdaptationPlan("fomaml", 5, 0.1))
 
 
 def test_the_package_model_predicts_what_xgboost_does_in_the_factorys_units():
