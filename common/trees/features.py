@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-__all__ = ["WINDOW_STATISTICS", "window_features"]
+__all__ = ["STATISTICS_EPS", "WINDOW_STATISTICS", "window_features"]
 
 WINDOW_STATISTICS = (
     "mean", "std", "min", "max", "last", "slope", "skewness", "kurtosis", "crest factor", "mean |x|"
 )
-_EPS = 1e-8
+STATISTICS_EPS = 1e-8  # keeps the ratios of a flat window finite (the ONNX export adds the same)
 
 
 def window_features(x: Tensor | np.ndarray) -> np.ndarray:
@@ -28,11 +28,11 @@ def window_features(x: Tensor | np.ndarray) -> np.ndarray:
     std = values.std(axis=-1)
     time = np.arange(values.shape[-1]) - (values.shape[-1] - 1) / 2
     slope = (centred * time).sum(axis=-1) / (time**2).sum()
-    scale = std + _EPS
+    scale = std + STATISTICS_EPS
     skewness = (centred**3).mean(axis=-1) / scale**3
     kurtosis = (centred**4).mean(axis=-1) / scale**4
     rms = np.sqrt((values**2).mean(axis=-1))
-    crest = np.abs(values).max(axis=-1) / (rms + _EPS)
+    crest = np.abs(values).max(axis=-1) / (rms + STATISTICS_EPS)
     stats = [mean, std, values.min(axis=-1), values.max(axis=-1), values[..., -1], slope, skewness, kurtosis, crest,
              np.abs(values).mean(axis=-1)]
     return np.concatenate(stats, axis=-1)

@@ -28,8 +28,8 @@ from fedmeta.common.trees.shape import TreeShape
 from fedmeta.server.strategy.fedmeta import FactorySeats, ModelRecords, SamplingSettings, Seat, weighted_metrics
 
 __all__ = [
-    "MAX_TREE_BYTES", "TreeStrategy", "append_replies", "check_reply", "cyclic_turn", "ensemble_bytes",
-    "ensemble_records",
+    "MAX_TREE_BYTES", "TreeStrategy", "aggregate_round", "append_replies", "check_reply", "cyclic_turn",
+    "ensemble_bytes", "ensemble_records",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,30 @@ def append_replies(ensemble: bytes, accepted: Sequence[tuple[bytes, Mapping[str,
     return ensemble, weighted_metrics([metrics for _, metrics in accepted])
 
 
+def aggregate_round(ensemble: bytes, replies: Sequence[tuple[str, bytes, Mapping[str, float]]], shape: TreeShape,
+                    settings: TreeSettings, *, max_leaf: float, needed: int) -> tuple[bytes, dict[str, float]]:
+    """One round's aggregation of ``replies`` (factory, trees, metrics), shared with the benchmark's in-process
+    rounds: each reply checked (`check_reply`), a rejected one left out and logged, the rest appended in the
+    order given (`append_replies`); with fewer than ``needed`` accepted the ensemble stays as it was. Diverging
+    settings make honest factories grow leaves past the bound too: their trees are left out, as anyone's."""
+    accepted = []
+    for factory, trees, metrics in replies:
+        try:
+            check_reply(trees, metrics, shape, settings, max_leaf=max_leaf)
+        except TreesRejected as error:
+            log.warning("trees of factory %s left out: %s", factory, error)
+            continue
+        accepted.append((trees, metrics))
+    summary: dict[str, float]
+    if len(accepted) < needed:
+        log.warning("%d factories' trees accepted, fewer than %d; ensemble unchanged", len(accepted), needed)
+        summary = {"replies": float(len(accepted)), "model-unchanged": 1.0}
+    else:
+        ensemble, summary = append_replies(ensemble, accepted)
+    summary["rejected"] = float(len(replies) - len(accepted))
+    return ensemble, summary
+
+
 Turn = TypeVar("Turn")
 
 
@@ -100,36 +124,30 @@ class TreeStrategy(FactorySeats):
         config = ConfigRecord({**config, "tree-factories": len(chosen)})
         return self._messages(chosen, RecordDict({**model, protocol.CONFIG: config}), MessageType.TRAIN)
 
-    def _accepted_trees(self, factory: str, node: int, records: dict, error: str | None):
+    def _reply(self, factory: str, node: int, records: dict,
+               error: str | None) -> tuple[str, bytes, dict[str, float]] | None:
+        """A factory's trees and metrics as its reply holds them, or None (logged) for a failed or malformed one."""
         if error is not None:
             log.warning("factory %s on node %d failed this round: %s", factory, node, error)
             return None
         try:
-            trees = ensemble_bytes(records[protocol.TREES])
-            metrics = dict(records[protocol.METRICS])
-            check_reply(trees, metrics, self.shape, self.trees, max_leaf=self.sampling.max_delta_norm)
+            return factory, ensemble_bytes(records[protocol.TREES]), dict(records[protocol.METRICS])
         except (KeyError, TypeError, ValueError) as error:  # TreesRejected is a ValueError
             log.warning("trees of factory %s from node %d left out: %s", factory, node, error)
             return None
-        return trees, metrics
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[None, MetricRecord]:
-        """Append every accepted factory's trees, in factory-key order, to the ensemble."""
+        """Append every accepted factory's trees, in factory-key order, to the ensemble (`aggregate_round`)."""
         replies = list(replies)
         parts = [part for reply in replies
                  for part in self._parts(reply, MessageType.TRAIN, (protocol.TREES, protocol.METRICS))]
         parts.sort(key=lambda part: part.factory)
-        accepted = [item for part in parts
-                    if (item := self._accepted_trees(part.factory, part.node, part.records, part.error)) is not None]
-        needed = 1 if self.cyclic else self.sampling.min_train_nodes
-        summary: dict[str, float]
-        if len(accepted) < needed:
-            log.warning("round %d: %d factories' trees accepted, fewer than %d; ensemble unchanged",
-                        server_round, len(accepted), needed)
-            summary = {"replies": float(len(accepted)), "model-unchanged": 1.0}
-        else:
-            self.ensemble, summary = append_replies(self.ensemble, accepted)
-        summary["rejected"] = float(len(parts) - len(accepted))
+        readable = [item for part in parts
+                    if (item := self._reply(part.factory, part.node, part.records, part.error)) is not None]
+        self.ensemble, summary = aggregate_round(
+            self.ensemble, readable, self.shape, self.trees, max_leaf=self.sampling.max_delta_norm,
+            needed=1 if self.cyclic else self.sampling.min_train_nodes)
+        summary["rejected"] += float(len(parts) - len(readable))
         summary["bytes-received"] = float(sum(recorddict_to_proto(reply.content).ByteSize() for reply in replies
                                               if reply.has_content()))
         return None, MetricRecord(summary)

@@ -32,7 +32,7 @@ from fedmeta.common.trees.continuation import best_recipes
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, num_rounds
 from fedmeta.common.trees.settings import TreeRecipe
 from fedmeta.server import ServerSettings, initial_meta_parameters
-from fedmeta.server.strategy.trees import append_replies, check_reply, cyclic_turn
+from fedmeta.server.strategy.trees import aggregate_round, cyclic_turn
 
 __all__ = [
     "TreeRun",
@@ -50,14 +50,16 @@ ENSEMBLE = "ensemble"  # a tree step's trained parameters: the ensemble's JSON b
 
 @dataclass
 class TreeRun:
-    """A federation's trees after its rounds, the recipe it chose for each K, what the factories sent and how
-    long each factory's update took (``update_seconds``: per round, one value per factory that trained)."""
+    """A federation's trees after its rounds, the recipe it chose for each K, what the factories sent, how
+    long each factory's update took (``update_seconds``: per round, one value per factory that trained) and how
+    many replies the server's checks left out (diverging settings grow leaves past the bound)."""
 
     ensemble: bytes
     recipes: dict[int, TreeRecipe]
     bytes_sent: int
     trees: int
     update_seconds: list[list[float]]
+    rejected: int = 0
 
     def summary(self) -> dict[str, object]:
         """What the results keep: the trees' bytes and count, the recipes, and the mean seconds a factory spends
@@ -70,6 +72,7 @@ class TreeRun:
             "recipes": {str(k): recipe.name for k, recipe in self.recipes.items()},
             "round_seconds": statistics.fmean(boosting) if boosting else None,
             "recipe_round_seconds": statistics.fmean(self.update_seconds[-1]),
+            "rejected": self.rejected,
         }
 
 
@@ -95,7 +98,7 @@ def run_tree_rounds(config: Mapping[str, object], factories: Sequence[LoadedFact
     settings = ServerSettings.from_run_config(config)
     tree_settings, shape = settings.round.tree_settings(), factory_tree_shape(factories[0])
     cyclic = settings.round.algorithm == "xgb-cyclic"
-    ensemble, sent, seconds = EMPTY_ENSEMBLE, 0, []
+    ensemble, sent, rejected, seconds = EMPTY_ENSEMBLE, 0, 0, []
     recipes: dict[int, TreeRecipe] = {}
     for server_round in range(1, settings.num_rounds + 1):
         chosen = round_factories(factories, server_round, cyclic=cyclic)
@@ -103,15 +106,18 @@ def run_tree_rounds(config: Mapping[str, object], factories: Sequence[LoadedFact
         round_settings = dataclasses.replace(settings.round, server_round=server_round, tree_factories=len(chosen),
                                              recipe_shots=tuple(shots) if last else ())
         replies, took = zip(*(_timed_update(factory, ensemble, round_settings) for factory in chosen), strict=True)
-        for trees, metrics in replies:  # honest factories: a rejected reply is a bug here, never left out
-            check_reply(trees, metrics, shape, tree_settings, max_leaf=settings.sampling.max_delta_norm)
-        ensemble, merged = append_replies(ensemble, replies)
+        ensemble, merged = aggregate_round(
+            ensemble, [(factory.data.name, trees, metrics) for factory, (trees, metrics) in zip(chosen, replies,
+                                                                                               strict=True)],
+            shape, tree_settings, max_leaf=settings.sampling.max_delta_norm,
+            needed=1 if cyclic else settings.sampling.min_train_nodes)
+        rejected += int(merged["rejected"])
         if last:
             recipes = best_recipes(merged, shots)
         sent += sum(len(trees) for trees, _ in replies)
         seconds.append(list(took))
         advance()
-    return TreeRun(ensemble, recipes, sent, num_rounds(ensemble) * shape.groups, seconds)
+    return TreeRun(ensemble, recipes, sent, num_rounds(ensemble) * shape.groups, seconds, rejected)
 
 
 def recipe_settings(evaluation: EvaluationSettings, recipes: Mapping[int | str, str]) -> EvaluationSettings:

@@ -32,6 +32,7 @@ from optuna.storages.journal import JournalFileBackend
 from fedmeta.common import resolve_run_config, source_from_config
 from fedmeta.simulations.benchmarks.fewshot import (
     FEDERATED_METHODS,
+    FEDERATED_TREES,
     TARGET_K,
     BenchmarkError,
     BenchmarkPlan,
@@ -44,6 +45,7 @@ from fedmeta.simulations.benchmarks.search_space import Range, SearchSpace, sugg
 
 __all__ = [
     "FEDERATED_SEARCH_SPACE",
+    "FEDERATED_TREE_SEARCH_SPACE",
     "SHARED_VALIDATION",
     "TUNABLE_METHODS",
     "TUNED_DIR",
@@ -66,7 +68,16 @@ FEDERATED_SEARCH_SPACE: SearchSpace = {
     "local-steps": Range(2, 50, integer=True),
     "eval-steps": Range(1, 20, integer=True),
 }
-TUNABLE_METHODS = (*FEDERATED_METHODS, *TREE_REFERENCES)
+# Federated trees search how each factory boosts: the rate, the trees' depth and row share, and how many trees a
+# factory adds a round (with the rounds fixed, how long it trains). The adaptation recipe is not searched: the
+# training factories choose it per K in the run itself.
+FEDERATED_TREE_SEARCH_SPACE: SearchSpace = {
+    "tree-rate": Range(0.03, 1.0),
+    "tree-depth": Range(2, 8, log=False, integer=True),
+    "tree-subsample": Range(0.5, 1.0, log=False),
+    "local-trees": Range(1, 10, integer=True),
+}
+TUNABLE_METHODS = (*FEDERATED_METHODS, *FEDERATED_TREES, *TREE_REFERENCES)
 # Data sets that validate on another's validation split, so one search serves both: CWRU's fan-end
 # variant reads the fan-end sensor on the held-out load only, and its training loads are CWRU's.
 SHARED_VALIDATION = {"cwru-fe": "cwru"}
@@ -81,6 +92,8 @@ def search_space(method: str) -> SearchSpace:
         return TREE_SEARCH_SPACES[method]
     if method in FEDERATED_METHODS:
         return FEDERATED_SEARCH_SPACE
+    if method in FEDERATED_TREES:
+        return FEDERATED_TREE_SEARCH_SPACE
     raise BenchmarkError(f"method {method!r} is not tuned; choose from {', '.join(TUNABLE_METHODS)}")
 
 

@@ -1,7 +1,8 @@
 """The factory floor with the federation's trees: `fedmeta adapt` scores the trees continued by the federation's
 recipe, as they are, least squares and trees on the rows alone, and writes the choice (trees on the rows alone
 only on request); the kept trees predict what XGBoost predicts, update with more trees, export to ONNX that
-predicts the same, refuse optimisation by name. A network package's adapt reports trees on the rows alone."""
+predicts the same (a window package's with its channels' statistics in the graph), refuse optimisation by
+name. A network package's adapt reports trees on the rows alone."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pandas as pd
 import pytest
 import torch
 import xgboost
+from onnx import TensorProto, helper
 
 from fedmeta.client.floor.candidates import REPORTED, candidate_names
-from fedmeta.common.data.scaling import TargetScaling
+from fedmeta.client.floor.export_trees import tree_onnx
+from fedmeta.common.data.scaling import FeatureScaling, TargetScaling
 from fedmeta.common.data.synthetic import make_family
 from fedmeta.common.package.model_package import (
     BOOSTED,
@@ -28,12 +31,15 @@ from fedmeta.common.package.model_package import (
     save_tree_package,
 )
 from fedmeta.common.trees.ensemble import boost, booster_params
+from fedmeta.common.trees.features import window_features
 from fedmeta.common.trees.settings import TreePlan, TreeRecipe, TreeSettings
 from fedmeta.common.trees.shape import tree_shape
 from tests.client.conftest import FAMILY, FEATURES
 from tests.support.cli import run_fedmeta
-from tests.support.tree_packages import CLASSES, small_ensemble, tree_manifest
+from tests.support.tree_packages import CLASSES, REGRESSION, small_ensemble, tree_config, tree_manifest
 
+WINDOW = 16  # steps in a window package's windows
+WINDOW_SCALING = FeatureScaling(torch.tensor([20.0, 1e3, -5.0]), torch.tensor([2.0, 50.0, 0.5]), 40)
 PLAN = TreePlan(TreeSettings(depth=4), {10: TreeRecipe(5, 0.1), 20: TreeRecipe(20, 0.1)})
 FEDERATION_ROUNDS = 30
 
@@ -145,3 +151,46 @@ def test_a_classification_tree_package_exports_its_class_probabilities(tmp_path)
     exported = session.run(None, {"features": x})[0]
     logits = package_model(load_package(tmp_path / "package"))(torch.from_numpy(x).float())
     np.testing.assert_allclose(exported, torch.softmax(logits, dim=1).numpy(), atol=1e-5)
+
+
+def _window_package(path, schema: PackageSchema):
+    """Trees on 3 channels' windows of `WINDOW` steps, adapted: the factory's channel scaling (and target's)."""
+    target = TargetScaling(10.0, 3.0, 40) if schema.task == "regression" else None
+    manifest = tree_manifest(schema, model=tree_config(schema, WINDOW), scaling=WINDOW_SCALING, target_scaling=target)
+    return save_tree_package(path, small_ensemble(schema, rounds=20, length=WINDOW), manifest)
+
+
+def _raw_windows(rows: int) -> np.ndarray:
+    """Windows in the factory's units around its scaling; the last one's first channel constant (no spread)."""
+    windows = np.random.default_rng(2).standard_normal((rows, 3, WINDOW))
+    windows[-1, 0] = 1.5
+    return windows * WINDOW_SCALING.std.numpy()[:, None] + WINDOW_SCALING.mean.numpy()[:, None]
+
+
+@pytest.mark.parametrize("schema", [REGRESSION, CLASSES], ids=["regression", "classification"])
+def test_a_window_tree_package_exports_to_onnx_that_predicts_as_its_model_does(schema, tmp_path):
+    _window_package(tmp_path / "package", schema)
+    code, output = run_fedmeta("export", "--model", str(tmp_path / "package"), "--out", str(tmp_path / "w.onnx"))
+    assert code == 0, output
+    windows = _raw_windows(200)
+    session = onnxruntime.InferenceSession(tmp_path / "w.onnx", providers=["CPUExecutionProvider"])
+    exported = session.run(None, {"features": windows})[0]
+    scaled = ((torch.from_numpy(windows) - WINDOW_SCALING.mean[:, None]) / WINDOW_SCALING.std[:, None]).float()
+    with torch.no_grad():  # what `fedmeta predict` gives the model: the windows scaled in float64, as float32
+        out = package_model(load_package(tmp_path / "package"))(scaled)
+    if schema.task == "regression":  # in the factory's units
+        np.testing.assert_allclose(exported, out[:, 0].numpy(), atol=1e-4, rtol=0)
+    else:
+        np.testing.assert_allclose(exported, torch.softmax(out, dim=1).numpy(), atol=1e-5, rtol=0)
+
+
+def test_a_window_tree_graph_computes_the_statistics_its_trees_read(tmp_path):
+    model = tree_onnx(_window_package(tmp_path / "package", REGRESSION))
+    model.graph.output.extend([helper.make_tensor_value_info("window", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("window_statistics", TensorProto.DOUBLE, None)])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    windows = _raw_windows(200)
+    window, statistics = session.run(["window", "window_statistics"], {"features": windows})
+    scaled = ((torch.from_numpy(windows) - WINDOW_SCALING.mean[:, None]) / WINDOW_SCALING.std[:, None]).float()
+    np.testing.assert_array_equal(window, scaled.numpy())
+    np.testing.assert_allclose(statistics, window_features(window), rtol=1e-6, atol=1e-12)

@@ -11,6 +11,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_bagging
 
 from fedmeta.common.trees.ensemble import (
     EMPTY_ENSEMBLE,
+    MAX_CLASS_LEAF_STEP,
     TreesRejected,
     append_trees,
     balanced_weights,
@@ -222,6 +223,23 @@ def test_check_trees_rejects_an_out_of_range_class_in_tree_info():
 
 
 # --- weights and margins -----------------------------------------------------------------------------------
+
+def _leaves(booster: xgboost.Booster) -> list[float]:
+    trees = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]["model"]["trees"]
+    return [value for tree in trees for value, left in zip(tree["split_conditions"], tree["left_children"],
+                                                            strict=True) if left == -1]
+
+
+def test_a_class_leaf_stays_within_its_step_where_the_ensemble_is_confidently_wrong():
+    x, y = _rows(BINARY, 0, n=1000)  # a leaf's raw value grows with its rows where the hessians vanish
+    params = _params(BINARY) | {"eta": 1.0}
+    wrong = boost(EMPTY_ENSEMBLE, x, 1 - y, params | {"max_delta_step": 0}, 30, kind="classification")
+    capped = boost(wrong, x, y, params, 1, kind="classification")[30:]
+    uncapped = boost(wrong, x, y, params | {"max_delta_step": 0}, 1, kind="classification")[30:]
+    assert max(map(abs, _leaves(capped))) <= MAX_CLASS_LEAF_STEP + 1e-6
+    assert max(map(abs, _leaves(uncapped))) > 1.5 * MAX_CLASS_LEAF_STEP  # what the cap keeps out of a reply
+    assert "max_delta_step" not in _params(REGRESSION)
+
 
 def test_balanced_weights_give_each_present_class_the_same_total():
     y = np.array([0, 0, 0, 0, 0, 0, 2, 2, 1, 2, 0, 5])

@@ -19,6 +19,7 @@ from fedmeta.simulations.benchmarks.tree_rounds import (
     ensemble_of,
     ensemble_tensor,
     round_factories,
+    run_tree_rounds,
 )
 
 TREES = ("xgb-bagging", "xgb-cyclic", "trees-alone")
@@ -43,6 +44,17 @@ def test_every_tree_method_scores_every_k_on_the_shared_tasks(tree_run):
     assert {key: cyclic[key] for key in ("tree-depth", "tree-rate", "tree-subsample", "local-trees")} == {
         "tree-depth": 6, "tree-rate": 0.1, "tree-subsample": 0.8, "local-trees": 1}
     assert results["hyper_parameters"]["trees-alone"] == {"tree-depth": 3, "tree-subsample": 1.0, "recipe": "20x0.3"}
+
+
+def test_replies_past_the_servers_bound_are_left_out_as_the_server_leaves_them_not_a_crash():
+    plan = fewshot.plan_for("synthetic", quick=True, methods=["xgb-bagging"])
+    config = {**plan.run_config(0, "xgb-bagging"), "max-delta-norm": 1e-9}  # every leaf beyond it: a diverged run
+    training = fewshot._factories(config, "train")
+    run = run_tree_rounds(config, training, (5,), lambda: None)
+    assert run.rejected == plan.rounds * len(training) and run.summary()["rejected"] == run.rejected
+    assert run.trees == 0 and run.recipes == {}  # the ensemble stayed empty; no recipe was reported
+    sane = run_tree_rounds(plan.run_config(0, "xgb-bagging"), training, (5,), lambda: None)
+    assert sane.rejected == 0 and sane.trees == plan.rounds * len(training) and set(sane.recipes) == {5}
 
 
 def test_wall_time_and_a_tree_rounds_cost_beside_a_meta_learning_rounds(tree_run):

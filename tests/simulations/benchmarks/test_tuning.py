@@ -82,6 +82,21 @@ def test_tune_writes_every_trial_and_never_overwrites_a_tuned_method(tmp_path):
     assert tuning.load_tuned(out)["maml"] == data["methods"]["maml"]["best"]
 
 
+def test_federated_trees_are_tuned_on_how_factories_boost_and_the_benchmark_boosts_so(tmp_path):
+    out = tmp_path / "tuned.json"
+    result = CliRunner().invoke(app, ["tune", "--dataset", "synthetic", "--quick", "--trials", "3",
+                                      "--methods", "xgb-bagging", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    entry = json.loads(out.read_text())["methods"]["xgb-bagging"]
+    assert set(entry["best"]) == set(tuning.FEDERATED_TREE_SEARCH_SPACE)
+    assert entry["trials"][0]["params"] == {"tree-rate": 0.1, "tree-depth": 6, "tree-subsample": 0.8, "local-trees": 1}
+    assert len({trial["value"] for trial in entry["trials"]}) > 1  # the settings reach the factories' boosting
+    plan = fewshot.plan_for("synthetic", quick=True, tuned=tuning.load_tuned(out))
+    recorded = plan.hyper_parameters("xgb-bagging")
+    assert {name: recorded[name] for name in entry["best"]} == entry["best"]
+    assert plan.hyper_parameters("xgb-cyclic")["tree-rate"] == 0.1  # another method keeps the defaults
+
+
 def test_the_benchmark_reads_a_tuned_file_and_uses_its_values(tmp_path):
     tuned = tmp_path / "tuned.json"
     values = {"maml": {"inner-lr": 0.02, "local-lr": 0.003, "eval-steps": 3},
