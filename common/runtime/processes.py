@@ -184,11 +184,14 @@ class ChildProcess:
         _signal((), self.pid, signum)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM the group, SIGKILL it after ``timeout`` s, then end every descendant; the exit code."""
+        """SIGTERM the group and every descendant at once, SIGKILL the group after ``timeout`` s, then end every
+        descendant; the exit code. A descendant in a session of its own (the ServerApp Flower's SuperExec starts)
+        is told at once too: told only after the group's graceful shutdown, it went on working meanwhile (a
+        server stopped after round 2 finished and saved round 3 first)."""
         if self._process is None:
             return None
         self._tree |= descendants(self._process.pid)
-        self.signal_group(signal.SIGTERM)
+        _signal(self._tree, self._process.pid, signal.SIGTERM)
         try:
             code = self._process.wait(timeout)
         except subprocess.TimeoutExpired:

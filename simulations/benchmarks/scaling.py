@@ -137,9 +137,15 @@ def tree_rss_bytes(root: int | None = None) -> tuple[int, int]:
 
 
 def tree_cpu_seconds(root: int | None = None) -> float:
-    """CPU seconds (user and system) used so far by ``root`` (default: this process) and its live descendants."""
+    """CPU seconds (user and system) used so far by ``root`` (default: this process) and its live descendants.
+    This process's own come from `time.process_time` (nanoseconds): the kernel's tick counts that psutil reads
+    move in steps of 10 ms, so a tiny round's CPU could read 0 and its ratio divide by zero."""
+    me = os.getpid()
     total = 0.0
-    for process in _tree(os.getpid() if root is None else root):
+    for process in _tree(me if root is None else root):
+        if process.pid == me:
+            total += time.process_time()
+            continue
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:  # ended meanwhile

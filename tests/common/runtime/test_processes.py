@@ -22,6 +22,22 @@ def test_child_process_stops_helpers_in_other_sessions():
     assert not [pid for pid in helpers if _running(pid)]
 
 
+def test_a_helper_in_another_session_is_told_to_stop_while_the_child_still_shuts_down(tmp_path):
+    """The child takes 3 s over its shutdown (as the SuperLink's graceful one); its helper in a session of its
+    own (as the ServerApp) records when SIGTERM reached it, which must be before the child has exited."""
+    told, exited = tmp_path / "helper-told", tmp_path / "child-exited"
+    helper = f"trap 'date +%s.%N > {told}; exit 0' TERM; while true; do sleep 0.05; done"
+    script = f"setsid sh -c \"{helper}\" & trap 'sleep 3; date +%s.%N > {exited}; exit 0' TERM; " \
+             "while true; do sleep 0.05; done"
+    child = ChildProcess("shell", ["sh", "-c", script]).start()
+    deadline = time.monotonic() + 10
+    while len(descendants(child.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.stop(timeout=10)
+    assert told.exists() and exited.exists()
+    assert float(told.read_text()) < float(exited.read_text()) - 2  # told at once, not after the child's 3 s
+
+
 def test_helpers_end_when_the_child_exits_by_itself():
     child = ChildProcess("shell", ["sh", "-c", "setsid sleep 60 & sleep 1"]).start()
     deadline = time.monotonic() + 10

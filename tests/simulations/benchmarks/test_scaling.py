@@ -66,6 +66,16 @@ def test_tree_cpu_time_counts_a_busy_child():
         process.wait()
 
 
+def test_this_processs_cpu_time_moves_with_work_far_below_a_clock_tick():
+    """A round of a tiny federation uses a few ms of CPU: read in 10 ms ticks it could be 0 (and its ratio a
+    division by zero)."""
+    for _ in range(20):
+        before, started = scaling.tree_cpu_seconds(), time.process_time()
+        while time.process_time() - started < 0.001:  # 1 ms of work
+            pass
+        assert 0.0005 < scaling.tree_cpu_seconds() - before < 0.1
+
+
 def test_render_shows_every_size_and_verdict():
     result = scaling.ScalingResult(5, 1.0, 2, 1, 0.5, dict(scaling.WORK),
                                    [_size(100, 0.2, 0.22, 2.0), _size(1000, 2.0, 3.2, 2.1)])
