@@ -148,6 +148,12 @@ _TABLE = (
             "factories).", _SERVER),
     Setting("secagg-threshold", 0.6, "Secure aggregation: the share of a round's factories whose key shares unmask "
             "it; with fewer left the round fails and the model is unchanged.", _SERVER),
+    Setting("secagg-plus", False, "Secure aggregation as SecAgg+: each factory masks and shares only with its "
+            "neighbours in a random graph of degree O(log n), sized for secagg-dropout and secagg-corruption, so its "
+            "cost grows with log n, not n (off: every factory with every other).", _SERVER),
+    Setting("secagg-dropout", 0.1, "SecAgg+: the largest share of a round's factories assumed to drop out.", _SERVER),
+    Setting("secagg-corruption", 0.1, "SecAgg+: the largest share of a round's factories assumed to collude with "
+            "the server.", _SERVER),
     Setting("secagg-max-weight", 10000.0, "Secure aggregation: the most examples one delta weighs (more count as "
             "this).", _SERVER),
     Setting("compression", "none", "How factories encode their deltas: " + ", ".join(COMPRESSIONS) + " (int8: one "

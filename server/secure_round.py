@@ -5,15 +5,19 @@ inputs weigh the same (`common.security.privacy`).
 
 1. ``train.secagg_keys``: each factory learns its index, the threshold and the round; it answers its
    two public keys.
-2. ``train.secagg_shares``: every factory gets everyone's public keys and answers, per peer, its sealed
+2. ``train.secagg_shares``: every factory gets its peers' public keys and answers, per peer, its sealed
    shares (which the server only forwards: it cannot open them).
 3. ``train``: the usual training message plus the keys and the shares sealed for that factory; it
    answers its masked input and its metrics (no delta).
-4. ``train.secagg_reveal``: the factories still there learn who sent an input and reveal their shares
-   of each peer's self-mask seed (sent) or mask key (did not send).
+4. ``train.secagg_reveal``: the factories still there learn which of their peers sent an input and reveal
+   their shares of each peer's self-mask seed (sent) or mask key (did not send).
 
-A factory that does not answer an exchange is left out of the next ones. With fewer factories left
-than the threshold at any point, the round fails: the model is unchanged and the metrics say so.
+A factory's peers are the round's other factories, or with ``secagg-plus`` its neighbours in the random
+graph the server draws for the round from the round's id (SecAgg+): a factory only ever sees its
+neighbours' keys and shares, whatever the protocol. A factory that does not answer an exchange is left out
+of the next ones. With fewer factories answering than ``secagg-threshold`` of the round, or fewer of one's
+neighbours revealing than the threshold of shares, the round fails: the model is unchanged and the
+metrics say so.
 """
 
 from __future__ import annotations
@@ -73,50 +77,53 @@ def secure_training_round(grid: Grid, strategy: FedMetaStrategy, server_round: i
                          "would share its masked input")
     secure = strategy.sampling.secure
     nodes = {i + 1: seat.node for i, seat in enumerate(seats)}
-    threshold = secure.threshold_of(len(nodes))
+    minimum = secure.threshold_of(len(nodes))  # the fewest inputs a round is unmasked from
     fixed = FixedPoint(strategy.sampling.max_delta_norm, len(nodes))
     privacy = strategy.sampling.privacy
-    base = {"round-id": round_id, "threshold": threshold, "participants": len(nodes),
-            "max-weight": secure.max_weight, "bound": strategy.sampling.max_delta_norm,
-            "dp-clip-norm": privacy.clip_norm}
     failed = {"replies": 0.0, "rejected": 0.0, "model-unchanged": 1.0, "secagg-participants": float(len(nodes))}
 
     def send(kind: str, indices: Sequence[int], content) -> dict[int, RecordDict]:
         messages = {i: Message(content(i), dst_node_id=nodes[i], message_type=kind) for i in indices}
         answers = _answers(grid, messages, timeout)
-        if len(answers) < threshold:
+        if len(answers) < minimum:
             raise SecureAggregationError(f"{len(answers)} of {len(indices)} factories answered {kind!r}, fewer "
-                                         f"than the threshold {threshold}")
+                                         f"than the threshold {minimum}")
         return answers
 
     try:
+        graph, threshold = secure.round_graph(len(nodes), round_id)
+        base = {"round-id": round_id, "threshold": threshold, "min-inputs": minimum, "participants": len(nodes),
+                "max-weight": secure.max_weight, "bound": strategy.sampling.max_delta_norm,
+                "dp-clip-norm": privacy.clip_norm}
         answers = send(KEYS, list(nodes), lambda i: RecordDict({SECAGG: ConfigRecord({**base, "index": i})}))
         keys = {i: PublicKeys(bytes(a[SECAGG]["mask"]), bytes(a[SECAGG]["share"])) for i, a in answers.items()}
-        keyed = {**base, **_keys_record(keys)}
-        sealed = send(SHARES, list(keys), lambda i: RecordDict({SECAGG: ConfigRecord({**keyed, "index": i})}))
+
+        def keyed(i: int) -> dict[str, object]:
+            """What every message to factory i carries: the round, its index and its peers' public keys."""
+            return {**base, **_keys_record({peer: keys[peer] for peer in graph[i] if peer in keys}), "index": i}
+
+        sealed = send(SHARES, list(keys), lambda i: RecordDict({SECAGG: ConfigRecord(keyed(i))}))
         # Who left after advertising keys holds no shares of anyone's: from here on, only those who shared.
         keys = {i: keys[i] for i in sealed}
-        keyed = {**base, **_keys_record(keys)}
-        inbox = {peer: {owner: bytes(box[SECAGG][str(peer)]) for owner, box in sealed.items()} for peer in sealed}
+        graph = {i: tuple(peer for peer in graph[i] if peer in sealed) for i in sealed}
+        inbox = {peer: {f"inbox/{owner}": bytes(box[SECAGG][str(peer)]) for owner, box in sealed.items()
+                        if str(peer) in box[SECAGG]} for peer in sealed}
 
         def train(i: int) -> RecordDict:
-            mine = {f"inbox/{owner}": box for owner, box in inbox[i].items()}
-            return RecordDict({**model, protocol.CONFIG: config,
-                               SECAGG: ConfigRecord({**keyed, **mine, "index": i})})
+            return RecordDict({**model, protocol.CONFIG: config, SECAGG: ConfigRecord({**keyed(i), **inbox[i]})})
 
         inputs = send(MessageType.TRAIN, list(sealed), train)
         masked = {i: np.asarray(a[MASKED]["input"].numpy(), dtype=np.uint64) for i, a in inputs.items()}
-        sent = sorted(masked)
 
         def reveal(i: int) -> RecordDict:
-            mine = {f"inbox/{owner}": box for owner, box in inbox[i].items()}
-            return RecordDict({SECAGG: ConfigRecord({**keyed, **mine, "index": i, "sent": sent})})
+            sent = [peer for peer in graph[i] if peer in masked]
+            return RecordDict({SECAGG: ConfigRecord({**keyed(i), **inbox[i], "sent": sent})})
 
-        revealed = send(REVEAL, sent, reveal)
+        revealed = send(REVEAL, sorted(masked), reveal)
         shares = {i: {int(owner): (kind, (x, tuple(values)))
                       for owner, (kind, x, values) in json.loads(bytes(a[SECAGG]["reveal"])).items()}
                   for i, a in revealed.items()}
-        total = unmask_sum(masked, shares, keys, threshold, round_id.encode())
+        total = unmask_sum(masked, shares, keys, threshold, round_id.encode(), graph)
         mean = weighted_mean(total, fixed, strategy.optimizer.params)
     except SecureAggregationError as error:
         log.warning("round %d: secure aggregation failed, global model unchanged: %s", server_round, error)

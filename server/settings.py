@@ -103,7 +103,8 @@ class ServerSettings:
                 privacy=DifferentialPrivacy(float(get["dp-noise-multiplier"]), float(get["dp-clip-norm"]),
                                             float(get["dp-delta"])),
                 secure=SecureAggregation(bool(get["secure-aggregation"]), float(get["secagg-threshold"]),
-                                         float(get["secagg-max-weight"])),
+                                         float(get["secagg-max-weight"]), bool(get["secagg-plus"]),
+                                         float(get["secagg-dropout"]), float(get["secagg-corruption"])),
             ),
         )
         if settings.num_rounds < 1:

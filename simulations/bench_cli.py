@@ -317,13 +317,21 @@ def bench_secagg(
     factories: Annotated[str, typer.Option(help="Federation sizes, comma-separated.")] = "10,100",
     parameters: Annotated[int, typer.Option(min=1, help="Values in a delta (the quality MLP: 4,737).")] = 4737,
     repeats: Annotated[int, typer.Option(min=1, help="Rounds timed per size; the medians are shown.")] = 3,
+    protocol: Annotated[str, typer.Option(click_type=click.Choice(["pairwise", "plus", "both"]),
+                                          help="pairwise: every factory with every other (beside the plain mean); "
+                                               "plus: SecAgg+'s sparse graph.")] = "both",
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.44, help="SecAgg+: the share of the factories that "
+                                           "leave after their shares (and the graph's assumed dropout).")] = 0.1,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
 ) -> None:
-    """A round's secure aggregation (every party in this process) beside the plain weighted mean."""
+    """A round's secure aggregation (every party in this process) beside the plain weighted mean, and SecAgg+'s
+    round, server and factory costs with factories dropping out."""
     from fedmeta.simulations.benchmarks import defences
 
     console = Console()
-    result = defences.run_secure_aggregation_cost(_sizes(factories), parameters, repeats, elapsed_log(console))
+    protocols = defences.PROTOCOLS if protocol == "both" else (protocol,)
+    result = defences.run_secure_aggregation_cost(_sizes(factories), parameters, repeats, elapsed_log(console),
+                                                  protocols, dropout)
     defences.render_secure_aggregation_cost(result, console)
     _write_json(result.to_dict(), json_path, console)
 

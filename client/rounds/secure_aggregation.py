@@ -79,7 +79,9 @@ def masked_input(delta: Mapping[str, Tensor], metrics: Mapping[str, float], sett
     if settings.dp_noise_multiplier > 0:
         privacy = DifferentialPrivacy(settings.dp_noise_multiplier, float(fields["dp-clip-norm"]), settings.dp_delta)
         noise = torch.Generator().manual_seed(secrets.randbits(63))  # nobody else may know this factory's noise
-        vector = weighted_input(privacy.noisy_share(delta, int(fields["threshold"]), noise), max_weight, fixed,
+        # Its share of the noise for the fewest inputs the round is unmasked from (SecAgg+'s threshold of shares
+        # is a neighbourhood's, smaller: the noise would be needlessly large).
+        vector = weighted_input(privacy.noisy_share(delta, int(fields["min-inputs"]), noise), max_weight, fixed,
                                 max_weight)
     else:
         vector = weighted_input(clip_delta(delta, bound), metrics[protocol.NUM_EXAMPLES], fixed, max_weight)

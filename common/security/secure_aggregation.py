@@ -16,6 +16,14 @@ Learning"), every participant masked against every other, built from `cryptograp
    missing ones left behind, and is left with the sum of the inputs it received. Fewer than t: the
    round fails and nothing is learned.
 
+**SecAgg+** (Bell et al., CCS 2020, "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead"):
+the same steps within a sparse random graph. The server places the participants in a random order on a ring
+(public randomness it draws for the round) and joins each to the k/2 nearest on either side
+(`neighbourhoods`); a participant shares its b and s with its neighbours only (itself included, as above),
+masks only against them and reveals only theirs, so its work grows with k = O(log n), not n. k and the
+threshold t follow from the assumed dropout and corruption fractions (`secagg_plus_parameters`); k >= n - 1
+is the complete graph, the protocol above.
+
 Seeds are expanded by ChaCha20 (a cryptographic PRG); shared secrets go through HKDF-SHA256 with a
 label per use and the round's identity, so no key serves two purposes or two rounds. Weighted averaging
 sends ``w_i / max_weight * delta_i`` and ``w_i / max_weight`` as one more coordinate, so the server
@@ -27,8 +35,10 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import secrets
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,9 +59,11 @@ __all__ = [
     "SecureAggregation",
     "SecureAggregationError",
     "aggregate_in_process",
+    "neighbourhoods",
     "participant_from_state",
     "participant_state",
     "reconstruct",
+    "secagg_plus_parameters",
     "shamir_shares",
     "unmask_sum",
     "weighted_input",
@@ -63,6 +75,9 @@ _FIELD = np.uint64
 PRIME = 2**127 - 1  # Shamir's field: a Mersenne prime above every 15-byte chunk of a secret
 _CHUNK = 15  # bytes of a secret per field element
 _SECRET = 32  # bytes of a seed or an X25519 private key
+SECURITY_BITS, CORRECTNESS_BITS = 40, 30  # SecAgg+'s sigma and eta: failure probabilities 2^-40 and 2^-30
+
+Graph = dict[int, tuple[int, ...]]  # participant -> its neighbourhood, itself included
 
 
 class SecureAggregationError(RuntimeError):
@@ -109,6 +124,71 @@ def reconstruct(shares: Sequence[tuple[int, Sequence[int]]], threshold: int, len
         return b"".join(chunk.to_bytes(size, "big") for chunk, size in zip(chunks, sizes, strict=True))
     except OverflowError:
         raise SecureAggregationError("the shares do not fit together: a share was altered") from None
+
+
+# --------------------------------------------------------------------------- SecAgg+'s graph and parameters
+
+def neighbourhoods(indices: Iterable[int], degree: int, seed: int | str | bytes) -> Graph:
+    """Each participant's neighbourhood, itself included, in a random Harary graph of ``degree``: the
+    participants on a ring in the order ``seed`` shuffles them to, each joined to the ``degree / 2`` nearest
+    on either side (a symmetric relation). ``degree >= n - 1``: everyone is everyone's neighbour."""
+    members = sorted(indices)
+    count = len(members)
+    if degree >= count - 1:
+        return {index: tuple(members) for index in members}
+    if degree < 2 or degree % 2:
+        raise ValueError(f"a sparse graph's degree must be even and >= 2, got {degree}")
+    ring = members.copy()
+    random.Random(seed).shuffle(ring)
+    half = degree // 2
+    return {ring[place]: tuple(sorted(ring[(place + step) % count] for step in range(-half, half + 1)))
+            for place in range(count)}
+
+
+def _tail_quantile(population: int, marked: int, drawn: int, bits: int, union: int) -> int:
+    """The smallest c with ``union * P[X > c] <= 2^-bits``, X hypergeometric (``drawn`` of ``population``,
+    ``marked`` of them marked), computed exactly in integers."""
+    total = math.comb(population, drawn)
+    tail = 0  # P[X > c] * total
+    for c in range(min(marked, drawn), -1, -1):
+        wider = tail + math.comb(marked, c) * math.comb(population - marked, drawn - c)  # P[X > c - 1] * total
+        if (union * wider) << bits > total:
+            return c
+        tail = wider
+    raise AssertionError("P[X >= 0] = 1 exceeds any bound")  # unreachable: union << bits > 1
+
+
+def secagg_plus_parameters(participants: int, dropout: float, corruption: float, *,
+                           security_bits: int = SECURITY_BITS, correctness_bits: int = CORRECTNESS_BITS
+                           ) -> tuple[int, int]:
+    """SecAgg+'s degree k and threshold t for ``participants`` of whom at most a ``dropout`` fraction drop
+    out and a ``corruption`` fraction collude with the server: the smallest even k (else the complete graph,
+    ``participants - 1``) for which some t meets Bell et al.'s conditions, in this simplified union-bound
+    form (the paper's connectivity condition on the honest survivors' graph is not checked):
+
+    * correctness: over all participants, P[fewer than t of one's k neighbours survive] <= 2^-correctness;
+    * security: over all participants, P[one has t or more corrupt neighbours] <= 2^-security, and
+      2t > k + 1 + c_max, c_max the corrupt-neighbour count exceeded with probability <= 2^-security (over
+      all): of an honest participant's k + 1 share holders (itself included: a lying server may ask it
+      too), the server can then never collect t shares of its seed b and t of its key s both.
+
+    Neighbour counts are hypergeometric (k drawn of the n - 1 others, floor(fraction * n) of them dropped
+    or corrupt), their tails exact with `math.comb`. t is the least that is secure, leaving the most room
+    for dropouts. SecureAggregationError: no t fits even the complete graph (too many dropouts or corrupt
+    parties for this few participants: the round cannot be run)."""
+    if not (0 <= dropout < 1 and 0 <= corruption < 1):
+        raise ValueError(f"the dropout and corruption fractions must be in [0, 1), got {dropout} and {corruption}")
+    others = participants - 1
+    dropped, corrupt = math.floor(dropout * participants), math.floor(corruption * participants)
+    for degree in [*range(2, others, 2), others]:
+        survivors = degree - _tail_quantile(others, dropped, degree, correctness_bits, participants)
+        most_corrupt = _tail_quantile(others, corrupt, degree, security_bits, participants)
+        threshold = max(most_corrupt + 1, (degree + 1 + most_corrupt) // 2 + 1)
+        if threshold <= survivors:
+            return degree, threshold
+    raise SecureAggregationError(f"SecAgg+ with {participants} participants, {dropped} dropping out and {corrupt} "
+                                 "corrupt: no threshold is both reached by the surviving neighbours and out of the "
+                                 "corrupt ones' reach")
 
 
 # --------------------------------------------------------------------------- keys, masks, fixed point
@@ -227,12 +307,16 @@ def _parse(plaintext: bytes) -> tuple[int, int, tuple[int, tuple[int, ...]], tup
 
 
 def unmask_sum(masked: Mapping[int, np.ndarray], revealed: Mapping[int, Mapping[int, tuple[str, object]]],
-               peers: Mapping[int, PublicKeys], threshold: int, round_id: bytes) -> np.ndarray:
+               peers: Mapping[int, PublicKeys], threshold: int, round_id: bytes,
+               neighbours: Mapping[int, Sequence[int]] | None = None) -> np.ndarray:
     """The sum modulo 2^64 of the inputs in ``masked`` (participant -> masked vector), from the shares
-    ``revealed`` (revealer -> owner -> ("seed" | "key", share)) of at least ``threshold`` participants."""
+    ``revealed`` (revealer -> owner -> ("seed" | "key", share)): each secret from ``threshold`` shares of its
+    owner's ``neighbours`` (None: every participant in ``peers``, the complete graph), a missing
+    participant's pairwise masks cancelled against its neighbours that sent."""
     if len(revealed) < threshold:
         raise SecureAggregationError(f"{len(revealed)} factories revealed their shares, fewer than the threshold "
                                      f"{threshold}: the round cannot be unmasked")
+    graph = neighbours if neighbours is not None else neighbourhoods(peers, len(peers) - 1, 0)
     length = len(next(iter(masked.values())))
     total = np.zeros(length, dtype=_FIELD)
     for vector in masked.values():
@@ -240,38 +324,56 @@ def unmask_sum(masked: Mapping[int, np.ndarray], revealed: Mapping[int, Mapping[
     for owner in peers:
         kind = "seed" if owner in masked else "key"
         shares = []
-        for by_owner in revealed.values():
-            if owner in by_owner:
-                revealed_kind, share = by_owner[owner]
+        for revealer in graph[owner]:
+            if owner in revealed.get(revealer, {}):
+                revealed_kind, share = revealed[revealer][owner]
                 if revealed_kind != kind:
                     raise SecureAggregationError(f"participant {owner}'s {revealed_kind} was revealed, its {kind} "
                                                  "was expected: a factory must never reveal both")
                 shares.append(share)
-        secret = reconstruct(shares, threshold)
+        try:
+            secret = reconstruct(shares, threshold)
+        except SecureAggregationError as error:
+            raise SecureAggregationError(f"participant {owner}'s {kind}, from its neighbours' shares: {error}"
+                                         ) from None
         if kind == "seed":
             total = total - _expand(_derive(secret, "self", round_id), length)
             continue
         key = X25519PrivateKey.from_private_bytes(secret)  # a missing participant: cancel its pairwise masks
-        for peer in masked:
-            mask = _expand(_pair_seed(key, peers[peer].mask, owner, peer, round_id), length)
-            total = total - mask if peer < owner else total + mask  # what peer added against it, undone
+        for peer in graph[owner]:
+            if peer in masked:
+                mask = _expand(_pair_seed(key, peers[peer].mask, owner, peer, round_id), length)
+                total = total - mask if peer < owner else total + mask  # what peer added against it, undone
     return total.astype(_FIELD)
 
 
 def aggregate_in_process(inputs: Mapping[int, np.ndarray], threshold: int, *, drop_before_input: Sequence[int] = (),
-                         drop_before_unmask: Sequence[int] = (), round_id: bytes = b"round") -> np.ndarray:
+                         drop_before_unmask: Sequence[int] = (), round_id: bytes = b"round",
+                         neighbours: Mapping[int, Sequence[int]] | None = None,
+                         seconds: MutableMapping[int | str, float] | None = None) -> np.ndarray:
     """One round of the protocol with every party in this process (tests, benchmarks): the sum modulo
     2^64 of the encoded ``inputs`` of those that sent theirs; ``drop_before_input`` leave after the
-    shares, ``drop_before_unmask`` after their masked input."""
-    parties = {index: Participant(index, round_id) for index in inputs}
-    keys = {index: party.public_keys() for index, party in parties.items()}
-    sealed = {index: party.encrypted_shares(keys, threshold) for index, party in parties.items()}
-    inbox = {peer: {owner: boxes[peer] for owner, boxes in sealed.items()} for peer in parties}
-    masked = {index: party.masked_input(inputs[index], keys) for index, party in parties.items()
+    shares, ``drop_before_unmask`` after their masked input. ``neighbours``: SecAgg+'s graph (None: the
+    complete graph). ``seconds``, if given, receives each participant's time and the server's ("server")."""
+    graph = neighbours if neighbours is not None else neighbourhoods(inputs, len(inputs) - 1, 0)
+
+    def timed(who: int | str, step: Callable, *args: object):
+        started = time.perf_counter()
+        result = step(*args)
+        if seconds is not None:
+            seconds[who] = seconds.get(who, 0.0) + time.perf_counter() - started
+        return result
+
+    parties = {index: timed(index, Participant, index, round_id) for index in inputs}
+    keys = {index: timed(index, party.public_keys) for index, party in parties.items()}
+    near = {index: {peer: keys[peer] for peer in graph[index]} for index in parties}
+    sealed = {index: timed(index, party.encrypted_shares, near[index], threshold) for index, party in parties.items()}
+    inbox = {peer: {owner: boxes[peer] for owner, boxes in sealed.items() if peer in boxes} for peer in parties}
+    masked = {index: timed(index, party.masked_input, inputs[index], near[index]) for index, party in parties.items()
               if index not in drop_before_input}
-    revealed = {index: party.reveal(inbox[index], keys, sorted(masked)) for index, party in parties.items()
-                if index in masked and index not in drop_before_unmask}
-    return unmask_sum(masked, revealed, keys, threshold, round_id)
+    revealed = {index: timed(index, party.reveal, inbox[index], near[index], sorted(masked))
+                for index, party in parties.items() if index in masked and index not in drop_before_unmask}
+    return timed("server", unmask_sum, masked, revealed, keys, threshold, round_id, graph)
 
 
 def participant_state(party: Participant) -> dict[str, bytes | int]:
@@ -288,23 +390,45 @@ def participant_from_state(state: Mapping[str, object]) -> Participant:
 
 @dataclass(frozen=True)
 class SecureAggregation:
-    """The run's secure aggregation: off, or on with the share of a round's participants whose shares
-    unmask it (``threshold``) and the largest number of examples one delta may weigh (``max_weight``)."""
+    """The run's secure aggregation: off, or on with the share of a round's participants that must answer
+    and, in the complete graph, whose shares unmask it (``threshold``), the largest number of examples one
+    delta may weigh (``max_weight``) and, with ``plus``, SecAgg+ sized for at most a ``dropout`` fraction of
+    the round dropping out and a ``corruption`` fraction colluding with the server."""
 
     enabled: bool = False
     threshold: float = 0.6
     max_weight: float = 10_000.0
+    plus: bool = False
+    dropout: float = 0.1
+    corruption: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold <= 1:
             raise ValueError(f"secagg-threshold must be in (0, 1], got {self.threshold}")
         if not (math.isfinite(self.max_weight) and self.max_weight > 0):
             raise ValueError(f"secagg-max-weight must be finite and > 0, got {self.max_weight}")
+        if not (0 <= self.dropout < 1 and 0 <= self.corruption < 1):
+            raise ValueError(f"secagg-dropout and secagg-corruption must be in [0, 1), got {self.dropout} and "
+                             f"{self.corruption}")
+        if self.plus and not 2 * self.dropout + self.corruption < 1:  # even the complete graph fails beyond
+            raise ValueError(f"secagg-plus needs 2 x secagg-dropout + secagg-corruption < 1, got {self.dropout} and "
+                             f"{self.corruption}: no threshold is then both reached by the survivors and out of "
+                             "the corrupt factories' reach")
 
     def threshold_of(self, participants: int) -> int:
         """Shares needed to unmask a round of ``participants`` (at least 2, at most all)."""
         needed = math.ceil(self.threshold * participants - 1e-9)  # 0.6 * 5 is 3.0000000000000004 in floats
         return min(participants, max(2, needed))
+
+    def round_graph(self, participants: int, seed: int | str | bytes) -> tuple[Graph, int]:
+        """A round's neighbourhoods over participants 1..n and the shares that rebuild a secret: the complete
+        graph and `threshold_of`, or with ``plus`` SecAgg+'s random graph (drawn from ``seed``, the server's
+        public randomness) and its threshold (`secagg_plus_parameters`)."""
+        indices = range(1, participants + 1)
+        if not self.plus:
+            return neighbourhoods(indices, participants - 1, seed), self.threshold_of(participants)
+        degree, threshold = secagg_plus_parameters(participants, self.dropout, self.corruption)
+        return neighbourhoods(indices, degree, seed), threshold
 
 
 def weighted_input(delta: Mapping[str, Tensor], weight: float, fixed: FixedPoint, max_weight: float) -> np.ndarray:

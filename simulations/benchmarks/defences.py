@@ -10,7 +10,9 @@ last round (lower is better).
   flips included) with 2 of the 10 factories (20%) attacking every round. Aim: a robust rule's loss
   under attack within 10% of the clean run with the plain mean, while the plain mean breaks.
 * secure aggregation: a round's aggregation cost with every party of the protocol in one process,
-  beside the plain weighted mean of the same deltas, at 10 and 100 factories.
+  beside the plain weighted mean of the same deltas, at 10 and 100 factories; and SecAgg+ with a share of
+  the factories dropping out after the shares: the round, the server's unmasking and one factory's own
+  work. Aims: a factory's cost at 1,000 factories at most 2x its cost at 100, the round under 30 s.
 * compression: each encoding's reply size, from the serialised message (Flower's own protobuf of the
   delta and metrics records a factory sends), and the held-out loss it trains to. Aim: int8 at least
   3.9x fewer bytes than float32 with under 1% loss of held-out quality.
@@ -23,7 +25,7 @@ import math
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -35,17 +37,19 @@ from rich.table import Table
 from fedmeta.common import Report
 from fedmeta.common.federation.compression import COMPRESSIONS, Compression, decode_delta, encode_delta
 from fedmeta.common.federation.deltas import weighted_average
-from fedmeta.common.security.secure_aggregation import FixedPoint, aggregate_in_process
+from fedmeta.common.security.secure_aggregation import FixedPoint, SecureAggregation, aggregate_in_process
 from fedmeta.simulations.attacks import ATTACKS, CLAIM_FACTOR, DATA_ATTACKS, attacked_delta, flipped_labels
 from fedmeta.simulations.benchmarks.scaling import PlainLoop, Sender, Sent, held_out_metrics
 
-__all__ = ["ATTACKERS", "CompressionResult", "RobustnessResult", "SecureAggregationCost", "render_compression",
-           "render_robustness", "render_secure_aggregation_cost", "run_compression", "run_robustness",
-           "run_secure_aggregation_cost"]
+__all__ = ["ATTACKERS", "PROTOCOLS", "CompressionResult", "RobustnessResult", "SecureAggregationCost",
+           "render_compression", "render_robustness", "render_secure_aggregation_cost", "run_compression",
+           "run_robustness", "run_secure_aggregation_cost"]
 
 ATTACKERS = 2  # of the 10 training factories
 ROBUST_AIM = 0.10  # a robust rule's loss under attack, above the clean plain mean's at most this share
 INT8_BYTES_AIM, INT8_QUALITY_AIM = 3.9, 0.01
+PROTOCOLS = ("pairwise", "plus")  # Bonawitz et al.'s complete graph, SecAgg+'s sparse one
+FACTORY_GROWTH_AIM, ROUND_SECONDS_AIM = 2.0, 30.0  # SecAgg+: a factory's cost, largest size over smallest; a round
 
 
 def _config(rounds: int, seed: int, **settings: object) -> dict[str, object]:
@@ -182,44 +186,103 @@ class SecureAggregationCost:
     parameters: int
     repeats: int
     seconds: dict[str, dict[str, float]]  # factories -> {"plain": s, "secure": s} (median of the repeats)
+    dropout: float = 0.0  # SecAgg+: the share of the factories that leave after their shares
+    plus: dict[str, dict[str, float]] = field(default_factory=dict)  # factories -> degree, threshold, dropped,
+    # and the medians of the round's, the server's and one factory's seconds
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def run_secure_aggregation_cost(factories: Sequence[int], parameters: int, repeats: int,
-                                log: Report) -> SecureAggregationCost:
-    """A round's aggregation of ``parameters``-long deltas with and without secure aggregation, every party
-    in this process: the secure round counts all factories' key agreement, sharing, masking and revealing
-    and the server's unmasking (threshold two thirds), the plain one the weighted mean alone."""
+def _encoded(deltas: Sequence[np.ndarray], weights: Sequence[float], fixed: FixedPoint) -> dict[int, np.ndarray]:
+    return {i + 1: fixed.encode(np.append(w / 1000 * d, w / 1000)) for i, (d, w) in enumerate(zip(deltas, weights,
+                                                                                                 strict=True))}
+
+
+def _plus_round(inputs: Mapping[int, np.ndarray], dropout: float, seed: int) -> dict[str, float]:
+    """One SecAgg+ round (graph and threshold as the server draws them, `SecureAggregation.round_graph`) with
+    a ``dropout`` share of the factories leaving after their shares: its seconds, the server's and the median
+    factory's (keys, shares, masked input, reveal) among those that stayed."""
+    count = len(inputs)
+    graph, threshold = SecureAggregation(enabled=True, plus=True, dropout=dropout).round_graph(count, seed)
+    leaving = np.random.default_rng(seed).choice(np.arange(1, count + 1), math.floor(dropout * count), replace=False)
+    dropped = {int(i) for i in leaving}
+    seconds: dict[int | str, float] = {}
+    started = time.perf_counter()
+    aggregate_in_process(inputs, threshold, drop_before_input=sorted(dropped), neighbours=graph, seconds=seconds)
+    total = time.perf_counter() - started
+    stayed = [seconds[i] for i in inputs if i not in dropped]
+    return {"degree": len(graph[1]) - 1, "threshold": threshold, "dropped": len(dropped), "round": total,
+            "server": seconds["server"], "factory": statistics.median(stayed)}
+
+
+def run_secure_aggregation_cost(factories: Sequence[int], parameters: int, repeats: int, log: Report,
+                                protocols: Sequence[str] = PROTOCOLS, dropout: float = 0.1) -> SecureAggregationCost:
+    """A round's aggregation of ``parameters``-long deltas, every party in this process. ``pairwise``: with
+    and without secure aggregation, the secure round counting all factories' key agreement, sharing, masking
+    and revealing and the server's unmasking (threshold two thirds), the plain one the weighted mean alone.
+    ``plus``: SecAgg+ with a ``dropout`` share of the factories leaving after their shares (`_plus_round`)."""
     seconds: dict[str, dict[str, float]] = {}
+    plus: dict[str, dict[str, float]] = {}
     generator = np.random.default_rng(0)
     for count in factories:
-        deltas = [{"w": torch.from_numpy(generator.normal(0, 0.01, parameters))} for _ in range(count)]
+        deltas = [generator.normal(0, 0.01, parameters) for _ in range(count)]
         weights = [float(w) for w in generator.integers(100, 1000, count)]
         fixed = FixedPoint(bound=1.0, max_factories=count)
-        plain, secure = [], []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            weighted_average(deltas, weights)
-            plain.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            inputs = {i + 1: fixed.encode(np.append(w / 1000 * d["w"].numpy(), w / 1000))
-                      for i, (d, w) in enumerate(zip(deltas, weights, strict=True))}
-            fixed.decode(aggregate_in_process(inputs, threshold=max(2, math.ceil(2 * count / 3))))
-            secure.append(time.perf_counter() - started)
-        seconds[str(count)] = {"plain": statistics.median(plain), "secure": statistics.median(secure)}
-        log(f"{count} factories: plain {seconds[str(count)]['plain']:.4f} s, "
-            f"secure {seconds[str(count)]['secure']:.3f} s")
-    return SecureAggregationCost(parameters, repeats, seconds)
+        if "pairwise" in protocols:
+            plain, secure = [], []
+            tensors = [{"w": torch.from_numpy(d)} for d in deltas]
+            for _ in range(repeats):
+                started = time.perf_counter()
+                weighted_average(tensors, weights)
+                plain.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                fixed.decode(aggregate_in_process(_encoded(deltas, weights, fixed),
+                                                  threshold=max(2, math.ceil(2 * count / 3))))
+                secure.append(time.perf_counter() - started)
+            seconds[str(count)] = {"plain": statistics.median(plain), "secure": statistics.median(secure)}
+            log(f"{count} factories: plain {seconds[str(count)]['plain']:.4f} s, "
+                f"secure {seconds[str(count)]['secure']:.3f} s")
+        if "plus" in protocols:
+            inputs = _encoded(deltas, weights, fixed)
+            rounds = [_plus_round(inputs, dropout, seed) for seed in range(repeats)]
+            plus[str(count)] = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+            row = plus[str(count)]
+            log(f"{count} factories, SecAgg+ (k {row['degree']:.0f}, t {row['threshold']:.0f}): round "
+                f"{row['round']:.2f} s, server {row['server']:.2f} s, a factory {row['factory']:.4f} s")
+    return SecureAggregationCost(parameters, repeats, seconds, dropout, plus)
+
+
+def _verdict(met: bool) -> str:
+    return "PASS" if met else "FAIL"
 
 
 def render_secure_aggregation_cost(result: SecureAggregationCost, console: Console) -> None:
-    table = Table(title=f"One round's aggregation of {result.parameters:,}-parameter deltas, median of "
-                        f"{result.repeats} (every party in one process)")
-    for heading in ("factories", "plain mean (s)", "secure aggregation (s)", "ratio", "per factory (s)"):
+    if result.seconds:
+        table = Table(title=f"One round's aggregation of {result.parameters:,}-parameter deltas, median of "
+                            f"{result.repeats} (every party in one process)")
+        for heading in ("factories", "plain mean (s)", "secure aggregation (s)", "ratio", "per factory (s)"):
+            table.add_column(heading, justify="right")
+        for count, row in result.seconds.items():
+            table.add_row(count, f"{row['plain']:.4f}", f"{row['secure']:.3f}",
+                          f"{row['secure'] / row['plain']:.0f}x", f"{row['secure'] / int(count):.4f}")
+        console.print(table)
+    if not result.plus:
+        return
+    table = Table(title=f"SecAgg+ rounds of {result.parameters:,}-parameter deltas, {result.dropout:.0%} of the "
+                        f"factories dropping out after the shares, median of {result.repeats} (every party in one "
+                        "process; k, t for 10% corruption)")
+    for heading in ("factories", "degree k", "threshold t", "dropped", "round (s)", "server (s)", "a factory (s)"):
         table.add_column(heading, justify="right")
-    for count, row in result.seconds.items():
-        table.add_row(count, f"{row['plain']:.4f}", f"{row['secure']:.3f}", f"{row['secure'] / row['plain']:.0f}x",
-                      f"{row['secure'] / int(count):.4f}")
+    for count, row in result.plus.items():
+        table.add_row(count, f"{row['degree']:.0f}", f"{row['threshold']:.0f}", f"{row['dropped']:.0f}",
+                      f"{row['round']:.2f}", f"{row['server']:.2f}", f"{row['factory']:.4f}")
     console.print(table)
+    sizes = sorted(result.plus, key=int)
+    smallest, largest = result.plus[sizes[0]], result.plus[sizes[-1]]
+    if len(sizes) > 1:
+        growth = largest["factory"] / smallest["factory"]
+        console.print(f"at {int(sizes[-1]):,} factories a factory's cost at most {FACTORY_GROWTH_AIM:g}x its cost at "
+                      f"{int(sizes[0]):,}: {growth:.2f}x {_verdict(growth <= FACTORY_GROWTH_AIM)}")
+    console.print(f"at {int(sizes[-1]):,} factories the round's total under {ROUND_SECONDS_AIM:g} s: "
+                  f"{largest['round']:.1f} s {_verdict(largest['round'] < ROUND_SECONDS_AIM)}")

@@ -9,6 +9,7 @@ import torch
 
 from fedmeta.common import source_from_config
 from fedmeta.common.security.privacy import spent_epsilon
+from fedmeta.common.security.secure_aggregation import secagg_plus_parameters
 from fedmeta.server import RunDirectory, ServerSettings, initial_meta_parameters
 from fedmeta.simulations import run_federated_simulation
 
@@ -27,6 +28,8 @@ def runs(tmp_path_factory):
     run_federated_simulation({**SMALL, "num-server-rounds": 2, "run-dir": str(root / "plain")})
     run_federated_simulation({**SMALL, "num-server-rounds": 2, "run-dir": str(root / "secure"),
                               "secure-aggregation": True})
+    run_federated_simulation({**SMALL, "num-server-rounds": 2, "run-dir": str(root / "plus"),
+                              "secure-aggregation": True, "secagg-plus": True})
     run_federated_simulation({**SMALL, "num-server-rounds": 1, "run-dir": str(root / "strict"),
                               "secure-aggregation": True, "secagg-threshold": 1.0})
     run_federated_simulation({**SMALL, "num-server-rounds": 1, "run-dir": str(root / "private"),
@@ -42,6 +45,18 @@ def test_a_secure_round_moves_the_model_as_the_plain_mean_of_the_factories_that_
     records = RunDirectory(runs / "secure" / "fomaml").read_metrics()
     assert [(r["train/replies"], r["train/secagg-participants"]) for r in records] == [(4.0, 5.0), (4.0, 5.0)]
     assert "eval/loss-k5" in records[-1]
+
+
+def test_a_secagg_plus_round_over_a_sparse_ring_moves_the_model_as_the_plain_mean(runs):
+    """5 factories, 10% dropout and corruption assumed: each masks and shares with 2 neighbours of the 4 (t = 2);
+    the crashed factory's masks are cancelled from its neighbours' shares alone."""
+    assert secagg_plus_parameters(5, 0.1, 0.1) == (2, 2)
+    plain = RunDirectory(runs / "plain" / "fomaml").load_checkpoint(2).params
+    plus = RunDirectory(runs / "plus" / "fomaml").load_checkpoint(2).params
+    for name in plain:
+        torch.testing.assert_close(plus[name], plain[name], rtol=0, atol=1e-6)
+    records = RunDirectory(runs / "plus" / "fomaml").read_metrics()
+    assert [(r["train/replies"], r["train/secagg-participants"]) for r in records] == [(4.0, 5.0), (4.0, 5.0)]
 
 
 def test_with_fewer_factories_left_than_the_threshold_the_round_fails_and_the_model_is_unchanged(runs):

@@ -56,3 +56,16 @@ def test_the_secure_aggregation_cost_is_timed_beside_the_plain_mean(tmp_path):
     assert code == 0, output
     seconds = json.loads((tmp_path / "secagg.json").read_text())["seconds"]
     assert set(seconds) == {"3", "5"} and all(row["secure"] > row["plain"] > 0 for row in seconds.values())
+
+
+def test_secagg_plus_is_timed_per_round_server_and_factory_with_the_aims(tmp_path):
+    code, output = run_fedmeta("bench", "secagg", "--factories", "10,20", "--parameters", "50", "--repeats", "1",
+                               "--protocol", "plus", "--dropout", "0.1", "--json", str(tmp_path / "plus.json"))
+    assert code == 0, output
+    result = json.loads((tmp_path / "plus.json").read_text())
+    assert result["seconds"] == {} and set(result["plus"]) == {"10", "20"}  # no pairwise rows asked for
+    for count, row in result["plus"].items():
+        assert row["dropped"] == int(count) // 10 and row["degree"] < int(count) - 1
+        assert row["round"] > row["factory"] > 0 and row["server"] > 0
+    assert "at 20 factories a factory's cost at most 2x its cost at 10:" in output
+    assert "at 20 factories the round's total under 30 s:" in output and "PASS" in output
