@@ -36,6 +36,7 @@ from torch import Tensor
 
 from fedmeta.client.rounds.evaluation import evaluate_factory, evaluate_trees
 from fedmeta.client.rounds.factory import LoadedFactory, load_factories, node_device, sampler_for
+from fedmeta.client.rounds.joined_rounds import LEDGER_KEY, JoinedRounds
 from fedmeta.client.rounds.package import MODEL_DIR_KEY, store_delivered_package
 from fedmeta.client.rounds.policy import POLICY_KEY, load_policy
 from fedmeta.client.rounds.secure_aggregation import advertise_keys, masked_input, reveal_shares, seal_shares
@@ -251,7 +252,9 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
     def train(msg: Message, context: Context) -> Message:
         settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
         if POLICY_KEY in context.node_config:  # the factory's own rules, before anything runs
-            load_policy(str(context.node_config[POLICY_KEY])).admit(settings, context.state)
+            ledger = context.node_config.get(LEDGER_KEY)
+            rounds = JoinedRounds(context.state, None if ledger is None else Path(str(ledger)))
+            load_policy(str(context.node_config[POLICY_KEY])).admit(settings, rounds)
         factories, device = factories_of(context)
         if protocol.SECAGG in msg.content:  # a secure round (never trees: the server refuses): the masked input
             delta, metrics = local_update(_only(factories), _received_parameters(msg), settings, device)

@@ -25,6 +25,7 @@ from pathlib import Path
 from fedmeta.client.node import supernode_timings
 from fedmeta.client.node.supernode import REFUSED
 from fedmeta.client.node.warm_worker import answer_dropped_task
+from fedmeta.client.rounds.joined_rounds import LEDGER_FILE, LEDGER_KEY, read_ledger
 from fedmeta.client.rounds.package import MODEL_DIR_KEY
 from fedmeta.client.rounds.policy import POLICY_KEY, load_policy
 from fedmeta.common import (
@@ -105,6 +106,11 @@ class FactoryPlan:
         return self.state / "supernode.log"
 
     @property
+    def ledger(self) -> Path:
+        """Where the factory counts the rounds it joined, which its policy limits (`client.rounds.joined_rounds`)."""
+        return self.state / LEDGER_FILE
+
+    @property
     def worker_record(self) -> Path:
         """Where the warm worker keeps the claim of the task it is running (`client.node.warm_worker`)."""
         return self.state / "warm-worker-task.json"
@@ -142,20 +148,22 @@ def plan_factory(
     checked.raise_for_problems()
     if policy is not None:
         load_policy(str(policy))  # a bad policy stops the factory here, not at its first round
+    name = factory or data.stem
+    state = (state or Path(".fedmeta") / f"factory-{name}").resolve()
+    read_ledger(state / LEDGER_FILE)  # so does a damaged ledger of the rounds it joined
     if ca is not None:
         load_certificate(ca, "CA certificate")
     if key is not None:
         if ca is None:
             raise FactoryError("node authentication needs TLS: a factory key cannot be used with --insecure")
         load_factory_private_key(key)
-    name = factory or data.stem
     return FactoryPlan(
         server=server.strip(),
         data=data.resolve(),
         schema=schema.resolve(),
         factory=name,
         role=role,
-        state=(state or Path(".fedmeta") / f"factory-{name}").resolve(),
+        state=state,
         key=None if key is None else key.resolve(),
         ca=None if ca is None else ca.resolve(),
         runtime_port=runtime_port,
@@ -191,6 +199,7 @@ def node_config(plan: FactoryPlan) -> str:
     }
     if plan.policy is not None:
         values[POLICY_KEY] = str(plan.policy)
+        values[LEDGER_KEY] = str(plan.ledger)
     return " ".join(f"{key}={_toml_string(value)}" for key, value in values.items())
 
 

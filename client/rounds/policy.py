@@ -27,7 +27,8 @@ leaves the factory. Every key is optional, and a key left out allows anything:
     (`fedmeta.client.node.supernode`); with it, a server that upgraded is refused until the factory has too.
 
 A refused round is an error reply naming the rule (the server counts the factory as failed for that
-round and goes on); the rounds joined are counted in the node's state.
+round and goes on); the rounds joined are counted over every run (`client.rounds.joined_rounds`), in the
+factory's state folder when it runs as ``fedmeta client``, so a restart does not reset them.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from flwr.app import ConfigRecord, RecordDict
-
+from fedmeta.client.rounds.joined_rounds import JoinedRounds
 from fedmeta.common import RoundSettings, is_tree_algorithm
 from fedmeta.common.data.connector.text import suggest
 from fedmeta.common.federation.compression import COMPRESSIONS
@@ -47,7 +47,6 @@ from fedmeta.common.security.privacy import spent_epsilon
 __all__ = ["POLICY_KEY", "FactoryPolicy", "PolicyRefusal", "load_policy"]
 
 POLICY_KEY = "policy"  # the node config key naming the policy file
-_JOINED = "policy"  # the node state's record of the rounds this factory trained in
 
 
 class PolicyRefusal(ValueError):
@@ -90,9 +89,9 @@ class FactoryPolicy:
         if self.app_version is not None and not (isinstance(self.app_version, str) and self.app_version.strip()):
             raise ValueError(f"policy 'app_version' must be a version such as \"0.1.0\", got {self.app_version!r}")
 
-    def admit(self, settings: RoundSettings, state: RecordDict) -> None:
+    def admit(self, settings: RoundSettings, rounds: JoinedRounds) -> None:
         """Raise `PolicyRefusal` naming the first rule this round breaks; otherwise count it as joined."""
-        joined = int(state[_JOINED]["rounds"]) if _JOINED in state else 0
+        joined = rounds.count()
         if self.algorithms is not None and settings.algorithm not in self.algorithms:
             raise PolicyRefusal(f"policy: algorithm {settings.algorithm!r} is not among {list(self.algorithms)}")
         if not self.trees and is_tree_algorithm(settings.algorithm):
@@ -115,7 +114,7 @@ class FactoryPolicy:
                                     f"{self.max_epsilon:g}")
         if self.max_rounds is not None and joined >= self.max_rounds:
             raise PolicyRefusal(f"policy: this factory has trained in {joined} rounds, its max_rounds")
-        state[_JOINED] = ConfigRecord({"rounds": joined + 1})
+        rounds.add()
 
 
 def load_policy(path: str) -> FactoryPolicy:

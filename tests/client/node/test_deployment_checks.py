@@ -90,6 +90,18 @@ def test_node_config_reaches_the_client_app_intact_through_flowers_parser(tmp_pa
     assert parse_config_args([node_config(moved)])["model-dir"] == str(tmp_path / "plant's models")
     governed = _plan(tmp_path, data, tmp_path / "schema.json", policy=tmp_path / "policy.json")
     assert parse_config_args([node_config(governed)])["policy"] == str(tmp_path / "policy.json")
+    assert parse_config_args([node_config(governed)])["policy-ledger"] == str(tmp_path / "policy-ledger.json")
+
+
+def test_client_with_a_damaged_ledger_of_its_rounds_stops_before_it_starts(table, tmp_path):
+    data, schema = table
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "policy-ledger.json").write_text('{"rounds": 3')
+    code, output = run("client", "--server", "127.0.0.1:8000", "--data", str(data), "--schema", str(schema),
+                       "--insecure", "--state", str(state))
+    assert code == 1 and "policy ledger" in output and "is damaged" in " ".join(output.split()), output
+    assert (state / "policy-ledger.json").read_text() == '{"rounds": 3'  # kept as it was, never reset
 
 
 def test_probe_refuses_a_server_certificate_from_another_ca(pki, tmp_path, table):

@@ -10,6 +10,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, MessageType, RecordDict
 
 from fedmeta.client import load_factory, make_client_app
+from fedmeta.client.rounds.joined_rounds import JoinedRounds
 from fedmeta.client.rounds.policy import FactoryPolicy, PolicyRefusal, load_policy
 from fedmeta.common import RoundSettings
 from fedmeta.common.security.privacy import spent_epsilon
@@ -18,6 +19,8 @@ from fedmeta.server.strategy.fedmeta import model_records
 from tests.support.flower_messages import delivered
 
 RUN_CONFIG = {"family": "quality", "num-factories": 3, "num-held-out": 1, "device": "cpu"}
+# Rounds at noise multiplier 3 within epsilon 4 (delta 1e-5), counted apart from the policy.
+ALLOWED = max(n for n in range(1, 200) if spent_epsilon(n, 1.0, 3.0, 1e-5) <= 4.0)
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +67,45 @@ def test_a_round_that_breaks_a_rule_is_refused_naming_it(tmp_path, global_params
 
 
 def test_a_factory_stops_joining_when_its_own_epsilon_would_pass_its_budget():
-    policy, state = FactoryPolicy(max_epsilon=4.0), RecordDict()
+    policy, rounds = FactoryPolicy(max_epsilon=4.0), JoinedRounds(RecordDict())
     settings = RoundSettings(algorithm="fomaml", dp_noise_multiplier=3.0, dp_delta=1e-5)
-    allowed = max(n for n in range(1, 200) if spent_epsilon(n, 1.0, 3.0, 1e-5) <= 4.0)  # the budget, counted apart
-    for _ in range(allowed):
-        policy.admit(settings, state)
-    with pytest.raises(PolicyRefusal, match=rf"privacy budget is spent.*{allowed} rounds joined.*max_epsilon 4"):
-        policy.admit(settings, state)
-    assert 5 <= allowed < 10  # epsilon 3.38 after 5 rounds, 5.03 after 10
+    for _ in range(ALLOWED):
+        policy.admit(settings, rounds)
+    with pytest.raises(PolicyRefusal, match=rf"privacy budget is spent.*{ALLOWED} rounds joined.*max_epsilon 4"):
+        policy.admit(settings, rounds)
+    assert 5 <= ALLOWED < 10  # epsilon 3.38 after 5 rounds, 5.03 after 10
+
+
+def test_a_restarted_factory_goes_on_from_the_budget_its_ledger_holds(tmp_path):
+    policy, ledger = FactoryPolicy(max_epsilon=4.0), tmp_path / "state" / "policy-ledger.json"
+    settings = RoundSettings(algorithm="fomaml", dp_noise_multiplier=3.0, dp_delta=1e-5)
+    for _ in range(ALLOWED - 1):
+        policy.admit(settings, JoinedRounds(RecordDict(), ledger))
+    restarted = JoinedRounds(RecordDict(), ledger)  # a new process: its node state is empty
+    assert restarted.count() == ALLOWED - 1
+    policy.admit(settings, restarted)
+    with pytest.raises(PolicyRefusal, match=rf"privacy budget is spent.*{ALLOWED} rounds joined"):
+        policy.admit(settings, JoinedRounds(RecordDict(), ledger))
+    assert json.loads(ledger.read_text()) == {"rounds": ALLOWED}
+    assert [path.name for path in ledger.parent.iterdir()] == [ledger.name]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("content", [b'{"rounds": 3', b'{"rounds": -1}', b'{"runs": 3}', b"\xff\xfe"])
+def test_a_damaged_ledger_is_refused_by_name_and_left_as_it_was(tmp_path, content):
+    ledger = tmp_path / "policy-ledger.json"
+    ledger.write_bytes(content)
+    before = ledger.read_bytes()
+    with pytest.raises(ValueError, match=r"policy ledger .* is damaged"):
+        FactoryPolicy(max_rounds=5).admit(RoundSettings(), JoinedRounds(RecordDict(), ledger))
+    assert ledger.read_bytes() == before
 
 
 def test_a_factory_trains_in_at_most_max_rounds():
-    policy, state = FactoryPolicy(max_rounds=2), RecordDict()
-    policy.admit(RoundSettings(), state)
-    policy.admit(RoundSettings(), state)
+    policy, rounds = FactoryPolicy(max_rounds=2), JoinedRounds(RecordDict())
+    policy.admit(RoundSettings(), rounds)
+    policy.admit(RoundSettings(), rounds)
     with pytest.raises(PolicyRefusal, match="has trained in 2 rounds, its max_rounds"):
-        policy.admit(RoundSettings(), state)
+        policy.admit(RoundSettings(), rounds)
 
 
 @pytest.mark.parametrize(("content", "problem"), [
@@ -102,6 +128,6 @@ def test_a_bad_policy_file_is_refused_by_name(tmp_path, content, problem):
 
 
 def test_a_factory_requiring_secure_aggregation_joins_a_secure_round():
-    state = RecordDict()
-    FactoryPolicy(require_secure_aggregation=True).admit(RoundSettings(secure_aggregation=True), state)
-    assert state["policy"]["rounds"] == 1
+    rounds = JoinedRounds(RecordDict())
+    FactoryPolicy(require_secure_aggregation=True).admit(RoundSettings(secure_aggregation=True), rounds)
+    assert rounds.count() == 1
