@@ -22,8 +22,7 @@ import json
 import math
 import os
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+
+from fedmeta.common.runtime.files import atomic_write
 
 __all__ = ["Checkpoint", "CheckpointError", "RunDirectory"]
 
@@ -105,7 +106,7 @@ class RunDirectory:
         header = {_ROUND: str(round), **metadata}
         header[_DIGEST] = _digest(tensors, header)
         self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda temp: save_file(tensors, temp, metadata=header))
+        atomic_write(path, lambda temp: save_file(tensors, temp, metadata=header))
         return path
 
     def latest_round(self) -> int | None:
@@ -161,13 +162,13 @@ class RunDirectory:
                 self.config_path, "differs from the given config; pass overwrite=True to replace it"
             )
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.config_path, lambda temp: temp.write_text(text, encoding="utf-8"))
+        atomic_write(self.config_path, lambda temp: temp.write_text(text, encoding="utf-8"))
 
     def write_status(self, status: Mapping[str, Any]) -> None:
         """Replace ``status.json`` (atomically: a reader never sees half of it)."""
         text = json.dumps(status, indent=2, allow_nan=False) + "\n"
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.status_path, lambda temp: temp.write_text(text, encoding="utf-8"))
+        atomic_write(self.status_path, lambda temp: temp.write_text(text, encoding="utf-8"))
 
     def read_config(self) -> dict[str, Any]:
         """The run's configuration from ``config.json``."""
@@ -216,7 +217,7 @@ class RunDirectory:
             if record[_ROUND] <= round:
                 kept.append(line if line.endswith("\n") else line + "\n")
         if kept != lines:
-            _atomic_write(
+            atomic_write(
                 self.metrics_path, lambda temp: temp.write_text("".join(kept), encoding="utf-8")
             )
         return len(lines) - len(kept)
@@ -271,32 +272,3 @@ def _digest(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
 
 def _strip(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {key[len(prefix) :]: t for key, t in tensors.items() if key.startswith(prefix)}
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write via a temporary file beside ``path``, fsync it, then `os.replace` it in."""
-    descriptor, temp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    os.close(descriptor)
-    temp = Path(temp_name)
-    try:
-        write(temp)
-        with temp.open("rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX only; Windows cannot open folders)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -7,11 +7,11 @@ factory goes on from what it spent and never starts its budget afresh."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from flwr.app import ConfigRecord, RecordDict
+
+from fedmeta.common.runtime.files import atomic_write
 
 __all__ = ["LEDGER_FILE", "LEDGER_KEY", "JoinedRounds", "read_ledger"]
 
@@ -49,15 +49,9 @@ class JoinedRounds:
         in_state = int(self.state[_STATE]["rounds"]) if _STATE in self.state else 0
         return max(in_state, read_ledger(self.ledger) if self.ledger is not None else 0)
 
-    def add(self) -> None:
-        """Count one more round joined, in the ledger first (atomically: a crash leaves the old count or the new)."""
-        joined = self.count() + 1
+    def record(self, joined: int) -> None:
+        """Record ``joined`` rounds, in the ledger first (atomically: a crash leaves the old count or the new)."""
         if self.ledger is not None:
             self.ledger.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=self.ledger.parent, prefix=f".{self.ledger.name}.", suffix=".tmp")
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump({"rounds": joined}, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.ledger)
+            atomic_write(self.ledger, lambda temp: temp.write_text(json.dumps({"rounds": joined}), encoding="utf-8"))
         self.state[_STATE] = ConfigRecord({"rounds": joined})

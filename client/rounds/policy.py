@@ -114,7 +114,7 @@ class FactoryPolicy:
                                     f"{self.max_epsilon:g}")
         if self.max_rounds is not None and joined >= self.max_rounds:
             raise PolicyRefusal(f"policy: this factory has trained in {joined} rounds, its max_rounds")
-        rounds.add()
+        rounds.record(joined + 1)
 
 
 def load_policy(path: str) -> FactoryPolicy:

@@ -59,6 +59,7 @@ __all__ = [
     "SecureAggregation",
     "SecureAggregationError",
     "aggregate_in_process",
+    "complete_graph",
     "neighbourhoods",
     "participant_from_state",
     "participant_state",
@@ -128,6 +129,12 @@ def reconstruct(shares: Sequence[tuple[int, Sequence[int]]], threshold: int, len
 
 # --------------------------------------------------------------------------- SecAgg+'s graph and parameters
 
+def complete_graph(indices: Iterable[int]) -> Graph:
+    """Everyone every participant's neighbour: Bonawitz et al.'s protocol."""
+    members = tuple(sorted(indices))
+    return {index: members for index in members}
+
+
 def neighbourhoods(indices: Iterable[int], degree: int, seed: int | str | bytes) -> Graph:
     """Each participant's neighbourhood, itself included, in a random Harary graph of ``degree``: the
     participants on a ring in the order ``seed`` shuffles them to, each joined to the ``degree / 2`` nearest
@@ -135,7 +142,7 @@ def neighbourhoods(indices: Iterable[int], degree: int, seed: int | str | bytes)
     members = sorted(indices)
     count = len(members)
     if degree >= count - 1:
-        return {index: tuple(members) for index in members}
+        return complete_graph(members)
     if degree < 2 or degree % 2:
         raise ValueError(f"a sparse graph's degree must be even and >= 2, got {degree}")
     ring = members.copy()
@@ -316,7 +323,7 @@ def unmask_sum(masked: Mapping[int, np.ndarray], revealed: Mapping[int, Mapping[
     if len(revealed) < threshold:
         raise SecureAggregationError(f"{len(revealed)} factories revealed their shares, fewer than the threshold "
                                      f"{threshold}: the round cannot be unmasked")
-    graph = neighbours if neighbours is not None else neighbourhoods(peers, len(peers) - 1, 0)
+    graph = neighbours if neighbours is not None else complete_graph(peers)
     length = len(next(iter(masked.values())))
     total = np.zeros(length, dtype=_FIELD)
     for vector in masked.values():
@@ -355,7 +362,7 @@ def aggregate_in_process(inputs: Mapping[int, np.ndarray], threshold: int, *, dr
     2^64 of the encoded ``inputs`` of those that sent theirs; ``drop_before_input`` leave after the
     shares, ``drop_before_unmask`` after their masked input. ``neighbours``: SecAgg+'s graph (None: the
     complete graph). ``seconds``, if given, receives each participant's time and the server's ("server")."""
-    graph = neighbours if neighbours is not None else neighbourhoods(inputs, len(inputs) - 1, 0)
+    graph = neighbours if neighbours is not None else complete_graph(inputs)
 
     def timed(who: int | str, step: Callable, *args: object):
         started = time.perf_counter()
@@ -426,7 +433,7 @@ class SecureAggregation:
         public randomness) and its threshold (`secagg_plus_parameters`)."""
         indices = range(1, participants + 1)
         if not self.plus:
-            return neighbourhoods(indices, participants - 1, seed), self.threshold_of(participants)
+            return complete_graph(indices), self.threshold_of(participants)
         degree, threshold = secagg_plus_parameters(participants, self.dropout, self.corruption)
         return neighbourhoods(indices, degree, seed), threshold
 

@@ -29,7 +29,7 @@ from fedmeta.server.strategy.fedmeta import FactorySeats, ModelRecords, Sampling
 
 __all__ = [
     "MAX_TREE_BYTES", "TreeStrategy", "aggregate_round", "append_replies", "check_reply", "cyclic_turn",
-    "ensemble_bytes", "ensemble_records",
+    "ensemble_bytes", "ensemble_records", "replies_needed",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,12 @@ def aggregate_round(ensemble: bytes, replies: Sequence[tuple[str, bytes, Mapping
     return ensemble, summary
 
 
+def replies_needed(sampling: SamplingSettings, *, cyclic: bool) -> int:
+    """The fewest accepted replies that grow the ensemble: a cyclic round's one factory, else the run's
+    ``min-train-nodes``."""
+    return 1 if cyclic else sampling.min_train_nodes
+
+
 Turn = TypeVar("Turn")
 
 
@@ -146,7 +152,7 @@ class TreeStrategy(FactorySeats):
                     if (item := self._reply(part.factory, part.node, part.records, part.error)) is not None]
         self.ensemble, summary = aggregate_round(
             self.ensemble, readable, self.shape, self.trees, max_leaf=self.sampling.max_delta_norm,
-            needed=1 if self.cyclic else self.sampling.min_train_nodes)
+            needed=replies_needed(self.sampling, cyclic=self.cyclic))
         summary["rejected"] += float(len(parts) - len(readable))
         summary["bytes-received"] = float(sum(recorddict_to_proto(reply.content).ByteSize() for reply in replies
                                               if reply.has_content()))

@@ -32,7 +32,7 @@ from fedmeta.common.trees.continuation import best_recipes
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, num_rounds
 from fedmeta.common.trees.settings import TreeRecipe
 from fedmeta.server import ServerSettings, initial_meta_parameters
-from fedmeta.server.strategy.trees import aggregate_round, cyclic_turn
+from fedmeta.server.strategy.trees import aggregate_round, cyclic_turn, replies_needed
 
 __all__ = [
     "TreeRun",
@@ -106,11 +106,10 @@ def run_tree_rounds(config: Mapping[str, object], factories: Sequence[LoadedFact
         round_settings = dataclasses.replace(settings.round, server_round=server_round, tree_factories=len(chosen),
                                              recipe_shots=tuple(shots) if last else ())
         replies, took = zip(*(_timed_update(factory, ensemble, round_settings) for factory in chosen), strict=True)
-        ensemble, merged = aggregate_round(
-            ensemble, [(factory.data.name, trees, metrics) for factory, (trees, metrics) in zip(chosen, replies,
-                                                                                               strict=True)],
-            shape, tree_settings, max_leaf=settings.sampling.max_delta_norm,
-            needed=1 if cyclic else settings.sampling.min_train_nodes)
+        named = [(factory.data.name, trees, metrics) for factory, (trees, metrics) in zip(chosen, replies, strict=True)]
+        ensemble, merged = aggregate_round(ensemble, named, shape, tree_settings,
+                                           max_leaf=settings.sampling.max_delta_norm,
+                                           needed=replies_needed(settings.sampling, cyclic=cyclic))
         rejected += int(merged["rejected"])
         if last:
             recipes = best_recipes(merged, shots)
