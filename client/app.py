@@ -23,6 +23,7 @@ own records.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
@@ -40,7 +41,13 @@ from fedmeta.client.rounds.joined_rounds import LEDGER_KEY, JoinedRounds
 from fedmeta.client.rounds.package import MODEL_DIR_KEY, store_delivered_package
 from fedmeta.client.rounds.policy import POLICY_KEY, load_policy
 from fedmeta.client.rounds.secure_aggregation import advertise_keys, masked_input, reveal_shares, seal_shares
-from fedmeta.client.rounds.trees import tree_update
+from fedmeta.client.rounds.trees import (
+    factory_tree_shape,
+    recipe_metrics,
+    tree_histograms,
+    tree_sketch,
+    tree_update,
+)
 from fedmeta.common import (
     EvaluationSettings,
     ModelConfig,
@@ -56,6 +63,7 @@ from fedmeta.common import (
 )
 from fedmeta.common.federation import protocol
 from fedmeta.common.federation.compression import VALUES, ParameterLayout, encode_delta, unpack_parameters
+from fedmeta.common.trees.histograms import LevelSplits, check_edges
 
 __all__ = ["app", "check_model_fits", "local_update", "make_client_app", "train_replies", "train_reply"]
 
@@ -161,6 +169,31 @@ def _tree_records(factory: LoadedFactory, ensemble: bytes, settings: RoundSettin
             protocol.METRICS: MetricRecord(metrics)}
 
 
+def _joined_rounds(context: Context) -> JoinedRounds:
+    """The rounds this node's factory joined, in its state and its ledger file where the node names one."""
+    ledger = context.node_config.get(LEDGER_KEY)
+    return JoinedRounds(context.state, None if ledger is None else Path(str(ledger)))
+
+
+def _sketch_records(factory: LoadedFactory) -> dict[str, object]:
+    """xgb-histogram's first exchange: the factory's column sketch and its rows' count, nothing else."""
+    sketch, rows = tree_sketch(factory)
+    return {protocol.SKETCH: ArrayRecord([sketch]), protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: rows})}
+
+
+def _histogram_records(factory: LoadedFactory, msg: Message, settings: RoundSettings) -> dict[str, object]:
+    """xgb-histogram's level exchange: the factory's gradient histograms at the sent ensemble, bins and splits."""
+    edges_record = msg.content[protocol.BIN_EDGES]
+    if len(edges_record) != 1:
+        raise ValueError(f"the server's bin edges must be one array, got {len(edges_record)}")
+    edges = next(iter(edges_record.values())).numpy()
+    check_edges(edges, factory_tree_shape(factory))
+    splits = LevelSplits.from_json(json.loads(str(msg.content[protocol.CONFIG][protocol.LEVEL_SPLITS])),
+                                   factory_tree_shape(factory), edges.shape[1] + 1, settings.tree_depth)
+    histograms = tree_histograms(factory, _received_ensemble(msg), edges, splits)
+    return {protocol.HISTOGRAMS: ArrayRecord(histograms)}
+
+
 def train_reply(factory: LoadedFactory, msg: Message, device: object, state: RecordDict) -> RecordDict:
     """Local meta-training from the global meta-parameters: the delta and metrics (trees: the new trees)."""
     settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
@@ -252,9 +285,7 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
     def train(msg: Message, context: Context) -> Message:
         settings = RoundSettings.from_config(msg.content[protocol.CONFIG])
         if POLICY_KEY in context.node_config:  # the factory's own rules, before anything runs
-            ledger = context.node_config.get(LEDGER_KEY)
-            rounds = JoinedRounds(context.state, None if ledger is None else Path(str(ledger)))
-            load_policy(str(context.node_config[POLICY_KEY])).admit(settings, rounds)
+            load_policy(str(context.node_config[POLICY_KEY])).admit(settings, _joined_rounds(context))
         factories, device = factories_of(context)
         if protocol.SECAGG in msg.content:  # a secure round (never trees: the server refuses): the masked input
             delta, metrics = local_update(_only(factories), _received_parameters(msg), settings, device)
@@ -262,6 +293,36 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
         if protocol.FACTORIES in msg.content:
             return Message(train_replies(factories, msg, device, context.state), reply_to=msg)
         return Message(train_reply(_only(factories), msg, device, context.state), reply_to=msg)
+
+    def tree_exchange(msg: Message, context: Context,
+                      work: Callable[[LoadedFactory, RoundSettings], Mapping[str, object]]) -> Message:
+        """One of xgb-histogram's exchanges: the policy asked first (the round's first exchange counts as a round
+        joined), then ``work`` for each factory the message names."""
+        config = msg.content[protocol.CONFIG]
+        settings = RoundSettings.from_config({key: value for key, value in config.items()
+                                              if key not in protocol.TREE_EXCHANGE_FIELDS})
+        if POLICY_KEY in context.node_config:
+            load_policy(str(context.node_config[POLICY_KEY])).admit_exchange(
+                settings, _joined_rounds(context), f"{msg.metadata.run_id}/{settings.server_round}",
+                opens_round=bool(config[protocol.OPENS_ROUND]))
+        factories, _ = factories_of(context)
+        if protocol.FACTORIES in msg.content:
+            return Message(_per_factory(_named_factories(factories, msg), lambda f: work(f, settings)), reply_to=msg)
+        return Message(RecordDict(work(_only(factories), settings)), reply_to=msg)
+
+    @app.train(protocol.TREE_SKETCH.removeprefix("train."))
+    def tree_sketch_reply(msg: Message, context: Context) -> Message:
+        return tree_exchange(msg, context, lambda factory, _: _sketch_records(factory))
+
+    @app.train(protocol.TREE_HISTOGRAMS.removeprefix("train."))
+    def tree_histograms_reply(msg: Message, context: Context) -> Message:
+        return tree_exchange(msg, context, lambda factory, settings: _histogram_records(factory, msg, settings))
+
+    @app.train(protocol.TREE_RECIPES.removeprefix("train."))
+    def tree_recipes_reply(msg: Message, context: Context) -> Message:
+        ensemble = _received_ensemble(msg)
+        return tree_exchange(msg, context, lambda factory, settings: {
+            protocol.METRICS: MetricRecord(recipe_metrics(factory, ensemble, settings))})
 
     @app.train(protocol.SECAGG_KEYS.removeprefix("train."))
     def secure_keys(msg: Message, context: Context) -> Message:

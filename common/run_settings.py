@@ -89,7 +89,8 @@ _SERVER, _CLIENT, _BOTH, _SIM = ("server",), ("client",), ("server", "client"), 
 _TABLE = (
     # The run
     Setting("algorithm", "maml", "Algorithm: maml, fomaml, reptile, metasgd, anil, r2d2, fedavg, or federated "
-            "XGBoost trees: xgb-bagging (every factory's new trees each round) or xgb-cyclic (one factory a round).",
+            "XGBoost trees: xgb-bagging (every factory's new trees each round), xgb-cyclic (one factory a round) or "
+            "xgb-histogram (trees grown on every factory's gradient histograms, as boosting on their pooled rows).",
             _SERVER),
     Setting("compare-with", "", "Baselines trained in the same run on the same factories (comma-separated).", _SERVER),
     Setting("num-server-rounds", 10, "Federated rounds.", _SERVER),
@@ -124,7 +125,11 @@ _TABLE = (
     Setting("tree-rate", 0.1, "Trees: the boosting rate (xgb-bagging divides it among the round's factories).",
             _SERVER),
     Setting("tree-subsample", 0.8, "Trees: the share of a factory's rows each tree sees.", _SERVER),
-    Setting("local-trees", 1, "Trees: boosting rounds each factory adds per federated round.", _SERVER),
+    Setting("local-trees", 1, "Trees: boosting rounds each factory adds per federated round (xgb-histogram: the "
+            "federation grows per round).", _SERVER),
+    Setting("tree-min-child-weight", 1.0, "Trees: the least hessian sum a leaf holds (squared error: rows).",
+            _SERVER),
+    Setting("tree-lambda", 1.0, "Trees: the L2 penalty on leaf weights.", _SERVER),
     # The server's aggregation
     Setting("outer-optimizer", "sgd", "Server optimizer: sgd, momentum or adam.", _SERVER),
     Setting("outer-lr", 1.0, "Server step size (sgd 1.0 = plain averaging of deltas).", _SERVER),

@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 from torch import Tensor
 
@@ -35,18 +36,22 @@ from fedmeta.common import (
     model_config_for,
     pack_meta_parameters,
 )
+from fedmeta.common.federation import protocol
 from fedmeta.common.package.model_package import ModelPackage
 from fedmeta.common.trees.continuation import best_recipes
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE
+from fedmeta.common.trees.histograms import HISTOGRAM_BINS, LevelSplits
 from fedmeta.common.trees.shape import tree_shape
+from fedmeta.common.trees.split_finding import grow_round, merge_sketches
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
 from fedmeta.server.package import RUN_ID, deliver_package, write_run_package, write_tree_package
 from fedmeta.server.run_view import RunView
 from fedmeta.server.secure_round import secure_training_round
 from fedmeta.server.settings import ServerSettings
 from fedmeta.server.strategy.fedmeta import FactorySeats, FedMetaStrategy, ModelRecords, exchange, model_records
+from fedmeta.server.strategy.histogram_trees import HistogramTreeStrategy, histogram_model_records
 from fedmeta.server.strategy.outer_optimizer import OuterOptimizer
-from fedmeta.server.strategy.trees import TreeStrategy, ensemble_records
+from fedmeta.server.strategy.trees import HISTOGRAM_ALGORITHM, TreeStrategy, ensemble_records
 
 __all__ = ["ProgressFn", "initial_meta_parameters", "run_experiment"]
 
@@ -56,6 +61,7 @@ ProgressFn = Callable[[Mapping[str, object]], None]
 
 FACTORY_POLL_S = 1.0  # how often to look for factories while too few are connected
 ENSEMBLE_PARAMETER = "ensemble"  # a tree run's checkpoint: the ensemble's JSON bytes as one uint8 tensor
+BIN_EDGES_PARAMETER = "bin-edges"  # ... and xgb-histogram's bin edges, once the first round set them
 TREE_RECIPES_KEY = "tree-recipes"  # ... and the recipe kept for each K (JSON), once the last round chose them
 
 
@@ -132,21 +138,18 @@ class _TreeRounds:
 
     def __init__(self, run_dir: RunDirectory, settings: ServerSettings, source: DataSource, algorithm: str,
                  config: Mapping[str, object]) -> None:
-        latest = run_dir.latest_round()
-        ensemble, self.recipes = EMPTY_ENSEMBLE, {}
-        if latest is None:
-            run_dir.write_config(config, overwrite=settings.resume)
-        else:
-            checkpoint = run_dir.load_checkpoint(latest)
-            ensemble = checkpoint.params[ENSEMBLE_PARAMETER].numpy().tobytes()
-            self.recipes = json.loads(checkpoint.metadata.get(TREE_RECIPES_KEY, "{}"))
+        ensemble, self.recipes, _ = _tree_start(run_dir, settings, config)
         self.strategy = TreeStrategy(ensemble, settings.sampling, tree_shape(source.model_config, source.task_kind),
                                      settings.round.tree_settings(), cyclic=algorithm == "xgb-cyclic")
         self.shots = settings.evaluation.shots
         self.last_round = settings.num_rounds
 
+    @property
+    def ensemble(self) -> bytes:
+        return self.strategy.ensemble
+
     def model(self) -> ModelRecords:
-        return ensemble_records(self.strategy.ensemble)
+        return ensemble_records(self.ensemble)
 
     def train(self, grid: Grid, server_round: int, config: ConfigRecord, secure_name: str,
               settings: ServerSettings) -> Mapping[str, float]:
@@ -160,18 +163,94 @@ class _TreeRounds:
         return metrics
 
     def checkpoint(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, str]]:
-        ensemble = torch.frombuffer(bytearray(self.strategy.ensemble), dtype=torch.uint8) if self.strategy.ensemble \
+        ensemble = torch.frombuffer(bytearray(self.ensemble), dtype=torch.uint8) if self.ensemble \
             else torch.zeros(0, dtype=torch.uint8)
         return {ENSEMBLE_PARAMETER: ensemble}, {}, {TREE_RECIPES_KEY: json.dumps(self.recipes)}
 
     def package(self, run_dir: RunDirectory, source: DataSource, evaluation: EvaluationSettings,
                 server_round: int) -> ModelPackage:
-        return write_tree_package(run_dir, self.strategy.ensemble, source, self.evaluation(evaluation), server_round)
+        return write_tree_package(run_dir, self.ensemble, source, self.evaluation(evaluation), server_round)
 
     def evaluation(self, evaluation: EvaluationSettings) -> EvaluationSettings:
         """The evaluation settings with the recipe chosen for each K (none before the last round)."""
         recipes = tuple(f"{k}={recipe}" for k, recipe in self.recipes.items())
         return dataclasses.replace(evaluation, tree_recipes=recipes)
+
+
+def _tree_start(run_dir: RunDirectory, settings: ServerSettings,
+                config: Mapping[str, object]) -> tuple[bytes, dict[str, str], dict[str, Tensor]]:
+    """A tree run's ensemble, recipes and checkpointed tensors: empty for a fresh run (its config written), else
+    the last checkpoint's."""
+    latest = run_dir.latest_round()
+    if latest is None:
+        run_dir.write_config(config, overwrite=settings.resume)
+        return EMPTY_ENSEMBLE, {}, {}
+    checkpoint = run_dir.load_checkpoint(latest)
+    ensemble = checkpoint.params[ENSEMBLE_PARAMETER].numpy().tobytes()
+    return ensemble, json.loads(checkpoint.metadata.get(TREE_RECIPES_KEY, "{}")), checkpoint.params
+
+
+class _HistogramRounds(_TreeRounds):
+    """``xgb-histogram``'s rounds (`server.strategy.histogram_trees`): the bins from the factories' sketches in the
+    first round, then each round ``local-trees`` boosting rounds grown level by level on their summed histograms
+    (`grow_round`, as the benchmark grows them); the last round also asks for the recipes' losses."""
+
+    def __init__(self, run_dir: RunDirectory, settings: ServerSettings, source: DataSource, algorithm: str,
+                 config: Mapping[str, object]) -> None:
+        self._ensemble, self.recipes, params = _tree_start(run_dir, settings, config)
+        self.edges = params[BIN_EDGES_PARAMETER].numpy() if BIN_EDGES_PARAMETER in params else None
+        self.shape, self.trees = tree_shape(source.model_config, source.task_kind), settings.round.tree_settings()
+        self.strategy = HistogramTreeStrategy(settings.sampling, self.shape, HISTOGRAM_BINS)
+        self.shots = settings.evaluation.shots
+        self.last_round = settings.num_rounds
+
+    @property
+    def ensemble(self) -> bytes:
+        return self._ensemble
+
+    def model(self) -> ModelRecords:
+        return histogram_model_records(self._ensemble, self.edges)
+
+    def _ask(self, grid: Grid, server_round: int, config: ConfigRecord, timeout: float, exchange_type: str,
+             **fields: object) -> list[Message]:
+        """One exchange with the round's factories; the round's first opens it (their policies count it)."""
+        config = self.strategy.exchange_config(config, exchange_type, opens_round=not self._opened, **fields)
+        self._opened = True
+        return exchange(grid, self.strategy.configure_train(server_round, self.model(), config, grid), timeout=timeout)
+
+    def train(self, grid: Grid, server_round: int, config: ConfigRecord, secure_name: str,
+              settings: ServerSettings) -> Mapping[str, float]:
+        self.strategy.start_round(server_round)
+        self._opened = False
+        if self.edges is None:
+            replies = self._ask(grid, server_round, config, settings.timeout, protocol.TREE_SKETCH)
+            self.edges = merge_sketches(self.strategy.sketches(replies), HISTOGRAM_BINS)
+        metrics = {"replies": math.inf, "rejected": 0.0, "model-unchanged": 0.0}
+
+        def ask(splits: LevelSplits) -> list[tuple[str, list[np.ndarray]]]:
+            replies = self._ask(grid, server_round, config, settings.timeout, protocol.TREE_HISTOGRAMS,
+                                **{protocol.LEVEL_SPLITS: json.dumps(splits.to_json())})
+            return self.strategy.histograms(replies)
+
+        for _ in range(self.trees.local_trees):
+            self._ensemble, summary = grow_round(self._ensemble, self.edges, self.shape, self.trees, ask,
+                                                 needed=settings.sampling.min_train_nodes)
+            metrics = {"replies": min(metrics["replies"], summary["replies"]),
+                       "rejected": metrics["rejected"] + summary["rejected"],
+                       "model-unchanged": max(metrics["model-unchanged"], summary.get("model-unchanged", 0.0))}
+        if server_round == self.last_round:
+            replies = self._ask(grid, server_round, config, settings.timeout, protocol.TREE_RECIPES,
+                                **{"recipe-shots": list(self.shots)})
+            _, scored = self.strategy.aggregate_train(server_round, replies)
+            metrics.update(scored)
+            self.recipes = {str(k): recipe.name for k, recipe in best_recipes(scored, self.shots).items()}
+        return metrics
+
+    def checkpoint(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, str]]:
+        params, state, metadata = super().checkpoint()
+        if self.edges is not None:
+            params[BIN_EDGES_PARAMETER] = torch.from_numpy(self.edges.copy())
+        return params, state, metadata
 
 
 def _start_rounds(run_dir: RunDirectory, settings: ServerSettings, source: DataSource, algorithm: str):
@@ -181,8 +260,9 @@ def _start_rounds(run_dir: RunDirectory, settings: ServerSettings, source: DataS
     latest = run_dir.latest_round()
     if latest is not None and not settings.resume:
         raise CheckpointError(run_dir.path, "already holds checkpoints; resume it or choose a new run folder")
-    rounds = (_TreeRounds if is_tree_algorithm(algorithm) else _NetworkRounds)(run_dir, settings, source, algorithm,
-                                                                                config)
+    kind = _HistogramRounds if algorithm == HISTOGRAM_ALGORITHM else \
+        _TreeRounds if is_tree_algorithm(algorithm) else _NetworkRounds
+    rounds = kind(run_dir, settings, source, algorithm, config)
     if latest is None:
         return rounds, 1
     run_dir.truncate_metrics_after(latest)

@@ -76,6 +76,8 @@ class ServerSettings:
                 tree_rate=float(get["tree-rate"]),
                 tree_subsample=float(get["tree-subsample"]),
                 local_trees=int(get["local-trees"]),
+                tree_min_child_weight=float(get["tree-min-child-weight"]),
+                tree_lambda=float(get["tree-lambda"]),
             ),
             evaluation=EvaluationSettings(
                 algorithm=algorithm,

@@ -18,6 +18,7 @@ __all__ = ["LEDGER_FILE", "LEDGER_KEY", "JoinedRounds", "read_ledger"]
 LEDGER_KEY = "policy-ledger"  # the node config key naming the ledger file
 LEDGER_FILE = "policy-ledger.json"  # its name in `fedmeta client`'s state folder
 _STATE = "policy"  # the node state's record of the rounds joined in this process
+_OPEN = "policy-open-round"  # ... and of the round whose later exchanges it may answer (xgb-histogram)
 
 
 def read_ledger(path: Path) -> int:
@@ -55,3 +56,11 @@ class JoinedRounds:
             self.ledger.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.ledger, lambda temp: temp.write_text(json.dumps({"rounds": joined}), encoding="utf-8"))
         self.state[_STATE] = ConfigRecord({"rounds": joined})
+
+    def open_round(self, key: str) -> None:
+        """Note that the round ``key`` (run and round) was joined: its later exchanges may be answered."""
+        self.state[_OPEN] = ConfigRecord({"round": key})
+
+    def is_open(self, key: str) -> bool:
+        """Whether the round ``key`` was joined in this process (`open_round`)."""
+        return _OPEN in self.state and self.state[_OPEN]["round"] == key

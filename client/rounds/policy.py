@@ -117,6 +117,18 @@ class FactoryPolicy:
         rounds.record(joined + 1)
 
 
+    def admit_exchange(self, settings: RoundSettings, rounds: JoinedRounds, round_key: str, *,
+                       opens_round: bool) -> None:
+        """A round of several exchanges (xgb-histogram): its first is admitted and counted as a round (`admit`),
+        each later one answered only where that round was joined, so a refused round gets nothing."""
+        if opens_round:
+            self.admit(settings, rounds)
+            rounds.open_round(round_key)
+        elif not rounds.is_open(round_key):
+            raise PolicyRefusal(f"policy: round {settings.server_round} was not joined (refused, or this factory "
+                                "restarted during it), so none of its exchanges is answered")
+
+
 def load_policy(path: str) -> FactoryPolicy:
     """The policy file at ``path``, read each round (a factory may tighten it during a run); a ``ValueError``
     names a missing file, bad JSON or an unknown key."""

@@ -21,6 +21,7 @@ leave one side behind. Flower itself is not imported: these are plain strings.
 from __future__ import annotations
 
 __all__ = [
+    "BIN_EDGES",
     "CONFIG",
     "DEFAULT_CONTROL_PORT",
     "DEFAULT_PORT",
@@ -29,6 +30,8 @@ __all__ = [
     "ENSEMBLE",
     "FACTORIES",
     "FACTORY",
+    "HISTOGRAMS",
+    "LEVEL_SPLITS",
     "MANIFEST",
     "MASKED",
     "META_PARAMETERS",
@@ -36,6 +39,7 @@ __all__ = [
     "MODEL_DELIVERY",
     "NAMES",
     "NUM_EXAMPLES",
+    "OPENS_ROUND",
     "PARAMETER_LAYOUT",
     "ROLE",
     "ROLES",
@@ -44,8 +48,15 @@ __all__ = [
     "SECAGG_KEYS",
     "SECAGG_REVEAL",
     "SECAGG_SHARES",
+    "SKETCH",
     "STORED",
     "TREES",
+    "TREE_EXCHANGE",
+    "TREE_EXCHANGES",
+    "TREE_EXCHANGE_FIELDS",
+    "TREE_HISTOGRAMS",
+    "TREE_RECIPES",
+    "TREE_SKETCH",
     "factory_key",
     "is_delta_key",
 ]
@@ -60,6 +71,21 @@ METRICS = "metrics"
 ENSEMBLE = "ensemble"
 TREES = "trees"
 NUM_EXAMPLES = "num-examples"
+
+# xgb-histogram (`common.trees.split_finding`): its exchanges (the columns' sketches once, then each level of each
+# round's trees, then the recipes' losses in the last round). The server sends the ensemble, the shared bin edges
+# (``bin-edges``, one float32 array) and, in the config, the level's splits (``level-splits``, JSON text) and
+# whether the exchange opens a round (``opens-round``: a factory's policy counts that one); a factory replies
+# with its ``sketch`` (one array, and ``metrics`` with its rows) or its ``histograms`` (one array per tree group).
+TREE_SKETCH, TREE_HISTOGRAMS, TREE_RECIPES = "train.tree_sketch", "train.tree_histograms", "train.tree_recipes"
+TREE_EXCHANGES = (TREE_SKETCH, TREE_HISTOGRAMS, TREE_RECIPES)
+TREE_EXCHANGE = "tree-exchange"  # the config's field naming the exchange
+BIN_EDGES = "bin-edges"
+LEVEL_SPLITS = "level-splits"
+OPENS_ROUND = "opens-round"
+TREE_EXCHANGE_FIELDS = (TREE_EXCHANGE, LEVEL_SPLITS, OPENS_ROUND)  # an exchange's config beside the round's settings
+SKETCH = "sketch"
+HISTOGRAMS = "histograms"
 
 # The query reply and the records of a node serving several factories.
 ROLE = "role"

@@ -40,8 +40,9 @@ _Settings = TypeVar("_Settings")
 _DEFAULT = resolve_run_config({})
 
 # Federated gradient-boosted trees (`common.trees`): every factory's new trees appended each round
-# (bagging), or one factory's a round in turn (cyclic), as Flower's FedXgbBagging and FedXgbCyclic.
-TREE_ALGORITHMS = ("xgb-bagging", "xgb-cyclic")
+# (bagging), or one factory's a round in turn (cyclic), as Flower's FedXgbBagging and FedXgbCyclic; or trees
+# the server grows level by level on the sum of every factory's gradient histograms (histogram).
+TREE_ALGORITHMS = ("xgb-bagging", "xgb-cyclic", "xgb-histogram")
 # What a user picks; "fedavg" is the baseline whose local work is plain training.
 FEDERATED_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "r2d2", "fedavg", *TREE_ALGORITHMS)
 
@@ -122,6 +123,8 @@ class RoundSettings:
     tree_rate: float = _DEFAULT["tree-rate"]
     tree_subsample: float = _DEFAULT["tree-subsample"]
     local_trees: int = _DEFAULT["local-trees"]
+    tree_min_child_weight: float = _DEFAULT["tree-min-child-weight"]
+    tree_lambda: float = _DEFAULT["tree-lambda"]
     tree_factories: int = 1
     recipe_shots: tuple[int, ...] = ()
 
@@ -136,7 +139,8 @@ class RoundSettings:
     def tree_settings(self) -> TreeSettings:
         """How a factory boosts its trees (tree algorithms)."""
         return TreeSettings(depth=self.tree_depth, rate=self.tree_rate, subsample=self.tree_subsample,
-                            local_trees=self.local_trees)
+                            local_trees=self.local_trees, min_child_weight=self.tree_min_child_weight,
+                            reg_lambda=self.tree_lambda)
 
     @property
     def codec(self) -> Compression:

@@ -26,6 +26,9 @@ class TreeSettings:
             raise ValueError(f"tree depth and local trees must be >= 1, got {self.depth} and {self.local_trees}")
         if not (0 < self.rate <= 1 and 0 < self.subsample <= 1):
             raise ValueError(f"tree rate and subsample must be in (0, 1], got {self.rate} and {self.subsample}")
+        if not (self.min_child_weight >= 0 and self.reg_lambda >= 0):
+            raise ValueError(f"tree min child weight and lambda must be >= 0, got {self.min_child_weight} and "
+                             f"{self.reg_lambda}")
 
     def round_rate(self, factories: int) -> float:
         """Each factory's rate in a bagging round of ``factories``: their average then steps at ``rate``."""

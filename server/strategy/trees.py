@@ -28,12 +28,13 @@ from fedmeta.common.trees.shape import TreeShape
 from fedmeta.server.strategy.fedmeta import FactorySeats, ModelRecords, SamplingSettings, Seat, weighted_metrics
 
 __all__ = [
-    "MAX_TREE_BYTES", "TreeStrategy", "aggregate_round", "append_replies", "check_reply", "cyclic_turn",
-    "ensemble_bytes", "ensemble_records", "replies_needed",
+    "HISTOGRAM_ALGORITHM", "MAX_TREE_BYTES", "TreeStrategy", "aggregate_round", "append_replies", "check_reply",
+    "cyclic_turn", "ensemble_bytes", "ensemble_records", "replies_needed",
 ]
 
 log = logging.getLogger(__name__)
 
+HISTOGRAM_ALGORITHM = "xgb-histogram"  # trees grown on the factories' summed histograms (`common.trees.split_finding`)
 MAX_TREE_BYTES = 64 * 2**20  # a reply's trees in JSON: a depth-6 tree takes about 10 kB
 
 

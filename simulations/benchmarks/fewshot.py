@@ -125,6 +125,7 @@ __all__ = [
     "FEDERATED_METHODS",
     "FEDERATED_TREES",
     "FULL_DATA_REFERENCES",
+    "HISTOGRAM_TREES",
     "METHODS",
     "POOLED",
     "REFERENCES",
@@ -146,6 +147,7 @@ FEDERATED_METHODS = ("fedavg", *META_METHODS)
 FULL_DATA_REFERENCES = ("oracle", "pooled-oracle")
 REFERENCES = (*TREE_REFERENCES, *FULL_DATA_REFERENCES)
 FEDERATED_TREES = TREE_ALGORITHMS
+HISTOGRAM_TREES = "xgb-histogram"
 TREES_ALONE = "trees-alone"
 TREE_METHODS = (*FEDERATED_TREES, TREES_ALONE)
 # What trees alone boost on the K rows: the recipe of a factory whose federation chose none.
@@ -237,7 +239,8 @@ class BenchmarkPlan:
                     "recipe": alone.recipe_for(1).name}
         if method in FEDERATED_TREES:
             config = resolve_run_config(self.run_config(0, method))
-            keys = ("tree-depth", "tree-rate", "tree-subsample", "local-trees")
+            keys = ("tree-depth", "tree-rate", "local-trees", *(
+                ("tree-min-child-weight", "tree-lambda") if method == HISTOGRAM_TREES else ("tree-subsample",)))
             return {**{key: config[key] for key in keys},
                     "recipe": "chosen per K by the training factories' query losses"}
         if method == "linear":  # nothing to tune: the penalty is chosen on each task's rows

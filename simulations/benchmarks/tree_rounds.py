@@ -16,23 +16,34 @@ same factories, so the report can set what a tree round costs a factory beside a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from fedmeta.client import LoadedFactory, local_update, node_device
-from fedmeta.client.rounds.trees import factory_tree_shape, tree_update
+from fedmeta.client.rounds.trees import (
+    factory_tree_shape,
+    recipe_metrics,
+    tree_histograms,
+    tree_sketch,
+    tree_update,
+)
 from fedmeta.common import DataSource, EvaluationSettings, FactoryData, RoundSettings, TaskBatch
 from fedmeta.common.meta.factory_choice import Predictor
 from fedmeta.common.trees.continuation import best_recipes
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, num_rounds
+from fedmeta.common.trees.histograms import HISTOGRAM_BINS, LevelSplits
 from fedmeta.common.trees.settings import TreeRecipe
+from fedmeta.common.trees.split_finding import grow_round, merge_sketches
 from fedmeta.server import ServerSettings, initial_meta_parameters
-from fedmeta.server.strategy.trees import aggregate_round, cyclic_turn, replies_needed
+from fedmeta.server.strategy.fedmeta import weighted_metrics
+from fedmeta.server.strategy.trees import HISTOGRAM_ALGORITHM, aggregate_round, cyclic_turn, replies_needed
 
 __all__ = [
     "TreeRun",
@@ -96,6 +107,8 @@ def run_tree_rounds(config: Mapping[str, object], factories: Sequence[LoadedFact
     """The run's rounds of its tree algorithm on ``factories`` (the training ones), the last one scoring the
     recipes for ``shots``; ``advance`` is called after each round."""
     settings = ServerSettings.from_run_config(config)
+    if settings.round.algorithm == HISTOGRAM_ALGORITHM:
+        return _histogram_rounds(settings, factories, shots, advance)
     tree_settings, shape = settings.round.tree_settings(), factory_tree_shape(factories[0])
     cyclic = settings.round.algorithm == "xgb-cyclic"
     ensemble, sent, rejected, seconds = EMPTY_ENSEMBLE, 0, 0, []
@@ -117,6 +130,67 @@ def run_tree_rounds(config: Mapping[str, object], factories: Sequence[LoadedFact
         seconds.append(list(took))
         advance()
     return TreeRun(ensemble, recipes, sent, num_rounds(ensemble) * shape.groups, seconds, rejected)
+
+
+class _HistogramFactories:
+    """The training factories answering ``xgb-histogram``'s exchanges in factory-key order, as the server asks
+    them, each factory's seconds and the bytes they send counted."""
+
+    def __init__(self, factories: Sequence[LoadedFactory]) -> None:
+        self.factories = sorted(factories, key=lambda factory: factory.data.name)
+        self.seconds = dict.fromkeys((factory.data.name for factory in self.factories), 0.0)
+        self.bytes_sent = 0
+
+    def _timed(self, factory: LoadedFactory, work: Callable[[], object]) -> object:
+        started = time.perf_counter()
+        result = work()
+        self.seconds[factory.data.name] += time.perf_counter() - started
+        return result
+
+    def edges(self) -> np.ndarray:
+        sketches = [self._timed(factory, lambda factory=factory: tree_sketch(factory)) for factory in self.factories]
+        self.bytes_sent += sum(sketch.nbytes for sketch, _ in sketches)
+        return merge_sketches(sketches, HISTOGRAM_BINS)
+
+    def histograms(self, ensemble: bytes, edges: np.ndarray, splits: LevelSplits) -> list[tuple[str, list[np.ndarray]]]:
+        replies = [(factory.data.name, self._timed(factory, lambda factory=factory: tree_histograms(
+            factory, ensemble, edges, splits))) for factory in self.factories]
+        self.bytes_sent += sum(array.nbytes for _, arrays in replies for array in arrays)
+        return replies
+
+    def recipe_metrics(self, ensemble: bytes, settings: RoundSettings) -> dict[str, float]:
+        return weighted_metrics([
+            self._timed(factory, lambda factory=factory: recipe_metrics(factory, ensemble, settings))
+            for factory in self.factories])
+
+    def round_seconds(self) -> list[float]:
+        """Each factory's seconds since the last call."""
+        seconds = list(self.seconds.values())
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+        return seconds
+
+
+def _histogram_rounds(settings: ServerSettings, factories: Sequence[LoadedFactory], shots: Sequence[int],
+                      advance: Callable[[], None]) -> TreeRun:
+    """``xgb-histogram``'s rounds as the server runs them: the bins from the factories' sketches, then each round
+    ``local-trees`` boosting rounds grown level by level on their summed histograms (`grow_round`)."""
+    tree_settings, shape = settings.round.tree_settings(), factory_tree_shape(factories[0])
+    answering = _HistogramFactories(factories)
+    edges = answering.edges()
+    ensemble, rejected, seconds = EMPTY_ENSEMBLE, 0, []
+    recipes: dict[int, TreeRecipe] = {}
+    needed = replies_needed(settings.sampling, cyclic=False)
+    for server_round in range(1, settings.num_rounds + 1):
+        for _ in range(tree_settings.local_trees):
+            ensemble, summary = grow_round(ensemble, edges, shape, tree_settings,
+                                           functools.partial(answering.histograms, ensemble, edges), needed=needed)
+            rejected += int(summary["rejected"])
+        if server_round == settings.num_rounds:
+            round_settings = dataclasses.replace(settings.round, server_round=server_round, recipe_shots=tuple(shots))
+            recipes = best_recipes(answering.recipe_metrics(ensemble, round_settings), shots)
+        seconds.append(answering.round_seconds())
+        advance()
+    return TreeRun(ensemble, recipes, answering.bytes_sent, num_rounds(ensemble) * shape.groups, seconds, rejected)
 
 
 def recipe_settings(evaluation: EvaluationSettings, recipes: Mapping[int | str, str]) -> EvaluationSettings:

@@ -33,6 +33,7 @@ from fedmeta.common import resolve_run_config, source_from_config
 from fedmeta.simulations.benchmarks.fewshot import (
     FEDERATED_METHODS,
     FEDERATED_TREES,
+    HISTOGRAM_TREES,
     TARGET_K,
     BenchmarkError,
     BenchmarkPlan,
@@ -46,6 +47,7 @@ from fedmeta.simulations.benchmarks.search_space import Range, SearchSpace, sugg
 __all__ = [
     "FEDERATED_SEARCH_SPACE",
     "FEDERATED_TREE_SEARCH_SPACE",
+    "HISTOGRAM_TREE_SEARCH_SPACE",
     "SHARED_VALIDATION",
     "TUNABLE_METHODS",
     "TUNED_DIR",
@@ -77,6 +79,15 @@ FEDERATED_TREE_SEARCH_SPACE: SearchSpace = {
     "tree-subsample": Range(0.5, 1.0, log=False),
     "local-trees": Range(1, 10, integer=True),
 }
+# Histogram trees are XGBoost's boosting on the pooled rows: its usual knobs, regularisation included (rows no
+# longer need a row share to differ between factories).
+HISTOGRAM_TREE_SEARCH_SPACE: SearchSpace = {
+    "tree-rate": Range(0.01, 0.3),
+    "tree-depth": Range(2, 8, log=False, integer=True),
+    "local-trees": Range(2, 20, integer=True),
+    "tree-min-child-weight": Range(1.0, 100.0),
+    "tree-lambda": Range(0.01, 10.0),
+}
 TUNABLE_METHODS = (*FEDERATED_METHODS, *FEDERATED_TREES, *TREE_REFERENCES)
 # Data sets that validate on another's validation split, so one search serves both: CWRU's fan-end
 # variant reads the fan-end sensor on the held-out load only, and its training loads are CWRU's.
@@ -92,6 +103,8 @@ def search_space(method: str) -> SearchSpace:
         return TREE_SEARCH_SPACES[method]
     if method in FEDERATED_METHODS:
         return FEDERATED_SEARCH_SPACE
+    if method == HISTOGRAM_TREES:
+        return HISTOGRAM_TREE_SEARCH_SPACE
     if method in FEDERATED_TREES:
         return FEDERATED_TREE_SEARCH_SPACE
     raise BenchmarkError(f"method {method!r} is not tuned; choose from {', '.join(TUNABLE_METHODS)}")

@@ -75,7 +75,7 @@ def test_a_tree_manifest_needs_trees_and_a_tree_algorithm(tmp_path):
         save_tree_package(tmp_path / "model", b"", tree_manifest())
     with pytest.raises(PackageError, match="save_tree_package"):
         save_package(tmp_path / "model", {}, {}, tree_manifest())
-    with pytest.raises(ValueError, match="a tree package adapts as xgb-bagging, xgb-cyclic, boosted"):
+    with pytest.raises(ValueError, match="a tree package adapts as xgb-bagging, xgb-cyclic, xgb-histogram, boosted"):
         tree_manifest(adaptation=AdaptationPlan("fomaml", 5, 0.1))
 
 

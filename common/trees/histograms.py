@@ -1,0 +1,178 @@
+"""A factory's part in histogram-aggregated federated boosting (``xgb-histogram``): what it computes from its
+own rows for the server to grow trees on the federation's rows together, without any row leaving it.
+
+Per run, once: a quantile sketch of each column (`column_sketch`); the server merges them into the bin
+edges every factory shares. Per level of each boosting round's trees: the gradient and hessian sums of the
+factory's rows in every bin of every column of every open node (`level_histograms`). Summed over factories
+they are the sums pooled rows would give, so the trees the server grows are those of boosting on the pooled
+rows with these bins, as XGBoost's ``hist`` method grows them (no subsampling: identical for any split of the
+rows among factories).
+
+The sums reveal more than bagging's trees do: a bin holding one row gives away that row's gradient, and with
+the ensemble its label. README's threat model says so; a factory's policy can refuse tree rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import xgboost
+
+from fedmeta.common.trees.ensemble import balanced_weights, load_ensemble
+from fedmeta.common.trees.shape import TreeShape
+
+__all__ = [
+    "HESSIAN_FLOOR",
+    "HISTOGRAM_BINS",
+    "MAX_BINS",
+    "LevelSplits",
+    "bin_columns",
+    "check_edges",
+    "column_sketch",
+    "gradients",
+    "level_histograms",
+    "open_nodes",
+    "raw_margins",
+    "route_rows",
+]
+
+HESSIAN_FLOOR = 1e-16  # XGBoost's floor of a logistic or softmax hessian
+MAX_BINS = 256  # the most bins a factory sums over: bounds what a server can ask it to compute and send
+HISTOGRAM_BINS = 64  # bins a column's values fall in: XGBoost's ``hist`` default is 256; 64 keeps messages small
+
+
+def column_sketch(x: np.ndarray, bins: int) -> np.ndarray:
+    """``[columns, bins - 1]``: each column's quantiles at ``1/bins .. (bins-1)/bins`` (float32, the precision
+    XGBoost compares splits in)."""
+    if not np.isfinite(x).all():
+        raise ValueError("the rows hold NaN or infinite values; the trees' bins need finite ones")
+    levels = np.arange(1, bins) / bins
+    return np.quantile(x.astype(np.float32), levels, axis=0).T.astype(np.float32)
+
+
+def check_edges(edges: np.ndarray, shape: TreeShape) -> None:
+    """Raise ``ValueError`` unless ``edges`` are bin edges of this federation's columns: float32 ``[columns, bins -
+    1]`` with at most `MAX_BINS` bins, each row's finite edges ascending, then +inf padding (what a factory checks
+    before it bins its rows on edges the server sent)."""
+    if edges.dtype != np.float32 or edges.ndim != 2 or edges.shape[0] != shape.num_feature or \
+            not 1 <= edges.shape[1] < MAX_BINS:
+        raise ValueError(f"bin edges must be float32 [{shape.num_feature}, 1..{MAX_BINS - 1}], got {edges.dtype} "
+                         f"{list(edges.shape)}")
+    finite = np.isfinite(edges)
+    padded = np.isposinf(edges)
+    prefix = np.cumprod(finite, axis=1).astype(bool)
+    ascending = np.where(finite[:, 1:] & finite[:, :-1], np.diff(np.where(finite, edges, 0), axis=1) > 0, True)
+    if not (np.array_equal(prefix, finite) and (finite | padded).all() and ascending.all()):
+        raise ValueError("bin edges must ascend in each column, then pad with +inf")
+
+
+def bin_columns(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``[n, columns]`` bin of each value: how many of its column's edges are at most it (``edges [columns,
+    bins - 1]``, ascending, padded with +inf). Bin < t is XGBoost's ``x < edges[t - 1]``, in float32."""
+    values = x.astype(np.float32)
+    if values.ndim != 2 or values.shape[1] != edges.shape[0]:
+        raise ValueError(f"rows of {values.shape[1:]} columns for bin edges of {edges.shape[0]} columns")
+    return np.stack([np.searchsorted(edges[c], values[:, c], side="right") for c in range(edges.shape[0])], axis=1)
+
+
+@dataclass(frozen=True)
+class LevelSplits:
+    """The splits a boosting round's trees hold so far, as the server sends them: ``(group, node) -> (column,
+    bin)``, nodes numbered as a heap (node i's children are 2i + 1 and 2i + 2); a row goes left where its bin in
+    that column is below the split's bin. ``level``: the depth whose open nodes the factories sum."""
+
+    level: int
+    splits: Mapping[tuple[int, int], tuple[int, int]]
+
+    def to_json(self) -> dict[str, object]:
+        return {"level": self.level, "splits": [[g, n, c, b] for (g, n), (c, b) in sorted(self.splits.items())]}
+
+    @classmethod
+    def from_json(cls, data: object, shape: TreeShape, bins: int, max_depth: int) -> LevelSplits:
+        """Parse and bound what the server sent: a bad value is a ``ValueError`` naming it."""
+        try:
+            level = int(data["level"])  # type: ignore[index]
+            splits = {(int(g), int(n)): (int(c), int(b)) for g, n, c, b in data["splits"]}  # type: ignore[index]
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"histogram splits must be {{level, splits: [[group, node, column, bin]]}}: "
+                             f"{type(error).__name__}: {error}") from None
+        if not 0 <= level < max_depth:
+            raise ValueError(f"histogram level {level} outside 0..{max_depth - 1}")
+        for (group, node), (column, bin_) in splits.items():
+            if not (0 <= group < shape.groups and 0 <= node < 2**level - 1 and 0 <= column < shape.num_feature
+                    and 1 <= bin_ < bins):
+                raise ValueError(f"split {(group, node, column, bin_)} outside this federation's trees")
+        return cls(level, splits)
+
+
+def open_nodes(splits: LevelSplits, group: int) -> list[int]:
+    """The heap numbers of ``group``'s nodes at ``splits.level`` whose parent split (the root at level 0)."""
+    if splits.level == 0:
+        return [0]
+    first = 2 ** (splits.level - 1) - 1
+    parents = [node for node in range(first, 2 * first + 1) if (group, node) in splits.splits]
+    return [child for parent in parents for child in (2 * parent + 1, 2 * parent + 2)]
+
+
+def route_rows(bins: np.ndarray, splits: LevelSplits, group: int) -> np.ndarray:
+    """``[n]`` each row's node at ``splits.level`` in ``group``'s tree, or -1 where its path ended in a leaf."""
+    node = np.zeros(len(bins), dtype=np.int64)
+    for _ in range(splits.level):
+        column, threshold = np.full(len(bins), -1), np.zeros(len(bins), dtype=np.int64)
+        for (split_group, split_node), (split_column, split_bin) in splits.splits.items():
+            at = (node == split_node) if split_group == group else np.zeros(len(bins), dtype=bool)
+            column[at], threshold[at] = split_column, split_bin
+        splitting = column >= 0
+        goes_left = bins[np.arange(len(bins)), np.maximum(column, 0)] < threshold
+        node = np.where(splitting, 2 * node + np.where(goes_left, 1, 2), -1)
+    return node
+
+
+def raw_margins(ensemble: bytes, x: np.ndarray, shape: TreeShape) -> np.ndarray:
+    """``[n, groups]``: the ensemble's margin of each row for each tree group (0 for the empty ensemble)."""
+    booster = load_ensemble(ensemble)
+    if booster is None:
+        return np.zeros((len(x), shape.groups))
+    margin = booster.predict(xgboost.DMatrix(x, nthread=1), output_margin=True)
+    return margin.reshape(len(x), shape.groups).astype(np.float64)
+
+
+def gradients(margin: np.ndarray, y: np.ndarray, shape: TreeShape) -> tuple[np.ndarray, np.ndarray]:
+    """``[n, groups]`` gradients and hessians of XGBoost's objective at ``margin``, classes weighted to balance
+    (`balanced_weights`), as a factory's own boosting weighs them."""
+    if shape.objective == "reg:squarederror":
+        grad, hess = margin - y[:, None], np.ones_like(margin)
+    elif shape.objective == "binary:logistic":
+        p = 1.0 / (1.0 + np.exp(-margin))
+        grad, hess = p - y[:, None], np.maximum(p * (1 - p), HESSIAN_FLOOR)
+    else:
+        shifted = np.exp(margin - margin.max(axis=1, keepdims=True))
+        p = shifted / shifted.sum(axis=1, keepdims=True)
+        grad = p - np.eye(shape.groups)[y.astype(np.int64)]
+        hess = np.maximum(2 * p * (1 - p), HESSIAN_FLOOR)
+    weights = balanced_weights(y, shape.kind)
+    if weights is not None:
+        grad, hess = grad * weights[:, None], hess * weights[:, None]
+    return grad, hess
+
+
+def level_histograms(bins: np.ndarray, grad: np.ndarray, hess: np.ndarray, splits: LevelSplits,
+                     num_bins: int) -> list[np.ndarray]:
+    """For each group, ``[open nodes, columns, bins, 2]``: the sums of the gradients and hessians of the rows
+    in each open node (`open_nodes`' order) falling in each bin of each column."""
+    columns = bins.shape[1]
+    out = []
+    for group in range(grad.shape[1]):
+        nodes = open_nodes(splits, group)
+        node = route_rows(bins, splits, group)
+        slot = np.full(node.max(initial=0) + 1, -1)
+        slot[[n for n in nodes if n < len(slot)]] = [i for i, n in enumerate(nodes) if n < len(slot)]
+        rows = np.flatnonzero((node >= 0) & (slot[np.maximum(node, 0)] >= 0))
+        index = ((slot[node[rows]][:, None] * columns + np.arange(columns)) * num_bins + bins[rows]).ravel()
+        size = len(nodes) * columns * num_bins
+        sums = [np.bincount(index, np.repeat(values[rows, group], columns), minlength=size)
+                for values in (grad, hess)]
+        out.append(np.stack(sums, axis=-1).reshape(len(nodes), columns, num_bins, 2))
+    return out

@@ -1,0 +1,174 @@
+"""Histogram-aggregated federated boosting (``xgb-histogram``): the factories' summed histograms grow the trees
+XGBoost grows on their pooled rows, whatever way the rows are split among factories, and the server refuses
+histograms that cannot be one level's honest sums."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedmeta.common.trees.ensemble import (
+    EMPTY_ENSEMBLE,
+    TreesRejected,
+    boost,
+    booster_params,
+    check_trees,
+    load_ensemble,
+    margins,
+)
+from fedmeta.common.trees.histograms import (
+    LevelSplits,
+    bin_columns,
+    column_sketch,
+    gradients,
+    level_histograms,
+    raw_margins,
+)
+from fedmeta.common.trees.settings import TreeSettings
+from fedmeta.common.trees.shape import TreeShape
+from fedmeta.common.trees.split_finding import check_histograms, grow_round, merge_sketches
+
+BINS = 12
+# Integer columns 0..9 with an edge at every value: each value its own bin, as XGBoost's exact method sees them.
+EDGES = np.concatenate([np.tile(np.arange(1, 10, dtype=np.float32), (4, 1)),
+                        np.full((4, BINS - 10), np.inf, dtype=np.float32)], axis=1)
+
+
+def _rows(kind: str, seed: int = 0, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 10, size=(n, 4)).astype(float)
+    if kind == "regression":
+        return x, 2 * x[:, 0] + np.sin(x[:, 1]) + 0.3 * rng.normal(size=n)
+    return x, (x[:, 0] + 0.5 * x[:, 1] + rng.normal(size=n) > 6).astype(float)
+
+
+def _federated(parts: list[tuple[np.ndarray, np.ndarray]], shape: TreeShape, settings: TreeSettings, rounds: int,
+               edges: np.ndarray = EDGES) -> bytes:
+    """``rounds`` boosting rounds grown on the parts' summed histograms, as the server grows them."""
+    ensemble = EMPTY_ENSEMBLE
+
+    def ask(splits: LevelSplits) -> list[tuple[str, list[np.ndarray]]]:
+        replies = []
+        for index, (x, y) in enumerate(parts):
+            grad, hess = gradients(raw_margins(ensemble, x, shape), y, shape)
+            replies.append((f"f{index}", level_histograms(bin_columns(x, edges), grad, hess, splits, BINS)))
+        return replies
+
+    for _ in range(rounds):
+        ensemble, summary = grow_round(ensemble, edges, shape, settings, ask, needed=1)
+        assert summary["rejected"] == 0 and "model-unchanged" not in summary
+    return ensemble
+
+
+SETTINGS = TreeSettings(depth=3, rate=0.3, subsample=1.0, min_child_weight=2.0, reg_lambda=1.0)
+
+
+@pytest.mark.parametrize("kind", ["regression", "classification"])
+def test_histogram_trees_are_xgboosts_trees_on_the_pooled_rows(kind: str) -> None:
+    x, y = _rows(kind)
+    shape = TreeShape(4, kind, 1 if kind == "regression" else 2)
+    federated = load_ensemble(_federated([(x, y)], shape, SETTINGS, rounds=6))
+    params = {**booster_params(shape, SETTINGS, rate=SETTINGS.rate, seed=0), "tree_method": "exact"}
+    reference = boost(None, x, y, params, 6, kind=kind)
+    assert np.abs(margins(federated, x, shape) - margins(reference, x, shape)).max() < 1e-5
+    # and the trees are not trivial: the ensemble explains most of the target
+    if kind == "regression":
+        assert np.mean((margins(federated, x, shape)[:, 0] - y) ** 2) < 0.25 * y.var()
+
+
+def test_the_trees_do_not_depend_on_how_the_rows_are_split_among_factories() -> None:
+    x, y = _rows("regression", seed=1)
+    shape = TreeShape(4, "regression")
+    pooled = _federated([(x, y)], shape, SETTINGS, rounds=4)
+    split = _federated([(x[:50], y[:50]), (x[50:260], y[50:260]), (x[260:], y[260:])], shape, SETTINGS, rounds=4)
+    trees = [json.loads(model)["learner"]["gradient_booster"]["model"]["trees"] for model in (split, pooled)]
+    for split_tree, pooled_tree in zip(*trees, strict=True):  # the same splits; sums differ in their last bits
+        for key in ("left_children", "right_children", "split_indices"):
+            assert split_tree[key] == pooled_tree[key]
+        assert np.allclose(split_tree["split_conditions"], pooled_tree["split_conditions"], rtol=1e-12, atol=0)
+
+
+def test_three_class_histogram_trees_learn_and_pass_the_servers_tree_checks() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 4))
+    y = np.digitize(x[:, 0] + 0.3 * x[:, 1], [-0.5, 0.5]).astype(float)
+    shape = TreeShape(4, "classification", 3)
+    edges = merge_sketches([(column_sketch(x[:150], BINS), 150), (column_sketch(x[150:], BINS), 150)], BINS)
+    ensemble = _federated([(x[:150], y[:150]), (x[150:], y[150:])], shape, SETTINGS, rounds=5, edges=edges)
+    check_trees(ensemble, shape, max_rounds=5, max_leaf=10.0, max_bytes=2**20)
+    accuracy = (margins(load_ensemble(ensemble), x, shape).argmax(axis=1) == y).mean()
+    assert accuracy > 0.85
+
+
+def test_merged_edges_are_ascending_padded_and_cut_the_pooled_rows_evenly() -> None:
+    rng = np.random.default_rng(3)
+    small, large = rng.normal(size=(100, 2)), rng.normal(2.0, size=(900, 2))
+    edges = merge_sketches([(column_sketch(small, BINS), 100), (column_sketch(large, BINS), 900)], BINS)
+    finite = edges[np.isfinite(edges)]
+    assert edges.shape == (2, BINS - 1) and edges.dtype == np.float32 and finite.size >= 2 * (BINS - 3)
+    assert all(np.all(np.diff(row[np.isfinite(row)]) > 0) for row in edges)
+    counts = np.bincount(bin_columns(np.concatenate([small, large]), edges)[:, 0], minlength=BINS)
+    assert counts.max() < 3 * 1000 / BINS  # quantiles of the pooled rows, weighted by each factory's rows
+
+
+def test_a_sketch_of_rows_with_nan_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        column_sketch(np.array([[1.0], [np.nan]]), BINS)
+
+
+def _one_level_reply() -> tuple[list[np.ndarray], LevelSplits, TreeShape]:
+    x, y = _rows("regression")
+    shape = TreeShape(4, "regression")
+    splits = LevelSplits(1, {(0, 0): (0, 5)})
+    grad, hess = gradients(np.zeros((len(x), 1)), y, shape)
+    return level_histograms(bin_columns(x, EDGES), grad, hess, splits, BINS), splits, shape
+
+
+def test_an_honest_level_reply_passes_the_servers_checks() -> None:
+    reply, splits, shape = _one_level_reply()
+    assert reply[0].shape == (2, 4, BINS, 2)
+    check_histograms(reply, splits, shape, BINS)
+
+
+@pytest.mark.parametrize(("tamper", "named"), [
+    (lambda h: h[:, :, :-1], "shape"),
+    (lambda h: np.where(np.arange(h.size).reshape(h.shape) == 7, np.nan, h), "NaN or infinite"),
+    (lambda h: h * np.array([1.0, -1.0]), "negative hessian"),
+    (lambda h: h + (np.arange(h.shape[1]) == 2)[None, :, None, None] * 5.0, "different node totals"),
+])
+def test_histograms_that_cannot_be_honest_sums_are_refused_by_name(tamper, named: str) -> None:
+    reply, splits, shape = _one_level_reply()
+    with pytest.raises(TreesRejected, match=named):
+        check_histograms([tamper(reply[0])], splits, shape, BINS)
+
+
+def test_a_rejected_factory_is_left_out_and_too_few_replies_leave_the_ensemble_unchanged() -> None:
+    x, y = _rows("regression")
+    shape = TreeShape(4, "regression")
+
+    def ask_with_liar(splits: LevelSplits) -> list[tuple[str, list[np.ndarray]]]:
+        grad, hess = gradients(np.zeros((len(x), 1)), y, shape)
+        honest = level_histograms(bin_columns(x, EDGES), grad, hess, splits, BINS)
+        return [("honest", honest), ("liar", [np.full_like(honest[0], np.inf)])]
+
+    grown, summary = grow_round(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, ask_with_liar, needed=1)
+    assert summary["rejected"] == SETTINGS.depth and grown != EMPTY_ENSEMBLE
+    alone = load_ensemble(_federated([(x, y)], shape, SETTINGS, rounds=1))
+    assert np.array_equal(margins(load_ensemble(grown), x, shape), margins(alone, x, shape))  # the liar moved nothing
+    unchanged, summary = grow_round(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, ask_with_liar, needed=2)
+    assert unchanged == EMPTY_ENSEMBLE and summary["model-unchanged"] == 1.0
+
+
+@pytest.mark.parametrize("sent", [
+    {"level": 9, "splits": []},
+    {"level": 1, "splits": [[0, 0, 99, 3]]},
+    {"level": 1, "splits": [[0, 0, 1, 0]]},
+    {"level": 1, "splits": [[0, 5, 1, 2]]},
+    {"level": "x", "splits": []},
+    {"splits": []},
+])
+def test_splits_outside_the_federations_trees_are_refused_by_name(sent: dict) -> None:
+    with pytest.raises(ValueError, match=r"split|level"):
+        LevelSplits.from_json(json.loads(json.dumps(sent)), TreeShape(4, "regression"), BINS, max_depth=3)
