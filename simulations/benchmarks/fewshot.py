@@ -116,6 +116,7 @@ from fedmeta.simulations.benchmarks.tree_rounds import (
     engine_predictor,
     ensemble_of,
     ensemble_tensor,
+    joined_histogram_predictor,
     meta_round_seconds,
     recipe_settings,
     run_tree_rounds,
@@ -126,6 +127,7 @@ __all__ = [
     "FEDERATED_TREES",
     "FULL_DATA_REFERENCES",
     "HISTOGRAM_TREES",
+    "JOINED_TREES",
     "METHODS",
     "POOLED",
     "REFERENCES",
@@ -148,8 +150,10 @@ FULL_DATA_REFERENCES = ("oracle", "pooled-oracle")
 REFERENCES = (*TREE_REFERENCES, *FULL_DATA_REFERENCES)
 FEDERATED_TREES = TREE_ALGORITHMS
 HISTOGRAM_TREES = "xgb-histogram"
+# C-MAPSS engine shots only: the new factory joins an xgb-histogram federation with its K engines (one run per K).
+JOINED_TREES = "xgb-histogram-joined"
 TREES_ALONE = "trees-alone"
-TREE_METHODS = (*FEDERATED_TREES, TREES_ALONE)
+TREE_METHODS = (*FEDERATED_TREES, JOINED_TREES, TREES_ALONE)
 # What trees alone boost on the K rows: the recipe of a factory whose federation chose none.
 METHODS = ("local-only", "linear", "fedavg", "fedavg+ft", *META_METHODS, "chosen", "centralized-maml", *TREE_METHODS,
            *REFERENCES)
@@ -295,6 +299,8 @@ def plan_for(
         raise BenchmarkError(f"unknown method(s) {unknown or 'none given'}; choose from {', '.join(METHODS)}")
     if shots is not None and (not shots or min(shots) < 1):
         raise BenchmarkError(f"shots must be K values >= 1, got {list(shots)}")
+    if methods is not None and JOINED_TREES in chosen and dataset not in CMAPSS_TRANSFERS:
+        raise BenchmarkError(f"{JOINED_TREES} is scored on C-MAPSS engine shots only, not on {dataset}")
     if "chosen" in chosen and not set(chosen) & set(CHOSEN_WITH):
         raise BenchmarkError(f"'chosen' is scored with a meta-learner's run: add one of {', '.join(CHOSEN_WITH)}")
     return BenchmarkPlan(dataset=dataset, seeds=tuple(range(count)), quick=quick, family=family, recipe=recipe,
@@ -878,6 +884,8 @@ def _engine_shots(
            for method in trees},
         **{name: (lambda name=name: engines.score(engines.gradient_boosting(seed, name, plan.tree_params(name))))
            for name in TREE_REFERENCES},
+        JOINED_TREES: lambda: engines.score(joined_histogram_predictor(
+            plan.run_config(seed, HISTOGRAM_TREES), [LoadedFactory(data, "train", source) for data in engines.train])),
         "oracle": lambda: engines.full_data(plan.reference),
         "pooled-oracle": lambda: engines.full_data(plan.reference, pooled=engines.train),
     }
@@ -1071,13 +1079,18 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         "stopping, classes weighted to balance (as the query sets are), per task on the training factories' pooled "
         "rows plus the task's K support rows, scored on the same query rows; windows become per-channel statistics ("
         + ", ".join(WINDOW_STATISTICS) + "), table rows are used as they are.",
-        f"federated trees (xgb-bagging, xgb-cyclic): {plan.rounds} rounds of XGBoost in-process, each factory's "
-        "tree_update and the server's check_reply and append_replies as TreeStrategy runs them: bagging appends "
-        "every training factory's new trees each round (each boosted at the rate divided among them), cyclic one "
-        f"factory's a round, in turn by factory key. In the last round each training factory scores the recipes "
+        f"federated trees (xgb-bagging, xgb-cyclic, xgb-histogram): {plan.rounds} rounds of XGBoost in-process, each "
+        "factory's tree_update and the server's check_reply and append_replies as TreeStrategy runs them: bagging "
+        "appends every training factory's new trees each round (each boosted at the rate divided among them), cyclic "
+        f"one factory's a round, in turn by factory key. In the last round each training factory scores the recipes "
         f"({', '.join(recipe.name for recipe in TREE_RECIPES)}: trees x rate) on {RECIPE_TASKS} K-shot tasks of "
         "its rows and the lowest mean query loss is kept for each K; each held-out task boosts the recipe of the "
-        "nearest K from the ensemble on its K support rows. trees-alone: "
+        "nearest K from the ensemble on its K support rows. xgb-histogram: each round local-trees boosting rounds "
+        "whose trees the server grows level by level on the sum of every training factory's gradient histograms "
+        "(64 bins a column, the edges from the factories' column sketches), XGBoost's hist boosting on their pooled "
+        "rows; adapted and scored as the other federated trees; MB sent: the sketches and histograms (float64). "
+        f"{JOINED_TREES} (C-MAPSS engine shots): the new factory's K engines join the training factories in one "
+        "xgb-histogram run per K, and its ensemble predicts the test split unadapted. trees-alone: "
         f"{ROWS_ALONE_TREES.recipe_for(1).name} at depth {ROWS_ALONE_TREES.settings.depth} from no trees on the K "
         "support rows, as fedmeta adapt's trees alone. The same features as "
         "the tree models; MB sent: the new trees' XGBoost JSON over rounds and replies.",

@@ -19,6 +19,7 @@ from fedmeta.simulations.benchmarks.engine_shots import ENGINE_SHOTS
 from fedmeta.simulations.benchmarks.fewshot import (
     FEDERATED_TREES,
     FULL_DATA_REFERENCES,
+    JOINED_TREES,
     META_METHODS,
     METHODS,
     POOLED,
@@ -211,7 +212,7 @@ TREE_FAMILY_AIMS: dict[str, tuple[tuple[str, str, int, bool, float | str], ...]]
 def _factory_models(table: Mapping[str, Mapping[str, object]], k: int, metric: str, higher: bool) -> dict[str, float]:
     """Each family's model a factory ends up with at K (see `TREE_FAMILY_AIMS`), where the run has it."""
     networks = "chosen" if "chosen" in table else _best(table, META_METHODS, k, metric, higher)[0]
-    candidates = [name for name in (networks, *FEDERATED_TREES) if name is not None]
+    candidates = [name for name in (networks, *FEDERATED_TREES, JOINED_TREES) if name is not None]
     return {name: value for name in candidates if (value := _mean(table, name, k, metric)) is not None}
 
 

@@ -34,10 +34,19 @@ from fedmeta.client.rounds.trees import (
     tree_sketch,
     tree_update,
 )
-from fedmeta.common import DataSource, EvaluationSettings, FactoryData, RoundSettings, TaskBatch
+from fedmeta.common import (
+    DataSource,
+    EvaluationSettings,
+    FactoryData,
+    RoundSettings,
+    TaskBatch,
+    standardizes_targets,
+)
+from fedmeta.common.data.scaling import TargetScaling
 from fedmeta.common.meta.factory_choice import Predictor
 from fedmeta.common.trees.continuation import best_recipes
-from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, num_rounds
+from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, load_ensemble, margins, num_rounds
+from fedmeta.common.trees.features import window_features
 from fedmeta.common.trees.histograms import HISTOGRAM_BINS, LevelSplits
 from fedmeta.common.trees.settings import TreeRecipe
 from fedmeta.common.trees.split_finding import grow_round, merge_sketches
@@ -50,6 +59,7 @@ __all__ = [
     "engine_predictor",
     "ensemble_of",
     "ensemble_tensor",
+    "joined_histogram_predictor",
     "meta_round_seconds",
     "recipe_settings",
     "round_factories",
@@ -191,6 +201,22 @@ def _histogram_rounds(settings: ServerSettings, factories: Sequence[LoadedFactor
         seconds.append(answering.round_seconds())
         advance()
     return TreeRun(ensemble, recipes, answering.bytes_sent, num_rounds(ensemble) * shape.groups, seconds, rejected)
+
+
+def joined_histogram_predictor(config: Mapping[str, object], train: Sequence[LoadedFactory]
+                               ) -> Callable[[FactoryData, Tensor], Tensor]:
+    """`engine_shots.EngineShots`' predictor of a new factory that joins an ``xgb-histogram`` federation with its
+    K engines instead of adapting its trees alone: the run's rounds on ``train`` plus those engines as one more
+    training factory (their rows stay with it like any factory's), its ensemble predicting ``x [n, ...]``."""
+
+    def predict(engines: FactoryData, x: Tensor) -> Tensor:
+        joined = LoadedFactory(engines, "train", train[0].source)
+        run = run_tree_rounds(config, [*train, joined], (), lambda: None)
+        values = torch.from_numpy(margins(load_ensemble(run.ensemble), window_features(x), factory_tree_shape(joined)))
+        # in the factory's units: it boosted on its target standardised with its rows where its source says so
+        return TargetScaling.fit(engines.y).invert(values) if standardizes_targets(joined.source) else values
+
+    return predict
 
 
 def recipe_settings(evaluation: EvaluationSettings, recipes: Mapping[int | str, str]) -> EvaluationSettings:

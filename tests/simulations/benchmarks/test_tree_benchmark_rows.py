@@ -10,19 +10,24 @@ import pytest
 import torch
 
 from fedmeta.client import LoadedFactory
-from fedmeta.client.rounds.trees import rows_alone_trees
+from fedmeta.client.rounds.trees import factory_tree_shape, rows_alone_trees
 from fedmeta.common import FactoryData
+from fedmeta.common.data.scaling import TargetScaling
+from fedmeta.common.trees.ensemble import load_ensemble, margins
+from fedmeta.common.trees.features import window_features
 from fedmeta.simulations.benchmarks import fewshot, fewshot_report
 from fedmeta.simulations.benchmarks.seed_records import SeedRecords, SeedSteps
 from fedmeta.simulations.benchmarks.tree_rounds import (
     engine_predictor,
     ensemble_of,
     ensemble_tensor,
+    joined_histogram_predictor,
     round_factories,
     run_tree_rounds,
 )
 
-TREES = ("xgb-bagging", "xgb-cyclic", "trees-alone")
+TREES = ("xgb-bagging", "xgb-cyclic", "xgb-histogram", "trees-alone")
+FEDERATED = ("xgb-bagging", "xgb-cyclic", "xgb-histogram")
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +66,14 @@ def test_wall_time_and_a_tree_rounds_cost_beside_a_meta_learning_rounds(tree_run
     _, results, _ = tree_run
     seconds = results["seconds_per_method"]
     assert set(seconds) == {*TREES, "meta-round"} and all(value[0] > 0 for value in seconds.values())
-    for method in ("xgb-bagging", "xgb-cyclic"):
+    for method in FEDERATED:
         rounds = results["tree_rounds"][method]
         assert rounds["meta_algorithm"] == "maml"  # no meta-learner in the plan: MAML's round
         for name in ("round_seconds", "recipe_round_seconds", "meta_round_seconds", "bytes_sent"):
             assert rounds[name]["mean"] > 0, (method, name)
         assert set(rounds["recipes"][0]) == {"1", "5", "20"}
     lines = fewshot_report.round_cost_lines(results)
-    assert len(lines) == 2 and "xgb-cyclic: a tree round costs a factory" in lines[1]
+    assert len(lines) == 3 and "xgb-cyclic: a tree round costs a factory" in lines[1]
     assert "a meta-learning round (maml)" in lines[1] and "x a meta-learning round" in lines[1]
     markdown = fewshot_report.markdown(results)
     assert all(f"| {method} |" in markdown for method in TREES) and "a tree round costs a factory" in markdown
@@ -79,6 +84,7 @@ def test_bagging_appends_every_factorys_trees_and_cyclic_one_factorys_a_round(tr
     local_trees, groups = 1, 1  # the defaults; a regression target: one tree a boosting round
     assert results["tree_rounds"]["xgb-cyclic"]["trees"] == [plan.rounds * local_trees * groups]
     assert results["tree_rounds"]["xgb-bagging"]["trees"] == [plan.rounds * local_trees * groups * training]
+    assert results["tree_rounds"]["xgb-histogram"]["trees"] == [plan.rounds * local_trees * groups]  # grown together
     factories = [LoadedFactory(FactoryData(name, torch.zeros(1, 1), torch.zeros(1)), "train", None)
                  for name in ("c", "a", "b")]
     turns = [round_factories(factories, server_round, cyclic=True)[0].data.name for server_round in range(1, 5)]
@@ -113,3 +119,17 @@ def test_trees_predict_target_engines_and_their_ensemble_survives_a_step_record(
     steps.run("xgb-cyclic", lambda: ({}, ensemble_tensor(ensemble)))
     _, params = SeedSteps(SeedRecords(tmp_path, plan), 0).run("xgb-cyclic", lambda: pytest.fail("ran again"))
     assert ensemble_of(params) == ensemble
+
+
+def test_a_joining_factorys_rows_grow_the_federations_trees_toward_it():
+    config = {**fewshot.plan_for("synthetic", quick=True).run_config(0, "xgb-histogram"), "local-trees": 5,
+              "tree-rate": 0.3}
+    training = fewshot._factories(config, "train")
+    joining = fewshot._factories(config, "evaluate")[0]
+    predicted = joined_histogram_predictor(config, training)(joining.data, joining.data.x)
+    alone = run_tree_rounds(config, training, (), lambda: None).ensemble
+    without = margins(load_ensemble(alone), window_features(joining.data.x), factory_tree_shape(joining))
+    without = TargetScaling.fit(joining.data.y).invert(torch.from_numpy(without))  # its own units, as predicted
+    y = joining.data.y.double()[:, None]
+    assert predicted.shape == (len(y), 1)
+    assert float(((predicted - y) ** 2).mean()) < 0.5 * float(((without - y) ** 2).mean())  # 20x lower or more
