@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnxmltools
+import onnxruntime
 import pytest
+from onnxmltools.convert.common.data_types import FloatTensorType
 
 from fedmeta.common.trees.ensemble import (
     EMPTY_ENSEMBLE,
@@ -172,3 +175,14 @@ def test_a_rejected_factory_is_left_out_and_too_few_replies_leave_the_ensemble_u
 def test_splits_outside_the_federations_trees_are_refused_by_name(sent: dict) -> None:
     with pytest.raises(ValueError, match=r"split|level"):
         LevelSplits.from_json(json.loads(json.dumps(sent)), TreeShape(4, "regression"), BINS, max_depth=3)
+
+
+def test_histogram_trees_convert_to_onnx_that_predicts_as_xgboost_does() -> None:
+    """What `fedmeta export` does with a tree package: the server-written trees are a model onnxmltools reads."""
+    x, y = _rows("regression", seed=4)
+    shape = TreeShape(4, "regression")
+    booster = load_ensemble(_federated([(x[:200], y[:200]), (x[200:], y[200:])], shape, SETTINGS, rounds=5))
+    graph = onnxmltools.convert_xgboost(booster, initial_types=[("x", FloatTensorType([None, 4]))])
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    (predicted,) = session.run(None, {"x": x.astype(np.float32)})
+    assert np.abs(predicted.reshape(-1) - margins(booster, x, shape)[:, 0]).max() < 1e-4
