@@ -1,4 +1,4 @@
-"""Flower's SuperNode (and the warm worker beside it) with this project's timings in place of six waits
+"""Flower's SuperNode (and the warm worker beside it) with this project's timings in place of seven waits
 flwr 1.42.0 fixes.
 
 - Between pulls that found no message, the SuperNode sleeps 3 s (``time.sleep(3)`` in
@@ -17,6 +17,11 @@ flwr 1.42.0 fixes.
   ``supercore/heartbeat.py``). After a server restart the node then stays "unavailable" to the new
   SuperLink for up to 20 s although it already pulls work, and the first round's messages to it fail.
   Here: at most `HEARTBEAT_RETRY_S`.
+- A request to the SuperLink that fails (the server is down or restarting) is retried with a delay doubling
+  up to 20 s, jittered (``exponential(max_delay=MAX_RETRY_DELAY)`` in ``supercore/retry/http_retry.py``): a
+  factory found a restarted server (`fedmeta server --resume`) 10 s late on average, 20 s at worst, and a
+  resumed run's first round waited for it. Here: at most `CONNECT_RETRY_S`, a refused connection attempt
+  (cheap) a second on average while the server is away.
 - An app process pulls its message's objects (arrays, records) from the SuperNode one by one, and one
   not there yet is tried again after 1 s, then 2, 4, up to 10 s (``pull_objects`` in
   ``supercore/inflatable/inflatable_utils.py``). The SuperNode hands a message over while it is still
@@ -38,8 +43,9 @@ from types import ModuleType
 
 from fedmeta.common.runtime.flower_pin import FLOWER_VERSION, FlowerInternalsChanged, require_flower
 
-__all__ = ["HEARTBEAT_INTERVAL_S", "HEARTBEAT_RETRY_S", "IDLE_PULL_S", "OBJECT_RETRY_CAP_S", "OBJECT_RETRY_S",
-           "REPLY_LOOK_S", "TASK_POLL_ENV", "TASK_POLL_S", "apply", "environment", "shorten_object_pulls"]
+__all__ = ["CONNECT_RETRY_S", "HEARTBEAT_INTERVAL_S", "HEARTBEAT_RETRY_S", "IDLE_PULL_S", "OBJECT_RETRY_CAP_S",
+           "OBJECT_RETRY_S", "REPLY_LOOK_S", "TASK_POLL_ENV", "TASK_POLL_S", "apply", "environment",
+           "shorten_object_pulls"]
 
 # Shorter, not minimal: on a busy 2-core machine, polls a few times faster than these slowed the rounds'
 # own work as much as they saved (`fedmeta bench deployment`).
@@ -48,9 +54,11 @@ REPLY_LOOK_S = 0.1  # a local look into the node's own state
 HEARTBEAT_INTERVAL_S = 10  # Flower's HEARTBEAT_MIN_INTERVAL; times its patience of 2: gone after 20 s
 TASK_POLL_ENV, TASK_POLL_S = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", 0.25  # a local look
 HEARTBEAT_RETRY_S = 2  # the longest wait before a failed heartbeat is tried again
+CONNECT_RETRY_S = 2  # the longest wait before a failed request to the SuperLink is tried again
 OBJECT_RETRY_S, OBJECT_RETRY_CAP_S = 0.02, 0.5  # an app's waits for an object its SuperNode is still downloading
 _OBJECT_RETRY_DEFAULTS = {"initial_backoff": 1, "backoff_cap": 10}  # flwr 1.42.0's
 _RETRY_SOURCE = "exponential(max_delay=20)"
+_CONNECT_RETRY_SOURCE = "exponential(max_delay=MAX_RETRY_DELAY)"
 _WAITS = {3: IDLE_PULL_S, 0.5: REPLY_LOOK_S}  # Flower's sleep -> ours
 _SLEEPS = ("time.sleep(3)", "time.sleep(0.5)")
 
@@ -85,6 +93,7 @@ def apply() -> None:
     require_flower("the SuperNode's timings")
     from flwr.common import constant
     from flwr.supercore import heartbeat
+    from flwr.supercore.retry import http_retry
     from flwr.supercore.superexec import run_superexec
     from flwr.supernode import fleet_http_connection, start_client_internal
 
@@ -99,10 +108,13 @@ def apply() -> None:
     _check(heartbeat, f"no longer retries with {_RETRY_SOURCE}", _RETRY_SOURCE in inspect.getsource(heartbeat))
     _check(constant, f"allows no heartbeat of {HEARTBEAT_INTERVAL_S} s",
            constant.HEARTBEAT_MIN_INTERVAL <= HEARTBEAT_INTERVAL_S <= constant.HEARTBEAT_MAX_INTERVAL)
+    _check(http_retry, f"no longer retries requests with {_CONNECT_RETRY_SOURCE}",
+           hasattr(http_retry, "MAX_RETRY_DELAY") and _CONNECT_RETRY_SOURCE in inspect.getsource(http_retry))
     start_client_internal.time = _ShorterWaits()
     fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_INTERVAL_S
     heartbeat.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_INTERVAL_S
     heartbeat.exponential = _retry_delays
+    http_retry.MAX_RETRY_DELAY = CONNECT_RETRY_S  # read when the SuperNode makes its connection's retry invoker
 
 
 def shorten_object_pulls() -> None:

@@ -2,7 +2,10 @@
 of them killed in round 2 once it has sent its sealed shares, so in the middle of the secure round. The
 round still completes from the shares the other two reveal, the next one runs with the two, and what
 reached the server's side of the wire in each round was masked inputs, never a delta. The rounds are
-differentially private with the noise added by the factories themselves, and plant-a's policy requires both."""
+differentially private with the noise added by the factories themselves, and plant-a's policy requires both.
+plant-a and plant-c run Flower's default isolation (a `flwr-clientapp` process per message, so a factory's secrets
+cross every stage of a secure round in its node's state), plant-b the warm worker (``--isolation process``): each
+of a secure round's four messages costs a process that imports torch, which on 2 cores made the rounds' time."""
 
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from fedmeta.common import ChildProcess, free_port
 from tests.support.deployment import ENV, FEATURES, FEDMETA, metrics, supernode_group, wait_for, write_table
 
 FACTORIES = ("plant-a", "plant-b", "plant-c")
+# plant-c stays on the default isolation: its SuperNode is killed while the message's process starts, long
+# before its masked input is uploaded (a warm worker could be mid-upload then; see the fixture).
+ISOLATION = {"plant-a": "subprocess", "plant-b": "process", "plant-c": "subprocess"}
 ROUND_TIMEOUT_S = 30  # a round waits this long for the killed factory's answers, then goes on
 WORK = ("algorithm='fomaml' local-steps=1 inner-steps=1 meta-batch-size=2 shots=5 query-size=10 min-train-nodes=2 "
         f"timeout={ROUND_TIMEOUT_S} device='cpu' num-server-rounds=3 wait-for-factories=3 secure-aggregation=true "
@@ -57,7 +63,8 @@ def secure_run(tmp_path_factory) -> Iterator[SecureRun]:
         write_table(root / f"{name}.csv", gain=1.0 + 0.2 * seed, seed=seed)
         command = [FEDMETA, "client", "--server", f"127.0.0.1:{port}", "--data", str(root / f"{name}.csv"),
                    "--schema", str(schema), "--key", str(certs / name), "--ca", str(certs / "ca.crt"), "--device",
-                   "cpu", "--runtime-port", str(free_port()), "--state", str(root / f"state-{name}")]
+                   "cpu", "--runtime-port", str(free_port()), "--state", str(root / f"state-{name}"),
+                   "--isolation", ISOLATION[name]]
         if name == "plant-a":
             (root / "policy.json").write_text(json.dumps(POLICY))
             command += ["--policy", str(root / "policy.json")]

@@ -30,8 +30,10 @@ from tests.support.deployment import ENV, FEATURES, FEDMETA, stop_all, wait_for,
 
 FACTORIES = ("plant-a", "plant-b")
 ROUND_TIMEOUT_S = 60  # far above the time a factory's failure takes to reach the server
-# Enough local steps that a round's training lasts a while (the worker is killed in it), few enough for a short run.
-COMMON = (f"local-steps=300 meta-batch-size=2 shots=5 query-size=10 min-train-nodes=1 timeout={ROUND_TIMEOUT_S} "
+# Enough local steps that a round's training lasts a while (the worker is killed in it: `_kill_worker_training`
+# looks every 10 ms, and a train message of 40 steps took 0.9-3.6 s on 2 cores), few enough for a short run
+# (300 steps made each first-order MAML round last 24 s there, most of the module's time).
+COMMON = (f"local-steps=40 meta-batch-size=2 shots=5 query-size=10 min-train-nodes=1 timeout={ROUND_TIMEOUT_S} "
           f"device='cpu' wait-for-factories={len(FACTORIES)}")
 RUN_A = f"{COMMON} algorithm='fomaml' inner-steps=1 num-server-rounds=2"
 RUN_B = f"{COMMON} algorithm='xgb-bagging' num-server-rounds=2 eval-shots='5,10'"

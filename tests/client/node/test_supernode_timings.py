@@ -1,6 +1,6 @@
-"""The SuperNode's timings: Flower's fixed 3 s idle poll, 0.5 s reply look, 30 s heartbeat and 20 s heartbeat
-retry are replaced in the SuperNode's process, and a Flower whose internals moved is refused with a message saying
-what changed (`client.node.supernode_timings`, pinned to flwr 1.42.0)."""
+"""The SuperNode's timings: Flower's fixed 3 s idle poll, 0.5 s reply look, 30 s heartbeat, 20 s heartbeat
+retry and 20 s request retry are replaced in the SuperNode's process, and a Flower whose internals moved is
+refused with a message saying what changed (`client.node.supernode_timings`, pinned to flwr 1.42.0)."""
 
 from __future__ import annotations
 
@@ -29,20 +29,26 @@ start_client_internal.time.sleep(0.5)
 reply = time.perf_counter() - started
 delays = heartbeat.HeartbeatSender(lambda: True)._retry_invoker.wait_gen_factory()
 retry = max(next(delays) for _ in range(10))
+from flwr.supercore.retry import http_retry
+requests = http_retry.make_simple_http_retry_invoker().wait_gen_factory()
+request_retry = max(next(requests) for _ in range(10))
 supernode_timings.shorten_object_pulls()  # what the warm worker does
 from flwr.supercore.inflatable import inflatable_utils
 pulls = inflatable_utils.pull_and_inflate_object_from_tree.__kwdefaults__
 print(idle, reply, fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL, heartbeat.HEARTBEAT_DEFAULT_INTERVAL,
       start_client_internal.time.monotonic() > 0, retry, pulls["initial_backoff"], pulls["backoff_cap"],
-      pulls["max_tries_per_object"])
+      pulls["max_tries_per_object"], request_retry)
 """
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    idle, reply, connection, sender, clock, retry, first_pull, pull_cap, pull_tries = output.stdout.split()
+    idle, reply, connection, sender, clock, retry, first_pull, pull_cap, pull_tries, request_retry = \
+        output.stdout.split()
     assert supernode_timings.IDLE_PULL_S <= float(idle) < 1.5  # not Flower's 3 s
     assert supernode_timings.REPLY_LOOK_S <= float(reply) < 0.4  # not Flower's 0.5 s
     assert int(connection) == int(sender) == supernode_timings.HEARTBEAT_INTERVAL_S == 10
     assert clock == "True"  # the rest of the time module is the real one
     assert float(retry) == supernode_timings.HEARTBEAT_RETRY_S  # a failed heartbeat is retried soon: not 20 s
+    # a request to a restarted server too: a resumed run's first round does not wait 10-20 s for its factories
+    assert float(request_retry) <= supernode_timings.CONNECT_RETRY_S
     # An object the SuperNode is still downloading is looked for again at once (Flower: after 1 s, up to 10 s),
     # and as patiently as Flower in all: 20 times the tries at a twentieth of the longest wait.
     assert float(first_pull) == supernode_timings.OBJECT_RETRY_S
