@@ -19,7 +19,7 @@ from fedmeta.common.trees.continuation import (
     recipe_losses,
     tree_predictions,
 )
-from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, booster_params, new_trees
+from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, booster_params, new_trees, raw_margins
 from fedmeta.common.trees.features import window_features
 from fedmeta.common.trees.histograms import (
     HISTOGRAM_BINS,
@@ -28,7 +28,6 @@ from fedmeta.common.trees.histograms import (
     column_sketch,
     gradients,
     level_histograms,
-    raw_margins,
 )
 from fedmeta.common.trees.settings import ROWS_ALONE_TREES, TreePlan, TreeRecipe
 from fedmeta.common.trees.shape import TreeShape, tree_shape

@@ -21,11 +21,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import lazy_loader
 import numpy as np
-import xgboost
 
 from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
+
+# XGBoost (with scikit-learn and SciPy) costs two seconds to import: only a process that boosts pays it, not every
+# app process a factory's message starts.
+xgboost = lazy_loader.load("xgboost")
 
 __all__ = [
     "EMPTY_ENSEMBLE",
@@ -40,6 +44,8 @@ __all__ = [
     "margins",
     "new_trees",
     "num_rounds",
+    "raw_margins",
+    "tree_free_model",
 ]
 
 EMPTY_ENSEMBLE = b""  # the first round's global model: no trees yet
@@ -76,6 +82,14 @@ def balanced_weights(y: np.ndarray, kind: str) -> np.ndarray | None:
     classes, counts = np.unique(y, return_counts=True)
     per_class = dict(zip(classes.tolist(), (len(y) / (len(classes) * counts)).tolist(), strict=True))
     return np.array([per_class[label] for label in y.tolist()])
+
+
+def tree_free_model(shape: TreeShape, settings: TreeSettings) -> dict[str, Any]:
+    """XGBoost's JSON document of a model of this shape with no trees: where trees grown elsewhere (the server's
+    histogram trees) go to become a model XGBoost reads."""
+    params = booster_params(shape, settings, rate=settings.rate, seed=0)
+    data = xgboost.DMatrix(np.zeros((1, shape.num_feature)), label=np.zeros(1), nthread=1)
+    return json.loads(bytes(xgboost.train(params, data, num_boost_round=0).save_raw("json")))
 
 
 def load_ensemble(raw: bytes) -> xgboost.Booster | None:
@@ -182,6 +196,15 @@ def _check_tree(tree: Mapping[str, Any], num_feature: int, max_leaf: float) -> N
         raise TreesRejected(f"a leaf value {worst!r} is not finite or beyond the bound {max_leaf:g}")
     if any(feature not in range(num_feature) for feature in splits):
         raise TreesRejected(f"a split on a column outside 0..{num_feature - 1}")
+
+
+def raw_margins(ensemble: bytes, x: np.ndarray, shape: TreeShape) -> np.ndarray:
+    """``[n, groups]``: the ensemble's margin of each row for each tree group (0 for the empty ensemble)."""
+    booster = load_ensemble(ensemble)
+    if booster is None:
+        return np.zeros((len(x), shape.groups))
+    margin = booster.predict(xgboost.DMatrix(x, nthread=1), output_margin=True)
+    return margin.reshape(len(x), shape.groups).astype(np.float64)
 
 
 def margins(booster: xgboost.Booster | None, x: np.ndarray, shape: TreeShape,

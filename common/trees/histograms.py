@@ -18,9 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import xgboost
 
-from fedmeta.common.trees.ensemble import balanced_weights, load_ensemble
+from fedmeta.common.trees.ensemble import balanced_weights
 from fedmeta.common.trees.shape import TreeShape
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "gradients",
     "level_histograms",
     "open_nodes",
-    "raw_margins",
     "route_rows",
 ]
 
@@ -128,15 +126,6 @@ def route_rows(bins: np.ndarray, splits: LevelSplits, group: int) -> np.ndarray:
         goes_left = bins[np.arange(len(bins)), np.maximum(column, 0)] < threshold
         node = np.where(splitting, 2 * node + np.where(goes_left, 1, 2), -1)
     return node
-
-
-def raw_margins(ensemble: bytes, x: np.ndarray, shape: TreeShape) -> np.ndarray:
-    """``[n, groups]``: the ensemble's margin of each row for each tree group (0 for the empty ensemble)."""
-    booster = load_ensemble(ensemble)
-    if booster is None:
-        return np.zeros((len(x), shape.groups))
-    margin = booster.predict(xgboost.DMatrix(x, nthread=1), output_margin=True)
-    return margin.reshape(len(x), shape.groups).astype(np.float64)
 
 
 def gradients(margin: np.ndarray, y: np.ndarray, shape: TreeShape) -> tuple[np.ndarray, np.ndarray]:

@@ -13,9 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import xgboost
 
-from fedmeta.common.trees.ensemble import MAX_CLASS_LEAF_STEP, TreesRejected, append_trees, booster_params
+from fedmeta.common.trees.ensemble import MAX_CLASS_LEAF_STEP, TreesRejected, append_trees, tree_free_model
 from fedmeta.common.trees.histograms import LevelSplits, open_nodes
 from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
@@ -181,16 +180,9 @@ class GrowingRound:
         }
 
 
-def _empty_model(shape: TreeShape, settings: TreeSettings) -> dict[str, object]:
-    """XGBoost's JSON of a model of this shape with no trees: the document the round's trees go into."""
-    params = booster_params(shape, settings, rate=settings.rate, seed=0)
-    data = xgboost.DMatrix(np.zeros((1, shape.num_feature)), label=np.zeros(1), nthread=1)
-    return json.loads(bytes(xgboost.train(params, data, num_boost_round=0).save_raw("json")))
-
-
 def round_model(grown: GrowingRound, edges: np.ndarray) -> bytes:
     """The round's finished trees as a model of their own (one boosting round), for `append_trees`."""
-    document = _empty_model(grown.shape, grown.settings)
+    document = tree_free_model(grown.shape, grown.settings)
     model = document["learner"]["gradient_booster"]["model"]  # type: ignore[index]
     groups = grown.shape.groups
     model["trees"] = [grown.tree_json(group, edges, group) for group in range(groups)]

@@ -20,6 +20,7 @@ from fedmeta.common.trees.ensemble import (
     check_trees,
     load_ensemble,
     margins,
+    raw_margins,
 )
 from fedmeta.common.trees.histograms import (
     LevelSplits,
@@ -27,7 +28,6 @@ from fedmeta.common.trees.histograms import (
     column_sketch,
     gradients,
     level_histograms,
-    raw_margins,
 )
 from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
