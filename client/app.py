@@ -175,9 +175,9 @@ def _joined_rounds(context: Context) -> JoinedRounds:
     return JoinedRounds(context.state, None if ledger is None else Path(str(ledger)))
 
 
-def _sketch_records(factory: LoadedFactory) -> dict[str, object]:
+def _sketch_records(factory: LoadedFactory, settings: RoundSettings) -> dict[str, object]:
     """xgb-histogram's first exchange: the factory's column sketch and its rows' count, nothing else."""
-    sketch, rows = tree_sketch(factory)
+    sketch, rows = tree_sketch(factory, settings.tree_bins)
     return {protocol.SKETCH: ArrayRecord([sketch]), protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: rows})}
 
 
@@ -312,7 +312,7 @@ def make_client_app(run_config: Mapping[str, object] | None = None, mods: list[M
 
     @app.train(protocol.TREE_SKETCH.removeprefix("train."))
     def tree_sketch_reply(msg: Message, context: Context) -> Message:
-        return tree_exchange(msg, context, lambda factory, _: _sketch_records(factory))
+        return tree_exchange(msg, context, _sketch_records)
 
     @app.train(protocol.TREE_HISTOGRAMS.removeprefix("train."))
     def tree_histograms_reply(msg: Message, context: Context) -> Message:

@@ -130,6 +130,8 @@ _TABLE = (
     Setting("tree-min-child-weight", 1.0, "Trees: the least hessian sum a leaf holds (squared error: rows).",
             _SERVER),
     Setting("tree-lambda", 1.0, "Trees: the L2 penalty on leaf weights.", _SERVER),
+    Setting("tree-bins", 64, "Trees, xgb-histogram: the bins each column's values fall in (2-256; more: finer "
+            "splits, larger histograms).", _SERVER),
     # The server's aggregation
     Setting("outer-optimizer", "sgd", "Server optimizer: sgd, momentum or adam.", _SERVER),
     Setting("outer-lr", 1.0, "Server step size (sgd 1.0 = plain averaging of deltas).", _SERVER),

@@ -40,7 +40,7 @@ from fedmeta.common.federation import protocol
 from fedmeta.common.package.model_package import ModelPackage
 from fedmeta.common.trees.continuation import best_recipes
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE
-from fedmeta.common.trees.histograms import HISTOGRAM_BINS, LevelSplits
+from fedmeta.common.trees.histograms import LevelSplits
 from fedmeta.common.trees.shape import tree_shape
 from fedmeta.common.trees.split_finding import grow_round, merge_sketches
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
@@ -200,7 +200,7 @@ class _HistogramRounds(_TreeRounds):
         self._ensemble, self.recipes, params = _tree_start(run_dir, settings, config)
         self.edges = params[BIN_EDGES_PARAMETER].numpy() if BIN_EDGES_PARAMETER in params else None
         self.shape, self.trees = tree_shape(source.model_config, source.task_kind), settings.round.tree_settings()
-        self.strategy = HistogramTreeStrategy(settings.sampling, self.shape, HISTOGRAM_BINS)
+        self.strategy = HistogramTreeStrategy(settings.sampling, self.shape, self.trees.bins)
         self.shots = settings.evaluation.shots
         self.last_round = settings.num_rounds
 
@@ -224,7 +224,7 @@ class _HistogramRounds(_TreeRounds):
         self._opened = False
         if self.edges is None:
             replies = self._ask(grid, server_round, config, settings.timeout, protocol.TREE_SKETCH)
-            self.edges = merge_sketches(self.strategy.sketches(replies), HISTOGRAM_BINS)
+            self.edges = merge_sketches(self.strategy.sketches(replies), self.trees.bins)
         metrics = {"replies": math.inf, "rejected": 0.0, "model-unchanged": 0.0}
 
         def ask(splits: LevelSplits) -> list[tuple[str, list[np.ndarray]]]:

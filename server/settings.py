@@ -78,6 +78,7 @@ class ServerSettings:
                 local_trees=int(get["local-trees"]),
                 tree_min_child_weight=float(get["tree-min-child-weight"]),
                 tree_lambda=float(get["tree-lambda"]),
+                tree_bins=int(get["tree-bins"]),
             ),
             evaluation=EvaluationSettings(
                 algorithm=algorithm,

@@ -19,10 +19,9 @@ from fedmeta.common.trees.continuation import (
     recipe_losses,
     tree_predictions,
 )
-from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, booster_params, new_trees, raw_margins
+from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, balanced_weights, booster_params, new_trees, raw_margins
 from fedmeta.common.trees.features import window_features
 from fedmeta.common.trees.histograms import (
-    HISTOGRAM_BINS,
     LevelSplits,
     bin_columns,
     column_sketch,
@@ -90,12 +89,12 @@ def tree_update(factory: LoadedFactory, ensemble: bytes, settings: RoundSettings
     return update, recipe_metrics(factory, ensemble, settings)
 
 
-def tree_sketch(factory: LoadedFactory) -> tuple[np.ndarray, float]:
+def tree_sketch(factory: LoadedFactory, bins: int) -> tuple[np.ndarray, float]:
     """``xgb-histogram``'s first exchange: the quantiles of each of the factory's columns and its rows' count,
     from which the server sets the bins every factory shares (`common.trees.split_finding.merge_sketches`)."""
     _check_trains(factory)
-    x, _ = _training_rows(factory)
-    return column_sketch(x, HISTOGRAM_BINS), float(len(x))
+    x, y = _training_rows(factory)
+    return column_sketch(x, bins, balanced_weights(y, factory_tree_shape(factory).kind)), float(len(x))
 
 
 # The last ensemble and bin edges a factory summed at, with its rows' bins, gradients and hessians there: every

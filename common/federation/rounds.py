@@ -125,6 +125,7 @@ class RoundSettings:
     local_trees: int = _DEFAULT["local-trees"]
     tree_min_child_weight: float = _DEFAULT["tree-min-child-weight"]
     tree_lambda: float = _DEFAULT["tree-lambda"]
+    tree_bins: int = _DEFAULT["tree-bins"]
     tree_factories: int = 1
     recipe_shots: tuple[int, ...] = ()
 
@@ -140,7 +141,7 @@ class RoundSettings:
         """How a factory boosts its trees (tree algorithms)."""
         return TreeSettings(depth=self.tree_depth, rate=self.tree_rate, subsample=self.tree_subsample,
                             local_trees=self.local_trees, min_child_weight=self.tree_min_child_weight,
-                            reg_lambda=self.tree_lambda)
+                            reg_lambda=self.tree_lambda, bins=self.tree_bins)
 
     @property
     def codec(self) -> Compression:

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedmeta.common.trees.ensemble import balanced_weights
+from fedmeta.common.trees.settings import MAX_BINS
 from fedmeta.common.trees.shape import TreeShape
 
 __all__ = [
     "HESSIAN_FLOOR",
-    "HISTOGRAM_BINS",
-    "MAX_BINS",
     "LevelSplits",
     "bin_columns",
     "check_edges",
@@ -34,20 +33,31 @@ __all__ = [
     "level_histograms",
     "open_nodes",
     "route_rows",
+    "weighted_quantiles",
 ]
 
 HESSIAN_FLOOR = 1e-16  # XGBoost's floor of a logistic or softmax hessian
-MAX_BINS = 256  # the most bins a factory sums over: bounds what a server can ask it to compute and send
-HISTOGRAM_BINS = 64  # bins a column's values fall in: XGBoost's ``hist`` default is 256; 64 keeps messages small
 
 
-def column_sketch(x: np.ndarray, bins: int) -> np.ndarray:
+def weighted_quantiles(values: np.ndarray, weights: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """``[columns, levels]``: for each column of ``values [n, columns]``, the smallest value whose share of the
+    rows' ``weights`` at or below it reaches each level."""
+    order = np.argsort(values, axis=0, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=0)
+    shares = np.cumsum(weights[order], axis=0) / weights.sum()
+    picked = [np.minimum(np.searchsorted(shares[:, column], levels), len(values) - 1)
+              for column in range(values.shape[1])]
+    return np.stack([ordered[rows, column] for column, rows in enumerate(picked)])
+
+
+def column_sketch(x: np.ndarray, bins: int, weights: np.ndarray | None = None) -> np.ndarray:
     """``[columns, bins - 1]``: each column's quantiles at ``1/bins .. (bins-1)/bins`` (float32, the precision
-    XGBoost compares splits in)."""
+    XGBoost compares splits in), the rows weighted as the factory boosts on them (``weights``: classes balanced),
+    as XGBoost's own sketch weighs them: rare failures get bins of their own, not a sliver of one."""
     if not np.isfinite(x).all():
         raise ValueError("the rows hold NaN or infinite values; the trees' bins need finite ones")
-    levels = np.arange(1, bins) / bins
-    return np.quantile(x.astype(np.float32), levels, axis=0).T.astype(np.float32)
+    row_weights = np.ones(len(x)) if weights is None else weights
+    return weighted_quantiles(x.astype(np.float32), row_weights, np.arange(1, bins) / bins).astype(np.float32)
 
 
 def check_edges(edges: np.ndarray, shape: TreeShape) -> None:

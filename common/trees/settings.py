@@ -7,7 +7,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_RECIPE", "ROWS_ALONE_TREES", "TreePlan", "TreeRecipe", "TreeSettings"]
+__all__ = ["DEFAULT_RECIPE", "MAX_BINS", "ROWS_ALONE_TREES", "TreePlan", "TreeRecipe", "TreeSettings"]
+
+
+MAX_BINS = 256  # the most bins a factory sums over: bounds what a server can ask it to compute and send
 
 
 @dataclass(frozen=True)
@@ -20,12 +23,15 @@ class TreeSettings:
     local_trees: int = 1
     min_child_weight: float = 1.0
     reg_lambda: float = 1.0
+    bins: int = 64  # xgb-histogram: the bins a column's values fall in (XGBoost's hist: 256)
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.local_trees < 1:
             raise ValueError(f"tree depth and local trees must be >= 1, got {self.depth} and {self.local_trees}")
         if not (0 < self.rate <= 1 and 0 < self.subsample <= 1):
             raise ValueError(f"tree rate and subsample must be in (0, 1], got {self.rate} and {self.subsample}")
+        if not 2 <= self.bins <= MAX_BINS:
+            raise ValueError(f"tree bins must be in 2..{MAX_BINS}, got {self.bins}")
         if not (self.min_child_weight >= 0 and self.reg_lambda >= 0):
             raise ValueError(f"tree min child weight and lambda must be >= 0, got {self.min_child_weight} and "
                              f"{self.reg_lambda}")

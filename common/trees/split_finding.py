@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedmeta.common.trees.ensemble import MAX_CLASS_LEAF_STEP, TreesRejected, append_trees, tree_free_model
-from fedmeta.common.trees.histograms import LevelSplits, open_nodes
+from fedmeta.common.trees.histograms import LevelSplits, open_nodes, weighted_quantiles
 from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
 
@@ -41,15 +41,12 @@ def merge_sketches(sketches: Sequence[tuple[np.ndarray, float]], bins: int) -> n
     sketches (`column_sketch`, each with its row count) pooled, each quantile weighted by its factory's rows."""
     if not sketches:
         raise ValueError("no factory sent a column sketch")
-    points = np.concatenate([sketch for sketch, _ in sketches], axis=1).astype(np.float64)
+    points = np.concatenate([sketch for sketch, _ in sketches], axis=1).astype(np.float64).T  # [points, columns]
     weights = np.concatenate([np.full(sketch.shape[1], count / sketch.shape[1]) for sketch, count in sketches])
-    levels = np.arange(1, bins) / bins * weights.sum()
-    edges = np.full((points.shape[0], bins - 1), np.inf, dtype=np.float32)
-    for column, values in enumerate(points):
-        order = np.argsort(values, kind="stable")
-        cumulative = np.cumsum(weights[order])
-        picked = values[order][np.minimum(np.searchsorted(cumulative, levels), len(values) - 1)]
-        unique = np.unique(picked.astype(np.float32))
+    picked = weighted_quantiles(points, weights, np.arange(1, bins) / bins)
+    edges = np.full((points.shape[1], bins - 1), np.inf, dtype=np.float32)
+    for column, values in enumerate(picked):
+        unique = np.unique(values.astype(np.float32))
         edges[column, :len(unique)] = unique
     return edges
 

@@ -244,7 +244,8 @@ class BenchmarkPlan:
         if method in FEDERATED_TREES:
             config = resolve_run_config(self.run_config(0, method))
             keys = ("tree-depth", "tree-rate", "local-trees", *(
-                ("tree-min-child-weight", "tree-lambda") if method == HISTOGRAM_TREES else ("tree-subsample",)))
+                ("tree-min-child-weight", "tree-lambda", "tree-bins") if method == HISTOGRAM_TREES
+                else ("tree-subsample",)))
             return {**{key: config[key] for key in keys},
                     "recipe": "chosen per K by the training factories' query losses"}
         if method == "linear":  # nothing to tune: the penalty is chosen on each task's rows

@@ -47,7 +47,7 @@ from fedmeta.common.meta.factory_choice import Predictor
 from fedmeta.common.trees.continuation import best_recipes
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, load_ensemble, margins, num_rounds
 from fedmeta.common.trees.features import window_features
-from fedmeta.common.trees.histograms import HISTOGRAM_BINS, LevelSplits
+from fedmeta.common.trees.histograms import LevelSplits
 from fedmeta.common.trees.settings import TreeRecipe
 from fedmeta.common.trees.split_finding import grow_round, merge_sketches
 from fedmeta.server import ServerSettings, initial_meta_parameters
@@ -157,10 +157,11 @@ class _HistogramFactories:
         self.seconds[factory.data.name] += time.perf_counter() - started
         return result
 
-    def edges(self) -> np.ndarray:
-        sketches = [self._timed(factory, lambda factory=factory: tree_sketch(factory)) for factory in self.factories]
+    def edges(self, bins: int) -> np.ndarray:
+        sketches = [self._timed(factory, lambda factory=factory: tree_sketch(factory, bins))
+                    for factory in self.factories]
         self.bytes_sent += sum(sketch.nbytes for sketch, _ in sketches)
-        return merge_sketches(sketches, HISTOGRAM_BINS)
+        return merge_sketches(sketches, bins)
 
     def histograms(self, ensemble: bytes, edges: np.ndarray, splits: LevelSplits) -> list[tuple[str, list[np.ndarray]]]:
         replies = [(factory.data.name, self._timed(factory, lambda factory=factory: tree_histograms(
@@ -186,7 +187,7 @@ def _histogram_rounds(settings: ServerSettings, factories: Sequence[LoadedFactor
     ``local-trees`` boosting rounds grown level by level on their summed histograms (`grow_round`)."""
     tree_settings, shape = settings.round.tree_settings(), factory_tree_shape(factories[0])
     answering = _HistogramFactories(factories)
-    edges = answering.edges()
+    edges = answering.edges(tree_settings.bins)
     ensemble, rejected, seconds = EMPTY_ENSEMBLE, 0, []
     recipes: dict[int, TreeRecipe] = {}
     needed = replies_needed(settings.sampling, cyclic=False)

@@ -87,6 +87,7 @@ HISTOGRAM_TREE_SEARCH_SPACE: SearchSpace = {
     "local-trees": Range(2, 20, integer=True),
     "tree-min-child-weight": Range(1.0, 100.0),
     "tree-lambda": Range(0.01, 10.0),
+    "tree-bins": Range(16, 256, integer=True),
 }
 TUNABLE_METHODS = (*FEDERATED_METHODS, *FEDERATED_TREES, *TREE_REFERENCES)
 # Data sets that validate on another's validation split, so one search serves both: CWRU's fan-end

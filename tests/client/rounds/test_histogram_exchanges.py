@@ -21,13 +21,14 @@ from fedmeta.common.data.scaling import TargetScaling
 from fedmeta.common.federation import protocol
 from fedmeta.common.trees.continuation import RECIPE_LOSS_PREFIX
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE
-from fedmeta.common.trees.histograms import HISTOGRAM_BINS, LevelSplits
+from fedmeta.common.trees.histograms import LevelSplits
 from fedmeta.common.trees.split_finding import merge_sketches
 from fedmeta.server.strategy.histogram_trees import histogram_model_records
 from tests.support.flower_messages import delivered
 
 RUN_CONFIG = {"family": "quality", "num-factories": 3, "num-held-out": 1, "device": "cpu"}
 SETTINGS = RoundSettings(algorithm="xgb-histogram", server_round=1, tree_depth=3)
+BINS = SETTINGS.tree_bins
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def _edges(app) -> np.ndarray:
     """The edges a server would set from this factory's sketch alone."""
     reply = _ask(app, _context(), protocol.TREE_SKETCH)
     sketch = next(iter(reply.content[protocol.SKETCH].values())).numpy()
-    return merge_sketches([(sketch, 1.0)], HISTOGRAM_BINS)
+    return merge_sketches([(sketch, 1.0)], BINS)
 
 
 def _level(splits: LevelSplits) -> dict[str, str]:
@@ -68,8 +69,11 @@ def test_a_sketch_reply_holds_the_columns_quantiles_and_the_row_count_only(clien
     reply = _ask(client_app, _context(), protocol.TREE_SKETCH)
     assert not reply.has_error() and set(reply.content.keys()) == {protocol.SKETCH, protocol.METRICS}
     sketch = next(iter(reply.content[protocol.SKETCH].values())).numpy()
-    assert sketch.shape == (factory_tree_shape(factory).num_feature, HISTOGRAM_BINS - 1)  # whatever the rows
+    assert sketch.shape == (factory_tree_shape(factory).num_feature, BINS - 1)  # whatever the rows
     assert dict(reply.content[protocol.METRICS]) == {protocol.NUM_EXAMPLES: factory.data.num_samples}
+    coarse = _ask(client_app, _context(), protocol.TREE_SKETCH,
+                  settings=RoundSettings(algorithm="xgb-histogram", server_round=1, tree_bins=16))
+    assert next(iter(coarse.content[protocol.SKETCH].values())).numpy().shape[1] == 15  # the run's tree-bins
 
 
 def test_a_level_reply_holds_the_rows_gradient_sums_per_bin_and_nothing_else(client_app, factory):
@@ -79,7 +83,7 @@ def test_a_level_reply_holds_the_rows_gradient_sums_per_bin_and_nothing_else(cli
     assert not reply.has_error() and set(reply.content.keys()) == {protocol.HISTOGRAMS}
     (histogram,) = [array.numpy() for array in reply.content[protocol.HISTOGRAMS].values()]
     columns = factory_tree_shape(factory).num_feature
-    assert histogram.shape == (2, columns, HISTOGRAM_BINS, 2)  # two open nodes: sums, not rows
+    assert histogram.shape == (2, columns, BINS, 2)  # two open nodes: sums, not rows
     # at the empty ensemble a row's gradient is minus its standardised target, its hessian 1: the two nodes
     # together hold every row once, in every column
     y = TargetScaling.fit(factory.data.y).apply(factory.data.y).double().numpy()

@@ -15,6 +15,7 @@ from onnxmltools.convert.common.data_types import FloatTensorType
 from fedmeta.common.trees.ensemble import (
     EMPTY_ENSEMBLE,
     TreesRejected,
+    balanced_weights,
     boost,
     booster_params,
     check_trees,
@@ -114,6 +115,15 @@ def test_merged_edges_are_ascending_padded_and_cut_the_pooled_rows_evenly() -> N
     assert all(np.all(np.diff(row[np.isfinite(row)]) > 0) for row in edges)
     counts = np.bincount(bin_columns(np.concatenate([small, large]), edges)[:, 0], minlength=BINS)
     assert counts.max() < 3 * 1000 / BINS  # quantiles of the pooled rows, weighted by each factory's rows
+
+
+def test_a_sketch_weighted_as_the_rows_are_boosted_gives_a_rare_class_bins_of_its_own() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1000, 1))
+    y = (x[:, 0] > 1.9).astype(float)  # about 3 in 100, all in the column's upper tail
+    weights = balanced_weights(y, "classification")
+    tail = [(column_sketch(x, BINS, w)[0] > 1.9).sum() for w in (None, weights)]
+    assert tail[0] <= 1 and tail[1] >= BINS // 3  # unweighted: no cut among the failures; weighted: many
 
 
 def test_a_sketch_of_rows_with_nan_is_refused_by_name() -> None:
