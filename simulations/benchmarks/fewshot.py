@@ -1088,7 +1088,7 @@ def notes(plan: BenchmarkPlan, task_kind: str) -> list[str]:
         "its rows and the lowest mean query loss is kept for each K; each held-out task boosts the recipe of the "
         "nearest K from the ensemble on its K support rows. xgb-histogram: each round local-trees boosting rounds "
         "whose trees the server grows level by level on the sum of every training factory's gradient histograms "
-        "(64 bins a column, the edges from the factories' column sketches), XGBoost's hist boosting on their pooled "
+        "(tree-bins bins a column, the edges from the factories' weighted column sketches), XGBoost's hist boosting on their pooled "
         "rows; adapted and scored as the other federated trees; MB sent: the sketches and histograms (float64). "
         f"{JOINED_TREES} (C-MAPSS engine shots): the new factory's K engines join the training factories in one "
         "xgb-histogram run per K, and its ensemble predicts the test split unadapted. trees-alone: "
