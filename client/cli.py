@@ -110,7 +110,7 @@ def client(
             server=server,
             data=data,
             schema=schema,
-            key=None if insecure else key,
+            key=key,  # with --insecure a key is refused: node authentication needs TLS
             ca=None if insecure else ca,
             role=role,
             factory=factory,

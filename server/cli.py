@@ -93,14 +93,16 @@ def server(
     stopped = "stopped: the SuperLink and the run were shut down"
     with exit_on_errors(console, CredentialError, DeploymentError, ProcessError, stopped=stopped):
         config = build_run_config(run_config, state=state, schema=schema, resume=resume)
+        # --insecure drops node authentication, unless --factory-keys asks for it: refused, it needs TLS
+        node_auth = node_auth and (not insecure or factory_keys is not None)
         plan = plan_server(
             state=state,
             certs=None if insecure else certs,
-            factory_keys=(factory_keys or certs) if node_auth and not insecure else None,
+            factory_keys=(factory_keys or certs) if node_auth else None,
             host=host,
             port=port,
             run_config=config,
-            node_auth=node_auth and not insecure,
+            node_auth=node_auth,
             control_host=control_host,
             control_port=control_port,
             expose_control_api=expose_control_api,

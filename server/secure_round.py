@@ -124,7 +124,7 @@ def secure_training_round(grid: Grid, strategy: FedMetaStrategy, server_round: i
                       for owner, (kind, x, values) in json.loads(bytes(a[SECAGG]["reveal"])).items()}
                   for i, a in revealed.items()}
         total = unmask_sum(masked, shares, keys, threshold, round_id.encode(), graph)
-        mean = weighted_mean(total, fixed, strategy.optimizer.params)
+        mean = weighted_mean(total, fixed, strategy.optimizer.params, len(masked))
     except SecureAggregationError as error:
         log.warning("round %d: secure aggregation failed, global model unchanged: %s", server_round, error)
         return None, failed

@@ -111,6 +111,9 @@ def export_onnx(package: ModelPackage, out: Path, check: Tensor | None = None) -
         exported = session.run(None, {"features": check.numpy()})[0]
         with torch.no_grad():
             expected = module(check).numpy()
+        if exported.shape != expected.shape:  # broadcasting would compare a [rows, 1] column with [rows] rows
+            raise ValueError(f"onnxruntime's output has shape {list(exported.shape)}, torch's "
+                             f"{list(expected.shape)}; nothing was written")
         target = package.manifest.target_scaling
         difference = float(np.abs(exported - expected).max()) / (1.0 if target is None else target.std)
         if not difference <= TOLERANCE:

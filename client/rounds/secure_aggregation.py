@@ -39,9 +39,11 @@ def advertise_keys(msg: Message, state: RecordDict) -> RecordDict:
 
 
 def _party(fields: Mapping[str, object], state: RecordDict) -> Participant:
-    """This round's secrets; a message of another round or index is refused."""
+    """This round's secrets; a message of another round or index is refused, and so is any after the reveal
+    (its secrets are gone: a second reveal could show both a peer's seed and its key)."""
     if SECAGG not in state:
-        raise ValueError("a secure round's message arrived before its keys were made")
+        raise ValueError(f"a secure-round message for round {fields['round-id']!r} arrived while this node holds no "
+                         "round's keys: before they were made, or after its shares were revealed (once a round)")
     party = participant_from_state(state[SECAGG])
     if (party.round_id, party.index) != (str(fields["round-id"]).encode(), int(fields["index"])):
         raise ValueError(f"a secure-round message for round {fields['round-id']!r} as participant {fields['index']} "

@@ -16,9 +16,9 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "privacy": ["NOISE_SIGMAS", "ORDERS", "DifferentialPrivacy", "clip_delta", "spent_epsilon"],
         "secure_aggregation": [
             "FIELD_BITS", "PRIME", "FixedPoint", "Participant", "PublicKeys", "SecureAggregation",
-            "SecureAggregationError", "aggregate_in_process", "neighbourhoods", "participant_from_state",
-            "participant_state", "reconstruct", "secagg_plus_parameters", "shamir_shares", "unmask_sum",
-            "weighted_input", "weighted_mean",
+            "SecureAggregationError", "ShareRefusedError", "aggregate_in_process", "neighbourhoods",
+            "participant_from_state", "participant_state", "reconstruct", "secagg_plus_parameters", "shamir_shares",
+            "unmask_sum", "weighted_input", "weighted_mean",
         ],
     },
 )

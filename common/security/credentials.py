@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 __all__ = [
@@ -94,6 +94,7 @@ def check_server_certificate(ca_path: Path, cert_path: Path, key_path: Path, hos
         key = serialization.load_pem_private_key(content, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise CredentialError(f"server key {key_path} is not an unencrypted PEM private key") from None
+    _check_server_key(key, key_path)
     if key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ) != certificate.public_key().public_bytes(
@@ -112,6 +113,20 @@ def check_server_certificate(ca_path: Path, cert_path: Path, key_path: Path, hos
         f"server certificate {cert_path} is valid for {', '.join(names)}, not for {host}; "
         f"create it with `fedmeta certs --host {host} ...`"
     )
+
+
+def _check_server_key(key: object, path: Path) -> None:
+    """A key the server's TLS can serve with and that resists attack: elliptic-curve on a curve Flower accepts,
+    or RSA of 2048 bits or more."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        _check_curve(key, path, "server key")
+    elif isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < 2048:
+            raise CredentialError(f"server key {path} is a {key.key_size}-bit RSA key, too weak: TLS needs 2048 "
+                                  "bits or more (`fedmeta certs` writes an elliptic-curve one)")
+    else:
+        raise CredentialError(f"server key {path} is neither an elliptic-curve nor an RSA key; Flower's TLS "
+                              "serves with those only (`fedmeta certs` writes an elliptic-curve one)")
 
 
 def _check_curve(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey, path: Path, what: str) -> None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -58,6 +59,7 @@ __all__ = [
     "PublicKeys",
     "SecureAggregation",
     "SecureAggregationError",
+    "ShareRefusedError",
     "aggregate_in_process",
     "complete_graph",
     "neighbourhoods",
@@ -83,6 +85,11 @@ Graph = dict[int, tuple[int, ...]]  # participant -> its neighbourhood, itself i
 
 class SecureAggregationError(RuntimeError):
     """A round that cannot be unmasked: too few shares, or shares that do not fit together."""
+
+
+class ShareRefusedError(SecureAggregationError, InvalidTag):
+    """A sealed share its receiver refuses to open: altered, or sealed for another factory, sender or round
+    (AES-GCM's `InvalidTag`, named)."""
 
 
 # --------------------------------------------------------------------------- Shamir's secret sharing
@@ -295,7 +302,11 @@ class Participant:
         ``sent`` (their masked inputs arrived), the mask key of the others; never both of one peer."""
         revealed = {}
         for owner, box in sealed.items():
-            plaintext = self._channel(owner, peers[owner]).decrypt(box[:12], box[12:], self.round_id)
+            try:
+                plaintext = self._channel(owner, peers[owner]).decrypt(box[:12], box[12:], self.round_id)
+            except InvalidTag:
+                raise ShareRefusedError(f"the share from participant {owner} to {self.index} fails authentication: "
+                                        "it was altered, or sealed for another factory, sender or round") from None
             source, target, seed_share, key_share = _parse(plaintext)
             if (source, target) != (owner, self.index):
                 raise SecureAggregationError(f"a share addressed {source}->{target} arrived as {owner}->{self.index}")
@@ -446,11 +457,17 @@ def weighted_input(delta: Mapping[str, Tensor], weight: float, fixed: FixedPoint
     return fixed.encode(np.append(share * flat, share))
 
 
-def weighted_mean(total: np.ndarray, fixed: FixedPoint, reference: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The weighted mean delta from the unmasked sum of `weighted_input` vectors."""
+def weighted_mean(total: np.ndarray, fixed: FixedPoint, reference: Mapping[str, Tensor],
+                  inputs: int | None = None) -> dict[str, Tensor]:
+    """The weighted mean delta from the unmasked sum of `weighted_input` vectors; with ``inputs``, how many
+    were summed, a sum of weights above ``inputs`` (each at most 1: ``max_weight``) is refused, since an input
+    weighed more than ``max_weight``."""
     values = fixed.decode(total)
     if not values[-1] > 0:
         raise SecureAggregationError("the unmasked weights sum to nothing: no input was counted")
+    if inputs is not None and values[-1] > inputs * (1 + 1e-9):  # 1e-9: float rounding of the decoded integer
+        raise SecureAggregationError(f"the unmasked weights sum to {values[-1]:.6g} secagg-max-weight, more than "
+                                     f"the {inputs} inputs may weigh: an input weighed more than secagg-max-weight")
     flat = torch.from_numpy(values[:-1] / values[-1])
     names = sorted(reference)
     pieces = flat.split([reference[name].numel() for name in names])
