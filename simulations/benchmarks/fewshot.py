@@ -294,7 +294,8 @@ def plan_for(
         raise BenchmarkError(f"seeds and rounds must be >= 1, got {count} and {sizes['rounds']}")
     if recipe not in ADAPTATION_RECIPES:
         raise BenchmarkError(f"unknown recipe {recipe!r}; choose one of {', '.join(ADAPTATION_RECIPES)}")
-    chosen = tuple(METHODS) if methods is None else tuple(methods)
+    chosen = tuple(m for m in METHODS if m != JOINED_TREES or dataset in CMAPSS_TRANSFERS) if methods is None \
+        else tuple(methods)
     unknown = [m for m in chosen if m not in METHODS]
     if unknown or not chosen:
         raise BenchmarkError(f"unknown method(s) {unknown or 'none given'}; choose from {', '.join(METHODS)}")
