@@ -164,12 +164,11 @@ def level_histograms(bins: np.ndarray, grad: np.ndarray, hess: np.ndarray, split
     columns = bins.shape[1]
     out = []
     for group in range(grad.shape[1]):
-        nodes = open_nodes(splits, group)
+        nodes = open_nodes(splits, group)  # ascending, and every row still on a path sits in one of them
         node = route_rows(bins, splits, group)
-        slot = np.full(node.max(initial=0) + 1, -1)
-        slot[[n for n in nodes if n < len(slot)]] = [i for i, n in enumerate(nodes) if n < len(slot)]
-        rows = np.flatnonzero((node >= 0) & (slot[np.maximum(node, 0)] >= 0))
-        index = ((slot[node[rows]][:, None] * columns + np.arange(columns)) * num_bins + bins[rows]).ravel()
+        rows = np.flatnonzero(node >= 0)
+        slot = np.searchsorted(nodes, node[rows])
+        index = ((slot[:, None] * columns + np.arange(columns)) * num_bins + bins[rows]).ravel()
         size = len(nodes) * columns * num_bins
         sums = [np.bincount(index, np.repeat(values[rows, group], columns), minlength=size)
                 for values in (grad, hess)]
