@@ -25,12 +25,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import lazy_loader
 import numpy as np
 import torch
-from scipy.optimize import minimize
-from scipy.stats import qmc
 
 from fedmeta.common.package.model_package import ModelPackage, package_model
+
+# SciPy's optimisers and samplers cost over a second to import: only `fedmeta optimize` pays it, not every factory
+# floor command that imports this module.
+optimize = lazy_loader.load("scipy.optimize")
+stats = lazy_loader.load("scipy.stats")
 
 __all__ = ["GOALS", "Bounds", "Recommendation", "recommend_settings"]
 
@@ -146,9 +150,10 @@ def recommend_settings(package: ModelPackage, bounds: Bounds, *, starts: int = 2
         return float(value.detach()), point.grad.numpy().astype(np.float64)
 
     found: list[Recommendation] = []
-    sampler = qmc.LatinHypercube(d=len(free), seed=seed)
-    for start in qmc.scale(sampler.random(starts), low, high):
-        result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=list(zip(low, high, strict=True)))
+    sampler = stats.qmc.LatinHypercube(d=len(free), seed=seed)
+    for start in stats.qmc.scale(sampler.random(starts), low, high):
+        result = optimize.minimize(objective, start, jac=True, method="L-BFGS-B",
+                                   bounds=list(zip(low, high, strict=True)))
         raw = {name: float(result.x[k] * std[i] + mean[i]) for k, (name, i) in
                enumerate(zip(bounds.controllable, free, strict=True))}
         with torch.no_grad():

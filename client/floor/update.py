@@ -37,9 +37,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import lazy_loader
 import numpy as np
 import torch
-from river.drift import PageHinkley
 from torch import Tensor
 
 from fedmeta.client.floor.adapt import labelled_examples, rows_as_task, rows_digest
@@ -56,6 +56,10 @@ from fedmeta.common.package.model_package import (
     package_model,
     write_package,
 )
+
+# river (with pandas and SciPy) costs most of a second to import: only a process that updates pays it, not every
+# `fedmeta adapt`, `predict` or `export` that imports this module through the factory floor's commands.
+drift = lazy_loader.load("river.drift")
 
 __all__ = ["DRIFT_THRESHOLD", "DriftReport", "ModelStore", "UpdateResult"]
 
@@ -186,7 +190,7 @@ class ModelStore:
         """Replay every recorded error through the Page-Hinkley test (see the module docstring)."""
         reference = _reference_error(package)
         errors = self.recorded_errors()
-        detector = PageHinkley(min_instances=DRIFT_MIN_ROWS, threshold=DRIFT_THRESHOLD, mode="up")
+        detector = drift.PageHinkley(min_instances=DRIFT_MIN_ROWS, threshold=DRIFT_THRESHOLD, mode="up")
         for row, error in enumerate(errors, start=1):
             detector.update(float(error) / reference)
             if detector.drift_detected:

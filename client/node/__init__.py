@@ -15,7 +15,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "plan_factory", "probe_server", "run_factory", "superexec_command", "supernode_command",
             "warm_worker_command",
         ],
-        "supernode": ["REFUSED", "ForeignApp", "app_refusal", "guard_runs"],
+        "supernode": ["REFUSED", "ForeignApp", "app_refusal", "deliver_stranded_replies", "guard_runs"],
         "warm_worker": ["TaskRecord", "WarmWorker", "answer_dropped_task"],
     },
 )

@@ -81,6 +81,17 @@ class Federation:
         """The ServerApp's log, streamed to the server's state folder by both server processes."""
         return (self.run.parent / "run.log").read_text()
 
+    def trace(self) -> str:
+        """What each factory and the resumed server said, for a failure's message: a factory missing from
+        the resumed run is explained by its own log and its SuperNode's (heartbeat lines left out)."""
+        parts = [f"resumed server:\n{self.second_server_output}"]
+        for name in FACTORIES:
+            supernode = self.root / f"state-{name}" / "supernode.log"
+            lines = [line for line in supernode.read_text().splitlines() if "eartbeat" not in line]
+            parts.append(f"{name}:\n{(self.root / f'{name}.log').read_text()}\n{name}'s SuperNode, last lines:\n"
+                         + "\n".join(lines[-40:]))
+        return "\n\n".join(parts)
+
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> Iterator[Federation]:
@@ -186,7 +197,8 @@ def test_multi_krum_leaves_out_the_factory_trained_on_flipped_labels_in_every_ro
     # first server was stopped, rounds 1 and 3 were (round 2 took 40 s; a finished run's stream is complete).
     log = federation.server_log()
     assert f"round 1: multi-krum left out the deltas of {POISONER} (kept plant-a, plant-b, plant-c)" in log, log
-    assert f"round 3: multi-krum left out the deltas of {POISONER} (kept plant-a, plant-b)" in log, log
+    assert f"round 3: multi-krum left out the deltas of {POISONER} (kept plant-a, plant-b)" in log, \
+        f"{log}\n\n{federation.trace()}"
 
 
 def test_a_crashed_factory_is_noticed_by_its_missed_heartbeats_and_the_round_goes_on(federation):
@@ -222,7 +234,7 @@ def test_restarted_server_resumes_without_losing_rounds(federation):
     rounds = metrics(federation.run)
     assert [record["round"] for record in rounds] == [1, 2, 3]
     assert rounds[:2] == federation.metrics_before_restart
-    assert rounds[2]["train/replies"] == 3.0
+    assert rounds[2]["train/replies"] == 3.0, federation.trace()
     checkpoints = federation.run / "fomaml" / "checkpoints"
     for name, content in federation.checkpoints_before_restart.items():
         assert (checkpoints / name).read_bytes() == content
@@ -234,7 +246,9 @@ def test_every_connected_factory_keeps_the_final_model_package(federation):
     assert final.manifest.round == 3 and final.manifest.run.startswith("fomaml-")
     assert final.manifest.schema.features == tuple(FEATURES)
     for name in ("plant-a", "plant-b", POISONER):  # plant-c crashed in round 2 and never came back
-        stored = load_package(federation.root / f"state-{name}" / "models" / final.manifest.run / "round-000003")
+        package = federation.root / f"state-{name}" / "models" / final.manifest.run / "round-000003"
+        assert package.is_dir(), federation.trace()
+        stored = load_package(package)
         assert stored.manifest.to_json() == final.manifest.to_json()
     assert not (federation.root / "state-plant-c" / "models").exists()
 
