@@ -41,9 +41,12 @@ from tests.support.deployment import (
 FACTORIES = ("plant-a", "plant-b", "plant-c", "plant-p")
 POISONER = "plant-p"  # trains honestly on its table, whose labels are flipped and amplified
 ROUNDS = 3
+# The factories that stay up run every message in their warm worker (``--isolation process``) and hold messages
+# when the server is stopped; plant-c, which is killed, starts a flwr-clientapp process for each message.
+ISOLATION = {"plant-a": "process", "plant-b": "process", "plant-c": "subprocess", "plant-p": "process"}
 # A round waits at most this long for replies (a crashed factory is noticed sooner, by its missed
-# heartbeats). Each message starts a fresh flwr-clientapp that imports torch: on a loaded 2-core CI
-# machine three of them answered round 1 later than 20 s, so the bound keeps a margin over that for four.
+# heartbeats). On a loaded 2-core CI machine, with a fresh flwr-clientapp (that imports torch) for each
+# message, three factories answered round 1 later than 20 s, so the bound keeps a margin over that for four.
 ROUND_TIMEOUT_S = 40
 # Deltas leave the factories as top-k with error feedback, and the server combines them by multi-krum,
 # assuming one attacker (issue 13's mechanisms over real processes and real serialisation); plant-a's
@@ -88,8 +91,10 @@ class Federation:
         for name in FACTORIES:
             supernode = self.root / f"state-{name}" / "supernode.log"
             lines = [line for line in supernode.read_text().splitlines() if "eartbeat" not in line]
+            worker = self.root / f"state-{name}" / "worker.log"
+            worked = f"\n{name}'s warm worker:\n{worker.read_text()[-3000:]}" if worker.exists() else ""
             parts.append(f"{name}:\n{(self.root / f'{name}.log').read_text()}\n{name}'s SuperNode, last lines:\n"
-                         + "\n".join(lines[-40:]))
+                         + "\n".join(lines[-40:]) + worked)
         return "\n\n".join(parts)
 
 
@@ -121,6 +126,7 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
         command = [FEDMETA, "client", "--server", f"127.0.0.1:{port}", "--data", str(root / f"{name}.csv")]
         command += ["--schema", str(schema), "--key", str(key), "--ca", str(certs / "ca.crt"), "--device", "cpu"]
         command += ["--runtime-port", str(free_port()), "--state", str(root / f"state-{name}")]
+        command += ["--isolation", ISOLATION.get(name, "subprocess")]
         if name == "plant-a":
             command += ["--policy", str(root / "policy.json")]
         return ChildProcess(f"factory {name}", command, log=root / f"{name}.log", env=ENV)

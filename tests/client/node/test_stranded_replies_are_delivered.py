@@ -1,4 +1,4 @@
-"""A reply no pulled message waits for still reaches the server (`client.node.supernode.deliver_stranded_replies`).
+"""A reply no pulled message waits for still reaches the server (`client.node.supernode_loop.deliver_stranded_replies`).
 
 Flower's SuperNode loop is, in `flwr.supernode.start_client_internal`: pull a message; if there was one, send
 the replies waiting in the node's state (waiting until there is at least one). The loop below is that loop, over
@@ -17,7 +17,7 @@ from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supernode import start_client_internal
 from flwr.supernode.nodestate import NodeStateFactory
 
-from fedmeta.client.node.supernode import deliver_stranded_replies
+from fedmeta.client.node.supernode_loop import deliver_stranded_replies
 from tests.support.flower_messages import delivered
 
 OLD_RUN, NEW_RUN = 1, 2
