@@ -1,10 +1,11 @@
 """The warm ClientApp worker over real processes (`fedmeta client --isolation process`, on loopback).
 
 Two factories serve three federations, one after the other, each from a `fedmeta server` of its own on
-the same address: A (first-order MAML), B (federated XGBoost trees, bagging) and A again. A and B run
-through the same worker process in each factory, and A's repeat computes exactly what A computed in its
-first round: B left nothing behind that changes a later run. B grows both factories' trees each round,
-chooses its adaptation recipes in the last and delivers its tree package, which each factory stores. In
+the same address: A (first-order MAML), B (federated XGBoost trees grown on the factories' summed gradient
+histograms) and A again. A and B run through the same worker process in each factory, and A's repeat
+computes exactly what A computed in its first round: B left nothing behind that changes a later run. B
+exchanges bin sketches, then each level's histograms with both factories, chooses its adaptation recipes
+in the last round and delivers its tree package, which each factory stores. In
 the repeat's second round one factory's worker is killed while it holds a task: the server gets that
 factory's failure at once, not after a timeout, the factory starts a new worker, and the third round has
 both factories again.
@@ -36,7 +37,10 @@ ROUND_TIMEOUT_S = 60  # far above the time a factory's failure takes to reach th
 COMMON = (f"local-steps=40 meta-batch-size=2 shots=5 query-size=10 min-train-nodes=1 timeout={ROUND_TIMEOUT_S} "
           f"device='cpu' wait-for-factories={len(FACTORIES)}")
 RUN_A = f"{COMMON} algorithm='fomaml' inner-steps=1 num-server-rounds=2"
-RUN_B = f"{COMMON} algorithm='xgb-bagging' num-server-rounds=2 eval-shots='5,10'"
+TREES_A_ROUND = 2
+# Shallow trees: each level of each tree is an exchange with both factories (six exchanges a round here).
+RUN_B = (f"{COMMON} algorithm='xgb-histogram' num-server-rounds=2 eval-shots='5,10' local-trees={TREES_A_ROUND} "
+         "tree-depth=3")
 RUN_A_AGAIN = f"{COMMON} algorithm='fomaml' inner-steps=1 num-server-rounds=3"
 VICTIM = "plant-b"
 
@@ -119,7 +123,7 @@ def warm_runs(tmp_path_factory) -> Iterator[WarmRuns]:
             server = ChildProcess("server", command, log=root / f"server-{run}.log", env=ENV)
             started.append(server.start())
             logs.append(server.log)
-            algorithm = "xgb-bagging" if config is RUN_B else "fomaml"
+            algorithm = "xgb-histogram" if config is RUN_B else "fomaml"
             if config is RUN_A_AGAIN:
                 wait_for(lambda: _records(root / "run-2", "fomaml"), 180, "the repeat's round 1", logs)
                 result.killed = _kill_worker_training(root, clients, logs)
@@ -153,12 +157,15 @@ def test_a_run_after_another_computes_what_it_computed_before(warm_runs):
     assert after["train/replies"] == before["train/replies"] == 2.0
 
 
-def test_a_tree_run_grows_both_factories_trees_and_delivers_its_tree_package(warm_runs):
+def test_a_histogram_tree_run_grows_its_trees_over_real_processes_and_delivers_its_tree_package(warm_runs):
     records = warm_runs.rounds[1]
     assert {key for key in records[-1] if key.startswith("train/tree-recipe-")} == {"train/tree-recipe-k5",
                                                                                     "train/tree-recipe-k10"}
-    package = load_package(warm_runs.root / "run-1" / "xgb-bagging" / "model")
-    assert load_ensemble(package.ensemble).num_boosted_rounds() == 2 * len(FACTORIES)
+    package = load_package(warm_runs.root / "run-1" / "xgb-histogram" / "model")
+    ensemble = load_ensemble(package.ensemble)
+    assert ensemble.num_boosted_rounds() == 2 * TREES_A_ROUND
+    # every tree split on the summed histograms: none is a bare leaf (each factory's rows alone are 60)
+    assert all(tree.count("split") > 0 for tree in ensemble.get_dump(dump_format="json"))
     assert package.manifest.schema.features == tuple(FEATURES) and set(package.manifest.trees.recipes) == {5, 10}
     for name in FACTORIES:
         stored = load_package(warm_runs.root / f"state-{name}" / "models" / package.manifest.run / "round-000002")
