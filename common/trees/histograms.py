@@ -3,7 +3,9 @@ own rows for the server to grow trees on the federation's rows together, without
 
 Per run, once: a quantile sketch of each column (`column_sketch`); the server merges them into the bin
 edges every factory shares. Per level of each boosting round's trees: the gradient and hessian sums of the
-factory's rows in every bin of every column of every open node (`level_histograms`). Summed over factories
+factory's rows in every bin of every column of the nodes the server asks for (`level_histograms`): below the
+root, one child of each split, the one with fewer rows; the server has the other as its parent's sums less
+its sibling's, as XGBoost's ``hist`` method does, so a level costs half the bytes. Summed over factories
 they are the sums pooled rows would give, so the trees the server grows are those of boosting on the pooled
 rows with these bins, as XGBoost's ``hist`` method grows them (no subsampling: identical for any split of the
 rows among factories).
@@ -33,6 +35,7 @@ __all__ = [
     "level_histograms",
     "open_nodes",
     "route_rows",
+    "summed_nodes",
     "weighted_quantiles",
 ]
 
@@ -89,13 +92,20 @@ def bin_columns(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
 class LevelSplits:
     """The splits a boosting round's trees hold so far, as the server sends them: ``(group, node) -> (column,
     bin)``, nodes numbered as a heap (node i's children are 2i + 1 and 2i + 2); a row goes left where its bin in
-    that column is below the split's bin. ``level``: the depth whose open nodes the factories sum."""
+    that column is below the split's bin. ``level``: the depth whose open nodes the factories sum; ``summed``:
+    ``(group, parent) -> child``, the one child of each split at the level above that they sum (None: every
+    open node)."""
 
     level: int
     splits: Mapping[tuple[int, int], tuple[int, int]]
+    summed: Mapping[tuple[int, int], int] | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"level": self.level, "splits": [[g, n, c, b] for (g, n), (c, b) in sorted(self.splits.items())]}
+        document: dict[str, object] = {
+            "level": self.level, "splits": [[g, n, c, b] for (g, n), (c, b) in sorted(self.splits.items())]}
+        if self.summed is not None:
+            document["summed"] = [[g, parent, child] for (g, parent), child in sorted(self.summed.items())]
+        return document
 
     @classmethod
     def from_json(cls, data: object, shape: TreeShape, bins: int, max_depth: int) -> LevelSplits:
@@ -103,16 +113,22 @@ class LevelSplits:
         try:
             level = int(data["level"])  # type: ignore[index]
             splits = {(int(g), int(n)): (int(c), int(b)) for g, n, c, b in data["splits"]}  # type: ignore[index]
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"histogram splits must be {{level, splits: [[group, node, column, bin]]}}: "
-                             f"{type(error).__name__}: {error}") from None
+            listed = data.get("summed")  # type: ignore[union-attr]
+            summed = None if listed is None else {(int(g), int(parent)): int(child) for g, parent, child in listed}
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"histogram splits must be {{level, splits: [[group, node, column, bin]], summed: "
+                             f"[[group, parent, child]]}}: {type(error).__name__}: {error}") from None
         if not 0 <= level < max_depth:
             raise ValueError(f"histogram level {level} outside 0..{max_depth - 1}")
         for (group, node), (column, bin_) in splits.items():
             if not (0 <= group < shape.groups and 0 <= node < 2**level - 1 and 0 <= column < shape.num_feature
                     and 1 <= bin_ < bins):
                 raise ValueError(f"split {(group, node, column, bin_)} outside this federation's trees")
-        return cls(level, splits)
+        above = range(2 ** (level - 1) - 1, 2**level - 1) if level else range(0)  # the nodes of the level above
+        for (group, parent), child in (summed or {}).items():
+            if parent not in above or (group, parent) not in splits or child not in (2 * parent + 1, 2 * parent + 2):
+                raise ValueError(f"summed child {(group, parent, child)} is not a child of a split above level {level}")
+        return cls(level, splits, summed)
 
 
 def open_nodes(splits: LevelSplits, group: int) -> list[int]:
@@ -122,6 +138,13 @@ def open_nodes(splits: LevelSplits, group: int) -> list[int]:
     first = 2 ** (splits.level - 1) - 1
     parents = [node for node in range(first, 2 * first + 1) if (group, node) in splits.splits]
     return [child for parent in parents for child in (2 * parent + 1, 2 * parent + 2)]
+
+
+def summed_nodes(splits: LevelSplits, group: int) -> list[int]:
+    """The heap numbers, ascending, of ``group``'s nodes at ``splits.level`` whose sums the factories send."""
+    if splits.level == 0 or splits.summed is None:
+        return open_nodes(splits, group)
+    return sorted(child for (summed_group, _), child in splits.summed.items() if summed_group == group)
 
 
 def route_rows(bins: np.ndarray, splits: LevelSplits, group: int) -> np.ndarray:
@@ -159,14 +182,14 @@ def gradients(margin: np.ndarray, y: np.ndarray, shape: TreeShape) -> tuple[np.n
 
 def level_histograms(bins: np.ndarray, grad: np.ndarray, hess: np.ndarray, splits: LevelSplits,
                      num_bins: int) -> list[np.ndarray]:
-    """For each group, ``[open nodes, columns, bins, 2]``: the sums of the gradients and hessians of the rows
-    in each open node (`open_nodes`' order) falling in each bin of each column."""
+    """For each group, ``[summed nodes, columns, bins, 2]``: the sums of the gradients and hessians of the rows
+    in each node the server asks for (`summed_nodes`' order) falling in each bin of each column."""
     columns = bins.shape[1]
     out = []
     for group in range(grad.shape[1]):
-        nodes = open_nodes(splits, group)  # ascending, and every row still on a path sits in one of them
+        nodes = summed_nodes(splits, group)  # ascending
         node = route_rows(bins, splits, group)
-        rows = np.flatnonzero(node >= 0)
+        rows = np.flatnonzero(np.isin(node, nodes))
         slot = np.searchsorted(nodes, node[rows])
         index = ((slot[:, None] * columns + np.arange(columns)) * num_bins + bins[rows]).ravel()
         size = len(nodes) * columns * num_bins

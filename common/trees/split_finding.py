@@ -1,8 +1,10 @@
 """The server's part in histogram-aggregated federated boosting (``xgb-histogram``): merge the factories'
 column sketches into shared bin edges, sum their level histograms (`common.trees.histograms`), choose each
 open node's split by XGBoost's gain, and write the finished trees as an XGBoost model that `append_trees`
-adds to the ensemble. The trees are those of XGBoost's ``hist`` method on the pooled rows with these bins:
-the gain and leaf weight below are XGBoost's (``lambda``, ``min_child_weight``, ``max_delta_step``)."""
+adds to the ensemble. Below the root the factories sum one child of each split, the one with fewer rows (by
+hessian); the other's sums are its parent's less its sibling's. The trees are those of XGBoost's ``hist``
+method on the pooled rows with these bins: the gain and leaf weight below are XGBoost's (``lambda``,
+``min_child_weight``, ``max_delta_step``)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedmeta.common.trees.ensemble import MAX_CLASS_LEAF_STEP, TreesRejected, append_trees, tree_free_model
-from fedmeta.common.trees.histograms import LevelSplits, open_nodes, weighted_quantiles
+from fedmeta.common.trees.histograms import LevelSplits, open_nodes, summed_nodes, weighted_quantiles
 from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
 
@@ -52,13 +54,13 @@ def merge_sketches(sketches: Sequence[tuple[np.ndarray, float]], bins: int) -> n
 
 
 def check_histograms(histograms: Sequence[np.ndarray], splits: LevelSplits, shape: TreeShape, bins: int) -> None:
-    """Raise `TreesRejected` unless ``histograms`` are one level's sums of this federation: a ``[open nodes,
+    """Raise `TreesRejected` unless ``histograms`` are one level's sums of this federation: a ``[summed nodes,
     columns, bins, 2]`` finite array per group, hessians at least 0, and every column of a node summing to the
     same totals (each sums the node's rows once)."""
     if len(histograms) != shape.groups:
         raise TreesRejected(f"{len(histograms)} histogram groups; this federation's trees have {shape.groups}")
     for group, histogram in enumerate(histograms):
-        expected = (len(open_nodes(splits, group)), shape.num_feature, bins, 2)
+        expected = (len(summed_nodes(splits, group)), shape.num_feature, bins, 2)
         if histogram.shape != expected:
             raise TreesRejected(f"group {group}'s histogram has shape {histogram.shape}, expected {expected}")
         if not np.isfinite(histogram).all():
@@ -86,13 +88,15 @@ class _Node:
 @dataclass
 class GrowingRound:
     """One boosting round's trees (one per class group) grown level by level: the splits chosen so far (sent to
-    the factories as `LevelSplits`), every node's gradient and hessian sums, and the level to sum next."""
+    the factories as `LevelSplits`), every node's gradient and hessian sums, the last level's histograms (its
+    children's are derived from them), and the level to sum next."""
 
     shape: TreeShape
     settings: TreeSettings
     level: int = 0
     splits: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     nodes: dict[tuple[int, int], _Node] = field(default_factory=dict)
+    histograms: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -101,7 +105,16 @@ class GrowingRound:
         return self.level >= self.settings.depth or not any(open_nodes(level, g) for g in range(self.shape.groups))
 
     def level_splits(self) -> LevelSplits:
-        return LevelSplits(self.level, dict(self.splits))
+        """The splits so far, and the child of each split above this level whose sums the factories send: the
+        one with the smaller hessian sum (fewer rows)."""
+        above = range(2 ** (self.level - 1) - 1, 2**self.level - 1) if self.level else range(0)
+        summed = {}
+        for group, parent in self.splits:
+            if parent in above:
+                left, right = 2 * parent + 1, 2 * parent + 2
+                smaller = self.nodes[group, left].hess <= self.nodes[group, right].hess
+                summed[group, parent] = left if smaller else right
+        return LevelSplits(self.level, dict(self.splits), summed)
 
     def _weight(self, grad: float | np.ndarray, hess: float | np.ndarray) -> float | np.ndarray:
         weight = -grad / (hess + self.settings.reg_lambda)
@@ -115,14 +128,25 @@ class GrowingRound:
         return -(2 * grad * weight + (hess + self.settings.reg_lambda) * weight**2)
 
     def grow(self, histograms: Sequence[np.ndarray]) -> None:
-        """Choose the split of every open node at this level from the summed ``histograms``, then step down."""
+        """Choose the split of every open node at this level from the factories' summed ``histograms`` (of the
+        nodes `level_splits` asked for; each other node is its parent less its sibling), then step down."""
         level = self.level_splits()
+        full: dict[tuple[int, int], np.ndarray] = {}
         for group, histogram in enumerate(histograms):
-            for slot, node in enumerate(open_nodes(level, group)):
+            for slot, node in enumerate(summed_nodes(level, group)):
+                full[group, node] = histogram[slot]
+            for node in open_nodes(level, group):
+                if (group, node) not in full:
+                    sibling = node + 1 if node % 2 else node - 1
+                    derived = self.histograms[group, (node - 1) // 2] - full[group, sibling]
+                    derived[..., 1] = np.maximum(derived[..., 1], 0.0)  # a bin all of whose rows went one way
+                    full[group, node] = derived
+            for node in open_nodes(level, group):
                 if self.level == 0:
-                    grad, hess = histogram[slot, 0].sum(axis=0)
+                    grad, hess = full[group, 0][0].sum(axis=0)
                     self.nodes[group, 0] = _Node(float(grad), float(hess))
-                self._split(group, node, histogram[slot])
+                self._split(group, node, full[group, node])
+        self.histograms = full
         self.level += 1
 
     def _split(self, group: int, node: int, histogram: np.ndarray) -> None:

@@ -29,6 +29,8 @@ from fedmeta.common.trees.histograms import (
     column_sketch,
     gradients,
     level_histograms,
+    open_nodes,
+    summed_nodes,
 )
 from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
@@ -92,6 +94,46 @@ def test_the_trees_do_not_depend_on_how_the_rows_are_split_among_factories() -> 
         for key in ("left_children", "right_children", "split_indices"):
             assert split_tree[key] == pooled_tree[key]
         assert np.allclose(split_tree["split_conditions"], pooled_tree["split_conditions"], rtol=1e-12, atol=0)
+
+
+def test_factories_sum_one_child_of_each_split_and_the_server_derives_its_sibling() -> None:
+    """Below the root a level's replies hold one node per split (the smaller child), half the bytes of every open
+    node; the sibling the server derives (parent less child) is the sibling the factories would have summed."""
+    x, y = _rows("regression", seed=4)
+    shape = TreeShape(4, "regression")
+    grad, hess = gradients(np.zeros((len(x), 1)), y, shape)
+    bins = bin_columns(x, EDGES)
+    asked: list[tuple[int, int, int]] = []  # (level, open nodes, nodes summed)
+
+    def ask(splits: LevelSplits) -> list[tuple[str, list[np.ndarray]]]:
+        reply = level_histograms(bins, grad, hess, splits, BINS)
+        every = level_histograms(bins, grad, hess, LevelSplits(splits.level, splits.splits), BINS)[0]
+        opened = open_nodes(splits, 0)
+        asked.append((splits.level, len(opened), len(reply[0])))
+        if splits.level:
+            sums = dict(zip(summed_nodes(splits, 0), reply[0], strict=True))
+            for (_, parent), child in splits.summed.items():
+                sibling = 4 * parent + 3 - child  # the two children sum to 4 * parent + 3
+                derived = parents[parent] - sums[child]
+                assert np.allclose(derived, every[opened.index(sibling)], rtol=0, atol=1e-9)
+                assert sums[child][0, :, 1].sum() <= derived[0, :, 1].sum()  # the smaller child was asked for
+        parents.clear()
+        parents.update(zip(opened, every, strict=True))
+        return [("f0", reply)]
+
+    parents: dict[int, np.ndarray] = {}
+    grow_round(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, ask, needed=1)
+    assert asked[0] == (0, 1, 1) and all(summed * 2 == opened for level, opened, summed in asked[1:])
+    assert sum(summed for *_, summed in asked) < 0.6 * sum(opened for _, opened, _ in asked)
+
+
+def test_a_summed_child_that_is_not_a_splits_child_is_refused_by_name() -> None:
+    shape = TreeShape(4, "regression")
+    sent = LevelSplits(1, {(0, 0): (0, 5)}, {(0, 0): 1}).to_json()
+    assert LevelSplits.from_json(sent, shape, BINS, max_depth=3).summed == {(0, 0): 1}
+    for summed in ([[0, 0, 3]], [[0, 1, 3]], "left"):
+        with pytest.raises(ValueError, match="summed"):
+            LevelSplits.from_json({**sent, "summed": summed}, shape, BINS, max_depth=3)
 
 
 def test_three_class_histogram_trees_learn_and_pass_the_servers_tree_checks() -> None:
