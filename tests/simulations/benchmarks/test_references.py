@@ -9,12 +9,20 @@ import numpy as np
 import pandas as pd
 from typer.testing import CliRunner
 
-from fedmeta.common.data.datasets import FAILURE_MODES, dataset_dir
+from fedmeta.common.data.datasets import FAILURE_MODES, dataset_dir, read_rul
 from fedmeta.simulations.benchmarks.ai4i_reference import _aurocs
 from fedmeta.simulations.cli import app
 from tests.support.shared_data import needs_dataset
 
 runner = CliRunner()
+RUL_CAP = 125
+
+
+def constant_rmse(subset: str) -> float:
+    """The test RMSE of the best constant prediction (the capped truths' own mean): what a model that learned
+    nothing from the sensors would score at best (FD001 40.1 cycles, FD003 39.2)."""
+    truth = read_rul(subset).clip(upper=RUL_CAP).to_numpy(float)
+    return float(truth.std())
 
 
 @needs_dataset("cmapss")
@@ -27,7 +35,8 @@ def test_one_epoch_reference_is_scored_on_the_test_split_and_written(tmp_path):
     written = json.loads(out.read_text())
     run = written["runs"]["FD001"][0]
     assert run["epochs"] == run["best_epoch"] == 1 and written["recipe"]["max_epochs"] == 1
-    assert math.isfinite(run["rmse"]) and 0 < run["rmse"] < 125 and run["nasa"] > 0
+    # One epoch over FD001's 20,631 training cycles already reads the sensors: 14.7 cycles at seed 0.
+    assert math.isfinite(run["rmse"]) and 0 < run["rmse"] < 0.5 * constant_rmse("FD001") and run["nasa"] > 0
     assert written["mean_rmse"]["FD001"] == run["rmse"]
 
 
@@ -48,9 +57,10 @@ def test_a_transfer_scores_the_network_and_the_tree_trained_on_the_source_on_bot
     assert written["runs"] == {}
     run = written["transfers"]["FD001 -> FD003"][0]
     assert run["network"]["epochs"] == 1
+    # Seed 0: network 14.7 / 23.9, LightGBM 13.4 / 18.9 (FD001 / FD003); the best constants score 40.1 / 39.2.
     for model in ("network", "lightgbm"):
-        for key in ("source_rmse", "rmse"):
-            assert 0 < run[model][key] < 125, (model, key)
+        assert 0 < run[model]["source_rmse"] < 0.5 * constant_rmse("FD001"), model
+        assert 0 < run[model]["rmse"] < 0.75 * constant_rmse("FD003"), model
     # The two test splits really differ: FD003 holds a fault mode FD001 never shows.
     assert run["lightgbm"]["rmse"] != run["lightgbm"]["source_rmse"]
 
