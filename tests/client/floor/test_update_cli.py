@@ -12,7 +12,7 @@ from fedmeta.client.floor.update import ModelStore
 from fedmeta.common import build_model
 from fedmeta.common.meta.models import ModelConfig
 from fedmeta.common.package.model_package import AdaptationPlan, Manifest, PackageSchema, load_package, save_package
-from tests.support.cli import run_fedmeta
+from tests.support.cli import predicted_rmse, run_fedmeta
 
 FEATURES = [f"x{i}" for i in range(6)]
 GAIN = np.array([1.0, -2.0, 0.5, 0.0, 1.5, -1.0])
@@ -90,14 +90,6 @@ def test_every_version_is_kept_and_a_rollback_restores_one(store, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
-def _rmse_on(version_dir, table, out) -> float:
-    """The kept version's production RMSE on ``table``, through `fedmeta predict` as the floor scores it."""
-    code, output = run_fedmeta("predict", "--model", str(version_dir), "--data", str(table), "--out", str(out))
-    assert code == 0, output
-    scored = pd.read_csv(out)
-    return float(np.sqrt(np.mean((scored["predicted_quality"] - scored["quality"]) ** 2)))
-
-
 def test_an_update_on_the_shifted_process_moves_the_weights_and_lowers_its_error(store, tmp_path):
     """After the process shifts by DRIFT, 100 of its new rows make a version that predicts its later rows far
     better than the version adapted before the shift (measured: RMSE 2.02 before, 0.21 after)."""
@@ -105,10 +97,10 @@ def test_an_update_on_the_shifted_process_moves_the_weights_and_lowers_its_error
     models = ModelStore(path)
     _write_rows(tmp_path / "shifted.csv", generator, 100, DRIFT)
     _write_rows(tmp_path / "later.csv", generator, 400, DRIFT)
-    before = _rmse_on(models.version_dir(1), tmp_path / "later.csv", tmp_path / "before.csv")
+    before = predicted_rmse(models.version_dir(1), tmp_path / "later.csv", tmp_path / "before.csv")
     code, output = run_fedmeta("update", "--store", str(path), "--data", str(tmp_path / "shifted.csv"))
     assert code == 0 and models.current() == 2, output
-    after = _rmse_on(models.version_dir(2), tmp_path / "later.csv", tmp_path / "after.csv")
+    after = predicted_rmse(models.version_dir(2), tmp_path / "later.csv", tmp_path / "after.csv")
     old, new = (load_package(models.version_dir(v)).weights for v in (1, 2))
     assert any(not torch.equal(old[name], new[name]) for name in old)
     assert before > 1.5 and after < 0.5 * before, (before, after)
