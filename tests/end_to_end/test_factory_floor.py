@@ -90,10 +90,26 @@ def test_the_update_kept_both_versions_and_the_rollback_restored_the_first(floor
     assert int((store / "CURRENT").read_text()) == 1
 
 
-def test_the_recommended_settings_stay_within_the_bounds(floor):
+def test_the_recommended_settings_stay_within_the_bounds_and_beat_every_point_of_a_grid_over_them(floor):
+    """The best recommendation is inside the bounds, and the kept model, scored by `fedmeta predict`, predicts
+    no point of a 21 x 21 grid over the controllable ranges (the others at their fixed values) better than it:
+    the search found the model's optimum, not merely a setting in range (the midpoint would fail)."""
     bounds = json.loads((floor / "bounds.json").read_text())
     settings = json.loads((floor / "settings.json").read_text())
     best = settings[0]["settings"]
-    assert set(best) == set(bounds["controllable"])
+    assert set(best) == set(bounds["controllable"]) and bounds["goal"] == "maximize"
     for name, (low, high) in bounds["controllable"].items():
         assert low <= best[name] <= high
+    axes = {name: np.linspace(low, high, 21) for name, (low, high) in bounds["controllable"].items()}
+    grid = pd.DataFrame(dict(zip(axes, (values.ravel() for values in np.meshgrid(*axes.values())), strict=True)))
+    candidates = pd.concat([grid, pd.DataFrame([best])], ignore_index=True)
+    for name, value in bounds["fixed"].items():
+        candidates[name] = value
+    candidates[list(FEATURES)].to_csv(floor / "grid.csv", index=False)
+    code, output = run_fedmeta("predict", "--model", str(floor / "line-7-model"), "--data", str(floor / "grid.csv"),
+                               "--out", str(floor / "grid-scored.csv"))
+    assert code == 0, output
+    predicted = pd.read_csv(floor / "grid-scored.csv")["predicted_quality"].to_numpy()
+    spread = predicted.max() - predicted.min()
+    assert predicted[-1] >= predicted[:-1].max() - 1e-3 * spread, (predicted[-1], predicted[:-1].max(), spread)
+    assert predicted[-1] == pytest.approx(settings[0]["predicted"], rel=1e-4, abs=1e-6)
