@@ -80,3 +80,17 @@ def test_after_step_sees_the_parameters_of_every_step_count():
     for steps in (1, 3, STEPS):
         _, _, _, _, fast, _ = _adapt(steps)
         torch.testing.assert_close(seen[steps], fast["head.weight"].detach())
+
+
+def test_the_safeguard_on_a_parabola_worked_by_hand():
+    """Loss w^2 (one row x = 1, y = 0; gradient 2w) from w = 1 at step size 1.5, worked without the reference
+    (which shares the rule it checks): step 1 would land on -2 (loss 4 > 1), so it is taken back and the size
+    halves to 0.75; step 2 lands on 1 - 0.75 * 2 = -0.5 (loss 0.25); step 3 on -0.5 + 0.75 = 0.25."""
+    model = LinearModel(1)
+    params = {"head.weight": torch.ones(1, 1, dtype=torch.float64, requires_grad=True)}
+    x, y = torch.ones(1, 1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    seen = {}
+    adapt(model, expand_for_tasks(params, params.keys(), 1), x, y, kind="regression", steps=3, lr=1.5,
+          adapt_names=params.keys(), create_graph=False,
+          after_step=lambda n, fast: seen.update({n: float(fast["head.weight"].detach().reshape(-1)[0])}))
+    assert seen == {1: 1.0, 2: -0.5, 3: 0.25}
