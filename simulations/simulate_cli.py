@@ -61,6 +61,7 @@ FLAG_SETTINGS = {
     "dp_clip_norm": "dp-clip-norm",
     "secure_aggregation": "secure-aggregation",
     "eval_shots": "eval-shots",
+    "eval_tasks": "eval-tasks",
     "inject_faults": "inject-faults",
     "seed": "seed",
     "resume": "resume",
@@ -170,6 +171,7 @@ def simulate(
     secure_aggregation: Annotated[bool, typer.Option(help=_help("secure-aggregation"))] = _default(
         "secure-aggregation"),
     eval_shots: Annotated[str, typer.Option(help=_help("eval-shots"))] = _default("eval-shots"),
+    eval_tasks: Annotated[int, typer.Option(min=1, help=_help("eval-tasks"))] = _default("eval-tasks"),
     inject_faults: Annotated[str, typer.Option(help=_help("inject-faults"))] = _default("inject-faults"),
     baseline: Annotated[bool, typer.Option(help="Also train FedAvg in the same run for comparison.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the factories, the model and sampling.")] = _default("seed"),

@@ -47,7 +47,8 @@ def test_resume_without_output_folder_is_refused():
 
 def test_small_fault_diagnosis_simulation_prints_the_comparison_table_and_packages_the_model(tmp_path):
     args = ["simulate", "--family", "fault", "--factories", "3", "--held-out", "1", "--rounds", "2",
-            "--local-steps", "1", "--eval-shots", "5", "--output", str(tmp_path), "--device", "cpu"]
+            "--local-steps", "1", "--eval-shots", "5", "--eval-tasks", "3", "--output", str(tmp_path),
+            "--device", "cpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     for expected in ("round   2/2", "fedavg + fine-tune", "local only", "accuracy", "no adaptation", "K=5"):
