@@ -241,6 +241,10 @@ class WarmWorkerSupervisor:
 
     STEADY_S = 30.0
     FIRST_PAUSE_S = 0.5
+    # A worker that ends with the whole factory (its process group signalled by Ctrl-C or a service stop) may end a
+    # moment before `fedmeta client` begins to stop (`stop_restarting`): this long a wait tells the two apart, so
+    # a stop is not reported as a crash with a new worker started.
+    STOP_GRACE_S = 1.0
 
     def __init__(self, plan: FactoryPlan, env: dict[str, str], report: Report) -> None:
         self.plan, self.env, self.report = plan, env, report
@@ -253,8 +257,12 @@ class WarmWorkerSupervisor:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop_restarting(self) -> None:
+        """From now on a worker that ends is the factory stopping, not a crash: no new one starts."""
         self._stopping.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_restarting()
         with self._lock:
             worker = self._worker
         if worker is not None:
@@ -274,7 +282,7 @@ class WarmWorkerSupervisor:
         while (worker := self._start()) is not None:
             started = time.monotonic()
             code = worker.wait()
-            if self._stopping.is_set():
+            if self._stopping.wait(self.STOP_GRACE_S):
                 return
             reason = f"the warm ClientApp worker stopped (exit code {code}) while working on this message"
             try:
@@ -381,12 +389,15 @@ def run_factory(plan: FactoryPlan, report: Report) -> None:
     plan.state.mkdir(parents=True, exist_ok=True)
     events = _Events()
     with ExitStack() as processes, plan.log.open("a", encoding="utf-8") as log:
+        supervisor = None
         if plan.isolation == "process" and plan.tuned_supernode:
-            processes.enter_context(WarmWorkerSupervisor(plan, env, report))
+            supervisor = processes.enter_context(WarmWorkerSupervisor(plan, env, report))
         elif plan.isolation == "process":
             superexec = ChildProcess("SuperExec", superexec_command(plan), log=plan.state / "superexec.log", env=env)
             processes.enter_context(superexec)
         node = processes.enter_context(ChildProcess("SuperNode", supernode_command(plan), env=env))
+        if supervisor is not None:  # the first thing a stop does, before the SuperNode's own shutdown
+            processes.callback(supervisor.stop_restarting)
         for line in node.lines():
             log.write(f"{datetime.now().isoformat(timespec='milliseconds')} {line}\n")  # Flower's lines have no time
             log.flush()
