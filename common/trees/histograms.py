@@ -33,6 +33,7 @@ __all__ = [
     "column_sketch",
     "gradients",
     "level_histograms",
+    "level_nodes",
     "open_nodes",
     "route_rows",
     "summed_nodes",
@@ -124,19 +125,23 @@ class LevelSplits:
             if not (0 <= group < shape.groups and 0 <= node < 2**level - 1 and 0 <= column < shape.num_feature
                     and 1 <= bin_ < bins):
                 raise ValueError(f"split {(group, node, column, bin_)} outside this federation's trees")
-        above = range(2 ** (level - 1) - 1, 2**level - 1) if level else range(0)  # the nodes of the level above
+        above = level_nodes(level - 1) if level else range(0)
         for (group, parent), child in (summed or {}).items():
             if parent not in above or (group, parent) not in splits or child not in (2 * parent + 1, 2 * parent + 2):
                 raise ValueError(f"summed child {(group, parent, child)} is not a child of a split above level {level}")
         return cls(level, splits, summed)
 
 
+def level_nodes(level: int) -> range:
+    """The heap numbers of a tree's nodes at depth ``level`` (the root's is 0)."""
+    return range(2**level - 1, 2 ** (level + 1) - 1)
+
+
 def open_nodes(splits: LevelSplits, group: int) -> list[int]:
     """The heap numbers of ``group``'s nodes at ``splits.level`` whose parent split (the root at level 0)."""
     if splits.level == 0:
         return [0]
-    first = 2 ** (splits.level - 1) - 1
-    parents = [node for node in range(first, 2 * first + 1) if (group, node) in splits.splits]
+    parents = [node for node in level_nodes(splits.level - 1) if (group, node) in splits.splits]
     return [child for parent in parents for child in (2 * parent + 1, 2 * parent + 2)]
 
 

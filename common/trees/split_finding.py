@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedmeta.common.trees.ensemble import MAX_CLASS_LEAF_STEP, TreesRejected, append_trees, tree_free_model
-from fedmeta.common.trees.histograms import LevelSplits, open_nodes, summed_nodes, weighted_quantiles
+from fedmeta.common.trees.histograms import LevelSplits, level_nodes, open_nodes, summed_nodes, weighted_quantiles
 from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
 
@@ -107,7 +107,7 @@ class GrowingRound:
     def level_splits(self) -> LevelSplits:
         """The splits so far, and the child of each split above this level whose sums the factories send: the
         one with the smaller hessian sum (fewer rows)."""
-        above = range(2 ** (self.level - 1) - 1, 2**self.level - 1) if self.level else range(0)
+        above = level_nodes(self.level - 1) if self.level else range(0)
         summed = {}
         for group, parent in self.splits:
             if parent in above:
@@ -127,10 +127,10 @@ class GrowingRound:
         weight = self._weight(grad, hess)
         return -(2 * grad * weight + (hess + self.settings.reg_lambda) * weight**2)
 
-    def grow(self, histograms: Sequence[np.ndarray]) -> None:
+    def grow(self, level: LevelSplits, histograms: Sequence[np.ndarray]) -> None:
         """Choose the split of every open node at this level from the factories' summed ``histograms`` (of the
-        nodes `level_splits` asked for; each other node is its parent less its sibling), then step down."""
-        level = self.level_splits()
+        nodes ``level``, this level's `level_splits`, asked for; each other node is its parent less its sibling),
+        then step down."""
         full: dict[tuple[int, int], np.ndarray] = {}
         for group, histogram in enumerate(histograms):
             for slot, node in enumerate(summed_nodes(level, group)):
@@ -241,5 +241,5 @@ def grow_round(ensemble: bytes, edges: np.ndarray, shape: TreeShape, settings: T
                         len(accepted), grown.level, needed)
             return ensemble, {"replies": float(len(accepted)), "rejected": float(rejected), "model-unchanged": 1.0}
         replies = min(replies, len(accepted))
-        grown.grow(sum_histograms(accepted))
+        grown.grow(splits, sum_histograms(accepted))
     return append_trees(ensemble, round_model(grown, edges)), {"replies": float(replies), "rejected": float(rejected)}
