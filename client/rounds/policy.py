@@ -71,7 +71,7 @@ class FactoryPolicy:
             value = getattr(self, key)
             if value is None:
                 continue
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"policy {key!r} must be a list of names, got {value!r}")
             unknown = [v for v in value if v not in allowed]
             if unknown:
@@ -131,11 +131,16 @@ class FactoryPolicy:
 
 def load_policy(path: str) -> FactoryPolicy:
     """The policy file at ``path``, read each round (a factory may tighten it during a run); a ``ValueError``
-    names a missing file, bad JSON or an unknown key."""
+    names a missing or unreadable file, bad JSON or an unknown key."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # -sig: as Windows editors save it, or not
     except FileNotFoundError:
         raise ValueError(f"policy file {path!r} not found") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"policy file {path!r} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at "
+                         f"offset {error.start})") from None
+    except OSError as error:  # a folder, no permission
+        raise ValueError(f"policy file {path!r} cannot be read: {error.strerror or error}") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"policy file {path!r} is not valid JSON: {error.msg} (line {error.lineno})") from None
     if not isinstance(data, dict):

@@ -112,6 +112,7 @@ def test_a_factory_trains_in_at_most_max_rounds():
     ('{"max_epsilon": 4, "algoritms": ["maml"]}', "unknown key 'algoritms' \\(did you mean 'algorithms'\\?\\)"),
     ('{"max_epsilon": -1}', "'max_epsilon' must be a number > 0"),
     ('{"compression": "int8"}', "'compression' must be a list of names"),
+    ('{"algorithms": true}', "'algorithms' must be a list of names, got True"),  # found by tests/fuzz
     ('{"algorithms": ["maml", "sgd"]}', r"'algorithms' names \['sgd'\]"),
     ('{"max_rounds": 0}', "'max_rounds' must be a whole number >= 1"),
     ('{"app_version": 1}', "'app_version' must be a version such as"),
@@ -125,6 +126,17 @@ def test_a_bad_policy_file_is_refused_by_name(tmp_path, content, problem):
         load_policy(str(path))
     with pytest.raises(ValueError, match="not found"):
         load_policy(str(tmp_path / "absent.json"))
+
+
+def test_a_policy_file_that_is_not_utf8_is_refused_by_name_and_one_with_a_byte_order_mark_is_read(tmp_path):
+    """Found by tests/fuzz: a byte of no UTF-8 text was a bare UnicodeDecodeError that named no file."""
+    path = tmp_path / "policy.json"
+    path.write_bytes(b"\x80")
+    with pytest.raises(ValueError, match=re.escape(f"policy file {str(path)!r} is not UTF-8 text (byte 0x80 at "
+                                                   "offset 0)")):
+        load_policy(str(path))
+    path.write_bytes('{"max_rounds": 3}'.encode("utf-8-sig"))
+    assert load_policy(str(path)).max_rounds == 3
 
 
 def test_a_factory_requiring_secure_aggregation_joins_a_secure_round():

@@ -1,0 +1,129 @@
+"""What the fuzz tests share: their settings (2,000 examples each, the same ones every run) and the strategies
+that build hostile inputs: JSON values of every kind, valid documents with one part changed, and text in the
+encodings a factory's files arrive in, or damaged bytes."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+__all__ = ["EXAMPLES", "FUZZ", "HOSTILE", "changed_document", "encoded", "json_bytes", "json_values",
+           "names_the_problem"]
+
+EXAMPLES = 2000
+# derandomize: the examples follow from the test's name, so CI runs the same ones every time (no database:
+# nothing of an earlier run changes the next). Reading files and building tensors is slower than hypothesis
+# expects of an example; each test bounds its inputs' size instead.
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+
+# Values that break parsers and arithmetic: huge and tiny numbers, signed zeros, NaN and the infinities, integers
+# past every machine type, empty and odd text, empty and nested containers. Drawn from a list, which is far cheaper
+# per example than building values; `json_values` builds the rest.
+HOSTILE: tuple[Any, ...] = (
+    None, True, False, 0, 1, -1, 2, 2**31, 2**63, -(2**63) - 1, 10**400, 0.5, -0.0, 1e308, -1e308, 5e-324, 3.5e38,
+    math.nan, math.inf, -math.inf, "", " ", "x", "0", "1.5", "NaN", "none", "\x00", "\u00e9\u4e2d", "a" * 300,
+    [], {}, [None], [1, 2], ["x"], [[]], [1.5, "x"], {"": None}, {"x": [1]},
+)
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+
+
+def json_values(max_leaves: int = 6) -> st.SearchStrategy[Any]:
+    """Any value `json.loads` can return (NaN and the infinities included), nested a few levels."""
+    return st.sampled_from(HOSTILE) | st.recursive(
+        _SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+        max_leaves=max_leaves)
+
+
+def _places(document: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in ``document`` (keys of objects, positions of lists), parents before children."""
+    children = document.items() if isinstance(document, Mapping) else enumerate(document) \
+        if isinstance(document, list) else ()
+    places = []
+    for key, value in children:
+        places.append((*prefix, key))
+        places.extend(_places(value, (*prefix, key)))
+    return places
+
+
+def _changed(document: Any, path: tuple[Any, ...], value: Any) -> Any:
+    """A copy of ``document`` with the value at ``path`` replaced by ``value``, or removed where ``value`` is
+    `_REMOVED`; ``document`` itself where an earlier change took the place away."""
+    key, rest = path[0], path[1:]
+    if isinstance(document, Mapping) and key in document:
+        copy: Any = dict(document)
+    elif isinstance(document, list) and isinstance(key, int) and key < len(document):
+        copy = list(document)
+    else:
+        return document
+    if rest:
+        copy[key] = _changed(copy[key], rest, value)
+    elif value is _REMOVED:
+        del copy[key]
+    else:
+        copy[key] = value
+    return copy
+
+
+_REMOVED = object()
+
+
+def changed_document(valid: Mapping[str, Any], keys: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[Any]:
+    """``valid`` with up to three changes: a value anywhere replaced by a hostile or any JSON value, a key or list
+    item removed, an unknown (or known, ``keys``) key added; now and then any JSON value in its place. Near-valid
+    documents reach the deeper checks that a random document never passes."""
+    places = _places(valid)
+    added = st.text(max_size=8) if keys is None else keys
+    change = st.one_of(
+        st.tuples(st.sampled_from(places), st.sampled_from(HOSTILE)),
+        st.tuples(st.sampled_from(places), json_values()),
+        st.tuples(st.sampled_from(places), st.just(_REMOVED)),
+        st.tuples(st.tuples(added), json_values()),
+    )
+
+    def apply(changes: list[tuple[tuple[Any, ...], Any]]) -> Any:
+        document = valid
+        for path, value in changes:
+            if len(path) == 1 and path[0] not in document and value is not _REMOVED:
+                document = {**document, path[0]: value}  # a key added
+            else:
+                document = _changed(document, path, value)
+        return json.loads(json.dumps(document))  # tuples to lists, as a file read back holds them
+
+    return st.one_of(st.lists(change, max_size=3).map(apply), json_values())
+
+
+_ENCODINGS = ("utf-8", "utf-8", "utf-8", "utf-8-sig", "utf-16", "latin-1", "cp1252")
+
+
+@st.composite
+def encoded(draw: st.DrawFn, texts: st.SearchStrategy[str]) -> bytes:
+    """One of ``texts`` as a file may hold it: UTF-8 with or without a byte-order mark, UTF-16, Latin-1 or
+    Windows-1252 (where they can spell it), then perhaps damaged: cut short, or bytes of no encoding put in."""
+    data = draw(texts).encode(draw(st.sampled_from(_ENCODINGS)), errors="replace")
+    damage = draw(st.sampled_from(["none", "none", "none", "cut", "insert"]))
+    if damage == "cut":
+        return data[: draw(st.integers(0, len(data)))]
+    if damage == "insert":
+        at = draw(st.integers(0, len(data)))
+        return data[:at] + draw(st.binary(min_size=1, max_size=4)) + data[at:]
+    return data
+
+
+def json_bytes(documents: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
+    """A JSON file's bytes holding one of ``documents`` (NaN written as JSON's extension ``NaN``), encoded and
+    perhaps damaged by `encoded`; sometimes any bytes at all."""
+    return encoded(documents.map(lambda document: json.dumps(document, indent=1))) | st.binary(max_size=40)
+
+
+def names_the_problem(error: BaseException, *words: str) -> None:
+    """Assert the refusal says something: a message of some length holding each of ``words``."""
+    message = str(error)
+    assert len(message) > 15, f"{type(error).__name__} with too short a message: {message!r}"
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
