@@ -88,9 +88,15 @@ def check_numeric(
         non_numeric=int(non_numeric.sum()),
         min=float(finite.min()) if finite.size else None,
         max=float(finite.max()) if finite.size else None,
-        mean=float(finite.mean()) if finite.size else None,
+        mean=_mean(finite) if finite.size else None,
     )
     return values, stats
+
+
+def _mean(finite: np.ndarray) -> float:
+    """The mean of finite values, without the overflow of their sum near float64's largest (1e308 twice)."""
+    largest = float(np.abs(finite).max())
+    return float(np.mean(finite / largest)) * largest if largest > 0 else 0.0
 
 
 def _labels(column: pd.Series) -> tuple[pd.Series, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import warnings
 
 import pytest
 import torch
@@ -215,6 +216,16 @@ def test_nan_and_inf_are_counted_per_column(tmp_path):
     assert "target column 'quality' has 1 missing value" in message
     stats = validate_table(path, REGRESSION).column_stats["temp"]
     assert (stats.missing, stats.min, stats.max, stats.mean) == (2, 3.0, 4.0, 3.5)
+
+
+def test_a_column_near_the_largest_float_is_out_of_range_with_a_finite_mean(tmp_path):
+    """Found by tests/fuzz: two cells of 1e308 summed past float64 (a numpy overflow warning, a mean of inf)."""
+    path = write(tmp_path, "temp,pressure,quality\n1e308,1,0.1\n1e308,2,0.2\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = validate_table(path, REGRESSION)
+    assert report.column_stats["temp"].mean == 1e308
+    assert [p.kind for p in report.problems] == ["out_of_range"]
 
 
 def test_too_few_rows_for_the_minimum_or_for_k_shots(tmp_path):

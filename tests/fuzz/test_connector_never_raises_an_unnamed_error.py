@@ -1,0 +1,83 @@
+"""A factory's CSV table, however it is written (any encoding, byte-order mark or bytes of none, any delimiter and
+line ending, stray quotes, huge and tiny numbers, NaN and the infinities, empty, repeated and missing columns,
+rows too short or too long), is loaded into finite `FactoryData` of the schema's shape or refused with a
+`DataValidationError` listing every problem: no pandas, csv or encoding error reaches the factory."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fedmeta.common.data.connector import DataSchema, DataValidationError, load_factory_table
+from tests.fuzz.strategies import FUZZ, encoded, names_the_problem
+
+SCHEMAS = (
+    DataSchema(("a", "b"), "y", "regression"),
+    DataSchema(("a", "b"), "y", "regression", delimiter=";", decimal=","),
+    DataSchema(("a",), "y", "classification", id_column="id", extra_columns="error"),
+    DataSchema(("a", "b"), "y", "classification", classes=("0", "1", "x"), time_column="id", delimiter="\t"),
+)
+# Header names besides the schema's columns: another case, spaces around, empty, one no schema names, Excel's hint.
+ODD_NAMES = st.sampled_from(["A", " b ", "", "extra", "sep=;", "y"])
+NUMBERS = st.one_of(
+    st.sampled_from(["1", "-2.5", "0", "1e308", "1e309", "-1e400", "5e-324", "3.5e38", "-0", "nan", "NaN", "-inf",
+                     "inf", "", " ", "n/a", "1,5", "1.5.3", "0x10", "1_000", "\u0661\u0662", "2024-01-05"]),
+    st.floats().map(repr),
+    st.integers(-(10**30), 10**30).map(str),
+)
+ODD_CELLS = st.one_of(
+    st.sampled_from(["abc", '"1"', '"a,b"', '"', 'x"y', '"\n"', "2024-01-05T14:30:00Z", "\x00", "\ufeff", "x", "1;2",
+                     "\t", "0", "1"]),
+    st.text(max_size=4),
+)
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> tuple[str, DataSchema]:
+    """A table's text and its schema: the schema's columns in any order, some repeated, left out or added, and
+    up to 8 rows, most of them as wide as the header, of numbers in the schema's decimal mark or odd cells, joined
+    by the schema's delimiter or, now and then, another."""
+    schema = draw(st.sampled_from(SCHEMAS))
+    header = draw(st.permutations(schema.columns))
+    for _ in range(draw(st.integers(0, 2))):
+        change = draw(st.sampled_from(["repeat", "drop", "add"]))
+        if change == "add" or not header:
+            header.insert(draw(st.integers(0, len(header))), draw(ODD_NAMES))
+        elif change == "repeat":
+            header.append(draw(st.sampled_from(header)))
+        else:
+            header.pop(draw(st.integers(0, len(header) - 1)))
+    numbers = NUMBERS.map(lambda text: text.replace(".", schema.decimal))
+    cells = st.one_of(numbers, numbers, numbers, ODD_CELLS)
+    widths = st.sampled_from([len(header)] * 6 + [max(0, len(header) - 1), len(header) + 1])
+    rows = draw(st.lists(widths.flatmap(lambda n: st.lists(cells, min_size=n, max_size=n)), max_size=8))
+    delimiter = draw(st.sampled_from([schema.delimiter] * 7 + [",", ";", "\t", "|"]))
+    end = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    return "".join(delimiter.join(line) + end for line in [header, *rows]), schema
+
+
+_FOLDER = tempfile.TemporaryDirectory(prefix="fuzz-connector-")
+PATH = Path(_FOLDER.name) / "plant.csv"
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy's overflow and invalid-value warnings: wrong numbers
+@FUZZ
+@given(st.data())
+def test_a_table_is_loaded_or_refused_with_every_problem_named(data: st.DataObject) -> None:
+    text, schema = data.draw(tables())
+    PATH.write_bytes(data.draw(encoded(st.just(text))))
+    try:
+        loaded = load_factory_table(PATH, schema)
+    except DataValidationError as error:
+        assert type(error) is DataValidationError and error.problems
+        names_the_problem(error, f"factory data {str(PATH)!r}", *(problem.message for problem in error.problems))
+    else:
+        assert loaded.x.shape == (len(loaded.y), len(schema.features)) and len(loaded.y) >= 1
+        assert bool(torch.isfinite(loaded.x).all())
+        if schema.task == "regression":
+            assert bool(torch.isfinite(loaded.y).all())
