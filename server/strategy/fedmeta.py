@@ -333,9 +333,9 @@ class FedMetaStrategy(FactorySeats):
 
     def check_delta(self, delta: Mapping[str, Tensor], metrics: Mapping[str, float]) -> None:
         """Raise `DeltaRejected` unless the delta fits the global model and the weight is positive."""
-        weight = float(metrics.get(protocol.NUM_EXAMPLES, math.nan))
+        claimed = metrics.get(protocol.NUM_EXAMPLES)
+        weight = float(claimed) if isinstance(claimed, int | float) and not isinstance(claimed, bool) else math.nan
         if not (math.isfinite(weight) and weight > 0):
-            claimed = metrics.get(protocol.NUM_EXAMPLES)
             raise DeltaRejected(f"{protocol.NUM_EXAMPLES} must be a positive number, got {claimed!r}")
         validate_delta(delta, self.optimizer.params, max_norm=self.sampling.max_delta_norm)
 

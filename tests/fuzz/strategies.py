@@ -9,11 +9,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-__all__ = ["EXAMPLES", "FUZZ", "HOSTILE", "changed_document", "encoded", "json_bytes", "json_values",
-           "names_the_problem"]
+from fedmeta.common.federation.compression import COMPRESSIONS, Compression, encode_delta
+
+__all__ = ["EXAMPLES", "FUZZ", "HOSTILE", "REFERENCE", "WIRE_DTYPES", "changed_document", "compressed_deltas",
+           "damaged_arrays", "encoded", "json_bytes", "json_values", "names_the_problem", "wire_arrays"]
 
 EXAMPLES = 2000
 # derandomize: the examples follow from the test's name, so CI runs the same ones every time (no database:
@@ -127,3 +131,79 @@ def names_the_problem(error: BaseException, *words: str) -> None:
     assert len(message) > 15, f"{type(error).__name__} with too short a message: {message!r}"
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"
+
+
+# --------------------------------------------------------------------------- arrays on the wire
+
+# Every dtype a message's array may arrive in, whatever the sender was asked for.
+WIRE_DTYPES = tuple(np.dtype(name) for name in ("float32", "float16", "float64", "int8", "int32", "int64", "uint8",
+                                                "bool"))
+
+
+@st.composite
+def wire_arrays(draw: st.DrawFn, max_values: int = 24) -> np.ndarray:
+    """An array of any wire dtype, any bit pattern (NaN, the infinities, subnormals), 1-D or 2-D or a scalar."""
+    dtype = draw(st.sampled_from(WIRE_DTYPES))
+    raw = draw(st.binary(max_size=max_values * dtype.itemsize))
+    values = np.frombuffer(raw[: len(raw) - len(raw) % dtype.itemsize], dtype=np.uint8 if dtype.kind == "b" else dtype)
+    values = values != 0 if dtype.kind == "b" else values.copy()
+    shape = draw(st.sampled_from(["flat", "flat", "flat", "rows", "scalar"]))
+    if shape == "rows" and len(values) % 2 == 0:
+        return values.reshape(2, -1)
+    return values[:1].reshape(()) if shape == "scalar" and len(values) else values
+
+
+@st.composite
+def damaged_arrays(draw: st.DrawFn, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` (a valid message's) with up to three changes: an array's bytes overwritten, cut short or
+    lengthened, its dtype converted, or an array left out, added or replaced by any `wire_arrays`."""
+    damaged = {name: array.copy() for name, array in arrays.items()}
+    for _ in range(draw(st.integers(0, 3))):
+        change = draw(st.sampled_from(["bytes", "bytes", "cut", "extend", "dtype", "drop", "add", "replace"]))
+        if change == "add" or not damaged:
+            damaged[draw(st.sampled_from([*arrays, "extra"]))] = draw(wire_arrays())
+            continue
+        name = draw(st.sampled_from(sorted(damaged)))
+        array = damaged[name]
+        if change == "bytes" and array.size:
+            raw = bytearray(array.tobytes())
+            at = draw(st.integers(0, len(raw) - 1))
+            patch = draw(st.binary(min_size=1, max_size=4))[: len(raw) - at]
+            raw[at:at + len(patch)] = patch
+            damaged[name] = np.frombuffer(bytes(raw), dtype=array.dtype).reshape(array.shape).copy()
+        elif change == "cut":
+            damaged[name] = array.reshape(-1)[: draw(st.integers(0, array.size))]
+        elif change == "extend":
+            damaged[name] = np.concatenate([array.reshape(-1), array.reshape(-1)[: draw(st.integers(1, 3))]])
+        elif change == "dtype":
+            with np.errstate(all="ignore"):
+                damaged[name] = array.astype(draw(st.sampled_from(WIRE_DTYPES)))
+        elif change == "drop":
+            del damaged[name]
+        else:
+            damaged[name] = draw(wire_arrays())
+    return damaged
+
+
+# The global parameters a delta must fit: a matrix, a vector and a scalar.
+REFERENCE = {"body.weight": torch.zeros(2, 3), "body.bias": torch.zeros(3), "scale": torch.zeros(())}
+CODECS = st.builds(Compression, st.sampled_from(COMPRESSIONS), st.sampled_from([0.01, 0.3, 1.0]))
+@st.composite
+def _float32s(draw: st.DrawFn, count: int) -> np.ndarray:
+    """``count`` float32 values: mostly small (eighths of -16..16), now and then any bits (NaN, the infinities,
+    huge and subnormal values). From bytes: one draw, not one per value."""
+    if draw(st.integers(0, 3)) == 0:
+        return np.frombuffer(draw(st.binary(min_size=4 * count, max_size=4 * count)), dtype=np.float32).copy()
+    return np.frombuffer(draw(st.binary(min_size=count, max_size=count)), dtype=np.int8).astype(np.float32) / 8
+
+
+@st.composite
+def compressed_deltas(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], Compression]:
+    """The arrays of a delta of `REFERENCE` a factory encoded with the round's compression, damaged or not, and
+    that compression."""
+    codec = draw(CODECS)
+    values = torch.from_numpy(draw(_float32s(sum(t.numel() for t in REFERENCE.values()))))
+    pieces = values.split([t.numel() for t in REFERENCE.values()])
+    delta = {name: piece.reshape(t.shape) for (name, t), piece in zip(REFERENCE.items(), pieces, strict=True)}
+    encoded, _ = encode_delta(delta, codec)
+    return draw(damaged_arrays({name: array.numpy() for name, array in encoded.items()})), codec

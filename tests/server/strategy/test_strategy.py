@@ -69,6 +69,14 @@ def test_bad_deltas_and_failed_factories_are_left_out_and_the_round_goes_on():
     assert metrics["rejected"] == 4 and metrics["replies"] == 2
 
 
+def test_a_weight_that_is_not_a_number_is_left_out_by_name(caplog):
+    """Found by tests/fuzz: a list as num-examples was left out as "float() argument must be ... not 'list'"."""
+    strategy = _strategy(min_train_nodes=1)
+    arrays, metrics = strategy.aggregate_train(1, [_delta_reply(1, 1.0, examples=[1, 2]), _delta_reply(2, 1.0)])
+    assert metrics["rejected"] == 1 and arrays is not None
+    assert "factory-1 from node 1 left out: num-examples must be a positive number, got [1, 2]" in caplog.text
+
+
 def test_a_selecting_rule_names_the_factories_it_left_out(caplog):
     strategy = _strategy()
     strategy.sampling = dataclasses.replace(strategy.sampling, aggregation=AggregationRule("multi-krum", malicious=1))
