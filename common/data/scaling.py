@@ -75,7 +75,12 @@ class FeatureScaling:
         mean, std = data.get("mean"), data.get("std")
         if not isinstance(mean, Sequence) or not isinstance(std, Sequence) or not isinstance(data.get("rows"), int):
             raise ValueError("scaling needs lists 'mean' and 'std' and an integer 'rows'")
-        return cls(torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64), int(data["rows"]))
+        try:
+            mean, std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+        except (TypeError, ValueError, OverflowError):  # text, null, ragged lists, integers past float64
+            raise ValueError(f"scaling's 'mean' and 'std' must be lists of numbers, got {mean!r:.100} and "
+                             f"{std!r:.100}") from None
+        return cls(mean, std, int(data["rows"]))
 
 
 @dataclass(frozen=True)

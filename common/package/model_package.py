@@ -158,6 +158,29 @@ class AdaptationPlan:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_mapping_of(value: object, check: Callable[[object], bool]) -> bool:
+    return isinstance(value, Mapping) and all(check(v) for v in value.values())
+
+
+# What a manifest's fields hold, as JSON gives them, before the parts are parsed: how to check one, and what to
+# call it in an error.
+_PLAIN_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    **{key: (lambda v: isinstance(v, Mapping), "an object") for key in ("schema", "model", "adaptation")},
+    **{key: (lambda v: v is None or isinstance(v, Mapping), "an object or null")
+       for key in ("scaling", "target_scaling", "trees", "lineage", "decision")},
+    "run": (lambda v: isinstance(v, str), "a text"),
+    "round": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0"),
+    "weights_sha256": (lambda v: isinstance(v, str), "a text"),
+    "metrics": (lambda v: _is_mapping_of(v, _is_number), "an object of numbers"),
+    "versions": (lambda v: _is_mapping_of(v, lambda version: isinstance(version, str)), "an object of texts"),
+    "chosen": (lambda v: v is None or isinstance(v, str), "a text or null"),
+}
+
+
 def _check_decision(decision: Mapping[str, Any], schema: PackageSchema) -> None:
     if schema.task != "classification" or len(schema.classes or ()) != 2:
         raise ValueError("a failure-rate decision applies to two-class models only")
@@ -166,7 +189,8 @@ def _check_decision(decision: Mapping[str, Any], schema: PackageSchema) -> None:
         raise ValueError(f"a decision holds {sorted(keys)}, got {sorted(decision)}")
     if decision["failure_class"] not in (schema.classes or ()):
         raise ValueError(f"the decision's failure class {decision['failure_class']!r} is not one of {schema.classes}")
-    rates_ok = 0 < decision["failure_rate"] < 1 and 0 < decision["adapted_rate"] < 1
+    numbers = all(_is_number(decision[key]) for key in ("failure_rate", "adapted_rate", "threshold"))
+    rates_ok = numbers and 0 < decision["failure_rate"] < 1 and 0 < decision["adapted_rate"] < 1
     if not rates_ok or not 0 <= decision["threshold"] <= 1:
         raise ValueError("a decision needs failure rates in (0, 1) and a threshold in [0, 1]")
 
@@ -258,6 +282,9 @@ class Manifest:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"the manifest has unknown keys {unknown}")
+        for key, (check, kind) in _PLAIN_FIELDS.items():
+            if key in data and not check(data[key]):
+                raise ValueError(f"the manifest's {key!r} must be {kind}, got {data[key]!r:.200}")
         values = dict(data)
         try:
             values["schema"] = PackageSchema(**values["schema"])

@@ -92,6 +92,13 @@ def _edit_manifest(tmp_path, edit) -> None:
         (lambda d: d["model"].update(hidden=16), "do not fit the mlp model config"),
         (lambda d: d["schema"].update(features=["a", "b"]), "reads 3 features but the schema lists 2"),
         (lambda d: d["adaptation"].update(recipe="guess"), "recipe must be one of"),
+        # Found by tests/fuzz: each was a bare AttributeError, OverflowError or TypeError, not a PackageError.
+        (lambda d: d.update(versions=None), "'versions' must be an object of texts, got None"),
+        (lambda d: d.update(scaling=True), "'scaling' must be an object or null, got True"),
+        (lambda d: d.update(scaling={"mean": [10**400, 0, 0], "std": [1, 1, 1], "rows": 5}),
+         "scaling's 'mean' and 'std' must be lists of numbers"),
+        (lambda d: d.update(decision={"failure_class": "scrap", "failure_rate": "0.1", "adapted_rate": 0.1,
+                                      "threshold": 0.5}), "a decision needs failure rates in"),
     ],
 )
 def test_an_inconsistent_manifest_is_refused_naming_the_problem(tmp_path, edit, message):
