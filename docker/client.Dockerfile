@@ -6,7 +6,10 @@
 #
 # Flower's SuperNode image: Python 3.11 in /python/venv (owned by the non-root user `app`,
 # uid 49999, home /app), flwr 1.42.0 installed. The tag must follow the flwr pin in pyproject.toml.
-FROM flwr/supernode:1.42.0-py3.11-ubuntu24.04
+# Another base laid out the same way (a Python 3.11 venv at /python/venv, first on PATH and writable by
+# uid 49999, home /app) works too: docker/build_on_debian.sh builds one from Debian's own packages.
+ARG BASE_IMAGE=flwr/supernode:1.42.0-py3.11-ubuntu24.04
+FROM ${BASE_IMAGE}
 
 # The CPU wheel by default; a CUDA index gives the GPU build of the same torch version. The
 # cu128 wheel bundles the CUDA runtime, so the host needs only the NVIDIA driver and toolkit.
@@ -18,6 +21,9 @@ ENV FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
 
 # Numeric, so that runtimes enforcing non-root (Kubernetes runAsNonRoot) can verify it.
 USER 49999
+# Made by that user: the classic builder creates a WORKDIR owned by root, where pip could not
+# build the project.
+RUN mkdir /app/src
 WORKDIR /app/src
 
 # torch first, from the chosen index; the project's torch==2.13.0 pin is then already met
@@ -39,6 +45,9 @@ COPY --chown=app:app simulations/ simulations/
 RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
 WORKDIR /app
+# For --state (SuperNode log, Flower's files, the delivered model packages under models/): created in
+# the image so that a fresh named volume mounted here is owned by `app` (docker/compose.yaml).
+RUN mkdir -p /app/state
 
 # The SuperNode's own runtime API (Flower's default port 9094), which its ClientApp processes
 # connect to; it listens once the node is up. No port is published: the factory only dials out.

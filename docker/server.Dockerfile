@@ -6,7 +6,10 @@
 # and tested on 3.11; flwr/superexec, Flower's base for app images, is the same flwr/base image
 # (flwr 1.42.0 with flower-superlink and the flwr CLI in /python/venv, non-root user `app`,
 # uid 49999, home /app) and has a py3.11 tag. The tag must follow the flwr pin in pyproject.toml.
-FROM flwr/superexec:1.42.0-py3.11-ubuntu24.04
+# Another base laid out the same way (a Python 3.11 venv at /python/venv, first on PATH and writable by
+# uid 49999, home /app) works too: docker/build_on_debian.sh builds one from Debian's own packages.
+ARG BASE_IMAGE=flwr/superexec:1.42.0-py3.11-ubuntu24.04
+FROM ${BASE_IMAGE}
 
 # Dependencies are baked into the image: Flower must not install anything at run time.
 ENV FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
@@ -14,10 +17,15 @@ ENV FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
 
 # Numeric, so that runtimes enforcing non-root (Kubernetes runAsNonRoot) can verify it.
 USER 49999
+# Made by that user: the classic builder creates a WORKDIR owned by root, where pip could not
+# build the project.
+RUN mkdir /app/src
 WORKDIR /app/src
 
-# Aggregation and the outer optimizer step are cheap: the server always takes the CPU wheel.
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# Aggregation and the outer optimizer step are cheap: the server takes the CPU wheel (another index
+# only for a mirror of it, where download.pytorch.org is out of reach).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" torch==2.13.0
 
 # Dependencies before the sources, so that a code change does not reinstall them.
 COPY --chown=app:app pyproject.toml README.md ./

@@ -63,6 +63,18 @@ def _exec_form(arguments: str) -> list[str]:
     return yaml.safe_load(arguments) if arguments.startswith("[") else shlex.split(arguments)
 
 
+def _base_images(dockerfile: Path) -> list[str]:
+    """The FROM images as built without --build-arg: the ARG defaults they name substituted."""
+    defaults, images = {}, []
+    for keyword, arguments in _instructions(dockerfile):
+        if keyword == "ARG" and "=" in arguments:
+            name, _, value = arguments.partition("=")
+            defaults[name] = value
+        elif keyword == "FROM":
+            images.append(re.sub(r"\$\{?(\w+)\}?", lambda match: defaults[match[1]], arguments.split()[0]))
+    return images
+
+
 def _entrypoint(dockerfile: Path) -> list[str]:
     entrypoints = [args for keyword, args in _instructions(dockerfile) if keyword == "ENTRYPOINT"]
     assert entrypoints, f"{dockerfile.name} has no ENTRYPOINT"
@@ -100,7 +112,8 @@ def _flags(*command: str) -> set[str]:
 
 
 def _compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
+    """The compose file as Compose reads it with no variable set: each ``${NAME:-default}`` is its default."""
+    return yaml.safe_load(re.sub(r"\$\{[A-Za-z0-9_]+:-([^}]*)\}", r"\1", COMPOSE.read_text()))
 
 
 def _service_dockerfile(service: dict) -> Path:
@@ -202,6 +215,13 @@ def test_client_and_server_images_exist():
     ]
 
 
+@pytest.mark.parametrize(("role", "base"), [("client", "flwr/supernode"), ("server", "flwr/superexec")])
+def test_flowers_image_is_the_default_base_and_another_can_be_given(role: str, base: str):
+    dockerfile = DOCKER / f"{role}.Dockerfile"
+    assert ("FROM", "${BASE_IMAGE}") in _instructions(dockerfile), "docker/build_on_debian.sh sets BASE_IMAGE"
+    assert _base_images(dockerfile) == [f"{base}:1.42.0-py3.11-ubuntu24.04"]
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
 def test_hadolint_reports_nothing_at_warning_or_above(dockerfile: Path):
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
@@ -223,7 +243,7 @@ def test_runs_as_a_non_root_user(dockerfile: Path):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
 def test_base_images_are_pinned_to_the_project_versions(dockerfile: Path):
     flwr_version = dict(_pin(r) for r in PYPROJECT["project"]["dependencies"] if r.startswith("flwr"))["flwr"]
-    images = [args.split()[0] for keyword, args in _instructions(dockerfile) if keyword == "FROM"]
+    images = _base_images(dockerfile)
     assert images
     for image in images:
         name, _, tag = image.partition("@")[0].rpartition(":")
