@@ -22,11 +22,9 @@ metrics say so.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from torch import Tensor
@@ -37,6 +35,7 @@ from fedmeta.common.security.secure_aggregation import (
     FixedPoint,
     PublicKeys,
     SecureAggregationError,
+    revealed_shares,
     unmask_sum,
     weighted_mean,
 )
@@ -113,16 +112,14 @@ def secure_training_round(grid: Grid, strategy: FedMetaStrategy, server_round: i
             return RecordDict({**model, protocol.CONFIG: config, SECAGG: ConfigRecord({**keyed(i), **inbox[i]})})
 
         inputs = send(MessageType.TRAIN, list(sealed), train)
-        masked = {i: np.asarray(a[MASKED]["input"].numpy(), dtype=np.uint64) for i, a in inputs.items()}
+        masked = {i: a[MASKED]["input"].numpy() for i, a in inputs.items()}  # unmask_sum checks them
 
         def reveal(i: int) -> RecordDict:
             sent = [peer for peer in graph[i] if peer in masked]
             return RecordDict({SECAGG: ConfigRecord({**keyed(i), **inbox[i], "sent": sent})})
 
         revealed = send(REVEAL, sorted(masked), reveal)
-        shares = {i: {int(owner): (kind, (x, tuple(values)))
-                      for owner, (kind, x, values) in json.loads(bytes(a[SECAGG]["reveal"])).items()}
-                  for i, a in revealed.items()}
+        shares = {i: revealed_shares(bytes(a[SECAGG]["reveal"]), i) for i, a in revealed.items()}
         total = unmask_sum(masked, shares, keys, threshold, round_id.encode(), graph)
         mean = weighted_mean(total, fixed, strategy.optimizer.params, len(masked))
     except SecureAggregationError as error:

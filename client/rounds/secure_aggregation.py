@@ -4,7 +4,6 @@ the messages and are never sent; the server forwards sealed shares it cannot ope
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Mapping
 
@@ -21,6 +20,7 @@ from fedmeta.common.security.secure_aggregation import (
     PublicKeys,
     participant_from_state,
     participant_state,
+    reveal_text,
     weighted_input,
 )
 
@@ -97,6 +97,5 @@ def reveal_shares(msg: Message, state: RecordDict) -> RecordDict:
     fields = msg.content[SECAGG]
     party = _party(fields, state)
     revealed = party.reveal(_inbox(fields), _keys(fields), [int(i) for i in fields["sent"]])
-    text = json.dumps({str(owner): [kind, x, list(values)] for owner, (kind, (x, values)) in revealed.items()})
     del state[SECAGG]  # the round is over for this factory: its secrets go
-    return RecordDict({SECAGG: ConfigRecord({"reveal": text.encode()})})
+    return RecordDict({SECAGG: ConfigRecord({"reveal": reveal_text(revealed)})})

@@ -17,8 +17,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "secure_aggregation": [
             "FIELD_BITS", "PRIME", "FixedPoint", "Participant", "PublicKeys", "SecureAggregation",
             "SecureAggregationError", "ShareRefusedError", "aggregate_in_process", "neighbourhoods",
-            "participant_from_state", "participant_state", "reconstruct", "secagg_plus_parameters", "shamir_shares",
-            "unmask_sum", "weighted_input", "weighted_mean",
+            "participant_from_state", "participant_state", "reconstruct", "reveal_text", "revealed_shares",
+            "secagg_plus_parameters", "shamir_shares", "unmask_sum", "weighted_input", "weighted_mean",
         ],
     },
 )

@@ -66,6 +66,8 @@ __all__ = [
     "participant_from_state",
     "participant_state",
     "reconstruct",
+    "reveal_text",
+    "revealed_shares",
     "secagg_plus_parameters",
     "shamir_shares",
     "unmask_sum",
@@ -78,6 +80,8 @@ _FIELD = np.uint64
 PRIME = 2**127 - 1  # Shamir's field: a Mersenne prime above every 15-byte chunk of a secret
 _CHUNK = 15  # bytes of a secret per field element
 _SECRET = 32  # bytes of a seed or an X25519 private key
+_SHARE_VALUES = math.ceil(_SECRET / _CHUNK)  # field elements of a share
+_NONCE, _TAG = 12, 16  # bytes of AES-GCM's nonce before a sealed share, and of its tag after
 SECURITY_BITS, CORRECTNESS_BITS = 40, 30  # SecAgg+'s sigma and eta: failure probabilities 2^-40 and 2^-30
 
 Graph = dict[int, tuple[int, ...]]  # participant -> its neighbourhood, itself included
@@ -282,7 +286,7 @@ class Participant:
         sealed = {}
         for peer in indices:
             plaintext = json.dumps([self.index, peer, seed_shares[peer], key_shares[peer]]).encode()
-            nonce = secrets.token_bytes(12)
+            nonce = secrets.token_bytes(_NONCE)
             sealed[peer] = nonce + self._channel(peer, peers[peer]).encrypt(nonce, plaintext, self.round_id)
         return sealed
 
@@ -302,15 +306,24 @@ class Participant:
         ``sent`` (their masked inputs arrived), the mask key of the others; never both of one peer."""
         revealed = {}
         for owner, box in sealed.items():
+            if len(box) < _NONCE + _TAG:
+                raise ShareRefusedError(f"the share from participant {owner} to {self.index} is {len(box)} bytes, "
+                                        f"fewer than its nonce and tag ({_NONCE + _TAG})")
             try:
-                plaintext = self._channel(owner, peers[owner]).decrypt(box[:12], box[12:], self.round_id)
+                plaintext = self._channel(owner, peers[owner]).decrypt(box[:_NONCE], box[_NONCE:], self.round_id)
             except InvalidTag:
                 raise ShareRefusedError(f"the share from participant {owner} to {self.index} fails authentication: "
                                         "it was altered, or sealed for another factory, sender or round") from None
-            source, target, seed_share, key_share = _parse(plaintext)
+            what = f"the share from participant {owner} to {self.index}"
+            try:
+                source, target, seed_share, key_share = json.loads(plaintext)
+            except (ValueError, TypeError):  # not JSON (nor UTF-8), or not four items
+                raise SecureAggregationError(f"{what} is not [source, target, seed share, key share]") from None
             if (source, target) != (owner, self.index):
-                raise SecureAggregationError(f"a share addressed {source}->{target} arrived as {owner}->{self.index}")
-            revealed[owner] = ("seed", seed_share) if owner in sent else ("key", key_share)
+                raise SecureAggregationError(f"a share addressed {source!r:.20}->{target!r:.20} arrived as "
+                                             f"{owner}->{self.index}")
+            revealed[owner] = ("seed", _share(seed_share, f"{what}: its seed")) if owner in sent else (
+                "key", _share(key_share, f"{what}: its key"))
         return revealed
 
 
@@ -319,9 +332,45 @@ def _pair_seed(own: X25519PrivateKey, peer_public: bytes, own_index: int, peer_i
     return _derive(own.exchange(X25519PublicKey.from_public_bytes(peer_public)), f"mask {low}-{high}", round_id)
 
 
-def _parse(plaintext: bytes) -> tuple[int, int, tuple[int, tuple[int, ...]], tuple[int, tuple[int, ...]]]:
-    source, target, (seed_x, seed_values), (key_x, key_values) = json.loads(plaintext)
-    return source, target, (seed_x, tuple(seed_values)), (key_x, tuple(key_values))
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _share(value: object, what: str) -> tuple[int, tuple[int, ...]]:
+    """A Shamir share ``[x, [values]]`` as JSON carries it, checked: x a place in [1, PRIME), one value in
+    [0, PRIME) per chunk of a secret; `SecureAggregationError` naming ``what`` otherwise."""
+    if (isinstance(value, list | tuple) and len(value) == 2 and _is_int(value[0]) and 1 <= value[0] < PRIME
+            and isinstance(value[1], list | tuple) and len(value[1]) == _SHARE_VALUES
+            and all(_is_int(v) and 0 <= v < PRIME for v in value[1])):
+        return value[0], tuple(value[1])
+    raise SecureAggregationError(f"{what} is not a share [x, [{_SHARE_VALUES} integers in [0, 2^127 - 1)]]: "
+                                 f"{value!r:.100}")
+
+
+def reveal_text(revealed: Mapping[int, tuple[str, tuple[int, Sequence[int]]]]) -> bytes:
+    """A factory's revealed shares (`Participant.reveal`) as its reveal message carries them."""
+    return json.dumps({str(owner): [kind, x, list(values)] for owner, (kind, (x, values)) in revealed.items()}
+                      ).encode()
+
+
+def revealed_shares(text: bytes, revealer: int) -> dict[int, tuple[str, tuple[int, tuple[int, ...]]]]:
+    """The shares in participant ``revealer``'s reveal message (`reveal_text`), checked: owner -> (kind, share);
+    `SecureAggregationError` naming what does not fit."""
+    what = f"participant {revealer}'s revealed shares"
+    try:
+        data = json.loads(text)
+    except ValueError:  # not JSON, nor UTF-8
+        raise SecureAggregationError(f"{what} are not JSON") from None
+    if not isinstance(data, dict):
+        raise SecureAggregationError(f"{what} are not a JSON object of participant -> [kind, x, values]")
+    shares = {}
+    for owner, item in data.items():
+        if not (owner.isascii() and owner.isdigit()) or not (isinstance(item, list) and len(item) == 3
+                                                             and item[0] in ("seed", "key")):
+            raise SecureAggregationError(f"{what}: {owner!r:.20} -> {item!r:.100} is not a participant -> "
+                                         "[\"seed\" or \"key\", x, values]")
+        shares[int(owner)] = (item[0], _share(item[1:], f"{what}: participant {owner}'s {item[0]}"))
+    return shares
 
 
 def unmask_sum(masked: Mapping[int, np.ndarray], revealed: Mapping[int, Mapping[int, tuple[str, object]]],
@@ -334,8 +383,14 @@ def unmask_sum(masked: Mapping[int, np.ndarray], revealed: Mapping[int, Mapping[
     if len(revealed) < threshold:
         raise SecureAggregationError(f"{len(revealed)} factories revealed their shares, fewer than the threshold "
                                      f"{threshold}: the round cannot be unmasked")
+    shapes = {index: np.shape(vector) for index, vector in masked.items()}
+    length = next(iter(shapes.values()), (0,))[0] if all(len(shape) == 1 for shape in shapes.values()) else 0
+    wrong = sorted(index for index, vector in masked.items()
+                   if np.shape(vector) != (length,) or np.asarray(vector).dtype != _FIELD)
+    if wrong or not length:
+        raise SecureAggregationError(f"the masked inputs must be vectors of unsigned 64-bit integers of one length; "
+                                     f"those of {wrong or sorted(masked)} are not (shapes {shapes})")
     graph = neighbours if neighbours is not None else complete_graph(peers)
-    length = len(next(iter(masked.values())))
     total = np.zeros(length, dtype=_FIELD)
     for vector in masked.values():
         total = total + vector
@@ -462,6 +517,10 @@ def weighted_mean(total: np.ndarray, fixed: FixedPoint, reference: Mapping[str, 
     """The weighted mean delta from the unmasked sum of `weighted_input` vectors; with ``inputs``, how many
     were summed, a sum of weights above ``inputs`` (each at most 1: ``max_weight``) is refused, since an input
     weighed more than ``max_weight``."""
+    sizes = [reference[name].numel() for name in sorted(reference)]
+    if np.shape(total) != (sum(sizes) + 1,):
+        raise SecureAggregationError(f"the unmasked sum holds {np.shape(total)} values, the model's {sum(sizes)} and "
+                                     "the weight expected")
     values = fixed.decode(total)
     if not values[-1] > 0:
         raise SecureAggregationError("the unmasked weights sum to nothing: no input was counted")
@@ -470,6 +529,6 @@ def weighted_mean(total: np.ndarray, fixed: FixedPoint, reference: Mapping[str, 
                                      f"the {inputs} inputs may weigh: an input weighed more than secagg-max-weight")
     flat = torch.from_numpy(values[:-1] / values[-1])
     names = sorted(reference)
-    pieces = flat.split([reference[name].numel() for name in names])
+    pieces = flat.split(sizes)
     return {name: piece.reshape(reference[name].shape).to(reference[name].dtype)
             for name, piece in zip(names, pieces, strict=True)}

@@ -77,10 +77,11 @@ def _changed(document: Any, path: tuple[Any, ...], value: Any) -> Any:
 _REMOVED = object()
 
 
-def changed_document(valid: Mapping[str, Any], keys: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[Any]:
+def changed_document(valid: Mapping[str, Any] | list[Any],
+                     keys: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[Any]:
     """``valid`` with up to three changes: a value anywhere replaced by a hostile or any JSON value, a key or list
-    item removed, an unknown (or known, ``keys``) key added; now and then any JSON value in its place. Near-valid
-    documents reach the deeper checks that a random document never passes."""
+    item removed, an unknown (or known, ``keys``) key added to an object; now and then any JSON value in its place.
+    Near-valid documents reach the deeper checks that a random document never passes."""
     places = _places(valid)
     added = st.text(max_size=8) if keys is None else keys
     change = st.one_of(
@@ -93,7 +94,7 @@ def changed_document(valid: Mapping[str, Any], keys: st.SearchStrategy[str] | No
     def apply(changes: list[tuple[tuple[Any, ...], Any]]) -> Any:
         document = valid
         for path, value in changes:
-            if len(path) == 1 and path[0] not in document and value is not _REMOVED:
+            if isinstance(document, Mapping) and len(path) == 1 and path[0] not in document and value is not _REMOVED:
                 document = {**document, path[0]: value}  # a key added
             else:
                 document = _changed(document, path, value)

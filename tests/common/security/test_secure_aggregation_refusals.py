@@ -14,6 +14,7 @@ from fedmeta.common.security.secure_aggregation import (
     Participant,
     PublicKeys,
     SecureAggregationError,
+    revealed_shares,
     unmask_sum,
     weighted_input,
     weighted_mean,
@@ -102,3 +103,53 @@ def test_an_unmasked_sum_weighing_more_than_its_inputs_may_is_refused():
     with pytest.raises(SecureAggregationError, match="the unmasked weights sum to 4 secagg-max-weight, more than "
                                                      "the 2 inputs may weigh"):
         weighted_mean(honest + inflated, fixed, reference, inputs=2)
+
+
+# Found by tests/fuzz: each of these reached the round as a bare ValueError, TypeError or KeyError (the server's
+# round catches only SecureAggregationError, so a malformed message from one factory ended it).
+
+def test_a_sealed_share_too_short_for_its_nonce_and_tag_is_refused():
+    parties, keys, sealed = _round()
+    with pytest.raises(SecureAggregationError, match="the share from participant 3 to 1 is 0 bytes, fewer than its "
+                                                     r"nonce and tag \(28\)"):
+        parties[1].reveal({2: sealed[2][1], 3: b""}, keys, [1, 2, 3])
+
+
+@pytest.mark.parametrize(("plaintext", "problem"), [
+    (b"[3, 1]", r"the share from participant 3 to 1 is not \[source, target, seed share, key share\]"),
+    (b"\x80", r"the share from participant 3 to 1 is not \[source, target"),
+    (b'[3, 1, [1, [1, 2, 3]], [1, [1, 2, "x"]]]', r"the share from participant 3 to 1: its key is not a share \[x, "
+                                                 r"\[3 integers in \[0, 2\^127 - 1\)\]\]: \[1, \[1, 2, 'x'\]\]"),
+    (b"[3, 1, [0, [1, 2, 3]], [1, [1, 2, 3]]]", "its seed is not a share"),
+])
+def test_a_share_a_malicious_peer_sealed_around_any_plaintext_is_refused_by_name(plaintext, problem):
+    """A peer holds the key it shares with its addressee, so it can seal anything: the addressee checks it."""
+    parties, keys, sealed = _round()
+    nonce = b"\0" * 12
+    forged = nonce + parties[3]._channel(1, keys[1]).encrypt(nonce, plaintext, ROUND)
+    sent = [1, 2] if "its key" in problem else [1, 2, 3]
+    with pytest.raises(SecureAggregationError, match=problem):
+        parties[1].reveal({2: sealed[2][1], 3: forged}, keys, sent)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    (b"not json", "participant 2's revealed shares are not JSON"),
+    (b"[1]", "are not a JSON object of participant -> "),
+    (b'{"1": ["seed", 1]}', r"'1' -> \['seed', 1\] is not a participant -> \[\"seed\" or \"key\", x, values\]"),
+    (b'{"1": ["seed", 1, [1, 2]]}', r"participant 1's seed is not a share"),
+])
+def test_revealed_shares_that_do_not_fit_are_refused_by_the_server_by_name(text, problem):
+    with pytest.raises(SecureAggregationError, match=problem):
+        revealed_shares(text, 2)
+
+
+def test_masked_inputs_of_another_length_or_dtype_and_a_sum_of_another_length_are_refused():
+    _, keys, _ = _round()
+    good = np.zeros(3, dtype=np.uint64)
+    for wrong in (np.zeros(4, dtype=np.uint64), np.zeros(3, dtype=np.float32)):
+        with pytest.raises(SecureAggregationError, match=r"must be vectors of unsigned 64-bit integers of one "
+                                                         r"length; those of \[2\] are not"):
+            unmask_sum({1: good, 2: wrong}, {1: {}, 2: {}}, keys, 2, ROUND)
+    with pytest.raises(SecureAggregationError, match=r"the unmasked sum holds \(2,\) values, the model's 2 and the "
+                                                     "weight expected"):
+        weighted_mean(np.zeros(2, dtype=np.uint64), FixedPoint(1.0, 2), {"w": torch.zeros(2)})
