@@ -21,6 +21,7 @@ from fedmeta.common.trees.continuation import (
 )
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, balanced_weights, booster_params, new_trees, raw_margins
 from fedmeta.common.trees.features import window_features
+from fedmeta.common.trees.histogram_wire import pack_histograms
 from fedmeta.common.trees.histograms import (
     LevelSplits,
     bin_columns,
@@ -106,7 +107,8 @@ _LEVEL_INPUTS: weakref.WeakKeyDictionary[FactoryData, tuple[bytes, bytes, np.nda
 def tree_histograms(factory: LoadedFactory, ensemble: bytes, edges: np.ndarray,
                     splits: LevelSplits) -> list[np.ndarray]:
     """``xgb-histogram``'s reply at one level of a round's trees: per tree group, the gradient and hessian sums
-    of the factory's rows in each bin of each column of each open node, at ``ensemble``'s margins."""
+    of the factory's rows in each bin of each column of each node asked for, at ``ensemble``'s margins, packed
+    as they travel (`pack_histograms`)."""
     _check_trains(factory)
     cached = _LEVEL_INPUTS.get(factory.data)
     if cached is None or cached[0] != ensemble or cached[1] != edges.tobytes():
@@ -115,7 +117,7 @@ def tree_histograms(factory: LoadedFactory, ensemble: bytes, edges: np.ndarray,
         grad, hess = gradients(raw_margins(ensemble, x, shape), y, shape)
         cached = _LEVEL_INPUTS[factory.data] = (ensemble, edges.tobytes(), bin_columns(x, edges), grad, hess)
     _, _, bins, grad, hess = cached
-    return level_histograms(bins, grad, hess, splits, edges.shape[1] + 1)
+    return pack_histograms(level_histograms(bins, grad, hess, splits, edges.shape[1] + 1))
 
 
 def _boosting(factory: LoadedFactory, ensemble: bytes, plan: TreePlan, recipe: TreeRecipe | None,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedmeta.common.trees.ensemble import MAX_CLASS_LEAF_STEP, TreesRejected, append_trees, tree_free_model
+from fedmeta.common.trees.histogram_wire import unpack_histogram
 from fedmeta.common.trees.histograms import LevelSplits, level_nodes, open_nodes, summed_nodes, weighted_quantiles
 from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
@@ -25,9 +26,9 @@ __all__ = [
     "MIN_SPLIT_GAIN",
     "GrowingRound",
     "HistogramReplies",
-    "check_histograms",
     "grow_round",
     "merge_sketches",
+    "read_histograms",
     "round_model",
     "sum_histograms",
 ]
@@ -53,24 +54,30 @@ def merge_sketches(sketches: Sequence[tuple[np.ndarray, float]], bins: int) -> n
     return edges
 
 
-def check_histograms(histograms: Sequence[np.ndarray], splits: LevelSplits, shape: TreeShape, bins: int) -> None:
-    """Raise `TreesRejected` unless ``histograms`` are one level's sums of this federation: a ``[summed nodes,
-    columns, bins, 2]`` finite array per group, hessians at least 0, and every column of a node summing to the
-    same totals (each sums the node's rows once)."""
-    if len(histograms) != shape.groups:
-        raise TreesRejected(f"{len(histograms)} histogram groups; this federation's trees have {shape.groups}")
-    for group, histogram in enumerate(histograms):
-        expected = (len(summed_nodes(splits, group)), shape.num_feature, bins, 2)
-        if histogram.shape != expected:
-            raise TreesRejected(f"group {group}'s histogram has shape {histogram.shape}, expected {expected}")
+def read_histograms(packed: Sequence[np.ndarray], splits: LevelSplits, shape: TreeShape,
+                    bins: int) -> list[np.ndarray]:
+    """A factory's level reply unpacked (`histogram_wire`); raise `TreesRejected` unless it holds one level's
+    sums of this federation: a ``[summed nodes, columns, bins, 2]`` finite array per group, hessians at least 0,
+    and every column of a node summing to the same totals (each sums the node's rows once, up to the float32
+    rounding of its bins)."""
+    if len(packed) != shape.groups:
+        raise TreesRejected(f"{len(packed)} histogram groups; this federation's trees have {shape.groups}")
+    histograms = []
+    for group, blob in enumerate(packed):
+        try:
+            histogram = unpack_histogram(blob, (len(summed_nodes(splits, group)), shape.num_feature, bins, 2))
+        except ValueError as error:
+            raise TreesRejected(f"group {group}'s histogram: {error}") from None
         if not np.isfinite(histogram).all():
             raise TreesRejected(f"group {group}'s histogram holds NaN or infinite sums")
         if (histogram[..., 1] < 0).any():
             raise TreesRejected(f"group {group}'s histogram holds a negative hessian sum")
         totals = histogram.sum(axis=2)
         spread = np.abs(totals - totals[:, :1]).max(initial=0.0)
-        if spread > 1e-6 * (1.0 + np.abs(totals).max(initial=0.0)):
+        if spread > 1e-6 * (1.0 + np.abs(histogram).sum(axis=2).max(initial=0.0)):
             raise TreesRejected(f"group {group}'s columns sum to different node totals (off by {spread:.3g})")
+        histograms.append(histogram)
+    return histograms
 
 
 def sum_histograms(replies: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
@@ -214,28 +221,27 @@ def round_model(grown: GrowingRound, edges: np.ndarray) -> bytes:
 
 
 HistogramReplies = Callable[[LevelSplits], Sequence[tuple[str, Sequence[np.ndarray]]]]
-"""Ask the round's factories for their histograms at a level: (factory, histograms) for each that answered."""
+"""Ask the round's factories for their histograms at a level: (factory, packed histograms) for each that
+answered."""
 
 
 def grow_round(ensemble: bytes, edges: np.ndarray, shape: TreeShape, settings: TreeSettings,
                ask: HistogramReplies, *, needed: int) -> tuple[bytes, dict[str, float]]:
     """One boosting round of ``xgb-histogram``, shared by the server and the benchmark's in-process rounds: its
-    trees grown level by level on the sums of the factories' histograms (``ask``), each reply checked first
-    (`check_histograms`; a rejected one is left out and logged), then appended to ``ensemble``. With fewer than
+    trees grown level by level on the sums of the factories' histograms (``ask``), each reply read and checked
+    first (`read_histograms`; a rejected one is left out and logged), then appended to ``ensemble``. With fewer than
     ``needed`` accepted replies at a level the round is dropped and the ensemble stays as it was. ``replies``:
     the fewest factories whose sums a level used."""
     grown, rejected, bins, replies = GrowingRound(shape, settings), 0, edges.shape[1] + 1, math.inf
     while not grown.done:
         splits = grown.level_splits()
         accepted = []
-        for factory, histograms in ask(splits):
+        for factory, packed in ask(splits):
             try:
-                check_histograms(histograms, splits, shape, bins)
+                accepted.append(read_histograms(packed, splits, shape, bins))
             except TreesRejected as error:
                 log.warning("histograms of factory %s left out: %s", factory, error)
                 rejected += 1
-                continue
-            accepted.append(histograms)
         if len(accepted) < needed:
             log.warning("%d factories' histograms accepted at level %d, fewer than %d; ensemble unchanged",
                         len(accepted), grown.level, needed)
