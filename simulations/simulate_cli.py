@@ -200,7 +200,6 @@ def simulate(
     run_config |= {
         "compare-with": ",".join(baselines),
         "family-seed": seed,
-        "eval-tasks": _default("eval-tasks"),
         "local-only-steps": _default("local-only-steps"),
         "run-dir": str(run_dir),
     }
