@@ -3,15 +3,18 @@
 Each synthetic factory is one simulated SuperNode running the real `ClientApp`, or with
 ``factories-per-node`` F > 1 each simulated SuperNode serves F factories (still one
 delta per factory); the real `ServerApp` coordinates them. Clients can share a GPU
-through fractional ``client_gpus``.
+through fractional ``client_gpus``. The engine starts a Ray of its own on this machine, or joins a running
+Ray cluster (``ray_address``, or Ray's own ``RAY_ADDRESS``) and spreads the factories over its nodes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import socket
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from flwr.clientapp.typing import Mod
 from flwr.simulation import run_simulation
 
 from fedmeta.client import make_client_app
@@ -19,7 +22,14 @@ from fedmeta.common import SplitSource, SyntheticSource, TablesSource, resolve_r
 from fedmeta.server import ProgressFn, make_server_app
 from fedmeta.simulations.faults import fault_injection_mod
 
-__all__ = ["run_federated_simulation", "simulated_source"]
+__all__ = ["RayClusterError", "run_federated_simulation", "simulated_source"]
+
+# How long to wait for a Ray cluster's head to answer; ray.init itself retries an address for minutes.
+CONNECT_TIMEOUT_S = 5.0
+
+
+class RayClusterError(ConnectionError):
+    """The Ray cluster to run on cannot be reached, or its address is not one."""
 
 
 def simulated_source(run_config: Mapping[str, object]) -> SyntheticSource | SplitSource | TablesSource:
@@ -35,6 +45,40 @@ def simulated_source(run_config: Mapping[str, object]) -> SyntheticSource | Spli
     return source
 
 
+def _check_reachable(address: str) -> None:
+    """Fail now, by name, where ``ray.init`` would retry an unreachable address for minutes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or address.startswith("ray://"):
+        raise RayClusterError(f"a Ray cluster's address is its head node's HOST:PORT, as `ray start --head` prints "
+                              f"it, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as error:
+        raise RayClusterError(f"no Ray cluster answers at {address} ({error}); start its head node with "
+                              f"`ray start --head --port {port}`, or run without an address on this machine alone"
+                              ) from error
+
+
+def _ray_init_args(address: str | None = None) -> dict[str, object]:
+    """The engine's ``ray.init`` arguments: a Ray of its own sized to this machine, or, with ``address`` (or
+    ``RAY_ADDRESS``), the running cluster there, checked to answer; each node's ``ray start`` then sets its CPUs
+    and system settings, which Ray refuses from a driver that joins."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_reachable(address)
+        return {"address": address, "log_to_driver": False}
+    # No Ray dashboard, whatever Flower's default, and no idle workers prestarted for Ray's default environment,
+    # which the actors (in Flower's runtime env) never use. _system_config keys are those of Ray 2.55 (pinned by
+    # flwr[simulation]): Ray's GCS dies on an unknown one and ray.init waits for it.
+    return {
+        "num_cpus": os.cpu_count() or 1,
+        "log_to_driver": False,
+        "include_dashboard": False,
+        "_system_config": {"prestart_worker_first_driver": False},
+    }
+
+
 def run_federated_simulation(
     run_config: Mapping[str, object],
     *,
@@ -42,36 +86,32 @@ def run_federated_simulation(
     client_gpus: float = 0.0,
     progress: ProgressFn | None = None,
     source: SyntheticSource | SplitSource | TablesSource | None = None,
+    ray_address: str | None = None,
+    mods: Sequence[Mod] = (),
 ) -> Path:
     """Run the federation ``run_config`` describes; return its run folder.
 
     One simulated node per factory (training and held-out), or per ``factories-per-node``
-    factories. ``client_cpus`` sets how many Ray actors run clients at once (the machine's
+    factories. ``client_cpus`` sets how many Ray actors run clients at once (each Ray node's
     CPUs divided by it); each costs its own Python process with torch. ``inject-faults`` (see
     `simulations.faults`) makes chosen factories crash or send corrupt deltas. Errors
     raised by the server app propagate (the engine re-raises them); a table the connector refuses
-    is an error before the engine starts.
+    is an error before the engine starts. ``ray_address`` joins a running Ray cluster (`_ray_init_args`; a
+    `RayClusterError` where none answers); ``mods`` are Flower client mods around every factory's app.
     """
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     settings = resolve_run_config(run_config)
     source = source or simulated_source(run_config)  # a caller that checked it already passes it
     spec = str(settings["inject-faults"])
-    mods = [fault_injection_mod(spec, float(settings["max-delta-norm"]))] if spec else None
+    faults = [fault_injection_mod(spec, float(settings["max-delta-norm"]))] if spec else []
+    init_args = _ray_init_args(ray_address)
     run_simulation(
         server_app=make_server_app(run_config, progress),
-        client_app=make_client_app(run_config, mods=mods),
+        client_app=make_client_app(run_config, mods=[*faults, *mods]),
         num_supernodes=source.num_nodes,
         backend_config={
             "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
-            # No Ray dashboard, whatever Flower's default, and no idle workers prestarted for Ray's default
-            # environment, which the actors (in Flower's runtime env) never use. _system_config keys are those of
-            # Ray 2.55 (pinned by flwr[simulation]): Ray's GCS dies on an unknown one and ray.init waits for it.
-            "init_args": {
-                "num_cpus": os.cpu_count() or 1,
-                "log_to_driver": False,
-                "include_dashboard": False,
-                "_system_config": {"prestart_worker_first_driver": False},
-            },
+            "init_args": init_args,
         },
     )
     return Path(str(settings["run-dir"]))

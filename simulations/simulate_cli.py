@@ -186,6 +186,11 @@ def simulate(
     client_gpus: Annotated[
         float, typer.Option(min=0.0, help="GPU share per simulated factory (0.25: 4 share one).")
     ] = 0.0,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Run on the Ray cluster whose head node is at HOST:PORT (`ray start --head` prints it; "
+                     "default: RAY_ADDRESS if set, else a Ray of its own on this machine).", show_default=False),
+    ] = None,
 ) -> None:
     """Federated meta-learning on synthetic factories, compared with FedAvg and local-only training."""
     if resume and output is None:
@@ -203,7 +208,11 @@ def simulate(
         "local-only-steps": _default("local-only-steps"),
         "run-dir": str(run_dir),
     }
-    from fedmeta.simulations.harness import run_federated_simulation, simulated_source  # Ray: only when simulating
+    from fedmeta.simulations.harness import (  # Ray: only when simulating
+        RayClusterError,
+        run_federated_simulation,
+        simulated_source,
+    )
 
     console = Console()
     with exit_on_errors(console, ValueError):  # bad settings, tables or held-out names: named before the engine starts
@@ -213,10 +222,11 @@ def simulate(
     if tables:
         what = f"the {tables} ({held_out} held out)"
     console.print(f"Simulating {what} factories; run folder {run_dir}")
-    run_federated_simulation(
-        run_config, client_cpus=client_cpus, client_gpus=client_gpus, progress=_progress(console, rounds),
-        source=source,
-    )
+    with exit_on_errors(console, RayClusterError):
+        run_federated_simulation(
+            run_config, client_cpus=client_cpus, client_gpus=client_gpus, progress=_progress(console, rounds),
+            source=source, ray_address=ray_address,
+        )
     console.print(_results_table(run_dir, algorithm, baselines))
     for trained in (algorithm, *baselines):
         last = RunDirectory(run_dir / trained).read_metrics()[-1]

@@ -17,7 +17,8 @@ from fedmeta.simulations.simulate_cli import FLAG_SETTINGS, SIMULATE_DEFAULTS, s
 runner = CliRunner()
 
 
-ENGINE_OPTIONS = {"baseline", "output", "client_cpus", "client_gpus"}  # how the run is hosted, not run settings
+# How the run is hosted, not run settings.
+ENGINE_OPTIONS = {"baseline", "output", "client_cpus", "client_gpus", "ray_address"}
 TWO_SETTING_FLAGS = {"held_out"}  # num-held-out (synthetic), or held-out-tables with --tables
 
 
