@@ -97,10 +97,13 @@ class ModelConfig:
             )
         if self.stem_stride != 1 and self.name != "cnn1d":
             raise ValueError(f"stem_stride applies to cnn1d only, got {self.stem_stride} for {self.name}")
-        if self.name == "cnn1d" and self.input_shape[1] < self.stem_stride * 2**self.depth:
+        length = self.input_shape[1] if self.name == "cnn1d" else 0
+        # A depth past the length's bits is too deep whatever the stride (and 2**depth would not be computed in time).
+        if self.name == "cnn1d" and (self.depth >= length.bit_length() or length < self.stem_stride * 2**self.depth):
+            needed = self.stem_stride * 2**self.depth if self.depth < 64 else f"{self.stem_stride} x 2^{self.depth}"
             raise ValueError(
                 f"cnn1d divides the length by stem_stride ({self.stem_stride}) and halves it {self.depth} times "
-                f"(depth), so it needs length >= {self.stem_stride * 2**self.depth}, got {self.input_shape[1]}"
+                f"(depth), so it needs length >= {needed}, got {length}"
             )
 
     @classmethod

@@ -370,12 +370,17 @@ def _tensors(weights: Mapping[str, Tensor], inner_lrs: Mapping[str, Tensor]) -> 
 def _check_tensors(path: Path, manifest: Manifest, weights: Mapping[str, Tensor],
                    inner_lrs: Mapping[str, Tensor]) -> None:
     """Names and shapes the model config builds; Meta-SGD rates for every weight; every value finite."""
-    expected = {n: tuple(p.shape) for n, p in build_model(manifest.model).named_parameters()}
+    config = manifest.model
+    if config.depth > len(weights):  # every layer holds a weight: a damaged depth must not build millions of layers
+        raise PackageError(path, f"the weights do not fit the {config.name} model config: {len(weights)} tensors, "
+                                 f"fewer than its depth {config.depth}")
+    with torch.device("meta"):  # shapes only: a damaged size must not allocate its model
+        expected = {n: tuple(p.shape) for n, p in build_model(config).named_parameters()}
     got = {n: tuple(t.shape) for n, t in weights.items()}
     if got != expected:
         missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
         wrong = sorted(n for n in set(got) & set(expected) if got[n] != expected[n])
-        raise PackageError(path, f"the weights do not fit the {manifest.model.name} model config: missing {missing}, "
+        raise PackageError(path, f"the weights do not fit the {config.name} model config: missing {missing}, "
                                  f"unexpected {extra}, wrong shapes {wrong}")
     wants_rates = manifest.adaptation.algorithm == "metasgd"
     if wants_rates and {n: tuple(t.shape) for n, t in inner_lrs.items()} != expected:
@@ -387,12 +392,28 @@ def _check_tensors(path: Path, manifest: Manifest, weights: Mapping[str, Tensor]
         raise PackageError(path, f"non-finite values in {bad}")
 
 
+def _extra_files(path: Path, extras: Mapping[str, str]) -> dict[str, bytes]:
+    """The files to write beside a package, as bytes; checked before anything is written: a name that is not a
+    new plain file name (a path, ``..``, a NUL, one of the package's own files) or text UTF-8 cannot hold."""
+    files = {}
+    for name, text in extras.items():
+        if (not isinstance(name, str) or name in (MANIFEST_FILE, WEIGHTS_FILE, TREES_FILE, "", ".", "..")
+                or Path(name).name != name or "\0" in name):
+            raise PackageError(path, f"{name!r} cannot be written beside a package's own files")
+        try:
+            files[name] = text.encode("utf-8")
+        except (AttributeError, UnicodeEncodeError):  # not text, or a lone surrogate
+            raise PackageError(path, f"{name!r} must be text that UTF-8 can hold, got {text!r:.50}") from None
+    return files
+
+
 def _write_package(path: Path, manifest: Manifest, write_model: Callable[[Path], None],
                    extras: Mapping[str, str] | None) -> Manifest:
     """Write a package into the new folder ``path`` through a staging folder renamed into place (see the module
     docstring): ``write_model`` writes the model file into the folder it is given. The manifest written."""
     if path.exists():
         raise PackageError(path, "already exists; a package is never overwritten (choose another folder)")
+    files = _extra_files(path, extras or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -406,13 +427,13 @@ def _write_package(path: Path, manifest: Manifest, write_model: Callable[[Path],
             json.dump(manifest.to_json(), handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())
-        for name, text in (extras or {}).items():
-            if name in (MANIFEST_FILE, WEIGHTS_FILE, TREES_FILE) or Path(name).name != name:
-                raise PackageError(path, f"{name!r} cannot be written beside a package's own files")
-            (staging / name).write_text(text, encoding="utf-8")
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
         if path.exists():  # appeared while writing
             raise PackageError(path, "already exists; a package is never overwritten (choose another folder)")
         os.rename(staging, path)
+    except OSError as error:  # a name too long for the file system, a full disk
+        raise PackageError(path, f"cannot be written: {error.strerror or error}") from None
     finally:
         if staging.exists():
             shutil.rmtree(staging)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +18,9 @@ from hypothesis import strategies as st
 
 from fedmeta.common.federation.compression import COMPRESSIONS, Compression, encode_delta
 
-__all__ = ["EXAMPLES", "FUZZ", "HOSTILE", "REFERENCE", "WIRE_DTYPES", "changed_document", "compressed_deltas",
-           "damaged_arrays", "encoded", "json_bytes", "json_values", "names_the_problem", "wire_arrays"]
+__all__ = ["EXAMPLES", "FUZZ", "HOSTILE", "JSON_VALUES", "REFERENCE", "WIRE_ARRAYS", "WIRE_DTYPES", "changed_document",
+           "compressed_deltas", "damage_arrays", "encode", "encoded", "json_bytes", "json_values", "names_the_problem",
+           "scratch_folder", "wire_arrays"]
 
 EXAMPLES = 2000
 # derandomize: the examples follow from the test's name, so CI runs the same ones every time (no database:
@@ -42,6 +45,10 @@ def json_values(max_leaves: int = 6) -> st.SearchStrategy[Any]:
     return st.sampled_from(HOSTILE) | st.recursive(
         _SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
         max_leaves=max_leaves)
+
+
+# Built once: hypothesis checks a strategy when it is first drawn from, which costs more than the draw.
+JSON_VALUES = json_values()
 
 
 def _places(document: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -84,11 +91,13 @@ def changed_document(valid: Mapping[str, Any] | list[Any],
     Near-valid documents reach the deeper checks that a random document never passes."""
     places = _places(valid)
     added = st.text(max_size=8) if keys is None else keys
+    hostile = st.sampled_from(HOSTILE)
     change = st.one_of(
-        st.tuples(st.sampled_from(places), st.sampled_from(HOSTILE)),
-        st.tuples(st.sampled_from(places), json_values()),
+        st.tuples(st.sampled_from(places), hostile),
+        st.tuples(st.sampled_from(places), hostile),
+        st.tuples(st.sampled_from(places), JSON_VALUES),
         st.tuples(st.sampled_from(places), st.just(_REMOVED)),
-        st.tuples(st.tuples(added), json_values()),
+        st.tuples(st.tuples(added), hostile),
     )
 
     def apply(changes: list[tuple[tuple[Any, ...], Any]]) -> Any:
@@ -100,18 +109,18 @@ def changed_document(valid: Mapping[str, Any] | list[Any],
                 document = _changed(document, path, value)
         return json.loads(json.dumps(document))  # tuples to lists, as a file read back holds them
 
-    return st.one_of(st.lists(change, max_size=3).map(apply), json_values())
+    return st.one_of(st.lists(change, max_size=3).map(apply), JSON_VALUES)
 
 
 _ENCODINGS = ("utf-8", "utf-8", "utf-8", "utf-8-sig", "utf-16", "latin-1", "cp1252")
 
 
-@st.composite
-def encoded(draw: st.DrawFn, texts: st.SearchStrategy[str]) -> bytes:
-    """One of ``texts`` as a file may hold it: UTF-8 with or without a byte-order mark, UTF-16, Latin-1 or
-    Windows-1252 (where they can spell it), then perhaps damaged: cut short, or bytes of no encoding put in."""
-    data = draw(texts).encode(draw(st.sampled_from(_ENCODINGS)), errors="replace")
-    damage = draw(st.sampled_from(["none", "none", "none", "cut", "insert"]))
+def encode(draw: st.DrawFn, text: str) -> bytes:
+    """``text`` as a file may hold it: UTF-8 with or without a byte-order mark, UTF-16, Latin-1 or Windows-1252
+    (where they can spell it), then perhaps damaged: cut short, or bytes of no encoding put in. Called with a
+    composite strategy's ``draw``."""
+    data = text.encode(draw(st.sampled_from(_ENCODINGS)), errors="replace")
+    damage = draw(st.sampled_from(("none", "none", "none", "cut", "insert")))
     if damage == "cut":
         return data[: draw(st.integers(0, len(data)))]
     if damage == "insert":
@@ -120,10 +129,25 @@ def encoded(draw: st.DrawFn, texts: st.SearchStrategy[str]) -> bytes:
     return data
 
 
+@st.composite
+def encoded(draw: st.DrawFn, texts: st.SearchStrategy[str]) -> bytes:
+    """One of ``texts``, `encode`d."""
+    return encode(draw, draw(texts))
+
+
 def json_bytes(documents: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
     """A JSON file's bytes holding one of ``documents`` (NaN written as JSON's extension ``NaN``), encoded and
     perhaps damaged by `encoded`; sometimes any bytes at all."""
     return encoded(documents.map(lambda document: json.dumps(document, indent=1))) | st.binary(max_size=40)
+
+
+_MEMORY = Path("/dev/shm")
+
+
+def scratch_folder(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A folder for the files the examples are written to, removed when the tests end: in memory where the system
+    has one (a file written to disk costs milliseconds, more than the example it holds)."""
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=_MEMORY if _MEMORY.is_dir() else None)
 
 
 def names_the_problem(error: BaseException, *words: str) -> None:
@@ -148,23 +172,26 @@ def wire_arrays(draw: st.DrawFn, max_values: int = 24) -> np.ndarray:
     raw = draw(st.binary(max_size=max_values * dtype.itemsize))
     values = np.frombuffer(raw[: len(raw) - len(raw) % dtype.itemsize], dtype=np.uint8 if dtype.kind == "b" else dtype)
     values = values != 0 if dtype.kind == "b" else values.copy()
-    shape = draw(st.sampled_from(["flat", "flat", "flat", "rows", "scalar"]))
+    shape = draw(st.sampled_from(("flat", "flat", "flat", "rows", "scalar")))
     if shape == "rows" and len(values) % 2 == 0:
         return values.reshape(2, -1)
     return values[:1].reshape(()) if shape == "scalar" and len(values) else values
 
 
-@st.composite
-def damaged_arrays(draw: st.DrawFn, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+WIRE_ARRAYS = wire_arrays()
+
+
+def damage_arrays(draw: st.DrawFn, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``arrays`` (a valid message's) with up to three changes: an array's bytes overwritten, cut short or
-    lengthened, its dtype converted, or an array left out, added or replaced by any `wire_arrays`."""
+    lengthened, its dtype converted, or an array left out, added or replaced by any `wire_arrays`. Called with a
+    composite strategy's ``draw``."""
     damaged = {name: array.copy() for name, array in arrays.items()}
     for _ in range(draw(st.integers(0, 3))):
-        change = draw(st.sampled_from(["bytes", "bytes", "cut", "extend", "dtype", "drop", "add", "replace"]))
+        change = draw(st.sampled_from(("bytes", "bytes", "cut", "extend", "dtype", "drop", "add", "replace")))
         if change == "add" or not damaged:
-            damaged[draw(st.sampled_from([*arrays, "extra"]))] = draw(wire_arrays())
+            damaged[draw(st.sampled_from((*arrays, "extra")))] = draw(WIRE_ARRAYS)
             continue
-        name = draw(st.sampled_from(sorted(damaged)))
+        name = draw(st.sampled_from(tuple(sorted(damaged))))
         array = damaged[name]
         if change == "bytes" and array.size:
             raw = bytearray(array.tobytes())
@@ -182,20 +209,22 @@ def damaged_arrays(draw: st.DrawFn, arrays: Mapping[str, np.ndarray]) -> dict[st
         elif change == "drop":
             del damaged[name]
         else:
-            damaged[name] = draw(wire_arrays())
+            damaged[name] = draw(WIRE_ARRAYS)
     return damaged
 
 
 # The global parameters a delta must fit: a matrix, a vector and a scalar.
 REFERENCE = {"body.weight": torch.zeros(2, 3), "body.bias": torch.zeros(3), "scale": torch.zeros(())}
 CODECS = st.builds(Compression, st.sampled_from(COMPRESSIONS), st.sampled_from([0.01, 0.3, 1.0]))
-@st.composite
-def _float32s(draw: st.DrawFn, count: int) -> np.ndarray:
-    """``count`` float32 values: mostly small (eighths of -16..16), now and then any bits (NaN, the infinities,
-    huge and subnormal values). From bytes: one draw, not one per value."""
-    if draw(st.integers(0, 3)) == 0:
-        return np.frombuffer(draw(st.binary(min_size=4 * count, max_size=4 * count)), dtype=np.float32).copy()
-    return np.frombuffer(draw(st.binary(min_size=count, max_size=count)), dtype=np.int8).astype(np.float32) / 8
+_VALUE_COUNT = sum(t.numel() for t in REFERENCE.values())
+# A delta's values: mostly small (eighths of -16..16), now and then any bits (NaN, the infinities, huge and
+# subnormal values). From bytes: one draw, not one per value.
+_DELTA_VALUES = st.one_of(
+    st.binary(min_size=_VALUE_COUNT, max_size=_VALUE_COUNT).map(
+        lambda raw: np.frombuffer(raw, dtype=np.int8).astype(np.float32) / 8),
+    st.binary(min_size=4 * _VALUE_COUNT, max_size=4 * _VALUE_COUNT).map(
+        lambda raw: np.frombuffer(raw, dtype=np.float32).copy()),
+)
 
 
 @st.composite
@@ -203,8 +232,7 @@ def compressed_deltas(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], Compressi
     """The arrays of a delta of `REFERENCE` a factory encoded with the round's compression, damaged or not, and
     that compression."""
     codec = draw(CODECS)
-    values = torch.from_numpy(draw(_float32s(sum(t.numel() for t in REFERENCE.values()))))
-    pieces = values.split([t.numel() for t in REFERENCE.values()])
+    pieces = torch.from_numpy(draw(_DELTA_VALUES)).split([t.numel() for t in REFERENCE.values()])
     delta = {name: piece.reshape(t.shape) for (name, t), piece in zip(REFERENCE.items(), pieces, strict=True)}
     encoded, _ = encode_delta(delta, codec)
-    return draw(damaged_arrays({name: array.numpy() for name, array in encoded.items()})), codec
+    return damage_arrays(draw, {name: array.numpy() for name, array in encoded.items()}), codec

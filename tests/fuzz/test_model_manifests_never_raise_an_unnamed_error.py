@@ -4,7 +4,6 @@ naming the package folder: a factory never sees a bare ``TypeError`` or ``KeyErr
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from fedmeta.common.package.model_package import (
     load_package,
     save_package,
 )
-from tests.fuzz.strategies import FUZZ, changed_document, json_bytes, names_the_problem
+from tests.fuzz.strategies import FUZZ, changed_document, json_bytes, names_the_problem, scratch_folder
 
 CONFIG = ModelConfig("mlp", (2,), 1, hidden=4, depth=1)
 MANIFEST = Manifest(PackageSchema(("temperature", "pressure"), "quality", "regression"), CONFIG,
@@ -35,7 +34,7 @@ MANIFEST = Manifest(PackageSchema(("temperature", "pressure"), "quality", "regre
                     chosen="adapted")
 KEYS = st.sampled_from([f.name for f in fields(Manifest)]) | st.text(max_size=8)
 
-_FOLDER = tempfile.TemporaryDirectory(prefix="fuzz-manifest-")
+_FOLDER = scratch_folder("fuzz-manifest-")
 PACKAGE = Path(_FOLDER.name) / "package"
 VALID = save_package(PACKAGE, {n: p.detach() for n, p in build_model(CONFIG).named_parameters()}, {},
                      MANIFEST).manifest.to_json()

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -12,14 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedmeta.client.rounds.policy import FactoryPolicy, load_policy
-from tests.fuzz.strategies import FUZZ, changed_document, json_bytes, names_the_problem
+from tests.fuzz.strategies import FUZZ, changed_document, json_bytes, names_the_problem, scratch_folder
 
 VALID = {"algorithms": ["fomaml", "reptile"], "compression": ["int8", "topk"], "require_dp": True,
          "max_epsilon": 4.0, "require_secure_aggregation": False, "trees": True, "max_rounds": 10,
          "app_version": "0.1.0"}
 KEYS = st.sampled_from([f.name for f in fields(FactoryPolicy)]) | st.text(max_size=12)
 
-_FOLDER = tempfile.TemporaryDirectory(prefix="fuzz-policy-")
+_FOLDER = scratch_folder("fuzz-policy-")
 PATH = Path(_FOLDER.name) / "policy.json"
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedmeta.common.data.connector import DataSchema, SchemaError
-from tests.fuzz.strategies import FUZZ, changed_document, json_bytes, names_the_problem
+from tests.fuzz.strategies import FUZZ, changed_document, json_bytes, names_the_problem, scratch_folder
 
 REGRESSION = {"features": ["temperature", "pressure"], "target": "rul", "task": "regression", "id_column": "id",
               "time_column": "cycle", "group_column": "unit", "delimiter": ";", "decimal": ",",
@@ -20,7 +19,7 @@ CLASSIFICATION = {"features": ["rms", "kurtosis"], "target": "fault", "task": "c
                   "classes": ["ok", "inner", 3], "extra_columns": "ignore"}
 KEYS = st.sampled_from([f.name for f in fields(DataSchema)]) | st.text(max_size=12)
 
-_FOLDER = tempfile.TemporaryDirectory(prefix="fuzz-schema-")
+_FOLDER = scratch_folder("fuzz-schema-")
 PATH = Path(_FOLDER.name) / "schema.json"
 
 

@@ -24,7 +24,7 @@ from fedmeta.common.security.secure_aggregation import (
     weighted_input,
     weighted_mean,
 )
-from tests.fuzz.strategies import FUZZ, changed_document, json_bytes, names_the_problem, wire_arrays
+from tests.fuzz.strategies import FUZZ, WIRE_ARRAYS, changed_document, json_bytes, names_the_problem
 
 ROUND = b"run/3"
 THRESHOLD = 2
@@ -45,11 +45,16 @@ def _opened(owner: int) -> list[object]:
     return json.loads(PARTIES[1]._channel(owner, KEYS[owner]).decrypt(box[:12], box[12:], ROUND))
 
 
+# What a malicious peer seals for factory 1, and what a factory may send as its reveal: built once.
+PLAINTEXTS = {owner: json_bytes(changed_document(_opened(owner))) for owner in PARTIES}
+REVEAL_TEXTS = {index: json_bytes(changed_document(json.loads(text))) for index, text in REVEALS.items()}
+
+
 @st.composite
 def boxes(draw: st.DrawFn, owner: int) -> bytes:
     """What arrives at factory 1 as ``owner``'s sealed shares: the real box, altered or cut, any bytes, or any
     plaintext that a malicious ``owner`` seals under the key it shares with factory 1."""
-    kind = draw(st.sampled_from(["real", "altered", "bytes", "sealed", "sealed", "sealed"]))
+    kind = draw(st.sampled_from(("real", "altered", "bytes", "sealed", "sealed", "sealed")))
     box = INBOX[1][owner]
     if kind == "real":
         return box
@@ -58,7 +63,7 @@ def boxes(draw: st.DrawFn, owner: int) -> bytes:
         return box[:at] + draw(st.binary(max_size=3)) + box[at + draw(st.integers(0, 3)):]
     if kind == "bytes":
         return draw(st.binary(max_size=40))
-    plaintext = draw(json_bytes(changed_document(_opened(owner))))
+    plaintext = draw(PLAINTEXTS[owner])
     nonce = secrets.token_bytes(12)
     return nonce + PARTIES[owner]._channel(1, KEYS[1]).encrypt(nonce, plaintext, ROUND)
 
@@ -82,10 +87,10 @@ def rounds(draw: st.DrawFn) -> tuple[dict[int, np.ndarray], dict[int, bytes]]:
     an input by any array, a factory's reveal by any bytes or any change of its JSON."""
     masked, reveals = dict(MASKED), dict(REVEALS)
     if draw(st.booleans()):
-        masked[draw(st.sampled_from(list(masked)))] = draw(wire_arrays())
+        masked[draw(st.sampled_from(tuple(masked)))] = draw(WIRE_ARRAYS)
     if draw(st.integers(0, 3)):
-        index = draw(st.sampled_from(list(reveals)))
-        reveals[index] = draw(json_bytes(changed_document(json.loads(REVEALS[index]))))
+        index = draw(st.sampled_from(tuple(reveals)))
+        reveals[index] = draw(REVEAL_TEXTS[index])
     return masked, reveals
 
 

@@ -25,6 +25,7 @@ from tests.support.flower_messages import reply_from
 MAX_NORM = 1e3
 CLAIMS = st.sampled_from([10, 1, 0, -3, 2.5, 1e-300, 1e308, 2**62, float("nan"), float("inf"), float("-inf"),
                           [1, 2], [], [1.5]])
+COMPRESSED_DELTAS = compressed_deltas()
 # What a rejection names: the delta's problem, the weight's, or the record the reply lacks.
 REASONS = ("delta rejected: ", f"{protocol.NUM_EXAMPLES} must be a positive number", f"'{protocol.METRICS}'",
            f"'{protocol.DELTA}'")
@@ -51,13 +52,13 @@ def server_identity():
 @st.composite
 def replies(draw: st.DrawFn) -> tuple[RecordDict, Compression]:
     """A training reply's records (either may be missing) and the round's compression."""
-    arrays, codec = draw(compressed_deltas())
+    arrays, codec = draw(COMPRESSED_DELTAS)
     records = {protocol.DELTA: ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})}
     metrics = {"query-loss": draw(st.floats())}
     if draw(st.integers(0, 9)):
         metrics[protocol.NUM_EXAMPLES] = draw(CLAIMS)
     records[protocol.METRICS] = MetricRecord(metrics)
-    left_out = draw(st.sampled_from([None, None, None, None, None, None, protocol.DELTA, protocol.METRICS]))
+    left_out = draw(st.sampled_from((None, None, None, None, None, None, protocol.DELTA, protocol.METRICS)))
     return RecordDict({k: v for k, v in records.items() if k != left_out}), codec
 
 

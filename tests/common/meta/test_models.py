@@ -161,6 +161,10 @@ def test_build_model_from_a_mapping_with_list_input_shape() -> None:
             {"name": "tcn", "input_shape": [3, 12], "output_dim": 1, "stem_stride": 2},
             r"stem_stride applies to cnn1d only",
         ),
+        (  # found by tests/fuzz (a damaged manifest): 2**depth was computed, which takes forever at this depth
+            {"name": "cnn1d", "input_shape": [3, 64], "output_dim": 1, "depth": 2**63},
+            r"needs length >= 1 x 2\^9223372036854775808, got 64",
+        ),
     ],
     ids=[
         "unknown-name",
@@ -172,6 +176,7 @@ def test_build_model_from_a_mapping_with_list_input_shape() -> None:
         "too-short-for-pooling",
         "too-short-for-stem-stride",
         "stem-stride-not-cnn1d",
+        "depth-past-the-length",
     ],
 )
 def test_invalid_config_raises_value_error_naming_the_problem(

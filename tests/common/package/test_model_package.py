@@ -65,6 +65,20 @@ def test_an_existing_package_is_never_overwritten(tmp_path):
     assert (tmp_path / "model" / WEIGHTS_FILE).read_bytes() == before
 
 
+@pytest.mark.parametrize(("extras", "problem"), [
+    ({"": "x"}, "'' cannot be written beside a package's own files"),
+    ({"..": "x"}, "'..' cannot be written beside"),
+    ({"x\x00y": "x"}, r"'x\\x00y' cannot be written beside"),
+    ({"a" * 300: "x"}, "cannot be written: File name too long"),
+    ({"report.txt": "\ud800"}, "'report.txt' must be text that UTF-8 can hold"),
+])
+def test_files_that_cannot_go_beside_a_package_are_refused_and_nothing_is_left(tmp_path, extras, problem):
+    """Found by tests/fuzz: these were an IsADirectoryError, a ValueError, an OSError or a UnicodeEncodeError."""
+    with pytest.raises(PackageError, match=problem):
+        save_package(tmp_path / "model", _weights(), {}, _manifest(), extras)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_changed_weights_file_is_refused_by_its_hash(tmp_path):
     save_package(tmp_path / "model", _weights(), {}, _manifest())
     path = tmp_path / "model" / WEIGHTS_FILE
@@ -99,6 +113,10 @@ def _edit_manifest(tmp_path, edit) -> None:
          "scaling's 'mean' and 'std' must be lists of numbers"),
         (lambda d: d.update(decision={"failure_class": "scrap", "failure_rate": "0.1", "adapted_rate": 0.1,
                                       "threshold": 0.5}), "a decision needs failure rates in"),
+        # Found by tests/fuzz: a damaged size or depth built its model first (16 GiB of weights, or 2^31 layers).
+        (lambda d: d["model"].update(hidden=2**31), r"do not fit the mlp model config: .* wrong shapes \["),
+        (lambda d: d["model"].update(depth=2**31), "do not fit the mlp model config: 4 tensors, fewer than its depth "
+                                                   "2147483648"),
     ],
 )
 def test_an_inconsistent_manifest_is_refused_naming_the_problem(tmp_path, edit, message):
