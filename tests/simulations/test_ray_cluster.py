@@ -130,6 +130,7 @@ def _records(run: Path) -> list[dict]:
 
 def test_a_two_node_cluster_runs_factories_on_both_and_matches_a_one_node_run(cluster, tmp_path, monkeypatch):
     assert cluster.simulate[:3] == ["fedmeta", "simulate", "--ray-address"], cluster.simulate
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the one-node run starts a Ray of its own
     served = tmp_path / "served.txt"
     monkeypatch.setattr(harness, "run_federated_simulation",
                         functools.partial(harness.run_federated_simulation, mods=[_node_recorder(served)]))
@@ -156,3 +157,9 @@ def test_an_address_without_a_ray_cluster_is_an_error_by_name(address, says, tmp
                                "--out", str(tmp_path))
     assert code == 1 and "error:" in output and says in output, output
     assert "Traceback" not in output
+
+
+def test_ray_address_in_the_environment_is_the_cluster_to_run_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", address := f"127.0.0.1:{_free_port()}")
+    code, output = run_fedmeta("simulate", *SHORT_RUN, "--out", str(tmp_path))
+    assert code == 1 and f"no Ray cluster answers at {address}" in output, output
