@@ -338,14 +338,27 @@ def bench_secagg(
 
 @bench_app.command("privacy")
 def bench_privacy(
-    dataset: Annotated[str, typer.Option(click_type=click.Choice(DATASETS), help="Data set.")] = "cmapss",
+    dataset: Annotated[
+        str | None,
+        typer.Option(click_type=click.Choice(DATASETS), help="Data set (default: cmapss; synthetic with --factories).",
+                     show_default=False),
+    ] = None,
+    factories: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated numbers of training factories of the synthetic family, e.g. "
+                     "10,100,1000 (default: the data set's own).", show_default=False),
+    ] = None,
+    sampling_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Each factory's chance to train in a round (Poisson sampling).")
+    ] = 1.0,
     epsilons: Annotated[str, typer.Option(help="Target epsilons at delta 1e-5, comma-separated.")] = "1,4,8",
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds of every run.")] = 20,
-    seed: Annotated[int, typer.Option(help="Seed of the factories and the model.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the factories, the model and the sampling.")] = 0,
     algorithm: Annotated[str, typer.Option(help="Federated algorithm.")] = "fomaml",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
 ) -> None:
-    """Held-out quality under client-level differential privacy at each target epsilon, beside no DP."""
+    """Held-out quality under client-level differential privacy at each target epsilon, beside no DP, per
+    federation size."""
     from fedmeta.simulations.benchmarks import privacy
 
     console = _wide_console()
@@ -353,7 +366,10 @@ def bench_privacy(
         targets = [float(value) for value in _comma_separated(epsilons)]
         if not targets or min(targets) <= 0:
             raise ValueError(f"--epsilons must be numbers > 0, got {epsilons!r}")
-        result = privacy.run_privacy(dataset, targets, rounds, seed, algorithm, elapsed_log(console))
+        sizes = None if factories is None else _sizes(factories)
+        chosen = dataset or ("cmapss" if sizes is None else "synthetic")
+        result = privacy.run_privacy(chosen, targets, rounds, seed, algorithm, elapsed_log(console), factories=sizes,
+                                     sampling_rate=sampling_rate)
     privacy.render_privacy(result, console)
     _write_json(result.to_dict(), json_path, console)
 

@@ -244,15 +244,19 @@ class PlainLoop:
         self.strategy = FedMetaStrategy(OuterOptimizer(params, self.settings.outer), self.settings.sampling)
         self.round = 0
 
-    def run_round(self) -> float:
-        """One round; its wall time in seconds."""
+    def run_round(self, chosen: Sequence[int] | None = None) -> float:
+        """One round of the training factories ``chosen`` by index (default: all of them); its wall time in
+        seconds. A round that chose none leaves the model unchanged, as the server's round without replies."""
         started = time.perf_counter()
         self.round += 1
+        indices = range(len(self.factories)) if chosen is None else chosen
+        if not indices:
+            return time.perf_counter() - started
         settings = dataclasses.replace(self.settings.round, server_round=self.round)
         global_params = self.strategy.optimizer.params
         accepted = []
-        for index, factory in enumerate(self.factories):
-            delta, metrics = local_update(factory, global_params, settings, self.device)
+        for index in indices:
+            delta, metrics = local_update(self.factories[index], global_params, settings, self.device)
             if self.send is not None:
                 delta, metrics = self.send(index, self.round, delta, metrics)
             self.strategy.check_delta(delta, metrics)
