@@ -125,4 +125,9 @@ class TargetScaling:
         if set(data) != set(values) or not all(isinstance(v, int | float) and not isinstance(v, bool)
                                                for v in values.values()):
             raise ValueError("a target scaling holds numbers 'mean', 'std' and an integer 'rows'")
-        return cls(float(values["mean"]), float(values["std"]), values["rows"])
+        try:
+            mean, std = float(values["mean"]), float(values["std"])
+        except OverflowError:  # an integer past float64
+            raise ValueError(f"a target scaling's mean and std must be numbers float64 can hold, got "
+                             f"{values['mean']!r:.30} and {values['std']!r:.30}") from None
+        return cls(mean, std, values["rows"])

@@ -23,9 +23,10 @@ __all__ = ["EXAMPLES", "FUZZ", "HOSTILE", "JSON_VALUES", "REFERENCE", "WIRE_ARRA
            "scratch_folder", "wire_arrays"]
 
 EXAMPLES = 2000
-# derandomize: the examples follow from the test's name, so CI runs the same ones every time (no database:
-# nothing of an earlier run changes the next). Reading files and building tensors is slower than hypothesis
-# expects of an example; each test bounds its inputs' size instead.
+# derandomize: the examples follow from the test's name (no database: nothing of an earlier run changes the next),
+# so a command runs the same examples every time. Hypothesis also draws constants from the source of the modules
+# loaded, so `pytest tests/fuzz` and `pytest tests/fuzz/test_x.py` run different (each fixed) examples. Reading files
+# and building tensors is slower than hypothesis expects of an example; each test bounds its inputs' size instead.
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 

@@ -111,6 +111,8 @@ def _edit_manifest(tmp_path, edit) -> None:
         (lambda d: d.update(scaling=True), "'scaling' must be an object or null, got True"),
         (lambda d: d.update(scaling={"mean": [10**400, 0, 0], "std": [1, 1, 1], "rows": 5}),
          "scaling's 'mean' and 'std' must be lists of numbers"),
+        (lambda d: d.update(target_scaling={"mean": 10**400, "std": 1.0, "rows": 5}),
+         "a target scaling's mean and std must be numbers float64 can hold"),
         (lambda d: d.update(decision={"failure_class": "scrap", "failure_rate": "0.1", "adapted_rate": 0.1,
                                       "threshold": 0.5}), "a decision needs failure rates in"),
         # Found by tests/fuzz: a damaged size or depth built its model first (16 GiB of weights, or 2^31 layers).
