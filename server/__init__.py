@@ -16,7 +16,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "CertificateAuthority", "create_certificate_authority", "create_factory_keys",
             "create_server_certificate", "load_certificate_authority",
         ],
-        "checkpoint": ["Checkpoint", "CheckpointError", "RunDirectory"],
+        "checkpoint": ["Checkpoint", "CheckpointError", "RunDirectory", "refuse_started_runs"],
         "deployment": [
             "CONNECTION", "DeploymentError", "ServerPlan", "build_run_config", "local_host", "plan_server",
             "register_factory", "run_status", "serve", "stop_stale_runs", "superlink_command",

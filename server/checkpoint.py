@@ -22,7 +22,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from torch import Tensor
 
 from fedmeta.common.runtime.files import atomic_write
 
-__all__ = ["Checkpoint", "CheckpointError", "RunDirectory"]
+__all__ = ["Checkpoint", "CheckpointError", "RunDirectory", "refuse_started_runs"]
 
 _PARAMS = "params/"
 _OPTIMIZER = "optimizer/"
@@ -272,3 +272,13 @@ def _digest(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
 
 def _strip(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {key[len(prefix) :]: t for key, t in tensors.items() if key.startswith(prefix)}
+
+
+def refuse_started_runs(run_dir: Path, algorithms: Iterable[str]) -> None:
+    """Raise `CheckpointError` where ``run_dir`` already holds checkpoints of one of ``algorithms``: a run that does
+    not resume would start over them. Commands check it before anything starts, so the user reads one line."""
+    for algorithm in algorithms:
+        latest = RunDirectory(run_dir / algorithm).latest_round()
+        if latest is not None:
+            raise CheckpointError(run_dir, f"already holds {algorithm} checkpoints up to round {latest}: pass --resume "
+                                           "to continue that run, or choose another run folder")

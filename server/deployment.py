@@ -46,7 +46,7 @@ from fedmeta.common import (
     wait_until_listening,
 )
 from fedmeta.server.bundle import stage_app
-from fedmeta.server.checkpoint import RunDirectory
+from fedmeta.server.checkpoint import CheckpointError, RunDirectory, refuse_started_runs
 from fedmeta.server.settings import ServerSettings
 
 __all__ = [
@@ -120,13 +120,10 @@ def build_run_config(text: str | None, *, state: Path, schema: Path | None, resu
     except (TypeError, ValueError) as error:
         raise DeploymentError(f"run config: {error}") from None
     if not settings.resume:
-        for algorithm in (settings.round.algorithm, *settings.compare_with):
-            latest = RunDirectory(Path(settings.run_dir) / algorithm).latest_round()
-            if latest is not None:
-                raise DeploymentError(
-                    f"run folder {settings.run_dir} already holds {algorithm} checkpoints up to round {latest}: "
-                    "pass --resume to continue that run, or choose another run-dir"
-                )
+        try:
+            refuse_started_runs(Path(settings.run_dir), (settings.round.algorithm, *settings.compare_with))
+        except CheckpointError as error:
+            raise DeploymentError(f"run folder {error}") from None
     return config
 
 

@@ -20,7 +20,7 @@ from rich.table import Table
 from fedmeta.common import FAMILY_KINDS, FEDERATED_ALGORITHMS
 from fedmeta.common.run_settings import AGGREGATIONS, COMPRESSIONS, DATASETS, RUN_SETTINGS, SettingValue
 from fedmeta.common.runtime.console import exit_on_errors
-from fedmeta.server import RunDirectory, ServerSettings
+from fedmeta.server import CheckpointError, RunDirectory, ServerSettings, refuse_started_runs
 from fedmeta.server.strategy import OUTER_OPTIMIZERS
 from fedmeta.simulations.report import comparison_rows
 
@@ -215,9 +215,13 @@ def simulate(
     )
 
     console = Console()
-    with exit_on_errors(console, ValueError):  # bad settings, tables or held-out names: named before the engine starts
-        ServerSettings.from_run_config(run_config)
+    # Bad settings, tables or held-out names, or a run folder holding a run to start over: named before the engine
+    # starts.
+    with exit_on_errors(console, ValueError, CheckpointError):
+        settings = ServerSettings.from_run_config(run_config)
         source = simulated_source(run_config)
+        if not resume:
+            refuse_started_runs(run_dir, (settings.round.algorithm, *settings.compare_with))
     what = f"{factories} + {held_out} held-out {family}" if dataset == "synthetic" else f"the {dataset}"
     if tables:
         what = f"the {tables} ({held_out} held out)"

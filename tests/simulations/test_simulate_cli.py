@@ -46,6 +46,16 @@ def test_resume_without_output_folder_is_refused():
     assert "--output" in result.output
 
 
+def test_a_run_folder_holding_a_run_is_refused_in_one_line_and_left_as_it_was(tmp_path):
+    saved = RunDirectory(tmp_path / "fedavg").save_checkpoint(3, {"w": torch.ones(2)}, {}, {})
+    before = saved.read_bytes()
+    result = runner.invoke(app, ["simulate", "--output", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "already holds fedavg checkpoints up to round 3: pass --resume" in " ".join(result.output.split())
+    assert "Traceback" not in result.output and "Simulating" not in result.output  # before the engine starts
+    assert saved.read_bytes() == before and not (tmp_path / "maml").exists()
+
+
 def test_small_fault_diagnosis_simulation_prints_the_comparison_table_and_packages_the_model(tmp_path):
     args = ["simulate", "--family", "fault", "--factories", "3", "--held-out", "1", "--rounds", "2",
             "--local-steps", "1", "--eval-shots", "5", "--eval-tasks", "3", "--output", str(tmp_path),
