@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from hypothesis import given
+from hypothesis import event, given
 
 from fedmeta.common.federation.compression import Compression, decode_delta
 from fedmeta.common.federation.deltas import DeltaRejected
@@ -21,7 +21,9 @@ def test_a_compressed_delta_is_decoded_to_the_global_shapes_or_rejected_by_name(
     try:
         delta = decode_delta({name: torch.from_numpy(array) for name, array in arrays.items()}, codec, REFERENCE)
     except DeltaRejected as error:
+        event("refused")
         names_the_problem(error, "delta rejected: ")
     else:
+        event("accepted")
         assert {name: (t.shape, t.dtype) for name, t in delta.items()} == {
             name: (t.shape, torch.float32) for name, t in REFERENCE.items()}

@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from fedmeta.common import build_model
@@ -47,6 +47,8 @@ def test_a_manifest_is_loaded_or_refused_naming_the_package(content: bytes) -> N
     try:
         package = load_package(PACKAGE)
     except PackageError as error:
+        event("refused")
         names_the_problem(error, f"model package {str(PACKAGE)!r}: ")
     else:
+        event("accepted")
         assert isinstance(package, ModelPackage) and package.manifest.weights_sha256 == VALID["weights_sha256"]

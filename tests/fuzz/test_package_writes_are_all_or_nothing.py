@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from fedmeta.common import build_model
@@ -48,9 +48,11 @@ def test_a_package_is_written_whole_or_not_at_all(extras: dict[str, str], where:
     try:
         save_package(target, WEIGHTS, {}, MANIFEST, extras)
     except PackageError as error:
+        event("refused")
         names_the_problem(error, f"model package {str(target)!r}: ")
         assert sorted(p.name for p in PARENT.iterdir()) == ["existing"]  # no staging folder, no half package
     else:
+        event("accepted")
         try:
             assert where == "new"
             assert load_package(target).manifest.run == "run-a"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from fedmeta.client.rounds.policy import FactoryPolicy, load_policy
@@ -29,7 +29,9 @@ def test_a_policy_file_is_read_or_refused_by_name(content: bytes) -> None:
     try:
         policy = load_policy(str(PATH))
     except ValueError as error:
+        event("refused")
         assert type(error) is ValueError, f"{type(error).__name__}: {error}"
         names_the_problem(error, f"policy file {str(PATH)!r}")
     else:
+        event("accepted")
         assert isinstance(policy, FactoryPolicy)

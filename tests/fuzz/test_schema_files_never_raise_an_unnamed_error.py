@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from fedmeta.common.data.connector import DataSchema, SchemaError
@@ -30,7 +30,9 @@ def test_a_schema_file_is_read_or_refused_by_name(content: bytes) -> None:
     try:
         schema = DataSchema.from_json(PATH)
     except SchemaError as error:
+        event("refused")
         assert error.problems and all(isinstance(p, str) and p for p in error.problems)
         names_the_problem(error, f"schema {str(PATH)!r}")
     else:
+        event("accepted")
         assert schema.features and schema.target not in schema.features

@@ -11,7 +11,7 @@ import secrets
 
 import numpy as np
 import torch
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from fedmeta.common.security.secure_aggregation import (
@@ -75,8 +75,10 @@ def test_a_factory_reveals_checked_shares_or_refuses_its_inbox_by_name(inbox: di
     try:
         revealed = PARTIES[1].reveal(inbox, KEYS, sorted(sent))
     except SecureAggregationError as error:
+        event("refused")
         names_the_problem(error, "share")
     else:
+        event("accepted")
         assert set(revealed) == set(PARTIES)
         assert revealed_shares(reveal_text(revealed), 1) == revealed  # what it reveals, the server reads back
 
@@ -104,6 +106,8 @@ def test_the_server_unmasks_the_mean_or_refuses_the_round_by_name(round_: tuple[
         total = unmask_sum(masked, shares, KEYS, THRESHOLD, ROUND)
         mean = weighted_mean(total, FIXED, REFERENCE, len(masked))
     except SecureAggregationError as error:
+        event("refused")
         names_the_problem(error)
     else:
+        event("accepted")
         assert {name: t.shape for name, t in mean.items()} == {name: t.shape for name, t in REFERENCE.items()}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from fedmeta.common.federation import protocol
@@ -78,10 +78,12 @@ def test_a_training_reply_is_applied_as_a_checked_delta_or_left_out_by_name(repl
     finally:
         logging.getLogger("fedmeta.server.strategy.fedmeta").removeHandler(warnings)
     if arrays is None:
+        event("refused")
         assert metrics["rejected"] == 1
         reason = next(m for m in warnings.messages if m.startswith("delta of factory plant-7 from node 7 left out: "))
         assert any(part in reason for part in REASONS), reason
     else:
+        event("accepted")
         assert metrics["rejected"] == 0
         step = {name: tensor - REFERENCE[name] for name, tensor in arrays.to_torch_state_dict().items()}
         assert all(bool(torch.isfinite(t).all()) for t in step.values())
