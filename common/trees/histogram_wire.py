@@ -1,10 +1,10 @@
-"""How a factory's level histograms travel: float32 sums, zlib-compressed, one uint8 array per tree group.
+"""How a factory's level histograms travel: their float64 sums, zlib-compressed, one uint8 array per tree group.
 
 Below the root most bins of a node hold no rows (a node of 30 rows fills at most 30 of a column's bins), so
-the zeros that dominate a level compress away; float32 halves the rest. XGBoost keeps each row's gradient
-pair in float32 too, so the rounding is below what its own ``hist`` method works with. The server knows
-each array's shape from the splits it sent, so the blob carries none, and decompression stops one byte past
-that size: a reply cannot inflate into more memory than an honest one needs.
+the zeros that dominate a level compress away, and the sums arrive bit for bit: the trees stay those of
+boosting on the pooled rows. The server knows each array's shape from the splits it sent, so the blob
+carries none, and decompression stops one byte past that size: a reply cannot inflate into more memory
+than an honest one needs.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import numpy as np
 
 __all__ = ["WIRE_DTYPE", "pack_histograms", "unpack_histogram"]
 
-WIRE_DTYPE = np.dtype("<f4")
+WIRE_DTYPE = np.dtype("<f8")
 _LEVEL = 1  # zlib's fastest: the zeros go at any level, and a factory packs every level of every tree
 
 
 def pack_histograms(histograms: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Each group's ``[nodes, columns, bins, 2]`` sums as a uint8 array of its compressed float32 bytes."""
+    """Each group's ``[nodes, columns, bins, 2]`` sums as a uint8 array of their compressed float64 bytes."""
     return [np.frombuffer(zlib.compress(np.ascontiguousarray(histogram, WIRE_DTYPE).tobytes(), _LEVEL), np.uint8)
             for histogram in histograms]
 
@@ -44,4 +44,4 @@ def unpack_histogram(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if len(raw) < size or inflater.unused_data:
         raise ValueError(f"a packed histogram must hold exactly {expected}, got {len(raw)}"
                          f"{' and trailing bytes' if inflater.unused_data else ''}")
-    return np.frombuffer(raw, WIRE_DTYPE).reshape(shape).astype(np.float64)
+    return np.frombuffer(raw, WIRE_DTYPE).reshape(shape).astype(np.float64)  # native order, writable

@@ -58,8 +58,7 @@ def read_histograms(packed: Sequence[np.ndarray], splits: LevelSplits, shape: Tr
                     bins: int) -> list[np.ndarray]:
     """A factory's level reply unpacked (`histogram_wire`); raise `TreesRejected` unless it holds one level's
     sums of this federation: a ``[summed nodes, columns, bins, 2]`` finite array per group, hessians at least 0,
-    and every column of a node summing to the same totals (each sums the node's rows once, up to the float32
-    rounding of its bins)."""
+    and every column of a node summing to the same totals (each sums the node's rows once)."""
     if len(packed) != shape.groups:
         raise TreesRejected(f"{len(packed)} histogram groups; this federation's trees have {shape.groups}")
     histograms = []
@@ -74,7 +73,7 @@ def read_histograms(packed: Sequence[np.ndarray], splits: LevelSplits, shape: Tr
             raise TreesRejected(f"group {group}'s histogram holds a negative hessian sum")
         totals = histogram.sum(axis=2)
         spread = np.abs(totals - totals[:, :1]).max(initial=0.0)
-        if spread > 1e-6 * (1.0 + np.abs(histogram).sum(axis=2).max(initial=0.0)):
+        if spread > 1e-6 * (1.0 + np.abs(totals).max(initial=0.0)):
             raise TreesRejected(f"group {group}'s columns sum to different node totals (off by {spread:.3g})")
         histograms.append(histogram)
     return histograms
