@@ -19,14 +19,16 @@ from fedmeta.common.package.model_package import (
     Manifest,
     PackageError,
     PackageSchema,
+    installed_versions,
     load_package,
     save_package,
 )
 from tests.fuzz.strategies import FUZZ, names_the_problem, scratch_folder
 
 CONFIG = ModelConfig("mlp", (2,), 1, hidden=4, depth=1)
+# Its versions given: looking up the installed ones costs more than writing the package.
 MANIFEST = Manifest(PackageSchema(("temperature", "pressure"), "quality", "regression"), CONFIG,
-                    AdaptationPlan("fomaml", 5, 0.01), "factory-rows", "run-a", 3)
+                    AdaptationPlan("fomaml", 5, 0.01), "factory-rows", "run-a", 3, versions=installed_versions())
 WEIGHTS = {name: p.detach() for name, p in build_model(CONFIG).named_parameters()}
 
 _FOLDER = scratch_folder("fuzz-package-")
