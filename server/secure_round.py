@@ -14,10 +14,10 @@ inputs weigh the same (`common.security.privacy`).
 
 A factory's peers are the round's other factories, or with ``secagg-plus`` its neighbours in the random
 graph the server draws for the round from the round's id (SecAgg+): a factory only ever sees its
-neighbours' keys and shares, whatever the protocol. A factory that does not answer an exchange is left out
-of the next ones. With fewer factories answering than ``secagg-threshold`` of the round, or fewer of one's
-neighbours revealing than the threshold of shares, the round fails: the model is unchanged and the
-metrics say so.
+neighbours' keys and shares, whatever the protocol. A factory that does not answer an exchange, or answers
+without what it asks for (`reply_problem`), is left out of the next ones. With fewer factories answering
+than ``secagg-threshold`` of the round, or fewer of one's neighbours revealing than the threshold of
+shares, the round fails: the model is unchanged and the metrics say so.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from torch import Tensor
 
@@ -41,7 +41,7 @@ from fedmeta.common.security.secure_aggregation import (
 )
 from fedmeta.server.strategy.fedmeta import FedMetaStrategy, ModelRecords, exchange, weighted_metrics
 
-__all__ = ["secure_training_round"]
+__all__ = ["reply_problem", "secure_training_round"]
 
 SECAGG, MASKED = protocol.SECAGG, protocol.MASKED
 KEYS, SHARES, REVEAL = protocol.SECAGG_KEYS, protocol.SECAGG_SHARES, protocol.SECAGG_REVEAL
@@ -53,14 +53,42 @@ def _keys_record(keys: Mapping[int, PublicKeys]) -> dict[str, bytes]:
     return {f"mask/{i}": k.mask for i, k in keys.items()} | {f"share/{i}": k.share for i, k in keys.items()}
 
 
-def _answers(grid: Grid, sent: Mapping[int, Message], timeout: float) -> dict[int, RecordDict]:
-    """The contents of the replies that arrived without an error, by the sender's participant index."""
+# What a reply to each exchange must hold: (record, key, type of its value); key None: every value of the record.
+# A reply that lacks one, or holds another type (``bytes(n)`` of a number n would allocate n bytes), leaves its
+# factory out of the round as an error reply does, before the server reads it.
+_REPLY_FIELDS: dict[str, tuple[tuple[str, str | None, type], ...]] = {
+    KEYS: ((SECAGG, "mask", bytes), (SECAGG, "share", bytes)),
+    SHARES: ((SECAGG, None, bytes),),
+    MessageType.TRAIN: ((MASKED, "input", Array), (protocol.METRICS, None, object)),
+    REVEAL: ((SECAGG, "reveal", bytes),),
+}
+
+
+def reply_problem(content: RecordDict, kind: str) -> str | None:
+    """What keeps ``content`` from being a reply to the secure round's exchange ``kind`` (None: nothing)."""
+    for record, key, value_type in _REPLY_FIELDS[kind]:
+        if record not in content:
+            return f"no {record!r} record"
+        values = content[record]
+        if key is not None and key not in values:
+            return f"no {key!r} in its {record!r} record"
+        for name, value in values.items() if key is None else [(key, values[key])]:
+            if not isinstance(value, value_type):
+                return f"{type(value).__name__} for {name!r} in its {record!r} record, not {value_type.__name__}"
+    return None
+
+
+def _answers(grid: Grid, sent: Mapping[int, Message], timeout: float, kind: str) -> dict[int, RecordDict]:
+    """The contents of the replies that arrived without an error and hold what ``kind`` asks for, by the sender's
+    participant index."""
     index = {message.metadata.dst_node_id: i for i, message in sent.items()}
     answers = {}
     for reply in exchange(grid, sent.values(), timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             log.warning("factory on node %d left the secure round: %s", node, reply.error.reason)
+        elif (problem := reply_problem(reply.content, kind)) is not None:
+            log.warning("factory on node %d left the secure round: its %s reply has %s", node, kind, problem)
         else:
             answers[index[node]] = reply.content
     return answers
@@ -83,7 +111,7 @@ def secure_training_round(grid: Grid, strategy: FedMetaStrategy, server_round: i
 
     def send(kind: str, indices: Sequence[int], content) -> dict[int, RecordDict]:
         messages = {i: Message(content(i), dst_node_id=nodes[i], message_type=kind) for i in indices}
-        answers = _answers(grid, messages, timeout)
+        answers = _answers(grid, messages, timeout, kind)
         if len(answers) < minimum:
             raise SecureAggregationError(f"{len(answers)} of {len(indices)} factories answered {kind!r}, fewer "
                                          f"than the threshold {minimum}")

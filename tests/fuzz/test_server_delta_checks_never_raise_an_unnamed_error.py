@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -20,7 +19,7 @@ from fedmeta.common.federation.compression import Compression
 from fedmeta.server import FedMetaStrategy, NodeInfo, SamplingSettings
 from fedmeta.server.strategy import OuterOptimizer, OuterOptimizerConfig
 from tests.fuzz.strategies import FUZZ, REFERENCE, compressed_deltas
-from tests.support.flower_messages import reply_from
+from tests.support.flower_messages import act_as_server_task, reply_from
 
 MAX_NORM = 1e3
 CLAIMS = st.sampled_from([10, 1, 0, -3, 2.5, 1e-300, 1e308, 2**62, float("nan"), float("inf"), float("-inf"),
@@ -44,8 +43,7 @@ class _Warnings(logging.Handler):
 def server_identity():
     """Messages take their sender from the running task, as on a real server."""
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("_run_id", "_node_id", "_task_id"):
-            patch.setattr(TaskIdentity, name, 1 if name == "_run_id" else 0)
+        act_as_server_task(patch)
         yield
 
 

@@ -9,10 +9,18 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+import pytest
 from flwr.app import ArrayRecord, Error, Message, Metadata, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 from torch import Tensor
 
 from fedmeta.common.federation.compression import Compression, encode_delta
+
+
+def act_as_server_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outgoing messages take their sender from the running task, as on a real server: run 1, node 0."""
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1 if name == "_run_id" else 0)
 
 
 def delivered(content: RecordDict, message_type: str, dst_node_id: int, message_id: str = "m",

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.client import load_factories, make_client_app, train_reply
 from fedmeta.common import RoundSettings
@@ -16,16 +15,14 @@ from fedmeta.server import FedMetaStrategy, NodeInfo, SamplingSettings, exchange
 from fedmeta.server.strategy import OuterOptimizer, OuterOptimizerConfig
 from fedmeta.server.strategy.aggregation import AggregationRule
 from fedmeta.server.strategy.fedmeta import model_records
-from tests.support.flower_messages import delivered, delta_record, reply_from
+from tests.support.flower_messages import act_as_server_task, delivered, delta_record, reply_from
 
 PARAMS = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
 
 
 @pytest.fixture(autouse=True)
 def server_identity(monkeypatch):
-    """Outgoing messages take their sender from the running task, as on a real server."""
-    for name in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, name, 1 if name == "_run_id" else 0)
+    act_as_server_task(monkeypatch)
 
 
 def _strategy(min_train_nodes: int = 2, max_delta_norm: float = 50.0, fraction: float = 1.0) -> FedMetaStrategy:

@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedmeta.client import load_factory, make_client_app
 from fedmeta.client.rounds.trees import factory_tree_shape
@@ -20,16 +19,14 @@ from fedmeta.common.trees.continuation import RECIPE_LOSS_PREFIX, TREE_RECIPES
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, load_ensemble
 from fedmeta.server import NodeInfo, SamplingSettings, ServerSettings
 from fedmeta.server.strategy.trees import TreeStrategy, ensemble_bytes, ensemble_records
-from tests.support.flower_messages import delivered, reply_from
+from tests.support.flower_messages import act_as_server_task, delivered, reply_from
 
 RUN_CONFIG = {"family": "quality", "num-factories": 3, "num-held-out": 1, "device": "cpu"}
 
 
 @pytest.fixture(autouse=True)
 def server_identity(monkeypatch):
-    """Outgoing messages take their sender from the running task, as on a real server."""
-    for name in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, name, 1 if name == "_run_id" else 0)
+    act_as_server_task(monkeypatch)
 
 
 @pytest.fixture(scope="module")
