@@ -16,9 +16,13 @@ import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from fedmeta.common import build_model
 from fedmeta.common.federation.compression import COMPRESSIONS, Compression, encode_delta
+from fedmeta.common.meta.models import ModelConfig
+from fedmeta.common.package.model_package import PackageSchema
 
-__all__ = ["EXAMPLES", "FUZZ", "HOSTILE", "JSON_VALUES", "REFERENCE", "WIRE_ARRAYS", "WIRE_DTYPES", "changed_document",
+__all__ = ["EXAMPLES", "FUZZ", "HOSTILE", "JSON_VALUES", "PACKAGE_CONFIG", "PACKAGE_SCHEMA", "PACKAGE_WEIGHTS",
+           "REFERENCE", "WIRE_ARRAYS", "WIRE_DTYPES", "changed_document",
            "compressed_deltas", "damage_arrays", "encode", "encoded", "json_bytes", "json_values", "names_the_problem",
            "scratch_folder", "wire_arrays"]
 
@@ -237,3 +241,9 @@ def compressed_deltas(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], Compressi
     delta = {name: piece.reshape(t.shape) for (name, t), piece in zip(REFERENCE.items(), pieces, strict=True)}
     encoded, _ = encode_delta(delta, codec)
     return damage_arrays(draw, {name: array.numpy() for name, array in encoded.items()}), codec
+
+
+# The small package the manifest and package-write fuzz tests save: two features, one regression target.
+PACKAGE_CONFIG = ModelConfig("mlp", (2,), 1, hidden=4, depth=1)
+PACKAGE_SCHEMA = PackageSchema(("temperature", "pressure"), "quality", "regression")
+PACKAGE_WEIGHTS = {name: p.detach() for name, p in build_model(PACKAGE_CONFIG).named_parameters()}

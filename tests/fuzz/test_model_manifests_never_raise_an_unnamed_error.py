@@ -11,23 +11,28 @@ import torch
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from fedmeta.common import build_model
 from fedmeta.common.data.scaling import FeatureScaling, TargetScaling
-from fedmeta.common.meta.models import ModelConfig
 from fedmeta.common.package.model_package import (
     MANIFEST_FILE,
     AdaptationPlan,
     Manifest,
     ModelPackage,
     PackageError,
-    PackageSchema,
     load_package,
     save_package,
 )
-from tests.fuzz.strategies import FUZZ, changed_document, json_bytes, names_the_problem, scratch_folder
+from tests.fuzz.strategies import (
+    FUZZ,
+    PACKAGE_CONFIG,
+    PACKAGE_SCHEMA,
+    PACKAGE_WEIGHTS,
+    changed_document,
+    json_bytes,
+    names_the_problem,
+    scratch_folder,
+)
 
-CONFIG = ModelConfig("mlp", (2,), 1, hidden=4, depth=1)
-MANIFEST = Manifest(PackageSchema(("temperature", "pressure"), "quality", "regression"), CONFIG,
+MANIFEST = Manifest(PACKAGE_SCHEMA, PACKAGE_CONFIG,
                     AdaptationPlan("fomaml", 5, 0.01, "cross-validated"), "factory-rows", "run-a", 3,
                     metrics={"mse-k5": 0.4}, scaling=FeatureScaling(torch.zeros(2), torch.ones(2), 10),
                     target_scaling=TargetScaling(1.0, 2.0, 10), lineage={"package": "sha", "rows": 10},
@@ -36,7 +41,7 @@ KEYS = st.sampled_from([f.name for f in fields(Manifest)]) | st.text(max_size=8)
 
 _FOLDER = scratch_folder("fuzz-manifest-")
 PACKAGE = Path(_FOLDER.name) / "package"
-VALID = save_package(PACKAGE, {n: p.detach() for n, p in build_model(CONFIG).named_parameters()}, {},
+VALID = save_package(PACKAGE, PACKAGE_WEIGHTS, {},
                      MANIFEST).manifest.to_json()
 
 

@@ -11,30 +11,32 @@ from pathlib import Path
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from fedmeta.common import build_model
-from fedmeta.common.meta.models import ModelConfig
 from fedmeta.common.package.model_package import (
     MANIFEST_FILE,
     AdaptationPlan,
     Manifest,
     PackageError,
-    PackageSchema,
     installed_versions,
     load_package,
     save_package,
 )
-from tests.fuzz.strategies import FUZZ, names_the_problem, scratch_folder
+from tests.fuzz.strategies import (
+    FUZZ,
+    PACKAGE_CONFIG,
+    PACKAGE_SCHEMA,
+    PACKAGE_WEIGHTS,
+    names_the_problem,
+    scratch_folder,
+)
 
-CONFIG = ModelConfig("mlp", (2,), 1, hidden=4, depth=1)
 # Its versions given: looking up the installed ones costs more than writing the package.
-MANIFEST = Manifest(PackageSchema(("temperature", "pressure"), "quality", "regression"), CONFIG,
+MANIFEST = Manifest(PACKAGE_SCHEMA, PACKAGE_CONFIG,
                     AdaptationPlan("fomaml", 5, 0.01), "factory-rows", "run-a", 3, versions=installed_versions())
-WEIGHTS = {name: p.detach() for name, p in build_model(CONFIG).named_parameters()}
 
 _FOLDER = scratch_folder("fuzz-package-")
 PARENT = Path(_FOLDER.name)
 EXISTING = PARENT / "existing"
-save_package(EXISTING, WEIGHTS, {}, MANIFEST, {"report.txt": "the first package"})
+save_package(EXISTING, PACKAGE_WEIGHTS, {}, MANIFEST, {"report.txt": "the first package"})
 BEFORE = {file.name: file.read_bytes() for file in EXISTING.iterdir()}
 
 NAMES = st.sampled_from(["report.txt", "", ".", "..", "a/b", "../escape.txt", "/tmp/abs.txt", MANIFEST_FILE,
@@ -48,7 +50,7 @@ TEXTS = st.sampled_from(["", "ok", "\ud800", "\x00", "a" * 5000]) | st.text(max_
 def test_a_package_is_written_whole_or_not_at_all(extras: dict[str, str], where: str) -> None:
     target = PARENT / where
     try:
-        save_package(target, WEIGHTS, {}, MANIFEST, extras)
+        save_package(target, PACKAGE_WEIGHTS, {}, MANIFEST, extras)
     except PackageError as error:
         event("refused")
         names_the_problem(error, f"model package {str(target)!r}: ")
