@@ -326,9 +326,10 @@ def _submit(plan: ServerPlan, report: Report) -> str:
     app = stage_app(plan.state / "app", plan.run_config)
     run_id = None
     command = ["flwr", "run", str(app), CONNECTION, "--stream"]
+    # Line-buffered: a server killed outright (SIGKILL, power loss) keeps every line it had streamed.
     with ChildProcess("run submission", command, env=flower_env(plan.flwr_home)) as submission, (
         plan.state / "run.log"
-    ).open("a", encoding="utf-8") as log:
+    ).open("a", encoding="utf-8", buffering=1) as log:
         for line in submission.lines():
             log.write(line + "\n")
             if run_id is None and (match := _RUN_STARTED.search(line)):

@@ -43,11 +43,12 @@ from flwr.superlink.grid.http_grid import ERROR_MESSAGE_PULL_MESSAGES_PAYLOAD_TO
 
 from fedmeta.common.runtime.flower_pin import require_flower
 
-__all__ = ["ONLINE_CHECK_S", "OnlineNodes", "pull_replies"]
+__all__ = ["ONLINE_CHECK_S", "SENDER_LOST", "OnlineNodes", "pull_replies"]
 
 ONLINE_CHECK_S = 1.0  # how stale the list of connected nodes may be while an upload is awaited
 RETRY_S = 0.2  # the first wait before an object not there yet is tried again (Flower: 1 s)
 RETRY_CAP_S = 1.0  # the longest (Flower: 10 s): a lost sender is noticed within about a second
+SENDER_LOST = "went offline before its upload finished"
 
 
 class OnlineNodes:
@@ -103,7 +104,7 @@ def pull_replies(grid: Grid, message_ids: Iterable[str], *, deadline: float | No
                 if deadline is not None and time.monotonic() >= deadline:
                     raise ObjectPullError(object_id, "the round's timeout passed before its upload finished") from None
                 if sender not in online:
-                    raise ObjectPullError(object_id, f"node {sender} went offline before its upload finished") from None
+                    raise ObjectPullError(object_id, f"node {sender} {SENDER_LOST}") from None
                 raise
 
         try:

@@ -274,6 +274,36 @@ def bench_deployment(
     _write_json(result.to_dict(), json_path, console)
 
 
+@bench_app.command("soak")
+def bench_soak(
+    factories: Annotated[int, typer.Option(min=6, help="Factories, each a `fedmeta client` (process isolation).")] = 6,
+    rounds: Annotated[int, typer.Option(min=12, help="Rounds of the run.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the fault schedule (which fault when, on which factory) and "
+                                      "of the factories' tables.")] = 0,
+    round_timeout: Annotated[float, typer.Option(min=21.0, help="Seconds a round waits for replies at most.")] = 30.0,
+    keep: Annotated[Path | None, typer.Option(help="Run in this folder and keep it (logs, run, states); default: "
+                                              "a temporary folder.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """A federation of real processes through seeded faults: factories killed while training and while
+    uploading, the server killed and resumed, a factory frozen, a slow and lossy link (needs root)."""
+    from fedmeta.simulations.benchmarks import soak  # imports torch: only when benchmarking
+
+    console = Console()
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        console.print(f"[red]error:[/red] --keep {keep} is not empty: the soak writes a new run there")
+        raise typer.Exit(1)
+    with exit_on_errors(console, ValueError, RuntimeError):
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+        result = soak.run_soak(factories, rounds, seed=seed, round_timeout=round_timeout, folder=keep,
+                               log=elapsed_log(console))
+    soak.render(result, console)
+    _write_json(result.to_dict(), json_path, console)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
 @bench_app.command("robustness")
 def bench_robustness(
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds of every run.")] = 20,

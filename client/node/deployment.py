@@ -363,7 +363,8 @@ def _failure(code: int, plan: FactoryPlan, events: _Events) -> FactoryError:
     if events.refused:
         return FactoryError(
             f"the server {plan.server} refused factory {plan.factory}: its key {plan.key} is not registered "
-            "there (the server registers the *.pub files in its --factory-keys folder)"
+            "there (the server registers the *.pub files in its --factory-keys folder), or another process with "
+            "this key is connected to it"
         )
     if events.tls:
         return FactoryError(f"TLS handshake with {plan.server} failed: check --ca {plan.ca} and the server address")
@@ -372,21 +373,20 @@ def _failure(code: int, plan: FactoryPlan, events: _Events) -> FactoryError:
     return FactoryError(f"the SuperNode stopped with exit code {code}; its log: {plan.log}")
 
 
-def run_factory(plan: FactoryPlan, report: Report) -> None:
-    """Serve runs until stopped (Ctrl-C / SIGTERM stop the SuperNode and its app processes).
+ACTIVATION_RETRY_S = 2.0
 
-    A SuperNode never ends by itself while all is well, so it ending raises `FactoryError`
-    saying why: key refused, TLS failure, server unreachable for longer than ``max_wait_s``.
-    """
-    if port_in_use("127.0.0.1", plan.runtime_port):
-        raise FactoryError(
-            f"port {plan.runtime_port} (this node's local app API) is in use, by another factory on this machine? "
-            "choose --runtime-port"
-        )
-    if not probe_server(plan):
-        report(f"server {plan.server} is not reachable yet; the factory keeps trying")
-    env = flower_env(plan.state / "flwr") | (supernode_timings.environment() if plan.tuned_supernode else {})
-    plan.state.mkdir(parents=True, exist_ok=True)
+
+def activation_patience_s(plan: FactoryPlan) -> float:
+    """How long a refused activation is tried again. The server refuses a key whose node it still counts as
+    connected, and it counts a node connected until it misses its heartbeats: a factory restarted right after a
+    crash is refused until then."""
+    interval = (supernode_timings.HEARTBEAT_INTERVAL_S if plan.tuned_supernode
+                else supernode_timings.FLOWER_HEARTBEAT_INTERVAL_S)
+    return supernode_timings.HEARTBEAT_PATIENCE * interval + 2 * ACTIVATION_RETRY_S
+
+
+def _serve(plan: FactoryPlan, env: dict[str, str], report: Report) -> tuple[int, _Events]:
+    """Run the SuperNode (and the process beside it) until it ends; its exit code and what its log said."""
     events = _Events()
     with ExitStack() as processes, plan.log.open("a", encoding="utf-8") as log:
         supervisor = None
@@ -402,5 +402,35 @@ def run_factory(plan: FactoryPlan, report: Report) -> None:
             log.write(f"{datetime.now().isoformat(timespec='milliseconds')} {line}\n")  # Flower's lines have no time
             log.flush()
             _interpret(line, plan, events, report)
-        code = node.wait()
-    raise _failure(code, plan, events)
+        return node.wait(), events
+
+
+def run_factory(plan: FactoryPlan, report: Report) -> None:
+    """Serve runs until stopped (Ctrl-C / SIGTERM stop the SuperNode and its app processes).
+
+    A SuperNode never ends by itself while all is well, so it ending raises `FactoryError`
+    saying why: key refused (after `activation_patience_s` of tries), TLS failure, server unreachable for
+    longer than ``max_wait_s``.
+    """
+    if port_in_use("127.0.0.1", plan.runtime_port):
+        raise FactoryError(
+            f"port {plan.runtime_port} (this node's local app API) is in use, by another factory on this machine? "
+            "choose --runtime-port"
+        )
+    if not probe_server(plan):
+        report(f"server {plan.server} is not reachable yet; the factory keeps trying")
+    env = flower_env(plan.state / "flwr") | (supernode_timings.environment() if plan.tuned_supernode else {})
+    plan.state.mkdir(parents=True, exist_ok=True)
+    refused_since = None
+    while True:
+        code, events = _serve(plan, env, report)
+        if not events.refused:
+            raise _failure(code, plan, events)
+        if refused_since is None:
+            refused_since = time.monotonic()
+            report(f"the server {plan.server} refused to activate factory {plan.factory}: its key is not registered "
+                   "there, or the server still counts an earlier process of this factory as connected (until it "
+                   f"misses its heartbeats); trying again for {activation_patience_s(plan):.0f} s")
+        elif time.monotonic() - refused_since >= activation_patience_s(plan):
+            raise _failure(code, plan, events)
+        time.sleep(ACTIVATION_RETRY_S)

@@ -43,7 +43,8 @@ from types import ModuleType
 
 from fedmeta.common.runtime.flower_pin import FLOWER_VERSION, FlowerInternalsChanged, require_flower
 
-__all__ = ["CONNECT_RETRY_S", "HEARTBEAT_INTERVAL_S", "HEARTBEAT_RETRY_S", "IDLE_PULL_S", "OBJECT_RETRY_CAP_S",
+__all__ = ["CONNECT_RETRY_S", "FLOWER_HEARTBEAT_INTERVAL_S", "HEARTBEAT_INTERVAL_S", "HEARTBEAT_PATIENCE",
+           "HEARTBEAT_RETRY_S", "IDLE_PULL_S", "OBJECT_RETRY_CAP_S",
            "OBJECT_RETRY_S", "REPLY_LOOK_S", "TASK_POLL_ENV", "TASK_POLL_S", "apply", "environment",
            "shorten_object_pulls"]
 
@@ -52,6 +53,8 @@ __all__ = ["CONNECT_RETRY_S", "HEARTBEAT_INTERVAL_S", "HEARTBEAT_RETRY_S", "IDLE
 IDLE_PULL_S = 0.5  # an idle factory asks its SuperLink for work twice a second (a small HTTP request)
 REPLY_LOOK_S = 0.1  # a local look into the node's own state
 HEARTBEAT_INTERVAL_S = 10  # Flower's HEARTBEAT_MIN_INTERVAL; times its patience of 2: gone after 20 s
+FLOWER_HEARTBEAT_INTERVAL_S = 30  # flwr 1.42.0's HEARTBEAT_DEFAULT_INTERVAL, which a stock SuperNode keeps
+HEARTBEAT_PATIENCE = 2  # flwr 1.42.0's: the SuperLink calls a node gone after this many missed heartbeats
 TASK_POLL_ENV, TASK_POLL_S = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", 0.25  # a local look
 HEARTBEAT_RETRY_S = 2  # the longest wait before a failed heartbeat is tried again
 CONNECT_RETRY_S = 2  # the longest wait before a failed request to the SuperLink is tried again
@@ -108,6 +111,9 @@ def apply() -> None:
     _check(heartbeat, f"no longer retries with {_RETRY_SOURCE}", _RETRY_SOURCE in inspect.getsource(heartbeat))
     _check(constant, f"allows no heartbeat of {HEARTBEAT_INTERVAL_S} s",
            constant.HEARTBEAT_MIN_INTERVAL <= HEARTBEAT_INTERVAL_S <= constant.HEARTBEAT_MAX_INTERVAL)
+    _check(constant, f"no longer heartbeats every {FLOWER_HEARTBEAT_INTERVAL_S} s with a patience of "
+           f"{HEARTBEAT_PATIENCE}", (constant.HEARTBEAT_DEFAULT_INTERVAL, constant.HEARTBEAT_PATIENCE)
+           == (FLOWER_HEARTBEAT_INTERVAL_S, HEARTBEAT_PATIENCE))
     _check(http_retry, f"no longer retries requests with {_CONNECT_RETRY_SOURCE}",
            hasattr(http_retry, "MAX_RETRY_DELAY") and _CONNECT_RETRY_SOURCE in inspect.getsource(http_retry))
     start_client_internal.time = _ShorterWaits()

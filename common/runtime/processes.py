@@ -183,6 +183,12 @@ class ChildProcess:
         """Send ``signum`` to the process group (nothing happens when none of it is left)."""
         _signal((), self.pid, signum)
 
+    def signal_tree(self, signum: int) -> None:
+        """Send ``signum`` to the group and every descendant at once: SIGKILL is a crash that says no goodbye,
+        SIGSTOP freezes the whole tree (SIGCONT thaws it)."""
+        self._tree |= descendants(self.pid)
+        _signal(self._tree, self.pid, signum)
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM the group and every descendant at once, SIGKILL the group after ``timeout`` s, then end every
         descendant; the exit code. A descendant in a session of its own (the ServerApp Flower's SuperExec starts)

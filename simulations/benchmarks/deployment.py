@@ -53,10 +53,14 @@ __all__ = [
     "SUPERNODES",
     "DeploymentBenchResult",
     "ModeResult",
+    "client_command",
     "deployment_rounds",
     "export_tables",
+    "make_certificates",
     "render",
+    "run_config",
     "run_deployment_benchmark",
+    "server_command",
     "simulation_rounds",
 ]
 
@@ -112,7 +116,8 @@ class DeploymentBenchResult:
         }
 
 
-def _config(factories: int, rounds: int, run_dir: Path) -> dict[str, object]:
+def run_config(factories: int, rounds: int, run_dir: Path) -> dict[str, object]:
+    """The bench's run settings: `scaling.WORK` for ``rounds`` rounds, every factory in each."""
     return {
         **WORK,
         "num-factories": factories,
@@ -154,39 +159,55 @@ def simulation_rounds(factories: int, rounds: int, folder: Path) -> ModeResult:
     from fedmeta.simulations.harness import run_federated_simulation  # starts Ray: only when needed
 
     records: list[Mapping[str, object]] = []
-    run_federated_simulation(_config(factories, rounds, folder / "run"), progress=records.append)
+    run_federated_simulation(run_config(factories, rounds, folder / "run"), progress=records.append)
     return _mode_result("simulation", records, factories)
+
+
+FEDMETA = Path(sysconfig.get_path("scripts")) / "fedmeta"
+
+
+def server_command(certs: Path, state: Path, port: int, schema: Path, config: Mapping[str, object],
+                   *flags: str) -> list[str]:
+    """``fedmeta server`` with TLS and node authentication from ``certs``, on ``port``, running ``config``."""
+    settings = " ".join(f"{key}={toml_value(value)}" for key, value in config.items())
+    return [str(FEDMETA), "server", "--certs", str(certs), "--state", str(state), "--port", str(port),
+            "--control-port", str(free_port()), "--schema", str(schema), "--run-config", settings, *flags]
+
+
+def client_command(factory: str, server: str, folder: Path, isolation: str, *flags: str) -> list[str]:
+    """``fedmeta client`` for ``factory``, its table, key and state in ``folder`` (as `export_tables` and
+    `deployment_rounds` lay them out), dialling ``server`` (HOST:PORT)."""
+    certs = folder / "certs"
+    return [str(FEDMETA), "client", "--server", server, "--data", str(folder / f"{factory}.csv"),
+            "--schema", str(folder / "schema.json"), "--key", str(certs / factory), "--ca", str(certs / "ca.crt"),
+            "--factory", factory, "--device", "cpu", "--isolation", isolation,
+            "--runtime-port", str(free_port()), "--state", str(folder / factory), *flags]
+
+
+def make_certificates(folder: Path, factories: Sequence[str], hosts: Sequence[str] = ("127.0.0.1",)) -> Path:
+    """A CA, the server's certificate for ``hosts`` and a key pair per factory, in ``folder``/certs."""
+    certs = folder / "certs"
+    create_server_certificate(certs, create_certificate_authority(certs), list(hosts))
+    for factory in factories:
+        create_factory_keys(certs, factory)
+    return certs
 
 
 def deployment_rounds(family: FactoryFamily, rounds: int, folder: Path, isolation: str, log: Log,
                       supernode: str = "tuned") -> ModeResult:
     """The federation as ``fedmeta server`` and one ``fedmeta client`` per factory, TLS and node auth on;
     ``supernode`` "stock" runs Flower's SuperNode with its own timings."""
-    certs = folder / "certs"
-    create_server_certificate(certs, create_certificate_authority(certs), ["127.0.0.1"])
-    for factory in family.train:
-        create_factory_keys(certs, factory.name)
+    certs = make_certificates(folder, [factory.name for factory in family.train])
     schema = export_tables(family, folder)
-    config = _config(len(family.train), rounds, folder / "run")
-    run_config = " ".join(f"{key}={toml_value(value)}" for key, value in config.items())
     port = free_port()
-    fedmeta = Path(sysconfig.get_path("scripts")) / "fedmeta"
-    server = ChildProcess(
-        "server",
-        [str(fedmeta), "server", "--certs", str(certs), "--state", str(folder / "server"), "--port", str(port),
-         "--control-port", str(free_port()), "--schema", str(schema), "--run-config", run_config],
-        log=folder / "server.log",
-    )
+    config = run_config(len(family.train), rounds, folder / "run")
+    server = ChildProcess("server", server_command(certs, folder / "server", port, schema, config),
+                          log=folder / "server.log")
+    stock = ["--stock-supernode"] if supernode == "stock" else []
     clients = [
-        ChildProcess(
-            f"factory {factory.name}",
-            [str(fedmeta), "client", "--server", f"127.0.0.1:{port}", "--data", str(folder / f"{factory.name}.csv"),
-             "--schema", str(schema), "--key", str(certs / factory.name), "--ca", str(certs / "ca.crt"),
-             "--factory", factory.name, "--device", "cpu", "--isolation", isolation,
-             "--runtime-port", str(free_port()), "--state", str(folder / factory.name),
-             *(["--stock-supernode"] if supernode == "stock" else [])],
-            log=folder / f"{factory.name}.log",
-        )
+        ChildProcess(f"factory {factory.name}",
+                     client_command(factory.name, f"127.0.0.1:{port}", folder, isolation, *stock),
+                     log=folder / f"{factory.name}.log")
         for factory in family.train
     ]
     started = time.perf_counter()
