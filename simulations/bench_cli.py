@@ -289,7 +289,7 @@ def bench_soak(
     uploading, the server killed and resumed, a factory frozen, a slow and lossy link (needs root)."""
     from fedmeta.simulations.benchmarks import soak  # imports torch: only when benchmarking
 
-    console = Console()
+    console = _wide_console()
     if keep is not None and keep.exists() and any(keep.iterdir()):
         console.print(f"[red]error:[/red] --keep {keep} is not empty: the soak writes a new run there")
         raise typer.Exit(1)

@@ -187,6 +187,10 @@ def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float | None) 
         if not pending or (deadline is not None and time.monotonic() >= deadline):
             break
         time.sleep(min(PULL_MAX_INTERVAL_S, max(PULL_INTERVAL_S, PULL_COST_FACTOR * cost)))
+    for message_id in sorted(pending, key=lambda pending_id: sent[pending_id].metadata.dst_node_id):
+        metadata = sent[message_id].metadata
+        log.warning("node %d did not answer its %s message within the %g s timeout", metadata.dst_node_id,
+                    metadata.message_type, timeout)
     return replies
 
 

@@ -78,9 +78,8 @@ def secure_run(tmp_path_factory) -> Iterator[SecureRun]:
         wait_for(lambda: len(metrics(run)) >= 1, 180, "round 1", logs)
         plant_c = clients["plant-c"]
         # Round 2's shares are in and the factories start training: plant-c is in the middle of the secure
-        # round, its masked input not yet sent. Kill its SuperNode there. (Killed while a reply is being
-        # uploaded, a factory stalls the server's pull until Flower's object-push session expires, about
-        # three minutes: not what this test is about.)
+        # round, its masked input not yet sent. Kill its SuperNode there. (A factory killed while a reply is
+        # being uploaded: tests/simulations/benchmarks/test_soak.py.)
         wait_for(lambda: _count(clients["plant-a"].log, "working on a train message") >= 2, 120,
                  "round 2's training", logs)
         node = wait_for(lambda: supernode_group(plant_c.pid), 10, "plant-c's SuperNode", logs)

@@ -157,6 +157,27 @@ def test_a_slow_pull_does_not_delay_the_next_one_for_long():
     assert time.monotonic() - started < 1.2  # 0.3 s pull + at most 0.5 s wait (not 10 x 0.3 s)
 
 
+class _OneSilentNode:
+    """Node 1 answers at once; node 2 never does."""
+
+    def push_messages(self, messages):
+        return [message.metadata.message_id for message in messages]
+
+    def pull_messages(self, message_ids):
+        if "to-1" not in message_ids:
+            return []
+        return [Message(RecordDict(), reply_to=delivered(RecordDict(), "train", 1, message_id="to-1"))]
+
+
+def test_a_node_that_does_not_answer_by_the_timeout_is_named_in_a_warning(caplog):
+    messages = [delivered(RecordDict(), "train", node, message_id=f"to-{node}") for node in (1, 2)]
+    with caplog.at_level("WARNING"):
+        replies = exchange(_OneSilentNode(), messages, timeout=0.3)
+    assert [reply.metadata.src_node_id for reply in replies] == [1]
+    assert "node 2 did not answer its train message within the 0.3 s timeout" in caplog.text
+    assert "node 1" not in caplog.text
+
+
 class _Nodes:
     def __init__(self, nodes):
         self.nodes = nodes

@@ -15,7 +15,8 @@ from fedmeta.simulations.benchmarks.privacy import (
     smallest_usable,
 )
 
-# The quality family at its smallest (but 4 rounds, below): one cheap local step, one held-out factory scored on one task per K.
+# The quality family at its smallest (but 4 rounds, below): one cheap local step, one held-out factory scored on
+# one task per K.
 TINY = {"dataset": "synthetic", "family": "quality", "num-held-out": 1, "max-samples": 60, "algorithm": "fomaml",
         "num-server-rounds": 4, "local-steps": 1, "meta-batch-size": 1, "inner-steps": 1, "eval-tasks": 2,
         "eval-steps": 2, "eval-shots": "5", "min-train-nodes": 1, "device": "cpu", "seed": 0, "family-seed": 0}
