@@ -299,9 +299,11 @@ def test_exchange_collects_replies_over_several_pulls():
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["0", "1", "2"] and grid.pulls == 3
 
 
-def test_exchange_returns_what_arrived_when_the_timeout_passes():
-    replies = exchange(_SlowGrid(never=1), [None] * 2, timeout=0.05)
+def test_exchange_returns_what_arrived_when_the_timeout_passes(caplog):
+    messages = [delivered(RecordDict(), "train", node, message_id=f"to-{node}") for node in (5, 6)]
+    replies = exchange(_SlowGrid(never=1), messages, timeout=0.05)
     assert [r.metadata.reply_to_message_id for r in replies] == ["0"]
+    assert "node 6 did not answer its train message within the 0.05 s timeout" in caplog.text
 
 
 class _LostNodeGrid:
