@@ -19,7 +19,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "checkpoint": ["Checkpoint", "CheckpointError", "RunDirectory", "refuse_started_runs"],
         "deployment": [
             "CONNECTION", "DeploymentError", "ServerPlan", "build_run_config", "local_host", "plan_server",
-            "register_factory", "run_status", "serve", "stop_stale_runs", "superlink_command",
+            "register_factories", "run_status", "serve", "stop_stale_runs", "superlink_command",
         ],
         "run": ["ProgressFn", "initial_meta_parameters", "run_experiment"],
         "settings": ["ServerSettings"],

@@ -3,7 +3,7 @@
 The SuperLink (`server.superlink`) serves the Fleet API alone on the public address factories
 dial, and its Control and runtime APIs on a control address that stays on loopback unless the
 operator exposes it by name. `serve` first starts it on private loopback ports to register each
-factory's public key (``flwr supernode register``) and to stop runs a killed earlier start
+factory's public key (`server.key_registration`, all from one process) and to stop runs a killed earlier start
 left unfinished, then on the real addresses (TLS and node authentication unless told
 otherwise), submits the run with ``flwr run --stream`` over the control address and reports
 every round from the run folder's ``metrics.jsonl`` as it is written. When the run ends, or on
@@ -24,7 +24,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from fedmeta.common import (
 )
 from fedmeta.server.bundle import stage_app
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory, refuse_started_runs
+from fedmeta.server.key_registration import ALREADY_REGISTERED
 from fedmeta.server.settings import ServerSettings
 
 __all__ = [
@@ -57,7 +58,7 @@ __all__ = [
     "is_loopback",
     "local_host",
     "plan_server",
-    "register_factory",
+    "register_factories",
     "run_status",
     "serve",
     "stop_stale_runs",
@@ -67,6 +68,7 @@ __all__ = [
 CONNECTION = "fedmeta"  # the SuperLink connection's name in the private FLWR_HOME
 START_TIMEOUT_S = 60.0
 CLI_TIMEOUT_S = 120.0
+REGISTRATION_S_PER_KEY = 1.0  # far above what one key takes over the one connection
 _RUN_STARTED = re.compile(r"Successfully started run (\d+)")
 
 
@@ -253,15 +255,32 @@ def _flwr_json(plan: ServerPlan, *args: str) -> dict[str, object]:
     return answer
 
 
-def register_factory(plan: ServerPlan, key: Path) -> str:
-    """Register one factory's public key; a key the SuperLink's database already holds is fine."""
-    answer = _flwr_json(plan, "supernode", "register", str(key), CONNECTION)
-    if answer.get("success"):
-        return f"registered factory {key.stem} (node {answer['node-id']})"
-    message = str(answer.get("error-message", answer))
-    if "already in use" in message:
-        return f"factory {key.stem} was registered before"
-    raise DeploymentError(f"cannot register factory key {key}: {message.strip()}")
+def register_factories(plan: ServerPlan, keys: Sequence[Path]) -> list[str]:
+    """Register the factories' public keys from one process (`server.key_registration`); a key the SuperLink's
+    database already holds is fine. What happened to each, for the console."""
+    if not keys:
+        return []
+    command = [sys.executable, "-m", "fedmeta.server.key_registration", CONNECTION, *map(str, keys)]
+    timeout = CLI_TIMEOUT_S + REGISTRATION_S_PER_KEY * len(keys)
+    try:
+        done = subprocess.run(command, env=flower_env(plan.flwr_home), capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise DeploymentError(f"registering {len(keys)} factory keys did not finish within {timeout:.0f} s") from None
+    outcomes = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or len(outcomes) != len(keys):
+        raise DeploymentError(f"cannot register the factory keys (exit code {done.returncode}): "
+                              f"{(done.stdout + done.stderr).strip()[-2000:]}")
+    said = []
+    for outcome in outcomes:
+        name = Path(str(outcome["key"])).stem
+        if "node-id" in outcome:
+            said.append(f"registered factory {name} (node {outcome['node-id']})")
+        elif outcome["error"] == ALREADY_REGISTERED:
+            said.append(f"factory {name} was registered before")
+        else:
+            raise DeploymentError(f"cannot register factory key {outcome['key']}: {outcome['error']}")
+    return said
 
 
 def run_status(plan: ServerPlan, run_id: str) -> tuple[str, str]:
@@ -378,8 +397,8 @@ def _prepare(plan: ServerPlan, report: Report) -> None:
     private = replace(plan, host=loopback, port=free_port(loopback), control_host=loopback,
                       control_port=free_port(loopback))
     with _start_superlink(private, "SuperLink (preparing)"):
-        for key in plan.factory_keys:
-            report(register_factory(private, key))
+        for line in register_factories(private, plan.factory_keys):
+            report(line)
         stop_stale_runs(private, report)
 
 
