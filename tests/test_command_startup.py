@@ -40,3 +40,11 @@ def test_every_command_is_listed_and_loads(tmp_path):
                  "predict", "update", "optimize", "export", "certs", "server"):
         assert name in output
     assert run_fedmeta("bench", "--help")[0] == 0 and run_fedmeta("nonsense")[0] == 2
+
+
+@pytest.mark.parametrize("command", [["--help"], ["adapt", "--help"], ["update", "--help"], ["optimize", "--help"]])
+def test_a_command_prints_no_warning_of_its_own_imports(command):
+    """Every command imports the factory floor's modules; none may greet the user with a library's warning."""
+    done = subprocess.run([sys.executable, "-m", "fedmeta.simulations.cli", *command], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

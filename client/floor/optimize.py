@@ -32,9 +32,10 @@ import torch
 from fedmeta.common.package.model_package import ModelPackage, package_model
 
 # SciPy's optimisers and samplers cost over a second to import: only `fedmeta optimize` pays it, not every factory
-# floor command that imports this module.
-optimize = lazy_loader.load("scipy.optimize")
-stats = lazy_loader.load("scipy.stats")
+# floor command that imports this module. (SciPy's own light package is imported at once, which lazy_loader would
+# warn of on every command.)
+optimize = lazy_loader.load("scipy.optimize", suppress_warning=True)
+stats = lazy_loader.load("scipy.stats", suppress_warning=True)
 
 __all__ = ["GOALS", "Bounds", "Recommendation", "recommend_settings"]
 

@@ -58,8 +58,9 @@ from fedmeta.common.package.model_package import (
 )
 
 # river (with pandas and SciPy) costs most of a second to import: only a process that updates pays it, not every
-# `fedmeta adapt`, `predict` or `export` that imports this module through the factory floor's commands.
-drift = lazy_loader.load("river.drift")
+# `fedmeta adapt`, `predict` or `export` that imports this module through the factory floor's commands. (river's
+# own package is imported at once, which lazy_loader would warn of on every command.)
+drift = lazy_loader.load("river.drift", suppress_warning=True)
 
 __all__ = ["DRIFT_THRESHOLD", "DriftReport", "ModelStore", "UpdateResult"]
 
