@@ -256,17 +256,25 @@ def _first_ephemeral_port() -> int:
         return 32768
 
 
+_HANDED_OUT: set[int] = set()  # ports `free_port` gave this process: not yet bound, maybe, but taken
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port on ``host`` that nothing listens on now, below the OS's range for outgoing connections: a port
     from that range (what binding port 0 gives) can be taken by any connection another process opens before
-    the process it is meant for binds it, as a factory's local app API once was while four others connected."""
+    the process it is meant for binds it, as a factory's local app API once was while four others connected.
+    Never one it gave this process before: ports are handed out before anything binds them, and a factory
+    given the server's port for its own local app API once dialled itself."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         upper = _first_ephemeral_port()
         for port in random.sample(range(_LOWEST_FREE_PORT, upper), min(200, max(0, upper - _LOWEST_FREE_PORT))):
+            if port in _HANDED_OUT:
+                continue
             try:
                 probe.bind((host, port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
         probe.bind((host, 0))  # no such port free: the OS's choice
         return int(probe.getsockname()[1])

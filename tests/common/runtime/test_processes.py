@@ -3,6 +3,7 @@ process to listen on is one no outgoing connection can take meanwhile."""
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from fedmeta.common import ChildProcess, descendants, free_port
+from fedmeta.common.runtime import processes
 
 
 def test_child_process_stops_helpers_in_other_sessions():
@@ -60,6 +62,18 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_free_port_never_hands_this_process_the_same_port_twice(monkeypatch):
+    """Ports are handed out before anything binds them: with the draw fixed, the second call must move on."""
+    unbound = []
+    for _ in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            unbound.append(probe.getsockname()[1])
+    monkeypatch.setattr(processes, "_HANDED_OUT", set())
+    monkeypatch.setattr(random, "sample", lambda population, count: unbound[:count])
+    assert [free_port(), free_port(), free_port()] == unbound
 
 
 def test_a_free_port_is_bindable_and_below_the_range_outgoing_connections_take():
