@@ -394,8 +394,9 @@ def _prepare(plan: ServerPlan, report: Report) -> None:
     never meets a SuperLink that does not know its key yet (it would refuse it for good) or
     that still hands out an old run's messages."""
     loopback = local_host(plan.control_host)
-    private = replace(plan, host=loopback, port=free_port(loopback), control_host=loopback,
-                      control_port=free_port(loopback))
+    real = (plan.port, plan.control_port)  # not bound yet: factories already dial the first
+    private = replace(plan, host=loopback, port=free_port(loopback, exclude=real), control_host=loopback,
+                      control_port=free_port(loopback, exclude=real))
     with _start_superlink(private, "SuperLink (preparing)"):
         for line in register_factories(private, plan.factory_keys):
             report(line)

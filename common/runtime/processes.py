@@ -25,7 +25,7 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
@@ -259,16 +259,17 @@ def _first_ephemeral_port() -> int:
 _HANDED_OUT: set[int] = set()  # ports `free_port` gave this process: not yet bound, maybe, but taken
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", exclude: Collection[int] = ()) -> int:
     """A port on ``host`` that nothing listens on now, below the OS's range for outgoing connections: a port
     from that range (what binding port 0 gives) can be taken by any connection another process opens before
     the process it is meant for binds it, as a factory's local app API once was while four others connected.
     Never one it gave this process before: ports are handed out before anything binds them, and a factory
-    given the server's port for its own local app API once dialled itself."""
+    given the server's port for its own local app API once dialled itself. Nor one of ``exclude`` (ports
+    meant for something else, not bound yet)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         upper = _first_ephemeral_port()
         for port in random.sample(range(_LOWEST_FREE_PORT, upper), min(200, max(0, upper - _LOWEST_FREE_PORT))):
-            if port in _HANDED_OUT:
+            if port in _HANDED_OUT or port in exclude:
                 continue
             try:
                 probe.bind((host, port))

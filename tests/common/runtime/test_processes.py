@@ -74,6 +74,8 @@ def test_free_port_never_hands_this_process_the_same_port_twice(monkeypatch):
     monkeypatch.setattr(processes, "_HANDED_OUT", set())
     monkeypatch.setattr(random, "sample", lambda population, count: unbound[:count])
     assert [free_port(), free_port(), free_port()] == unbound
+    monkeypatch.setattr(processes, "_HANDED_OUT", set())
+    assert free_port(exclude=unbound[:2]) == unbound[2]
 
 
 def test_a_free_port_is_bindable_and_below_the_range_outgoing_connections_take():
