@@ -174,7 +174,7 @@ class Soak:
         self.server_down = False
         self.resume_expected: int | None = None
         self.metrics_at_kill: list[str] = []
-        self.resumed_logs: list[Path] = []
+        self.server_logs: list[Path] = []  # the first server's, then the resumed one's
         self.warnings: set[str] = set()  # every warning the run's status showed (`fedmeta status`)
 
     # --- processes --------------------------------------------------------------
@@ -186,8 +186,8 @@ class Soak:
                   "timeout": self.round_timeout}
         if flags:  # resumed: the factories still up reconnect on their own; rounds need two of them
             config["wait-for-factories"] = 2
-        log = self.folder / f"server-{len(self.resumed_logs)}.log"
-        self.resumed_logs.append(log)
+        log = self.folder / f"server-{len(self.server_logs)}.log"
+        self.server_logs.append(log)
         certs = self.folder / "certs"
         self.server = ChildProcess("server", server_command(certs, self.folder / "server", self.port,
                                                             self.folder / "schema.json", config, *flags), log=log)
@@ -232,7 +232,7 @@ class Soak:
             assert network is not None
             network.impair(rate_kbit=NETWORK_RATE_KBIT, loss=NETWORK_LOSS)
             record.injected_s, record.struck_round = self.now(), self.completed() + 1
-            self.log(f"round {fault.round}: {name}'s link slowed to {NETWORK_RATE_KBIT} kbit/s, "
+            self.log(f"round {record.struck_round}: {name}'s link slowed to {NETWORK_RATE_KBIT} kbit/s, "
                      f"dropping {NETWORK_LOSS:.0%} of its packets")
             yield from _until(lambda: self.now() - record.injected_s >= NETWORK_FAULT_S)
             network.restore()
@@ -354,7 +354,7 @@ class Soak:
         return problems
 
     def check_resume(self) -> list[str]:
-        resumed = self.resumed_logs[1:]
+        resumed = self.server_logs[1:]
         if not resumed:
             return ["the server was never resumed"]
         said = resumed[0].read_text(errors="replace")
