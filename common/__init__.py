@@ -56,7 +56,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "runtime.console": ["Report", "elapsed_log", "exit_on_errors"],
         "runtime.processes": [
             "ChildProcess", "ProcessError", "descendants", "flower_env", "free_port", "port_in_use",
-            "sigterm_as_interrupt", "wait_until_listening",
+            "sigterm_as_interrupt", "still_running", "stop_all", "wait_until_listening",
         ],
         "security.credentials": [
             "CredentialError", "certificate_names", "check_server_certificate", "load_certificate",

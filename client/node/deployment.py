@@ -421,7 +421,7 @@ def run_factory(plan: FactoryPlan, report: Report) -> None:
         report(f"server {plan.server} is not reachable yet; the factory keeps trying")
     env = flower_env(plan.state / "flwr") | (supernode_timings.environment() if plan.tuned_supernode else {})
     plan.state.mkdir(parents=True, exist_ok=True)
-    refused_since = None
+    patience, refused_since = activation_patience_s(plan), None
     while True:
         code, events = _serve(plan, env, report)
         if not events.refused:
@@ -430,7 +430,7 @@ def run_factory(plan: FactoryPlan, report: Report) -> None:
             refused_since = time.monotonic()
             report(f"the server {plan.server} refused to activate factory {plan.factory}: its key is not registered "
                    "there, or the server still counts an earlier process of this factory as connected (until it "
-                   f"misses its heartbeats); trying again for {activation_patience_s(plan):.0f} s")
-        elif time.monotonic() - refused_since >= activation_patience_s(plan):
+                   f"misses its heartbeats); trying again for {patience:.0f} s")
+        elif time.monotonic() - refused_since >= patience:
             raise _failure(code, plan, events)
         time.sleep(ACTIVATION_RETRY_S)

@@ -14,7 +14,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "flower_pin": ["FLOWER_VERSION", "FlowerInternalsChanged", "require_flower"],
         "processes": [
             "ChildProcess", "ProcessError", "descendants", "flower_env", "free_port", "port_in_use",
-            "sigterm_as_interrupt", "wait_until_listening",
+            "sigterm_as_interrupt", "still_running", "stop_all", "wait_until_listening",
         ],
     },
 )

@@ -40,6 +40,8 @@ __all__ = [
     "free_port",
     "port_in_use",
     "sigterm_as_interrupt",
+    "still_running",
+    "stop_all",
     "wait_until_listening",
 ]
 
@@ -216,6 +218,24 @@ class ChildProcess:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def still_running(pids: Iterable[int]) -> list[int]:
+    """Those of ``pids`` that still run, sorted (a zombie, ended but not yet reaped, does not)."""
+    running = []
+    for pid in pids:
+        with suppress(psutil.NoSuchProcess):  # it ended meanwhile
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                running.append(pid)
+    return sorted(running)
+
+
+def stop_all(started: Sequence[ChildProcess]) -> list[int]:
+    """Stop the ``started`` processes, last first; the processes of their trees still running after."""
+    tree = {pid for process in started for pid in (process.pid, *descendants(process.pid))}
+    for process in reversed(started):
+        process.stop()
+    return still_running(tree)
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:

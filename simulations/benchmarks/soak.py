@@ -39,13 +39,12 @@ from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import psutil
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from fedmeta.client.node.supernode_timings import HEARTBEAT_INTERVAL_S
-from fedmeta.common import ChildProcess, FamilyConfig, descendants, free_port, make_family, port_in_use
+from fedmeta.common import ChildProcess, FamilyConfig, free_port, make_family, port_in_use, stop_all
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
 from fedmeta.server.reply_pull import SENDER_LOST
 from fedmeta.simulations.benchmarks.deployment import (
@@ -165,6 +164,7 @@ class Soak:
         self.run = RunDirectory(folder / "run" / str(WORK["algorithm"]))
         self.port = free_port()
         self.started = time.monotonic()
+        self.done = 0  # the last round in the metrics at this tick
         self.done_at: dict[int, float] = {0: 0.0}  # round -> seconds since the start when the soak saw it done
         self.processes: list[ChildProcess] = []  # every one started, for the leftover check
         self.clients: dict[str, ChildProcess] = {}
@@ -219,7 +219,7 @@ class Soak:
     # --- the faults -------------------------------------------------------------
     def inject(self, record: FaultRecord) -> Iterator[None]:
         fault = record.fault
-        yield from _until(lambda: self.completed() >= fault.round - 1)
+        yield from _until(lambda: self.done >= fault.round - 1)
         if fault.kind == "server-kill":
             yield from self.kill_server(record)
             return
@@ -231,7 +231,7 @@ class Soak:
         if fault.kind == "network":
             assert network is not None
             network.impair(rate_kbit=NETWORK_RATE_KBIT, loss=NETWORK_LOSS)
-            record.injected_s, record.struck_round = self.now(), self.completed() + 1
+            record.injected_s, record.struck_round = self.now(), self.done + 1
             self.log(f"round {record.struck_round}: {name}'s link slowed to {NETWORK_RATE_KBIT} kbit/s, "
                      f"dropping {NETWORK_LOSS:.0%} of its packets")
             yield from _until(lambda: self.now() - record.injected_s >= NETWORK_FAULT_S)
@@ -244,7 +244,7 @@ class Soak:
                 sending = self.now()
                 yield from _until(lambda: self.now() - sending >= UPLOAD_KILL_DELAY_S)
             record.injected_s = record.ended_s = self.now()
-            record.struck_round = self.completed() + 1
+            record.struck_round = self.done + 1
             self.clients[name].signal_tree(signal.SIGSTOP if fault.kind == "freeze" else signal.SIGKILL)
             self.log(f"round {record.struck_round}: {name} {'frozen' if fault.kind == 'freeze' else 'killed'} "
                      f"({fault.kind})")
@@ -258,7 +258,7 @@ class Soak:
                 record.ended_s = self.now()
                 self.log(f"{name} thawed")
             else:
-                yield from _until(lambda: self.completed() >= record.struck_round)
+                yield from _until(lambda: self.done >= record.struck_round)
                 self.start_client(name)
                 self.log(f"{name} restarted")
         mark = self.log_size(name)
@@ -274,14 +274,14 @@ class Soak:
         assert server is not None
         self.server_down = True
         record.injected_s = record.ended_s = self.now()
-        record.struck_round = self.completed() + 1
+        record.struck_round = self.done + 1
         server.signal_tree(signal.SIGKILL)
         server.wait(30)
         self.log(f"round {record.struck_round}: server killed after round {self.resume_expected}'s checkpoint")
         yield from _until(lambda: not port_in_use("0.0.0.0", self.port))
         self.start_server("--resume")
         self.server_down = False
-        yield from _until(lambda: self.completed() >= record.struck_round)
+        yield from _until(lambda: self.done >= record.struck_round)
         record.recovered_s = self.now()
 
     # --- the run ----------------------------------------------------------------
@@ -297,8 +297,8 @@ class Soak:
             if self.now() > deadline:
                 raise RuntimeError(f"the soak did not finish within {deadline:.0f} s; the server log ends with:\n"
                                    f"{self.server.log_tail() if self.server else ''}")
-            done = self.completed()
-            for round_ in range(max(self.done_at) + 1, done + 1):
+            self.done = self.completed()  # read once a tick; the faults' steps go by it
+            for round_ in range(max(self.done_at) + 1, self.done + 1):
                 self.done_at[round_] = self.now()
                 self.log(f"round {round_} done")
             self.note_warnings()
@@ -319,12 +319,9 @@ class Soak:
 
     def stop(self) -> list[int]:
         """Thaw and stop every process; those of the started trees still running after."""
-        tree = {pid for process in self.processes for pid in (process.pid, *descendants(process.pid))}
         for name in self.frozen:
             self.clients[name].signal_tree(signal.SIGCONT)
-        for process in reversed(self.processes):
-            process.stop()
-        return [pid for pid in sorted(tree) if _running(pid)]
+        return stop_all(self.processes)
 
     # --- the checks -------------------------------------------------------------
     def check(self, code: int, leftovers: list[int], round_seconds: list[float], bound: float) -> list[str]:
@@ -386,13 +383,6 @@ class Soak:
             elif _digest(package) != expected:
                 problems.append(f"{name}'s final package differs from the server's")
         return problems
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
-    with suppress(psutil.NoSuchProcess):
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    return False
 
 
 def _time_lost(records: list[FaultRecord], done_at: dict[int, float]) -> float:

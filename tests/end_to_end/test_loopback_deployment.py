@@ -23,16 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from fedmeta.common import ChildProcess, descendants, free_port, port_in_use
+from fedmeta.common import ChildProcess, descendants, free_port, port_in_use, still_running, stop_all
 from fedmeta.common.package.model_package import load_package
 from fedmeta.server import create_factory_keys
 from tests.support.deployment import (
     ENV,
     FEATURES,
     FEDMETA,
-    alive,
     metrics,
-    stop_all,
     supernode_group,
     wait_for,
     write_table,
@@ -140,13 +138,15 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
         for process in (first, *clients.values(), rogue):
             started.append(process.start())
         logs.append(first.log)
-        wait_for(lambda: rogue.poll() is not None, 90, "the rogue factory to stop", logs)
-        result.rogue_code = rogue.poll()
-        result.rogue_output = rogue.log.read_text()
         wait_for(lambda: len(metrics(run)) >= 1, 120, "round 1", logs)
         crashed = wait_for(lambda: supernode_group(clients["plant-c"].pid), 10, "plant-c's SuperNode", logs)
         os.killpg(crashed, signal.SIGKILL)  # a crash: no goodbye to the server
         result.killed_factory_code = clients["plant-c"].wait(30)
+        # The rogue tries again for 24 s (`activation_patience_s`) before it stops: waited for only now, so that
+        # plant-c is killed in round 1's wake however fast the rounds go.
+        wait_for(lambda: rogue.poll() is not None, 90, "the rogue factory to stop", logs)
+        result.rogue_code = rogue.poll()
+        result.rogue_output = rogue.log.read_text()
         checkpoints_dir = run / "fomaml" / "checkpoints"
         # A round appends its metrics first and then renames its checkpoint into place.
         round_two = checkpoints_dir / "round-000002.safetensors"
@@ -160,7 +160,7 @@ def federation(tmp_path_factory) -> Iterator[Federation]:
         superlink = descendants(first.pid)
         first.signal_group(signal.SIGTERM)
         result.first_server_code = first.wait(60)
-        result.first_server_leftovers = alive(superlink)
+        result.first_server_leftovers = still_running(superlink)
         result.port_free_after_stop = not port_in_use("127.0.0.1", port)
         second = server(f"wait-for-factories={len(FACTORIES) - 1}", "--resume")
         started.append(second.start())

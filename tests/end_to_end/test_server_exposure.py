@@ -34,10 +34,10 @@ from flwr.supercore.constant import FLEET_HTTP_PUBLIC_KEY_HEADER, FLEET_HTTP_SIG
 from flwr.supercore.date import now
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes, sign_message
 
-from fedmeta.common import ChildProcess, flower_env, free_port
+from fedmeta.common import ChildProcess, flower_env, free_port, stop_all
 from fedmeta.server import stage_app
 from fedmeta.server.superlink import NOT_SERVED
-from tests.support.deployment import ENV, FEATURES, FEDMETA, metrics, stop_all, wait_for, write_table
+from tests.support.deployment import ENV, FEATURES, FEDMETA, metrics, wait_for, write_table
 
 ROUNDS = 2
 WORK = (f"algorithm='fomaml' local-steps=1 inner-steps=1 meta-batch-size=2 shots=5 query-size=10 min-train-nodes=3 "

@@ -24,10 +24,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fedmeta.common import ChildProcess, free_port
+from fedmeta.common import ChildProcess, free_port, stop_all
 from fedmeta.common.package.model_package import load_package
 from fedmeta.common.trees.ensemble import load_ensemble
-from tests.support.deployment import ENV, FEATURES, FEDMETA, stop_all, wait_for, write_table
+from tests.support.deployment import ENV, FEATURES, FEDMETA, wait_for, write_table
 
 FACTORIES = ("plant-a", "plant-b")
 ROUND_TIMEOUT_S = 60  # far above the time a factory's failure takes to reach the server

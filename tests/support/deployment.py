@@ -1,5 +1,5 @@
 """What the loopback deployment tests share: the example factory tables, waiting on processes with their
-logs shown on failure, the run's metrics, and the processes a `fedmeta client` or server left behind."""
+logs shown on failure, the run's metrics, and the SuperNode a `fedmeta client` started."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-
-from fedmeta.common import descendants
 
 FEATURES = ["temperature", "pressure", "speed"]
 FEDMETA = str(Path(sysconfig.get_path("scripts")) / "fedmeta")
@@ -46,24 +44,6 @@ def write_table(path: Path, gain: float, seed: int, label_scale: float = 1.0) ->
 def metrics(run: Path) -> list[dict]:
     path = run / "fomaml" / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def alive(pids: set[int]) -> list[int]:
-    """Those of ``pids`` still running (zombies, exited but not yet reaped, do not count)."""
-    running = []
-    for pid in pids:
-        with suppress(psutil.NoSuchProcess):  # it ended meanwhile
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                running.append(pid)
-    return sorted(running)
-
-
-def stop_all(started: list) -> list[int]:
-    """Stop the started `ChildProcess`es, last first; the processes of their trees still running after."""
-    tree = {pid for process in started for pid in (process.pid, *descendants(process.pid))}
-    for process in reversed(started):
-        process.stop()
-    return alive(tree)
 
 
 def supernode_group(client_pid: int) -> int | None:

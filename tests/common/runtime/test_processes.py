@@ -8,9 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-import psutil
-
-from fedmeta.common import ChildProcess, descendants, free_port
+from fedmeta.common import ChildProcess, descendants, free_port, still_running
 from fedmeta.common.runtime import processes
 
 
@@ -21,7 +19,7 @@ def test_child_process_stops_helpers_in_other_sessions():
         time.sleep(0.05)
     helpers = descendants(child.pid)
     child.stop(timeout=5)
-    assert not [pid for pid in helpers if _running(pid)]
+    assert not [pid for pid in helpers if still_running([pid])]
 
 
 def test_a_helper_in_another_session_is_told_to_stop_while_the_child_still_shuts_down(tmp_path):
@@ -51,17 +49,9 @@ def test_helpers_end_when_the_child_exits_by_itself():
     running = helpers
     while running and time.monotonic() < deadline:
         time.sleep(0.1)
-        running = {pid for pid in helpers if _running(pid)}
+        running = {pid for pid in helpers if still_running([pid])}
     assert not running
     child.stop(timeout=5)
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie exited and only awaits reaping)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_free_port_never_hands_this_process_the_same_port_twice(monkeypatch):

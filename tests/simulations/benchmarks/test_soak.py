@@ -40,7 +40,7 @@ def test_too_few_factories_or_rounds_are_refused(factories, rounds):
         fault_schedule(factories, rounds, 0)
 
 
-def test_a_round_timeout_within_failure_detection_is_refused_by_the_command(tmp_path):
+def test_a_round_timeout_within_failure_detection_is_refused_by_the_command():
     result = subprocess.run([FEDMETA, "bench", "soak", "--round-timeout", "20"], capture_output=True, text=True,
                             env=ENV, timeout=60)
     assert result.returncode == 2 and "--round-timeout" in result.stderr
