@@ -5,25 +5,40 @@ Each synthetic factory is one simulated SuperNode running the real `ClientApp`, 
 delta per factory); the real `ServerApp` coordinates them. Clients can share a GPU
 through fractional ``client_gpus``. The engine starts a Ray of its own on this machine, or joins a running
 Ray cluster (``ray_address``, or Ray's own ``RAY_ADDRESS``) and spreads the factories over its nodes.
+
+The engine is Flower's simulation runtime as its supported path runs it: a SuperLink in simulation mode starts
+``flwr-simulation``, which calls ``flwr.simulation.run_simulation._run_simulation`` with the app. The harness
+calls that same function in this process, with the apps as objects (so a run can take client mods and a
+progress callback), instead of Flower's deprecated Python entry ``run_simulation``, a wrapper of it that adds
+a deprecation banner and a telemetry event. Being internal, it is used only with the Flower release it was written for.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from flwr.clientapp.typing import Mod
-from flwr.simulation import run_simulation
+from flwr.simulation.run_simulation import _run_simulation
+from flwr.supercore.telemetry import EventType
 
 from fedmeta.client import make_client_app
 from fedmeta.common import SplitSource, SyntheticSource, TablesSource, resolve_run_config, source_from_config
+from fedmeta.common.runtime.flower_pin import require_flower
 from fedmeta.server import ProgressFn, make_server_app
 from fedmeta.simulations.faults import fault_injection_mod
 
-__all__ = ["RayClusterError", "run_federated_simulation", "simulated_source"]
+__all__ = ["OWN_RAY", "RayClusterError", "run_federated_simulation", "simulated_source"]
 
+# Ray's own word for "start a Ray of its own here", whatever RAY_ADDRESS says: for the benches that measure this
+# machine's processes.
+OWN_RAY = "local"
+# Ray's driver warns that a future Ray stops hiding GPUs from actors that asked for none. The engine relies on
+# today's behaviour (`--client-gpus 0` keeps factories off the GPUs) and pins Ray with Flower, so the tip is noise.
+RAY_GPU_TIP = "Tip: In future versions of Ray, Ray will no longer override accelerator visible devices"
 # How long to wait for a Ray cluster's head to answer; ray.init itself retries an address for minutes.
 CONNECT_TIMEOUT_S = 5.0
 
@@ -61,17 +76,19 @@ def _check_reachable(address: str) -> None:
 
 
 def _ray_init_args(address: str | None = None) -> dict[str, object]:
-    """The engine's ``ray.init`` arguments: a Ray of its own sized to this machine, or, with ``address`` (or
-    ``RAY_ADDRESS``), the running cluster there, checked to answer; each node's ``ray start`` then sets its CPUs
-    and system settings, which Ray refuses from a driver that joins."""
+    """The engine's ``ray.init`` arguments: a Ray of its own sized to this machine (`OWN_RAY`, or no address and
+    no ``RAY_ADDRESS``), or the running cluster at ``address`` (or ``RAY_ADDRESS``), checked to answer; each
+    node's ``ray start`` then sets its CPUs and system settings, which Ray refuses from a driver that joins."""
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and address != OWN_RAY:
         _check_reachable(address)
         return {"address": address, "log_to_driver": False}
-    # No Ray dashboard, whatever Flower's default, and no idle workers prestarted for Ray's default environment,
-    # which the actors (in Flower's runtime env) never use. _system_config keys are those of Ray 2.55 (pinned by
-    # flwr[simulation]): Ray's GCS dies on an unknown one and ray.init waits for it.
+    # A Ray of its own even where a cluster ran on this machine before (without an address, ray.init joins the
+    # latest one it finds). No Ray dashboard, whatever Flower's default, and no idle workers prestarted for Ray's
+    # default environment, which the actors (in Flower's runtime env) never use. _system_config keys are those of
+    # Ray 2.55 (pinned by flwr[simulation]): Ray's GCS dies on an unknown one and ray.init waits for it.
     return {
+        "address": OWN_RAY,
         "num_cpus": os.cpu_count() or 1,
         "log_to_driver": False,
         "include_dashboard": False,
@@ -97,21 +114,26 @@ def run_federated_simulation(
     `simulations.faults`) makes chosen factories crash or send corrupt deltas. Errors
     raised by the server app propagate (the engine re-raises them); a table the connector refuses
     is an error before the engine starts. ``ray_address`` joins a running Ray cluster (`_ray_init_args`; a
-    `RayClusterError` where none answers); ``mods`` are Flower client mods around every factory's app.
+    `RayClusterError` where none answers), or is `OWN_RAY`; ``mods`` are Flower client mods around every
+    factory's app.
     """
+    require_flower("the simulation harness")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     settings = resolve_run_config(run_config)
     source = source or simulated_source(run_config)  # a caller that checked it already passes it
     spec = str(settings["inject-faults"])
     faults = [fault_injection_mod(spec, float(settings["max-delta-norm"]))] if spec else []
     init_args = _ray_init_args(ray_address)
-    run_simulation(
-        server_app=make_server_app(run_config, progress),
-        client_app=make_client_app(run_config, mods=[*faults, *mods]),
-        num_supernodes=source.num_nodes,
-        backend_config={
-            "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
-            "init_args": init_args,
-        },
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=RAY_GPU_TIP, category=FutureWarning)
+        _run_simulation(
+            num_supernodes=source.num_nodes,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            server_app=make_server_app(run_config, progress),
+            client_app=make_client_app(run_config, mods=[*faults, *mods]),
+            backend_config={
+                "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
+                "init_args": init_args,
+            },
+        )
     return Path(str(settings["run-dir"]))

@@ -189,7 +189,8 @@ def simulate(
     ray_address: Annotated[
         str | None,
         typer.Option(help="Run on the Ray cluster whose head node is at HOST:PORT (`ray start --head` prints it; "
-                     "default: RAY_ADDRESS if set, else a Ray of its own on this machine).", show_default=False),
+                     "default: RAY_ADDRESS if set, else a Ray of its own on this machine; 'local': a Ray of its own "
+                     "even where RAY_ADDRESS is set).", show_default=False),
     ] = None,
 ) -> None:
     """Federated meta-learning on synthetic factories, compared with FedAvg and local-only training."""

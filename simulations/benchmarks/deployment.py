@@ -155,11 +155,13 @@ def _mode_result(mode: str, records: Sequence[Mapping[str, object]], factories: 
 
 
 def simulation_rounds(factories: int, rounds: int, folder: Path) -> ModeResult:
-    """The federation on Flower's simulation engine (in this process, with Ray)."""
-    from fedmeta.simulations.harness import run_federated_simulation  # starts Ray: only when needed
+    """The federation on Flower's simulation engine (in this process, with a Ray of its own: the deployments it is
+    compared with run on this machine too, whatever RAY_ADDRESS says)."""
+    from fedmeta.simulations.harness import OWN_RAY, run_federated_simulation  # starts Ray: only when needed
 
     records: list[Mapping[str, object]] = []
-    run_federated_simulation(run_config(factories, rounds, folder / "run"), progress=records.append)
+    run_federated_simulation(run_config(factories, rounds, folder / "run"), progress=records.append,
+                             ray_address=OWN_RAY)
     return _mode_result("simulation", records, factories)
 
 

@@ -284,12 +284,13 @@ def _timed_plain_round(loop: PlainLoop) -> tuple[float, float]:
 
 
 def flower_round_times(config: Mapping[str, object], *, client_cpus: float) -> tuple[list[float], list[float]]:
-    """Run the simulation; the wall time and the process tree's CPU seconds of every round after the first.
+    """Run the simulation on a Ray of its own (its actors are this process's children, so their CPU counts,
+    whatever RAY_ADDRESS says); the wall time and the process tree's CPU seconds of every round after the first.
 
     Raises `RuntimeError` unless every factory's delta was accepted in every round: a
     ratio is only meaningful over the same work.
     """
-    from fedmeta.simulations.harness import run_federated_simulation  # starts Ray: only when needed
+    from fedmeta.simulations.harness import OWN_RAY, run_federated_simulation  # starts Ray: only when needed
 
     stamps: list[tuple[float, float]] = []
     expected = float(config["num-factories"])
@@ -302,7 +303,7 @@ def flower_round_times(config: Mapping[str, object], *, client_cpus: float) -> t
                 f"accepted, {record.get('train/rejected')} rejected"
             )
 
-    run_federated_simulation(config, client_cpus=client_cpus, progress=progress)
+    run_federated_simulation(config, client_cpus=client_cpus, progress=progress, ray_address=OWN_RAY)
     rounds = list(itertools.pairwise(stamps))
     return [later[0] - earlier[0] for earlier, later in rounds], [later[1] - earlier[1] for earlier, later in rounds]
 

@@ -22,6 +22,8 @@ from fedmeta.simulations.example_plants import ADAPT_ROWS, FEATURES, WEEK_ROWS
 from tests.support.cli import run_fedmeta
 from tests.support.docs import example
 
+pytestmark = pytest.mark.usefixtures("shared_ray")  # the walkthrough's simulations join the session's Ray
+
 WRITE_PLANTS = "fedmeta example-plants --out floor"
 ROUNDS = {"nonlinear": 30, "linear": 10, "large-units": 10}  # the other families run shorter: the suite's time
 

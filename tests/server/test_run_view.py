@@ -18,6 +18,8 @@ from fedmeta.server.status import describe_run, read_status
 from fedmeta.simulations import run_federated_simulation
 from fedmeta.simulations.cli import app
 
+pytestmark = pytest.mark.usefixtures("shared_ray")  # the simulations join the session's Ray
+
 SMALL = {"family": "quality", "num-factories": 4, "num-held-out": 1, "eval-shots": "5", "eval-tasks": 2,
          "local-steps": 1, "device": "cpu", "algorithm": "fomaml", "min-train-nodes": 2,
          "inject-faults": "0:crash"}  # factory 0 fails every round: a warning to show

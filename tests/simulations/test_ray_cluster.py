@@ -7,11 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import shlex
-import signal
-import socket
 import subprocess
-import sysconfig
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +20,11 @@ from fedmeta.server import RunDirectory
 from fedmeta.simulations import harness
 from tests.support.cli import run_fedmeta
 from tests.support.docs import example
+from tests.support.ray_nodes import answers, ray_port, start_node, stop_node, wait
 
-RAY = str(Path(sysconfig.get_path("scripts")) / "ray")
-# Only for two nodes on one machine: one CPU each (one actor each, so both nodes run factories), each node's own
-# temporary folder (added below), and --block so that stopping the command stops exactly that node's processes.
-ONE_MACHINE = ["--num-cpus", "1", "--block"]
+# Only for two nodes on one machine: one CPU each (one actor each, so both nodes run factories); `start_node` gives
+# each node its own temporary folder.
+ONE_MACHINE = ["--num-cpus", "1"]
 # The smallest run the records can be compared on: a round of 4 factories, one held-out factory's 5-shot figures.
 SHORT_RUN = ["--factories", "4", "--held-out", "1", "--rounds", "1", "--no-baseline", "--eval-shots", "5",
              "--eval-tasks", "4"]
@@ -42,28 +38,6 @@ class Cluster:
     simulate: list[str]  # the documented `fedmeta simulate` command, its address this cluster's
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait(condition, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout:.0f} s")
-        time.sleep(0.5)
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def _alive_nodes(address: str) -> list[str]:
     ray.init(address=address, log_to_driver=False)
     try:
@@ -72,42 +46,27 @@ def _alive_nodes(address: str) -> list[str]:
         ray.shutdown()
 
 
-def _stop(node: subprocess.Popen) -> None:
-    """SIGTERM to `ray start --block` stops its node's processes; their group (this test's own) is killed if not."""
-    node.terminate()
-    try:
-        node.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(node.pid, signal.SIGKILL)
-        node.wait()
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     """The documented head and worker commands, on free ports of this machine."""
     (block,) = example("docs/researcher.md", "bash", marker="run by tests/simulations/test_ray_cluster.py")
-    port = _free_port()
+    port = ray_port()
     address = f"127.0.0.1:{port}"
     head, worker, simulate = (shlex.split(line.split("#")[0].replace("6379", str(port)).replace("HEAD_IP", "127.0.0.1"))
                               for line in block.strip().splitlines())
     assert head[:3] == ["ray", "start", "--head"] and worker[:3] == ["ray", "start", "--address"], block
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
     nodes: list[subprocess.Popen] = []
     try:
         # The head's dashboard and Ray Client ports, fixed by default, could collide with another Ray here.
-        head += ["--include-dashboard=false", "--ray-client-server-port", str(_free_port())]
-        for command, ready in ((head, lambda: _answers(port)),
+        head += ["--include-dashboard=false", "--ray-client-server-port", str(ray_port())]
+        for command, ready in ((head, lambda: answers(port)),
                                (worker, lambda: len(_alive_nodes(address)) == 2)):
-            folder = tmp_path_factory.mktemp("ray")
-            with (folder / "ray-start.log").open("w") as log:
-                nodes.append(subprocess.Popen([RAY, *command[1:], *ONE_MACHINE, "--temp-dir", str(folder)], env=env,
-                                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-            _wait(ready, f"{shlex.join(command)}: its node")
+            nodes.append(start_node([*command[2:], *ONE_MACHINE], tmp_path_factory.mktemp("ray")))
+            wait(ready, f"{shlex.join(command)}: its node")
         yield Cluster(address, frozenset(_alive_nodes(address)), simulate)
     finally:
         for node in reversed(nodes):
-            _stop(node)
+            stop_node(node)
 
 
 def _node_recorder(path: Path):
@@ -153,13 +112,23 @@ def test_a_two_node_cluster_runs_factories_on_both_and_matches_a_one_node_run(cl
 @pytest.mark.parametrize(("address", "says"), [("127.0.0.1:{port}", "no Ray cluster answers at 127.0.0.1:"),
                                                ("head-node", "HOST:PORT")])
 def test_an_address_without_a_ray_cluster_is_an_error_by_name(address, says, tmp_path):
-    code, output = run_fedmeta("simulate", "--ray-address", address.format(port=_free_port()), *SHORT_RUN,
+    code, output = run_fedmeta("simulate", "--ray-address", address.format(port=ray_port()), *SHORT_RUN,
                                "--out", str(tmp_path))
     assert code == 1 and "error:" in output and says in output, output
     assert "Traceback" not in output
 
 
 def test_ray_address_in_the_environment_is_the_cluster_to_run_on(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_ADDRESS", address := f"127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("RAY_ADDRESS", address := f"127.0.0.1:{ray_port()}")
     code, output = run_fedmeta("simulate", *SHORT_RUN, "--out", str(tmp_path))
     assert code == 1 and f"no Ray cluster answers at {address}" in output, output
+
+
+def test_own_ray_starts_a_ray_of_its_own_whatever_ray_address_says(monkeypatch):
+    """What the benches that measure this machine's processes ask for; without it, or an address, ray.init would
+    join RAY_ADDRESS's cluster, or the latest one started on this machine."""
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{ray_port()}")  # nothing answers there: never dialled
+    init_args = harness._ray_init_args(harness.OWN_RAY)
+    assert init_args["address"] == "local" and init_args["num_cpus"] == (os.cpu_count() or 1)
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert harness._ray_init_args()["address"] == "local"

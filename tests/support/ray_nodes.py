@@ -1,0 +1,60 @@
+"""Ray nodes started by tests with `ray start --block` (each in a session of its own, so that stopping one
+stops exactly its processes), as docs/researcher.md starts them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+RAY = str(Path(sysconfig.get_path("scripts")) / "ray")
+
+
+def ray_port() -> int:
+    """A free port from the OS's range for outgoing connections: outside Ray's own worker ports (10002-19999),
+    which Ray refuses to share with the head's ports."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def answers(port: int) -> bool:
+    """Whether something accepts connections on loopback ``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait(condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    """Until ``condition()`` holds; a `TimeoutError` naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def start_node(arguments: Sequence[str], folder: Path) -> subprocess.Popen:
+    """``ray start ARGUMENTS --block`` with ``folder`` as its temporary folder and log; RAY_ADDRESS unset."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with (folder / "ray-start.log").open("w") as log:
+        return subprocess.Popen([RAY, "start", *arguments, "--block", "--temp-dir", str(folder)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_node(node: subprocess.Popen) -> None:
+    """SIGTERM to `ray start --block` stops its node's processes; their session's group is killed if not."""
+    node.terminate()
+    try:
+        node.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait()
