@@ -3,8 +3,9 @@
 The soak (`simulations.benchmarks.soak`) runs a factory's processes inside the namespace (``ip netns exec``)
 and impairs its link while they run: a token bucket (``tc qdisc tbf``) caps the rate each way, and
 ``iptables -m statistic`` drops a share of the packets each way. (Linux's ``netem`` would add delay too,
-but its kernel module is not on every machine; these two are.) Needs root and iproute2 and iptables:
-`unavailable` says what is missing.
+but its kernel module is not on every machine; these two are.) Both act on the veth link only: the
+namespace's loopback, where the factory's worker talks to its SuperNode, stays whole, as a WAN fault
+would leave it. Needs root and iproute2 and iptables: `unavailable` says what is missing.
 """
 
 from __future__ import annotations
@@ -90,9 +91,10 @@ class FactoryNetwork:
                 _run(*(part.format("add") for part in link), *shaping)
                 self._shaped.append(tuple(part.format("del") for part in link))
         if loss > 0.0:
-            for chain in ("OUTPUT",) if upload_only else ("INPUT", "OUTPUT"):
-                _run(*inside, "iptables", "-A", chain, "-m", "statistic", "--mode", "random", "--probability",
-                     f"{loss:.4f}", "-j", "DROP")
+            ways = [("OUTPUT", "-o")] if upload_only else [("INPUT", "-i"), ("OUTPUT", "-o")]
+            for chain, link in ways:  # the link's packets only, not the loopback's
+                _run(*inside, "iptables", "-A", chain, link, self.factory_link, "-m", "statistic", "--mode",
+                     "random", "--probability", f"{loss:.4f}", "-j", "DROP")
             self._dropping = True
 
     def restore(self) -> None:
