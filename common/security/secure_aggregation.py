@@ -77,8 +77,13 @@ __all__ = [
 
 FIELD_BITS = 64  # masked vectors live in the integers modulo 2^64 (2^32 left a weighted delta too coarse)
 _FIELD = np.uint64
-PRIME = 2**127 - 1  # Shamir's field: a Mersenne prime above every 15-byte chunk of a secret
-_CHUNK = 15  # bytes of a secret per field element
+# Shamir's field: a Mersenne prime above every 3-byte chunk of a secret, small enough that numpy multiplies two
+# elements, or an element and a share's place, without leaving uint64: a factory's shares for its k neighbours
+# are t array operations, not k * t Python multiplications of 127-bit integers (sealing shares for 114
+# neighbours at threshold 78, SecAgg+'s at 1,000 factories: 6.7 ms, against 16.1 ms in the field 2^127 - 1).
+PRIME = 2**31 - 1
+_PRIME = np.uint64(PRIME)
+_CHUNK = 3  # bytes of a secret per field element
 _SECRET = 32  # bytes of a seed or an X25519 private key
 _SHARE_VALUES = math.ceil(_SECRET / _CHUNK)  # field elements of a share
 _NONCE, _TAG = 12, 16  # bytes of AES-GCM's nonce before a sealed share, and of its tag after
@@ -98,20 +103,42 @@ class ShareRefusedError(SecureAggregationError, InvalidTag):
 
 # --------------------------------------------------------------------------- Shamir's secret sharing
 
+def _random_elements(shape: tuple[int, ...]) -> np.ndarray:
+    """Field elements drawn uniformly from the OS's CSPRNG: 31 random bits each, the one value above the field
+    (``PRIME`` itself) drawn again."""
+    count = math.prod(shape)
+    values = np.frombuffer(secrets.token_bytes(4 * count), dtype=np.uint32) & np.uint32(PRIME)
+    while (redraw := np.flatnonzero(values == PRIME)).size:
+        values[redraw] = np.frombuffer(secrets.token_bytes(4 * redraw.size), dtype=np.uint32) & np.uint32(PRIME)
+    return values.astype(np.uint64).reshape(shape)
+
+
 def shamir_shares(secret: bytes, count: int, threshold: int) -> list[tuple[int, tuple[int, ...]]]:
     """``count`` shares ``(x, values)`` of ``secret``, any ``threshold`` of which rebuild it (x = 1..count)."""
-    if not 1 <= threshold <= count:
-        raise ValueError(f"threshold must be in [1, {count}], got {threshold}")
-    chunks = [int.from_bytes(secret[i:i + _CHUNK], "big") for i in range(0, len(secret), _CHUNK)]
-    polynomials = [[chunk, *(secrets.randbelow(PRIME) for _ in range(threshold - 1))] for chunk in chunks]
-    return [(x, tuple(_evaluate(poly, x) for poly in polynomials)) for x in range(1, count + 1)]
+    if not 1 <= threshold <= count < PRIME:
+        raise ValueError(f"threshold must be in [1, {count}] and the count below {PRIME}, got {threshold} of {count}")
+    chunks = np.array([int.from_bytes(secret[i:i + _CHUNK], "big") for i in range(0, len(secret), _CHUNK)],
+                      dtype=np.uint64)
+    places = np.arange(1, count + 1, dtype=np.uint64)[:, None]
+    values = np.zeros((count, chunks.size), dtype=np.uint64)
+    for coefficients in _random_elements((threshold - 1, chunks.size)):  # Horner, the highest degree first
+        values = (values * places + coefficients) % _PRIME
+    values = (values * places + chunks) % _PRIME
+    return [(x, tuple(row)) for x, row in enumerate(values.tolist(), start=1)]
 
 
-def _evaluate(coefficients: Sequence[int], x: int) -> int:
-    value = 0
-    for coefficient in reversed(coefficients):
-        value = (value * x + coefficient) % PRIME
-    return value
+def _lagrange_at_zero(xs: Sequence[int]) -> np.ndarray:
+    """The weights that take the values at ``xs`` (distinct places) of a polynomial of degree < len(xs) to its
+    value at 0: prod_{j != i} x_j / (x_j - x_i), modulo ``PRIME``."""
+    places = np.array(xs, dtype=np.uint64) % _PRIME
+    numerators = np.ones(len(xs), dtype=np.uint64)
+    denominators = np.ones(len(xs), dtype=np.uint64)
+    for j, x_j in enumerate(places):
+        others = np.arange(len(xs)) != j
+        numerators[others] = numerators[others] * x_j % _PRIME
+        denominators[others] = denominators[others] * ((x_j + _PRIME - places[others]) % _PRIME) % _PRIME
+    inverses = np.array([pow(int(d), -1, PRIME) for d in denominators.tolist()], dtype=np.uint64)
+    return numerators * inverses % _PRIME
 
 
 def reconstruct(shares: Sequence[tuple[int, Sequence[int]]], threshold: int, length: int = _SECRET) -> bytes:
@@ -120,18 +147,10 @@ def reconstruct(shares: Sequence[tuple[int, Sequence[int]]], threshold: int, len
         raise SecureAggregationError(f"{len(shares)} shares, fewer than the threshold {threshold}: the secret "
                                      "stays hidden")
     chosen = list({x: values for x, values in shares}.items())[:threshold]
-    xs = [x for x, _ in chosen]
-    weights = []
-    for i, x_i in enumerate(xs):
-        numerator = denominator = 1
-        for j, x_j in enumerate(xs):
-            if i != j:
-                numerator = numerator * -x_j % PRIME
-                denominator = denominator * (x_i - x_j) % PRIME
-        weights.append(numerator * pow(denominator, -1, PRIME) % PRIME)
+    weights = _lagrange_at_zero([x for x, _ in chosen])
+    values = np.array([values for _, values in chosen], dtype=np.uint64)
+    chunks = ((weights[:, None] * values % _PRIME).sum(axis=0) % _PRIME).tolist()  # t terms < 2^31: no overflow
     sizes = [min(_CHUNK, length - start) for start in range(0, length, _CHUNK)]
-    chunks = [sum(w * values[k] for w, (_, values) in zip(weights, chosen, strict=True)) % PRIME
-              for k in range(len(sizes))]
     try:
         return b"".join(chunk.to_bytes(size, "big") for chunk, size in zip(chunks, sizes, strict=True))
     except OverflowError:
@@ -343,7 +362,7 @@ def _share(value: object, what: str) -> tuple[int, tuple[int, ...]]:
             and isinstance(value[1], list | tuple) and len(value[1]) == _SHARE_VALUES
             and all(_is_int(v) and 0 <= v < PRIME for v in value[1])):
         return value[0], tuple(value[1])
-    raise SecureAggregationError(f"{what} is not a share [x, [{_SHARE_VALUES} integers in [0, 2^127 - 1)]]: "
+    raise SecureAggregationError(f"{what} is not a share [x, [{_SHARE_VALUES} integers in [0, 2^31 - 1)]]: "
                                  f"{value!r:.100}")
 
 

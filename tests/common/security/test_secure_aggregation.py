@@ -12,6 +12,7 @@ from scipy import stats
 
 from fedmeta.common.federation.deltas import weighted_average
 from fedmeta.common.security.secure_aggregation import (
+    PRIME,
     FixedPoint,
     Participant,
     SecureAggregation,
@@ -31,6 +32,27 @@ def test_any_threshold_of_shamir_shares_rebuild_the_secret_and_fewer_do_not():
     assert reconstruct(shares[3:], 4) == SECRET and reconstruct(shares[::2], 4) == SECRET
     with pytest.raises(SecureAggregationError, match="3 shares, fewer than the threshold 4"):
         reconstruct(shares[:3], 4)
+
+
+def test_shares_for_a_thousand_places_rebuild_any_secret_from_any_threshold_of_them_in_any_order():
+    """The field's arithmetic stays inside uint64 at SecAgg+'s sizes and beyond (a secret of all 0xff bytes:
+    every chunk at its largest)."""
+    rng = np.random.default_rng(0)
+    for secret in (SECRET, b"\xff" * 32, bytes(32)):
+        shares = shamir_shares(secret, count=1_000, threshold=700)
+        assert all(0 <= value < PRIME for _, values in shares for value in values)
+        for _ in range(3):
+            chosen = [shares[i] for i in rng.permutation(1_000)[:700]]
+            assert reconstruct(chosen, 700) == secret
+
+
+def test_a_shares_coefficients_leave_a_single_share_uniform():
+    """One share says nothing about the secret: over many sharings, a share's values fill the field evenly
+    whatever the secret (a chi-square test on 16 bins)."""
+    for secret in (bytes(32), b"\xff" * 32):
+        values = np.array([shamir_shares(secret, count=2, threshold=2)[0][1] for _ in range(400)]).ravel()
+        counts = np.bincount((values * 16 // PRIME).astype(int), minlength=16)
+        assert stats.chisquare(counts).pvalue > 1e-4, counts
 
 
 def test_a_masked_delta_is_uniform_whatever_the_delta():

@@ -119,7 +119,7 @@ def test_a_sealed_share_too_short_for_its_nonce_and_tag_is_refused():
     (b"[3, 1]", r"the share from participant 3 to 1 is not \[source, target, seed share, key share\]"),
     (b"\x80", r"the share from participant 3 to 1 is not \[source, target"),
     (b'[3, 1, [1, [1, 2, 3]], [1, [1, 2, "x"]]]', r"the share from participant 3 to 1: its key is not a share \[x, "
-                                                 r"\[3 integers in \[0, 2\^127 - 1\)\]\]: \[1, \[1, 2, 'x'\]\]"),
+                                                 r"\[11 integers in \[0, 2\^31 - 1\)\]\]: \[1, \[1, 2, 'x'\]\]"),
     (b"[3, 1, [0, [1, 2, 3]], [1, [1, 2, 3]]]", "its seed is not a share"),
 ])
 def test_a_share_a_malicious_peer_sealed_around_any_plaintext_is_refused_by_name(plaintext, problem):
