@@ -139,6 +139,12 @@ def benchmark(
                      "resumes a stopped run.",
                      show_default=False),
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Run each seed as a task (one CPU) on the Ray cluster whose head node is at HOST:PORT; "
+                     "every node needs the project and the data sets at the same paths. Without it the "
+                     "benchmark runs in this process, whatever RAY_ADDRESS says.", show_default=False),
+    ] = None,
 ) -> None:
     """Few-shot quality of local-only, FedAvg(+FT), federated MAML/FOMAML/Reptile/Meta-SGD, centralized MAML,
     federated XGBoost trees (bagging, cyclic) and trees on the K rows alone, pooled tree models and full-data
@@ -148,11 +154,12 @@ def benchmark(
     # Imports torch, scikit-learn and the data sets: only when benchmarking.
     from fedmeta.simulations.benchmarks import fewshot, fewshot_report, tuning
     from fedmeta.simulations.benchmarks.seed_records import SeedRecordError, SeedRecords
+    from fedmeta.simulations.harness import RayClusterError
 
     console = _wide_console()
     out = out if out is not None else Path("runs") / f"benchmark-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     with exit_on_errors(console, ValueError, FileNotFoundError, FileExistsError, fewshot.BenchmarkError,
-                        SeedRecordError):
+                        SeedRecordError, RayClusterError):
         fewshot_report.check_out_dir(out)
         tuned_file = _tuned_file(tuned, dataset, tuning.tuned_path(dataset))
         plan = fewshot.plan_for(
@@ -170,7 +177,7 @@ def benchmark(
             task = bar.add_task("steps", total=None)
             results = fewshot.run_benchmark(
                 plan, progress=lambda done, total: bar.update(task, completed=done, total=total),
-                records=records,
+                records=records, ray_address=ray_address,
             )
         fewshot_report.write_results(results, out)
     fewshot_report.render(results, console)

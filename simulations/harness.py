@@ -31,7 +31,7 @@ from fedmeta.common.runtime.flower_pin import require_flower
 from fedmeta.server import ProgressFn, make_server_app
 from fedmeta.simulations.faults import fault_injection_mod
 
-__all__ = ["OWN_RAY", "RayClusterError", "run_federated_simulation", "simulated_source"]
+__all__ = ["OWN_RAY", "RayClusterError", "check_reachable", "run_federated_simulation", "simulated_source"]
 
 # Ray's own word for "start a Ray of its own here", whatever RAY_ADDRESS says: for the benches that measure this
 # machine's processes.
@@ -60,7 +60,7 @@ def simulated_source(run_config: Mapping[str, object]) -> SyntheticSource | Spli
     return source
 
 
-def _check_reachable(address: str) -> None:
+def check_reachable(address: str) -> None:
     """Fail now, by name, where ``ray.init`` would retry an unreachable address for minutes."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or address.startswith("ray://"):
@@ -81,7 +81,7 @@ def _ray_init_args(address: str | None = None) -> dict[str, object]:
     node's ``ray start`` then sets its CPUs and system settings, which Ray refuses from a driver that joins."""
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != OWN_RAY:
-        _check_reachable(address)
+        check_reachable(address)
         return {"address": address, "log_to_driver": False}
     # A Ray of its own even where a cluster ran on this machine before (without an address, ray.init joins the
     # latest one it finds). No Ray dashboard, whatever Flower's default, and no idle workers prestarted for Ray's

@@ -51,6 +51,7 @@ This module is imported only by the CLI command, never by the package.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -942,50 +943,73 @@ def _tree_round_summary(runs: Sequence[Mapping[str, object]]) -> dict[str, dict[
     return out
 
 
+def _seed_on_a_node(plan: BenchmarkPlan, seed: int) -> tuple[dict[str, object], float]:
+    """One seed as a task runs it (no step records: a node may not see the command's folder), and its wall time."""
+    started = time.perf_counter()
+    run = run_seed(plan, seed, lambda: None)
+    return run, time.perf_counter() - started
+
+
 def run_benchmark(
     plan: BenchmarkPlan, *, progress: Callable[[int, int], None] | None = None, records: SeedRecords | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, object]:
     """Every chosen method for every seed; results with mean and std over seeds (see the module docstring).
 
     With ``records``, each finished seed (and each finished step inside a seed) is written at once and
     what was recorded before is loaded instead of run; ``seconds`` is then the sum of the seeds' own
-    wall times, a seed resumed midway counting its loaded steps' recorded times.
+    wall times, a seed resumed midway counting its loaded steps' recorded times. With ``ray_address``, the
+    seeds not recorded run as tasks on that Ray cluster (`cluster.on_the_cluster`), each recorded when it
+    comes back (a seed is then the unit a stopped run resumes from), its node in ``seed_nodes``.
     """
     steps_per_seed = _steps_per_seed(plan)
     total = len(plan.seeds) * steps_per_seed
     done = 0
 
-    def advance() -> None:
+    def advance(steps: int = 1) -> None:
         nonlocal done
-        done += 1
+        done += steps
         if progress is not None:
             progress(done, total)
 
     commit = provenance()["commit"]
-    runs: list[dict[str, object]] = []
-    seed_seconds: list[float] = []
-    seed_commits: list[str | None] = []
+    ran: dict[int, tuple[dict[str, object], float, str | None]] = {}  # seed -> run, seconds, commit
     resumed: list[int] = []
+    nodes: dict[str, str] = {}
     for seed in plan.seeds:
         recorded = records.load(seed) if records is not None else None
         if recorded is not None:
             resumed.append(seed)
-            runs.append(recorded["run"])
-            seed_seconds.append(recorded["seconds"])
-            seed_commits.append(recorded["commit"])
-            for _ in range(steps_per_seed):
-                advance()
-            continue
-        started = time.perf_counter()
-        steps = SeedSteps(records, seed)
-        run = run_seed(plan, seed, advance, steps)
-        # A seed resumed midway: this process's time plus the recorded time of the steps it loaded.
-        seconds = time.perf_counter() - started + sum(run["seconds"][name] for name in steps.resumed)
+            ran[seed] = recorded["run"], recorded["seconds"], recorded["commit"]
+            advance(steps_per_seed)
+
+    def keep(seed: int, run: dict[str, object], seconds: float, steps: SeedSteps) -> None:
         run["resumed_steps"] = steps.resumed
-        runs.append(records.save(seed, run, seconds, commit) if records is not None else round_trip(run))
+        saved = records.save(seed, run, seconds, commit) if records is not None else round_trip(run)
+        ran[seed] = saved, seconds, commit
         steps.discard()
-        seed_seconds.append(seconds)
-        seed_commits.append(commit)
+
+    to_run = [seed for seed in plan.seeds if seed not in ran]
+    if ray_address:
+        from fedmeta.simulations.benchmarks.cluster import on_the_cluster  # imports Ray: only for a cluster
+
+        def finished(seed: int, outcome: tuple[dict[str, object], float], node: str) -> None:
+            nodes[str(seed)] = node
+            keep(seed, *outcome, SeedSteps(records, seed))
+            advance(steps_per_seed)
+
+        on_the_cluster(functools.partial(_seed_on_a_node, plan), to_run, ray_address, finished)
+    else:
+        for seed in to_run:
+            started = time.perf_counter()
+            steps = SeedSteps(records, seed)
+            run = run_seed(plan, seed, advance, steps)
+            # A seed resumed midway: this process's time plus the recorded time of the steps it loaded.
+            resumed_seconds = sum(run["seconds"][name] for name in steps.resumed)
+            keep(seed, run, time.perf_counter() - started + resumed_seconds, steps)
+    runs = [ran[seed][0] for seed in plan.seeds]
+    seed_seconds = [ran[seed][1] for seed in plan.seeds]
+    seed_commits = [ran[seed][2] for seed in plan.seeds]
     first = runs[0]
     task_kind = str(first["task_kind"])
     metric, higher_better = primary_metric(task_kind)
@@ -1029,6 +1053,7 @@ def run_benchmark(
         "seconds_per_seed": seed_seconds,
         "seed_commits": seed_commits,
         "resumed_seeds": resumed,
+        "seed_nodes": nodes,
         "resumed_steps": {str(run["seed"]): run["resumed_steps"] for run in runs if run.get("resumed_steps")},
         "seconds_per_method": {name: [run["seconds"].get(name) for run in runs] for name in first["seconds"]},
         "notes": notes(plan, task_kind),
