@@ -31,7 +31,10 @@ from fedmeta.common.runtime.flower_pin import require_flower
 from fedmeta.server import ProgressFn, make_server_app
 from fedmeta.simulations.faults import fault_injection_mod
 
-__all__ = ["OWN_RAY", "RayClusterError", "check_reachable", "run_federated_simulation", "simulated_source"]
+__all__ = [
+    "OWN_RAY", "PATH_SETTINGS", "RayClusterError", "check_reachable", "run_federated_simulation", "simulated_source",
+    "with_absolute_paths",
+]
 
 # Ray's own word for "start a Ray of its own here", whatever RAY_ADDRESS says: for the benches that measure this
 # machine's processes.
@@ -39,12 +42,21 @@ OWN_RAY = "local"
 # Ray's driver warns that a future Ray stops hiding GPUs from actors that asked for none. The engine relies on
 # today's behaviour (`--client-gpus 0` keeps factories off the GPUs) and pins Ray with Flower, so the tip is noise.
 RAY_GPU_TIP = "Tip: In future versions of Ray, Ray will no longer override accelerator visible devices"
+# Settings the factories read as paths: made absolute here, since a Ray worker's working folder is not this
+# command's (on a cluster, the folder `ray start` ran in), where a relative path found no table.
+PATH_SETTINGS = ("tables", "schema")
 # How long to wait for a Ray cluster's head to answer; ray.init itself retries an address for minutes.
 CONNECT_TIMEOUT_S = 5.0
 
 
 class RayClusterError(ConnectionError):
     """The Ray cluster to run on cannot be reached, or its address is not one."""
+
+
+def with_absolute_paths(run_config: Mapping[str, object]) -> dict[str, object]:
+    """``run_config`` with each of `PATH_SETTINGS` it sets (a file or a glob) made absolute from this folder."""
+    return {**run_config, **{key: str(Path(str(run_config[key])).expanduser().absolute())
+                             for key in PATH_SETTINGS if run_config.get(key)}}
 
 
 def simulated_source(run_config: Mapping[str, object]) -> SyntheticSource | SplitSource | TablesSource:
@@ -119,6 +131,7 @@ def run_federated_simulation(
     """
     require_flower("the simulation harness")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    run_config = with_absolute_paths(run_config)
     settings = resolve_run_config(run_config)
     source = source or simulated_source(run_config)  # a caller that checked it already passes it
     spec = str(settings["inject-faults"])
