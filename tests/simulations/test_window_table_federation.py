@@ -92,7 +92,7 @@ def test_a_refused_table_stops_the_simulation_before_the_engine_starts(plants, m
     table = pd.read_csv(plants / "plant-2.csv")
     table.loc[7, "s1"] = np.nan
     table.to_csv(plants / "plant-2.csv", index=False)
-    monkeypatch.setattr(harness, "run_simulation", lambda **_: pytest.fail("the engine started"))
+    monkeypatch.setattr(harness, "_run_simulation", lambda **_: pytest.fail("the engine started"))
     with pytest.raises(DataValidationError, match=r"(?s)plant-2\.csv.*'s1' has 1 missing value"):
         harness.run_federated_simulation(_run_config(plants) | {"run-dir": str(plants / "run")})
     code, output = run_fedmeta("simulate", "--tables", str(plants / "plant-*.csv"), "--schema",
