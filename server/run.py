@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid
 from torch import Tensor
 
 from fedmeta.common import (
@@ -53,7 +54,7 @@ from fedmeta.server.strategy.histogram_trees import HistogramTreeStrategy, histo
 from fedmeta.server.strategy.outer_optimizer import OuterOptimizer
 from fedmeta.server.strategy.trees import HISTOGRAM_ALGORITHM, TreeStrategy, ensemble_records
 
-__all__ = ["ProgressFn", "initial_meta_parameters", "run_experiment"]
+__all__ = ["NoFactoriesError", "ProgressFn", "initial_meta_parameters", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -270,14 +271,30 @@ def _start_rounds(run_dir: RunDirectory, settings: ServerSettings, source: DataS
     return rounds, latest + 1
 
 
+def _last_line(reason: str) -> str:
+    """An error reply's last line, unquoted: a simulated factory's carries Ray's whole traceback before it."""
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    return lines[-1].rstrip("'>") if lines else reason
+
+
+class NoFactoriesError(RuntimeError):
+    """Too few of a simulation's factories can take part: their apps failed (their data, say)."""
+
+
 def _await_factories(grid: Grid, strategy: FactorySeats, settings: ServerSettings, wanted: int) -> None:
     """Discover the connected factories (asking only nodes not met yet: late ones join).
 
     In a deployment factories connect when they are ready, so wait up to the run's
-    ``timeout`` for ``wanted`` training factories; a simulation has all at once.
+    ``timeout`` for ``wanted`` training factories. A simulation (Flower's in-memory grid) has all at once:
+    where too few said their role and others failed to, waiting cannot help, and `NoFactoriesError` names why.
     """
     deadline = time.monotonic() + settings.timeout
-    strategy.discover_nodes(grid, settings.timeout)
+    failed = strategy.discover_nodes(grid, settings.timeout)
+    if failed and isinstance(grid, InMemoryGrid) and len(strategy.seats_with_role("train")) < wanted:
+        node, reason = next(iter(sorted(failed.items())))
+        raise NoFactoriesError(f"{len(failed)} of the simulation's {len(strategy.connected or ())} nodes could not "
+                               f"take part, {len(strategy.seats_with_role('train'))} training factories of the "
+                               f"{wanted} needed did; node {node}: {_last_line(reason)}")
     while len(strategy.seats_with_role("train")) < wanted and time.monotonic() < deadline:
         time.sleep(FACTORY_POLL_S)
         strategy.discover_nodes(grid, settings.timeout)

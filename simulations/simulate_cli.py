@@ -209,6 +209,7 @@ def simulate(
         "local-only-steps": _default("local-only-steps"),
         "run-dir": str(run_dir),
     }
+    from fedmeta.server.run import NoFactoriesError  # torch: only when simulating
     from fedmeta.simulations.harness import (  # Ray: only when simulating
         RayClusterError,
         run_federated_simulation,
@@ -227,7 +228,7 @@ def simulate(
     if tables:
         what = f"the {tables} ({held_out} held out)"
     console.print(f"Simulating {what} factories; run folder {run_dir}")
-    with exit_on_errors(console, RayClusterError):
+    with exit_on_errors(console, RayClusterError, NoFactoriesError):
         run_federated_simulation(
             run_config, client_cpus=client_cpus, client_gpus=client_gpus, progress=_progress(console, rounds),
             source=source, ray_address=ray_address,

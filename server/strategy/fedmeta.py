@@ -211,18 +211,21 @@ class FactorySeats(Strategy):
         self.sampling_rate = sampling.fraction_train  # the share of training factories a round samples
 
     # --- node discovery ----------------------------------------------------------
-    def discover_nodes(self, grid: Grid, timeout: float) -> None:
-        """Note which nodes are connected; ask those the server has not met yet for their factories."""
+    def discover_nodes(self, grid: Grid, timeout: float) -> dict[int, str]:
+        """Note which nodes are connected; ask those the server has not met yet for their factories. Returns the
+        nodes that answered with an error instead, and the error's reason."""
         known = self.nodes.keys() | self.shared_nodes.keys()
         self.connected = set(grid.get_node_ids())
         unknown = sorted(node for node in self.connected if node not in known)
+        failed: dict[int, str] = {}
         if not unknown:
-            return
+            return failed
         queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in unknown]
         for reply in exchange(grid, queries, timeout=timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 log.warning("node %d did not say its role: %s", node, reply.error.reason)
+                failed[node] = reply.error.reason
             elif protocol.FACTORIES in reply.content:
                 record = reply.content[protocol.FACTORIES]
                 pairs = zip(record[protocol.ROLES_FIELD], record[protocol.NAMES], strict=True)
@@ -230,6 +233,7 @@ class FactorySeats(Strategy):
             else:
                 record = reply.content[protocol.ROLE]
                 self.nodes[node] = NodeInfo(str(record[protocol.ROLE]), str(record[protocol.FACTORY]))
+        return failed
 
     def seats_with_role(self, role: str) -> list[Seat]:
         """Connected factories of one role and their nodes, ordered by factory key so sampling is reproducible.

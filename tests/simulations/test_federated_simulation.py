@@ -1,14 +1,17 @@
 """Real Flower simulations (Ray) with the real ClientApp and ServerApp.
 
-Kept to four short runs: each start of the simulation engine costs seconds.
+Kept to a few short runs: each start of the simulation engine costs seconds.
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
 
 from fedmeta.server import CheckpointError, RunDirectory
+from fedmeta.server.run import NoFactoriesError
 from fedmeta.simulations import final_evaluation, run_federated_simulation
 
 SMALL = {
@@ -96,3 +99,18 @@ def test_nodes_serving_several_factories_end_where_one_node_per_factory_ends(tmp
     assert records["shared"][-1]["eval/replies"] == 1
     for key in ("train/query-loss", "eval/loss-k5"):
         assert records["shared"][-1][key] == records["single"][-1][key]
+
+
+def test_a_simulation_whose_factories_cannot_say_their_role_stops_at_once_naming_why(tmp_path):
+    """Every simulated node is there from the start, so the server does not wait out its timeout (600 s) for
+    factories whose apps fail (a table a Ray worker cannot read, say)."""
+
+    def unreadable(msg, context, call_next):
+        raise FileNotFoundError("plant tables not found")
+
+    started = time.monotonic()
+    with pytest.raises(NoFactoriesError, match=r"5 of the simulation's 5 nodes could not take part, 0 training "
+                                               r"factories of the \d+ needed did; node \d+: .*plant tables not found"):
+        run_federated_simulation({**SMALL, "num-factories": 4, "num-held-out": 1, "run-dir": str(tmp_path / "run")},
+                                 mods=[unreadable])
+    assert time.monotonic() - started < 120
