@@ -118,6 +118,9 @@ _TABLE = (
     Setting("local-steps", 5, "Local meta-steps per round.", _SERVER),
     Setting("local-lr", 0.001, "Factories' local outer (Adam) step size.", _SERVER),
     Setting("meta-batch-size", 4, "Tasks per local meta-step.", _SERVER),
+    Setting("tasks-per-pass", 0, "Second-order meta-steps (maml, metasgd, anil): tasks whose graphs are held in "
+            "memory at once; 0: the whole meta-batch. Fewer bound a large model's memory; the step is the same.",
+            _SERVER),
     Setting("shots", 5, "Support samples per training task (per class for classification).", _SERVER),
     Setting("query-size", 15, "Query samples per training task.", _SERVER),
     # A factory's local work each round, tree algorithms

@@ -64,6 +64,7 @@ class ServerSettings:
                 local_steps=int(get["local-steps"]),
                 local_lr=float(get["local-lr"]),
                 meta_batch_size=int(get["meta-batch-size"]),
+                tasks_per_pass=int(get["tasks-per-pass"]),
                 shots=int(get["shots"]),
                 query_size=int(get["query-size"]),
                 seed=seed,

@@ -53,6 +53,7 @@ FLAG_SETTINGS = {
     "local_steps": "local-steps",
     "local_lr": "local-lr",
     "meta_batch_size": "meta-batch-size",
+    "tasks_per_pass": "tasks-per-pass",
     "outer_optimizer": "outer-optimizer",
     "outer_lr": "outer-lr",
     "aggregation": "aggregation",
@@ -154,6 +155,7 @@ def simulate(
     local_steps: Annotated[int, typer.Option(min=1, help=_help("local-steps"))] = _default("local-steps"),
     local_lr: Annotated[float, typer.Option(min=0.0, help=_help("local-lr"))] = _default("local-lr"),
     meta_batch_size: Annotated[int, typer.Option(min=1, help=_help("meta-batch-size"))] = _default("meta-batch-size"),
+    tasks_per_pass: Annotated[int, typer.Option(min=0, help=_help("tasks-per-pass"))] = _default("tasks-per-pass"),
     outer_optimizer: Annotated[
         str, typer.Option(click_type=_choice(OUTER_OPTIMIZERS), help=_help("outer-optimizer"))
     ] = _default("outer-optimizer"),

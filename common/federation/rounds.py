@@ -106,6 +106,7 @@ class RoundSettings:
     local_steps: int = _DEFAULT["local-steps"]
     local_lr: float = _DEFAULT["local-lr"]
     meta_batch_size: int = _DEFAULT["meta-batch-size"]
+    tasks_per_pass: int = _DEFAULT["tasks-per-pass"]
     shots: int = _DEFAULT["shots"]
     query_size: int = _DEFAULT["query-size"]
     seed: int = _DEFAULT["seed"]
@@ -159,6 +160,7 @@ class RoundSettings:
             outer_optimizer="adam",
             meta_batch_size=self.meta_batch_size,
             local_steps=self.local_steps,
+            tasks_per_pass=self.tasks_per_pass,
         )
 
     def to_config(self) -> dict[str, object]:

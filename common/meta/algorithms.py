@@ -80,6 +80,9 @@ class MetaConfig:
     outer_optimizer: str = "adam"
     meta_batch_size: int = 4
     local_steps: int = 1
+    # Second-order steps: tasks whose graphs are held at once (0: the whole meta-batch). The meta-gradient is the
+    # same; fewer tasks at once bound the memory, at the price of smaller batched kernels.
+    tasks_per_pass: int = 0
 
     def __post_init__(self) -> None:
         check_choice("algorithm", self.algorithm, ALGORITHMS)
@@ -87,6 +90,8 @@ class MetaConfig:
         check_choice("outer_optimizer", self.outer_optimizer, META_OPTIMIZERS)
         for name in ("inner_steps", "meta_batch_size", "local_steps"):
             check_positive_int(name, getattr(self, name))
+        if isinstance(self.tasks_per_pass, bool) or not isinstance(self.tasks_per_pass, int) or self.tasks_per_pass < 0:
+            raise ValueError(f"tasks_per_pass must be a whole number >= 0, got {self.tasks_per_pass!r}")
         for name in ("inner_lr", "outer_lr"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
@@ -151,20 +156,27 @@ def _second_order_step(
 ) -> StepLosses:
     names = adapted_names(model, config.algorithm)
     lr = inner_lrs if config.algorithm == "metasgd" else config.inner_lr
-    adapted, support = adapt(
-        model,
-        expand_for_tasks(weights, names, batch.num_tasks),
-        batch.support_x,
-        batch.support_y,
-        kind=config.task_kind,
-        steps=config.inner_steps,
-        lr=lr,
-        adapt_names=names,
-        create_graph=True,
-    )
-    query, accuracy = _query_metrics(model, adapted, batch, config.task_kind)
-    query.mean().backward()
-    return StepLosses(support, query.detach().mean(), _detached(accuracy))
+    support_means, query_means, accuracies = [], [], []
+    for part in batch.parts(config.tasks_per_pass):  # each part's graph is freed by its backward
+        adapted, support = adapt(
+            model,
+            expand_for_tasks(weights, names, part.num_tasks),
+            part.support_x,
+            part.support_y,
+            kind=config.task_kind,
+            steps=config.inner_steps,
+            lr=lr,
+            adapt_names=names,
+            create_graph=True,
+        )
+        query, accuracy = _query_metrics(model, adapted, part, config.task_kind)
+        share = part.num_tasks / batch.num_tasks  # the parts' shares of the batch's mean add up to it
+        (query.mean() * share).backward()
+        support_means.append(support * share)
+        query_means.append(query.detach().mean() * share)
+        accuracies.append(None if accuracy is None else accuracy.detach() * share)
+    kept = [accuracy for accuracy in accuracies if accuracy is not None]
+    return StepLosses(sum(support_means), sum(query_means), sum(kept) if kept else None)
 
 
 def _detached_task_copies(weights: Params, num_tasks: int) -> Params:

@@ -242,6 +242,13 @@ class TaskBatch:
         i %= t
         return self._map(lambda tensor: tensor[i : i + 1])
 
+    def parts(self, tasks: int) -> list[TaskBatch]:
+        """The batch cut into consecutive parts of at most ``tasks`` tasks (0 or more than it holds: itself)."""
+        if tasks <= 0 or tasks >= self.num_tasks:
+            return [self]
+        return [self._map(lambda tensor, start=start: tensor[start : start + tasks])
+                for start in range(0, self.num_tasks, tasks)]
+
 
 @runtime_checkable
 class TaskSampler(Protocol):

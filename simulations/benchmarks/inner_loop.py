@@ -202,8 +202,8 @@ def _variant(setup: Setup, params: Params, compute: Callable[[], None], extra: S
     return Variant(params, compute, optimizer)
 
 
-def _build_ours(setup: Setup, algorithm: str) -> Variant:
-    config = replace(setup.config, algorithm=algorithm)
+def _build_ours(setup: Setup, algorithm: str, tasks_per_pass: int = 0) -> Variant:
+    config = replace(setup.config, algorithm=algorithm, tasks_per_pass=tasks_per_pass)
     weights = _leaves(setup)
     inner_lrs: Params = {}
     if algorithm == "metasgd":
@@ -350,6 +350,8 @@ def _reference(family: str, order: int) -> str:
 _SPECS: dict[str, _Spec] = {
     **{a: _Spec("ours", 2, partial(_build_ours, algorithm=a)) for a in ("maml", "metasgd", "anil")},
     **{a: _Spec("ours", 1, partial(_build_ours, algorithm=a)) for a in ("fomaml", "reptile")},
+    # The run setting tasks-per-pass=1: one task's graph at a time, as the hand-written loop holds.
+    "maml-1-task-a-pass": _Spec("ours", 2, partial(_build_ours, algorithm="maml", tasks_per_pass=1)),
     **{
         _reference(family, order): _Spec(family, order, partial(build, second_order=order == 2))
         for family, build in _REFERENCES.items()
@@ -359,7 +361,8 @@ _SPECS: dict[str, _Spec] = {
 VARIANT_NAMES: tuple[str, ...] = tuple(_SPECS)
 # Each gradient we own, and the references that must reproduce it before timing.
 _GRADIENT_CHECKS = {
-    ours: tuple(_reference(family, _SPECS[ours].order) for family in _REFERENCES) for ours in ("maml", "fomaml")
+    ours: tuple(_reference(family, _SPECS[ours].order) for family in _REFERENCES)
+    for ours in ("maml", "fomaml", "maml-1-task-a-pass")
 }
 # (numerator, denominator, limit, strict) ratios that must hold on a model, and where.
 _TARGETS: dict[str, tuple[tuple[str, str, float, bool], ...]] = {

@@ -272,3 +272,31 @@ def test_meta_train_applies_outer_sgd_to_the_meta_gradient(algorithm):
         _assert_close(result.inner_lrs, {n: LR - 0.5 * g for n, g in lr_grads.items()})
     for name, tensor in start.items():  # the caller's parameters are untouched
         torch.testing.assert_close(tensor.detach(), params[name].detach())
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd", "anil"])
+@pytest.mark.parametrize("tasks_per_pass", [1, 2, 3])
+def test_second_order_steps_in_parts_give_the_whole_batchs_gradient_and_losses(algorithm, tasks_per_pass):
+    """``tasks_per_pass`` bounds memory only: 5 tasks in parts of 1, 2 or 3 (the last part shorter) give the
+    meta-gradient (Meta-SGD's step-size gradient too) and the step's losses of the whole batch at once."""
+    model, batch = TinyNet(), random_batch(tasks=5, shots=5, queries=5, inputs=3, seed=12)
+    outcomes = []
+    for parts in (0, tasks_per_pass):
+        params = leaf_params(model)
+        rates = {n: r.requires_grad_() for n, r in init_inner_lrs(params, LR).items()} if algorithm == "metasgd" \
+            else {}
+        config = MetaConfig(algorithm, inner_steps=STEPS, inner_lr=LR, tasks_per_pass=parts)
+        losses = meta_step(model, params, rates, batch, config)
+        outcomes.append(({n: p.grad for n, p in params.items()}, {n: r.grad for n, r in rates.items()}, losses))
+    (whole_grads, whole_rates, whole), (part_grads, part_rates, parted) = outcomes
+    _assert_close(part_grads, whole_grads)
+    _assert_close(part_rates, whole_rates)
+    torch.testing.assert_close(parted.support, whole.support)
+    torch.testing.assert_close(parted.query, whole.query)
+    assert all(g.abs().sum() > 0 for g in part_grads.values())
+
+
+def test_a_negative_or_fractional_tasks_per_pass_is_refused_by_name():
+    for value in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="tasks_per_pass must be a whole number >= 0"):
+            MetaConfig("maml", tasks_per_pass=value)

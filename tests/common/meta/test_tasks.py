@@ -151,6 +151,15 @@ def test_task_batch_task_keeps_leading_dim_and_selects_task():
         batch.task(3)
 
 
+def test_task_batch_parts_are_its_tasks_in_order_at_most_so_many_each():
+    batch = make_batch(t=5)
+    parts = batch.parts(2)
+    assert [part.num_tasks for part in parts] == [2, 2, 1]
+    assert torch.equal(torch.cat([part.support_x for part in parts]), batch.support_x)
+    assert torch.equal(torch.cat([part.query_x for part in parts]), batch.query_x)
+    assert batch.parts(0) == [batch] and batch.parts(5) == [batch] and batch.parts(9) == [batch]
+
+
 def test_task_batch_to_moves_every_tensor():
     assert_same_batch(make_batch().to("cpu"), make_batch())
     moved = make_batch().to("meta")
