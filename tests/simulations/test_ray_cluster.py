@@ -20,7 +20,7 @@ from fedmeta.server import RunDirectory
 from fedmeta.simulations import harness
 from tests.support.cli import run_fedmeta
 from tests.support.docs import example
-from tests.support.ray_nodes import answers, ray_port, start_node, stop_node, wait
+from tests.support.ray_nodes import alive_nodes, answers, ray_port, start_node, stop_node, wait
 
 # Only for two nodes on one machine: one CPU each (one actor each, so both nodes run factories); `start_node` gives
 # each node its own temporary folder.
@@ -38,14 +38,6 @@ class Cluster:
     simulate: list[str]  # the documented `fedmeta simulate` command, its address this cluster's
 
 
-def _alive_nodes(address: str) -> list[str]:
-    ray.init(address=address, log_to_driver=False)
-    try:
-        return [node["NodeID"] for node in ray.nodes() if node["Alive"]]
-    finally:
-        ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     """The documented head and worker commands, on free ports of this machine."""
@@ -60,10 +52,10 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         # The head's dashboard and Ray Client ports, fixed by default, could collide with another Ray here.
         head += ["--include-dashboard=false", "--ray-client-server-port", str(ray_port())]
         for command, ready in ((head, lambda: answers(port)),
-                               (worker, lambda: len(_alive_nodes(address)) == 2)):
+                               (worker, lambda: len(alive_nodes(address)) == 2)):
             nodes.append(start_node([*command[2:], *ONE_MACHINE], tmp_path_factory.mktemp("ray")))
             wait(ready, f"{shlex.join(command)}: its node")
-        yield Cluster(address, frozenset(_alive_nodes(address)), simulate)
+        yield Cluster(address, frozenset(alive_nodes(address)), simulate)
     finally:
         for node in reversed(nodes):
             stop_node(node)

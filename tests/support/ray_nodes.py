@@ -58,3 +58,14 @@ def stop_node(node: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(node.pid, signal.SIGKILL)
         node.wait()
+
+
+def alive_nodes(address: str) -> list[str]:
+    """The ids of the live nodes of the Ray cluster at ``address`` (joined and left by this process)."""
+    import ray
+
+    ray.init(address=address, log_to_driver=False)
+    try:
+        return [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    finally:
+        ray.shutdown()

@@ -7,11 +7,11 @@ import json
 import os
 import shlex
 
-import ray
 from typer.testing import CliRunner
 
 from fedmeta.simulations.cli import app
 from tests.support.docs import example
+from tests.support.ray_nodes import alive_nodes
 
 SMALL = ["--dataset", "synthetic", "--quick", "--seeds", "2", "--rounds", "2", "--methods", "maml,linear",
          "--tuned", "none"]
@@ -32,11 +32,7 @@ def test_seeds_run_on_the_cluster_and_give_the_figures_of_a_run_here(tmp_path):
     code, output = _benchmark(*SMALL, "--out", str(tmp_path / "here"))
     assert code == 0, output[-3000:]
     cluster, here = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("cluster", "here"))
-    ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-    try:
-        alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
-    finally:
-        ray.shutdown()
+    alive = set(alive_nodes(os.environ["RAY_ADDRESS"]))
     assert set(cluster["seed_nodes"]) == {"0", "1"} and set(cluster["seed_nodes"].values()) <= alive
     assert here["seed_nodes"] == {}
     assert cluster["results"] == here["results"] and cluster["field"] == here["field"]
