@@ -28,13 +28,16 @@ __all__ = [
     "DATASETS",
     "DATASET_LR",
     "DATA_EVAL_SHOTS",
+    "FEDERATED_ALGORITHMS",
     "READERS",
     "RUN_SETTINGS",
+    "TREE_ALGORITHMS",
     "Setting",
     "UnknownSettingError",
     "app_config_defaults",
     "check_run_config",
     "default_lr",
+    "is_tree_algorithm",
     "parse_shots",
     "resolve_run_config",
 ]
@@ -50,6 +53,12 @@ ADAPTATION_RECIPES = ("fixed", "cross-validated")
 # (`common.federation.compression`), named here so that reading run settings never imports torch.
 AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "capped-mean")
 COMPRESSIONS = ("none", "fp16", "int8", "topk")
+# Federated gradient-boosted trees (`common.trees`): every factory's new trees appended each round
+# (bagging), or one factory's a round in turn (cyclic), as Flower's FedXgbBagging and FedXgbCyclic; or trees
+# the server grows level by level on the sum of every factory's gradient histograms (histogram).
+TREE_ALGORITHMS = ("xgb-bagging", "xgb-cyclic", "xgb-histogram")
+# What a user picks; "fedavg" is the baseline whose local work is plain training.
+FEDERATED_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "r2d2", "fedavg", *TREE_ALGORITHMS)
 # Step sizes that keep the real data sets' models stable: on CWRU's raw windows first-order
 # MAML at 0.05 collapses to chance after ~150 meta-steps while 0.01 reaches ~98% (5-shot,
 # held-out load). C-MAPSS' TCN normalises its features (see `common.meta.models.TCN`), so single
@@ -59,6 +68,11 @@ DATASET_LR = {"synthetic": 0.05, "ai4i": 0.01, "cwru": 0.01, "cwru-fe": 0.01, "c
 # factories hold >= 10 windows per class; AI4I's variant H has only 21 failures.
 DATA_EVAL_SHOTS = {"fault": "1,5", "ai4i": "1,5,10"}
 _EVAL_SHOTS = "1,5,10,20"
+
+
+def is_tree_algorithm(algorithm: str) -> bool:
+    """Whether ``algorithm`` federates trees (`TREE_ALGORITHMS`) rather than a network."""
+    return algorithm in TREE_ALGORITHMS
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedmeta.client.rounds.joined_rounds import JoinedRounds
-from fedmeta.common import RoundSettings, is_tree_algorithm
-from fedmeta.common.data.connector.text import suggest
-from fedmeta.common.federation.compression import COMPRESSIONS
-from fedmeta.common.federation.rounds import FEDERATED_ALGORITHMS
-from fedmeta.common.security.privacy import spent_epsilon
+from fedmeta.common.run_settings import COMPRESSIONS, FEDERATED_ALGORITHMS, is_tree_algorithm
+from fedmeta.common.validation import suggest
+
+if TYPE_CHECKING:  # the factory's SuperNode reads policies (`app_version`) and never imports torch or a ClientApp
+    from fedmeta.client.rounds.joined_rounds import JoinedRounds
+    from fedmeta.common import RoundSettings
 
 __all__ = ["POLICY_KEY", "FactoryPolicy", "PolicyRefusal", "load_policy"]
 
@@ -106,6 +107,8 @@ class FactoryPolicy:
             raise PolicyRefusal("policy: differential privacy is required and this round has none "
                                 "(dp-noise-multiplier 0)")
         if self.max_epsilon is not None:
+            from fedmeta.common.security.privacy import spent_epsilon  # torch: imported by a round, not a SuperNode
+
             epsilon = spent_epsilon(joined + 1, 1.0, settings.dp_noise_multiplier, settings.dp_delta)
             if epsilon > self.max_epsilon:
                 raise PolicyRefusal(f"policy: the privacy budget is spent: joining round {settings.server_round} "

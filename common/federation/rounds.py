@@ -17,7 +17,14 @@ from torch import Tensor
 
 from fedmeta.common.federation.compression import Compression
 from fedmeta.common.meta.algorithms import MetaConfig
-from fedmeta.common.run_settings import ADAPTATION_RECIPES, parse_shots, resolve_run_config
+from fedmeta.common.run_settings import (
+    ADAPTATION_RECIPES,
+    FEDERATED_ALGORITHMS,
+    TREE_ALGORITHMS,
+    is_tree_algorithm,
+    parse_shots,
+    resolve_run_config,
+)
 from fedmeta.common.trees.settings import TreePlan, TreeRecipe, TreeSettings
 from fedmeta.common.validation import check_choice, check_positive_int
 
@@ -38,18 +45,6 @@ _Settings = TypeVar("_Settings")
 # The run settings' defaults (automatic ones resolved for the default data): the dataclasses
 # below take theirs from here, so they cannot drift from the table.
 _DEFAULT = resolve_run_config({})
-
-# Federated gradient-boosted trees (`common.trees`): every factory's new trees appended each round
-# (bagging), or one factory's a round in turn (cyclic), as Flower's FedXgbBagging and FedXgbCyclic; or trees
-# the server grows level by level on the sum of every factory's gradient histograms (histogram).
-TREE_ALGORITHMS = ("xgb-bagging", "xgb-cyclic", "xgb-histogram")
-# What a user picks; "fedavg" is the baseline whose local work is plain training.
-FEDERATED_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "r2d2", "fedavg", *TREE_ALGORITHMS)
-
-
-def is_tree_algorithm(algorithm: str) -> bool:
-    """Whether ``algorithm`` federates trees (`TREE_ALGORITHMS`) rather than a network."""
-    return algorithm in TREE_ALGORITHMS
 
 
 def local_algorithm(algorithm: str) -> str:

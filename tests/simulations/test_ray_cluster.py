@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import os
 import shlex
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from fedmeta.server import RunDirectory
 from fedmeta.simulations import harness
 from tests.support.cli import run_fedmeta
 from tests.support.docs import example
-from tests.support.ray_nodes import alive_nodes, answers, ray_port, start_node, stop_node, wait
+from tests.support.ray_nodes import RayNode, alive_nodes, answers, ray_port, start_node, stop_node, wait
 
 # Only for two nodes on one machine: one CPU each (one actor each, so both nodes run factories); `start_node` gives
 # each node its own temporary folder.
@@ -47,7 +46,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     head, worker, simulate = (shlex.split(line.split("#")[0].replace("6379", str(port)).replace("HEAD_IP", "127.0.0.1"))
                               for line in block.strip().splitlines())
     assert head[:3] == ["ray", "start", "--head"] and worker[:3] == ["ray", "start", "--address"], block
-    nodes: list[subprocess.Popen] = []
+    nodes: list[RayNode] = []
     try:
         # The head's dashboard and Ray Client ports, fixed by default, could collide with another Ray here.
         head += ["--include-dashboard=false", "--ray-client-server-port", str(ray_port())]

@@ -4,12 +4,15 @@ stops exactly its processes), as docs/researcher.md starts them."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sysconfig
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 RAY = str(Path(sysconfig.get_path("scripts")) / "ray")
@@ -41,23 +44,37 @@ def wait(condition: Callable[[], object], what: str, timeout: float = 60.0) -> N
         time.sleep(0.5)
 
 
-def start_node(arguments: Sequence[str], folder: Path) -> subprocess.Popen:
-    """``ray start ARGUMENTS --block`` with ``folder`` as its temporary folder and log; RAY_ADDRESS unset."""
+@dataclass
+class RayNode:
+    """A node started by `start_node`: its ``ray start --block`` process and its temporary folder."""
+
+    process: subprocess.Popen
+    temp_dir: Path
+
+
+def start_node(arguments: Sequence[str], log_folder: Path) -> RayNode:
+    """``ray start ARGUMENTS --block``, its output in ``log_folder``, RAY_ADDRESS unset. Its temporary folder is
+    a short one of its own: Ray's socket paths inside it must fit AF_UNIX's 107 bytes, which a pytest folder
+    (``/tmp/pytest-of-USER/pytest-N/popen-gwN/...``) does not leave room for."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    with (folder / "ray-start.log").open("w") as log:
-        return subprocess.Popen([RAY, "start", *arguments, "--block", "--temp-dir", str(folder)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))
+    with (log_folder / "ray-start.log").open("w") as log:
+        process = subprocess.Popen([RAY, "start", *arguments, "--block", "--temp-dir", str(temp_dir)], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return RayNode(process, temp_dir)
 
 
-def stop_node(node: subprocess.Popen) -> None:
-    """SIGTERM to `ray start --block` stops its node's processes; their session's group is killed if not."""
-    node.terminate()
+def stop_node(node: RayNode) -> None:
+    """SIGTERM to `ray start --block` stops its node's processes; their session's group is killed if not. Its
+    temporary folder goes with it."""
+    node.process.terminate()
     try:
-        node.wait(timeout=30)
+        node.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        os.killpg(node.pid, signal.SIGKILL)
-        node.wait()
+        os.killpg(node.process.pid, signal.SIGKILL)
+        node.process.wait()
+    shutil.rmtree(node.temp_dir)
 
 
 def alive_nodes(address: str) -> list[str]:

@@ -17,7 +17,8 @@ import pandas as pd
 from fedmeta.common.data.connector.readers import Table
 from fedmeta.common.data.connector.report import ColumnStats, DataProblem, ValidationReport
 from fedmeta.common.data.connector.schema import DataSchema
-from fedmeta.common.data.connector.text import MAX_LISTED, listing, plural, suggest
+from fedmeta.common.data.connector.text import MAX_LISTED, listing, plural
+from fedmeta.common.validation import suggest
 
 # Cell texts (compared in lower case) that mean "no value" in numeric columns. Labels are
 # not checked against these ("none" is a plausible fault class); only empty labels are missing.

@@ -19,7 +19,8 @@ import pandas as pd
 
 from fedmeta.common.data.connector.report import DataProblem
 from fedmeta.common.data.connector.schema import DataSchema
-from fedmeta.common.data.connector.text import MAX_LISTED, suggest
+from fedmeta.common.data.connector.text import MAX_LISTED
+from fedmeta.common.validation import suggest
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _PARQUET_MAGIC = b"PAR1"

@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from fedmeta.common.data.connector.text import listing, suggest
+from fedmeta.common.data.connector.text import listing
 from fedmeta.common.meta.losses import TASK_KINDS
+from fedmeta.common.validation import suggest
 
 EXTRA_COLUMN_POLICIES = ("warn", "error", "ignore")
 DECIMAL_MARKS = (".", ",")

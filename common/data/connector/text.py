@@ -1,8 +1,8 @@
-"""Wording shared by the connector's messages: counts, short listings and "did you mean" hints."""
+"""Wording shared by the connector's messages: counts and short listings ("did you mean" hints:
+`common.validation.suggest`)."""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 # Offending rows (or lines, labels) listed per problem; the rest are counted.
@@ -20,12 +20,3 @@ def listing(items: Sequence[str], limit: int = _MAX_LISTED_COLUMNS) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
-
-def suggest(name: str, candidates: Sequence[str], cutoff: float = 0.6) -> str | None:
-    """The candidate ``name`` was most likely meant as: same name in another case, else the closest."""
-    for candidate in candidates:
-        if candidate.lower() == name.lower():
-            return candidate
-    lowered = {c.lower(): c for c in candidates}
-    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=cutoff)
-    return lowered[close[0]] if close else None
