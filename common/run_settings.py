@@ -31,6 +31,7 @@ __all__ = [
     "FEDERATED_ALGORITHMS",
     "READERS",
     "RUN_SETTINGS",
+    "TASK_KINDS",
     "TREE_ALGORITHMS",
     "Setting",
     "UnknownSettingError",
@@ -53,6 +54,8 @@ ADAPTATION_RECIPES = ("fixed", "cross-validated")
 # (`common.federation.compression`), named here so that reading run settings never imports torch.
 AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "capped-mean")
 COMPRESSIONS = ("none", "fp16", "int8", "topk")
+# What a model predicts: a number, or a class (`common.meta.losses`); a table's schema names one.
+TASK_KINDS = ("regression", "classification")
 # Federated gradient-boosted trees (`common.trees`): every factory's new trees appended each round
 # (bagging), or one factory's a round in turn (cyclic), as Flower's FedXgbBagging and FedXgbCyclic; or trees
 # the server grows level by level on the sum of every factory's gradient histograms (histogram).

@@ -26,7 +26,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,9 +246,10 @@ def predict_table(package: ModelPackage, path: Path, out: Path, schema: DataSche
     as_rows = not is_parquet(path) and not is_parquet(out)  # CSV to CSV: rows kept as bytes
     stream = None if length is None else WindowStream(length, schema, path)
     output: _Output | None = None
+    blocks = read_blocks(path, schema, names, with_columns=not as_rows, keys=keys)
     try:
-        with forward_threads():
-            for block in read_blocks(path, schema, names, with_columns=not as_rows, keys=keys):
+        with forward_threads(), closing(blocks):
+            for block in blocks:
                 scaled = ((block.features - mean) / std).astype(np.float32)
                 if stream is None:
                     predicted = _predicted(package, forward_passes(model, scaled))

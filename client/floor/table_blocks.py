@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -167,7 +168,12 @@ def read_blocks(path: Path, schema: DataSchema, names: list[str], with_columns: 
                 keys: Sequence[str] = ()) -> Iterator[Block]:
     """The table in blocks with checked features: a CSV block holds its bytes, or every column as text
     with ``with_columns``; a Parquet block holds every column. Each block also holds the columns ``keys``
-    (CSV: as text, unless they are features)."""
+    (CSV: as text, unless they are features).
+
+    Read it inside ``contextlib.closing``: a reader left suspended (its caller failed mid-table) keeps a
+    worker thread until it is closed, and one the garbage collector finalises inside a thread's start-up
+    (CPython 3.11's ``threading._maintain_shutdown_locks``) deadlocks that thread's start: a later prediction
+    in the same process hung so."""
     if is_parquet(path):
         def converted(batch: pa.RecordBatch) -> _Unchecked:
             return _Unchecked(_checked_or_none(batch, schema, path), batch.num_rows, batch=batch,
@@ -189,6 +195,8 @@ def read_blocks(path: Path, schema: DataSchema, names: list[str], with_columns: 
             rows += block.rows
     except pa.ArrowInvalid as error:
         raise _conversion_problem(path, names, error) from None
+    finally:
+        unchecked.close()  # its worker thread ends now, not whenever the garbage collector finalises it
 
 
 def _conversion_problem(path: Path, names: list[str], error: pa.ArrowInvalid) -> TableError:
@@ -251,10 +259,11 @@ def model_columns(path: Path, schema: DataSchema, window_length: int | None = No
 
 def read_features(path: Path, schema: DataSchema) -> np.ndarray:
     """Every row's features ``[rows, features]`` (raw, float64), checked as `fedmeta predict` checks them."""
-    blocks = [block.features for block in read_blocks(path, schema, model_columns(path, schema))]
-    if not blocks:
+    with closing(read_blocks(path, schema, model_columns(path, schema))) as blocks:
+        features = [block.features for block in blocks]
+    if not features:
         raise TableError(f"{path}: the table has no data rows")
-    return np.concatenate(blocks)
+    return np.concatenate(features)
 
 
 def table_scaling(path: Path, schema: DataSchema) -> FeatureScaling:
@@ -262,12 +271,13 @@ def table_scaling(path: Path, schema: DataSchema) -> FeatureScaling:
     in one streamed pass: each block's statistics merged into the running ones (Chan et al.), exact
     however far the values lie from zero."""
     count, mean, squares = 0, np.zeros(len(schema.features)), np.zeros(len(schema.features))
-    for block in read_blocks(path, schema, model_columns(path, schema)):
-        x = block.features
-        block_mean = x.mean(axis=0)
-        delta, total = block_mean - mean, count + len(x)
-        squares += np.square(x - block_mean).sum(axis=0) + np.square(delta) * count * len(x) / total
-        mean, count = mean + delta * len(x) / total, total
+    with closing(read_blocks(path, schema, model_columns(path, schema))) as blocks:
+        for block in blocks:
+            x = block.features
+            block_mean = x.mean(axis=0)
+            delta, total = block_mean - mean, count + len(x)
+            squares += np.square(x - block_mean).sum(axis=0) + np.square(delta) * count * len(x) / total
+            mean, count = mean + delta * len(x) / total, total
     if count == 0:
         raise TableError(f"{path}: the table has no data rows")
     std = np.sqrt(squares / (count - 1)) if count > 1 else np.zeros_like(mean)

@@ -13,6 +13,7 @@ windows are cut, exactly as for a row model; `fedmeta export` scales windows per
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,10 +121,11 @@ def read_windows(path: Path, schema: DataSchema, length: int) -> np.ndarray:
     stream = WindowStream(length, schema, path)
     names = model_columns(path, schema, length)
     windows, rows = [], 0
-    for block in read_blocks(path, schema, names, keys=(stream.group_column, stream.time_column)):
-        found = stream.feed(block.features, block.keys, rows)
-        windows.append(window_slices(found.rows, found.ends[found.ends >= 0], length))
-        rows += len(block.features)
+    with closing(read_blocks(path, schema, names, keys=(stream.group_column, stream.time_column))) as blocks:
+        for block in blocks:
+            found = stream.feed(block.features, block.keys, rows)
+            windows.append(window_slices(found.rows, found.ends[found.ends >= 0], length))
+            rows += len(block.features)
     if not windows or not sum(len(w) for w in windows):
         raise TableError(f"{path}: no {stream.group_column!r} group has the {length} rows one window spans")
     return np.concatenate(windows)

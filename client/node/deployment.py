@@ -26,7 +26,7 @@ from fedmeta.client.node import supernode_timings
 from fedmeta.client.node.supernode import REFUSED
 from fedmeta.client.node.warm_worker import answer_dropped_task
 from fedmeta.client.rounds.joined_rounds import LEDGER_FILE, LEDGER_KEY, read_ledger
-from fedmeta.client.rounds.package import MODEL_DIR_KEY
+from fedmeta.client.rounds.node_keys import MODEL_DIR_KEY
 from fedmeta.client.rounds.policy import POLICY_KEY, load_policy
 from fedmeta.common import (
     DEFAULT_RUNTIME_PORT,

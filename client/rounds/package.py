@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from fedmeta.client.rounds.node_keys import MODEL_DIR_KEY
 from fedmeta.common import unpack_meta_parameters
 from fedmeta.common.package.model_package import (
     Manifest,
@@ -25,8 +26,6 @@ from fedmeta.common.package.model_package import (
 )
 
 __all__ = ["MODEL_DIR_KEY", "package_path", "store_delivered_package"]
-
-MODEL_DIR_KEY = "model-dir"  # the node config entry naming the factory's model folder
 
 
 def package_path(model_dir: Path, manifest: Manifest) -> Path:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["TASK_KINDS", "task_accuracy", "task_losses"]
+from fedmeta.common.run_settings import TASK_KINDS
 
-TASK_KINDS = ("regression", "classification")
+__all__ = ["TASK_KINDS", "task_accuracy", "task_losses"]
 
 
 def task_losses(predictions: Tensor, targets: Tensor, kind: str) -> Tensor:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from fedmeta.common.data.connector.checks import check_classes, check_header, check_id, check_numeric, check_time
 from fedmeta.common.data.connector.readers import read_table
 from fedmeta.common.data.connector.report import DataProblem, ValidationReport
 from fedmeta.common.data.connector.schema import DataSchema
 from fedmeta.common.data.connector.text import plural
-from fedmeta.common.meta.tasks import FactoryData
 from fedmeta.common.validation import check_positive_int
+
+if TYPE_CHECKING:  # `validate_table` (`fedmeta client` checking its table before it starts) never waits for torch
+    import torch
+
+    from fedmeta.common.meta.tasks import FactoryData
 
 
 @dataclass
@@ -117,7 +121,7 @@ def load_factory_table(
     shots: int | None = None,
     ways: int | None = None,
     min_rows: int = 1,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> FactoryData:
     """Validate then load a factory's table; `DataValidationError` lists every problem if it is unusable.
 
@@ -128,6 +132,11 @@ def load_factory_table(
     Rows are ordered by the time column when the schema names one (ties keep file order).
     ``name`` defaults to the file name without its suffix.
     """
+    import torch
+
+    from fedmeta.common.meta.tasks import FactoryData
+
+    dtype = torch.float32 if dtype is None else dtype
     path = Path(path)
     report, parsed = _inspect(path, schema, min_rows, shots, ways)
     report.raise_for_problems()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from fedmeta.common.data.connector.text import listing
-from fedmeta.common.meta.losses import TASK_KINDS
+from fedmeta.common.run_settings import TASK_KINDS
 from fedmeta.common.validation import suggest
 
 EXTRA_COLUMN_POLICIES = ("warn", "error", "ignore")
