@@ -6,30 +6,23 @@ are this package's public names. They need the `bench` extra (torchopt, scikit-l
 matplotlib); only the benchmark commands import this package.
 """
 
-from fedmeta.simulations.benchmarks import (
-    deployment,
-    engine_shots,
-    fewshot,
-    fewshot_report,
-    field_metrics,
-    gradient_boosting,
-    inner_loop,
-    memory,
-    reference_models,
-    references,
-    scaling,
-)
+import lazy_loader
 
-__all__ = [
-    "deployment",
-    "engine_shots",
-    "fewshot",
-    "fewshot_report",
-    "field_metrics",
-    "gradient_boosting",
-    "inner_loop",
-    "memory",
-    "reference_models",
-    "references",
-    "scaling",
-]
+# Each module imported on first use: a benchmark's `spawn` children (`memory`) and every `fedmeta bench`
+# command import only the modules they run, not LightGBM, torchopt and matplotlib with all the others.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submodules=[
+        "deployment",
+        "engine_shots",
+        "fewshot",
+        "fewshot_report",
+        "field_metrics",
+        "gradient_boosting",
+        "inner_loop",
+        "memory",
+        "reference_models",
+        "references",
+        "scaling",
+    ],
+)
