@@ -5,6 +5,7 @@ Kept to a few short runs: each start of the simulation engine costs seconds.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -114,3 +115,14 @@ def test_a_simulation_whose_factories_cannot_say_their_role_stops_at_once_naming
         run_federated_simulation({**SMALL, "num-factories": 4, "num-held-out": 1, "run-dir": str(tmp_path / "run")},
                                  mods=[unreadable])
     assert time.monotonic() - started < 120
+
+
+def test_a_run_without_held_out_factories_says_that_it_records_no_held_out_figures(tmp_path):
+    """Only the held-out factories evaluate: a federation that has none (or whose held-out factories never joined)
+    is told so where the central team looks, rather than ending without its held-out figures unexplained."""
+    run_federated_simulation({**SMALL, "num-held-out": 0, "num-server-rounds": 1, "run-dir": str(tmp_path)})
+    (record,) = RunDirectory(tmp_path / "maml").read_metrics()
+    assert not any(key.startswith("eval/") for key in record), record
+    status = json.loads((tmp_path / "maml" / "status.json").read_text())
+    messages = [warning["message"] for warning in status["warnings"]]
+    assert any("round 1 is not evaluated: no held-out factory" in message for message in messages), messages
