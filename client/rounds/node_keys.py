@@ -1,7 +1,8 @@
-"""Node-config keys that `fedmeta client` sets for its ClientApp and that need no module of their own to read:
-kept apart from their readers (`client.rounds.package` imports torch) so that the factory's supervising
-process, which only sets them, starts without torch."""
+"""The node-config key naming the factory's model folder, which `fedmeta client` sets and its ClientApp reads.
+
+It has a module of its own because its reader (`client.rounds.package`) imports torch, and the factory's
+supervising process, which only sets it, starts without torch."""
 
 __all__ = ["MODEL_DIR_KEY"]
 
-MODEL_DIR_KEY = "model-dir"  # the node config entry naming the factory's model folder
+MODEL_DIR_KEY = "model-dir"

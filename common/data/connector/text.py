@@ -19,4 +19,3 @@ def listing(items: Sequence[str], limit: int = _MAX_LISTED_COLUMNS) -> str:
     """The first ``limit`` items joined by commas, with the total when some are left out."""
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
-
