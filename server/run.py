@@ -331,11 +331,11 @@ def run_experiment(
             record.update({f"train/tree-recipe-k{k}": name for k, name in rounds.recipes.items()} if
                           server_round == settings.num_rounds else {})
             last = server_round == settings.num_rounds
-            evaluated = last or (settings.eval_every and server_round % settings.eval_every == 0)
-            if evaluated and not strategy.seats_with_role("evaluate"):
+            due = last or (settings.eval_every and server_round % settings.eval_every == 0)
+            if due and not strategy.seats_with_role("evaluate"):
                 log.warning("round %d is not evaluated: no held-out factory (one whose role is 'evaluate') has "
                             "joined, so the run records no held-out figures", server_round)
-            elif evaluated:
+            elif due:
                 eval_config = ConfigRecord(rounds.evaluation(evaluation).to_config())
                 replies = exchange(
                     grid, strategy.configure_evaluate(server_round, rounds.model(), eval_config, grid),

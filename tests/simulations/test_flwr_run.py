@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,10 +59,10 @@ def flower_home(tmp_path) -> Iterator[Path]:
     try:
         yield home
     finally:
-        for process in _flower_home_processes(home):
+        for process in _flower_home_processes(home):  # SuperLink, SuperExec and any app process they started
             try:
-                os.killpg(process.pid, signal.SIGKILL) if os.getpgid(process.pid) == process.pid else process.kill()
-            except (ProcessLookupError, psutil.Error):
+                process.kill()
+            except psutil.NoSuchProcess:  # ended with its parent
                 continue
 
 
