@@ -39,6 +39,7 @@ from fedmeta.common.federation.compression import COMPRESSIONS, Compression, dec
 from fedmeta.common.federation.deltas import weighted_average
 from fedmeta.common.security.secure_aggregation import FixedPoint, SecureAggregation, aggregate_in_process
 from fedmeta.simulations.attacks import ATTACKS, CLAIM_FACTOR, DATA_ATTACKS, attacked_delta, flipped_labels
+from fedmeta.simulations.benchmarks.aims import verdict
 from fedmeta.simulations.benchmarks.scaling import PlainLoop, Sender, Sent, held_out_metrics
 
 __all__ = ["ATTACKERS", "PROTOCOLS", "CompressionResult", "RobustnessResult", "SecureAggregationCost",
@@ -175,9 +176,8 @@ def render_compression(result: CompressionResult, console: Console) -> None:
     console.print(table)
     ratio, change = base_bytes / result.bytes_per_reply["int8"], result.loss["int8"] / base_loss - 1
     bytes_ok, quality_ok = ratio >= INT8_BYTES_AIM, change < INT8_QUALITY_AIM
-    console.print(f"int8: {ratio:.2f}x fewer bytes (aim >= {INT8_BYTES_AIM}x: {'met' if bytes_ok else 'missed'}), "
-                  f"held-out loss {change:+.2%} (aim under {INT8_QUALITY_AIM:.0%} worse: "
-                  f"{'met' if quality_ok else 'missed'})")
+    console.print(f"int8: {ratio:.2f}x fewer bytes (aim >= {INT8_BYTES_AIM}x: {verdict(bytes_ok)}), "
+                  f"held-out loss {change:+.2%} (aim under {INT8_QUALITY_AIM:.0%} worse: {verdict(quality_ok)})")
 
 
 
@@ -253,10 +253,6 @@ def run_secure_aggregation_cost(factories: Sequence[int], parameters: int, repea
     return SecureAggregationCost(parameters, repeats, seconds, dropout, plus)
 
 
-def _verdict(met: bool) -> str:
-    return "PASS" if met else "FAIL"
-
-
 def render_secure_aggregation_cost(result: SecureAggregationCost, console: Console) -> None:
     if result.seconds:
         table = Table(title=f"One round's aggregation of {result.parameters:,}-parameter deltas, median of "
@@ -283,6 +279,6 @@ def render_secure_aggregation_cost(result: SecureAggregationCost, console: Conso
     if len(sizes) > 1:
         growth = largest["factory"] / smallest["factory"]
         console.print(f"at {int(sizes[-1]):,} factories a factory's cost at most {FACTORY_GROWTH_AIM:g}x its cost at "
-                      f"{int(sizes[0]):,}: {growth:.2f}x {_verdict(growth <= FACTORY_GROWTH_AIM)}")
+                      f"{int(sizes[0]):,}: {growth:.2f}x {verdict(growth <= FACTORY_GROWTH_AIM)}")
     console.print(f"at {int(sizes[-1]):,} factories the round's total under {ROUND_SECONDS_AIM:g} s: "
-                  f"{largest['round']:.1f} s {_verdict(largest['round'] < ROUND_SECONDS_AIM)}")
+                  f"{largest['round']:.1f} s {verdict(largest['round'] < ROUND_SECONDS_AIM)}")

@@ -46,6 +46,7 @@ from rich.table import Table
 
 from fedmeta.common import ChildProcess, FactoryFamily, FamilyConfig, free_port, make_family
 from fedmeta.server import create_certificate_authority, create_factory_keys, create_server_certificate, toml_value
+from fedmeta.simulations.benchmarks.aims import verdict
 from fedmeta.simulations.benchmarks.scaling import RAY_EXIT_TIMEOUT_S, WORK, wait_for_descendants
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
 ISOLATIONS = ("subprocess", "process")
 SUPERNODES = ("stock", "tuned")  # Flower's SuperNode timings, the project's
 RUN_TIMEOUT_S = 600.0
+OVERHEAD_AIM_S = 1.0  # what the fastest deployment may add to a round over the simulation
 LOSS_TOLERANCE = 1e-5
 
 Log = Callable[[str], None]
@@ -102,9 +104,15 @@ class DeploymentBenchResult:
         """What ``mode`` adds to a round over the simulation, in seconds."""
         return mode.median_s - self.modes[0].median_s
 
+    @property
+    def fastest_deployment(self) -> ModeResult | None:
+        """The deployed mode with the shortest median round, the one the aim is about (None: none ran)."""
+        return min(self.modes[1:], key=lambda mode: mode.median_s, default=None)
+
     def to_dict(self) -> dict[str, object]:
         return {
             "factories": self.factories,
+            "overhead_aim_s": OVERHEAD_AIM_S,
             "rounds": self.rounds,
             "cpu_count": self.cpu_count,
             "load_average": self.load_average,
@@ -288,3 +296,7 @@ def render(result: DeploymentBenchResult, console: Console) -> None:
         "reply, and, but for process isolation with the tuned SuperNode (its warm worker), a new "
         "flwr-clientapp process that imports torch and the app."
     )
+    if (fastest := result.fastest_deployment) is not None:
+        overhead = result.overhead_s(fastest)
+        console.print(f"fastest deployment ({fastest.mode}) over the simulation under {OVERHEAD_AIM_S:g} s a round: "
+                      f"{overhead:+.2f} s {verdict(overhead < OVERHEAD_AIM_S)}")

@@ -51,6 +51,7 @@ from fedmeta.common import (
     resolve_device,
     task_losses,
 )
+from fedmeta.simulations.benchmarks.aims import verdict
 from fedmeta.simulations.benchmarks.memory import peak_bytes, run_in_fresh_processes
 
 if TYPE_CHECKING:
@@ -700,9 +701,8 @@ def _target_table(result: ModelResult) -> Table:
     for column in ("ratio", "value", "target", "result"):
         table.add_column(column, justify="left" if column == "ratio" else "right")
     for t in result.targets:
-        verdict = "[green]PASS[/green]" if t.passed else "[red]FAIL[/red]"
         limit = f"{'<' if t.strict else '<='} {t.limit:.2f}x"
-        table.add_row(f"{t.numerator} / {t.denominator}", f"{t.ratio:.2f}x", limit, verdict)
+        table.add_row(f"{t.numerator} / {t.denominator}", f"{t.ratio:.2f}x", limit, verdict(t.passed))
     return table
 
 

@@ -38,6 +38,7 @@ from fedmeta.common.package.model_package import (
     load_package,
     save_package,
 )
+from fedmeta.simulations.benchmarks.aims import verdict
 from fedmeta.simulations.benchmarks.memory import current_rss_bytes, peak_rss_bytes, run_in_fresh_processes
 
 __all__ = ["FEATURES", "PredictBenchmark", "render", "run_predict_benchmark"]
@@ -155,8 +156,8 @@ def render(result: PredictBenchmark, console: Console) -> None:
     table.add_row("its forward passes alone", f"{forward:.2f}", ", ".join(f"{s:.2f}" for s in result.forward_seconds),
                   "", "")
     console.print(table)
-    time_ok = "met" if result.ratio <= TIME_AIM else "missed"
-    memory_ok = "met" if result.predict_peak_bytes < MEMORY_AIM_BYTES else "missed"
+    time_ok = verdict(result.ratio <= TIME_AIM)
+    memory_ok = verdict(result.predict_peak_bytes < MEMORY_AIM_BYTES)
     console.print(f"predict / floor: {result.ratio:.2f}x (aim <= {TIME_AIM}x: {time_ok}); predict's peak "
                   f"{result.predict_peak_bytes / 2**20:.0f} MiB (aim < 1 GiB: {memory_ok}); the forward passes "
                   f"alone: {forward / statistics.median(result.floor_seconds):.2f}x the floor")

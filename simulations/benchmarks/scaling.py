@@ -62,6 +62,7 @@ from fedmeta.client import LoadedFactory, evaluate_factory, load_factories, loca
 from fedmeta.common import descendants, source_from_config
 from fedmeta.server import FedMetaStrategy, ServerSettings, initial_meta_parameters, weighted_metrics
 from fedmeta.server.strategy import OuterOptimizer
+from fedmeta.simulations.benchmarks.aims import verdict
 
 __all__ = [
     "DEFAULT_FACTORIES",
@@ -488,8 +489,7 @@ def run_scaling_benchmark(
 def _verdict(target: Target | None, limit: str) -> str:
     if target is None:
         return "-"
-    verdict = "[green]PASS[/green]" if target.passed else "[red]FAIL[/red]"
-    return f"{limit} {verdict}"
+    return f"{limit} {verdict(target.passed)}"
 
 
 def _time_row(size: SizeResult) -> list[str]:

@@ -10,7 +10,14 @@ from rich.console import Console
 
 from fedmeta.common import FamilyConfig, make_family
 from fedmeta.common.data.connector import DataSchema, load_factory_table
-from fedmeta.simulations.benchmarks.deployment import export_tables, render, run_deployment_benchmark
+from fedmeta.simulations.benchmarks.deployment import (
+    OVERHEAD_AIM_S,
+    DeploymentBenchResult,
+    ModeResult,
+    export_tables,
+    render,
+    run_deployment_benchmark,
+)
 
 
 def test_exported_tables_read_back_as_the_same_factories(tmp_path):
@@ -40,5 +47,20 @@ def test_tiny_benchmark_deploys_the_simulated_work():
     assert result.ratio(deployed) > 1  # a process per message costs more than an in-memory call
     console = Console(record=True, width=150)
     render(result, console)
-    assert "deployment, process isolation, tuned SuperNode" in console.export_text()
+    output = console.export_text()
+    assert "deployment, process isolation, tuned SuperNode" in output
+    assert ("PASS" if result.overhead_s(deployed) < OVERHEAD_AIM_S else "FAIL") in output.split("under 1 s a round:")[1]
     assert json.loads(json.dumps(result.to_dict()))["modes"][1]["ratio_to_simulation"] == result.ratio(deployed)
+
+
+@pytest.mark.parametrize(("fastest_round_s", "word"), [(0.95, "PASS"), (1.2, "FAIL")])
+def test_the_fastest_deployment_is_held_to_the_aim(fastest_round_s, word):
+    modes = [ModeResult("simulation", [0.3, 0.1, 0.1], 0.5), ModeResult("slow", [9.0, 8.0, 8.0], 0.5),
+             ModeResult("fast", [2.0, fastest_round_s, fastest_round_s], 0.5)]
+    result = DeploymentBenchResult(3, 3, modes, 2, 0.1)
+    console = Console(record=True, width=200)
+    render(result, console)
+    line = next(line for line in console.export_text().splitlines() if line.startswith("fastest deployment"))
+    overhead = fastest_round_s - 0.1
+    assert line == f"fastest deployment (fast) over the simulation under 1 s a round: {overhead:+.2f} s {word}"
+    assert result.to_dict()["overhead_aim_s"] == OVERHEAD_AIM_S
