@@ -52,7 +52,7 @@ def bench_inner_loop(
     # Imported here so that the package never loads benchmark code (or torchopt) otherwise.
     from fedmeta.simulations.benchmarks import inner_loop
 
-    console = Console()
+    console = _wide_console()
     with exit_on_errors(console, ValueError, inner_loop.GradientMismatchError):
         result = inner_loop.run_inner_loop_benchmark(
             device=inner_loop.bench_device(device),
@@ -236,7 +236,7 @@ def tune(
     Run the same command again to resume a stopped search (its trials are kept in OUT.journal)."""
     from fedmeta.simulations.benchmarks import fewshot, tuning  # imports torch and optuna: only when tuning
 
-    console = Console()
+    console = _wide_console()
     out = out if out is not None else Path("runs") / f"tune-{dataset}.json"
     with exit_on_errors(console, ValueError, FileNotFoundError, fewshot.BenchmarkError):
         plan = fewshot.plan_for(dataset, quick=quick, seeds=1, rounds=rounds)
@@ -268,7 +268,7 @@ def bench_deployment(
     """Round time of the same federation on the simulation engine and as real processes (TLS, node auth)."""
     from fedmeta.simulations.benchmarks import deployment  # imports torch and Ray: only when benchmarking
 
-    console = Console()
+    console = _wide_console()
     with exit_on_errors(console, ValueError, RuntimeError):
         result = deployment.run_deployment_benchmark(
             factories,
@@ -324,7 +324,7 @@ def bench_robustness(
     from fedmeta.simulations.attacks import ATTACKS, DATA_ATTACKS
     from fedmeta.simulations.benchmarks import defences
 
-    console = Console()
+    console = _wide_console()
     with exit_on_errors(console, ValueError):
         chosen_rules = _choices(rules, AGGREGATIONS, "--rules")
         chosen_attacks = _choices(attacks, (*ATTACKS, *DATA_ATTACKS), "--attacks")
@@ -343,7 +343,7 @@ def bench_compression(
     """Each delta encoding: bytes a reply on the wire and the held-out quality it trains to."""
     from fedmeta.simulations.benchmarks import defences
 
-    console = Console()
+    console = _wide_console()
     result = defences.run_compression(rounds, seed, topk_fraction, elapsed_log(console))
     defences.render_compression(result, console)
     _write_json(result.to_dict(), json_path, console)
@@ -365,7 +365,7 @@ def bench_secagg(
     round, server and factory costs with factories dropping out."""
     from fedmeta.simulations.benchmarks import defences
 
-    console = Console()
+    console = _wide_console()
     protocols = defences.PROTOCOLS if protocol == "both" else (protocol,)
     result = defences.run_secure_aggregation_cost(_sizes(factories), parameters, repeats, elapsed_log(console),
                                                   protocols, dropout)
@@ -429,7 +429,7 @@ def bench_predict(
     """`fedmeta predict` beside reading the same CSV with pandas alone: time ratio and peak memory."""
     from fedmeta.simulations.benchmarks import predict  # imports torch and pyarrow: only when benchmarking
 
-    console = Console()
+    console = _wide_console()
     result = predict.run_predict_benchmark(rows, repeats, elapsed_log(console))
     predict.render(result, console)
     _write_json(result.to_dict(), json_path, console)
