@@ -51,6 +51,7 @@ from fedmeta.simulations.benchmarks.scaling import RAY_EXIT_TIMEOUT_S, WORK, wai
 
 __all__ = [
     "ISOLATIONS",
+    "OVERHEAD_AIM_S",
     "SUPERNODES",
     "DeploymentBenchResult",
     "ModeResult",
