@@ -25,17 +25,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import lazy_loader
 import numpy as np
 import torch
 
 from fedmeta.common.package.model_package import ModelPackage, package_model
-
-# SciPy's optimisers and samplers cost over a second to import: only `fedmeta optimize` pays it, not every factory
-# floor command that imports this module. (SciPy's own light package is imported at once, which lazy_loader would
-# warn of on every command.)
-optimize = lazy_loader.load("scipy.optimize", suppress_warning=True)
-stats = lazy_loader.load("scipy.stats", suppress_warning=True)
 
 __all__ = ["GOALS", "Bounds", "Recommendation", "recommend_settings"]
 
@@ -149,6 +142,10 @@ def recommend_settings(package: ModelPackage, bounds: Bounds, *, starts: int = 2
         value = sign * outcome(point)
         value.backward()
         return float(value.detach()), point.grad.numpy().astype(np.float64)
+
+    # SciPy's optimisers and samplers cost over a second to import: only `fedmeta optimize` pays it, not every
+    # factory floor command that imports this module (`common.trees.ensemble._xgboost` says why not lazily).
+    from scipy import optimize, stats
 
     found: list[Recommendation] = []
     sampler = stats.qmc.LatinHypercube(d=len(free), seed=seed)

@@ -37,7 +37,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import lazy_loader
 import numpy as np
 import torch
 from torch import Tensor
@@ -56,11 +55,6 @@ from fedmeta.common.package.model_package import (
     package_model,
     write_package,
 )
-
-# river (with pandas and SciPy) costs most of a second to import: only a process that updates pays it, not every
-# `fedmeta adapt`, `predict` or `export` that imports this module through the factory floor's commands. (river's
-# own package is imported at once, which lazy_loader would warn of on every command.)
-drift = lazy_loader.load("river.drift", suppress_warning=True)
 
 __all__ = ["DRIFT_THRESHOLD", "DriftReport", "ModelStore", "UpdateResult"]
 
@@ -189,6 +183,10 @@ class ModelStore:
 
     def drift(self, package: ModelPackage) -> DriftReport:
         """Replay every recorded error through the Page-Hinkley test (see the module docstring)."""
+        # river (with pandas and SciPy) costs most of a second to import: only a process that updates pays it, not
+        # every `fedmeta adapt`, `predict` or `export` (`common.trees.ensemble._xgboost` says why not lazily).
+        from river import drift
+
         reference = _reference_error(package)
         errors = self.recorded_errors()
         detector = drift.PageHinkley(min_instances=DRIFT_MIN_ROWS, threshold=DRIFT_THRESHOLD, mode="up")

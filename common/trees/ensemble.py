@@ -16,20 +16,19 @@ every factory, so trees from any of them add up.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lazy_loader
 import numpy as np
 
 from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
 
-# XGBoost (with scikit-learn and SciPy) costs two seconds to import: only a process that boosts pays it, not every
-# app process a factory's message starts.
-xgboost = lazy_loader.load("xgboost")
+if TYPE_CHECKING:
+    import xgboost
 
 __all__ = [
     "EMPTY_ENSEMBLE",
@@ -47,6 +46,14 @@ __all__ = [
     "raw_margins",
     "tree_free_model",
 ]
+
+
+def _xgboost() -> Any:
+    """XGBoost, imported at the first call. It costs 1.6 s and 86 MB (with scikit-learn and SciPy): only a process
+    that boosts pays that, not every app process a factory's message starts. Not a lazy module in ``sys.modules``
+    either: whatever walks ``sys.modules`` imports those, and torch's first optimizer step does (its
+    ``torch._dynamo`` import calls ``inspect.getmodule``)."""
+    return importlib.import_module("xgboost")
 
 EMPTY_ENSEMBLE = b""  # the first round's global model: no trees yet
 # A classification leaf's largest step in log-odds before the rate. Where the ensemble is already confident,
@@ -88,15 +95,16 @@ def tree_free_model(shape: TreeShape, settings: TreeSettings) -> dict[str, Any]:
     """XGBoost's JSON document of a model of this shape with no trees: where trees grown elsewhere (the server's
     histogram trees) go to become a model XGBoost reads."""
     params = booster_params(shape, settings, rate=settings.rate, seed=0)
-    data = xgboost.DMatrix(np.zeros((1, shape.num_feature)), label=np.zeros(1), nthread=1)
-    return json.loads(bytes(xgboost.train(params, data, num_boost_round=0).save_raw("json")))
+    xgb = _xgboost()
+    data = xgb.DMatrix(np.zeros((1, shape.num_feature)), label=np.zeros(1), nthread=1)
+    return json.loads(bytes(xgb.train(params, data, num_boost_round=0).save_raw("json")))
 
 
 def load_ensemble(raw: bytes) -> xgboost.Booster | None:
     """The ensemble ``raw`` holds, or None for the empty one."""
     if raw == EMPTY_ENSEMBLE:
         return None
-    booster = xgboost.Booster(params={"nthread": 1})
+    booster = _xgboost().Booster(params={"nthread": 1})
     booster.load_model(bytearray(raw))
     return booster
 
@@ -111,8 +119,9 @@ def boost(ensemble: bytes | xgboost.Booster | None, x: np.ndarray, y: np.ndarray
           rounds: int, *, kind: str) -> xgboost.Booster:
     """``ensemble`` boosted ``rounds`` more rounds on ``x``, ``y`` (classes weighted to balance)."""
     start = load_ensemble(ensemble) if isinstance(ensemble, bytes) else ensemble
-    data = xgboost.DMatrix(x, label=y, weight=balanced_weights(y, kind), nthread=1)
-    return xgboost.train(dict(params), data, num_boost_round=rounds, xgb_model=start)
+    xgb = _xgboost()
+    data = xgb.DMatrix(x, label=y, weight=balanced_weights(y, kind), nthread=1)
+    return xgb.train(dict(params), data, num_boost_round=rounds, xgb_model=start)
 
 
 def new_trees(ensemble: bytes, x: np.ndarray, y: np.ndarray, params: Mapping[str, Any], rounds: int, *,
@@ -177,7 +186,7 @@ def check_trees(raw: bytes, shape: TreeShape, *, max_rounds: int, max_leaf: floa
         _check_tree(tree, shape.num_feature, max_leaf)
     try:
         load_ensemble(raw)
-    except xgboost.core.XGBoostError as error:
+    except _xgboost().core.XGBoostError as error:
         raise TreesRejected(f"XGBoost cannot read the trees: {str(error).splitlines()[0]}") from None
 
 
@@ -203,7 +212,7 @@ def raw_margins(ensemble: bytes, x: np.ndarray, shape: TreeShape) -> np.ndarray:
     booster = load_ensemble(ensemble)
     if booster is None:
         return np.zeros((len(x), shape.groups))
-    margin = booster.predict(xgboost.DMatrix(x, nthread=1), output_margin=True)
+    margin = booster.predict(_xgboost().DMatrix(x, nthread=1), output_margin=True)
     return margin.reshape(len(x), shape.groups).astype(np.float64)
 
 
@@ -214,7 +223,7 @@ def margins(booster: xgboost.Booster | None, x: np.ndarray, shape: TreeShape,
     ``iteration_range``). The empty ensemble predicts margin 0."""
     if booster is None:
         return np.zeros((len(x), 1 if shape.kind == "regression" else shape.classes))
-    data = xgboost.DMatrix(x, nthread=1)
+    data = _xgboost().DMatrix(x, nthread=1)
     margin = booster.predict(data, output_margin=True, iteration_range=rounds or (0, 0))
     margin = margin.reshape(len(x), -1).astype(np.float64)
     if shape.objective == "binary:logistic":
