@@ -36,6 +36,7 @@ from fedmeta.common.meta.device import resolve_device
 from fedmeta.common.meta.inner_loop import Params, adapt, expand_for_tasks, predict
 from fedmeta.common.meta.losses import TASK_KINDS, task_accuracy, task_losses
 from fedmeta.common.meta.models import SOLVE_PARAMETERS, ModelConfig
+from fedmeta.common.meta.optimizers import GroupedOptimizer
 from fedmeta.common.meta.tasks import TaskBatch, TaskSampler
 from fedmeta.common.validation import check_choice, check_positive_int
 
@@ -292,16 +293,15 @@ def _raise_if_not_finite(losses: StepLosses, trainable: list[Tensor], meta_step_
         )
 
 
-def _outer_optimizer(config: MetaConfig, trainable: Params, others: list[Tensor]) -> torch.optim.Optimizer:
-    """The outer optimizer; a closed-form head's solve parameters (`SOLVE_PARAMETERS`: log penalties and logit
+def _outer_optimizer(config: MetaConfig, trainable: Params, others: list[Tensor]) -> GroupedOptimizer:
+    """The outer optimizer (`common.meta.optimizers`: torch.optim's updates, without its import of torch._dynamo in
+    every process that trains); a closed-form head's solve parameters (`SOLVE_PARAMETERS`: log penalties and logit
     scale, whose useful values span orders of magnitude) step `SOLVE_LR_GAIN` times faster than the weights: at
     the weights' rate a 20-round run moved C-MAPSS's log penalty by 0.67 at most."""
     solve = [trainable[name] for name in SOLVE_PARAMETERS if name in trainable]
     rest = [tensor for name, tensor in trainable.items() if name not in SOLVE_PARAMETERS] + others
-    groups = [{"params": rest}] + ([{"params": solve, "lr": config.outer_lr * SOLVE_LR_GAIN}] if solve else [])
-    if config.outer_optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.outer_lr)
-    return torch.optim.SGD(groups, lr=config.outer_lr)
+    groups = [(rest, config.outer_lr)] + ([(solve, config.outer_lr * SOLVE_LR_GAIN)] if solve else [])
+    return GroupedOptimizer(config.outer_optimizer, groups)
 
 
 def _trainable_copy(tensors: Mapping[str, Tensor], device: torch.device) -> Params:
@@ -340,7 +340,7 @@ def meta_train(
     examples = 0
     for index in range(1, config.local_steps + 1):
         batch = sampler.sample(config.meta_batch_size).to(run_device)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         losses = meta_step(model, trainable, lrs, batch, config)
         _raise_if_not_finite(losses, tensors, index)
         optimizer.step()

@@ -1,7 +1,8 @@
 """The server's outer optimizer: applies the averaged client delta as a pseudo-gradient.
 
 Clients send ``local - global``; the mean delta points downhill, so ``-mean_delta`` is a
-gradient for a torch optimizer over the global parameters (FedOpt). Plain SGD with
+gradient for an optimizer over the global parameters (FedOpt; `common.meta.optimizers`, torch.optim's
+updates without its import cost). Plain SGD with
 ``lr=1.0`` is exactly FedAvg. Momentum and Adam keep state across rounds, so that state
 is flattened into named tensors (plus JSON metadata) for checkpoints and restored exactly
 on resume.
@@ -15,22 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from fedmeta.common.federation.deltas import validate_delta
+from fedmeta.common.meta.optimizers import OPTIMIZER_KINDS, STATE_KEYS, GroupedOptimizer
 from fedmeta.common.validation import check_choice
 
 __all__ = ["OUTER_OPTIMIZERS", "OuterOptimizer", "OuterOptimizerConfig"]
 
-OUTER_OPTIMIZERS = ("sgd", "momentum", "adam")
-
-# Per-parameter state each torch optimizer keeps once it has stepped.
-_STATE_KEYS = {
-    "sgd": frozenset(),
-    "momentum": frozenset({"momentum_buffer"}),
-    "adam": frozenset({"step", "exp_avg", "exp_avg_sq"}),
-}
+OUTER_OPTIMIZERS = OPTIMIZER_KINDS
 _METADATA_KEY = "outer_optimizer"
 
 
@@ -68,7 +62,7 @@ def _is_real(value: object) -> bool:
 
 
 class OuterOptimizer:
-    """A torch optimizer over private copies of the global parameters, stepped by deltas."""
+    """An optimizer over private copies of the global parameters, stepped by deltas."""
 
     def __init__(self, params: Mapping[str, Tensor], config: OuterOptimizerConfig) -> None:
         if not params:
@@ -97,7 +91,7 @@ class OuterOptimizer:
         for name, tensor in self._params.items():
             tensor.grad = -mean_delta[name].detach().to(tensor.device)
         self._optimizer.step()
-        self._optimizer.zero_grad(set_to_none=True)
+        self._optimizer.zero_grad()
         return self.params
 
     def metadata(self) -> dict[str, str]:
@@ -110,7 +104,7 @@ class OuterOptimizer:
         names = list(self._params)
         return {
             f"state/{names[index]}/{key}": value.detach().clone()
-            for index, state in self._optimizer.state_dict()["state"].items()
+            for index, state in self._optimizer.state.items()
             for key, value in state.items()
         }
 
@@ -125,14 +119,13 @@ class OuterOptimizer:
             if prefix != "state" or name not in index:
                 raise ValueError(f"unexpected outer optimizer state tensor {flat_name!r}")
             state.setdefault(index[name], {})[key] = value.detach().clone()
-        expected_keys = _STATE_KEYS[self.config.kind]
+        expected_keys = STATE_KEYS[self.config.kind]
         if state and len(state) != len(index):
             missing = [name for name, position in index.items() if position not in state]
             raise ValueError(f"outer optimizer state is missing parameters: {missing}")
         for name, position in index.items():
             self._check_state(name, state.get(position, {}), expected_keys)
-        param_groups = self._optimizer.state_dict()["param_groups"]
-        self._optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+        self._optimizer.load_state(state)
 
     def _check_metadata(self, metadata: Mapping[str, str]) -> None:
         try:
@@ -169,8 +162,5 @@ class OuterOptimizer:
                 )
 
 
-def _build(config: OuterOptimizerConfig, tensors: list[Tensor]) -> torch.optim.Optimizer:
-    if config.kind == "adam":
-        return torch.optim.Adam(tensors, lr=config.lr, betas=config.betas)
-    momentum = config.momentum if config.kind == "momentum" else 0.0
-    return torch.optim.SGD(tensors, lr=config.lr, momentum=momentum)
+def _build(config: OuterOptimizerConfig, tensors: list[Tensor]) -> GroupedOptimizer:
+    return GroupedOptimizer(config.kind, [(tensors, config.lr)], momentum=config.momentum, betas=config.betas)
