@@ -51,8 +51,8 @@ __all__ = [
 def _xgboost() -> Any:
     """XGBoost, imported at the first call. It costs 1.6 s and 86 MB (with scikit-learn and SciPy): only a process
     that boosts pays that, not every app process a factory's message starts. Not a lazy module in ``sys.modules``
-    either: whatever walks ``sys.modules`` imports those, and torch's first optimizer step does (its
-    ``torch._dynamo`` import calls ``inspect.getmodule``)."""
+    either: whatever walks ``sys.modules`` imports those, as importing ``torch._dynamo`` does (``inspect.getmodule``;
+    torch.optim's first step and torch.compile import it)."""
     return importlib.import_module("xgboost")
 
 EMPTY_ENSEMBLE = b""  # the first round's global model: no trees yet
