@@ -182,3 +182,21 @@ def test_package_does_not_import_the_benchmark():
         "assert 'torchopt' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_cnns_second_order_step_is_held_to_its_time_and_memory_aims():
+    """The CNN's aims (issue 29): each second-order variant at most 0.75x the hand-written loop's time and 2x its peak
+    memory; a peak not measured (``--no-memory``) leaves its memory targets out rather than passing them."""
+    def variant(name: str, median_ms: float, peak_mib: float | None) -> inner_loop.VariantResult:
+        return inner_loop.VariantResult(name, "ours", 2, median_ms, 1.0, peak_mib, [median_ms])
+
+    variants = {"maml": variant("maml", 80.0, 240.0), "maml-1-task-a-pass": variant("maml-1-task-a-pass", 104.0, 66.0),
+                "hand-written-2nd": variant("hand-written-2nd", 100.0, 60.0)}
+    ratios = {"maml/hand-written-2nd": 0.8, "maml-1-task-a-pass/hand-written-2nd": 1.04}
+    targets = inner_loop._targets("cnn1d", variants, ratios)
+    assert [(t.numerator, t.measure, round(t.ratio, 2), t.passed) for t in targets] == [
+        ("maml", "time", 0.8, False), ("maml", "peak memory", 4.0, False),
+        ("maml-1-task-a-pass", "time", 1.04, False), ("maml-1-task-a-pass", "peak memory", 1.1, True),
+    ]
+    unmeasured = {name: dataclasses.replace(v, peak_mib=None) for name, v in variants.items()}
+    assert [t.measure for t in inner_loop._targets("cnn1d", unmeasured, ratios)] == ["time", "time"]
