@@ -285,19 +285,23 @@ def _await_factories(grid: Grid, strategy: FactorySeats, settings: ServerSetting
     """Discover the connected factories (asking only nodes not met yet: late ones join).
 
     In a deployment factories connect when they are ready, so wait up to the run's
-    ``timeout`` for ``wanted`` training factories. A simulation (Flower's in-memory grid) has all at once:
-    where too few said their role and others failed to, waiting cannot help, and `NoFactoriesError` names why.
+    ``timeout`` for ``wanted`` training factories. A simulation (Flower's in-memory grid) registers its nodes all
+    at once, though possibly just after the ServerApp first looks (Flower starts the ServerApp's thread before it
+    registers them): once they are there, where too few said their role and others failed to, waiting cannot
+    help, and `NoFactoriesError` names why.
     """
     deadline = time.monotonic() + settings.timeout
-    failed = strategy.discover_nodes(grid, settings.timeout)
-    if failed and isinstance(grid, InMemoryGrid) and len(strategy.seats_with_role("train")) < wanted:
-        node, reason = next(iter(sorted(failed.items())))
-        raise NoFactoriesError(f"{len(failed)} of the simulation's {len(strategy.connected or ())} nodes could not "
-                               f"take part, {len(strategy.seats_with_role('train'))} training factories of the "
-                               f"{wanted} needed did; node {node}: {_last_line(reason)}")
-    while len(strategy.seats_with_role("train")) < wanted and time.monotonic() < deadline:
+    while True:
+        failed = strategy.discover_nodes(grid, settings.timeout)
+        trained = len(strategy.seats_with_role("train"))
+        if failed and isinstance(grid, InMemoryGrid) and trained < wanted:
+            node, reason = next(iter(sorted(failed.items())))
+            raise NoFactoriesError(f"{len(failed)} of the simulation's {len(strategy.connected or ())} nodes could "
+                                   f"not take part, {trained} training factories of the {wanted} needed did; node "
+                                   f"{node}: {_last_line(reason)}")
+        if trained >= wanted or time.monotonic() >= deadline:
+            return
         time.sleep(FACTORY_POLL_S)
-        strategy.discover_nodes(grid, settings.timeout)
 
 
 def run_experiment(
