@@ -365,7 +365,6 @@ _GRADIENT_CHECKS = {
     ours: tuple(_reference(family, _SPECS[ours].order) for family in _REFERENCES)
     for ours in ("maml", "fomaml", "maml-1-task-a-pass")
 }
-# (numerator, denominator, limit, strict) ratios that must hold on a model, and where.
 TIME, MEMORY = "time", "peak memory"
 # (ours, reference, measure, limit, strict): ours' median time, or peak memory, over the reference's.
 _TARGETS: dict[str, tuple[tuple[str, str, str, float, bool], ...]] = {
