@@ -43,7 +43,7 @@ from fedmeta.common.trees.continuation import best_recipes
 from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE
 from fedmeta.common.trees.histograms import LevelSplits
 from fedmeta.common.trees.shape import tree_shape
-from fedmeta.common.trees.split_finding import grow_round, merge_sketches
+from fedmeta.common.trees.split_finding import grow_round, merge_sketches, start_at_mean
 from fedmeta.server.checkpoint import CheckpointError, RunDirectory
 from fedmeta.server.package import RUN_ID, deliver_package, write_run_package, write_tree_package
 from fedmeta.server.run_view import RunView
@@ -193,8 +193,9 @@ def _tree_start(run_dir: RunDirectory, settings: ServerSettings,
 
 class _HistogramRounds(_TreeRounds):
     """``xgb-histogram``'s rounds (`server.strategy.histogram_trees`): the bins from the factories' sketches in the
-    first round, then each round ``local-trees`` boosting rounds grown level by level on their summed histograms
-    (`grow_round`, as the benchmark grows them); the last round also asks for the recipes' losses."""
+    first round and, for a regression, the mean target to start from (`start_at_mean`), then each round
+    ``local-trees`` boosting rounds grown level by level on their summed histograms (`grow_round`, as the
+    benchmark grows them); the last round also asks for the recipes' losses."""
 
     def __init__(self, run_dir: RunDirectory, settings: ServerSettings, source: DataSource, algorithm: str,
                  config: Mapping[str, object]) -> None:
@@ -233,9 +234,11 @@ class _HistogramRounds(_TreeRounds):
                                 **{protocol.LEVEL_SPLITS: json.dumps(splits.to_json())})
             return self.strategy.histograms(replies)
 
+        needed = settings.sampling.min_train_nodes
+        self._ensemble, started = start_at_mean(self._ensemble, self.edges, self.shape, self.trees, ask, needed=needed)
+        metrics["rejected"] += started.get("rejected", 0.0)
         for _ in range(self.trees.local_trees):
-            self._ensemble, summary = grow_round(self._ensemble, self.edges, self.shape, self.trees, ask,
-                                                 needed=settings.sampling.min_train_nodes)
+            self._ensemble, summary = grow_round(self._ensemble, self.edges, self.shape, self.trees, ask, needed=needed)
             metrics = {"replies": min(metrics["replies"], summary["replies"]),
                        "rejected": metrics["rejected"] + summary["rejected"],
                        "model-unchanged": max(metrics["model-unchanged"], summary.get("model-unchanged", 0.0))}

@@ -11,7 +11,8 @@ move the ensemble by their average at ``rate``, not by their sum.
 Targets: classes are weighted to balance (the K-shot tasks every method is scored on are balanced, and
 the networks meta-train on balanced tasks); a regression target is taken as the factory gives it (the
 caller standardises it where its source says so). The ensemble starts at margin 0 (``base_score``) in
-every factory, so trees from any of them add up.
+every factory, so trees from any of them add up; an ``xgb-histogram`` regression starts at the federation's mean
+target instead (`split_finding.start_at_mean`), and whoever boosts on from an ensemble keeps its start.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ __all__ = [
     "new_trees",
     "num_rounds",
     "raw_margins",
+    "starting_margin",
     "tree_free_model",
 ]
 
@@ -91,10 +93,15 @@ def balanced_weights(y: np.ndarray, kind: str) -> np.ndarray | None:
     return np.array([per_class[label] for label in y.tolist()])
 
 
-def tree_free_model(shape: TreeShape, settings: TreeSettings) -> dict[str, Any]:
+def tree_free_model(shape: TreeShape, settings: TreeSettings, *, start: float | None = None) -> dict[str, Any]:
     """XGBoost's JSON document of a model of this shape with no trees: where trees grown elsewhere (the server's
-    histogram trees) go to become a model XGBoost reads."""
+    histogram trees) go to become a model XGBoost reads. ``start``: a regression model's margin before any tree
+    (XGBoost's ``base_score``; default 0)."""
     params = booster_params(shape, settings, rate=settings.rate, seed=0)
+    if start is not None:
+        if shape.kind != "regression" or not math.isfinite(start):
+            raise ValueError(f"only a regression model starts at a finite margin of its own, got {start!r}")
+        params["base_score"] = start
     xgb = _xgboost()
     data = xgb.DMatrix(np.zeros((1, shape.num_feature)), label=np.zeros(1), nthread=1)
     return json.loads(bytes(xgb.train(params, data, num_boost_round=0).save_raw("json")))
@@ -117,11 +124,21 @@ def num_rounds(raw: bytes) -> int:
 
 def boost(ensemble: bytes | xgboost.Booster | None, x: np.ndarray, y: np.ndarray, params: Mapping[str, Any],
           rounds: int, *, kind: str) -> xgboost.Booster:
-    """``ensemble`` boosted ``rounds`` more rounds on ``x``, ``y`` (classes weighted to balance)."""
+    """``ensemble`` boosted ``rounds`` more rounds on ``x``, ``y`` (classes weighted to balance), from the margin
+    it starts at: a ``base_score`` in ``params`` would replace the ensemble's and move every prediction."""
     start = load_ensemble(ensemble) if isinstance(ensemble, bytes) else ensemble
     xgb = _xgboost()
     data = xgb.DMatrix(x, label=y, weight=balanced_weights(y, kind), nthread=1)
-    return xgb.train(dict(params), data, num_boost_round=rounds, xgb_model=start)
+    params = dict(params)
+    if start is not None and kind == "regression":
+        params["base_score"] = starting_margin(start)
+    return xgb.train(params, data, num_boost_round=rounds, xgb_model=start)
+
+
+def starting_margin(booster: xgboost.Booster) -> float:
+    """A regression ensemble's margin before its trees (XGBoost's ``base_score``)."""
+    text = json.loads(booster.save_config())["learner"]["learner_model_param"]["base_score"]
+    return float(text.strip("[]"))
 
 
 def new_trees(ensemble: bytes, x: np.ndarray, y: np.ndarray, params: Mapping[str, Any], rounds: int, *,

@@ -49,7 +49,7 @@ from fedmeta.common.trees.ensemble import EMPTY_ENSEMBLE, load_ensemble, margins
 from fedmeta.common.trees.features import window_features
 from fedmeta.common.trees.histograms import LevelSplits
 from fedmeta.common.trees.settings import TreeRecipe
-from fedmeta.common.trees.split_finding import grow_round, merge_sketches
+from fedmeta.common.trees.split_finding import grow_round, merge_sketches, start_at_mean
 from fedmeta.server import ServerSettings, initial_meta_parameters
 from fedmeta.server.strategy.fedmeta import weighted_metrics
 from fedmeta.server.strategy.trees import HISTOGRAM_ALGORITHM, aggregate_round, cyclic_turn, replies_needed
@@ -183,8 +183,9 @@ class _HistogramFactories:
 
 def _histogram_rounds(settings: ServerSettings, factories: Sequence[LoadedFactory], shots: Sequence[int],
                       advance: Callable[[], None]) -> TreeRun:
-    """``xgb-histogram``'s rounds as the server runs them: the bins from the factories' sketches, then each round
-    ``local-trees`` boosting rounds grown level by level on their summed histograms (`grow_round`)."""
+    """``xgb-histogram``'s rounds as the server runs them: the bins from the factories' sketches and a
+    regression's start (`start_at_mean`), then each round ``local-trees`` boosting rounds grown level by level on
+    their summed histograms (`grow_round`)."""
     tree_settings, shape = settings.round.tree_settings(), factory_tree_shape(factories[0])
     answering = _HistogramFactories(factories)
     edges = answering.edges(tree_settings.bins)
@@ -192,6 +193,9 @@ def _histogram_rounds(settings: ServerSettings, factories: Sequence[LoadedFactor
     recipes: dict[int, TreeRecipe] = {}
     needed = replies_needed(settings.sampling, cyclic=False)
     for server_round in range(1, settings.num_rounds + 1):
+        ensemble, started = start_at_mean(ensemble, edges, shape, tree_settings,
+                                          functools.partial(answering.histograms, ensemble, edges), needed=needed)
+        rejected += int(started.get("rejected", 0))
         for _ in range(tree_settings.local_trees):
             ensemble, summary = grow_round(ensemble, edges, shape, tree_settings,
                                            functools.partial(answering.histograms, ensemble, edges), needed=needed)

@@ -1,10 +1,11 @@
 """Histogram-aggregated federated boosting (``xgb-histogram``): the factories' summed histograms grow the trees
-XGBoost grows on their pooled rows, whatever way the rows are split among factories, and the server refuses
-histograms that cannot be one level's honest sums."""
+XGBoost grows on their pooled rows, from the pooled rows' mean target as XGBoost starts, whatever way the rows
+are split among factories, and the server refuses histograms that cannot be one level's honest sums."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import onnxmltools
@@ -22,6 +23,8 @@ from fedmeta.common.trees.ensemble import (
     load_ensemble,
     margins,
     raw_margins,
+    starting_margin,
+    tree_free_model,
 )
 from fedmeta.common.trees.histogram_wire import pack_histograms
 from fedmeta.common.trees.histograms import (
@@ -35,7 +38,7 @@ from fedmeta.common.trees.histograms import (
 )
 from fedmeta.common.trees.settings import TreeSettings
 from fedmeta.common.trees.shape import TreeShape
-from fedmeta.common.trees.split_finding import grow_round, merge_sketches, read_histograms
+from fedmeta.common.trees.split_finding import grow_round, merge_sketches, read_histograms, start_at_mean
 
 BINS = 12
 # Integer columns 0..9 with an edge at every value: each value its own bin, as XGBoost's exact method sees them.
@@ -51,10 +54,9 @@ def _rows(kind: str, seed: int = 0, n: int = 400) -> tuple[np.ndarray, np.ndarra
     return x, (x[:, 0] + 0.5 * x[:, 1] + rng.normal(size=n) > 6).astype(float)
 
 
-def _federated(parts: list[tuple[np.ndarray, np.ndarray]], shape: TreeShape, settings: TreeSettings, rounds: int,
-               edges: np.ndarray = EDGES) -> bytes:
-    """``rounds`` boosting rounds grown on the parts' summed histograms, as the server grows them."""
-    ensemble = EMPTY_ENSEMBLE
+def _asker(parts: list[tuple[np.ndarray, np.ndarray]], shape: TreeShape, ensemble: bytes,
+           edges: np.ndarray = EDGES) -> Callable[[LevelSplits], list[tuple[str, list[np.ndarray]]]]:
+    """The factories holding ``parts``, asked for a level's histograms at ``ensemble``'s margins."""
 
     def ask(splits: LevelSplits) -> list[tuple[str, list[np.ndarray]]]:
         replies = []
@@ -64,8 +66,17 @@ def _federated(parts: list[tuple[np.ndarray, np.ndarray]], shape: TreeShape, set
                                                                           BINS))))
         return replies
 
+    return ask
+
+
+def _federated(parts: list[tuple[np.ndarray, np.ndarray]], shape: TreeShape, settings: TreeSettings, rounds: int,
+               edges: np.ndarray = EDGES) -> bytes:
+    """The start and ``rounds`` boosting rounds grown on the parts' summed histograms, as the server grows them."""
+    ensemble, _ = start_at_mean(EMPTY_ENSEMBLE, edges, shape, settings, _asker(parts, shape, EMPTY_ENSEMBLE, edges),
+                                needed=1)
     for _ in range(rounds):
-        ensemble, summary = grow_round(ensemble, edges, shape, settings, ask, needed=1)
+        ensemble, summary = grow_round(ensemble, edges, shape, settings, _asker(parts, shape, ensemble, edges),
+                                       needed=1)
         assert summary["rejected"] == 0 and "model-unchanged" not in summary
     return ensemble
 
@@ -79,11 +90,51 @@ def test_histogram_trees_are_xgboosts_trees_on_the_pooled_rows(kind: str) -> Non
     shape = TreeShape(4, kind, 1 if kind == "regression" else 2)
     federated = load_ensemble(_federated([(x, y)], shape, SETTINGS, rounds=6))
     params = {**booster_params(shape, SETTINGS, rate=SETTINGS.rate, seed=0), "tree_method": "exact"}
+    if kind == "regression":  # XGBoost's own start: the mean target
+        params["base_score"] = y.mean()
     reference = boost(None, x, y, params, 6, kind=kind)
     assert np.abs(margins(federated, x, shape) - margins(reference, x, shape)).max() < 1e-5
     # and the trees are not trivial: the ensemble explains most of the target
     if kind == "regression":
         assert np.mean((margins(federated, x, shape)[:, 0] - y) ** 2) < 0.25 * y.var()
+
+
+def test_a_regression_starts_at_the_pooled_mean_target_however_the_rows_are_split() -> None:
+    """Before its first tree the ensemble predicts the mean of every factory's targets together, as XGBoost's
+    ``hist`` starts on the pooled rows; a classification, an ensemble with trees, or too few replies: unchanged."""
+    x, y = _rows("regression", seed=6)
+    y = y + 40.0  # far from 0: trees grown from 0 would spend their first rounds on the offset
+    shape = TreeShape(4, "regression")
+    parts = [(x[:30], y[:30]), (x[30:], y[30:])]
+    started, summary = start_at_mean(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, _asker(parts, shape, EMPTY_ENSEMBLE),
+                                     needed=2)
+    assert summary == {"replies": 2.0, "rejected": 0.0}
+    assert np.allclose(margins(load_ensemble(started), x, shape), y.mean(), rtol=1e-6, atol=0)
+    assert start_at_mean(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, _asker(parts, shape, EMPTY_ENSEMBLE),
+                         needed=3)[0] == EMPTY_ENSEMBLE
+    assert start_at_mean(started, EDGES, shape, SETTINGS, _asker(parts, shape, started), needed=1)[0] == started
+    classes = TreeShape(4, "classification", 2)
+    assert start_at_mean(EMPTY_ENSEMBLE, EDGES, classes, SETTINGS, _asker(parts, classes, EMPTY_ENSEMBLE),
+                         needed=1) == (EMPTY_ENSEMBLE, {})
+    grown = _federated(parts, shape, SETTINGS, rounds=3)
+    from_zero = EMPTY_ENSEMBLE
+    for _ in range(3):
+        from_zero, _ = grow_round(from_zero, EDGES, shape, SETTINGS, _asker(parts, shape, from_zero), needed=1)
+    errors = [np.mean((margins(load_ensemble(model), x, shape)[:, 0] - y) ** 2) for model in (grown, from_zero)]
+    assert errors[0] < 0.05 * errors[1]
+
+
+def test_boosting_on_from_an_ensemble_keeps_its_start() -> None:
+    """A factory continuing the federation's trees passes XGBoost a base_score of 0 (what bagging's first round
+    needs); the ensemble's own start must win, or every prediction drops by it."""
+    x, y = _rows("regression", seed=7)
+    shape = TreeShape(4, "regression")
+    start = json.dumps(tree_free_model(shape, SETTINGS, start=float(y.mean()))).encode()
+    continued = boost(start, x, y, booster_params(shape, SETTINGS, rate=0.3, seed=0), 2, kind="regression")
+    assert starting_margin(continued) == pytest.approx(y.mean(), rel=1e-6)
+    assert abs(np.mean(margins(continued, x, shape)[:, 0]) - y.mean()) < 0.1 * y.std()
+    with pytest.raises(ValueError, match="finite margin"):
+        tree_free_model(TreeShape(4, "classification", 2), SETTINGS, start=1.0)
 
 
 def test_the_trees_do_not_depend_on_how_the_rows_are_split_among_factories() -> None:
@@ -213,8 +264,10 @@ def test_a_rejected_factory_is_left_out_and_too_few_replies_leave_the_ensemble_u
 
     grown, summary = grow_round(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, ask_with_liar, needed=1)
     assert summary["rejected"] == SETTINGS.depth and grown != EMPTY_ENSEMBLE
-    alone = load_ensemble(_federated([(x, y)], shape, SETTINGS, rounds=1))
-    assert np.array_equal(margins(load_ensemble(grown), x, shape), margins(alone, x, shape))  # the liar moved nothing
+    alone, _ = grow_round(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, _asker([(x, y)], shape, EMPTY_ENSEMBLE), needed=1)
+    assert grown == alone  # the liar moved nothing
+    started, summary = start_at_mean(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, ask_with_liar, needed=1)
+    assert summary["rejected"] == 1 and np.allclose(margins(load_ensemble(started), x, shape), y.mean())
     unchanged, summary = grow_round(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, ask_with_liar, needed=2)
     assert unchanged == EMPTY_ENSEMBLE and summary["model-unchanged"] == 1.0
 
