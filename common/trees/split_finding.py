@@ -260,7 +260,8 @@ def start_at_mean(ensemble: bytes, edges: np.ndarray, shape: TreeShape, settings
     summary = {"replies": float(len(accepted)), "rejected": float(rejected)}
     grad, hess = sum_histograms(accepted)[0][0, 0].sum(axis=0) if accepted else (0.0, 0.0)
     if len(accepted) < max(needed, 1) or not hess > 0:
-        log.warning("%d factories' root sums accepted, fewer than %d; the trees start from 0", len(accepted), needed)
+        log.warning("root sums of %d factories accepted (%d needed), over %g rows; the trees start from 0",
+                    len(accepted), needed, hess)
         return ensemble, summary
     document = tree_free_model(shape, settings, start=float(-grad / hess))
     return json.dumps(document).encode(), summary

@@ -70,10 +70,12 @@ def _asker(parts: list[tuple[np.ndarray, np.ndarray]], shape: TreeShape, ensembl
 
 
 def _federated(parts: list[tuple[np.ndarray, np.ndarray]], shape: TreeShape, settings: TreeSettings, rounds: int,
-               edges: np.ndarray = EDGES) -> bytes:
-    """The start and ``rounds`` boosting rounds grown on the parts' summed histograms, as the server grows them."""
-    ensemble, _ = start_at_mean(EMPTY_ENSEMBLE, edges, shape, settings, _asker(parts, shape, EMPTY_ENSEMBLE, edges),
-                                needed=1)
+               edges: np.ndarray = EDGES, *, start: bool = True) -> bytes:
+    """The start (``start``: as the server starts; else margin 0) and ``rounds`` boosting rounds grown on the
+    parts' summed histograms, as the server grows them."""
+    ensemble = EMPTY_ENSEMBLE
+    if start:
+        ensemble, _ = start_at_mean(ensemble, edges, shape, settings, _asker(parts, shape, ensemble, edges), needed=1)
     for _ in range(rounds):
         ensemble, summary = grow_round(ensemble, edges, shape, settings, _asker(parts, shape, ensemble, edges),
                                        needed=1)
@@ -116,10 +118,7 @@ def test_a_regression_starts_at_the_pooled_mean_target_however_the_rows_are_spli
     classes = TreeShape(4, "classification", 2)
     assert start_at_mean(EMPTY_ENSEMBLE, EDGES, classes, SETTINGS, _asker(parts, classes, EMPTY_ENSEMBLE),
                          needed=1) == (EMPTY_ENSEMBLE, {})
-    grown = _federated(parts, shape, SETTINGS, rounds=3)
-    from_zero = EMPTY_ENSEMBLE
-    for _ in range(3):
-        from_zero, _ = grow_round(from_zero, EDGES, shape, SETTINGS, _asker(parts, shape, from_zero), needed=1)
+    grown, from_zero = (_federated(parts, shape, SETTINGS, rounds=3, start=start) for start in (True, False))
     errors = [np.mean((margins(load_ensemble(model), x, shape)[:, 0] - y) ** 2) for model in (grown, from_zero)]
     assert errors[0] < 0.05 * errors[1]
 
@@ -264,8 +263,7 @@ def test_a_rejected_factory_is_left_out_and_too_few_replies_leave_the_ensemble_u
 
     grown, summary = grow_round(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, ask_with_liar, needed=1)
     assert summary["rejected"] == SETTINGS.depth and grown != EMPTY_ENSEMBLE
-    alone, _ = grow_round(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, _asker([(x, y)], shape, EMPTY_ENSEMBLE), needed=1)
-    assert grown == alone  # the liar moved nothing
+    assert grown == _federated([(x, y)], shape, SETTINGS, rounds=1, start=False)  # the liar moved nothing
     started, summary = start_at_mean(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, ask_with_liar, needed=1)
     assert summary["rejected"] == 1 and np.allclose(margins(load_ensemble(started), x, shape), y.mean())
     unchanged, summary = grow_round(EMPTY_ENSEMBLE, EDGES, shape, SETTINGS, ask_with_liar, needed=2)
